@@ -1,0 +1,5 @@
+//! Readers and writers of dataset shards (`part-00000.jsonl.zst`) and of the quarantine file.
+
+mod jsonl;
+
+pub use jsonl::{read_dataset, shard_paths, Quarantine, QuarantineRecord, ShardWriter};

@@ -1,0 +1,127 @@
+//! The Hugging Face folder format: `config.json`, `generation_config.json`, `model.safetensors`
+//! (HF tensor names, f32, `{"format": "pt"}` metadata as transformers writes it).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::{Llama, LlamaConfig, ModelError, Result};
+
+/// Reads and validates a `config.json`.
+///
+/// # Errors
+/// When the file is missing, is not JSON, lacks a required field or describes an unsupported model.
+pub fn read_config(path: &Path) -> Result<LlamaConfig> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+    let cfg: LlamaConfig =
+        serde_json::from_slice(&bytes).map_err(|e| ModelError::Config { path: path.into(), reason: e.to_string() })?;
+    cfg.validate().map_err(|e| ModelError::Config { path: path.into(), reason: e.to_string() })?;
+    Ok(cfg)
+}
+
+/// Writes `config.json` and `generation_config.json` into `dir`.
+///
+/// # Errors
+/// On an I/O failure.
+pub fn write_hf_config(dir: &Path, cfg: &LlamaConfig) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: strata_store::StoreError| ModelError::Weights { path, reason: e.to_string() }
+    };
+    let p = dir.join("config.json");
+    strata_store::write_json_atomic(&p, cfg).map_err(io(&p))?;
+    let g = dir.join("generation_config.json");
+    let gen = serde_json::json!({
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "do_sample": true,
+        "temperature": 0.8,
+        "top_p": 0.95,
+    });
+    strata_store::write_json_atomic(&g, &gen).map_err(io(&g))?;
+    Ok(())
+}
+
+/// Writes named tensors as f32 safetensors with transformers' metadata, atomically.
+///
+/// # Errors
+/// On a conversion or I/O failure.
+pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let err = |reason: String| ModelError::Weights { path: path.into(), reason };
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut buffers = Vec::with_capacity(names.len());
+    for name in &names {
+        let t = &tensors[*name];
+        let values: Vec<f32> = t
+            .to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(|e| err(format!("{name}: {e}")))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        buffers.push((name.as_str(), t.dims().to_vec(), bytes));
+    }
+    let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = buffers
+        .iter()
+        .map(|(n, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (*n, v))
+                .map_err(|e| err(format!("{n}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| err(e.to_string()))?;
+    strata_store::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
+}
+
+/// Loads a model folder (`config.json` + `model.safetensors`) for inference.
+///
+/// # Errors
+/// When a file is missing, truncated or its tensors do not match the config.
+pub fn load_model(dir: &Path, device: &Device) -> Result<Llama> {
+    let cfg = read_config(&dir.join("config.json"))?;
+    let path = dir.join("model.safetensors");
+    if !path.is_file() {
+        return Err(ModelError::Io { path, source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing model.safetensors") });
+    }
+    let tensors = candle_core::safetensors::load(&path, device).map_err(|e| ModelError::Weights { path: path.clone(), reason: e.to_string() })?;
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
+    Llama::load(&vb, &cfg).map_err(|e| ModelError::Weights { path, reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn save_then_load_gives_identical_logits_and_bad_files_are_named() {
+        let cfg = crate::ModelSpec { hidden_size: 16, intermediate_size: 32, layers: 1, heads: 2, kv_heads: 1, context: 8, rope_theta: 1e4, tie_word_embeddings: false }
+            .to_config(20, 0)
+            .unwrap();
+        let vm = VarMap::new();
+        let model = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let tensors: HashMap<String, Tensor> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        save_safetensors(&tensors, &d.path().join("model.safetensors")).unwrap();
+        write_hf_config(d.path(), &cfg).unwrap();
+        let loaded = load_model(d.path(), &Device::Cpu).unwrap();
+        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+        let a: Vec<f32> = model.forward(&ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = loaded.forward(&ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b);
+
+        // truncated weights
+        let p = d.path().join("model.safetensors");
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        let err = load_model(d.path(), &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("model.safetensors"), "{err}");
+        // config missing a field
+        std::fs::write(d.path().join("config.json"), r#"{"vocab_size": 20}"#).unwrap();
+        let err = load_model(d.path(), &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
+    }
+}

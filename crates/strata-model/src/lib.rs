@@ -1,0 +1,54 @@
+//! The transformer: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention) on candle,
+//! with a preallocated KV cache, and its formats (Hugging Face `config.json` + `model.safetensors`).
+//!
+//! The same forward serves training (no cache, differentiable ops only: candle's fused norm/softmax/rope
+//! kernels have no backward) and inference (with [`KvCache`]).
+
+mod config;
+mod hf;
+mod kv_cache;
+mod llama;
+
+pub use config::{LlamaConfig, ModelSpec};
+pub use hf::{load_model, read_config, save_safetensors, write_hf_config};
+pub use kv_cache::KvCache;
+pub use llama::{next_token_loss, Llama};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Config { path: std::path::PathBuf, reason: String },
+    #[error("invalid model config: {0}")]
+    Invalid(String),
+    #[error("{context}: {source}")]
+    Candle {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("{path}: {reason}")]
+    Weights { path: std::path::PathBuf, reason: String },
+    #[error("sequence of {needed} positions exceeds the model's context of {max}")]
+    TooLong { needed: usize, max: usize },
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Attaches a context (the op, the tensor) to a candle error.
+pub trait Context<T> {
+    /// # Errors
+    /// Passes the error through with `context`.
+    fn ctx(self, context: &str) -> Result<T>;
+}
+
+impl<T> Context<T> for candle_core::Result<T> {
+    fn ctx(self, context: &str) -> Result<T> {
+        self.map_err(|source| ModelError::Candle { context: context.to_string(), source })
+    }
+}

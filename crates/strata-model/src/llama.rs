@@ -1,0 +1,363 @@
+//! The Llama decoder. Reads top to bottom like nanoGPT; every reshape carries its shape.
+//! Weight names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, …) through `vb.pp`.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Init, Linear, VarBuilder};
+
+use crate::{Context, KvCache, LlamaConfig, Result};
+
+/// RMSNorm written with differentiable ops (candle's fused `rms_norm` has no backward).
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(vb: &VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        let weight = vb.get_with_hints(size, "weight", Init::Const(1.0)).ctx("rmsnorm weight")?;
+        Ok(Self { weight, eps })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let ms = x.sqr().ctx("rms sqr")?.mean_keepdim(D::Minus1).ctx("rms mean")?; // (B, T, 1)
+        let inv = (ms + self.eps).ctx("rms eps")?.sqrt().ctx("rms sqrt")?.recip().ctx("rms recip")?;
+        x.broadcast_mul(&inv).ctx("rms scale")?.broadcast_mul(&self.weight).ctx("rms weight")
+    }
+}
+
+fn linear(vb: &VarBuilder, name: &str, (out_dim, in_dim): (usize, usize), std: f64) -> Result<Linear> {
+    let w = vb
+        .pp(name)
+        .get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: std })
+        .ctx(&format!("{}.{name}.weight", vb.prefix()))?;
+    Ok(Linear::new(w, None))
+}
+
+/// Rotary position embedding, Hugging Face's "rotate half" layout.
+struct Rope {
+    cos: Tensor, // (max_pos, head_dim)
+    sin: Tensor, // (max_pos, head_dim)
+}
+
+impl Rope {
+    fn new(cfg: &LlamaConfig, device: &Device) -> Result<Self> {
+        let hd = cfg.head_dim();
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        let inv_freq: Vec<f32> = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32).collect();
+        let max = cfg.max_position_embeddings;
+        let mut cos = Vec::with_capacity(max * hd);
+        let mut sin = Vec::with_capacity(max * hd);
+        for p in 0..max {
+            for _ in 0..2 {
+                for f in &inv_freq {
+                    #[allow(clippy::cast_precision_loss)]
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (max, hd), device).ctx("rope cos")?,
+            sin: Tensor::from_vec(sin, (max, hd), device).ctx("rope sin")?,
+        })
+    }
+
+    /// x: (B, nh, T, hd) at positions offset..offset+T.
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_b, _nh, t, hd) = x.dims4().ctx("rope input")?;
+        let cos = self.cos.narrow(0, offset, t).ctx("rope cos narrow")?; // (T, hd)
+        let sin = self.sin.narrow(0, offset, t).ctx("rope sin narrow")?;
+        let x1 = x.narrow(D::Minus1, 0, hd / 2).ctx("rope x1")?;
+        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2).ctx("rope x2")?;
+        let rotated = Tensor::cat(&[&x2.neg().ctx("rope neg")?, &x1], D::Minus1).ctx("rope cat")?; // (B, nh, T, hd)
+        let a = x.broadcast_mul(&cos).ctx("rope cos mul")?;
+        let b = rotated.broadcast_mul(&sin).ctx("rope sin mul")?;
+        (a + b).ctx("rope add")
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_head: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: &VarBuilder, cfg: &LlamaConfig, out_std: f64) -> Result<Self> {
+        let (d, nh, nkv, hd) = (cfg.hidden_size, cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
+        let std = cfg.initializer_range;
+        Ok(Self {
+            q_proj: linear(vb, "q_proj", (nh * hd, d), std)?,
+            k_proj: linear(vb, "k_proj", (nkv * hd, d), std)?,
+            v_proj: linear(vb, "v_proj", (nkv * hd, d), std)?,
+            o_proj: linear(vb, "o_proj", (d, nh * hd), out_std)?,
+            n_head: nh,
+            n_kv: nkv,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: &Rope, offset: usize, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+        let (b, t, _d) = x.dims3().ctx("attention input")?;
+        let (nh, nkv, hd) = (self.n_head, self.n_kv, self.head_dim);
+        let q = self.q_proj.forward(x).ctx("q_proj")?.reshape((b, t, nh, hd)).ctx("q reshape")?.transpose(1, 2).ctx("q t")?; // (B, nh, T, hd)
+        let k = self.k_proj.forward(x).ctx("k_proj")?.reshape((b, t, nkv, hd)).ctx("k reshape")?.transpose(1, 2).ctx("k t")?; // (B, nkv, T, hd)
+        let v = self.v_proj.forward(x).ctx("v_proj")?.reshape((b, t, nkv, hd)).ctx("v reshape")?.transpose(1, 2).ctx("v t")?; // (B, nkv, T, hd)
+        let q = rope.apply(&q.contiguous().ctx("q contiguous")?, offset)?;
+        let k = rope.apply(&k.contiguous().ctx("k contiguous")?, offset)?;
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?, // (1, nkv, S, hd), S = offset + T
+            None => (k, v),
+        };
+        let s = k.dim(2).ctx("kv len")?;
+        let rep = nh / nkv;
+        let k = repeat_kv(&k, rep)?; // (B, nh, S, hd)
+        let v = repeat_kv(&v, rep)?; // (B, nh, S, hd)
+        #[allow(clippy::cast_precision_loss)]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (q.matmul(&k.t().ctx("k^T")?).ctx("q@k^T")? * scale).ctx("scale")?; // (B, nh, T, S)
+        let att = if t > 1 { att.broadcast_add(&causal_mask(t, s, x.device())?).ctx("mask")? } else { att };
+        let att = candle_nn::ops::softmax(&att, D::Minus1).ctx("softmax")?;
+        let y = att.matmul(&v).ctx("att@v")?; // (B, nh, T, hd)
+        let y = y.transpose(1, 2).ctx("y t")?.reshape((b, t, nh * hd)).ctx("y reshape")?; // (B, T, nh*hd)
+        self.o_proj.forward(&y).ctx("o_proj")
+    }
+}
+
+/// (B, nkv, S, hd) → (B, nkv*rep, S, hd), each kv head shared by `rep` query heads.
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return x.contiguous().ctx("kv contiguous");
+    }
+    let (b, nkv, s, hd) = x.dims4().ctx("repeat_kv")?;
+    x.unsqueeze(2)
+        .ctx("repeat_kv unsqueeze")?
+        .expand((b, nkv, rep, s, hd))
+        .ctx("repeat_kv expand")?
+        .reshape((b, nkv * rep, s, hd))
+        .ctx("repeat_kv reshape")
+}
+
+/// (T, S) additive mask: query i (at absolute position S-T+i) sees keys 0..=S-T+i.
+fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
+    let offset = s - t;
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..s).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (t, s), device).ctx("causal mask")
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(vb: &VarBuilder, cfg: &LlamaConfig, out_std: f64) -> Result<Self> {
+        let (d, f, std) = (cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range);
+        Ok(Self {
+            gate_proj: linear(vb, "gate_proj", (f, d), std)?,
+            up_proj: linear(vb, "up_proj", (f, d), std)?,
+            down_proj: linear(vb, "down_proj", (d, f), out_std)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x).ctx("gate_proj")?.silu().ctx("silu")?; // (B, T, F)
+        let up = self.up_proj.forward(x).ctx("up_proj")?; // (B, T, F)
+        self.down_proj.forward(&(gate * up).ctx("swiglu")?).ctx("down_proj")
+    }
+}
+
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+pub struct Llama {
+    embed_tokens: Tensor, // (V, D)
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Tensor, // (V, D)
+    rope: Rope,
+    cfg: LlamaConfig,
+}
+
+impl Llama {
+    /// Builds the model from `vb`: fresh weights from a `VarMap` builder (training) or stored ones from a
+    /// safetensors builder (inference). Shapes are checked against `cfg` tensor by tensor.
+    ///
+    /// # Errors
+    /// When the config is invalid or a weight is missing or has the wrong shape.
+    pub fn load(vb: &VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        cfg.validate()?;
+        let d = cfg.hidden_size;
+        #[allow(clippy::cast_precision_loss)]
+        let out_std = cfg.initializer_range / (2.0 * cfg.num_hidden_layers as f64).sqrt();
+        let m = vb.pp("model");
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get_with_hints((cfg.vocab_size, d), "weight", Init::Randn { mean: 0.0, stdev: cfg.initializer_range })
+            .ctx("model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = m.pp(format!("layers.{i}"));
+            layers.push(Block {
+                input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), d, cfg.rms_norm_eps)?,
+                self_attn: Attention::load(&l.pp("self_attn"), cfg, out_std)?,
+                post_attention_layernorm: RmsNorm::load(&l.pp("post_attention_layernorm"), d, cfg.rms_norm_eps)?,
+                mlp: Mlp::load(&l.pp("mlp"), cfg, out_std)?,
+            });
+        }
+        let norm = RmsNorm::load(&m.pp("norm"), d, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            vb.pp("lm_head")
+                .get_with_hints((cfg.vocab_size, d), "weight", Init::Randn { mean: 0.0, stdev: cfg.initializer_range })
+                .ctx("lm_head.weight")?
+        };
+        let rope = Rope::new(cfg, vb.device())?;
+        Ok(Self { embed_tokens, layers, norm, lm_head, rope, cfg: cfg.clone() })
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    #[must_use]
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// Training/eval forward: ids (B, T) → logits (B, T, V).
+    ///
+    /// # Errors
+    /// When T exceeds the context or on a shape error.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, None)
+    }
+
+    /// Inference forward with the cache: ids (1, T) appended after what is cached → logits of the last
+    /// position (1, V).
+    ///
+    /// # Errors
+    /// When the cache is full or on a shape error.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let t = ids.dim(1).ctx("ids")?;
+        let logits = self.run(ids, Some(cache))?; // (1, T, V)
+        logits.narrow(1, t - 1, 1).ctx("last")?.squeeze(1).ctx("squeeze") // (1, V)
+    }
+
+    fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (b, t) = ids.dims2().ctx("ids must be (B, T)")?;
+        let offset = cache.as_ref().map_or(0, |c| c.len());
+        if offset + t > self.cfg.max_position_embeddings {
+            return Err(crate::ModelError::TooLong { needed: offset + t, max: self.cfg.max_position_embeddings });
+        }
+        let mut x = self.embed_tokens.embedding(&ids.flatten_all().ctx("ids flatten")?).ctx("embedding")?; // (B*T, D)
+        x = x.reshape((b, t, self.cfg.hidden_size)).ctx("embed reshape")?; // (B, T, D)
+        for (i, block) in self.layers.iter().enumerate() {
+            let h = block.input_layernorm.forward(&x)?;
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            let h = block.self_attn.forward(&h, &self.rope, offset, layer_cache)?;
+            x = (x + h).ctx("residual attn")?;
+            let h = block.mlp.forward(&block.post_attention_layernorm.forward(&x)?)?;
+            x = (x + h).ctx("residual mlp")?;
+        }
+        if let Some(c) = cache {
+            c.advance(t);
+        }
+        let x = self.norm.forward(&x)?; // (B, T, D)
+        x.broadcast_matmul(&self.lm_head.t().ctx("lm_head^T")?).ctx("lm_head") // (B, T, V)
+    }
+}
+
+/// Cross-entropy of next-token prediction: logits (B, T, V) against targets (B, T), mean over positions.
+///
+/// # Errors
+/// On a shape mismatch.
+pub fn next_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3().ctx("logits")?;
+    let logits = logits.reshape((b * t, v)).ctx("loss reshape")?; // (B*T, V)
+    let targets = targets.reshape(b * t).ctx("targets reshape")?.to_dtype(DType::U32).ctx("targets dtype")?;
+    candle_nn::loss::cross_entropy(&logits, &targets).ctx("cross entropy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    fn tiny() -> LlamaConfig {
+        crate::ModelSpec { hidden_size: 32, intermediate_size: 64, layers: 2, heads: 4, kv_heads: 2, context: 16, rope_theta: 1e4, tie_word_embeddings: false }
+            .to_config(50, 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn cached_decode_matches_full_forward() {
+        let cfg = tiny();
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let model = Llama::load(&vb, &cfg).unwrap();
+        let ids: Vec<u32> = vec![3, 7, 1, 9, 4, 4, 2];
+        let full = model.forward(&Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap()).unwrap(); // (1, 7, V)
+        let mut cache = KvCache::new(&cfg, 16, &Device::Cpu).unwrap();
+        // prompt of 4, then 3 single tokens
+        let mut rows = vec![model.forward_cached(&Tensor::new(&ids[..4], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap()];
+        for &id in &ids[4..] {
+            rows.push(model.forward_cached(&Tensor::new(&[id], &Device::Cpu).unwrap().unsqueeze(0).unwrap(), &mut cache).unwrap());
+        }
+        for (k, pos) in [3usize, 4, 5, 6].iter().enumerate() {
+            let want: Vec<f32> = full.get(0).unwrap().get(*pos).unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = rows[k].get(0).unwrap().to_vec1().unwrap();
+            let err = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(err < 1e-4, "position {pos}: max abs err {err}");
+        }
+        assert_eq!(cache.len(), 7);
+    }
+
+    #[test]
+    fn causality_future_tokens_do_not_change_past_logits() {
+        let cfg = tiny();
+        let vm = VarMap::new();
+        let model = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let a = model.forward(&Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu).unwrap()).unwrap();
+        let b = model.forward(&Tensor::new(&[[1u32, 2, 3, 40]], &Device::Cpu).unwrap()).unwrap();
+        let diff = (a.narrow(1, 0, 3).unwrap() - b.narrow(1, 0, 3).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        let last = (a.narrow(1, 3, 1).unwrap() - b.narrow(1, 3, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(last > 1e-6);
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        // candle's fused norm/softmax/rope stop gradients silently (STACK.md trap 1); this catches a regression.
+        let cfg = tiny();
+        let vm = VarMap::new();
+        let model = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let ids = Tensor::new(&[[1u32, 5, 9, 2, 7, 3]], &Device::Cpu).unwrap();
+        let logits = model.forward(&ids.narrow(1, 0, 5).unwrap()).unwrap();
+        let loss = next_token_loss(&logits, &ids.narrow(1, 1, 5).unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = vm.data().lock().unwrap();
+        assert_eq!(data.len(), 2 * 9 + 3);
+        for (name, var) in data.iter() {
+            let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+            let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(norm > 0.0, "{name}: zero gradient");
+        }
+        // the initial loss of a random model is about ln(V)
+        let l = loss.to_scalar::<f32>().unwrap();
+        assert!((l - 50f32.ln()).abs() < 0.5, "{l}");
+    }
+}
