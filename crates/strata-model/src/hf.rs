@@ -44,11 +44,11 @@ pub fn write_hf_config(dir: &Path, cfg: &LlamaConfig) -> Result<()> {
     Ok(())
 }
 
-/// Writes named tensors as f32 safetensors with transformers' metadata, atomically.
+/// Writes named tensors as f32 safetensors with transformers' metadata (plus `extra` entries), atomically.
 ///
 /// # Errors
 /// On a conversion or I/O failure.
-pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path, extra: &[(&str, String)]) -> Result<()> {
     let err = |reason: String| ModelError::Weights { path: path.into(), reason };
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
@@ -71,9 +71,24 @@ pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Resul
                 .map_err(|e| err(format!("{n}: {e}")))
         })
         .collect::<Result<_>>()?;
-    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let mut metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    metadata.extend(extra.iter().map(|(k, v)| ((*k).to_string(), v.clone())));
+    let metadata = Some(metadata);
     let bytes = safetensors::serialize(views, metadata).map_err(|e| err(e.to_string()))?;
     strata_store::write_atomic(path, &bytes).map_err(|e| err(e.to_string()))
+}
+
+/// Reads a safetensors file: its tensors and its metadata.
+///
+/// # Errors
+/// When the file is missing, truncated or malformed.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let err = |reason: String| ModelError::Weights { path: path.into(), reason };
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| err(e.to_string()))?;
+    Ok((tensors, metadata))
 }
 
 /// Loads a model folder (`config.json` + `model.safetensors`) for inference.
@@ -86,7 +101,7 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Llama> {
     if !path.is_file() {
         return Err(ModelError::Io { path, source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing model.safetensors") });
     }
-    let tensors = candle_core::safetensors::load(&path, device).map_err(|e| ModelError::Weights { path: path.clone(), reason: e.to_string() })?;
+    let (tensors, _) = read_safetensors(&path, device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     Llama::load(&vb, &cfg).map_err(|e| ModelError::Weights { path, reason: e.to_string() })
 }
@@ -105,7 +120,7 @@ mod tests {
         let model = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
         let d = tempfile::tempdir().unwrap();
         let tensors: HashMap<String, Tensor> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-        save_safetensors(&tensors, &d.path().join("model.safetensors")).unwrap();
+        save_safetensors(&tensors, &d.path().join("model.safetensors"), &[]).unwrap();
         write_hf_config(d.path(), &cfg).unwrap();
         let loaded = load_model(d.path(), &Device::Cpu).unwrap();
         let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();

@@ -10,7 +10,7 @@ mod kv_cache;
 mod llama;
 
 pub use config::{LlamaConfig, ModelSpec};
-pub use hf::{load_model, read_config, save_safetensors, write_hf_config};
+pub use hf::{load_model, read_config, read_safetensors, save_safetensors, write_hf_config};
 pub use kv_cache::KvCache;
 pub use llama::{next_token_loss, Llama};
 

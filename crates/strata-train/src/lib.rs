@@ -1,1 +1,51 @@
-//! placeholder
+//! Stages 3b–4: one training loop for pretraining and continued pretraining (full weights): a token-window
+//! loader, AdamW, warmup + cosine schedule, gradient clipping, checkpoints that survive `kill -9`,
+//! metrics as jsonl, a loss-curve PNG, and held-out perplexity.
+
+mod checkpoint;
+mod config;
+mod data;
+mod eval;
+mod metrics;
+mod optim;
+mod trainer;
+
+pub use config::{get_lr, TrainConfig};
+pub use data::TokenWindows;
+pub use eval::{perplexity, Perplexity};
+pub use metrics::plot_loss;
+pub use optim::AdamW;
+pub use trainer::{train, Init, TrainJob, TrainOutcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid training config: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Data(String),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: std::path::PathBuf, reason: String },
+    #[error("loss became {value} at step {step}: lower the learning rate")]
+    Diverged { step: usize, value: f32 },
+    #[error(transparent)]
+    Model(#[from] strata_model::ModelError),
+    #[error(transparent)]
+    Tokenize(#[from] strata_tokenize::TokenizeError),
+    #[error(transparent)]
+    Store(#[from] strata_store::StoreError),
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}
+
+pub(crate) use strata_model::Context;

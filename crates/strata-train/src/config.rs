@@ -1,0 +1,129 @@
+//! The training config (nanoGPT's knobs) and the learning-rate schedule.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TrainError};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Tokens per training window (≤ the model's context).
+    pub seq_len: usize,
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    #[serde(default = "d_min_lr")]
+    pub min_lr: f64,
+    #[serde(default = "d_warmup")]
+    pub warmup_steps: usize,
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_beta1")]
+    pub beta1: f64,
+    #[serde(default = "d_beta2")]
+    pub beta2: f64,
+    #[serde(default = "d_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "d_eval_every")]
+    pub eval_every: usize,
+    #[serde(default = "d_eval_windows")]
+    pub eval_windows: usize,
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_min_lr() -> f64 {
+    1e-4
+}
+fn d_warmup() -> usize {
+    20
+}
+fn d_wd() -> f64 {
+    0.1
+}
+fn d_beta1() -> f64 {
+    0.9
+}
+fn d_beta2() -> f64 {
+    0.95
+}
+fn d_clip() -> f64 {
+    1.0
+}
+fn d_eval_every() -> usize {
+    50
+}
+fn d_eval_windows() -> usize {
+    16
+}
+fn d_ckpt() -> usize {
+    25
+}
+
+impl TrainConfig {
+    /// # Errors
+    /// [`TrainError::Config`] naming the field.
+    pub fn validate(&self, context: usize) -> Result<()> {
+        let bad = |s: String| Err(TrainError::Config(s));
+        if self.steps == 0 || self.batch_size == 0 || self.seq_len == 0 {
+            return bad("steps, batch_size and seq_len must be > 0".into());
+        }
+        if self.seq_len > context {
+            return bad(format!("seq_len ({}) exceeds the model's context ({context})", self.seq_len));
+        }
+        if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad(format!("need 0 <= min_lr ({}) <= lr ({}) and lr > 0", self.min_lr, self.lr));
+        }
+        if self.checkpoint_every == 0 || self.eval_every == 0 {
+            return bad("checkpoint_every and eval_every must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Linear warmup to `lr`, then cosine decay to `min_lr` at the last step.
+#[must_use]
+pub fn get_lr(step: usize, cfg: &TrainConfig) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let (s, w, n) = (step as f64, cfg.warmup_steps as f64, cfg.steps as f64);
+    if step < cfg.warmup_steps {
+        return cfg.lr * (s + 1.0) / w;
+    }
+    if n <= w {
+        return cfg.lr;
+    }
+    let progress = ((s - w) / (n - w)).clamp(0.0, 1.0);
+    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> TrainConfig {
+        toml::from_str("steps = 110\nbatch_size = 1\nseq_len = 8\nlr = 1.0\nmin_lr = 0.1\nwarmup_steps = 10").unwrap()
+    }
+
+    #[test]
+    fn schedule_by_hand() {
+        let c = cfg();
+        assert!((get_lr(0, &c) - 0.1).abs() < 1e-12); // (0+1)/10
+        assert!((get_lr(9, &c) - 1.0).abs() < 1e-12);
+        assert!((get_lr(10, &c) - 1.0).abs() < 1e-12); // cosine starts at the top
+        assert!((get_lr(60, &c) - 0.55).abs() < 1e-12); // halfway: 0.1 + 0.5 * 0.9
+        assert!((get_lr(110, &c) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unknown_key_and_bad_values_are_refused() {
+        assert!(toml::from_str::<TrainConfig>("steps = 1\nbatch_size = 1\nseq_len = 8\nlearning_rate = 1").is_err());
+        assert!(cfg().validate(4).unwrap_err().to_string().contains("seq_len (8) exceeds"));
+    }
+}
