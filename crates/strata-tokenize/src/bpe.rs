@@ -28,7 +28,7 @@ pub struct TokenizerConfig {
 fn default_min_frequency() -> u64 {
     2
 }
-pub(crate) fn default_val_fraction() -> f64 {
+pub fn default_val_fraction() -> f64 {
     0.05
 }
 

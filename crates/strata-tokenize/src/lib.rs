@@ -6,7 +6,8 @@ mod shards;
 
 pub use bpe::{train_tokenizer, TokenizerConfig, SPECIAL_TOKENS};
 pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
-pub use shards::{encode_dataset, read_tokens, write_tokens, EncodeConfig};
+pub use shards::{encode_dataset, encode_heldout, read_tokens, write_tokens, EncodeConfig};
+pub use bpe::{default_val_fraction, write_tokenizer_files};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {

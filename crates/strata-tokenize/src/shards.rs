@@ -137,3 +137,23 @@ mod tests {
         assert!(read_tokens(&p).unwrap_err().to_string().contains("truncated"));
     }
 }
+
+/// Token ids of the held-out documents of a dataset, encoded with any tokenizer (each document followed
+/// by `<|endoftext|>`): what `eval` measures perplexity on.
+///
+/// # Errors
+/// When the dataset is missing or unreadable.
+pub fn encode_heldout(store: &Store, dataset: &str, tk: &tokenizers::Tokenizer, val_fraction: f64) -> Result<Vec<u32>> {
+    let dir = store.require(Kind::Dataset, dataset)?;
+    let eos = tk.token_to_id(SPECIAL_TOKENS[0]);
+    let mut ids = Vec::new();
+    for doc in strata_data::io::read_dataset(&dir)? {
+        let doc = doc?;
+        if strata_data::split::is_heldout(&doc.text, val_fraction) {
+            let enc = tk.encode(doc.text.as_str(), false).map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+            ids.extend_from_slice(enc.get_ids());
+            ids.extend(eos);
+        }
+    }
+    Ok(ids)
+}

@@ -1,0 +1,212 @@
+//! The command-line surface: one enum of argument structs, kept apart from the logic in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about = "The whole life of a language model: acquire → preprocess → tokenize → train → finetune → eval → serve")]
+pub struct Cli {
+    /// Artifact store directory.
+    #[arg(long, global = true, env = "STRATA_HOME", default_value = "strata-work")]
+    pub workdir: PathBuf,
+    /// CPU threads for tensor math (default: all cores).
+    #[arg(long, global = true, env = "STRATA_THREADS")]
+    pub threads: Option<usize>,
+    /// More logging.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read raw files (txt/md, jsonl, jsonl.zst; files, folders or globs) into a dataset.
+    Acquire(AcquireArgs),
+    /// Normalise, filter and deduplicate a dataset into a new one.
+    Preprocess(PreprocessArgs),
+    /// Train a byte-level BPE tokenizer, or encode a dataset into token shards.
+    #[command(subcommand)]
+    Tokenize(TokenizeCommand),
+    /// Pretrain a Llama-style model from scratch on token shards.
+    Train(TrainArgs),
+    /// Continue pretraining a model on a domain's token shards.
+    Finetune(FinetuneArgs),
+    /// Held-out perplexity of models on datasets.
+    Eval(EvalArgs),
+    /// Generate a completion from a model.
+    Generate(GenerateArgs),
+    /// Serve models over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+    /// Run the steps of a pipeline file in order (skipping steps whose inputs and config are unchanged).
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+    /// The whole lifecycle: general → base → medical → ultrasound, then a perplexity table.
+    Demo(DemoArgs),
+    /// Print what an artifact was made from, back to the raw files, with hashes.
+    Lineage(LineageArgs),
+    /// List the artifacts in the store.
+    Ls,
+}
+
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    /// Name of the dataset to create.
+    #[arg(long)]
+    pub name: String,
+    /// Files, folders or glob patterns.
+    #[arg(long = "input", required = true, num_args = 1..)]
+    pub inputs: Vec<String>,
+    /// The jsonl field that holds the text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PreprocessArgs {
+    /// Dataset to read.
+    #[arg(long)]
+    pub input: String,
+    /// Dataset to write.
+    #[arg(long)]
+    pub output: String,
+    /// Drop documents shorter than this many characters.
+    #[arg(long, default_value_t = 32)]
+    pub min_chars: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenizeCommand {
+    /// Train a tokenizer on the training split of datasets.
+    Train {
+        #[arg(long)]
+        name: String,
+        #[arg(long = "dataset", required = true, num_args = 1..)]
+        datasets: Vec<String>,
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+    },
+    /// Encode a dataset into train/val token shards.
+    Encode {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        tokenizer: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Name of the model to create.
+    #[arg(long)]
+    pub name: String,
+    /// Token shards to train on.
+    #[arg(long)]
+    pub tokens: String,
+    /// Tokenizer the shards were encoded with.
+    #[arg(long)]
+    pub tokenizer: String,
+    /// TOML file with [model] and [train] tables (see configs/demo.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: TrainOverrides,
+}
+
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// Name of the model to create.
+    #[arg(long)]
+    pub name: String,
+    /// Model to start from (its weights and tokenizer).
+    #[arg(long)]
+    pub parent: String,
+    /// Token shards of the domain, encoded with the parent's tokenizer.
+    #[arg(long)]
+    pub tokens: String,
+    /// TOML file with a [train] table.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: TrainOverrides,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct TrainOverrides {
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[arg(long = "model", required = true, num_args = 1..)]
+    pub models: Vec<String>,
+    #[arg(long = "dataset", required = true, num_args = 1..)]
+    pub datasets: Vec<String>,
+    /// Evaluate at most this many windows per dataset.
+    #[arg(long, default_value_t = 64)]
+    pub max_windows: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Model used when a request names none.
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCommand {
+    /// Run a pipeline file.
+    Run { file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Toy sizes on the small fixtures in the repository: offline, about a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Use this pipeline file instead of the built-in demo config.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LineageArgs {
+    pub name: String,
+}

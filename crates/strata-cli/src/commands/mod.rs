@@ -1,0 +1,44 @@
+//! One file per subcommand; `dispatch` routes the parsed arguments.
+
+use std::process::ExitCode;
+
+use strata_store::Store;
+
+use crate::cli::{Cli, Command, PipelineCommand};
+
+mod acquire;
+pub mod demo;
+mod eval;
+mod generate;
+mod lineage;
+mod ls;
+mod preprocess;
+mod serve;
+mod tokenize;
+pub mod train;
+
+pub fn open_store(args: &Cli) -> anyhow::Result<Store> {
+    Store::open(&args.workdir).map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", args.workdir.display()))
+}
+
+pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
+    let store = open_store(args)?;
+    match &args.command {
+        Command::Acquire(a) => acquire::run(&store, a),
+        Command::Preprocess(a) => preprocess::run(&store, a),
+        Command::Tokenize(c) => tokenize::run(&store, c),
+        Command::Train(a) => train::run_train(&store, a),
+        Command::Finetune(a) => train::run_finetune(&store, a),
+        Command::Eval(a) => eval::run(&store, a),
+        Command::Generate(a) => generate::run(&store, a),
+        Command::Serve(a) => serve::run(store, a),
+        Command::Pipeline(PipelineCommand::Run { file }) => {
+            let p = crate::pipeline::PipelineFile::load(file)?;
+            crate::pipeline::run(&store, &p, true)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(a) => demo::run(&store, a),
+        Command::Lineage(a) => lineage::run(&store, a),
+        Command::Ls => ls::run(&store),
+    }
+}

@@ -1,0 +1,113 @@
+//! `strata train` (from scratch) and `strata finetune` (continued pretraining from a parent model).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use strata_model::ModelSpec;
+use strata_store::Store;
+use strata_train::{Init, TrainConfig, TrainJob};
+
+use crate::cli::{FinetuneArgs, TrainArgs, TrainOverrides};
+
+/// A `--config` file for train/finetune.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainFile {
+    model: Option<ModelSpec>,
+    train: Option<TrainConfig>,
+}
+
+fn default_spec() -> ModelSpec {
+    ModelSpec { hidden_size: 256, intermediate_size: 688, layers: 4, heads: 8, kv_heads: 4, context: 256, rope_theta: 10_000.0, tie_word_embeddings: false }
+}
+
+fn default_train() -> TrainConfig {
+    TrainConfig {
+        steps: 500,
+        batch_size: 16,
+        seq_len: 128,
+        lr: 2e-3,
+        min_lr: 2e-4,
+        warmup_steps: 30,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        grad_clip: 1.0,
+        eval_every: 100,
+        eval_windows: 16,
+        checkpoint_every: 25,
+        seed: 0,
+    }
+}
+
+fn load_file(path: Option<&Path>) -> anyhow::Result<TrainFile> {
+    match path {
+        None => Ok(TrainFile { model: None, train: None }),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        }
+    }
+}
+
+fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> TrainConfig {
+    if let Some(v) = o.steps {
+        cfg.steps = v;
+    }
+    if let Some(v) = o.batch_size {
+        cfg.batch_size = v;
+    }
+    if let Some(v) = o.seq_len {
+        cfg.seq_len = v;
+    }
+    if let Some(v) = o.lr {
+        cfg.lr = v;
+        cfg.min_lr = cfg.min_lr.min(v);
+    }
+    if let Some(v) = o.checkpoint_every {
+        cfg.checkpoint_every = v;
+    }
+    cfg
+}
+
+pub fn run_train(store: &Store, a: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let file = load_file(a.config.as_deref())?;
+    let init = Init::Scratch { spec: file.model.unwrap_or_else(default_spec), tokenizer: a.tokenizer.clone() };
+    run_job(store, &a.name, &a.tokens, init, apply(file.train.unwrap_or_else(default_train), &a.overrides), true)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode> {
+    let file = load_file(a.config.as_deref())?;
+    anyhow::ensure!(file.model.is_none(), "finetune takes its architecture from the parent model: remove [model] from the config");
+    let mut base = default_train();
+    base.steps = 200;
+    base.lr = 5e-4;
+    base.min_lr = 5e-5;
+    base.warmup_steps = 10;
+    let init = Init::From { parent: a.parent.clone() };
+    run_job(store, &a.name, &a.tokens, init, apply(file.train.unwrap_or(base), &a.overrides), true)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_job(store: &Store, name: &str, tokens: &str, init: Init, cfg: TrainConfig, progress: bool) -> anyhow::Result<()> {
+    let kind = if matches!(init, Init::Scratch { .. }) { "train" } else { "finetune" };
+    let job = TrainJob { name, tokens, init, cfg, created_by: &format!("strata {kind}"), progress };
+    let out = strata_train::train(store, &job).with_context(|| format!("{kind} {name:?}"))?;
+    let c = &out.manifest.counts;
+    let how = match (out.skipped, out.resumed_from) {
+        (true, _) => "up to date".to_string(),
+        (false, Some(s)) => format!("done (resumed from step {s})"),
+        (false, None) => "done".to_string(),
+    };
+    eprintln!(
+        "{kind:<10} {name:<20} {how:<10} parameters={} steps={} val_ppl={:.2} run={}",
+        c.get("parameters").cloned().unwrap_or_default(),
+        c.get("steps").cloned().unwrap_or_default(),
+        c.get("val_ppl").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN),
+        out.run_dir.display()
+    );
+    Ok(())
+}

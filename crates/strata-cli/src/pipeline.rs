@@ -1,0 +1,267 @@
+//! Pipeline files: TOML with named `[[step]]`s run in order, each naming its inputs by artifact name.
+//! Every table refuses unknown keys, so a typo is an error naming the key, not a silently ignored setting.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use strata_data::preprocess::StageConfig;
+use strata_model::ModelSpec;
+use strata_store::Store;
+use strata_train::TrainConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(rename = "step")]
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub demo: Option<DemoSettings>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Run `scripts/fetch-data.sh` first when an acquire input under `data/` is missing.
+    #[serde(default)]
+    pub fetch_data: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Step {
+    Acquire(AcquireStep),
+    Preprocess(PreprocessStep),
+    Tokenizer(TokenizerStep),
+    Encode(EncodeStep),
+    Train(TrainStep),
+    Finetune(FinetuneStep),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcquireStep {
+    pub name: String,
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub text_field: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessStep {
+    pub name: String,
+    pub input: String,
+    #[serde(default)]
+    pub stages: Option<Vec<StageConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerStep {
+    pub name: String,
+    pub datasets: Vec<String>,
+    pub vocab_size: usize,
+    #[serde(default)]
+    pub min_frequency: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeStep {
+    pub name: String,
+    pub dataset: String,
+    pub tokenizer: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainStep {
+    pub name: String,
+    pub tokens: String,
+    pub tokenizer: String,
+    pub model: ModelSpec,
+    pub train: TrainConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneStep {
+    pub name: String,
+    pub parent: String,
+    pub tokens: String,
+    pub train: TrainConfig,
+}
+
+/// What the demo prints after the pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoSettings {
+    /// Rows of the table, in order.
+    pub models: Vec<String>,
+    /// Columns: datasets whose held-out split is evaluated.
+    pub eval: Vec<String>,
+    #[serde(default = "d_windows")]
+    pub max_windows: usize,
+    /// Prompt for the sample completion of every model.
+    pub prompt: String,
+    #[serde(default = "d_tokens")]
+    pub max_tokens: usize,
+    #[serde(default = "d_temp")]
+    pub temperature: f32,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn d_windows() -> usize {
+    64
+}
+fn d_tokens() -> usize {
+    48
+}
+fn d_temp() -> f32 {
+    0.7
+}
+
+impl PipelineFile {
+    /// Parses a pipeline; errors name the file, and toml's message names the line and key.
+    ///
+    /// # Errors
+    /// When the file is missing or invalid.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read pipeline file {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// # Errors
+    /// When the text is not a valid pipeline.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            match locate_unknown_key(text, &msg) {
+                Some(line) => anyhow::anyhow!("{origin}: line {line}: {}", msg.lines().last().unwrap_or(&msg)),
+                None => anyhow::anyhow!("{origin}: {msg}"),
+            }
+        })
+    }
+}
+
+/// Steps are a tagged enum, which serde buffers before choosing the variant, so toml's error for an
+/// unknown key points at the enclosing `[[step]]`. This finds the line where the key itself is written.
+fn locate_unknown_key(text: &str, msg: &str) -> Option<usize> {
+    let key = msg.split("unknown field `").nth(1)?.split('`').next()?;
+    text.lines().position(|line| {
+        line.match_indices(key).any(|(i, _)| {
+            let before = line[..i].chars().last();
+            let after = line[i + key.len()..].trim_start();
+            matches!(before, None | Some(' ' | '{' | ',' | '\t')) && after.starts_with('=')
+        })
+    }).map(|i| i + 1)
+}
+
+/// Runs every step in order.
+///
+/// # Errors
+/// When a step fails; earlier steps' artifacts stay published.
+pub fn run(store: &Store, file: &PipelineFile, progress: bool) -> anyhow::Result<()> {
+    if file.settings.fetch_data {
+        fetch_if_missing(file)?;
+    }
+    for step in &file.steps {
+        run_step(store, step, progress)?;
+    }
+    Ok(())
+}
+
+fn fetch_if_missing(file: &PipelineFile) -> anyhow::Result<()> {
+    let missing = file.steps.iter().any(|s| match s {
+        Step::Acquire(a) => a.inputs.iter().any(|i| !i.contains('*') && !Path::new(i).exists()),
+        _ => false,
+    });
+    if !missing {
+        return Ok(());
+    }
+    let script = Path::new("scripts/fetch-data.sh");
+    anyhow::ensure!(script.is_file(), "demo data is missing and {} is not here: run strata from the repository root", script.display());
+    eprintln!("fetching demo data with {} …", script.display());
+    let status = std::process::Command::new("bash").arg(script).status().context("running scripts/fetch-data.sh")?;
+    anyhow::ensure!(status.success(), "scripts/fetch-data.sh failed ({status})");
+    Ok(())
+}
+
+fn report(kind: &str, name: &str, r: &strata_data::acquire::StepReport) {
+    let counts: Vec<String> = r.manifest.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let how = if r.skipped { "up to date" } else { "done" };
+    eprintln!("{kind:<10} {name:<20} {how:<10} {}", counts.join(" "));
+}
+
+fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
+    let by = "strata pipeline";
+    match step {
+        Step::Acquire(s) => {
+            let cfg = strata_data::acquire::AcquireConfig {
+                inputs: s.inputs.clone(),
+                text_field: s.text_field.clone().unwrap_or_else(|| "text".into()),
+                docs_per_shard: 10_000,
+            };
+            let r = strata_data::acquire::acquire(store, &s.name, &cfg, by).with_context(|| format!("step acquire {:?}", s.name))?;
+            report("acquire", &s.name, &r);
+        }
+        Step::Preprocess(s) => {
+            let mut cfg = strata_data::preprocess::PreprocessConfig::default();
+            if let Some(stages) = &s.stages {
+                cfg.stages.clone_from(stages);
+            }
+            let r = strata_data::preprocess::preprocess(store, &s.input, &s.name, &cfg, by).with_context(|| format!("step preprocess {:?}", s.name))?;
+            report("preprocess", &s.name, &r);
+        }
+        Step::Tokenizer(s) => {
+            let cfg = strata_tokenize::TokenizerConfig {
+                vocab_size: s.vocab_size,
+                min_frequency: s.min_frequency.unwrap_or(2),
+                val_fraction: strata_tokenize::default_val_fraction(),
+            };
+            let r = strata_tokenize::train_tokenizer(store, &s.name, &s.datasets, &cfg, by).with_context(|| format!("step tokenizer {:?}", s.name))?;
+            report("tokenizer", &s.name, &r);
+        }
+        Step::Encode(s) => {
+            let r = strata_tokenize::encode_dataset(store, &s.name, &s.dataset, &s.tokenizer, &strata_tokenize::EncodeConfig::default(), by)
+                .with_context(|| format!("step encode {:?}", s.name))?;
+            report("encode", &s.name, &r);
+        }
+        Step::Train(s) => {
+            let init = strata_train::Init::Scratch { spec: s.model.clone(), tokenizer: s.tokenizer.clone() };
+            crate::commands::train::run_job(store, &s.name, &s.tokens, init, s.train.clone(), progress)?;
+        }
+        Step::Finetune(s) => {
+            let init = strata_train::Init::From { parent: s.parent.clone() };
+            crate::commands::train::run_job(store, &s.name, &s.tokens, init, s.train.clone(), progress)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_configs_parse() {
+        for (name, text) in [("demo.toml", crate::commands::demo::DEMO), ("demo-quick.toml", crate::commands::demo::QUICK)] {
+            let p = PipelineFile::parse(text, name).unwrap();
+            assert!(p.demo.is_some(), "{name}");
+            assert!(p.steps.len() >= 8, "{name}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[[step]]\ntype = \"acquire\"\nname = \"x\"\ninputs = [\"a\"]\ntext_feild = \"body\"\n";
+        let err = PipelineFile::parse(text, "p.toml").unwrap_err().to_string();
+        assert!(err.contains("p.toml") && err.contains("text_feild") && err.contains("line 5"), "{err}");
+        let err = PipelineFile::parse("[[step]]\ntype = \"trian\"\nname = \"x\"\n", "p.toml").unwrap_err().to_string();
+        assert!(err.contains("trian"), "{err}");
+    }
+}

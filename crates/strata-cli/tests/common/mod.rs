@@ -1,0 +1,60 @@
+//! Helpers shared by the CLI tests: run the real `strata` binary from the repository root.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+pub fn strata(workdir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
+    c.current_dir(repo_root()).arg("--workdir").arg(workdir).env_remove("STRATA_HOME").env("NO_COLOR", "1");
+    c
+}
+
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Run {
+    let Output { status, stdout, stderr } = cmd.output().expect("spawn strata");
+    let r = Run { ok: status.success(), stdout: String::from_utf8_lossy(&stdout).into(), stderr: String::from_utf8_lossy(&stderr).into() };
+    assert!(!r.stderr.contains("panicked"), "strata panicked:\n{}", r.stderr);
+    r
+}
+
+/// A fresh directory under the target dir, emptied first.
+pub fn fresh_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+/// The store of one `strata demo --quick` run, shared by the tests of a test binary, with its output.
+pub fn quick_demo() -> &'static (PathBuf, Run) {
+    static DEMO: OnceLock<(PathBuf, Run)> = OnceLock::new();
+    DEMO.get_or_init(|| {
+        let dir = fresh_dir(&format!("demo-quick-{}", std::process::id()));
+        let r = run(strata(&dir).args(["demo", "--quick"]));
+        assert!(r.ok, "demo --quick failed:\n{}\n{}", r.stdout, r.stderr);
+        (dir, r)
+    })
+}
+
+/// The python of the pinned test venv (created on first use by scripts/python-venv.sh).
+pub fn venv_python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("bash").arg(repo_root().join("scripts/python-venv.sh")).output().expect("run python-venv.sh");
+        assert!(out.status.success(), "python-venv.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}

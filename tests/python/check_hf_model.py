@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Independent check of a Strata model folder with the Python ecosystem (numpy, safetensors, tokenizers; no torch).
+
+usage: check_hf_model.py MODEL_DIR EXPECT_JSON
+
+EXPECT_JSON holds what Strata computed: {"text": str, "ids": [int], "logits": [[float]]} (logits of every position).
+Checks, failing with a message on the first mismatch:
+  1. config.json describes a LlamaForCausalLM;
+  2. model.safetensors holds exactly the Hugging Face tensor names with the shapes the config implies, in f32,
+     with transformers' {"format": "pt"} metadata;
+  3. tokenizer.json, loaded by the `tokenizers` library, gives the same ids for the text as Strata;
+  4. a numpy forward of the Llama architecture (written here from the HF definition) gives the same logits,
+     relative error <= 1e-4.
+"""
+import json
+import sys
+
+import numpy as np
+from safetensors import safe_open
+from tokenizers import Tokenizer
+
+
+def fail(msg):
+    print(f"FAIL: {msg}")
+    sys.exit(1)
+
+
+def expected_shapes(c):
+    d, v, f = c["hidden_size"], c["vocab_size"], c["intermediate_size"]
+    nh = c["num_attention_heads"]
+    nkv = c.get("num_key_value_heads") or nh
+    hd = c.get("head_dim") or d // nh
+    shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,)}
+    if not c.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (v, d)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (d,),
+            p + "post_attention_layernorm.weight": (d,),
+            p + "self_attn.q_proj.weight": (nh * hd, d),
+            p + "self_attn.k_proj.weight": (nkv * hd, d),
+            p + "self_attn.v_proj.weight": (nkv * hd, d),
+            p + "self_attn.o_proj.weight": (d, nh * hd),
+            p + "mlp.gate_proj.weight": (f, d),
+            p + "mlp.up_proj.weight": (f, d),
+            p + "mlp.down_proj.weight": (d, f),
+        })
+    return shapes
+
+
+def rms_norm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def forward(c, w, ids):
+    """Reference Llama forward in float64 (HF LlamaForCausalLM semantics)."""
+    d, nh = c["hidden_size"], c["num_attention_heads"]
+    nkv = c.get("num_key_value_heads") or nh
+    hd = c.get("head_dim") or d // nh
+    eps, theta, t = c["rms_norm_eps"], c["rope_theta"], len(ids)
+    inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    ang = np.outer(np.arange(t, dtype=np.float64), inv)
+    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+    mask = np.triu(np.full((t, t), -np.inf), 1)
+    x = w["model.embed_tokens.weight"][ids]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
+        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(t, nh, hd).transpose(1, 0, 2)
+        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(t, nkv, hd).transpose(1, 0, 2)
+        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(t, nkv, hd).transpose(1, 0, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
+        a = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
+        a = np.exp(a - a.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        y = (a @ v).transpose(1, 0, 2).reshape(t, nh * hd)
+        x = x + y @ w[p + "self_attn.o_proj.weight"].T
+        h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
+        g = h @ w[p + "mlp.gate_proj.weight"].T
+        x = x + ((g / (1 + np.exp(-g))) * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+    x = rms_norm(x, w["model.norm.weight"], eps)
+    head = w["model.embed_tokens.weight"] if c.get("tie_word_embeddings", False) else w["lm_head.weight"]
+    return x @ head.T
+
+
+def main():
+    model_dir, expect_path = sys.argv[1], sys.argv[2]
+    with open(f"{model_dir}/config.json") as f:
+        c = json.load(f)
+    with open(expect_path) as f:
+        expect = json.load(f)
+    if c.get("architectures") != ["LlamaForCausalLM"] or c.get("model_type") != "llama":
+        fail(f"config.json: architectures={c.get('architectures')} model_type={c.get('model_type')}")
+
+    want = expected_shapes(c)
+    weights = {}
+    with safe_open(f"{model_dir}/model.safetensors", framework="numpy") as st:
+        if (st.metadata() or {}).get("format") != "pt":
+            fail(f"safetensors metadata {st.metadata()} lacks format=pt")
+        names = set(st.keys())
+        if names != set(want):
+            fail(f"tensor names differ: missing {sorted(set(want) - names)[:5]}, unexpected {sorted(names - set(want))[:5]}")
+        for n in names:
+            t = st.get_tensor(n)
+            if t.dtype != np.float32 or tuple(t.shape) != want[n]:
+                fail(f"{n}: {t.dtype} {t.shape}, expected float32 {want[n]}")
+            weights[n] = t.astype(np.float64)
+
+    tk = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
+    if tk.get_vocab_size(with_added_tokens=True) != c["vocab_size"]:
+        fail(f"tokenizer vocab {tk.get_vocab_size(with_added_tokens=True)} != config vocab_size {c['vocab_size']}")
+    ids = tk.encode(expect["text"], add_special_tokens=False).ids
+    if ids != expect["ids"]:
+        fail(f"tokenizers ids {ids} != strata ids {expect['ids']}")
+    if tk.decode(ids) != expect["text"]:
+        fail("tokenizers decode does not round-trip the text")
+
+    ref = forward(c, weights, np.array(ids))
+    got = np.array(expect["logits"], dtype=np.float64)
+    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    if not rel <= 1e-4:
+        fail(f"logits differ from the numpy reference: max relative error {rel:.3e}")
+    print(f"OK: {len(names)} tensors, {len(ids)} ids, logits rel err {rel:.2e}")
+
+
+if __name__ == "__main__":
+    main()
