@@ -12,7 +12,7 @@ mod llama;
 pub use config::{LlamaConfig, ModelSpec};
 pub use hf::{load_model, read_config, read_safetensors, save_safetensors, write_hf_config};
 pub use kv_cache::KvCache;
-pub use llama::{next_token_loss, Llama};
+pub use llama::{init_std, next_token_loss, seeded_init, Llama};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

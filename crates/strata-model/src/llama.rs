@@ -26,6 +26,7 @@ impl RmsNorm {
 }
 
 fn linear(vb: &VarBuilder, name: &str, (out_dim, in_dim): (usize, usize), std: f64) -> Result<Linear> {
+    // `std` only matters for a fresh VarMap; `seeded_init` later applies the same rule deterministically.
     let w = vb
         .pp(name)
         .get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: std })
@@ -190,6 +191,60 @@ pub struct Llama {
     cfg: LlamaConfig,
 }
 
+/// The initial standard deviation of a weight, by its HF name (nanoGPT/GPT-2 practice): N(0, 0.02) for
+/// embeddings and input projections, scaled by 1/sqrt(2 L) for the projections that write into the residual
+/// stream, and `None` for norm gains (initialised to one).
+#[must_use]
+pub fn init_std(name: &str, cfg: &LlamaConfig) -> Option<f64> {
+    if name.ends_with("layernorm.weight") || name.ends_with("norm.weight") {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let residual_scale = (2.0 * cfg.num_hidden_layers as f64).sqrt();
+    if name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight") {
+        Some(cfg.initializer_range / residual_scale)
+    } else {
+        Some(cfg.initializer_range)
+    }
+}
+
+/// Re-initialises every variable from `seed` (candle's CPU generator cannot be seeded), so a training run
+/// is reproducible from its config alone.
+///
+/// # Errors
+/// On a tensor failure.
+pub fn seeded_init(vars: &std::collections::HashMap<String, candle_core::Var>, cfg: &LlamaConfig, seed: u64) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let t = var.as_tensor();
+        let value = match init_std(name, cfg) {
+            None => t.ones_like().ctx("init ones")?,
+            Some(std) => {
+                let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ h);
+                let n = t.elem_count();
+                // Box–Muller: two uniforms → two standard normals
+                let mut v = Vec::with_capacity(n + 1);
+                while v.len() < n {
+                    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+                    let u2: f64 = rng.random();
+                    let r = (-2.0 * u1.ln()).sqrt();
+                    let a = std::f64::consts::TAU * u2;
+                    #[allow(clippy::cast_possible_truncation)]
+                    v.extend([(r * a.cos() * std) as f32, (r * a.sin() * std) as f32]);
+                }
+                v.truncate(n);
+                Tensor::from_vec(v, t.shape(), t.device()).ctx("init randn")?
+            }
+        };
+        var.set(&value).ctx(&format!("init {name}"))?;
+    }
+    Ok(())
+}
+
 impl Llama {
     /// Builds the model from `vb`: fresh weights from a `VarMap` builder (training) or stored ones from a
     /// safetensors builder (inference). Shapes are checked against `cfg` tensor by tensor.
@@ -337,6 +392,26 @@ mod tests {
         assert!(diff < 1e-6, "{diff}");
         let last = (a.narrow(1, 3, 1).unwrap() - b.narrow(1, 3, 1).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(last > 1e-6);
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible_and_has_the_intended_scale() {
+        let cfg = tiny();
+        let init = |seed| {
+            let vm = VarMap::new();
+            let _ = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+            let vars = vm.data().lock().unwrap().clone();
+            seeded_init(&vars, &cfg, seed).unwrap();
+            let get = |n: &str| vars[n].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (get("model.embed_tokens.weight"), get("model.layers.0.mlp.down_proj.weight"), get("model.norm.weight"))
+        };
+        let (a, down, norm) = init(1);
+        assert_eq!(a, init(1).0);
+        assert_ne!(a, init(2).0);
+        assert!(norm.iter().all(|&x| x == 1.0));
+        let sd = |v: &[f32]| (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!((sd(&a) - 0.02).abs() < 0.002, "{}", sd(&a)); // 1600 samples: sd of the estimate ≈ 0.00035
+        assert!((sd(&down) - 0.01).abs() < 0.0015, "{}", sd(&down)); // 0.02 / sqrt(2 * 2 layers)
     }
 
     #[test]

@@ -99,10 +99,11 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     // Model and optimizer: fresh, from the parent, or from the checkpoint.
     let mut varmap = VarMap::new();
     let model = Llama::load(&VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)?;
-    if let Some(path) = &parent_weights {
-        varmap.load(path).ctx(&format!("loading parent weights {}", path.display()))?;
-    }
     let vars: HashMap<String, candle_core::Var> = varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
+    match &parent_weights {
+        Some(path) => varmap.load(path).ctx(&format!("loading parent weights {}", path.display()))?,
+        None => strata_model::seeded_init(&vars, &cfg, job.cfg.seed)?,
+    }
     let mut opt = crate::AdamW::new(&vars, job.cfg.beta1, job.cfg.beta2, job.cfg.weight_decay)?;
     let mut start = 0;
     let mut resumed_from = None;
