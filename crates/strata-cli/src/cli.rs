@@ -5,10 +5,19 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, about = "The whole life of a language model: acquire → preprocess → tokenize → train → finetune → eval → serve")]
+#[command(
+    name = "strata",
+    version,
+    about = "The whole life of a language model: acquire → preprocess → tokenize → train → finetune → eval → serve"
+)]
 pub struct Cli {
     /// Artifact store directory.
-    #[arg(long, global = true, env = "STRATA_HOME", default_value = "strata-work")]
+    #[arg(
+        long,
+        global = true,
+        env = "STRATA_HOME",
+        default_value = "strata-work"
+    )]
     pub workdir: PathBuf,
     /// CPU threads for tensor math (default: all cores).
     #[arg(long, global = true, env = "STRATA_THREADS")]

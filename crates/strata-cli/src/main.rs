@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    match run(args) {
+    match run(&args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -22,10 +22,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
+fn run(args: &cli::Cli) -> anyhow::Result<ExitCode> {
     let filter = if args.verbose { "debug" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -33,9 +36,12 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         .init();
     // candle's CPU matmul and rayon both read RAYON_NUM_THREADS; set it before either starts.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", args.threads.unwrap_or_else(default_threads).to_string());
+        std::env::set_var(
+            "RAYON_NUM_THREADS",
+            args.threads.unwrap_or_else(default_threads).to_string(),
+        );
     }
-    commands::dispatch(&args)
+    commands::dispatch(args)
 }
 
 /// Measured on 2 vCPUs (see README, "Threads"): both cores help the matmul-bound steps of these models.

@@ -131,7 +131,8 @@ impl PipelineFile {
     /// # Errors
     /// When the file is missing or invalid.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read pipeline file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read pipeline file {}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -141,7 +142,10 @@ impl PipelineFile {
         toml::from_str(text).map_err(|e| {
             let msg = e.to_string();
             match locate_unknown_key(text, &msg) {
-                Some(line) => anyhow::anyhow!("{origin}: line {line}: {}", msg.lines().last().unwrap_or(&msg)),
+                Some(line) => anyhow::anyhow!(
+                    "{origin}: line {line}: {}",
+                    msg.lines().last().unwrap_or(&msg)
+                ),
                 None => anyhow::anyhow!("{origin}: {msg}"),
             }
         })
@@ -152,13 +156,15 @@ impl PipelineFile {
 /// unknown key points at the enclosing `[[step]]`. This finds the line where the key itself is written.
 fn locate_unknown_key(text: &str, msg: &str) -> Option<usize> {
     let key = msg.split("unknown field `").nth(1)?.split('`').next()?;
-    text.lines().position(|line| {
-        line.match_indices(key).any(|(i, _)| {
-            let before = line[..i].chars().last();
-            let after = line[i + key.len()..].trim_start();
-            matches!(before, None | Some(' ' | '{' | ',' | '\t')) && after.starts_with('=')
+    text.lines()
+        .position(|line| {
+            line.match_indices(key).any(|(i, _)| {
+                let before = line[..i].chars().last();
+                let after = line[i + key.len()..].trim_start();
+                matches!(before, None | Some(' ' | '{' | ',' | '\t')) && after.starts_with('=')
+            })
         })
-    }).map(|i| i + 1)
+        .map(|i| i + 1)
 }
 
 /// Runs every step in order.
@@ -177,22 +183,37 @@ pub fn run(store: &Store, file: &PipelineFile, progress: bool) -> anyhow::Result
 
 fn fetch_if_missing(file: &PipelineFile) -> anyhow::Result<()> {
     let missing = file.steps.iter().any(|s| match s {
-        Step::Acquire(a) => a.inputs.iter().any(|i| !i.contains('*') && !Path::new(i).exists()),
+        Step::Acquire(a) => a
+            .inputs
+            .iter()
+            .any(|i| !i.contains('*') && !Path::new(i).exists()),
         _ => false,
     });
     if !missing {
         return Ok(());
     }
     let script = Path::new("scripts/fetch-data.sh");
-    anyhow::ensure!(script.is_file(), "demo data is missing and {} is not here: run strata from the repository root", script.display());
+    anyhow::ensure!(
+        script.is_file(),
+        "demo data is missing and {} is not here: run strata from the repository root",
+        script.display()
+    );
     eprintln!("fetching demo data with {} …", script.display());
-    let status = std::process::Command::new("bash").arg(script).status().context("running scripts/fetch-data.sh")?;
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .status()
+        .context("running scripts/fetch-data.sh")?;
     anyhow::ensure!(status.success(), "scripts/fetch-data.sh failed ({status})");
     Ok(())
 }
 
 fn report(kind: &str, name: &str, r: &strata_data::acquire::StepReport) {
-    let counts: Vec<String> = r.manifest.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let counts: Vec<String> = r
+        .manifest
+        .counts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     let how = if r.skipped { "up to date" } else { "done" };
     eprintln!("{kind:<10} {name:<20} {how:<10} {}", counts.join(" "));
 }
@@ -206,7 +227,8 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 text_field: s.text_field.clone().unwrap_or_else(|| "text".into()),
                 docs_per_shard: 10_000,
             };
-            let r = strata_data::acquire::acquire(store, &s.name, &cfg, by).with_context(|| format!("step acquire {:?}", s.name))?;
+            let r = strata_data::acquire::acquire(store, &s.name, &cfg, by)
+                .with_context(|| format!("step acquire {:?}", s.name))?;
             report("acquire", &s.name, &r);
         }
         Step::Preprocess(s) => {
@@ -214,7 +236,8 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
             if let Some(stages) = &s.stages {
                 cfg.stages.clone_from(stages);
             }
-            let r = strata_data::preprocess::preprocess(store, &s.input, &s.name, &cfg, by).with_context(|| format!("step preprocess {:?}", s.name))?;
+            let r = strata_data::preprocess::preprocess(store, &s.input, &s.name, &cfg, by)
+                .with_context(|| format!("step preprocess {:?}", s.name))?;
             report("preprocess", &s.name, &r);
         }
         Step::Tokenizer(s) => {
@@ -223,21 +246,48 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 min_frequency: s.min_frequency.unwrap_or(2),
                 val_fraction: strata_tokenize::default_val_fraction(),
             };
-            let r = strata_tokenize::train_tokenizer(store, &s.name, &s.datasets, &cfg, by).with_context(|| format!("step tokenizer {:?}", s.name))?;
+            let r = strata_tokenize::train_tokenizer(store, &s.name, &s.datasets, &cfg, by)
+                .with_context(|| format!("step tokenizer {:?}", s.name))?;
             report("tokenizer", &s.name, &r);
         }
         Step::Encode(s) => {
-            let r = strata_tokenize::encode_dataset(store, &s.name, &s.dataset, &s.tokenizer, &strata_tokenize::EncodeConfig::default(), by)
-                .with_context(|| format!("step encode {:?}", s.name))?;
+            let r = strata_tokenize::encode_dataset(
+                store,
+                &s.name,
+                &s.dataset,
+                &s.tokenizer,
+                &strata_tokenize::EncodeConfig::default(),
+                by,
+            )
+            .with_context(|| format!("step encode {:?}", s.name))?;
             report("encode", &s.name, &r);
         }
         Step::Train(s) => {
-            let init = strata_train::Init::Scratch { spec: s.model.clone(), tokenizer: s.tokenizer.clone() };
-            crate::commands::train::run_job(store, &s.name, &s.tokens, init, s.train.clone(), progress)?;
+            let init = strata_train::Init::Scratch {
+                spec: s.model.clone(),
+                tokenizer: s.tokenizer.clone(),
+            };
+            crate::commands::train::run_job(
+                store,
+                &s.name,
+                &s.tokens,
+                init,
+                s.train.clone(),
+                progress,
+            )?;
         }
         Step::Finetune(s) => {
-            let init = strata_train::Init::From { parent: s.parent.clone() };
-            crate::commands::train::run_job(store, &s.name, &s.tokens, init, s.train.clone(), progress)?;
+            let init = strata_train::Init::From {
+                parent: s.parent.clone(),
+            };
+            crate::commands::train::run_job(
+                store,
+                &s.name,
+                &s.tokens,
+                init,
+                s.train.clone(),
+                progress,
+            )?;
         }
     }
     Ok(())
@@ -249,7 +299,10 @@ mod tests {
 
     #[test]
     fn builtin_configs_parse() {
-        for (name, text) in [("demo.toml", crate::commands::demo::DEMO), ("demo-quick.toml", crate::commands::demo::QUICK)] {
+        for (name, text) in [
+            ("demo.toml", crate::commands::demo::DEMO),
+            ("demo-quick.toml", crate::commands::demo::QUICK),
+        ] {
             let p = PipelineFile::parse(text, name).unwrap();
             assert!(p.demo.is_some(), "{name}");
             assert!(p.steps.len() >= 8, "{name}");
@@ -258,10 +311,16 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = "[[step]]\ntype = \"acquire\"\nname = \"x\"\ninputs = [\"a\"]\ntext_feild = \"body\"\n";
+        let text =
+            "[[step]]\ntype = \"acquire\"\nname = \"x\"\ninputs = [\"a\"]\ntext_feild = \"body\"\n";
         let err = PipelineFile::parse(text, "p.toml").unwrap_err().to_string();
-        assert!(err.contains("p.toml") && err.contains("text_feild") && err.contains("line 5"), "{err}");
-        let err = PipelineFile::parse("[[step]]\ntype = \"trian\"\nname = \"x\"\n", "p.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("p.toml") && err.contains("text_feild") && err.contains("line 5"),
+            "{err}"
+        );
+        let err = PipelineFile::parse("[[step]]\ntype = \"trian\"\nname = \"x\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("trian"), "{err}");
     }
 }

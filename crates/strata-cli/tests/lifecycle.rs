@@ -1,6 +1,8 @@
 //! The whole lifecycle through the real binary: `strata demo --quick` (offline, on the repository's
 //! fixtures), then lineage, the Hugging Face layout checked by Python, and the HTTP API on the result.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -15,17 +17,39 @@ use tower::ServiceExt;
 fn demo_quick_prints_table_and_each_finetune_gains_on_its_domain() {
     let (_, r) = quick_demo();
     let out = &r.stdout;
-    assert!(out.contains("ppl general") && out.contains("ppl medical") && out.contains("ppl ultrasound"), "{out}");
+    assert!(
+        out.contains("ppl general")
+            && out.contains("ppl medical")
+            && out.contains("ppl ultrasound"),
+        "{out}"
+    );
     // the table has a row per model with three numbers
     for model in ["base", "medical", "ultrasound"] {
-        let row = out.lines().find(|l| l.starts_with(&format!("{model} "))).unwrap_or_else(|| panic!("no row for {model}:\n{out}"));
-        let nums: Vec<f64> = row.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{model} ")))
+            .unwrap_or_else(|| panic!("no row for {model}:\n{out}"));
+        let nums: Vec<f64> = row
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
         assert_eq!(nums.len(), 3, "{row}");
         assert!(nums.iter().all(|p| p.is_finite() && *p > 1.0), "{row}");
     }
-    assert!(out.contains("medical vs base on medical:") && out.contains("ultrasound vs medical on ultrasound:"), "{out}");
-    assert!(!out.contains("NOT better"), "a fine-tuned model did not improve on its own domain:\n{out}");
-    assert!(out.contains("[base] The patient") && out.contains("[ultrasound] The patient"), "{out}");
+    assert!(
+        out.contains("medical vs base on medical:")
+            && out.contains("ultrasound vs medical on ultrasound:"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("NOT better"),
+        "a fine-tuned model did not improve on its own domain:\n{out}"
+    );
+    assert!(
+        out.contains("[base] The patient") && out.contains("[ultrasound] The patient"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -33,9 +57,17 @@ fn second_demo_run_skips_every_step() {
     let (dir, _) = quick_demo();
     let r = run(strata(dir).args(["demo", "--quick"]));
     assert!(r.ok, "{}", r.stderr);
-    let steps: Vec<&str> = r.stderr.lines().filter(|l| l.contains("up to date") || l.contains(" done ")).collect();
+    let steps: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("up to date") || l.contains(" done "))
+        .collect();
     assert_eq!(steps.len(), 13, "{}", r.stderr);
-    assert!(steps.iter().all(|l| l.contains("up to date")), "{}", r.stderr);
+    assert!(
+        steps.iter().all(|l| l.contains("up to date")),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -44,16 +76,32 @@ fn lineage_walks_from_ultrasound_back_to_raw_files_with_hashes() {
     let r = run(strata(dir).args(["lineage", "ultrasound"]));
     assert!(r.ok, "{}", r.stderr);
     let out = &r.stdout;
-    let order = ["model ultrasound", "model medical", "model base", "tokenizer bpe", "dataset general-raw", "raw file fixtures/quick/general/sentences.jsonl"];
+    let order = [
+        "model ultrasound",
+        "model medical",
+        "model base",
+        "tokenizer bpe",
+        "dataset general-raw",
+        "raw file fixtures/quick/general/sentences.jsonl",
+    ];
     let mut at = 0;
     for needle in order {
-        let pos = out[at..].find(needle).unwrap_or_else(|| panic!("{needle:?} missing (in order) from:\n{out}"));
+        let pos = out[at..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing (in order) from:\n{out}"));
         at += pos;
     }
-    assert!(out.contains("tokens ultrasound-tokens") && out.contains("dataset ultrasound"), "{out}");
+    assert!(
+        out.contains("tokens ultrasound-tokens") && out.contains("dataset ultrasound"),
+        "{out}"
+    );
     assert!(out.lines().all(|l| l.contains("sha256:")), "{out}");
     let r = run(strata(dir).args(["lineage", "nope"]));
-    assert!(!r.ok && r.stderr.contains("no artifact named \"nope\""), "{}", r.stderr);
+    assert!(
+        !r.ok && r.stderr.contains("no artifact named \"nope\""),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -63,17 +111,37 @@ fn every_model_is_a_hugging_face_folder_checked_by_python() {
     let text = "The patient walked to the river. 超声 12.5 cm!";
     for model in ["base", "medical", "ultrasound"] {
         let mdir = dir.join("models").join(model);
-        for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "manifest.json"] {
+        for f in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+            "manifest.json",
+        ] {
             assert!(mdir.join(f).is_file(), "{model}: missing {f}");
         }
         // what Strata computes: ids and the logits of every position
         let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
         let ids: Vec<u32> = tk.encode(text, false).unwrap().get_ids().to_vec();
         let m = strata_model::load_model(&mdir, &candle_core::Device::Cpu).unwrap();
-        let input = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let logits: Vec<Vec<f32>> = m.forward(&input).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let input = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits: Vec<Vec<f32>> = m
+            .forward(&input)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         let expect = dir.join(format!("expect-{model}.json"));
-        std::fs::write(&expect, serde_json::json!({"text": text, "ids": ids, "logits": logits}).to_string()).unwrap();
+        std::fs::write(
+            &expect,
+            serde_json::json!({"text": text, "ids": ids, "logits": logits}).to_string(),
+        )
+        .unwrap();
         let out = std::process::Command::new(&python)
             .arg(common::repo_root().join("tests/python/check_hf_model.py"))
             .arg(&mdir)
@@ -81,13 +149,20 @@ fn every_model_is_a_hugging_face_folder_checked_by_python() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{model}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{model}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.starts_with("OK:"), "{stdout}");
     }
 }
 
 async fn call(app: axum::Router, body: &str) -> (StatusCode, String) {
-    let req = Request::post("/v1/chat/completions").header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
@@ -108,16 +183,29 @@ async fn chat_completions_plain_streaming_and_errors() {
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
     let usage = &v["usage"];
-    assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap());
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
     assert!(usage["completion_tokens"].as_u64().unwrap() <= 8);
     let (_, again) = call(app.clone(), body).await;
     let v2: serde_json::Value = serde_json::from_str(&again).unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"], v2["choices"][0]["message"]["content"]);
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        v2["choices"][0]["message"]["content"]
+    );
 
     // streaming: SSE chunks whose deltas concatenate to the same text, then [DONE]
-    let (status, sse) = call(app.clone(), &body.replace("\"max_tokens\": 8", "\"max_tokens\": 8, \"stream\": true")).await;
+    let (status, sse) = call(
+        app.clone(),
+        &body.replace("\"max_tokens\": 8", "\"max_tokens\": 8, \"stream\": true"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let events: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let events: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
     assert_eq!(events.last(), Some(&"[DONE]"), "{sse}");
     let mut streamed = String::new();
     for e in &events[..events.len() - 1] {
@@ -125,7 +213,10 @@ async fn chat_completions_plain_streaming_and_errors() {
         assert_eq!(c["object"], "chat.completion.chunk");
         streamed.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
     }
-    assert_eq!(streamed, v["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(
+        streamed,
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
     let last: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
     assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
 
@@ -134,28 +225,63 @@ async fn chat_completions_plain_streaming_and_errors() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let e: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(e["error"]["type"], "invalid_request_error");
-    let (status, text) = call(app.clone(), r#"{"model": "radiology", "messages": [{"role": "user", "content": "x"}]}"#).await;
+    let (status, text) = call(
+        app.clone(),
+        r#"{"model": "radiology", "messages": [{"role": "user", "content": "x"}]}"#,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
     let e: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(e["error"]["message"].as_str().unwrap().contains("no model named \"radiology\""), "{text}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no model named \"radiology\""),
+        "{text}"
+    );
     assert_eq!(e["error"]["param"], "model");
     let (status, _) = call(app.clone(), r#"{"model": "base", "messages": []}"#).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
-    let resp = app.oneshot(Request::get("/v1/models").body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .oneshot(Request::get("/v1/models").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let models: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"base") && ids.contains(&"ultrasound"), "{ids:?}");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"base") && ids.contains(&"ultrasound"),
+        "{ids:?}"
+    );
 }
 
 #[test]
 fn generate_prints_a_seeded_completion() {
     let (dir, _) = quick_demo();
-    let args = ["generate", "--model", "medical", "--prompt", "The patient", "--max-tokens", "12", "--seed", "5"];
+    let args = [
+        "generate",
+        "--model",
+        "medical",
+        "--prompt",
+        "The patient",
+        "--max-tokens",
+        "12",
+        "--seed",
+        "5",
+    ];
     let a = run(strata(dir).args(args));
     let b = run(strata(dir).args(args));
     assert!(a.ok, "{}", a.stderr);
-    assert!(a.stdout.starts_with("The patient") && a.stdout.len() > "The patient".len(), "{}", a.stdout);
+    assert!(
+        a.stdout.starts_with("The patient") && a.stdout.len() > "The patient".len(),
+        "{}",
+        a.stdout
+    );
     assert_eq!(a.stdout, b.stdout);
 }

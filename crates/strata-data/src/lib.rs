@@ -23,7 +23,11 @@ pub enum DataError {
     #[error("input {0:?} matched no files")]
     NoFiles(String),
     #[error("{path}:{line}: {reason}")]
-    Record { path: std::path::PathBuf, line: usize, reason: String },
+    Record {
+        path: std::path::PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("invalid glob {pattern:?}: {reason}")]
     Glob { pattern: String, reason: String },
     #[error(transparent)]
@@ -32,7 +36,9 @@ pub enum DataError {
 
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> DataError {
+pub(crate) fn io_err(
+    path: impl Into<std::path::PathBuf>,
+) -> impl FnOnce(std::io::Error) -> DataError {
     let path = path.into();
     move |source| DataError::Io { path, source }
 }

@@ -21,7 +21,9 @@ mod tests {
     #[test]
     fn fraction_is_respected_and_stable() {
         let n = 10_000;
-        let held = (0..n).filter(|i| is_heldout(&format!("doc {i}"), 0.1)).count();
+        let held = (0..n)
+            .filter(|i| is_heldout(&format!("doc {i}"), 0.1))
+            .count();
         // binomial(10000, 0.1): sd = 30, so 900..1100 is > 3 sd either side
         assert!((900..1100).contains(&held), "{held}");
         assert_eq!(is_heldout("same", 0.5), is_heldout("same", 0.5));

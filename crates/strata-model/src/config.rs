@@ -71,7 +71,8 @@ impl LlamaConfig {
 
     #[must_use]
     pub fn head_dim(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// Checks what the forward relies on.
@@ -81,10 +82,16 @@ impl LlamaConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(ModelError::Invalid(s));
         if !self.architectures.iter().any(|a| a == "LlamaForCausalLM") {
-            return bad(format!("unsupported architecture {:?} (supported: LlamaForCausalLM)", self.architectures));
+            return bad(format!(
+                "unsupported architecture {:?} (supported: LlamaForCausalLM)",
+                self.architectures
+            ));
         }
         if self.hidden_act != "silu" {
-            return bad(format!("hidden_act {:?} is not supported (silu only)", self.hidden_act));
+            return bad(format!(
+                "hidden_act {:?} is not supported (silu only)",
+                self.hidden_act
+            ));
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -98,18 +105,24 @@ impl LlamaConfig {
                 return bad(format!("{name} must be > 0"));
             }
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.kv_heads()
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
-            return bad(format!("hidden_size ({}) must divide by num_attention_heads ({})", self.hidden_size, self.num_attention_heads));
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return bad(format!(
+                "hidden_size ({}) must divide by num_attention_heads ({})",
+                self.hidden_size, self.num_attention_heads
+            ));
         }
-        if self.head_dim() % 2 != 0 {
-            return bad(format!("head_dim ({}) must be even for RoPE", self.head_dim()));
+        if !self.head_dim().is_multiple_of(2) {
+            return bad(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim()
+            ));
         }
         Ok(())
     }
@@ -121,7 +134,11 @@ impl LlamaConfig {
         let attn = d * self.num_attention_heads * hd * 2 + d * self.kv_heads() * hd * 2;
         let mlp = 3 * d * self.intermediate_size;
         let per_layer = attn + mlp + 2 * d;
-        let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * d };
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * d
+        };
         self.vocab_size * d + self.num_hidden_layers * per_layer + d + head
     }
 }
@@ -178,7 +195,16 @@ mod tests {
     use super::*;
 
     fn spec() -> ModelSpec {
-        ModelSpec { hidden_size: 64, intermediate_size: 128, layers: 2, heads: 4, kv_heads: 2, context: 32, rope_theta: 1e4, tie_word_embeddings: false }
+        ModelSpec {
+            hidden_size: 64,
+            intermediate_size: 128,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            context: 32,
+            rope_theta: 1e4,
+            tie_word_embeddings: false,
+        }
     }
 
     #[test]

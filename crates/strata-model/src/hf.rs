@@ -14,10 +14,18 @@ use crate::{Llama, LlamaConfig, ModelError, Result};
 /// # Errors
 /// When the file is missing, is not JSON, lacks a required field or describes an unsupported model.
 pub fn read_config(path: &Path) -> Result<LlamaConfig> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
-    let cfg: LlamaConfig =
-        serde_json::from_slice(&bytes).map_err(|e| ModelError::Config { path: path.into(), reason: e.to_string() })?;
-    cfg.validate().map_err(|e| ModelError::Config { path: path.into(), reason: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let cfg: LlamaConfig = serde_json::from_slice(&bytes).map_err(|e| ModelError::Config {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    cfg.validate().map_err(|e| ModelError::Config {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     Ok(cfg)
 }
 
@@ -28,7 +36,10 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig> {
 pub fn write_hf_config(dir: &Path, cfg: &LlamaConfig) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |e: strata_store::StoreError| ModelError::Weights { path, reason: e.to_string() }
+        move |e: strata_store::StoreError| ModelError::Weights {
+            path,
+            reason: e.to_string(),
+        }
     };
     let p = dir.join("config.json");
     strata_store::write_json_atomic(&p, cfg).map_err(io(&p))?;
@@ -48,8 +59,15 @@ pub fn write_hf_config(dir: &Path, cfg: &LlamaConfig) -> Result<()> {
 ///
 /// # Errors
 /// On a conversion or I/O failure.
-pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path, extra: &[(&str, String)]) -> Result<()> {
-    let err = |reason: String| ModelError::Weights { path: path.into(), reason };
+pub fn save_safetensors(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    extra: &[(&str, String)],
+) -> Result<()> {
+    let err = |reason: String| ModelError::Weights {
+        path: path.into(),
+        reason,
+    };
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let mut buffers = Vec::with_capacity(names.len());
@@ -82,12 +100,23 @@ pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path, extra: &
 ///
 /// # Errors
 /// When the file is missing, truncated or malformed.
-pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let err = |reason: String| ModelError::Weights { path: path.into(), reason };
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.into(), source })?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+pub fn read_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let err = |reason: String| ModelError::Weights {
+        path: path.into(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| err(e.to_string()))?;
+    let tensors =
+        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| err(e.to_string()))?;
     Ok((tensors, metadata))
 }
 
@@ -99,11 +128,17 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Llama> {
     let cfg = read_config(&dir.join("config.json"))?;
     let path = dir.join("model.safetensors");
     if !path.is_file() {
-        return Err(ModelError::Io { path, source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing model.safetensors") });
+        return Err(ModelError::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing model.safetensors"),
+        });
     }
     let (tensors, _) = read_safetensors(&path, device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    Llama::load(&vb, &cfg).map_err(|e| ModelError::Weights { path, reason: e.to_string() })
+    Llama::load(&vb, &cfg).map_err(|e| ModelError::Weights {
+        path,
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -113,30 +148,70 @@ mod tests {
 
     #[test]
     fn save_then_load_gives_identical_logits_and_bad_files_are_named() {
-        let cfg = crate::ModelSpec { hidden_size: 16, intermediate_size: 32, layers: 1, heads: 2, kv_heads: 1, context: 8, rope_theta: 1e4, tie_word_embeddings: false }
-            .to_config(20, 0)
-            .unwrap();
+        let cfg = crate::ModelSpec {
+            hidden_size: 16,
+            intermediate_size: 32,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            context: 8,
+            rope_theta: 1e4,
+            tie_word_embeddings: false,
+        }
+        .to_config(20, 0)
+        .unwrap();
         let vm = VarMap::new();
-        let model = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let model = Llama::load(
+            &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+            &cfg,
+        )
+        .unwrap();
         let d = tempfile::tempdir().unwrap();
-        let tensors: HashMap<String, Tensor> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let tensors: HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
         save_safetensors(&tensors, &d.path().join("model.safetensors"), &[]).unwrap();
         write_hf_config(d.path(), &cfg).unwrap();
         let loaded = load_model(d.path(), &Device::Cpu).unwrap();
         let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
-        let a: Vec<f32> = model.forward(&ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = loaded.forward(&ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let a: Vec<f32> = model
+            .forward(&ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f32> = loaded
+            .forward(&ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(a, b);
 
         // truncated weights
         let p = d.path().join("model.safetensors");
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-        let err = load_model(d.path(), &Device::Cpu).err().unwrap().to_string();
+        let err = load_model(d.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("model.safetensors"), "{err}");
         // config missing a field
         std::fs::write(d.path().join("config.json"), r#"{"vocab_size": 20}"#).unwrap();
-        let err = load_model(d.path(), &Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("config.json") && err.contains("hidden_size"), "{err}");
+        let err = load_model(d.path(), &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("config.json") && err.contains("hidden_size"),
+            "{err}"
+        );
     }
 }

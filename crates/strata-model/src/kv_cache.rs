@@ -25,7 +25,12 @@ impl KvCache {
             k.push(Tensor::zeros(shape, DType::F32, device).ctx("kv cache alloc")?);
             v.push(Tensor::zeros(shape, DType::F32, device).ctx("kv cache alloc")?);
         }
-        Ok(Self { k, v, len: 0, max_seq })
+        Ok(Self {
+            k,
+            v,
+            len: 0,
+            max_seq,
+        })
     }
 
     /// Positions already cached.
@@ -50,15 +55,31 @@ impl KvCache {
 
     /// Writes `k`, `v` of shape (1, kv_heads, t, head_dim) at the current position of `layer` and returns
     /// views of everything cached so far: (1, kv_heads, len + t, head_dim).
-    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let t = k.dim(2).ctx("kv cache append")?;
         if self.len + t > self.max_seq {
-            return Err(ModelError::TooLong { needed: self.len + t, max: self.max_seq });
+            return Err(ModelError::TooLong {
+                needed: self.len + t,
+                max: self.max_seq,
+            });
         }
-        self.k[layer].slice_set(&k.contiguous().ctx("kv k")?, 2, self.len).ctx("kv cache write k")?;
-        self.v[layer].slice_set(&v.contiguous().ctx("kv v")?, 2, self.len).ctx("kv cache write v")?;
-        let k_all = self.k[layer].narrow(2, 0, self.len + t).ctx("kv cache read k")?;
-        let v_all = self.v[layer].narrow(2, 0, self.len + t).ctx("kv cache read v")?;
+        self.k[layer]
+            .slice_set(&k.contiguous().ctx("kv k")?, 2, self.len)
+            .ctx("kv cache write k")?;
+        self.v[layer]
+            .slice_set(&v.contiguous().ctx("kv v")?, 2, self.len)
+            .ctx("kv cache write v")?;
+        let k_all = self.k[layer]
+            .narrow(2, 0, self.len + t)
+            .ctx("kv cache read k")?;
+        let v_all = self.v[layer]
+            .narrow(2, 0, self.len + t)
+            .ctx("kv cache read v")?;
         Ok((k_all, v_all))
     }
 

@@ -23,7 +23,10 @@ pub enum ModelError {
         source: std::io::Error,
     },
     #[error("{path}: {reason}")]
-    Config { path: std::path::PathBuf, reason: String },
+    Config {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("invalid model config: {0}")]
     Invalid(String),
     #[error("{context}: {source}")]
@@ -33,7 +36,10 @@ pub enum ModelError {
         source: candle_core::Error,
     },
     #[error("{path}: {reason}")]
-    Weights { path: std::path::PathBuf, reason: String },
+    Weights {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("sequence of {needed} positions exceeds the model's context of {max}")]
     TooLong { needed: usize, max: usize },
 }
@@ -49,6 +55,9 @@ pub trait Context<T> {
 
 impl<T> Context<T> for candle_core::Result<T> {
     fn ctx(self, context: &str) -> Result<T> {
-        self.map_err(|source| ModelError::Candle { context: context.to_string(), source })
+        self.map_err(|source| ModelError::Candle {
+            context: context.to_string(),
+            source,
+        })
     }
 }

@@ -22,10 +22,16 @@ impl AtomicFile {
         let target = target.as_ref().to_path_buf();
         let parent = target.parent().unwrap_or(Path::new(".")).to_path_buf();
         fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-        let name = target.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+        let name = target
+            .file_name()
+            .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        Ok(Self { target, tmp, writer: Some(BufWriter::new(file)) })
+        Ok(Self {
+            target,
+            tmp,
+            writer: Some(BufWriter::new(file)),
+        })
     }
 
     /// Flushes, fsyncs and renames into place.
@@ -37,7 +43,10 @@ impl AtomicFile {
             path: self.tmp.clone(),
             source: std::io::Error::other("already committed"),
         })?;
-        let file = writer.into_inner().map_err(|e| StoreError::Io { path: self.tmp.clone(), source: e.into_error() })?;
+        let file = writer.into_inner().map_err(|e| StoreError::Io {
+            path: self.tmp.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io_err(&self.tmp))?;
         drop(file);
         fs::rename(&self.tmp, &self.target).map_err(io_err(&self.target))?;
@@ -53,10 +62,16 @@ impl AtomicFile {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.writer.as_mut().ok_or_else(|| std::io::Error::other("committed"))?.write(buf)
+        self.writer
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("committed"))?
+            .write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.writer.as_mut().ok_or_else(|| std::io::Error::other("committed"))?.flush()
+        self.writer
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("committed"))?
+            .flush()
     }
 }
 
@@ -85,7 +100,10 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
 /// On any I/O failure.
 pub fn write_json_atomic<T: serde::Serialize>(path: impl AsRef<Path>, value: &T) -> Result<()> {
     let path = path.as_ref();
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Json { path: path.into(), source })?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|source| StoreError::Json {
+        path: path.into(),
+        source,
+    })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
@@ -103,7 +121,11 @@ mod tests {
             f.write_all(b"partial").unwrap();
         }
         assert!(!target.exists());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "temporary file left behind");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "temporary file left behind"
+        );
     }
 
     #[test]

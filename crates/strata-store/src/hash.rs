@@ -60,7 +60,12 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         if path.is_dir() {
             collect(root, &path, out)?;
         } else {
-            out.push(path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned());
+            out.push(
+                path.strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
     }
     Ok(())
@@ -73,7 +78,10 @@ mod tests {
     #[test]
     fn known_vector() {
         // sha256("abc") from FIPS 180-2, appendix B.1
-        assert_eq!(sha256_bytes(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256_bytes(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

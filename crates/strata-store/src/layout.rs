@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{hash, io_err, manifest::Manifest, registry::Registry, write_json_atomic, FileEntry, Result, StoreError};
+use crate::{
+    hash, io_err, manifest::Manifest, registry::Registry, write_json_atomic, FileEntry, Result,
+    StoreError,
+};
 
 /// The kinds of artifact, each with its own top-level folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -34,7 +37,13 @@ impl Kind {
         }
     }
 
-    pub const STORED: [Kind; 5] = [Kind::Dataset, Kind::Tokenizer, Kind::Tokens, Kind::Model, Kind::Adapter];
+    pub const STORED: [Kind; 5] = [
+        Kind::Dataset,
+        Kind::Tokenizer,
+        Kind::Tokens,
+        Kind::Model,
+        Kind::Adapter,
+    ];
 }
 
 impl fmt::Display for Kind {
@@ -114,7 +123,11 @@ impl Store {
             kind,
             name: name.to_string(),
             root: self.root.clone(),
-            known: if known.is_empty() { "none".into() } else { known.join(", ") },
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
         })
     }
 
@@ -139,7 +152,11 @@ impl Store {
     /// When the artifact is missing.
     pub fn input_ref(&self, kind: Kind, name: &str) -> Result<crate::InputRef> {
         let m = self.manifest(kind, name)?;
-        Ok(crate::InputRef { kind, name: name.to_string(), sha256: m.sha256 })
+        Ok(crate::InputRef {
+            kind,
+            name: name.to_string(),
+            sha256: m.sha256,
+        })
     }
 
     /// Names of the complete artifacts of one kind, sorted.
@@ -166,7 +183,10 @@ impl Store {
     /// On a bad name or an I/O failure.
     pub fn staging(&self, kind: Kind, name: &str) -> Result<PathBuf> {
         validate_name(name)?;
-        let dir = self.root.join(kind.folder()).join(format!(".staging-{name}-{}", std::process::id()));
+        let dir = self
+            .root
+            .join(kind.folder())
+            .join(format!(".staging-{name}-{}", std::process::id()));
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -183,12 +203,20 @@ impl Store {
         validate_name(&manifest.name)?;
         let mut files = Vec::new();
         for entry in walk(staging)? {
-            let rel = entry.strip_prefix(staging).unwrap_or(&entry).to_string_lossy().into_owned();
+            let rel = entry
+                .strip_prefix(staging)
+                .unwrap_or(&entry)
+                .to_string_lossy()
+                .into_owned();
             if rel == "manifest.json" {
                 continue;
             }
             let bytes = fs::metadata(&entry).map_err(io_err(&entry))?.len();
-            files.push(FileEntry { path: rel, bytes, sha256: hash::sha256_file(&entry)? });
+            files.push(FileEntry {
+                path: rel,
+                bytes,
+                sha256: hash::sha256_file(&entry)?,
+            });
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
         manifest.sha256 = hash::sha256_dir(staging)?;
@@ -196,7 +224,8 @@ impl Store {
         write_json_atomic(staging.join("manifest.json"), &manifest)?;
         let target = self.dir(manifest.kind, &manifest.name);
         if target.exists() {
-            let trash = target.with_file_name(format!(".old-{}-{}", manifest.name, std::process::id()));
+            let trash =
+                target.with_file_name(format!(".old-{}-{}", manifest.name, std::process::id()));
             fs::rename(&target, &trash).map_err(io_err(&target))?;
             fs::remove_dir_all(&trash).map_err(io_err(&trash))?;
         }
@@ -224,7 +253,9 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -242,7 +273,9 @@ mod tests {
         let store = Store::open(d.path()).unwrap();
         let staging = store.staging(Kind::Dataset, "general").unwrap();
         fs::write(staging.join("part-00000.jsonl.zst"), b"x").unwrap();
-        let m = store.publish(&staging, Manifest::new(Kind::Dataset, "general", "test")).unwrap();
+        let m = store
+            .publish(&staging, Manifest::new(Kind::Dataset, "general", "test"))
+            .unwrap();
         assert_eq!(m.files.len(), 1);
         assert_eq!(store.list(Kind::Dataset).unwrap(), vec!["general"]);
         assert!(store.require(Kind::Dataset, "general").is_ok());
@@ -254,9 +287,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(d.path()).unwrap();
         let staging = store.staging(Kind::Model, "base").unwrap();
-        store.publish(&staging, Manifest::new(Kind::Model, "base", "test")).unwrap();
-        let err = store.require(Kind::Model, "medcal").unwrap_err().to_string();
-        assert!(err.contains("no model named \"medcal\"") && err.contains("known: base"), "{err}");
+        store
+            .publish(&staging, Manifest::new(Kind::Model, "base", "test"))
+            .unwrap();
+        let err = store
+            .require(Kind::Model, "medcal")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no model named \"medcal\"") && err.contains("known: base"),
+            "{err}"
+        );
     }
 
     #[test]

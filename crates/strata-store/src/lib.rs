@@ -12,10 +12,10 @@ mod registry;
 
 pub use atomic::{write_atomic, write_json_atomic, AtomicFile};
 pub use hash::{sha256_bytes, sha256_dir, sha256_file};
-pub use layout::{Kind, Store};
-pub use manifest::{FileEntry, InputRef, Manifest};
 pub use layout::validate_name;
+pub use layout::{Kind, Store};
 pub use manifest::fingerprint;
+pub use manifest::{FileEntry, InputRef, Manifest};
 pub use registry::{LineageNode, Registry};
 
 /// Everything that can go wrong in the store; each message names the path or artifact involved.
@@ -52,7 +52,9 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+pub(crate) fn io_err(
+    path: impl Into<std::path::PathBuf>,
+) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.into();
     move |source| StoreError::Io { path, source }
 }

@@ -80,7 +80,10 @@ impl Manifest {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        serde_json::from_slice(&bytes).map_err(|source| StoreError::Json { path: path.into(), source })
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Json {
+            path: path.into(),
+            source,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The SQLite lineage registry: one row per artifact with its hash and parents, so lineage queries need not
 //! open every manifest. Manifests stay the source of truth; the registry is rebuilt from them on publish.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -27,9 +28,13 @@ impl Registry {
     /// When the database cannot be opened or created.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         let conn = Connection::open(&path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS artifacts (
                 kind TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, parents TEXT NOT NULL,
@@ -37,22 +42,39 @@ impl Registry {
                 PRIMARY KEY (kind, name));",
         )
         .map_err(err)?;
-        Ok(Self { path, conn: Mutex::new(conn) })
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Sqlite { path: self.path.clone(), source }
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// # Errors
     /// On a database failure.
     pub fn record(&self, m: &Manifest) -> Result<()> {
-        let conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let parents = serde_json::to_string(&m.inputs).unwrap_or_default();
         let counts = serde_json::Value::Object(m.counts.clone()).to_string();
         conn.execute(
             "INSERT OR REPLACE INTO artifacts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![m.kind.to_string(), m.name, m.sha256, parents, m.created_by, i64::try_from(m.created_at).unwrap_or(i64::MAX), counts],
+            params![
+                m.kind.to_string(),
+                m.name,
+                m.sha256,
+                parents,
+                m.created_by,
+                i64::try_from(m.created_at).unwrap_or(i64::MAX),
+                counts
+            ],
         )
         .map_err(self.err())?;
         Ok(())
@@ -63,7 +85,10 @@ impl Registry {
     /// # Errors
     /// On a database failure.
     pub fn get(&self, kind: Kind, name: &str) -> Result<Option<(String, Vec<InputRef>)>> {
-        let conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let row: Option<(String, String)> = conn
             .query_row(
                 "SELECT sha256, parents FROM artifacts WHERE kind = ?1 AND name = ?2",
@@ -80,8 +105,15 @@ impl Registry {
     /// # Errors
     /// On a database failure.
     pub fn lineage(&self, kind: Kind, name: &str) -> Result<Option<LineageNode>> {
-        let Some((sha256, parents)) = self.get(kind, name)? else { return Ok(None) };
-        let mut node = LineageNode { kind, name: name.to_string(), sha256, parents: Vec::new() };
+        let Some((sha256, parents)) = self.get(kind, name)? else {
+            return Ok(None);
+        };
+        let mut node = LineageNode {
+            kind,
+            name: name.to_string(),
+            sha256,
+            parents: Vec::new(),
+        };
         for p in parents {
             let child = match p.kind {
                 Kind::Raw => None,
@@ -110,10 +142,14 @@ impl LineageNode {
     fn render_into(&self, out: &mut String, prefix: &str, last: bool, root: bool) {
         let short = &self.sha256[..self.sha256.len().min(12)];
         if root {
-            out.push_str(&format!("{} {}  sha256:{short}\n", self.kind, self.name));
+            let _ = writeln!(out, "{} {}  sha256:{short}", self.kind, self.name);
         } else {
             let branch = if last { "└── " } else { "├── " };
-            out.push_str(&format!("{prefix}{branch}{} {}  sha256:{short}\n", self.kind, self.name));
+            let _ = writeln!(
+                out,
+                "{prefix}{branch}{} {}  sha256:{short}",
+                self.kind, self.name
+            );
         }
         let child_prefix = if root {
             String::new()
@@ -134,12 +170,22 @@ mod tests {
     fn lineage_walks_back_to_raw_files() {
         let d = tempfile::tempdir().unwrap();
         let reg = Registry::open(d.path().join("r.sqlite")).unwrap();
-        let raw = InputRef { kind: Kind::Raw, name: "data/a.txt".into(), sha256: "aa".repeat(32) };
-        let mut ds = Manifest::new(Kind::Dataset, "general", "t").with_config(vec![raw], serde_json::Value::Null);
+        let raw = InputRef {
+            kind: Kind::Raw,
+            name: "data/a.txt".into(),
+            sha256: "aa".repeat(32),
+        };
+        let mut ds = Manifest::new(Kind::Dataset, "general", "t")
+            .with_config(vec![raw], serde_json::Value::Null);
         ds.sha256 = "bb".repeat(32);
         reg.record(&ds).unwrap();
-        let parent = InputRef { kind: Kind::Dataset, name: "general".into(), sha256: ds.sha256.clone() };
-        let mut model = Manifest::new(Kind::Model, "base", "t").with_config(vec![parent], serde_json::Value::Null);
+        let parent = InputRef {
+            kind: Kind::Dataset,
+            name: "general".into(),
+            sha256: ds.sha256.clone(),
+        };
+        let mut model = Manifest::new(Kind::Model, "base", "t")
+            .with_config(vec![parent], serde_json::Value::Null);
         model.sha256 = "cc".repeat(32);
         reg.record(&model).unwrap();
         let tree = reg.lineage(Kind::Model, "base").unwrap().unwrap().render();

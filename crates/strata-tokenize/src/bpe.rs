@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use strata_store::{Kind, Manifest, Store};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerImpl};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    TokenizerImpl,
+};
 
 use crate::{Result, TokenizeError, CHATML_TEMPLATE};
 use strata_data::acquire::StepReport;
@@ -28,6 +31,7 @@ pub struct TokenizerConfig {
 fn default_min_frequency() -> u64 {
     2
 }
+#[must_use]
 pub fn default_val_fraction() -> f64 {
     0.05
 }
@@ -36,14 +40,24 @@ pub fn default_val_fraction() -> f64 {
 ///
 /// # Errors
 /// When a dataset is missing or empty, or training fails.
-pub fn train_tokenizer(store: &Store, name: &str, datasets: &[String], cfg: &TokenizerConfig, created_by: &str) -> Result<StepReport> {
+pub fn train_tokenizer(
+    store: &Store,
+    name: &str,
+    datasets: &[String],
+    cfg: &TokenizerConfig,
+    created_by: &str,
+) -> Result<StepReport> {
     let mut inputs = Vec::new();
     for d in datasets {
         inputs.push(store.input_ref(Kind::Dataset, d)?);
     }
-    let manifest = Manifest::new(Kind::Tokenizer, name, created_by).with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
+    let manifest = Manifest::new(Kind::Tokenizer, name, created_by)
+        .with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
     if let Some(existing) = store.up_to_date(Kind::Tokenizer, name, &manifest.fingerprint) {
-        return Ok(StepReport { manifest: existing, skipped: true });
+        return Ok(StepReport {
+            manifest: existing,
+            skipped: true,
+        });
     }
     let mut texts = Vec::new();
     for d in datasets {
@@ -61,10 +75,17 @@ pub fn train_tokenizer(store: &Store, name: &str, datasets: &[String], cfg: &Tok
     let staging = store.staging(Kind::Tokenizer, name)?;
     write_tokenizer_files(&tokenizer, &staging)?;
     let mut manifest = manifest;
-    manifest.counts.insert("vocab_size".into(), tokenizer.get_vocab_size(true).into());
-    manifest.counts.insert("training_documents".into(), texts.len().into());
+    manifest
+        .counts
+        .insert("vocab_size".into(), tokenizer.get_vocab_size(true).into());
+    manifest
+        .counts
+        .insert("training_documents".into(), texts.len().into());
     let manifest = store.publish(&staging, manifest)?;
-    Ok(StepReport { manifest, skipped: false })
+    Ok(StepReport {
+        manifest,
+        skipped: false,
+    })
 }
 
 fn train_bpe(texts: &[String], cfg: &TokenizerConfig) -> Result<tokenizers::Tokenizer> {
@@ -73,17 +94,35 @@ fn train_bpe(texts: &[String], cfg: &TokenizerConfig) -> Result<tokenizers::Toke
         .show_progress(false)
         .vocab_size(cfg.vocab_size)
         .min_frequency(cfg.min_frequency)
-        .special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect())
+        .special_tokens(
+            SPECIAL_TOKENS
+                .iter()
+                .map(|t| AddedToken::from(*t, true))
+                .collect(),
+        )
         .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
         .build();
     let byte_level = ByteLevel::new(false, true, true);
-    let mut tk: TokenizerImpl<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper> =
-        TokenizerImpl::new(BPE::default());
+    let mut tk: TokenizerImpl<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    > = TokenizerImpl::new(BPE::default());
     tk.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(byte_level)));
     tk.with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)));
-    tk.train(&mut trainer, texts.iter().map(String::as_str)).map_err(err)?;
+    tk.train(&mut trainer, texts.iter().map(String::as_str))
+        .map_err(err)?;
     let mut tokenizer = tokenizers::Tokenizer::from(tk);
-    tokenizer.add_special_tokens(SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect::<Vec<_>>()).map_err(err)?;
+    tokenizer
+        .add_special_tokens(
+            SPECIAL_TOKENS
+                .iter()
+                .map(|t| AddedToken::from(*t, true))
+                .collect::<Vec<_>>(),
+        )
+        .map_err(err)?;
     Ok(tokenizer)
 }
 
@@ -91,8 +130,13 @@ fn train_bpe(texts: &[String], cfg: &TokenizerConfig) -> Result<tokenizers::Toke
 ///
 /// # Errors
 /// On an I/O failure.
-pub fn write_tokenizer_files(tokenizer: &tokenizers::Tokenizer, dir: &std::path::Path) -> Result<()> {
-    let json = tokenizer.to_string(true).map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+pub fn write_tokenizer_files(
+    tokenizer: &tokenizers::Tokenizer,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let json = tokenizer
+        .to_string(true)
+        .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
     strata_store::write_atomic(dir.join("tokenizer.json"), json.as_bytes())?;
     let config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -118,7 +162,15 @@ mod tests {
         let texts: Vec<String> = (0..200)
             .map(|i| format!("The liver measures {i} cm. No focal lesion is seen in the liver. 肝脏大小正常。"))
             .collect();
-        let tk = train_bpe(&texts, &TokenizerConfig { vocab_size: 400, min_frequency: 2, val_fraction: 0.0 }).unwrap();
+        let tk = train_bpe(
+            &texts,
+            &TokenizerConfig {
+                vocab_size: 400,
+                min_frequency: 2,
+                val_fraction: 0.0,
+            },
+        )
+        .unwrap();
         assert_eq!(tk.token_to_id("<|endoftext|>"), Some(0));
         assert_eq!(tk.token_to_id("<|im_start|>"), Some(1));
         let s = "The spleen: 12.5 cm 😀 超声\n\n  tabs\t!";

@@ -24,7 +24,8 @@ impl ChatTemplate {
     /// When the template does not compile.
     pub fn new(source: &str) -> Result<Self> {
         let mut env = minijinja::Environment::new();
-        env.add_template_owned("chat", source.to_string()).map_err(|e| TokenizeError::Template(e.to_string()))?;
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| TokenizeError::Template(e.to_string()))?;
         Ok(Self { env })
     }
 
@@ -37,7 +38,10 @@ impl ChatTemplate {
             Ok(bytes) => {
                 let v: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| TokenizeError::Template(format!("{}: {e}", path.display())))?;
-                v.get("chat_template").and_then(|t| t.as_str()).unwrap_or(CHATML_TEMPLATE).to_string()
+                v.get("chat_template")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or(CHATML_TEMPLATE)
+                    .to_string()
             }
             Err(_) => CHATML_TEMPLATE.to_string(),
         };
@@ -47,7 +51,10 @@ impl ChatTemplate {
     /// # Errors
     /// When rendering fails (e.g. the template raises an exception).
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template("chat").map_err(|e| TokenizeError::Template(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TokenizeError::Template(e.to_string()))?;
         tmpl.render(minijinja::context! { messages => messages, add_generation_prompt => add_generation_prompt })
             .map_err(|e| TokenizeError::Template(e.to_string()))
     }
@@ -61,8 +68,14 @@ mod tests {
     fn chatml_renders_as_transformers_does() {
         let t = ChatTemplate::new(CHATML_TEMPLATE).unwrap();
         let msgs = vec![
-            ChatMessage { role: "system".into(), content: "You are terse.".into() },
-            ChatMessage { role: "user".into(), content: "Liver size?".into() },
+            ChatMessage {
+                role: "system".into(),
+                content: "You are terse.".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "Liver size?".into(),
+            },
         ];
         // expected string worked by hand from the template
         assert_eq!(

@@ -4,10 +4,10 @@ mod bpe;
 mod chat;
 mod shards;
 
+pub use bpe::{default_val_fraction, write_tokenizer_files};
 pub use bpe::{train_tokenizer, TokenizerConfig, SPECIAL_TOKENS};
 pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 pub use shards::{encode_dataset, encode_heldout, read_tokens, write_tokens, EncodeConfig};
-pub use bpe::{default_val_fraction, write_tokenizer_files};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
@@ -18,7 +18,10 @@ pub enum TokenizeError {
         source: std::io::Error,
     },
     #[error("{path}: not a Strata token shard: {reason}")]
-    BadShard { path: std::path::PathBuf, reason: String },
+    BadShard {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]
@@ -33,7 +36,9 @@ pub enum TokenizeError {
 
 pub type Result<T, E = TokenizeError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> TokenizeError {
+pub(crate) fn io_err(
+    path: impl Into<std::path::PathBuf>,
+) -> impl FnOnce(std::io::Error) -> TokenizeError {
     let path = path.into();
     move |source| TokenizeError::Io { path, source }
 }
@@ -43,5 +48,6 @@ pub(crate) fn io_err(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io
 /// # Errors
 /// When the file is missing or not a tokenizer.
 pub fn load_tokenizer(path: &std::path::Path) -> Result<tokenizers::Tokenizer> {
-    tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizeError::Tokenizer(format!("{}: {e}", path.display())))
+    tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| TokenizeError::Tokenizer(format!("{}: {e}", path.display())))
 }

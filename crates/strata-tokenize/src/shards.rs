@@ -23,7 +23,9 @@ pub struct EncodeConfig {
 
 impl Default for EncodeConfig {
     fn default() -> Self {
-        Self { val_fraction: crate::bpe::default_val_fraction() }
+        Self {
+            val_fraction: crate::bpe::default_val_fraction(),
+        }
     }
 }
 
@@ -31,23 +33,44 @@ impl Default for EncodeConfig {
 ///
 /// # Errors
 /// When an input is missing or on an I/O failure.
-pub fn encode_dataset(store: &Store, name: &str, dataset: &str, tokenizer: &str, cfg: &EncodeConfig, created_by: &str) -> Result<StepReport> {
-    let inputs = vec![store.input_ref(Kind::Dataset, dataset)?, store.input_ref(Kind::Tokenizer, tokenizer)?];
-    let manifest = Manifest::new(Kind::Tokens, name, created_by).with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
+pub fn encode_dataset(
+    store: &Store,
+    name: &str,
+    dataset: &str,
+    tokenizer: &str,
+    cfg: &EncodeConfig,
+    created_by: &str,
+) -> Result<StepReport> {
+    let inputs = vec![
+        store.input_ref(Kind::Dataset, dataset)?,
+        store.input_ref(Kind::Tokenizer, tokenizer)?,
+    ];
+    let manifest = Manifest::new(Kind::Tokens, name, created_by)
+        .with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
     if let Some(existing) = store.up_to_date(Kind::Tokens, name, &manifest.fingerprint) {
-        return Ok(StepReport { manifest: existing, skipped: true });
+        return Ok(StepReport {
+            manifest: existing,
+            skipped: true,
+        });
     }
     let tk = load_tokenizer(&store.dir(Kind::Tokenizer, tokenizer).join("tokenizer.json"))?;
-    let eos = tk.token_to_id(SPECIAL_TOKENS[0]).ok_or_else(|| TokenizeError::Tokenizer("no <|endoftext|> token".into()))?;
+    let eos = tk
+        .token_to_id(SPECIAL_TOKENS[0])
+        .ok_or_else(|| TokenizeError::Tokenizer("no <|endoftext|> token".into()))?;
     let (mut train, mut val) = (Vec::new(), Vec::new());
     let (mut train_docs, mut val_docs) = (0usize, 0usize);
     let texts: Vec<String> = strata_data::io::read_dataset(&store.dir(Kind::Dataset, dataset))?
         .map(|d| d.map(|d| d.text))
         .collect::<std::result::Result<_, _>>()?;
-    let encodings = tk.encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), false)
+    let encodings = tk
+        .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), false)
         .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
     for (text, enc) in texts.iter().zip(encodings) {
-        let (out, n) = if strata_data::split::is_heldout(text, cfg.val_fraction) { (&mut val, &mut val_docs) } else { (&mut train, &mut train_docs) };
+        let (out, n) = if strata_data::split::is_heldout(text, cfg.val_fraction) {
+            (&mut val, &mut val_docs)
+        } else {
+            (&mut train, &mut train_docs)
+        };
         out.extend_from_slice(enc.get_ids());
         out.push(eos);
         *n += 1;
@@ -57,17 +80,30 @@ pub fn encode_dataset(store: &Store, name: &str, dataset: &str, tokenizer: &str,
     write_tokens(&staging.join("train-00000.bin"), &train, vocab)?;
     write_tokens(&staging.join("val-00000.bin"), &val, vocab)?;
     let mut manifest = manifest;
-    for (k, v) in [("train_tokens", train.len()), ("val_tokens", val.len()), ("train_documents", train_docs), ("val_documents", val_docs), ("vocab_size", vocab)] {
+    for (k, v) in [
+        ("train_tokens", train.len()),
+        ("val_tokens", val.len()),
+        ("train_documents", train_docs),
+        ("val_documents", val_docs),
+        ("vocab_size", vocab),
+    ] {
         manifest.counts.insert(k.into(), v.into());
     }
     let manifest = store.publish(&staging, manifest)?;
-    Ok(StepReport { manifest, skipped: false })
+    Ok(StepReport {
+        manifest,
+        skipped: false,
+    })
 }
 
 /// # Errors
 /// On an I/O failure.
 pub fn write_tokens(path: &Path, ids: &[u32], vocab: usize) -> Result<()> {
-    let width: u32 = if vocab <= usize::from(u16::MAX) + 1 { 2 } else { 4 };
+    let width: u32 = if vocab <= usize::from(u16::MAX) + 1 {
+        2
+    } else {
+        4
+    };
     let mut f = strata_store::AtomicFile::create(path)?;
     let mut header = Vec::with_capacity(32);
     header.extend_from_slice(MAGIC);
@@ -96,7 +132,10 @@ pub fn write_tokens(path: &Path, ids: &[u32], vocab: usize) -> Result<()> {
 /// On an I/O failure or a file that is not a complete shard.
 pub fn read_tokens(path: &Path) -> Result<Vec<u32>> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let bad = |reason: String| TokenizeError::BadShard { path: path.to_path_buf(), reason };
+    let bad = |reason: String| TokenizeError::BadShard {
+        path: path.to_path_buf(),
+        reason,
+    };
     if bytes.len() < 32 || &bytes[..8] != MAGIC {
         return Err(bad("missing STRATOK1 header".into()));
     }
@@ -106,17 +145,53 @@ pub fn read_tokens(path: &Path) -> Result<Vec<u32>> {
     count_bytes.copy_from_slice(&bytes[16..24]);
     let count = usize::try_from(u64::from_le_bytes(count_bytes)).map_err(|e| bad(e.to_string()))?;
     if version != 1 || !(width == 2 || width == 4) {
-        return Err(bad(format!("unsupported version {version} / id width {width}")));
+        return Err(bad(format!(
+            "unsupported version {version} / id width {width}"
+        )));
     }
     let body = &bytes[32..];
     if body.len() != count.saturating_mul(width) {
-        return Err(bad(format!("header says {count} ids of {width} bytes but the body has {} bytes (truncated?)", body.len())));
+        return Err(bad(format!(
+            "header says {count} ids of {width} bytes but the body has {} bytes (truncated?)",
+            body.len()
+        )));
     }
     Ok(if width == 2 {
-        body.chunks_exact(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).collect()
+        body.chunks_exact(2)
+            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+            .collect()
     } else {
-        body.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        body.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
     })
+}
+
+/// Token ids of the held-out documents of a dataset, encoded with any tokenizer (each document followed
+/// by `<|endoftext|>`): what `eval` measures perplexity on.
+///
+/// # Errors
+/// When the dataset is missing or unreadable.
+pub fn encode_heldout(
+    store: &Store,
+    dataset: &str,
+    tk: &tokenizers::Tokenizer,
+    val_fraction: f64,
+) -> Result<Vec<u32>> {
+    let dir = store.require(Kind::Dataset, dataset)?;
+    let eos = tk.token_to_id(SPECIAL_TOKENS[0]);
+    let mut ids = Vec::new();
+    for doc in strata_data::io::read_dataset(&dir)? {
+        let doc = doc?;
+        if strata_data::split::is_heldout(&doc.text, val_fraction) {
+            let enc = tk
+                .encode(doc.text.as_str(), false)
+                .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+            ids.extend_from_slice(enc.get_ids());
+            ids.extend(eos);
+        }
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -134,26 +209,9 @@ mod tests {
         assert_eq!(read_tokens(&p).unwrap(), vec![70000, 3]);
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(read_tokens(&p).unwrap_err().to_string().contains("truncated"));
+        assert!(read_tokens(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
     }
-}
-
-/// Token ids of the held-out documents of a dataset, encoded with any tokenizer (each document followed
-/// by `<|endoftext|>`): what `eval` measures perplexity on.
-///
-/// # Errors
-/// When the dataset is missing or unreadable.
-pub fn encode_heldout(store: &Store, dataset: &str, tk: &tokenizers::Tokenizer, val_fraction: f64) -> Result<Vec<u32>> {
-    let dir = store.require(Kind::Dataset, dataset)?;
-    let eos = tk.token_to_id(SPECIAL_TOKENS[0]);
-    let mut ids = Vec::new();
-    for doc in strata_data::io::read_dataset(&dir)? {
-        let doc = doc?;
-        if strata_data::split::is_heldout(&doc.text, val_fraction) {
-            let enc = tk.encode(doc.text.as_str(), false).map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
-            ids.extend_from_slice(enc.get_ids());
-            ids.extend(eos);
-        }
-    }
-    Ok(ids)
 }

@@ -14,8 +14,16 @@ pub const FILE: &str = "checkpoint.safetensors";
 ///
 /// # Errors
 /// On an I/O failure.
-pub fn save(dir: &Path, weights: &HashMap<String, Tensor>, optim: HashMap<String, Tensor>, step: usize) -> Result<()> {
-    let mut all: HashMap<String, Tensor> = weights.iter().map(|(k, v)| (format!("model.{k}"), v.clone())).collect();
+pub fn save(
+    dir: &Path,
+    weights: &HashMap<String, Tensor>,
+    optim: HashMap<String, Tensor>,
+    step: usize,
+) -> Result<()> {
+    let mut all: HashMap<String, Tensor> = weights
+        .iter()
+        .map(|(k, v)| (format!("model.{k}"), v.clone()))
+        .collect();
     all.extend(optim);
     strata_model::save_safetensors(&all, &dir.join(FILE), &[("step", step.to_string())])?;
     Ok(())
@@ -40,7 +48,10 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
     let step = meta
         .get("step")
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| TrainError::Checkpoint { path: path.clone(), reason: "no step in metadata".into() })?;
+        .ok_or_else(|| TrainError::Checkpoint {
+            path: path.clone(),
+            reason: "no step in metadata".into(),
+        })?;
     let mut weights = HashMap::new();
     let mut optim = HashMap::new();
     for (k, v) in tensors {
@@ -50,5 +61,9 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
             optim.insert(k, v);
         }
     }
-    Ok(Some(Loaded { step, weights, optim }))
+    Ok(Some(Loaded {
+        step,
+        weights,
+        optim,
+    }))
 }

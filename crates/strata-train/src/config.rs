@@ -75,10 +75,16 @@ impl TrainConfig {
             return bad("steps, batch_size and seq_len must be > 0".into());
         }
         if self.seq_len > context {
-            return bad(format!("seq_len ({}) exceeds the model's context ({context})", self.seq_len));
+            return bad(format!(
+                "seq_len ({}) exceeds the model's context ({context})",
+                self.seq_len
+            ));
         }
         if !(self.lr > 0.0 && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
-            return bad(format!("need 0 <= min_lr ({}) <= lr ({}) and lr > 0", self.min_lr, self.lr));
+            return bad(format!(
+                "need 0 <= min_lr ({}) <= lr ({}) and lr > 0",
+                self.min_lr, self.lr
+            ));
         }
         if self.checkpoint_every == 0 || self.eval_every == 0 {
             return bad("checkpoint_every and eval_every must be > 0".into());
@@ -108,7 +114,10 @@ mod tests {
     use super::*;
 
     fn cfg() -> TrainConfig {
-        toml::from_str("steps = 110\nbatch_size = 1\nseq_len = 8\nlr = 1.0\nmin_lr = 0.1\nwarmup_steps = 10").unwrap()
+        toml::from_str(
+            "steps = 110\nbatch_size = 1\nseq_len = 8\nlr = 1.0\nmin_lr = 0.1\nwarmup_steps = 10",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -123,7 +132,14 @@ mod tests {
 
     #[test]
     fn unknown_key_and_bad_values_are_refused() {
-        assert!(toml::from_str::<TrainConfig>("steps = 1\nbatch_size = 1\nseq_len = 8\nlearning_rate = 1").is_err());
-        assert!(cfg().validate(4).unwrap_err().to_string().contains("seq_len (8) exceeds"));
+        assert!(toml::from_str::<TrainConfig>(
+            "steps = 1\nbatch_size = 1\nseq_len = 8\nlearning_rate = 1"
+        )
+        .is_err());
+        assert!(cfg()
+            .validate(4)
+            .unwrap_err()
+            .to_string()
+            .contains("seq_len (8) exceeds"));
     }
 }

@@ -29,15 +29,23 @@ impl TokenWindows {
     ///
     /// # Errors
     /// On a tensor failure.
-    pub fn batch(&self, seed: u64, step: usize, batch: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    pub fn batch(
+        &self,
+        seed: u64,
+        step: usize,
+        batch: usize,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         let t = self.seq_len;
         let mut x = Vec::with_capacity(batch * t);
         let mut y = Vec::with_capacity(batch * t);
         for _ in 0..batch {
             let o = rng.random_range(0..self.tokens.len() - t);
             x.extend_from_slice(&self.tokens[o..o + t]);
-            y.extend_from_slice(&self.tokens[o + 1..o + t + 1]);
+            y.extend_from_slice(&self.tokens[o + 1..=o + t]);
         }
         Ok((
             Tensor::from_vec(x, (batch, t), device).ctx("batch x")?,

@@ -17,9 +17,16 @@ pub struct Perplexity {
 ///
 /// # Errors
 /// When there are fewer than two tokens, or on a tensor failure.
-pub fn perplexity(model: &Llama, tokens: &[u32], seq_len: usize, max_windows: Option<usize>) -> Result<Perplexity> {
+pub fn perplexity(
+    model: &Llama,
+    tokens: &[u32],
+    seq_len: usize,
+    max_windows: Option<usize>,
+) -> Result<Perplexity> {
     if tokens.len() < 2 {
-        return Err(TrainError::Data("need at least 2 tokens to evaluate perplexity".into()));
+        return Err(TrainError::Data(
+            "need at least 2 tokens to evaluate perplexity".into(),
+        ));
     }
     let seq_len = seq_len.min(model.config().max_position_embeddings);
     let starts: Vec<usize> = (0..tokens.len() - 1).step_by(seq_len).collect();
@@ -29,10 +36,18 @@ pub fn perplexity(model: &Llama, tokens: &[u32], seq_len: usize, max_windows: Op
     };
     let (mut total, mut count) = (0f64, 0usize);
     // Full windows go through in batches of 8; the last, shorter window alone.
-    let (full, partial): (Vec<usize>, Vec<usize>) = starts.into_iter().partition(|&s| s + seq_len < tokens.len());
+    let (full, partial): (Vec<usize>, Vec<usize>) = starts
+        .into_iter()
+        .partition(|&s| s + seq_len < tokens.len());
     for chunk in full.chunks(8) {
-        let x: Vec<u32> = chunk.iter().flat_map(|&s| tokens[s..s + seq_len].iter().copied()).collect();
-        let y: Vec<u32> = chunk.iter().flat_map(|&s| tokens[s + 1..=s + seq_len].iter().copied()).collect();
+        let x: Vec<u32> = chunk
+            .iter()
+            .flat_map(|&s| tokens[s..s + seq_len].iter().copied())
+            .collect();
+        let y: Vec<u32> = chunk
+            .iter()
+            .flat_map(|&s| tokens[s + 1..=s + seq_len].iter().copied())
+            .collect();
         let n = x.len();
         total += window_loss(model, x, y, (chunk.len(), seq_len))? * n as f64;
         count += n;
@@ -40,12 +55,21 @@ pub fn perplexity(model: &Llama, tokens: &[u32], seq_len: usize, max_windows: Op
     for s in partial {
         let len = tokens.len() - 1 - s;
         let n = len;
-        total += window_loss(model, tokens[s..s + len].to_vec(), tokens[s + 1..=s + len].to_vec(), (1, len))? * n as f64;
+        total += window_loss(
+            model,
+            tokens[s..s + len].to_vec(),
+            tokens[s + 1..=s + len].to_vec(),
+            (1, len),
+        )? * n as f64;
         count += n;
     }
     #[allow(clippy::cast_precision_loss)]
     let nll = total / count as f64;
-    Ok(Perplexity { nll, tokens: count, ppl: nll.exp() })
+    Ok(Perplexity {
+        nll,
+        tokens: count,
+        ppl: nll.exp(),
+    })
 }
 
 fn window_loss(model: &Llama, x: Vec<u32>, y: Vec<u32>, shape: (usize, usize)) -> Result<f64> {
@@ -67,11 +91,24 @@ mod tests {
     fn uniform_model_has_perplexity_equal_to_vocab() {
         // A model whose weights are all zero outputs equal logits: every token has p = 1/V, so ppl = V
         // regardless of the text, and every token but the first is counted once.
-        let cfg = strata_model::ModelSpec { hidden_size: 8, intermediate_size: 16, layers: 1, heads: 2, kv_heads: 1, context: 4, rope_theta: 1e4, tie_word_embeddings: false }
-            .to_config(13, 0)
-            .unwrap();
+        let cfg = strata_model::ModelSpec {
+            hidden_size: 8,
+            intermediate_size: 16,
+            layers: 1,
+            heads: 2,
+            kv_heads: 1,
+            context: 4,
+            rope_theta: 1e4,
+            tie_word_embeddings: false,
+        }
+        .to_config(13, 0)
+        .unwrap();
         let vm = VarMap::new();
-        let model = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+        let model = Llama::load(
+            &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+            &cfg,
+        )
+        .unwrap();
         for var in vm.all_vars() {
             var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
         }

@@ -30,7 +30,10 @@ pub enum TrainError {
     #[error("{0}")]
     Data(String),
     #[error("checkpoint {path}: {reason}")]
-    Checkpoint { path: std::path::PathBuf, reason: String },
+    Checkpoint {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("loss became {value} at step {step}: lower the learning rate")]
     Diverged { step: usize, value: f32 },
     #[error(transparent)]
@@ -43,7 +46,9 @@ pub enum TrainError {
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+pub(crate) fn io_err(
+    path: impl Into<std::path::PathBuf>,
+) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.into();
     move |source| TrainError::Io { path, source }
 }

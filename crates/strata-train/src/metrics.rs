@@ -30,15 +30,24 @@ impl MetricsLog {
     /// # Errors
     /// On an I/O failure.
     pub fn open(path: &Path, keep_through_step: usize) -> Result<Self> {
-        let kept: Vec<StepMetrics> = read(path).into_iter().filter(|m| m.step <= keep_through_step).collect();
+        let kept: Vec<StepMetrics> = read(path)
+            .into_iter()
+            .filter(|m| m.step <= keep_through_step)
+            .collect();
         let mut body = String::new();
         for m in &kept {
             body.push_str(&serde_json::to_string(m).unwrap_or_default());
             body.push('\n');
         }
         strata_store::write_atomic(path, body.as_bytes())?;
-        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(io_err(path))?;
-        Ok(Self { path: path.to_path_buf(), file })
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     /// # Errors
@@ -46,7 +55,9 @@ impl MetricsLog {
     pub fn append(&mut self, m: &StepMetrics) -> Result<()> {
         let mut line = serde_json::to_string(m).unwrap_or_default();
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(io_err(&self.path))
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(io_err(&self.path))
     }
 }
 
@@ -71,30 +82,51 @@ pub fn plot_loss(metrics: &Path, out: &Path) -> Result<()> {
         return Ok(());
     }
     let max_step = rows.iter().map(|m| m.step).max().unwrap_or(1).max(1);
-    let losses = rows.iter().map(|m| m.loss).chain(rows.iter().filter_map(|m| m.val_loss));
+    let losses = rows
+        .iter()
+        .map(|m| m.loss)
+        .chain(rows.iter().filter_map(|m| m.val_loss));
     let (lo, hi) = losses.fold((f32::MAX, f32::MIN), |(lo, hi), l| (lo.min(l), hi.max(l)));
     let (lo, hi) = (f64::from(lo) * 0.95, f64::from(hi) * 1.05);
     let tmp = out.with_extension("tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
-        let draw_err = |e: &dyn std::fmt::Display| io_err(&tmp)(std::io::Error::other(e.to_string()));
+        let draw_err =
+            |e: &dyn std::fmt::Display| io_err(&tmp)(std::io::Error::other(e.to_string()));
         root.fill(&WHITE).map_err(|e| draw_err(&e))?;
         let area = root.margin(20, 20, 20, 20);
         #[allow(clippy::cast_precision_loss)]
-        let mut chart = ChartBuilder::on(&area).build_cartesian_2d(0f64..max_step as f64, lo..hi).map_err(|e| draw_err(&e))?;
+        let mut chart = ChartBuilder::on(&area)
+            .build_cartesian_2d(0f64..max_step as f64, lo..hi)
+            .map_err(|e| draw_err(&e))?;
         #[allow(clippy::cast_precision_loss)]
         let x = |s: usize| s as f64;
         for k in 1..5 {
             let y = lo + (hi - lo) * f64::from(k) / 5.0;
-            chart.draw_series(LineSeries::new([(0.0, y), (x(max_step), y)], RGBColor(225, 225, 225))).map_err(|e| draw_err(&e))?;
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, y), (x(max_step), y)],
+                    RGBColor(225, 225, 225),
+                ))
+                .map_err(|e| draw_err(&e))?;
         }
-        chart.draw_series(LineSeries::new([(0.0, lo), (x(max_step), lo)], BLACK)).map_err(|e| draw_err(&e))?;
-        chart.draw_series(LineSeries::new([(0.0, lo), (0.0, hi)], BLACK)).map_err(|e| draw_err(&e))?;
         chart
-            .draw_series(LineSeries::new(rows.iter().map(|m| (x(m.step), f64::from(m.loss))), BLUE.stroke_width(2)))
+            .draw_series(LineSeries::new([(0.0, lo), (x(max_step), lo)], BLACK))
             .map_err(|e| draw_err(&e))?;
         chart
-            .draw_series(rows.iter().filter_map(|m| m.val_loss.map(|v| Circle::new((x(m.step), f64::from(v)), 4, RED.filled()))))
+            .draw_series(LineSeries::new([(0.0, lo), (0.0, hi)], BLACK))
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                rows.iter().map(|m| (x(m.step), f64::from(m.loss))),
+                BLUE.stroke_width(2),
+            ))
+            .map_err(|e| draw_err(&e))?;
+        chart
+            .draw_series(rows.iter().filter_map(|m| {
+                m.val_loss
+                    .map(|v| Circle::new((x(m.step), f64::from(v)), 4, RED.filled()))
+            }))
             .map_err(|e| draw_err(&e))?;
         root.present().map_err(|e| draw_err(&e))?;
     }
@@ -110,7 +142,14 @@ mod tests {
     fn resume_truncates_later_lines_and_plot_writes_png() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("metrics.jsonl");
-        let row = |step| StepMetrics { step, loss: 5.0 - step as f32 * 0.1, lr: 1e-3, grad_norm: 1.0, tokens_per_s: 10.0, val_loss: (step % 2 == 0).then_some(4.0) };
+        let row = |step| StepMetrics {
+            step,
+            loss: 5.0 - step as f32 * 0.1,
+            lr: 1e-3,
+            grad_norm: 1.0,
+            tokens_per_s: 10.0,
+            val_loss: (step % 2 == 0).then_some(4.0),
+        };
         let mut log = MetricsLog::open(&p, 0).unwrap();
         for s in 1..=6 {
             log.append(&row(s)).unwrap();
@@ -118,7 +157,10 @@ mod tests {
         drop(log);
         let mut log = MetricsLog::open(&p, 4).unwrap();
         log.append(&row(5)).unwrap();
-        assert_eq!(read(&p).iter().map(|m| m.step).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            read(&p).iter().map(|m| m.step).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
         let png = d.path().join("loss.png");
         plot_loss(&p, &png).unwrap();
         let bytes = std::fs::read(&png).unwrap();

@@ -21,7 +21,12 @@ pub struct AdamW {
 impl AdamW {
     /// # Errors
     /// On a tensor failure.
-    pub fn new(vars: &HashMap<String, Var>, beta1: f64, beta2: f64, weight_decay: f64) -> Result<Self> {
+    pub fn new(
+        vars: &HashMap<String, Var>,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+    ) -> Result<Self> {
         let mut names: Vec<&String> = vars.keys().collect();
         names.sort();
         let mut params = Vec::with_capacity(names.len());
@@ -30,7 +35,14 @@ impl AdamW {
             let z = v.as_tensor().zeros_like().ctx("adam zeros")?;
             params.push((n.clone(), v, z.clone(), z));
         }
-        Ok(Self { params, step: 0, beta1, beta2, eps: 1e-8, weight_decay })
+        Ok(Self {
+            params,
+            step: 0,
+            beta1,
+            beta2,
+            eps: 1e-8,
+            weight_decay,
+        })
     }
 
     /// Global L2 norm of the gradients.
@@ -41,7 +53,14 @@ impl AdamW {
         let mut sum = 0f64;
         for (_, v, _, _) in &self.params {
             if let Some(g) = grads.get(v.as_tensor()) {
-                sum += f64::from(g.sqr().ctx("gnorm")?.sum_all().ctx("gnorm sum")?.to_scalar::<f32>().ctx("gnorm scalar")?);
+                sum += f64::from(
+                    g.sqr()
+                        .ctx("gnorm")?
+                        .sum_all()
+                        .ctx("gnorm sum")?
+                        .to_scalar::<f32>()
+                        .ctx("gnorm scalar")?,
+                );
             }
         }
         Ok(sum.sqrt())
@@ -59,16 +78,25 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
         for (_, var, m, v) in &mut self.params {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let g = (g * grad_scale).ctx("clip")?;
             *m = ((&*m * b1).ctx("m")? + (&g * (1.0 - b1)).ctx("m g")?).ctx("m add")?;
-            *v = ((&*v * b2).ctx("v")? + (g.sqr().ctx("g2")? * (1.0 - b2)).ctx("v g")?).ctx("v add")?;
+            *v = ((&*v * b2).ctx("v")? + (g.sqr().ctx("g2")? * (1.0 - b2)).ctx("v g")?)
+                .ctx("v add")?;
             let m_hat = (&*m / bc1).ctx("m hat")?;
             let v_hat = (&*v / bc2).ctx("v hat")?;
-            let update = (m_hat / (v_hat.sqrt().ctx("sqrt")? + self.eps).ctx("eps")?).ctx("ratio")?;
+            let update =
+                (m_hat / (v_hat.sqrt().ctx("sqrt")? + self.eps).ctx("eps")?).ctx("ratio")?;
             let theta = var.as_tensor();
-            let decayed = if theta.rank() >= 2 { (theta * (1.0 - lr * self.weight_decay)).ctx("decay")? } else { theta.clone() };
-            var.set(&(decayed - (update * lr).ctx("lr")?).ctx("apply")?).ctx("set")?;
+            let decayed = if theta.rank() >= 2 {
+                (theta * (1.0 - lr * self.weight_decay)).ctx("decay")?
+            } else {
+                theta.clone()
+            };
+            var.set(&(decayed - (update * lr).ctx("lr")?).ctx("apply")?)
+                .ctx("set")?;
         }
         Ok(())
     }
@@ -92,9 +120,17 @@ impl AdamW {
         for (n, var, m, v) in &mut self.params {
             for (prefix, slot) in [("adam.m.", &mut *m), ("adam.v.", &mut *v)] {
                 let key = format!("{prefix}{n}");
-                let t = state.get(&key).ok_or_else(|| crate::TrainError::Checkpoint { path: key.clone().into(), reason: "missing optimizer state".into() })?;
+                let t = state
+                    .get(&key)
+                    .ok_or_else(|| crate::TrainError::Checkpoint {
+                        path: key.clone().into(),
+                        reason: "missing optimizer state".into(),
+                    })?;
                 if t.dims() != var.as_tensor().dims() {
-                    return Err(crate::TrainError::Checkpoint { path: key.into(), reason: format!("shape {:?} != {:?}", t.dims(), var.as_tensor().dims()) });
+                    return Err(crate::TrainError::Checkpoint {
+                        path: key.into(),
+                        reason: format!("shape {:?} != {:?}", t.dims(), var.as_tensor().dims()),
+                    });
                 }
                 *slot = t.clone();
             }
@@ -117,7 +153,12 @@ mod tests {
         let vars = HashMap::from([("w".to_string(), w.clone()), ("b".to_string(), b.clone())]);
         let mut opt = AdamW::new(&vars, 0.9, 0.95, 0.1).unwrap();
         // loss = sum(w * [3, -4]) + 2 b  => dw = [3, -4], db = 2
-        let loss = (w.as_tensor().broadcast_mul(&Tensor::new(&[3.0f32, -4.0], &Device::Cpu).unwrap()).unwrap().sum_all().unwrap()
+        let loss = (w
+            .as_tensor()
+            .broadcast_mul(&Tensor::new(&[3.0f32, -4.0], &Device::Cpu).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
             + (b.as_tensor() * 2.0).unwrap().sum_all().unwrap())
         .unwrap();
         let grads = loss.backward().unwrap();
@@ -125,7 +166,10 @@ mod tests {
         opt.step(&grads, 0.01, 1.0).unwrap();
         let w1: Vec<Vec<f32>> = w.as_tensor().to_vec2().unwrap();
         // w: 1*(1-0.001) - 0.01 = 0.989; -2*(1-0.001) + 0.01 = -1.988
-        assert!((w1[0][0] - 0.989).abs() < 1e-5 && (w1[0][1] + 1.988).abs() < 1e-5, "{w1:?}");
+        assert!(
+            (w1[0][0] - 0.989).abs() < 1e-5 && (w1[0][1] + 1.988).abs() < 1e-5,
+            "{w1:?}"
+        );
         let b1: Vec<f32> = b.as_tensor().to_vec1().unwrap();
         assert!((b1[0] - 0.49).abs() < 1e-5, "{b1:?}"); // no decay on vectors
     }

@@ -8,7 +8,11 @@ use strata_store::{Kind, Store};
 use crate::cli::AcquireArgs;
 
 pub fn run(store: &Store, a: &AcquireArgs) -> anyhow::Result<ExitCode> {
-    let cfg = AcquireConfig { inputs: a.inputs.clone(), text_field: a.text_field.clone(), docs_per_shard: 10_000 };
+    let cfg = AcquireConfig {
+        inputs: a.inputs.clone(),
+        text_field: a.text_field.clone(),
+        docs_per_shard: 10_000,
+    };
     let r = acquire(store, &a.name, &cfg, "strata acquire")?;
     let c = &r.manifest.counts;
     println!(
@@ -17,10 +21,21 @@ pub fn run(store: &Store, a: &AcquireArgs) -> anyhow::Result<ExitCode> {
         c.get("documents").cloned().unwrap_or_default(),
         c.get("files").cloned().unwrap_or_default(),
         c.get("quarantined").cloned().unwrap_or_default(),
-        if r.skipped { " (up to date, skipped)" } else { "" }
+        if r.skipped {
+            " (up to date, skipped)"
+        } else {
+            ""
+        }
     );
-    if c.get("quarantined").and_then(serde_json::Value::as_u64).unwrap_or(0) > 0 {
-        println!("quarantine: {}", quarantine_path(store, Kind::Dataset, &a.name).display());
+    if c.get("quarantined")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+        > 0
+    {
+        println!(
+            "quarantine: {}",
+            quarantine_path(store, Kind::Dataset, &a.name).display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,7 +21,10 @@ pub fn run(store: &Store, a: &DemoArgs) -> anyhow::Result<ExitCode> {
         (None, true) => PipelineFile::parse(QUICK, "configs/demo-quick.toml")?,
         (None, false) => PipelineFile::parse(DEMO, "configs/demo.toml")?,
     };
-    let demo = pipeline.demo.as_ref().ok_or_else(|| anyhow::anyhow!("the pipeline has no [demo] table"))?;
+    let demo = pipeline
+        .demo
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the pipeline has no [demo] table"))?;
     crate::pipeline::run(store, &pipeline, true)?;
 
     println!();
@@ -34,18 +37,39 @@ pub fn run(store: &Store, a: &DemoArgs) -> anyhow::Result<ExitCode> {
         let (parent, prow) = &rows[i - 1];
         if let Some(col) = demo.eval.iter().position(|d| d == model) {
             let (before, after) = (prow[col], row[col]);
-            let verdict = if after < before { "better" } else { "NOT better" };
-            println!("{model} vs {parent} on {model}: {before:.2} → {after:.2} ({:+.1}%, {verdict})", (after / before - 1.0) * 100.0);
+            let verdict = if after < before {
+                "better"
+            } else {
+                "NOT better"
+            };
+            println!(
+                "{model} vs {parent} on {model}: {before:.2} → {after:.2} ({:+.1}%, {verdict})",
+                (after / before - 1.0) * 100.0
+            );
         }
     }
     println!();
-    println!("Sample completions of {:?} (temperature {}, seed {}):", demo.prompt, demo.temperature, demo.seed);
+    println!(
+        "Sample completions of {:?} (temperature {}, seed {}):",
+        demo.prompt, demo.temperature, demo.seed
+    );
     for model in &demo.models {
         let engine = Engine::load(model, &store.require(Kind::Model, model)?)?;
-        let text = super::generate::sample(&engine, &demo.prompt, demo.max_tokens, demo.temperature, demo.seed)?;
+        let text = super::generate::sample(
+            &engine,
+            &demo.prompt,
+            demo.max_tokens,
+            demo.temperature,
+            demo.seed,
+        )?;
         println!("  [{model}] {}{}", demo.prompt, text.replace('\n', " ⏎ "));
     }
     println!();
-    println!("demo finished in {:.1}s; artifacts in {} (try `strata lineage {}`)", t0.elapsed().as_secs_f64(), store.root().display(), demo.models.last().map_or("base", String::as_str));
+    println!(
+        "demo finished in {:.1}s; artifacts in {} (try `strata lineage {}`)",
+        t0.elapsed().as_secs_f64(),
+        store.root().display(),
+        demo.models.last().map_or("base", String::as_str)
+    );
     Ok(ExitCode::SUCCESS)
 }

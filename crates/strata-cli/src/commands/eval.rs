@@ -1,5 +1,6 @@
 //! `strata eval`: held-out perplexity of each model on each dataset, as a table.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use strata_store::{Kind, Store};
@@ -7,15 +8,31 @@ use strata_store::{Kind, Store};
 use crate::cli::EvalArgs;
 
 /// Perplexity of `model` on the held-out split of `dataset`, encoded with the model's own tokenizer.
-pub fn perplexity(store: &Store, model: &strata_model::Llama, tokenizer: &tokenizers::Tokenizer, dataset: &str, max_windows: usize) -> anyhow::Result<f64> {
-    let ids = strata_tokenize::encode_heldout(store, dataset, tokenizer, strata_tokenize::default_val_fraction())?;
+pub fn perplexity(
+    store: &Store,
+    model: &strata_model::Llama,
+    tokenizer: &tokenizers::Tokenizer,
+    dataset: &str,
+    max_windows: usize,
+) -> anyhow::Result<f64> {
+    let ids = strata_tokenize::encode_heldout(
+        store,
+        dataset,
+        tokenizer,
+        strata_tokenize::default_val_fraction(),
+    )?;
     let ctx = model.config().max_position_embeddings;
     let p = strata_train::perplexity(model, &ids, ctx, Some(max_windows))?;
     Ok(p.ppl)
 }
 
 /// Evaluates every model on every dataset; rows are models.
-pub fn table(store: &Store, models: &[String], datasets: &[String], max_windows: usize) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
+pub fn table(
+    store: &Store,
+    models: &[String],
+    datasets: &[String],
+    max_windows: usize,
+) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
     let mut rows = Vec::new();
     for m in models {
         let dir = store.require(Kind::Model, m)?;
@@ -33,14 +50,14 @@ pub fn table(store: &Store, models: &[String], datasets: &[String], max_windows:
 pub fn print_table(datasets: &[String], rows: &[(String, Vec<f64>)]) {
     let mut header = format!("{:<12}", "model");
     for d in datasets {
-        header.push_str(&format!("{:>18}", format!("ppl {d}")));
+        let _ = write!(header, "{:>18}", format!("ppl {d}"));
     }
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
     for (m, row) in rows {
         let mut line = format!("{m:<12}");
         for v in row {
-            line.push_str(&format!("{v:>18.2}"));
+            let _ = write!(line, "{v:>18.2}");
         }
         println!("{line}");
     }

@@ -18,7 +18,8 @@ mod tokenize;
 pub mod train;
 
 pub fn open_store(args: &Cli) -> anyhow::Result<Store> {
-    Store::open(&args.workdir).map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", args.workdir.display()))
+    Store::open(&args.workdir)
+        .map_err(|e| anyhow::anyhow!("cannot open the store at {}: {e}", args.workdir.display()))
 }
 
 pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {

@@ -9,12 +9,31 @@ use crate::cli::PreprocessArgs;
 
 pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
     let cfg = PreprocessConfig {
-        stages: vec![StageConfig::Normalize, StageConfig::MinLength { min_chars: a.min_chars }, StageConfig::ExactDedup],
+        stages: vec![
+            StageConfig::Normalize,
+            StageConfig::MinLength {
+                min_chars: a.min_chars,
+            },
+            StageConfig::ExactDedup,
+        ],
         ..PreprocessConfig::default()
     };
     let r = preprocess(store, &a.input, &a.output, &cfg, "strata preprocess")?;
-    let stats = std::fs::read_to_string(store.dir(strata_store::Kind::Dataset, &a.output).join("stats.json")).unwrap_or_default();
-    println!("dataset {}{}", a.output, if r.skipped { " (up to date, skipped)" } else { "" });
+    let stats = std::fs::read_to_string(
+        store
+            .dir(strata_store::Kind::Dataset, &a.output)
+            .join("stats.json"),
+    )
+    .unwrap_or_default();
+    println!(
+        "dataset {}{}",
+        a.output,
+        if r.skipped {
+            " (up to date, skipped)"
+        } else {
+            ""
+        }
+    );
     println!("{stats}");
     Ok(ExitCode::SUCCESS)
 }

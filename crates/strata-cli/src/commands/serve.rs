@@ -15,11 +15,19 @@ pub fn run(store: Store, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let models = store.list(Kind::Model)?;
     let state = Arc::new(AppState::new(store, a.model.clone()));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let addr = format!("{}:{}", a.host, a.port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        eprintln!("serving {} model(s) [{}] on http://{addr}/v1/chat/completions", models.len(), models.join(", "));
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        eprintln!(
+            "serving {} model(s) [{}] on http://{addr}/v1/chat/completions",
+            models.len(),
+            models.join(", ")
+        );
         axum::serve(listener, app(state))
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -9,20 +9,41 @@ use crate::cli::TokenizeCommand;
 
 pub fn run(store: &Store, c: &TokenizeCommand) -> anyhow::Result<ExitCode> {
     let r = match c {
-        TokenizeCommand::Train { name, datasets, vocab_size } => {
-            let cfg = TokenizerConfig { vocab_size: *vocab_size, min_frequency: 2, val_fraction: strata_tokenize::default_val_fraction() };
+        TokenizeCommand::Train {
+            name,
+            datasets,
+            vocab_size,
+        } => {
+            let cfg = TokenizerConfig {
+                vocab_size: *vocab_size,
+                min_frequency: 2,
+                val_fraction: strata_tokenize::default_val_fraction(),
+            };
             train_tokenizer(store, name, datasets, &cfg, "strata tokenize train")?
         }
-        TokenizeCommand::Encode { name, dataset, tokenizer } => {
-            encode_dataset(store, name, dataset, tokenizer, &EncodeConfig::default(), "strata tokenize encode")?
-        }
+        TokenizeCommand::Encode {
+            name,
+            dataset,
+            tokenizer,
+        } => encode_dataset(
+            store,
+            name,
+            dataset,
+            tokenizer,
+            &EncodeConfig::default(),
+            "strata tokenize encode",
+        )?,
     };
     println!(
         "{} {}: {}{}",
         r.manifest.kind,
         r.manifest.name,
         serde_json::Value::Object(r.manifest.counts.clone()),
-        if r.skipped { " (up to date, skipped)" } else { "" }
+        if r.skipped {
+            " (up to date, skipped)"
+        } else {
+            ""
+        }
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -20,7 +20,16 @@ struct TrainFile {
 }
 
 fn default_spec() -> ModelSpec {
-    ModelSpec { hidden_size: 256, intermediate_size: 688, layers: 4, heads: 8, kv_heads: 4, context: 256, rope_theta: 10_000.0, tie_word_embeddings: false }
+    ModelSpec {
+        hidden_size: 256,
+        intermediate_size: 688,
+        layers: 4,
+        heads: 8,
+        kv_heads: 4,
+        context: 256,
+        rope_theta: 10_000.0,
+        tie_word_embeddings: false,
+    }
 }
 
 fn default_train() -> TrainConfig {
@@ -44,9 +53,13 @@ fn default_train() -> TrainConfig {
 
 fn load_file(path: Option<&Path>) -> anyhow::Result<TrainFile> {
     match path {
-        None => Ok(TrainFile { model: None, train: None }),
+        None => Ok(TrainFile {
+            model: None,
+            train: None,
+        }),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config {}", p.display()))?;
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
         }
     }
@@ -74,27 +87,67 @@ fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> TrainConfig {
 
 pub fn run_train(store: &Store, a: &TrainArgs) -> anyhow::Result<ExitCode> {
     let file = load_file(a.config.as_deref())?;
-    let init = Init::Scratch { spec: file.model.unwrap_or_else(default_spec), tokenizer: a.tokenizer.clone() };
-    run_job(store, &a.name, &a.tokens, init, apply(file.train.unwrap_or_else(default_train), &a.overrides), true)?;
+    let init = Init::Scratch {
+        spec: file.model.unwrap_or_else(default_spec),
+        tokenizer: a.tokenizer.clone(),
+    };
+    run_job(
+        store,
+        &a.name,
+        &a.tokens,
+        init,
+        apply(file.train.unwrap_or_else(default_train), &a.overrides),
+        true,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode> {
     let file = load_file(a.config.as_deref())?;
-    anyhow::ensure!(file.model.is_none(), "finetune takes its architecture from the parent model: remove [model] from the config");
+    anyhow::ensure!(
+        file.model.is_none(),
+        "finetune takes its architecture from the parent model: remove [model] from the config"
+    );
     let mut base = default_train();
     base.steps = 200;
     base.lr = 5e-4;
     base.min_lr = 5e-5;
     base.warmup_steps = 10;
-    let init = Init::From { parent: a.parent.clone() };
-    run_job(store, &a.name, &a.tokens, init, apply(file.train.unwrap_or(base), &a.overrides), true)?;
+    let init = Init::From {
+        parent: a.parent.clone(),
+    };
+    run_job(
+        store,
+        &a.name,
+        &a.tokens,
+        init,
+        apply(file.train.unwrap_or(base), &a.overrides),
+        true,
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn run_job(store: &Store, name: &str, tokens: &str, init: Init, cfg: TrainConfig, progress: bool) -> anyhow::Result<()> {
-    let kind = if matches!(init, Init::Scratch { .. }) { "train" } else { "finetune" };
-    let job = TrainJob { name, tokens, init, cfg, created_by: &format!("strata {kind}"), progress };
+pub fn run_job(
+    store: &Store,
+    name: &str,
+    tokens: &str,
+    init: Init,
+    cfg: TrainConfig,
+    progress: bool,
+) -> anyhow::Result<()> {
+    let kind = if matches!(init, Init::Scratch { .. }) {
+        "train"
+    } else {
+        "finetune"
+    };
+    let job = TrainJob {
+        name,
+        tokens,
+        init,
+        cfg,
+        created_by: &format!("strata {kind}"),
+        progress,
+    };
     let out = strata_train::train(store, &job).with_context(|| format!("{kind} {name:?}"))?;
     let c = &out.manifest.counts;
     let how = match (out.skipped, out.resumed_from) {
@@ -106,7 +159,9 @@ pub fn run_job(store: &Store, name: &str, tokens: &str, init: Init, cfg: TrainCo
         "{kind:<10} {name:<20} {how:<10} parameters={} steps={} val_ppl={:.2} run={}",
         c.get("parameters").cloned().unwrap_or_default(),
         c.get("steps").cloned().unwrap_or_default(),
-        c.get("val_ppl").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN),
+        c.get("val_ppl")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN),
         out.run_dir.display()
     );
     Ok(())

@@ -7,12 +7,19 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 pub fn strata(workdir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_strata"));
-    c.current_dir(repo_root()).arg("--workdir").arg(workdir).env_remove("STRATA_HOME").env("NO_COLOR", "1");
+    c.current_dir(repo_root())
+        .arg("--workdir")
+        .arg(workdir)
+        .env_remove("STRATA_HOME")
+        .env("NO_COLOR", "1");
     c
 }
 
@@ -23,9 +30,21 @@ pub struct Run {
 }
 
 pub fn run(cmd: &mut Command) -> Run {
-    let Output { status, stdout, stderr } = cmd.output().expect("spawn strata");
-    let r = Run { ok: status.success(), stdout: String::from_utf8_lossy(&stdout).into(), stderr: String::from_utf8_lossy(&stderr).into() };
-    assert!(!r.stderr.contains("panicked"), "strata panicked:\n{}", r.stderr);
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("spawn strata");
+    let r = Run {
+        ok: status.success(),
+        stdout: String::from_utf8_lossy(&stdout).into(),
+        stderr: String::from_utf8_lossy(&stderr).into(),
+    };
+    assert!(
+        !r.stderr.contains("panicked"),
+        "strata panicked:\n{}",
+        r.stderr
+    );
     r
 }
 
@@ -52,8 +71,15 @@ pub fn quick_demo() -> &'static (PathBuf, Run) {
 pub fn venv_python() -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        let out = Command::new("bash").arg(repo_root().join("scripts/python-venv.sh")).output().expect("run python-venv.sh");
-        assert!(out.status.success(), "python-venv.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/python-venv.sh"))
+            .output()
+            .expect("run python-venv.sh");
+        assert!(
+            out.status.success(),
+            "python-venv.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
     })
     .clone()

@@ -46,7 +46,12 @@ pub struct StepReport {
 ///
 /// # Errors
 /// When an input path is missing or matches nothing, or on an I/O failure. Bad records are quarantined instead.
-pub fn acquire(store: &Store, name: &str, cfg: &AcquireConfig, created_by: &str) -> Result<StepReport> {
+pub fn acquire(
+    store: &Store,
+    name: &str,
+    cfg: &AcquireConfig,
+    created_by: &str,
+) -> Result<StepReport> {
     let files = resolve_inputs(&cfg.inputs)?;
     let mut inputs = Vec::new();
     for (path, _) in &files {
@@ -59,7 +64,10 @@ pub fn acquire(store: &Store, name: &str, cfg: &AcquireConfig, created_by: &str)
     let config = serde_json::to_value(cfg).unwrap_or_default();
     let manifest = Manifest::new(Kind::Dataset, name, created_by).with_config(inputs, config);
     if let Some(existing) = store.up_to_date(Kind::Dataset, name, &manifest.fingerprint) {
-        return Ok(StepReport { manifest: existing, skipped: true });
+        return Ok(StepReport {
+            manifest: existing,
+            skipped: true,
+        });
     }
 
     let staging = store.staging(Kind::Dataset, name)?;
@@ -67,10 +75,16 @@ pub fn acquire(store: &Store, name: &str, cfg: &AcquireConfig, created_by: &str)
     let mut quarantine = Quarantine::new(&staging);
     let mut bytes = 0u64;
     for (path, format) in &files {
-        sources::read_file(path, *format, &cfg.text_field, &mut quarantine, &mut |doc| {
-            bytes += doc.text.len() as u64;
-            writer.write(&doc)
-        })?;
+        sources::read_file(
+            path,
+            *format,
+            &cfg.text_field,
+            &mut quarantine,
+            &mut |doc| {
+                bytes += doc.text.len() as u64;
+                writer.write(&doc)
+            },
+        )?;
     }
     let docs = writer.finish()?;
     let quarantined = quarantine.finish()?;
@@ -78,13 +92,21 @@ pub fn acquire(store: &Store, name: &str, cfg: &AcquireConfig, created_by: &str)
     manifest.counts.insert("files".into(), files.len().into());
     manifest.counts.insert("documents".into(), docs.into());
     manifest.counts.insert("bytes".into(), bytes.into());
-    manifest.counts.insert("quarantined".into(), quarantined.into());
+    manifest
+        .counts
+        .insert("quarantined".into(), quarantined.into());
     let manifest = store.publish(&staging, manifest)?;
-    Ok(StepReport { manifest, skipped: false })
+    Ok(StepReport {
+        manifest,
+        skipped: false,
+    })
 }
 
 /// Where an artifact's quarantine file lives, if it has one.
 #[must_use]
 pub fn quarantine_path(store: &Store, kind: Kind, name: &str) -> PathBuf {
-    store.dir(kind, name).join("quarantine").join("quarantine.jsonl")
+    store
+        .dir(kind, name)
+        .join("quarantine")
+        .join("quarantine.jsonl")
 }

@@ -20,6 +20,8 @@ pub enum SourceFormat {
 }
 
 impl SourceFormat {
+    // The name is lowercased first, so the suffix checks are case-insensitive.
+    #[allow(clippy::case_sensitive_file_extension_comparisons)]
     fn of(path: &Path) -> Option<Self> {
         let name = path.file_name()?.to_string_lossy().to_lowercase();
         if name.ends_with(".jsonl.zst") {
@@ -44,7 +46,10 @@ pub fn resolve_inputs(inputs: &[String]) -> Result<Vec<(PathBuf, SourceFormat)>>
     for input in inputs {
         let before = out.len();
         if input.contains(['*', '?', '[']) {
-            let paths = glob::glob(input).map_err(|e| DataError::Glob { pattern: input.clone(), reason: e.to_string() })?;
+            let paths = glob::glob(input).map_err(|e| DataError::Glob {
+                pattern: input.clone(),
+                reason: e.to_string(),
+            })?;
             for p in paths.filter_map(std::result::Result::ok) {
                 if let (true, Some(f)) = (p.is_file(), SourceFormat::of(&p)) {
                     out.push((p, f));
@@ -71,11 +76,16 @@ pub fn resolve_inputs(inputs: &[String]) -> Result<Vec<(PathBuf, SourceFormat)>>
 }
 
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, SourceFormat)>) -> Result<()> {
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(dir).map_err(io_err(dir))?.filter_map(std::result::Result::ok).map(|e| e.path()).collect();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for p in entries {
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
             continue;
         }
         if p.is_dir() {
@@ -100,23 +110,34 @@ pub(crate) fn read_file(
     match format {
         SourceFormat::Text => {
             let mut bytes = Vec::new();
-            BufReader::new(file).read_to_end(&mut bytes).map_err(io_err(path))?;
+            BufReader::new(file)
+                .read_to_end(&mut bytes)
+                .map_err(io_err(path))?;
             match String::from_utf8(bytes) {
                 Ok(text) => {
                     let mut meta = serde_json::Map::new();
                     meta.insert("source".into(), Value::String(source.clone()));
-                    emit(Doc { id: format!("{source}:0"), text, meta })?;
+                    emit(Doc {
+                        id: format!("{source}:0"),
+                        text,
+                        meta,
+                    })?;
                 }
                 Err(e) => quarantine.add(QuarantineRecord {
                     source,
                     line: 0,
-                    reason: format!("not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
+                    reason: format!(
+                        "not valid UTF-8 (first bad byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
                     raw: String::from_utf8_lossy(e.as_bytes()).into_owned(),
                 })?,
             }
             Ok(())
         }
-        SourceFormat::Jsonl => read_lines(BufReader::new(file), &source, text_field, quarantine, emit),
+        SourceFormat::Jsonl => {
+            read_lines(BufReader::new(file), &source, text_field, quarantine, emit)
+        }
         SourceFormat::JsonlZst => {
             let dec = zstd::Decoder::new(file).map_err(io_err(path))?;
             read_lines(BufReader::new(dec), &source, text_field, quarantine, emit)
@@ -155,8 +176,13 @@ fn read_lines(
         }
         match parse_record(&buf, text_field) {
             Ok((text, mut meta)) => {
-                meta.entry("source").or_insert_with(|| Value::String(source.to_string()));
-                emit(Doc { id: format!("{source}:{line_no}"), text, meta })?;
+                meta.entry("source")
+                    .or_insert_with(|| Value::String(source.to_string()));
+                emit(Doc {
+                    id: format!("{source}:{line_no}"),
+                    text,
+                    meta,
+                })?;
             }
             Err(reason) => quarantine.add(QuarantineRecord {
                 source: source.to_string(),
@@ -168,18 +194,27 @@ fn read_lines(
     }
 }
 
-fn parse_record(line: &[u8], text_field: &str) -> std::result::Result<(String, serde_json::Map<String, Value>), String> {
-    let text = std::str::from_utf8(line).map_err(|e| format!("not valid UTF-8 at byte {}", e.valid_up_to()))?;
+fn parse_record(
+    line: &[u8],
+    text_field: &str,
+) -> std::result::Result<(String, serde_json::Map<String, Value>), String> {
+    let text = std::str::from_utf8(line)
+        .map_err(|e| format!("not valid UTF-8 at byte {}", e.valid_up_to()))?;
     let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let Value::Object(mut obj) = value else {
-        return Err(format!("expected a JSON object with a {text_field:?} field"));
+        return Err(format!(
+            "expected a JSON object with a {text_field:?} field"
+        ));
     };
     match obj.remove(text_field) {
         Some(Value::String(s)) => {
             obj.remove("id");
             Ok((s, obj))
         }
-        Some(other) => Err(format!("field {text_field:?} is not a string (found {})", kind_of(&other))),
+        Some(other) => Err(format!(
+            "field {text_field:?} is not a string (found {})",
+            kind_of(&other)
+        )),
         None => Err(format!("missing field {text_field:?}")),
     }
 }
@@ -198,6 +233,7 @@ fn kind_of(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt::Write as _;
 
     #[test]
     fn bad_jsonl_lines_are_quarantined_and_good_ones_kept() {
@@ -216,11 +252,25 @@ mod tests {
         assert_eq!(docs[1].meta["lang"], "en");
         assert!(docs[1].id.ends_with(":7"));
         assert_eq!(q.finish().unwrap(), 4);
-        let quarantined = std::fs::read_to_string(d.path().join("quarantine/quarantine.jsonl")).unwrap();
-        let lines: Vec<QuarantineRecord> = quarantined.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.iter().map(|r| r.line).collect::<Vec<_>>(), vec![2, 4, 5, 6]);
-        assert!(lines[0].reason.starts_with("not JSON"), "{}", lines[0].reason);
-        assert_eq!(lines[1].reason, "field \"text\" is not a string (found a number)");
+        let quarantined =
+            std::fs::read_to_string(d.path().join("quarantine/quarantine.jsonl")).unwrap();
+        let lines: Vec<QuarantineRecord> = quarantined
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            lines.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![2, 4, 5, 6]
+        );
+        assert!(
+            lines[0].reason.starts_with("not JSON"),
+            "{}",
+            lines[0].reason
+        );
+        assert_eq!(
+            lines[1].reason,
+            "field \"text\" is not a string (found a number)"
+        );
         assert_eq!(lines[2].reason, "missing field \"text\"");
     }
 
@@ -230,7 +280,10 @@ mod tests {
         assert_eq!(err.to_string(), "input path /no/such/dir does not exist");
         let d = tempfile::tempdir().unwrap();
         let pattern = format!("{}/*.jsonl", d.path().display());
-        assert!(matches!(resolve_inputs(&[pattern]).unwrap_err(), DataError::NoFiles(_)));
+        assert!(matches!(
+            resolve_inputs(&[pattern]).unwrap_err(),
+            DataError::NoFiles(_)
+        ));
     }
 
     #[test]
@@ -253,7 +306,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("in.jsonl.zst");
         // zstd decodes whole blocks (<= 128 KiB), so the body must span several blocks: ~1.5 MB
-        let body: String = (0..40_000u64).map(|i| format!("{{\"text\": \"document {}\"}}\n", i.wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
+        let mut body = String::new();
+        for i in 0..40_000u64 {
+            let _ = writeln!(
+                body,
+                "{{\"text\": \"document {}\"}}",
+                i.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            );
+        }
         let full = zstd::encode_all(body.as_bytes(), 3).unwrap();
         std::fs::write(&path, &full[..full.len() / 2]).unwrap();
         let mut q = Quarantine::new(d.path());

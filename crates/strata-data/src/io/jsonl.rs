@@ -21,7 +21,14 @@ pub struct ShardWriter {
 impl ShardWriter {
     #[must_use]
     pub fn new(dir: impl Into<PathBuf>, docs_per_shard: usize) -> Self {
-        Self { dir: dir.into(), docs_per_shard: docs_per_shard.max(1), shard: 0, in_shard: 0, current: None, docs: 0 }
+        Self {
+            dir: dir.into(),
+            docs_per_shard: docs_per_shard.max(1),
+            shard: 0,
+            in_shard: 0,
+            current: None,
+            docs: 0,
+        }
     }
 
     /// # Errors
@@ -33,7 +40,10 @@ impl ShardWriter {
             self.current = Some(zstd::Encoder::new(file, 3).map_err(io_err(&path))?);
         }
         let path = &self.dir;
-        let enc = self.current.as_mut().ok_or_else(|| DataError::Missing(path.clone()))?;
+        let enc = self
+            .current
+            .as_mut()
+            .ok_or_else(|| DataError::Missing(path.clone()))?;
         let mut line = serde_json::to_vec(doc).map_err(|e| io_err(path)(e.into()))?;
         line.push(b'\n');
         enc.write_all(&line).map_err(io_err(path))?;
@@ -74,7 +84,10 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
         .map_err(io_err(dir))?
         .filter_map(std::result::Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".jsonl.zst")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".jsonl.zst"))
+        })
         .collect();
     paths.sort();
     Ok(paths)
@@ -87,20 +100,31 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
 /// are written by Strata, so a bad line means corruption, not bad user input).
 pub fn read_dataset(dir: &Path) -> Result<impl Iterator<Item = Result<Doc>>> {
     let shards = shard_paths(dir)?;
-    Ok(shards.into_iter().flat_map(|path| -> Box<dyn Iterator<Item = Result<Doc>>> {
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => return Box::new(std::iter::once(Err(io_err(&path)(e)))),
-        };
-        let dec = match zstd::Decoder::new(file) {
-            Ok(d) => d,
-            Err(e) => return Box::new(std::iter::once(Err(io_err(&path)(e)))),
-        };
-        Box::new(BufReader::new(dec).lines().enumerate().map(move |(i, line)| {
-            let line = line.map_err(io_err(&path))?;
-            serde_json::from_str(&line).map_err(|e| DataError::Record { path: path.clone(), line: i + 1, reason: e.to_string() })
+    Ok(shards
+        .into_iter()
+        .flat_map(|path| -> Box<dyn Iterator<Item = Result<Doc>>> {
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) => return Box::new(std::iter::once(Err(io_err(&path)(e)))),
+            };
+            let dec = match zstd::Decoder::new(file) {
+                Ok(d) => d,
+                Err(e) => return Box::new(std::iter::once(Err(io_err(&path)(e)))),
+            };
+            Box::new(
+                BufReader::new(dec)
+                    .lines()
+                    .enumerate()
+                    .map(move |(i, line)| {
+                        let line = line.map_err(io_err(&path))?;
+                        serde_json::from_str(&line).map_err(|e| DataError::Record {
+                            path: path.clone(),
+                            line: i + 1,
+                            reason: e.to_string(),
+                        })
+                    }),
+            )
         }))
-    }))
 }
 
 /// A record that could not be used, with where it came from and why.
@@ -123,7 +147,11 @@ pub struct Quarantine {
 impl Quarantine {
     #[must_use]
     pub fn new(staging: &Path) -> Self {
-        Self { path: staging.join("quarantine").join("quarantine.jsonl"), file: None, count: 0 }
+        Self {
+            path: staging.join("quarantine").join("quarantine.jsonl"),
+            file: None,
+            count: 0,
+        }
     }
 
     /// # Errors
@@ -164,7 +192,11 @@ mod tests {
     use super::*;
 
     fn doc(i: usize) -> Doc {
-        Doc { id: format!("d{i}"), text: format!("text {i}"), meta: serde_json::Map::new() }
+        Doc {
+            id: format!("d{i}"),
+            text: format!("text {i}"),
+            meta: serde_json::Map::new(),
+        }
     }
 
     #[test]
@@ -176,7 +208,10 @@ mod tests {
         }
         assert_eq!(w.finish().unwrap(), 7);
         assert_eq!(shard_paths(d.path()).unwrap().len(), 3); // 3 + 3 + 1
-        let back: Vec<Doc> = read_dataset(d.path()).unwrap().map(|r| r.unwrap()).collect();
+        let back: Vec<Doc> = read_dataset(d.path())
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
         assert_eq!(back, (0..7).map(doc).collect::<Vec<_>>());
     }
 
@@ -184,7 +219,13 @@ mod tests {
     fn quarantine_truncates_huge_raw_on_char_boundary() {
         let d = tempfile::tempdir().unwrap();
         let mut q = Quarantine::new(d.path());
-        q.add(QuarantineRecord { source: "f".into(), line: 1, reason: "bad".into(), raw: "é".repeat(5000) }).unwrap();
+        q.add(QuarantineRecord {
+            source: "f".into(),
+            line: 1,
+            reason: "bad".into(),
+            raw: "é".repeat(5000),
+        })
+        .unwrap();
         assert_eq!(q.finish().unwrap(), 1);
         let text = std::fs::read_to_string(d.path().join("quarantine/quarantine.jsonl")).unwrap();
         let rec: QuarantineRecord = serde_json::from_str(text.trim()).unwrap();

@@ -36,9 +36,15 @@ mod tests {
     #[test]
     fn keeps_first_drops_copies() {
         let mut d = ExactDedup::default();
-        let doc = |t: &str| Doc { id: String::new(), text: t.into(), meta: serde_json::Map::new() };
-        let verdicts: Vec<bool> =
-            ["a", "b", "a", "a", "c", "b"].iter().map(|t| matches!(d.apply(doc(t)), Verdict::Keep(_))).collect();
+        let doc = |t: &str| Doc {
+            id: String::new(),
+            text: t.into(),
+            meta: serde_json::Map::new(),
+        };
+        let verdicts: Vec<bool> = ["a", "b", "a", "a", "c", "b"]
+            .iter()
+            .map(|t| matches!(d.apply(doc(t)), Verdict::Keep(_)))
+            .collect();
         assert_eq!(verdicts, vec![true, true, false, false, true, false]);
     }
 }

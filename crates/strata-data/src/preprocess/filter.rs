@@ -27,7 +27,11 @@ mod tests {
     #[test]
     fn counts_characters_not_bytes() {
         let mut f = MinLength { min_chars: 4 };
-        let doc = |t: &str| Doc { id: String::new(), text: t.into(), meta: serde_json::Map::new() };
+        let doc = |t: &str| Doc {
+            id: String::new(),
+            text: t.into(),
+            meta: serde_json::Map::new(),
+        };
         assert!(matches!(f.apply(doc("超声检查")), Verdict::Keep(_))); // 4 chars, 12 bytes
         assert!(matches!(f.apply(doc("abc")), Verdict::Drop("too_short")));
     }

@@ -47,7 +47,9 @@ impl StageConfig {
     pub fn build(&self) -> Box<dyn Stage> {
         match self {
             StageConfig::Normalize => Box::new(Normalize),
-            StageConfig::MinLength { min_chars } => Box::new(MinLength { min_chars: *min_chars }),
+            StageConfig::MinLength { min_chars } => Box::new(MinLength {
+                min_chars: *min_chars,
+            }),
             StageConfig::ExactDedup => Box::new(ExactDedup::default()),
         }
     }
@@ -64,12 +66,19 @@ pub struct PreprocessConfig {
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        Self { stages: default_stages(), docs_per_shard: default_docs_per_shard() }
+        Self {
+            stages: default_stages(),
+            docs_per_shard: default_docs_per_shard(),
+        }
     }
 }
 
 fn default_stages() -> Vec<StageConfig> {
-    vec![StageConfig::Normalize, StageConfig::MinLength { min_chars: 32 }, StageConfig::ExactDedup]
+    vec![
+        StageConfig::Normalize,
+        StageConfig::MinLength { min_chars: 32 },
+        StageConfig::ExactDedup,
+    ]
 }
 fn default_docs_per_shard() -> usize {
     10_000
@@ -88,17 +97,31 @@ pub struct StageStats {
 ///
 /// # Errors
 /// When the input dataset is missing or on an I/O failure.
-pub fn preprocess(store: &Store, input: &str, output: &str, cfg: &PreprocessConfig, created_by: &str) -> Result<StepReport> {
+pub fn preprocess(
+    store: &Store,
+    input: &str,
+    output: &str,
+    cfg: &PreprocessConfig,
+    created_by: &str,
+) -> Result<StepReport> {
     let src = store.require(Kind::Dataset, input)?;
     let inputs = vec![store.input_ref(Kind::Dataset, input)?];
-    let manifest =
-        Manifest::new(Kind::Dataset, output, created_by).with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
+    let manifest = Manifest::new(Kind::Dataset, output, created_by)
+        .with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
     if let Some(existing) = store.up_to_date(Kind::Dataset, output, &manifest.fingerprint) {
-        return Ok(StepReport { manifest: existing, skipped: true });
+        return Ok(StepReport {
+            manifest: existing,
+            skipped: true,
+        });
     }
     let mut stages: Vec<Box<dyn Stage>> = cfg.stages.iter().map(StageConfig::build).collect();
-    let mut stats: Vec<StageStats> =
-        stages.iter().map(|s| StageStats { stage: s.name().to_string(), ..StageStats::default() }).collect();
+    let mut stats: Vec<StageStats> = stages
+        .iter()
+        .map(|s| StageStats {
+            stage: s.name().to_string(),
+            ..StageStats::default()
+        })
+        .collect();
     let staging = store.staging(Kind::Dataset, output)?;
     let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard);
     let mut total = 0usize;
@@ -126,11 +149,18 @@ pub fn preprocess(store: &Store, input: &str, output: &str, cfg: &PreprocessConf
         &serde_json::json!({ "input": total, "kept": kept, "stages": stats }),
     )?;
     let mut manifest = manifest;
-    manifest.counts.insert("input_documents".into(), total.into());
+    manifest
+        .counts
+        .insert("input_documents".into(), total.into());
     manifest.counts.insert("documents".into(), kept.into());
-    manifest.counts.insert("removed".into(), (total - kept).into());
+    manifest
+        .counts
+        .insert("removed".into(), (total - kept).into());
     let manifest = store.publish(&staging, manifest)?;
-    Ok(StepReport { manifest, skipped: false })
+    Ok(StepReport {
+        manifest,
+        skipped: false,
+    })
 }
 
 #[cfg(test)]
@@ -143,9 +173,21 @@ mod tests {
         struct W {
             stages: Vec<StageConfig>,
         }
-        let w: W = toml::from_str("stages = [{type = \"normalize\"}, {type = \"min_length\", min_chars = 10}]").unwrap();
-        assert_eq!(w.stages, vec![StageConfig::Normalize, StageConfig::MinLength { min_chars: 10 }]);
-        assert!(toml::from_str::<W>("stages = [{type = \"min_length\", min_chars = 1, max = 2}]").is_err());
+        let w: W = toml::from_str(
+            "stages = [{type = \"normalize\"}, {type = \"min_length\", min_chars = 10}]",
+        )
+        .unwrap();
+        assert_eq!(
+            w.stages,
+            vec![
+                StageConfig::Normalize,
+                StageConfig::MinLength { min_chars: 10 }
+            ]
+        );
+        assert!(
+            toml::from_str::<W>("stages = [{type = \"min_length\", min_chars = 1, max = 2}]")
+                .is_err()
+        );
         assert!(toml::from_str::<W>("stages = [{type = \"gopher\"}]").is_err());
     }
 }

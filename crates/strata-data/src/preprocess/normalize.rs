@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn whitespace_and_nfc() {
         // "e" + U+0301 (combining acute) composes to U+00E9 under NFC
-        assert_eq!(normalize_text("  cafe\u{301}  au \t lait \r\n\r\n\r\n\nnext  \n line \n"), "caf\u{e9} au lait\n\nnext\nline");
+        assert_eq!(
+            normalize_text("  cafe\u{301}  au \t lait \r\n\r\n\r\n\nnext  \n line \n"),
+            "caf\u{e9} au lait\n\nnext\nline"
+        );
         assert_eq!(normalize_text("\n\n  \n"), "");
         assert_eq!(normalize_text("a\u{a0}b"), "a b"); // no-break space is whitespace
     }

@@ -52,8 +52,17 @@ impl Engine {
         let model = strata_model::load_model(dir, &Device::Cpu)?;
         let tokenizer = strata_tokenize::load_tokenizer(&dir.join("tokenizer.json"))?;
         let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
-        let stop_ids = strata_tokenize::SPECIAL_TOKENS.iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
-        Ok(Self { name: name.to_string(), model, tokenizer, template, stop_ids })
+        let stop_ids = strata_tokenize::SPECIAL_TOKENS
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect();
+        Ok(Self {
+            name: name.to_string(),
+            model,
+            tokenizer,
+            template,
+            stop_ids,
+        })
     }
 
     #[must_use]
@@ -74,8 +83,16 @@ impl Engine {
     ///
     /// # Errors
     /// On an empty prompt or a model failure.
-    pub fn generate(&self, prompt: &str, params: &GenParams, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Generation> {
-        let enc = self.tokenizer.encode(prompt, false).map_err(|e| ServeError::BadRequest(format!("tokenizer: {e}")))?;
+    pub fn generate(
+        &self,
+        prompt: &str,
+        params: &GenParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let enc = self
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(|e| ServeError::BadRequest(format!("tokenizer: {e}")))?;
         let mut prompt_ids = enc.get_ids().to_vec();
         if prompt_ids.is_empty() {
             return Err(ServeError::BadRequest("the prompt is empty".into()));
@@ -90,21 +107,38 @@ impl Engine {
         let device = self.model.device();
         let mut cache = KvCache::new(self.model.config(), prompt_ids.len() + max_tokens, device)?;
         let mut sampler = Sampler::new(params.sampling, params.seed);
-        let mut input = Tensor::new(prompt_ids.as_slice(), device).ctx("prompt")?.unsqueeze(0).ctx("prompt batch")?;
+        let mut input = Tensor::new(prompt_ids.as_slice(), device)
+            .ctx("prompt")?
+            .unsqueeze(0)
+            .ctx("prompt batch")?;
         let mut out_ids: Vec<u32> = Vec::new();
         let mut emitted = 0usize; // bytes of decoded text already sent
         let mut text = String::new();
         let mut finish = FinishReason::Length;
         for _ in 0..max_tokens {
-            let logits: Vec<f32> = self.model.forward_cached(&input, &mut cache)?.squeeze(0).ctx("logits")?.to_vec1().ctx("logits vec")?;
+            let logits: Vec<f32> = self
+                .model
+                .forward_cached(&input, &mut cache)?
+                .squeeze(0)
+                .ctx("logits")?
+                .to_vec1()
+                .ctx("logits vec")?;
             let next = sampler.sample(&logits);
             if self.stop_ids.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
             }
             out_ids.push(next);
-            text = self.tokenizer.decode(&out_ids, true).map_err(|e| ServeError::BadRequest(format!("tokenizer: {e}")))?;
-            if let Some(pos) = params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text = self
+                .tokenizer
+                .decode(&out_ids, true)
+                .map_err(|e| ServeError::BadRequest(format!("tokenizer: {e}")))?;
+            if let Some(pos) = params
+                .stop
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
                 text.truncate(pos);
                 finish = FinishReason::Stop;
                 break;
@@ -130,12 +164,20 @@ impl Engine {
                 }
                 emitted = safe;
             }
-            input = Tensor::new(&[next], device).ctx("next")?.unsqueeze(0).ctx("next batch")?;
+            input = Tensor::new(&[next], device)
+                .ctx("next")?
+                .unsqueeze(0)
+                .ctx("next batch")?;
         }
         let text = text.trim_end_matches('\u{FFFD}').to_string();
         if text.len() > emitted && text.is_char_boundary(emitted) {
             on_text(&text[emitted..]);
         }
-        Ok(Generation { text, prompt_tokens: prompt_ids.len(), completion_tokens: out_ids.len(), finish })
+        Ok(Generation {
+            text,
+            prompt_tokens: prompt_ids.len(),
+            completion_tokens: out_ids.len(),
+            finish,
+        })
     }
 }

@@ -16,7 +16,10 @@ impl Sampling {
         if temperature <= 0.0 {
             Sampling::Greedy
         } else {
-            Sampling::TopP { temperature, top_p: top_p.clamp(f32::MIN_POSITIVE, 1.0) }
+            Sampling::TopP {
+                temperature,
+                top_p: top_p.clamp(f32::MIN_POSITIVE, 1.0),
+            }
         }
     }
 }
@@ -30,13 +33,18 @@ pub struct Sampler {
 impl Sampler {
     #[must_use]
     pub fn new(sampling: Sampling, seed: u64) -> Self {
-        Self { sampling, rng: rand::rngs::StdRng::seed_from_u64(seed), probs: Vec::new() }
+        Self {
+            sampling,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            probs: Vec::new(),
+        }
     }
 
     /// Picks a token from `logits` (one per vocabulary entry).
     ///
     /// # Panics
     /// If `logits` is empty (a model always has a vocabulary).
+    #[allow(clippy::cast_possible_truncation)] // vocabulary ids fit in u32 (tokenizers uses u32 ids)
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         assert!(!logits.is_empty(), "empty logits");
         let argmax = || {
@@ -48,7 +56,9 @@ impl Sampler {
             }
             best as u32
         };
-        let Sampling::TopP { temperature, top_p } = self.sampling else { return argmax() };
+        let Sampling::TopP { temperature, top_p } = self.sampling else {
+            return argmax();
+        };
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         self.probs.clear();
         let mut sum = 0f32;
@@ -94,15 +104,35 @@ mod tests {
     fn top_p_excludes_the_tail_and_seed_repeats() {
         // probabilities ∝ e^[4, 3, 0, 0]: 0.72, 0.26, 0.013, 0.013 → top_p 0.9 keeps tokens 0 and 1 only
         let logits = [4.0, 3.0, 0.0, 0.0];
-        let mut s = Sampler::new(Sampling::TopP { temperature: 1.0, top_p: 0.9 }, 7);
+        let mut s = Sampler::new(
+            Sampling::TopP {
+                temperature: 1.0,
+                top_p: 0.9,
+            },
+            7,
+        );
         let draws: Vec<u32> = (0..2000).map(|_| s.sample(&logits)).collect();
         assert!(draws.iter().all(|&t| t < 2));
         let ones = draws.iter().filter(|&&t| t == 1).count();
         // P(1 | kept) = e^3 / (e^4 + e^3) = 0.269; sd over 2000 draws ≈ 10
         assert!((480..600).contains(&ones), "{ones}");
-        let mut a = Sampler::new(Sampling::TopP { temperature: 1.0, top_p: 1.0 }, 42);
-        let mut b = Sampler::new(Sampling::TopP { temperature: 1.0, top_p: 1.0 }, 42);
-        let (va, vb): (Vec<u32>, Vec<u32>) = (0..50).map(|_| (a.sample(&logits), b.sample(&logits))).unzip();
+        let mut a = Sampler::new(
+            Sampling::TopP {
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            42,
+        );
+        let mut b = Sampler::new(
+            Sampling::TopP {
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            42,
+        );
+        let (va, vb): (Vec<u32>, Vec<u32>) = (0..50)
+            .map(|_| (a.sample(&logits), b.sample(&logits)))
+            .unzip();
         assert_eq!(va, vb);
     }
 }

@@ -35,20 +35,42 @@ struct ChatRequest {
 
 fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
     if raw.is_empty() {
-        return Err(ApiError::bad_request("messages must not be empty", Some("messages")));
+        return Err(ApiError::bad_request(
+            "messages must not be empty",
+            Some("messages"),
+        ));
     }
     raw.iter()
         .enumerate()
         .map(|(i, m)| {
-            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| ApiError::bad_request(&format!("messages[{i}].role must be a string"), Some("messages")))?;
+            let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
+                ApiError::bad_request(
+                    &format!("messages[{i}].role must be a string"),
+                    Some("messages"),
+                )
+            })?;
             let content = match m.get("content") {
                 Some(Value::String(s)) => s.clone(),
                 // content parts: [{"type": "text", "text": "..."}]
-                Some(Value::Array(parts)) => parts.iter().filter_map(|p| p.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join(""),
+                Some(Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join(""),
                 Some(Value::Null) | None => String::new(),
-                Some(_) => return Err(ApiError::bad_request(&format!("messages[{i}].content must be a string or an array of text parts"), Some("messages"))),
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        &format!(
+                            "messages[{i}].content must be a string or an array of text parts"
+                        ),
+                        Some("messages"),
+                    ))
+                }
             };
-            Ok(ChatMessage { role: role.to_string(), content })
+            Ok(ChatMessage {
+                role: role.to_string(),
+                content,
+            })
         })
         .collect()
 }
@@ -59,37 +81,65 @@ fn parse_stop(v: Option<Value>) -> Result<Vec<String>, ApiError> {
         Some(Value::String(s)) => Ok(vec![s]),
         Some(Value::Array(a)) => a
             .into_iter()
-            .map(|s| s.as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("stop must be a string or an array of strings", Some("stop"))))
+            .map(|s| {
+                s.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "stop must be a string or an array of strings",
+                        Some("stop"),
+                    )
+                })
+            })
             .collect(),
-        Some(_) => Err(ApiError::bad_request("stop must be a string or an array of strings", Some("stop"))),
+        Some(_) => Err(ApiError::bad_request(
+            "stop must be a string or an array of strings",
+            Some("stop"),
+        )),
     }
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let req: ChatRequest = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(&format!("invalid request body: {e}"), None))?;
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: ChatRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(&format!("invalid request body: {e}"), None))?;
     if req.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad_request("only n = 1 is supported", Some("n")));
     }
     let messages = parse_messages(&req.messages)?;
-    let model = req.model.clone().filter(|m| !m.is_empty()).or_else(|| state.default_model.clone()).ok_or_else(|| ApiError::bad_request("model is required", Some("model")))?;
+    let model = req
+        .model
+        .clone()
+        .filter(|m| !m.is_empty())
+        .or_else(|| state.default_model.clone())
+        .ok_or_else(|| ApiError::bad_request("model is required", Some("model")))?;
     let temperature = req.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(ApiError::bad_request("temperature must be between 0 and 2", Some("temperature")));
+        return Err(ApiError::bad_request(
+            "temperature must be between 0 and 2",
+            Some("temperature"),
+        ));
     }
     let params = GenParams {
         max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(256),
         sampling: Sampling::from_params(temperature, req.top_p.unwrap_or(1.0)),
-        seed: req.seed.unwrap_or_else(|| now() ^ u64::from(std::process::id())),
+        seed: req
+            .seed
+            .unwrap_or_else(|| now() ^ u64::from(std::process::id())),
         stop: parse_stop(req.stop)?,
     };
     let engine = {
         let state = state.clone();
         let model = model.clone();
-        tokio::task::spawn_blocking(move || state.engine(&model)).await.map_err(|e| ApiError::internal(&e.to_string()))??
+        tokio::task::spawn_blocking(move || state.engine(&model))
+            .await
+            .map_err(|e| ApiError::internal(&e.to_string()))??
     };
     let prompt = engine.render_chat(&messages)?;
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
@@ -102,14 +152,22 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Res
             move |delta: Value, finish: Value| json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         };
         tokio::task::spawn_blocking(move || {
-            let _ = tx.blocking_send(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
-            let result = engine.generate(&prompt, &params, &mut |piece| tx.blocking_send(chunk(json!({"content": piece}), Value::Null)).is_ok());
+            let _ = tx.blocking_send(chunk(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+            ));
+            let result = engine.generate(&prompt, &params, &mut |piece| {
+                tx.blocking_send(chunk(json!({"content": piece}), Value::Null))
+                    .is_ok()
+            });
             match result {
                 Ok(g) => {
                     let _ = tx.blocking_send(chunk(json!({}), json!(g.finish)));
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(json!({"error": {"message": e.to_string(), "type": "server_error"}}));
+                    let _ = tx.blocking_send(
+                        json!({"error": {"message": e.to_string(), "type": "server_error"}}),
+                    );
                 }
             }
         });
@@ -119,7 +177,9 @@ pub async fn completions(State(state): State<Arc<AppState>>, body: Bytes) -> Res
         return Ok(Sse::new(events).into_response());
     }
 
-    let g = tokio::task::spawn_blocking(move || engine.generate(&prompt, &params, &mut |_| true)).await.map_err(|e| ApiError::internal(&e.to_string()))??;
+    let g = tokio::task::spawn_blocking(move || engine.generate(&prompt, &params, &mut |_| true))
+        .await
+        .map_err(|e| ApiError::internal(&e.to_string()))??;
     Ok(Json(json!({
         "id": id,
         "object": "chat.completion",

@@ -16,15 +16,30 @@ pub struct ApiError {
 impl ApiError {
     #[must_use]
     pub fn bad_request(message: &str, param: Option<&'static str>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, kind: "invalid_request_error", message: message.to_string(), param }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message: message.to_string(),
+            param,
+        }
     }
     #[must_use]
     pub fn not_found(message: &str) -> Self {
-        Self { status: StatusCode::NOT_FOUND, kind: "invalid_request_error", message: message.to_string(), param: None }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            message: message.to_string(),
+            param: None,
+        }
     }
     #[must_use]
     pub fn internal(message: &str) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, kind: "server_error", message: message.to_string(), param: None }
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "server_error",
+            message: message.to_string(),
+            param: None,
+        }
     }
 }
 
@@ -45,7 +60,11 @@ impl From<crate::ServeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = if self.status == StatusCode::NOT_FOUND { "not_found" } else { self.kind };
+        let code = if self.status == StatusCode::NOT_FOUND {
+            "not_found"
+        } else {
+            self.kind
+        };
         let body = serde_json::json!({
             "error": { "message": self.message, "type": self.kind, "param": self.param, "code": code }
         });

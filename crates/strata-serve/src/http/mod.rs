@@ -25,7 +25,11 @@ pub struct AppState {
 impl AppState {
     #[must_use]
     pub fn new(store: Store, default_model: Option<String>) -> Self {
-        Self { store, default_model, engines: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            default_model,
+            engines: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The engine of a model in the store, loading it on first use.
@@ -33,12 +37,20 @@ impl AppState {
     /// # Errors
     /// When the model is not in the store or fails to load.
     pub fn engine(&self, name: &str) -> Result<Arc<Engine>> {
-        if let Some(e) = self.engines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name) {
+        if let Some(e) = self
+            .engines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+        {
             return Ok(e.clone());
         }
         let dir = self.store.require(Kind::Model, name)?;
         let engine = Arc::new(Engine::load(name, &dir)?);
-        self.engines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_string(), engine.clone());
+        self.engines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(name.to_string(), engine.clone());
         Ok(engine)
     }
 }
@@ -48,16 +60,23 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat::completions))
-        .fallback(|| async { ApiError::not_found("no such route; try POST /v1/chat/completions or GET /v1/models") })
+        .fallback(|| async {
+            ApiError::not_found("no such route; try POST /v1/chat/completions or GET /v1/models")
+        })
         .with_state(state)
 }
 
-async fn models(State(state): State<Arc<AppState>>) -> std::result::Result<Json<serde_json::Value>, ApiError> {
-    let names = state.store.list(Kind::Model).map_err(|e| ApiError::internal(&e.to_string()))?;
+async fn models(
+    State(state): State<Arc<AppState>>,
+) -> std::result::Result<Json<serde_json::Value>, ApiError> {
+    let names = state
+        .store
+        .list(Kind::Model)
+        .map_err(|e| ApiError::internal(&e.to_string()))?;
     let data: Vec<serde_json::Value> = names
         .iter()
         .map(|n| {
-            let created = state.store.manifest(Kind::Model, n).map(|m| m.created_at).unwrap_or(0);
+            let created = state.store.manifest(Kind::Model, n).map_or(0, |m| m.created_at);
             serde_json::json!({ "id": n, "object": "model", "created": created, "owned_by": "strata" })
         })
         .collect();
