@@ -8,13 +8,14 @@ mod data;
 mod eval;
 mod metrics;
 mod optim;
+mod plot;
 mod trainer;
 
 pub use config::{get_lr, TrainConfig};
 pub use data::TokenWindows;
 pub use eval::{perplexity, Perplexity};
-pub use metrics::plot_loss;
 pub use optim::AdamW;
+pub use plot::plot_loss;
 pub use trainer::{train, Init, TrainJob, TrainOutcome};
 
 #[derive(Debug, thiserror::Error)]

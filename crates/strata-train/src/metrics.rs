@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::{io_err, Result};
@@ -71,69 +70,6 @@ pub fn read(path: &Path) -> Vec<StepMetrics> {
         .collect()
 }
 
-/// Draws training loss (blue line) and validation loss (red dots) against step. No text is drawn: the
-/// bitmap backend has no fonts without system libraries, and the axes' ranges go into the log instead.
-///
-/// # Errors
-/// When the PNG cannot be written.
-pub fn plot_loss(metrics: &Path, out: &Path) -> Result<()> {
-    let rows = read(metrics);
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let max_step = rows.iter().map(|m| m.step).max().unwrap_or(1).max(1);
-    let losses = rows
-        .iter()
-        .map(|m| m.loss)
-        .chain(rows.iter().filter_map(|m| m.val_loss));
-    let (lo, hi) = losses.fold((f32::MAX, f32::MIN), |(lo, hi), l| (lo.min(l), hi.max(l)));
-    let (lo, hi) = (f64::from(lo) * 0.95, f64::from(hi) * 1.05);
-    let tmp = out.with_extension("tmp.png");
-    {
-        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
-        let draw_err =
-            |e: &dyn std::fmt::Display| io_err(&tmp)(std::io::Error::other(e.to_string()));
-        root.fill(&WHITE).map_err(|e| draw_err(&e))?;
-        let area = root.margin(20, 20, 20, 20);
-        #[allow(clippy::cast_precision_loss)]
-        let mut chart = ChartBuilder::on(&area)
-            .build_cartesian_2d(0f64..max_step as f64, lo..hi)
-            .map_err(|e| draw_err(&e))?;
-        #[allow(clippy::cast_precision_loss)]
-        let x = |s: usize| s as f64;
-        for k in 1..5 {
-            let y = lo + (hi - lo) * f64::from(k) / 5.0;
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.0, y), (x(max_step), y)],
-                    RGBColor(225, 225, 225),
-                ))
-                .map_err(|e| draw_err(&e))?;
-        }
-        chart
-            .draw_series(LineSeries::new([(0.0, lo), (x(max_step), lo)], BLACK))
-            .map_err(|e| draw_err(&e))?;
-        chart
-            .draw_series(LineSeries::new([(0.0, lo), (0.0, hi)], BLACK))
-            .map_err(|e| draw_err(&e))?;
-        chart
-            .draw_series(LineSeries::new(
-                rows.iter().map(|m| (x(m.step), f64::from(m.loss))),
-                BLUE.stroke_width(2),
-            ))
-            .map_err(|e| draw_err(&e))?;
-        chart
-            .draw_series(rows.iter().filter_map(|m| {
-                m.val_loss
-                    .map(|v| Circle::new((x(m.step), f64::from(v)), 4, RED.filled()))
-            }))
-            .map_err(|e| draw_err(&e))?;
-        root.present().map_err(|e| draw_err(&e))?;
-    }
-    std::fs::rename(&tmp, out).map_err(io_err(out))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +98,7 @@ mod tests {
             vec![1, 2, 3, 4, 5]
         );
         let png = d.path().join("loss.png");
-        plot_loss(&p, &png).unwrap();
+        crate::plot_loss(&p, &png).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     }
