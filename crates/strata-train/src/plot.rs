@@ -170,7 +170,7 @@ mod tests {
         }
         assert_eq!(glyph('1').unwrap().matches('#').count(), 10); // hand count: 1+2+1+1+1+1+3
         assert_eq!(label(5.0), "5");
-        assert_eq!(label(2.718), "2.72");
+        assert_eq!(label(4.256), "4.26");
         assert_eq!(label(1234.5), "1234");
     }
 }
