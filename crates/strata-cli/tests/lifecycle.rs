@@ -76,13 +76,15 @@ fn lineage_walks_from_ultrasound_back_to_raw_files_with_hashes() {
     let r = run(strata(dir).args(["lineage", "ultrasound"]));
     assert!(r.ok, "{}", r.stderr);
     let out = &r.stdout;
+    // The chain reads top-down: ultrasound → medical → base → tokenizer → datasets → raw files.
     let order = [
         "model ultrasound",
-        "model medical",
-        "model base",
-        "tokenizer bpe",
-        "dataset general-raw",
-        "raw file fixtures/quick/general/sentences.jsonl",
+        "── model medical",
+        "── model base",
+        "── tokenizer bpe",
+        "── dataset general",
+        "── dataset general-raw",
+        "── raw file fixtures/quick/general/sentences.jsonl",
     ];
     let mut at = 0;
     for needle in order {
@@ -91,6 +93,13 @@ fn lineage_walks_from_ultrasound_back_to_raw_files_with_hashes() {
             .unwrap_or_else(|| panic!("{needle:?} missing (in order) from:\n{out}"));
         at += pos;
     }
+    // an artifact reached twice is printed once in full
+    assert_eq!(
+        out.matches("raw file fixtures/quick/general/sentences.jsonl")
+            .count(),
+        1,
+        "{out}"
+    );
     assert!(
         out.contains("tokens ultrasound-tokens") && out.contains("dataset ultrasound"),
         "{out}"

@@ -145,32 +145,11 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, t, _d) = x.dims3().ctx("attention input")?;
         let (nh, nkv, hd) = (self.n_head, self.n_kv, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x)
-            .ctx("q_proj")?
-            .reshape((b, t, nh, hd))
-            .ctx("q reshape")?
-            .transpose(1, 2)
-            .ctx("q t")?; // (B, nh, T, hd)
-        let k = self
-            .k_proj
-            .forward(x)
-            .ctx("k_proj")?
-            .reshape((b, t, nkv, hd))
-            .ctx("k reshape")?
-            .transpose(1, 2)
-            .ctx("k t")?; // (B, nkv, T, hd)
-        let v = self
-            .v_proj
-            .forward(x)
-            .ctx("v_proj")?
-            .reshape((b, t, nkv, hd))
-            .ctx("v reshape")?
-            .transpose(1, 2)
-            .ctx("v t")?; // (B, nkv, T, hd)
-        let q = rope.apply(&q.contiguous().ctx("q contiguous")?, offset)?;
-        let k = rope.apply(&k.contiguous().ctx("k contiguous")?, offset)?;
+        let q = split_heads(&self.q_proj, x, nh, hd, "q_proj")?; // (B, nh, T, hd)
+        let k = split_heads(&self.k_proj, x, nkv, hd, "k_proj")?; // (B, nkv, T, hd)
+        let v = split_heads(&self.v_proj, x, nkv, hd, "v_proj")?; // (B, nkv, T, hd)
+        let q = rope.apply(&q, offset)?;
+        let k = rope.apply(&k, offset)?;
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v)?, // (1, nkv, S, hd), S = offset + T
             None => (k, v),
@@ -197,6 +176,19 @@ impl Attention {
             .ctx("y reshape")?; // (B, T, nh*hd)
         self.o_proj.forward(&y).ctx("o_proj")
     }
+}
+
+/// x (B, T, D) through `proj`, split into `n` heads: (B, n, T, hd), contiguous.
+fn split_heads(proj: &Linear, x: &Tensor, n: usize, hd: usize, name: &str) -> Result<Tensor> {
+    let (b, t, _d) = x.dims3().ctx(name)?;
+    proj.forward(x)
+        .ctx(name)? // (B, T, n*hd)
+        .reshape((b, t, n, hd))
+        .ctx(name)? // (B, T, n, hd)
+        .transpose(1, 2)
+        .ctx(name)? // (B, n, T, hd)
+        .contiguous()
+        .ctx(name)
 }
 
 /// (B, nkv, S, hd) → (B, nkv*rep, S, hd), each kv head shared by `rep` query heads.

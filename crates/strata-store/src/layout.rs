@@ -183,10 +183,9 @@ impl Store {
     /// On a bad name or an I/O failure.
     pub fn staging(&self, kind: Kind, name: &str) -> Result<PathBuf> {
         validate_name(name)?;
-        let dir = self
-            .root
-            .join(kind.folder())
-            .join(format!(".staging-{name}-{}", std::process::id()));
+        let folder = self.root.join(kind.folder());
+        remove_stale_staging(&folder, name);
+        let dir = folder.join(format!(".staging-{name}-{}", std::process::id()));
         if dir.exists() {
             fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -235,6 +234,27 @@ impl Store {
     }
 }
 
+/// Removes staging directories of `name` left by processes that no longer run (killed mid-step).
+/// A staging directory of a live process is left alone.
+fn remove_stale_staging(folder: &Path, name: &str) {
+    let prefix = format!(".staging-{name}-");
+    let Ok(entries) = fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.filter_map(std::result::Result::ok) {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -280,6 +300,23 @@ mod tests {
         assert_eq!(store.list(Kind::Dataset).unwrap(), vec!["general"]);
         assert!(store.require(Kind::Dataset, "general").is_ok());
         assert!(!staging.exists());
+    }
+
+    #[test]
+    fn staging_left_by_a_dead_process_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        // pid 4294967295 cannot be running
+        let stale = d.path().join("datasets/.staging-general-4294967295");
+        fs::create_dir_all(&stale).unwrap();
+        let other = d.path().join("datasets/.staging-medical-4294967295");
+        fs::create_dir_all(&other).unwrap();
+        let _ = store.staging(Kind::Dataset, "general").unwrap();
+        assert!(!stale.exists());
+        assert!(
+            other.exists(),
+            "only the staging of the same name is cleaned"
+        );
     }
 
     #[test]

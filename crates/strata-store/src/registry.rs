@@ -131,34 +131,61 @@ impl Registry {
 }
 
 impl LineageNode {
-    /// Renders the tree, one artifact per line, indented by depth.
+    /// Renders the tree, one artifact per line, indented by depth: parent models first, then tokenizer,
+    /// token shards, datasets and raw files. An artifact reached a second time is listed with
+    /// "(shown above)" instead of its whole subtree again.
     #[must_use]
     pub fn render(&self) -> String {
         let mut out = String::new();
-        self.render_into(&mut out, "", true, true);
+        let mut seen = std::collections::HashSet::new();
+        self.render_into(&mut out, "", None, &mut seen);
         out
     }
 
-    fn render_into(&self, out: &mut String, prefix: &str, last: bool, root: bool) {
+    /// `branch`: `None` for the root, else whether this node is its parent's last child.
+    fn render_into(
+        &self,
+        out: &mut String,
+        prefix: &str,
+        branch: Option<bool>,
+        seen: &mut std::collections::HashSet<(Kind, String)>,
+    ) {
         let short = &self.sha256[..self.sha256.len().min(12)];
-        if root {
-            let _ = writeln!(out, "{} {}  sha256:{short}", self.kind, self.name);
+        let first = seen.insert((self.kind, self.name.clone()));
+        let again = if first || self.parents.is_empty() {
+            ""
         } else {
-            let branch = if last { "└── " } else { "├── " };
-            let _ = writeln!(
-                out,
-                "{prefix}{branch}{} {}  sha256:{short}",
-                self.kind, self.name
-            );
-        }
-        let child_prefix = if root {
-            String::new()
-        } else {
-            format!("{prefix}{}", if last { "    " } else { "│   " })
+            "  (shown above)"
         };
-        for (i, p) in self.parents.iter().enumerate() {
-            p.render_into(out, &child_prefix, i + 1 == self.parents.len(), false);
+        let (mark, child_prefix) = match branch {
+            None => ("", String::new()),
+            Some(true) => ("└── ", format!("{prefix}    ")),
+            Some(false) => ("├── ", format!("{prefix}│   ")),
+        };
+        let _ = writeln!(
+            out,
+            "{prefix}{mark}{} {}  sha256:{short}{again}",
+            self.kind, self.name
+        );
+        if !first {
+            return;
         }
+        let mut parents: Vec<&LineageNode> = self.parents.iter().collect();
+        parents.sort_by_key(|p| rank(p.kind));
+        for (i, p) in parents.iter().enumerate() {
+            p.render_into(out, &child_prefix, Some(i + 1 == parents.len()), seen);
+        }
+    }
+}
+
+/// The order in which a node's parents are listed.
+fn rank(kind: Kind) -> u8 {
+    match kind {
+        Kind::Model | Kind::Adapter => 0,
+        Kind::Tokenizer => 1,
+        Kind::Tokens => 2,
+        Kind::Dataset => 3,
+        Kind::Raw => 4,
     }
 }
 
