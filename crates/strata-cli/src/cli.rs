@@ -53,6 +53,8 @@ pub enum Command {
     Pipeline(PipelineCommand),
     /// The whole lifecycle: general → base → medical → ultrasound, then a perplexity table.
     Demo(DemoArgs),
+    /// Import a model: a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K) → HF folder.
+    Import(ImportArgs),
     /// Print what an artifact was made from, back to the raw files, with hashes.
     Lineage(LineageArgs),
     /// List the artifacts in the store.
@@ -213,6 +215,15 @@ pub struct DemoArgs {
     /// Use this pipeline file instead of the built-in demo config.
     #[arg(long)]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The .gguf file.
+    pub file: PathBuf,
+    /// Name of the model in the store.
+    #[arg(long)]
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

@@ -5,11 +5,13 @@
 //! kernels have no backward) and inference (with [`KvCache`]).
 
 mod config;
+mod gguf;
 mod hf;
 mod kv_cache;
 mod llama;
 
 pub use config::{LlamaConfig, ModelSpec};
+pub use gguf::{import_gguf, GgufImport};
 pub use hf::{load_model, read_config, read_safetensors, save_safetensors, write_hf_config};
 pub use kv_cache::KvCache;
 pub use llama::{init_std, next_token_loss, seeded_init, Llama};

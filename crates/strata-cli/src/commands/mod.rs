@@ -10,6 +10,7 @@ mod acquire;
 pub mod demo;
 mod eval;
 mod generate;
+mod import;
 mod lineage;
 mod ls;
 mod preprocess;
@@ -39,6 +40,7 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => demo::run(&store, a),
+        Command::Import(a) => import::run(&store, a),
         Command::Lineage(a) => lineage::run(&store, a),
         Command::Ls => ls::run(&store),
     }

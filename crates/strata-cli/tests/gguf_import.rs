@@ -1,0 +1,152 @@
+//! The real open model of DATA.md (SmolLM2-135M-Instruct, GGUF Q4_1) imported with `strata import`, then:
+//! greedy chat generation is coherent, and Strata's logits match an independent numpy forward over the
+//! GGUF's own tensors (`gguf` package dequantisation, llama.cpp's rope layout). Bad GGUF files are named.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{fresh_dir, repo_root, run, strata, venv_python};
+
+fn smollm2() -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/fetch-model.sh"))
+        .arg(repo_root().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fetch-model.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn smollm2_imports_chats_and_matches_the_numpy_reference() {
+    let gguf = smollm2();
+    let dir = fresh_dir("gguf-import");
+    let r = run(strata(&dir)
+        .arg("import")
+        .arg(&gguf)
+        .args(["--name", "smollm2"]));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("30 layers") && r.stdout.contains("Q4_1"),
+        "{}",
+        r.stdout
+    );
+    let mdir = dir.join("models/smollm2");
+    let tc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mdir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert!(tc["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
+    assert_eq!(tc["eos_token"], "<|im_end|>");
+
+    // greedy chat: coherent English
+    let r = run(strata(&dir).args([
+        "generate",
+        "--model",
+        "smollm2",
+        "--chat",
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "0",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("Paris"), "{}", r.stdout);
+
+    // logits against the independent reference, on a chat prompt and on plain text
+    let engine = strata_serve::Engine::load("smollm2", &mdir).unwrap();
+    let chat = engine
+        .render_chat(&[strata_tokenize::ChatMessage {
+            role: "user".into(),
+            content: "Is the liver enlarged?".into(),
+        }])
+        .unwrap();
+    let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
+    let model = strata_model::load_model(&mdir, &candle_core::Device::Cpu).unwrap();
+    for (k, text) in [
+        chat.as_str(),
+        "The spleen measures 12.5 cm, normal in size.",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let ids: Vec<u32> = tk.encode(*text, false).unwrap().get_ids().to_vec();
+        assert!(ids.len() > 5, "{ids:?}");
+        let input = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits: Vec<Vec<f32>> = model
+            .forward(&input)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let expect = dir.join(format!("expect-{k}.json"));
+        std::fs::write(
+            &expect,
+            serde_json::json!({"ids": ids, "logits": logits}).to_string(),
+        )
+        .unwrap();
+        let out = std::process::Command::new(venv_python())
+            .arg(repo_root().join("tests/python/gguf_reference.py"))
+            .arg(&gguf)
+            .arg(&expect)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{text:?}: {stdout}");
+    }
+}
+
+#[test]
+fn bad_gguf_files_are_named_not_panicked_on() {
+    let gguf = smollm2();
+    let dir = fresh_dir("gguf-bad");
+    // not a GGUF at all
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"this is not a gguf file").unwrap();
+    let r = run(strata(&dir.join("store"))
+        .arg("import")
+        .arg(&junk)
+        .args(["--name", "x"]));
+    assert!(
+        !r.ok && r.stderr.contains("junk.gguf") && r.stderr.contains("not a readable GGUF"),
+        "{}",
+        r.stderr
+    );
+    // truncated: the header and metadata are intact, the tensor data is cut off
+    let cut = dir.join("cut.gguf");
+    let bytes = std::fs::read(&gguf).unwrap();
+    std::fs::write(&cut, &bytes[..8 << 20]).unwrap();
+    let r = run(strata(&dir.join("store"))
+        .arg("import")
+        .arg(&cut)
+        .args(["--name", "y"]));
+    assert!(!r.ok && r.stderr.contains("cut.gguf"), "{}", r.stderr);
+    assert!(!dir.join("store/models/y").exists());
+    // missing file
+    let r = run(strata(&dir.join("store")).args(["import", "/no/such.gguf", "--name", "z"]));
+    assert!(
+        !r.ok && r.stderr.contains("/no/such.gguf does not exist"),
+        "{}",
+        r.stderr
+    );
+}

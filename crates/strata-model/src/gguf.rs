@@ -1,0 +1,355 @@
+//! Import a llama.cpp GGUF file into a Hugging Face folder: dequantised weights (F32/F16/BF16/Q8_0/Q4_0/
+//! Q4_1/Q4_K/Q5_K/Q6_K, via candle's GGUF reader) under HF names, `config.json` from the GGUF metadata,
+//! `tokenizer.json` rebuilt from the embedded vocabulary and merges, and the chat template in
+//! `tokenizer_config.json`.
+//!
+//! llama.cpp stores Q and K projections permuted for its interleaved RoPE; HF Llama uses the "rotate half"
+//! layout, so those two are permuted back here (the inverse of `permute` in llama.cpp's convert script).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+use serde_json::json;
+
+use crate::{Context, LlamaConfig, ModelError, Result};
+
+/// What an import produced.
+#[derive(Debug, Clone)]
+pub struct GgufImport {
+    pub config: LlamaConfig,
+    pub tensors: usize,
+    /// GGUF tensor type → count, e.g. {"Q4_1": 210, "F32": 61}.
+    pub types: std::collections::BTreeMap<String, usize>,
+    pub name: Option<String>,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::Weights {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+struct Meta<'a> {
+    path: &'a Path,
+    md: &'a HashMap<String, Value>,
+}
+
+impl Meta<'_> {
+    fn get(&self, key: &str) -> Result<&Value> {
+        self.md
+            .get(key)
+            .ok_or_else(|| bad(self.path, format!("metadata key {key:?} is missing")))
+    }
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.get(key)?;
+        let n = v
+            .to_u64()
+            .or_else(|_| v.to_u32().map(u64::from))
+            .or_else(|_| v.to_i32().map(|x| u64::try_from(x).unwrap_or(0)));
+        n.ok().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+            bad(
+                self.path,
+                format!("metadata key {key:?} is not an unsigned integer"),
+            )
+        })
+    }
+    fn f64(&self, key: &str) -> Result<f64> {
+        self.get(key)?
+            .to_f32()
+            .map(f64::from)
+            .map_err(|_| bad(self.path, format!("metadata key {key:?} is not a float")))
+    }
+    fn string(&self, key: &str) -> Result<&str> {
+        self.get(key)?
+            .to_string()
+            .map(String::as_str)
+            .map_err(|_| bad(self.path, format!("metadata key {key:?} is not a string")))
+    }
+    fn strings(&self, key: &str) -> Result<Vec<&str>> {
+        let arr = self
+            .get(key)?
+            .to_vec()
+            .map_err(|_| bad(self.path, format!("metadata key {key:?} is not an array")))?;
+        arr.iter()
+            .map(|v| {
+                v.to_string()
+                    .map(String::as_str)
+                    .map_err(|_| bad(self.path, format!("{key}: not an array of strings")))
+            })
+            .collect()
+    }
+    fn opt_u32(&self, key: &str) -> Option<u32> {
+        self.md.get(key).and_then(|v| v.to_u32().ok())
+    }
+}
+
+fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
+    let arch = meta.string("general.architecture")?;
+    if arch != "llama" {
+        return Err(bad(
+            meta.path,
+            format!("architecture {arch:?} is not supported (supported: llama)"),
+        ));
+    }
+    let heads = meta.usize("llama.attention.head_count")?;
+    let hidden = meta.usize("llama.embedding_length")?;
+    let vocab = match meta.usize("llama.vocab_size") {
+        Ok(v) => v,
+        Err(_) => meta.strings("tokenizer.ggml.tokens")?.len(),
+    };
+    let head_dim = meta
+        .usize("llama.rope.dimension_count")
+        .ok()
+        .filter(|&d| d != hidden / heads.max(1));
+    let cfg = LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: meta.usize("llama.feed_forward_length")?,
+        num_hidden_layers: meta.usize("llama.block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(meta.usize("llama.attention.head_count_kv").unwrap_or(heads)),
+        head_dim,
+        max_position_embeddings: meta.usize("llama.context_length")?,
+        rms_norm_eps: meta.f64("llama.attention.layer_norm_rms_epsilon")?,
+        rope_theta: meta.f64("llama.rope.freq_base").unwrap_or(10_000.0),
+        tie_word_embeddings: false, // set below from the presence of output.weight
+        bos_token_id: meta.opt_u32("tokenizer.ggml.bos_token_id"),
+        eos_token_id: meta.opt_u32("tokenizer.ggml.eos_token_id"),
+        ..serde_json::from_value(json!({"vocab_size": 0, "hidden_size": 0, "intermediate_size": 0, "num_hidden_layers": 0, "num_attention_heads": 0, "max_position_embeddings": 0}))
+            .map_err(|e| bad(meta.path, e.to_string()))?
+    };
+    Ok(cfg)
+}
+
+/// GGUF tensor name → Hugging Face name.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// Undoes llama.cpp's Q/K permutation: rows (n, 2, hd/2) → (n, hd/2, 2) order back to HF's.
+fn unpermute(w: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2().ctx("unpermute")?;
+    let hd = rows / n_head;
+    w.reshape((n_head, hd / 2, 2, cols))
+        .ctx("unpermute reshape")? // (n, hd/2, 2, D): GGUF row order
+        .transpose(1, 2)
+        .ctx("unpermute transpose")? // (n, 2, hd/2, D): HF row order
+        .contiguous()
+        .ctx("unpermute contiguous")?
+        .reshape((rows, cols))
+        .ctx("unpermute back")
+}
+
+/// Reads the GGUF at `path` and writes an HF folder into `out` (which must exist).
+///
+/// # Errors
+/// On a missing or malformed file, an unsupported architecture, tensor type or tokenizer, or a tensor
+/// whose shape does not match the metadata.
+pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
+    let file = File::open(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader)
+        .map_err(|e| bad(path, format!("not a readable GGUF file: {e}")))?;
+    let meta = Meta {
+        path,
+        md: &content.metadata,
+    };
+    let mut cfg = config_from(&meta)?;
+    let device = Device::Cpu;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = HashMap::new();
+    let mut types = std::collections::BTreeMap::new();
+    for name in names {
+        let Some(hf) = hf_name(name) else {
+            // e.g. rope_freqs.weight: derived data that HF recomputes
+            tracing::debug!("skipping GGUF tensor {name}");
+            continue;
+        };
+        let info = &content.tensor_infos[name];
+        *types.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        let q = content
+            .tensor(&mut reader, name, &device)
+            .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+        let mut t = q
+            .dequantize(&device)
+            .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+        if hf.ends_with("q_proj.weight") {
+            t = unpermute(&t, cfg.num_attention_heads)?;
+        } else if hf.ends_with("k_proj.weight") {
+            t = unpermute(&t, cfg.kv_heads())?;
+        }
+        tensors.insert(hf, t);
+    }
+    cfg.tie_word_embeddings = !tensors.contains_key("lm_head.weight");
+    // Check every shape against the config before writing anything.
+    let vb = candle_nn::VarBuilder::from_tensors(tensors.clone(), candle_core::DType::F32, &device);
+    crate::Llama::load(&vb, &cfg).map_err(|e| bad(path, e.to_string()))?;
+    crate::save_safetensors(&tensors, &out.join("model.safetensors"), &[])?;
+    crate::write_hf_config(out, &cfg)?;
+    write_tokenizer(&meta, &cfg, out)?;
+    Ok(GgufImport {
+        config: cfg,
+        tensors: tensors.len(),
+        types,
+        name: meta.string("general.name").ok().map(str::to_string),
+    })
+}
+
+/// The pre-tokenizer of a GGUF `tokenizer.ggml.pre` name, as HF writes it for the same model family.
+fn pre_tokenizer(path: &Path, pre: &str) -> Result<serde_json::Value> {
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    match pre {
+        // GPT-2's regex after splitting digits one by one (StarCoder-family vocabularies, SmolLM)
+        "smollm" | "starcoder" | "refact" | "codeshell" => Ok(json!({
+            "type": "Sequence",
+            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]
+        })),
+        "gpt2" | "default" => Ok(byte_level),
+        other => Err(bad(path, format!("tokenizer pre-tokenizer {other:?} is not supported yet (supported: smollm, starcoder, refact, codeshell, gpt2)"))),
+    }
+}
+
+fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()> {
+    let path = meta.path;
+    let model = meta.string("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(bad(
+            path,
+            format!(
+                "tokenizer model {model:?} is not supported yet (supported: gpt2 byte-level BPE)"
+            ),
+        ));
+    }
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let merges = meta.strings("tokenizer.ggml.merges")?;
+    let types: Vec<i32> = match meta
+        .md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+    {
+        Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+        None => vec![1; tokens.len()],
+    };
+    let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ((*t).to_string(), json!(i)))
+        .collect();
+    // control (3) and user-defined (4) tokens are matched whole before BPE, as llama.cpp does
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, ty))| matches!(ty, 3 | 4))
+        .map(|(i, (t, ty))| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": *ty == 4, "special": *ty == 3}))
+        .collect();
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer(path, pre)?,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges,
+        },
+    });
+    let werr = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: strata_store::StoreError| ModelError::Weights {
+            path: p,
+            reason: e.to_string(),
+        }
+    };
+    let tk_path = out.join("tokenizer.json");
+    strata_store::write_json_atomic(&tk_path, &tokenizer).map_err(werr(&tk_path))?;
+    let token = |id: Option<u32>| {
+        id.and_then(|i| tokens.get(i as usize))
+            .map(|t| (*t).to_string())
+    };
+    let mut tc = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token(cfg.bos_token_id),
+        "eos_token": token(cfg.eos_token_id),
+        "pad_token": token(meta.opt_u32("tokenizer.ggml.padding_token_id")),
+        "unk_token": token(meta.opt_u32("tokenizer.ggml.unknown_token_id")),
+        "add_bos_token": meta.md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+        "model_max_length": cfg.max_position_embeddings,
+        "clean_up_tokenization_spaces": false,
+    });
+    if let Ok(t) = meta.string("tokenizer.chat_template") {
+        tc["chat_template"] = json!(t);
+    }
+    let tc_path = out.join("tokenizer_config.json");
+    strata_store::write_json_atomic(&tc_path, &tc).map_err(werr(&tc_path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_hugging_face() {
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(
+            hf_name("blk.12.attn_output.weight").as_deref(),
+            Some("model.layers.12.self_attn.o_proj.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").as_deref(),
+            Some("model.layers.0.post_attention_layernorm.weight")
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(n, 2, hd/2, D).swapaxes(1, 2).reshape(w.shape). With n = 1, hd = 4, D = 1,
+        // rows [a0 a1 b0 b1] (HF: first half a, second half b) become [a0 b0 a1 b1].
+        let gguf = Tensor::new(&[[0f32], [10.], [1.], [11.]], &Device::Cpu).unwrap();
+        let hf: Vec<Vec<f32>> = unpermute(&gguf, 1).unwrap().to_vec2().unwrap();
+        assert_eq!(hf, vec![vec![0.], vec![1.], vec![10.], vec![11.]]);
+    }
+}
