@@ -55,6 +55,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Import a model: a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K) → HF folder.
     Import(ImportArgs),
+    /// Export a model as a GGUF file for llama.cpp (F32, F16 or Q8_0 weights).
+    Export(ExportArgs),
     /// Print what an artifact was made from, back to the raw files, with hashes.
     Lineage(LineageArgs),
     /// List the artifacts in the store.
@@ -224,6 +226,19 @@ pub struct ImportArgs {
     /// Name of the model in the store.
     #[arg(long)]
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Model in the store.
+    #[arg(long)]
+    pub model: String,
+    /// Output .gguf file.
+    #[arg(long)]
+    pub gguf: PathBuf,
+    /// Weight type: f32, f16 or q8_0 (norms stay f32).
+    #[arg(long = "type", default_value = "f32")]
+    pub r#type: String,
 }
 
 #[derive(Debug, Args)]

@@ -127,7 +127,7 @@ fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
 }
 
 /// GGUF tensor name → Hugging Face name.
-fn hf_name(gguf: &str) -> Option<String> {
+pub(crate) fn hf_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -156,7 +156,7 @@ fn hf_name(gguf: &str) -> Option<String> {
 }
 
 /// Undoes llama.cpp's Q/K permutation: rows (n, 2, hd/2) → (n, hd/2, 2) order back to HF's.
-fn unpermute(w: &Tensor, n_head: usize) -> Result<Tensor> {
+pub(crate) fn unpermute(w: &Tensor, n_head: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2().ctx("unpermute")?;
     let hd = rows / n_head;
     w.reshape((n_head, hd / 2, 2, cols))

@@ -6,12 +6,14 @@
 
 mod config;
 mod gguf;
+mod gguf_export;
 mod hf;
 mod kv_cache;
 mod llama;
 
 pub use config::{LlamaConfig, ModelSpec};
 pub use gguf::{import_gguf, GgufImport};
+pub use gguf_export::{export_gguf, GgufType};
 pub use hf::{load_model, read_config, read_safetensors, save_safetensors, write_hf_config};
 pub use kv_cache::KvCache;
 pub use llama::{init_std, next_token_loss, seeded_init, Llama};

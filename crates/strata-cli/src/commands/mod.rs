@@ -9,6 +9,7 @@ use crate::cli::{Cli, Command, PipelineCommand};
 mod acquire;
 pub mod demo;
 mod eval;
+mod export;
 mod generate;
 mod import;
 mod lineage;
@@ -41,6 +42,7 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(a) => demo::run(&store, a),
         Command::Import(a) => import::run(&store, a),
+        Command::Export(a) => export::run(&store, a),
         Command::Lineage(a) => lineage::run(&store, a),
         Command::Ls => ls::run(&store),
     }

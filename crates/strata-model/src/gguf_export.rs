@@ -1,0 +1,372 @@
+//! Export a Hugging Face folder to a llama.cpp GGUF file (F32, F16 or Q8_0 weights; norms stay F32), with
+//! the tokenizer (byte-level BPE vocabulary, merges, special tokens) and chat template in its metadata.
+//! Q and K are permuted into llama.cpp's interleaved-RoPE row order, the inverse of the import.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use serde_json::Value as Json;
+
+use crate::{Context, LlamaConfig, ModelError, Result};
+
+/// The weight type of an exported GGUF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgufType {
+    F32,
+    F16,
+    Q8_0,
+}
+
+impl GgufType {
+    fn ggml(self) -> GgmlDType {
+        match self {
+            GgufType::F32 => GgmlDType::F32,
+            GgufType::F16 => GgmlDType::F16,
+            GgufType::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+    /// llama.cpp's `general.file_type` (LLAMA_FTYPE_ALL_F32 = 0, MOSTLY_F16 = 1, MOSTLY_Q8_0 = 7).
+    fn file_type(self) -> u32 {
+        match self {
+            GgufType::F32 => 0,
+            GgufType::F16 => 1,
+            GgufType::Q8_0 => 7,
+        }
+    }
+}
+
+impl std::str::FromStr for GgufType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(GgufType::F32),
+            "f16" => Ok(GgufType::F16),
+            "q8_0" => Ok(GgufType::Q8_0),
+            other => Err(format!(
+                "unknown GGUF type {other:?} (choose f32, f16 or q8_0)"
+            )),
+        }
+    }
+}
+
+/// HF name → GGUF name.
+fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let g = match part {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}"))
+}
+
+/// llama.cpp's `permute`: HF rows (n, 2, hd/2) → (n, hd/2, 2).
+fn permute(w: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2().ctx("permute")?;
+    let hd = rows / n_head;
+    w.reshape((n_head, 2, hd / 2, cols))
+        .ctx("permute reshape")?
+        .transpose(1, 2)
+        .ctx("permute transpose")?
+        .contiguous()
+        .ctx("permute contiguous")?
+        .reshape((rows, cols))
+        .ctx("permute back")
+}
+
+fn u32v(x: usize) -> Value {
+    Value::U32(u32::try_from(x).unwrap_or(u32::MAX))
+}
+
+#[allow(clippy::cast_possible_truncation)]
+fn f32v(x: f64) -> Value {
+    Value::F32(x as f32)
+}
+
+/// What GGUF stores of a byte-level BPE tokenizer.
+struct Vocab {
+    /// By id.
+    tokens: Vec<String>,
+    /// llama.cpp token types: 1 normal, 3 control, 4 user-defined.
+    types: Vec<i32>,
+    merges: Vec<String>,
+    /// llama.cpp's pre-tokenizer name.
+    pre: &'static str,
+}
+
+/// Reads a tokenizer.json into what GGUF stores.
+fn tokenizer_metadata(path: &Path) -> Result<Vocab> {
+    let bad = |reason: String| ModelError::Weights {
+        path: path.into(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let tk: Json = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    if tk["model"]["type"] != "BPE" {
+        return Err(bad(format!(
+            "only BPE tokenizers can be exported to GGUF (found {})",
+            tk["model"]["type"]
+        )));
+    }
+    let vocab = tk["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("model.vocab is missing".into()))?;
+    let mut tokens = vec![String::new(); vocab.len()];
+    let mut types = vec![1i32; vocab.len()];
+    for (tok, id) in vocab {
+        let id = id
+            .as_u64()
+            .and_then(|i| usize::try_from(i).ok())
+            .filter(|&i| i < tokens.len())
+            .ok_or_else(|| bad(format!("bad id for token {tok:?}")))?;
+        tokens[id].clone_from(tok);
+    }
+    for added in tk["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(content)) = (
+            added["id"].as_u64().and_then(|i| usize::try_from(i).ok()),
+            added["content"].as_str(),
+        ) else {
+            continue;
+        };
+        if id >= tokens.len() {
+            tokens.resize(id + 1, String::new());
+            types.resize(id + 1, 1);
+        }
+        tokens[id] = content.to_string();
+        types[id] = if added["special"].as_bool().unwrap_or(false) {
+            3
+        } else {
+            4
+        };
+    }
+    let merges: Vec<String> = tk["model"]["merges"]
+        .as_array()
+        .ok_or_else(|| bad("model.merges is missing".into()))?
+        .iter()
+        .map(|m| match m {
+            Json::String(s) => Ok(s.clone()),
+            Json::Array(pair) if pair.len() == 2 => Ok(format!(
+                "{} {}",
+                pair[0].as_str().unwrap_or(""),
+                pair[1].as_str().unwrap_or("")
+            )),
+            other => Err(bad(format!("unexpected merge {other}"))),
+        })
+        .collect::<Result<_>>()?;
+    let pre = &tk["pre_tokenizer"];
+    let is_byte_level = |p: &Json| p["type"] == "ByteLevel";
+    let pre_name = if is_byte_level(pre) {
+        "gpt2"
+    } else if pre["type"] == "Sequence"
+        && pre["pretokenizers"].as_array().is_some_and(|s| {
+            s.len() == 2
+                && s[0]["type"] == "Digits"
+                && s[0]["individual_digits"] == true
+                && is_byte_level(&s[1])
+        })
+    {
+        "smollm"
+    } else {
+        return Err(bad(format!(
+            "pre-tokenizer {pre} has no llama.cpp equivalent that Strata knows"
+        )));
+    };
+    Ok(Vocab {
+        tokens,
+        types,
+        merges,
+        pre: pre_name,
+    })
+}
+
+/// The weights under GGUF names, Q/K permuted, quantised to `ty` (norms F32, ragged rows F16).
+fn quantize_all(dir: &Path, cfg: &LlamaConfig, ty: GgufType) -> Result<Vec<(String, QTensor)>> {
+    let (tensors, _) = crate::read_safetensors(&dir.join("model.safetensors"), &Device::Cpu)?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(g) = gguf_name(name) else { continue };
+        if cfg.tie_word_embeddings && g == "output.weight" {
+            continue;
+        }
+        let mut t = tensors[name].clone();
+        if name.ends_with("q_proj.weight") {
+            t = permute(&t, cfg.num_attention_heads)?;
+        } else if name.ends_with("k_proj.weight") {
+            t = permute(&t, cfg.kv_heads())?;
+        }
+        // 1-D tensors (norm gains) stay F32, as llama.cpp's converter writes them; a matrix whose rows are
+        // not a whole number of Q8_0 blocks (32 values) falls back to F16, as the converter does too.
+        let row = t.dims().last().copied().unwrap_or(0);
+        let dtype = match (t.rank(), ty) {
+            (1, _) => GgmlDType::F32,
+            (_, GgufType::Q8_0) if row % GgmlDType::Q8_0.block_size() != 0 => {
+                tracing::warn!("{name}: rows of {row} are not whole Q8_0 blocks; writing F16");
+                GgmlDType::F16
+            }
+            _ => ty.ggml(),
+        };
+        let q = QTensor::quantize(&t, dtype).map_err(|e| ModelError::Weights {
+            path: dir.join("model.safetensors"),
+            reason: format!("{name}: {e}"),
+        })?;
+        out.push((g, q));
+    }
+    Ok(out)
+}
+
+/// llama.cpp's metadata keys for the architecture, the tokenizer and the chat template.
+fn metadata(
+    name: String,
+    cfg: &LlamaConfig,
+    vocab: Vocab,
+    tc: &Json,
+    ty: GgufType,
+) -> Vec<(String, Value)> {
+    let token_id = |key: &str| {
+        tc[key]
+            .as_str()
+            .and_then(|t| vocab.tokens.iter().position(|x| x == t))
+    };
+    let ids: Vec<(&str, Option<usize>)> = [
+        ("bos_token_id", "bos_token"),
+        ("eos_token_id", "eos_token"),
+        ("padding_token_id", "pad_token"),
+        ("unknown_token_id", "unk_token"),
+    ]
+    .into_iter()
+    .map(|(g, k)| (g, token_id(k)))
+    .collect();
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.name".into(), Value::String(name)),
+        ("general.file_type".into(), Value::U32(ty.file_type())),
+        ("general.quantization_version".into(), Value::U32(2)),
+        ("llama.block_count".into(), u32v(cfg.num_hidden_layers)),
+        (
+            "llama.context_length".into(),
+            u32v(cfg.max_position_embeddings),
+        ),
+        ("llama.embedding_length".into(), u32v(cfg.hidden_size)),
+        (
+            "llama.feed_forward_length".into(),
+            u32v(cfg.intermediate_size),
+        ),
+        (
+            "llama.attention.head_count".into(),
+            u32v(cfg.num_attention_heads),
+        ),
+        ("llama.attention.head_count_kv".into(), u32v(cfg.kv_heads())),
+        ("llama.rope.freq_base".into(), f32v(cfg.rope_theta)),
+        ("llama.rope.dimension_count".into(), u32v(cfg.head_dim())),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            f32v(cfg.rms_norm_eps),
+        ),
+        ("llama.vocab_size".into(), u32v(cfg.vocab_size)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(vocab.pre.into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(vocab.tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(vocab.types.into_iter().map(Value::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(vocab.merges.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            Value::Bool(tc["add_bos_token"].as_bool().unwrap_or(false)),
+        ),
+    ];
+    for (gguf_key, id) in ids {
+        if let Some(id) = id {
+            md.push((format!("tokenizer.ggml.{gguf_key}"), u32v(id)));
+        }
+    }
+    if let Some(t) = tc["chat_template"].as_str() {
+        md.push(("tokenizer.chat_template".into(), Value::String(t.into())));
+    }
+    md
+}
+
+/// Writes the model folder `dir` as a GGUF file at `out` (atomically).
+///
+/// # Errors
+/// On a missing or malformed model folder, a tokenizer that GGUF cannot express, or an I/O failure.
+pub fn export_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<()> {
+    let cfg: LlamaConfig = crate::read_config(&dir.join("config.json"))?;
+    let vocab = tokenizer_metadata(&dir.join("tokenizer.json"))?;
+    let tc: Json = std::fs::read(dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Json::Null);
+    let qtensors = quantize_all(dir, &cfg, ty)?;
+    let name = dir
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let md = metadata(name, &cfg, vocab, &tc, ty);
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut buf, &md_refs, &t_refs).map_err(|e| {
+        ModelError::Weights {
+            path: out.into(),
+            reason: e.to_string(),
+        }
+    })?;
+    strata_store::write_atomic(out, buf.get_ref()).map_err(|e| ModelError::Weights {
+        path: out.into(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_then_unpermute_is_identity_and_names_round_trip() {
+        let w = Tensor::arange(0f32, 48., &Device::Cpu)
+            .unwrap()
+            .reshape((12, 4))
+            .unwrap(); // 3 heads of hd 4
+        let back = crate::gguf::unpermute(&permute(&w, 3).unwrap(), 3).unwrap();
+        assert_eq!(w.to_vec2::<f32>().unwrap(), back.to_vec2::<f32>().unwrap());
+        for hf in [
+            "model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.layers.3.mlp.up_proj.weight",
+            "model.layers.0.self_attn.k_proj.weight",
+        ] {
+            assert_eq!(
+                crate::gguf::hf_name(&gguf_name(hf).unwrap()).as_deref(),
+                Some(hf)
+            );
+        }
+    }
+}
