@@ -186,8 +186,21 @@ pub struct GenerateArgs {
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this much probability.
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Drop tokens less likely than this fraction of the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// > 1 discourages repeating tokens already in the context (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

@@ -20,12 +20,12 @@ pub fn run(store: &Store, a: &GenerateArgs) -> anyhow::Result<ExitCode> {
     } else {
         a.prompt.clone()
     };
-    let params = GenParams {
-        max_tokens: a.max_tokens,
-        sampling: Sampling::from_params(a.temperature, a.top_p),
-        seed: a.seed,
-        stop: Vec::new(),
-    };
+    let sampling = Sampling::from_params(a.temperature, a.top_p)
+        .with_top_k(a.top_k)
+        .with_min_p(a.min_p);
+    let mut params = GenParams::new(a.max_tokens, sampling, a.seed);
+    params.repetition_penalty = a.repetition_penalty;
+    params.stop.clone_from(&a.stop);
     let mut out = std::io::stdout().lock();
     if !a.chat {
         write!(out, "{}", a.prompt)?;
@@ -47,11 +47,6 @@ pub fn sample(
     temperature: f32,
     seed: u64,
 ) -> anyhow::Result<String> {
-    let params = GenParams {
-        max_tokens,
-        sampling: Sampling::from_params(temperature, 0.95),
-        seed,
-        stop: Vec::new(),
-    };
+    let params = GenParams::new(max_tokens, Sampling::from_params(temperature, 0.95), seed);
     Ok(engine.generate(prompt, &params, &mut |_| true)?.text)
 }

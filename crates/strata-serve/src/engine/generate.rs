@@ -17,6 +17,25 @@ pub struct GenParams {
     pub seed: u64,
     /// Generation stops before any of these strings (they are not returned).
     pub stop: Vec<String>,
+    /// Extra token ids that end generation, besides the model's end-of-text and end-of-turn tokens.
+    pub stop_token_ids: Vec<u32>,
+    /// 1.0 = off; > 1 makes tokens already in the context less likely.
+    pub repetition_penalty: f32,
+}
+
+impl GenParams {
+    /// Greedy or temperature + top-p, no penalty, no stop strings.
+    #[must_use]
+    pub fn new(max_tokens: usize, sampling: Sampling, seed: u64) -> Self {
+        Self {
+            max_tokens,
+            sampling,
+            seed,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            repetition_penalty: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -111,24 +130,31 @@ impl Engine {
             .ctx("prompt")?
             .unsqueeze(0)
             .ctx("prompt batch")?;
+        let mut context = prompt_ids.clone(); // what the repetition penalty looks at
         let mut out_ids: Vec<u32> = Vec::new();
         let mut emitted = 0usize; // bytes of decoded text already sent
         let mut text = String::new();
         let mut finish = FinishReason::Length;
         for _ in 0..max_tokens {
-            let logits: Vec<f32> = self
+            let mut logits: Vec<f32> = self
                 .model
                 .forward_cached(&input, &mut cache)?
                 .squeeze(0)
                 .ctx("logits")?
                 .to_vec1()
                 .ctx("logits vec")?;
+            super::sampling::apply_repetition_penalty(
+                &mut logits,
+                &context,
+                params.repetition_penalty,
+            );
             let next = sampler.sample(&logits);
-            if self.stop_ids.contains(&next) {
+            if self.stop_ids.contains(&next) || params.stop_token_ids.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
             }
             out_ids.push(next);
+            context.push(next);
             text = self
                 .tokenizer
                 .decode(&out_ids, true)

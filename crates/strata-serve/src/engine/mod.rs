@@ -4,4 +4,4 @@ mod generate;
 mod sampling;
 
 pub use generate::{Engine, FinishReason, GenParams, Generation};
-pub use sampling::{Sampler, Sampling};
+pub use sampling::{apply_repetition_penalty, Sampler, Sampling};

@@ -1,12 +1,19 @@
-//! Next-token choice: greedy, or temperature + nucleus (top-p) sampling from a seeded generator, so the
-//! same seed gives the same text.
+//! Next-token choice: greedy, or sampling with temperature, top-k, top-p (nucleus) and min-p from a seeded
+//! generator, so the same seed gives the same text; plus the repetition penalty applied before either.
+//! Filters run in the order llama.cpp and transformers use: penalty → temperature → top-k → top-p → min-p.
 
 use rand::{Rng, SeedableRng};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
     Greedy,
-    TopP { temperature: f32, top_p: f32 },
+    /// `top_k = 0`, `top_p = 1` and `min_p = 0` each switch that filter off.
+    Sample {
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        min_p: f32,
+    },
 }
 
 impl Sampling {
@@ -16,10 +23,69 @@ impl Sampling {
         if temperature <= 0.0 {
             Sampling::Greedy
         } else {
-            Sampling::TopP {
+            Sampling::Sample {
                 temperature,
+                top_k: 0,
                 top_p: top_p.clamp(f32::MIN_POSITIVE, 1.0),
+                min_p: 0.0,
             }
+        }
+    }
+
+    /// Keeps only the `k` most likely tokens (0 = all).
+    #[must_use]
+    pub fn with_top_k(self, k: usize) -> Self {
+        match self {
+            Sampling::Sample {
+                temperature,
+                top_p,
+                min_p,
+                ..
+            } => Sampling::Sample {
+                temperature,
+                top_k: k,
+                top_p,
+                min_p,
+            },
+            greedy @ Sampling::Greedy => greedy,
+        }
+    }
+
+    /// Drops tokens less likely than `min_p` times the most likely one (0 = off).
+    #[must_use]
+    pub fn with_min_p(self, min_p: f32) -> Self {
+        match self {
+            Sampling::Sample {
+                temperature,
+                top_k,
+                top_p,
+                ..
+            } => Sampling::Sample {
+                temperature,
+                top_k,
+                top_p,
+                min_p: min_p.clamp(0.0, 1.0),
+            },
+            greedy @ Sampling::Greedy => greedy,
+        }
+    }
+}
+
+/// The CTRL/transformers repetition penalty: each token already in the context has its logit divided by
+/// `penalty` when positive, multiplied when negative, so it becomes less likely either way.
+pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f32) {
+    if (penalty - 1.0).abs() < f32::EPSILON {
+        return;
+    }
+    let mut seen = vec![false; logits.len()];
+    for &id in context {
+        if let Some(s) = seen.get_mut(id as usize) {
+            *s = true;
+        }
+    }
+    for (l, s) in logits.iter_mut().zip(seen) {
+        if s {
+            *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
         }
     }
 }
@@ -56,28 +122,43 @@ impl Sampler {
             }
             best as u32
         };
-        let Sampling::TopP { temperature, top_p } = self.sampling else {
+        let Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+        } = self.sampling
+        else {
             return argmax();
         };
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         self.probs.clear();
-        let mut sum = 0f32;
         for (i, &l) in logits.iter().enumerate() {
-            let p = ((l - max) / temperature).exp();
-            sum += p;
-            self.probs.push((p, i as u32));
+            self.probs.push((((l - max) / temperature).exp(), i as u32));
         }
         self.probs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        // keep the smallest prefix whose mass reaches top_p
-        let mut kept = 0;
+        let mut kept = if top_k > 0 {
+            top_k.min(self.probs.len())
+        } else {
+            self.probs.len()
+        };
+        // top-p: the smallest prefix whose mass (renormalised after top-k) reaches top_p
+        let k_mass: f32 = self.probs[..kept].iter().map(|p| p.0).sum();
         let mut mass = 0f32;
-        for &(p, _) in &self.probs {
-            kept += 1;
-            mass += p / sum;
+        for (i, &(p, _)) in self.probs[..kept].iter().enumerate() {
+            mass += p / k_mass;
             if mass >= top_p {
+                kept = i + 1;
                 break;
             }
         }
+        // min-p: relative to the most likely token (probs are sorted, so a prefix)
+        let floor = self.probs[0].0 * min_p;
+        kept = self.probs[..kept]
+            .iter()
+            .take_while(|p| p.0 >= floor)
+            .count()
+            .max(1);
         let total: f32 = self.probs[..kept].iter().map(|p| p.0).sum();
         let mut r = self.rng.random::<f32>() * total;
         for &(p, id) in &self.probs[..kept] {
@@ -94,6 +175,15 @@ impl Sampler {
 mod tests {
     use super::*;
 
+    fn counts(s: Sampling, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut sampler = Sampler::new(s, 7);
+        let mut c = vec![0; logits.len()];
+        for _ in 0..n {
+            c[sampler.sample(logits) as usize] += 1;
+        }
+        c
+    }
+
     #[test]
     fn greedy_takes_argmax_and_zero_temperature_is_greedy() {
         let mut s = Sampler::new(Sampling::from_params(0.0, 1.0), 0);
@@ -104,35 +194,49 @@ mod tests {
     fn top_p_excludes_the_tail_and_seed_repeats() {
         // probabilities ∝ e^[4, 3, 0, 0]: 0.72, 0.26, 0.013, 0.013 → top_p 0.9 keeps tokens 0 and 1 only
         let logits = [4.0, 3.0, 0.0, 0.0];
-        let mut s = Sampler::new(
-            Sampling::TopP {
-                temperature: 1.0,
-                top_p: 0.9,
-            },
-            7,
-        );
-        let draws: Vec<u32> = (0..2000).map(|_| s.sample(&logits)).collect();
-        assert!(draws.iter().all(|&t| t < 2));
-        let ones = draws.iter().filter(|&&t| t == 1).count();
+        let c = counts(Sampling::from_params(1.0, 0.9), &logits, 2000);
+        assert_eq!(c[2] + c[3], 0);
         // P(1 | kept) = e^3 / (e^4 + e^3) = 0.269; sd over 2000 draws ≈ 10
-        assert!((480..600).contains(&ones), "{ones}");
-        let mut a = Sampler::new(
-            Sampling::TopP {
-                temperature: 1.0,
-                top_p: 1.0,
-            },
-            42,
-        );
-        let mut b = Sampler::new(
-            Sampling::TopP {
-                temperature: 1.0,
-                top_p: 1.0,
-            },
-            42,
-        );
+        assert!((480..600).contains(&c[1]), "{c:?}");
+        let mut a = Sampler::new(Sampling::from_params(1.0, 1.0), 42);
+        let mut b = Sampler::new(Sampling::from_params(1.0, 1.0), 42);
         let (va, vb): (Vec<u32>, Vec<u32>) = (0..50)
             .map(|_| (a.sample(&logits), b.sample(&logits)))
             .unzip();
         assert_eq!(va, vb);
+    }
+
+    #[test]
+    fn top_k_and_min_p_by_hand() {
+        // equal logits for 0..3, lower for 4: top_k 2 keeps ids 0 and 1 (stable order of equal probabilities
+        // is not promised, so check only that exactly two ids are ever drawn)
+        let c = counts(
+            Sampling::from_params(1.0, 1.0).with_top_k(2),
+            &[1.0, 1.0, 1.0, 1.0, 0.0],
+            500,
+        );
+        assert_eq!(c.iter().filter(|&&n| n > 0).count(), 2, "{c:?}");
+        // p ∝ e^[2, 1, 0]: 0.665, 0.245, 0.090; min_p 0.2 keeps p >= 0.133: ids 0 and 1
+        let c = counts(
+            Sampling::from_params(1.0, 1.0).with_min_p(0.2),
+            &[2.0, 1.0, 0.0],
+            2000,
+        );
+        assert_eq!(c[2], 0, "{c:?}");
+        assert!(c[1] > 0);
+        // temperature 0.5 sharpens: p ∝ e^[4, 2, 0] → 0.867 for id 0
+        let c = counts(Sampling::from_params(0.5, 1.0), &[2.0, 1.0, 0.0], 4000);
+        assert!((3350..3580).contains(&c[0]), "{c:?}"); // 4000 * 0.867 = 3468, sd 21
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // halving and doubling are exact in binary floating point
+    fn repetition_penalty_by_hand() {
+        let mut l = [2.0, -2.0, 1.0];
+        apply_repetition_penalty(&mut l, &[0, 1, 1], 2.0);
+        assert_eq!(l, [1.0, -4.0, 1.0]);
+        let mut same = [2.0, -2.0];
+        apply_repetition_penalty(&mut same, &[0, 1, 99], 1.0);
+        assert_eq!(same, [2.0, -2.0]);
     }
 }

@@ -31,6 +31,10 @@ struct ChatRequest {
     stream: Option<bool>,
     stop: Option<Value>,
     n: Option<usize>,
+    // vLLM's extensions to the OpenAI request
+    top_k: Option<usize>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
 }
 
 fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
@@ -126,14 +130,25 @@ pub async fn completions(
             Some("temperature"),
         ));
     }
-    let params = GenParams {
-        max_tokens: req.max_completion_tokens.or(req.max_tokens).unwrap_or(256),
-        sampling: Sampling::from_params(temperature, req.top_p.unwrap_or(1.0)),
-        seed: req
-            .seed
-            .unwrap_or_else(|| now() ^ u64::from(std::process::id())),
-        stop: parse_stop(req.stop)?,
-    };
+    let sampling = Sampling::from_params(temperature, req.top_p.unwrap_or(1.0))
+        .with_top_k(req.top_k.unwrap_or(0))
+        .with_min_p(req.min_p.unwrap_or(0.0));
+    let seed = req
+        .seed
+        .unwrap_or_else(|| now() ^ u64::from(std::process::id()));
+    let mut params = GenParams::new(
+        req.max_completion_tokens.or(req.max_tokens).unwrap_or(256),
+        sampling,
+        seed,
+    );
+    params.stop = parse_stop(req.stop)?;
+    params.repetition_penalty = req.repetition_penalty.unwrap_or(1.0);
+    if params.repetition_penalty <= 0.0 {
+        return Err(ApiError::bad_request(
+            "repetition_penalty must be > 0",
+            Some("repetition_penalty"),
+        ));
+    }
     let engine = {
         let state = state.clone();
         let model = model.clone();
