@@ -14,9 +14,13 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// A compiled chat template.
+/// A compiled chat template, rendered as transformers' `apply_chat_template` renders it: Jinja with
+/// `trim_blocks` and `lstrip_blocks`, loop controls, `raise_exception`, Python string methods
+/// (`.strip()`, `.startswith()`, …), and `bos_token` / `eos_token` in the context.
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
+    bos_token: String,
+    eos_token: String,
 }
 
 impl ChatTemplate {
@@ -24,28 +28,58 @@ impl ChatTemplate {
     /// When the template does not compile.
     pub fn new(source: &str) -> Result<Self> {
         let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| TokenizeError::Template(e.to_string()))?;
-        Ok(Self { env })
+        Ok(Self {
+            env,
+            bos_token: String::new(),
+            eos_token: String::new(),
+        })
     }
 
-    /// Reads `chat_template` from a `tokenizer_config.json`, falling back to ChatML when it has none.
+    /// Sets the special tokens the template may refer to.
+    #[must_use]
+    pub fn with_special_tokens(mut self, bos: &str, eos: &str) -> Self {
+        self.bos_token = bos.to_string();
+        self.eos_token = eos.to_string();
+        self
+    }
+
+    /// Reads `chat_template` (and the special tokens) from a `tokenizer_config.json`, falling back to ChatML
+    /// when it has none.
     ///
     /// # Errors
     /// When the file exists but is not JSON, or the template does not compile.
     pub fn from_tokenizer_config(path: &std::path::Path) -> Result<Self> {
-        let source = match std::fs::read(path) {
-            Ok(bytes) => {
-                let v: serde_json::Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| TokenizeError::Template(format!("{}: {e}", path.display())))?;
-                v.get("chat_template")
-                    .and_then(|t| t.as_str())
-                    .unwrap_or(CHATML_TEMPLATE)
-                    .to_string()
-            }
-            Err(_) => CHATML_TEMPLATE.to_string(),
+        let Ok(bytes) = std::fs::read(path) else {
+            return Self::new(CHATML_TEMPLATE);
         };
-        Self::new(&source)
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| TokenizeError::Template(format!("{}: {e}", path.display())))?;
+        // a special token is written either as a string or as {"content": "..."}
+        let token = |key: &str| match &v[key] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other["content"].as_str().unwrap_or_default().to_string(),
+        };
+        let source = v
+            .get("chat_template")
+            .and_then(|t| t.as_str())
+            .unwrap_or(CHATML_TEMPLATE);
+        Ok(Self::new(source)
+            .map_err(|e| TokenizeError::Template(format!("{}: {e}", path.display())))?
+            .with_special_tokens(&token("bos_token"), &token("eos_token")))
     }
 
     /// # Errors
@@ -55,8 +89,13 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| TokenizeError::Template(e.to_string()))?;
-        tmpl.render(minijinja::context! { messages => messages, add_generation_prompt => add_generation_prompt })
-            .map_err(|e| TokenizeError::Template(e.to_string()))
+        tmpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| TokenizeError::Template(e.to_string()))
     }
 }
 
