@@ -5,12 +5,13 @@ usage: check_hf_model.py MODEL_DIR EXPECT_JSON
 
 EXPECT_JSON holds what Strata computed: {"text": str, "ids": [int], "logits": [[float]]} (logits of every position).
 Checks, failing with a message on the first mismatch:
-  1. config.json describes a LlamaForCausalLM;
-  2. model.safetensors holds exactly the Hugging Face tensor names with the shapes the config implies, in f32,
-     with transformers' {"format": "pt"} metadata;
+  1. config.json describes a LlamaForCausalLM, Qwen2ForCausalLM or MistralForCausalLM;
+  2. model.safetensors (or the shards of model.safetensors.index.json) holds exactly the Hugging Face tensor
+     names with the shapes the config implies (biases for Qwen2 / attention_bias), in f32 or f16, with
+     transformers' {"format": "pt"} metadata;
   3. tokenizer.json, loaded by the `tokenizers` library, gives the same ids for the text as Strata;
-  4. a numpy forward of the Llama architecture (written here from the HF definition) gives the same logits,
-     relative error <= 1e-4.
+  4. a numpy forward of the architecture (written here from the HF definitions: rope_scaling linear/llama3,
+     sliding window, explicit head_dim) gives the same logits, relative error <= 1e-4.
 """
 import json
 import sys
@@ -23,6 +24,33 @@ from tokenizers import Tokenizer
 def fail(msg):
     print(f"FAIL: {msg}")
     sys.exit(1)
+
+
+ARCHS = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"]
+
+
+def biases(c):
+    qwen2 = c["architectures"] == ["Qwen2ForCausalLM"]
+    return qwen2 or c.get("attention_bias", False), (not qwen2) and c.get("attention_bias", False)
+
+
+def inv_freq(c, hd):
+    inv = 1.0 / c["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    rs = c.get("rope_scaling")
+    if not rs:
+        return inv
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind == "linear":
+        return inv / rs["factor"]
+    if kind == "llama3":  # as transformers' _compute_llama3_parameters
+        factor, lo, hi, old = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], rs["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < old / hi) & ~(wavelen > old / lo)
+        return np.where(medium, smoothed, scaled)
+    fail(f"rope_scaling {rs}")
 
 
 def expected_shapes(c):
@@ -46,6 +74,11 @@ def expected_shapes(c):
             p + "mlp.up_proj.weight": (f, d),
             p + "mlp.down_proj.weight": (d, f),
         })
+        qkv_bias, o_bias = biases(c)
+        if qkv_bias:
+            shapes.update({p + "self_attn.q_proj.bias": (nh * hd,), p + "self_attn.k_proj.bias": (nkv * hd,), p + "self_attn.v_proj.bias": (nkv * hd,)})
+        if o_bias:
+            shapes[p + "self_attn.o_proj.bias"] = (d,)
     return shapes
 
 
@@ -63,25 +96,31 @@ def forward(c, w, ids):
     d, nh = c["hidden_size"], c["num_attention_heads"]
     nkv = c.get("num_key_value_heads") or nh
     hd = c.get("head_dim") or d // nh
-    eps, theta, t = c["rms_norm_eps"], c["rope_theta"], len(ids)
-    inv = 1.0 / theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    eps, t = c["rms_norm_eps"], len(ids)
+    inv = inv_freq(c, hd)
     ang = np.outer(np.arange(t, dtype=np.float64), inv)
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
     mask = np.triu(np.full((t, t), -np.inf), 1)
+    window = c.get("sliding_window") if c.get("use_sliding_window", True) else None
+    if window:
+        mask = mask + np.tril(np.full((t, t), -np.inf), -window)  # key j hidden when i - j >= window
+
+    def b(name):
+        return w.get(name, 0.0)
     x = w["model.embed_tokens.weight"][ids]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(t, nh, hd).transpose(1, 0, 2)
-        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(t, nkv, hd).transpose(1, 0, 2)
-        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(t, nkv, hd).transpose(1, 0, 2)
+        q = (h @ w[p + "self_attn.q_proj.weight"].T + b(p + "self_attn.q_proj.bias")).reshape(t, nh, hd).transpose(1, 0, 2)
+        k = (h @ w[p + "self_attn.k_proj.weight"].T + b(p + "self_attn.k_proj.bias")).reshape(t, nkv, hd).transpose(1, 0, 2)
+        v = (h @ w[p + "self_attn.v_proj.weight"].T + b(p + "self_attn.v_proj.bias")).reshape(t, nkv, hd).transpose(1, 0, 2)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
         a = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
         a = np.exp(a - a.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)
         y = (a @ v).transpose(1, 0, 2).reshape(t, nh * hd)
-        x = x + y @ w[p + "self_attn.o_proj.weight"].T
+        x = x + y @ w[p + "self_attn.o_proj.weight"].T + b(p + "self_attn.o_proj.bias")
         h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
         g = h @ w[p + "mlp.gate_proj.weight"].T
         x = x + ((g / (1 + np.exp(-g))) * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
@@ -96,22 +135,29 @@ def main():
         c = json.load(f)
     with open(expect_path) as f:
         expect = json.load(f)
-    if c.get("architectures") != ["LlamaForCausalLM"] or c.get("model_type") != "llama":
+    arch = c.get("architectures", [None])[0]
+    if arch not in ARCHS or c.get("model_type") != {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}[arch]:
         fail(f"config.json: architectures={c.get('architectures')} model_type={c.get('model_type')}")
 
     want = expected_shapes(c)
     weights = {}
-    with safe_open(f"{model_dir}/model.safetensors", framework="numpy") as st:
-        if (st.metadata() or {}).get("format") != "pt":
-            fail(f"safetensors metadata {st.metadata()} lacks format=pt")
-        names = set(st.keys())
-        if names != set(want):
-            fail(f"tensor names differ: missing {sorted(set(want) - names)[:5]}, unexpected {sorted(names - set(want))[:5]}")
-        for n in names:
-            t = st.get_tensor(n)
-            if t.dtype != np.float32 or tuple(t.shape) != want[n]:
-                fail(f"{n}: {t.dtype} {t.shape}, expected float32 {want[n]}")
-            weights[n] = t.astype(np.float64)
+    try:
+        with open(f"{model_dir}/model.safetensors.index.json") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    except FileNotFoundError:
+        files = ["model.safetensors"]
+    for file in files:
+        with safe_open(f"{model_dir}/{file}", framework="numpy") as st:
+            if (st.metadata() or {}).get("format") != "pt":
+                fail(f"{file}: safetensors metadata {st.metadata()} lacks format=pt")
+            for n in st.keys():
+                t = st.get_tensor(n)
+                if t.dtype not in (np.float32, np.float16) or tuple(t.shape) != want.get(n):
+                    fail(f"{n}: {t.dtype} {t.shape}, expected float32/float16 {want.get(n)}")
+                weights[n] = t.astype(np.float64)
+    names = set(weights)
+    if names != set(want):
+        fail(f"tensor names differ: missing {sorted(set(want) - names)[:5]}, unexpected {sorted(names - set(want))[:5]}")
 
     tk = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
     if tk.get_vocab_size(with_added_tokens=True) != c["vocab_size"]:

@@ -440,3 +440,170 @@ fn q8_0_export_is_read_by_the_gguf_package_with_matching_logits() {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(err / max < 0.05, "Q8_0 relative error {}", err / max);
 }
+
+/// A random model of `config` (biases random too), saved as an HF folder in `dtype`, split over `shards`
+/// files, with the quick demo's tokenizer (vocabulary 384).
+fn synthetic_model(
+    dir: &std::path::Path,
+    config: &serde_json::Value,
+    dtype: candle_core::DType,
+    shards: usize,
+) {
+    use candle_nn::{VarBuilder, VarMap};
+    let (demo, _) = quick_demo();
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg: strata_model::LlamaConfig = serde_json::from_value(config.clone()).unwrap();
+    let vm = VarMap::new();
+    strata_model::Llama::load(
+        &VarBuilder::from_varmap(&vm, candle_core::DType::F32, &candle_core::Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    for (name, var) in vm.data().lock().unwrap().iter() {
+        let t = if name.ends_with(".bias") {
+            candle_core::Tensor::randn(
+                0f32,
+                0.5,
+                var.as_tensor().shape(),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap()
+        } else {
+            var.as_tensor().clone()
+        };
+        tensors.insert(name.clone(), t.to_dtype(dtype).unwrap());
+    }
+    let mut names: Vec<String> = tensors.keys().cloned().collect();
+    names.sort();
+    if shards == 1 {
+        strata_model::save_safetensors(&tensors, &dir.join("model.safetensors"), &[]).unwrap();
+    } else {
+        let mut weight_map = serde_json::Map::new();
+        for (k, chunk) in names.chunks(names.len().div_ceil(shards)).enumerate() {
+            let file = format!("model-{:05}-of-{shards:05}.safetensors", k + 1);
+            let part: std::collections::HashMap<String, candle_core::Tensor> = chunk
+                .iter()
+                .map(|n| (n.clone(), tensors[n].clone()))
+                .collect();
+            strata_model::save_safetensors(&part, &dir.join(&file), &[]).unwrap();
+            for n in chunk {
+                weight_map.insert(n.clone(), file.clone().into());
+            }
+        }
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            serde_json::json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(demo.join("models/base").join(f), dir.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
+    let (demo, _) = quick_demo();
+    let base = serde_json::json!({"vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "rms_norm_eps": 1e-6, "rope_theta": 10000.0});
+    let with = |extra: serde_json::Value| {
+        let mut c = base.clone();
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let variants = [
+        // Qwen2: q/k/v biases, tied embeddings, f16 weights in two shards, window present but switched off
+        (
+            "qwen2",
+            with(
+                serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "tie_word_embeddings": true, "rope_theta": 1e6, "sliding_window": 4, "use_sliding_window": false}),
+            ),
+            candle_core::DType::F16,
+            2,
+        ),
+        // Mistral: sliding window of 3 (shorter than the text), explicit head_dim 16 ≠ 32 / 4
+        (
+            "mistral",
+            with(
+                serde_json::json!({"architectures": ["MistralForCausalLM"], "model_type": "mistral", "sliding_window": 3, "head_dim": 16}),
+            ),
+            candle_core::DType::F32,
+            1,
+        ),
+        // Llama 3.1 rope scaling and attention_bias (o_proj too)
+        (
+            "llama3-rope",
+            with(
+                serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": true,
+            "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}),
+            ),
+            candle_core::DType::F32,
+            3,
+        ),
+        (
+            "linear-rope",
+            with(
+                serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rope_scaling": {"type": "linear", "factor": 4.0}}),
+            ),
+            candle_core::DType::F32,
+            1,
+        ),
+    ];
+    let text = "The liver measures 14.2 cm. The spleen is normal. No free fluid is seen in the pelvis today.";
+    for (name, config, dtype, shards) in variants {
+        let mdir = demo.join("synthetic").join(name);
+        synthetic_model(&mdir, &config, dtype, shards);
+        let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
+        let ids = tk.encode(text, false).unwrap().get_ids().to_vec();
+        assert!(
+            ids.len() > 8,
+            "{name}: the text must be longer than the sliding window"
+        );
+        let expect = mdir.join("expect.json");
+        std::fs::write(
+            &expect,
+            serde_json::json!({"text": text, "ids": ids, "logits": logits_of(&mdir, &ids)})
+                .to_string(),
+        )
+        .unwrap();
+        let out = std::process::Command::new(venv_python())
+            .arg(common::repo_root().join("tests/python/check_hf_model.py"))
+            .arg(&mdir)
+            .arg(&expect)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // an architecture Strata does not implement is refused by name
+    let gemma = demo.join("synthetic/gemma");
+    synthetic_model(
+        &gemma,
+        &with(serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})),
+        candle_core::DType::F32,
+        1,
+    );
+    std::fs::write(
+        gemma.join("config.json"),
+        with(serde_json::json!({"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2"}))
+            .to_string(),
+    )
+    .unwrap();
+    let err = strata_model::load_model(&gemma, &candle_core::Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("Gemma2ForCausalLM")
+            && err.contains("supported: LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM"),
+        "{err}"
+    );
+}

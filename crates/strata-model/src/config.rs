@@ -28,9 +28,10 @@ pub struct LlamaConfig {
     #[serde(default)]
     pub tie_word_embeddings: bool,
     #[serde(default)]
-    pub bos_token_id: Option<u32>,
+    pub bos_token_id: Option<TokenIds>,
+    /// One id or several (Llama 3 ends on either `<|end_of_text|>` or `<|eot_id|>`).
     #[serde(default)]
-    pub eos_token_id: Option<u32>,
+    pub eos_token_id: Option<TokenIds>,
     #[serde(default = "default_act")]
     pub hidden_act: String,
     #[serde(default)]
@@ -39,7 +40,54 @@ pub struct LlamaConfig {
     pub torch_dtype: String,
     #[serde(default = "default_init")]
     pub initializer_range: f64,
+    /// RoPE frequency scaling for long contexts ("linear" or "llama3").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Attend only to the last `sliding_window` positions (Mistral; Qwen2 when `use_sliding_window`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
 }
+
+/// A token id, or several, as HF configs write `eos_token_id`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    #[must_use]
+    pub fn ids(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(i) => vec![*i],
+            TokenIds::Many(v) => v.clone(),
+        }
+    }
+    #[must_use]
+    pub fn first(&self) -> Option<u32> {
+        self.ids().first().copied()
+    }
+}
+
+/// `rope_scaling` of an HF config. Both spellings of the kind (`type`, `rope_type`) are accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    pub factor: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// The architectures the forward implements; all share the Llama block.
+pub const ARCHITECTURES: [&str; 3] = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
 
 fn default_architectures() -> Vec<String> {
     vec!["LlamaForCausalLM".into()]
@@ -81,11 +129,30 @@ impl LlamaConfig {
     /// [`ModelError::Invalid`] naming the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(ModelError::Invalid(s));
-        if !self.architectures.iter().any(|a| a == "LlamaForCausalLM") {
+        if !self
+            .architectures
+            .iter()
+            .any(|a| ARCHITECTURES.contains(&a.as_str()))
+        {
             return bad(format!(
-                "unsupported architecture {:?} (supported: LlamaForCausalLM)",
-                self.architectures
+                "unsupported architecture {:?} (supported: {})",
+                self.architectures,
+                ARCHITECTURES.join(", ")
             ));
+        }
+        if let Some(rs) = &self.rope_scaling {
+            match rs.rope_type.as_str() {
+                "linear" | "default" => {}
+                "llama3" if rs.low_freq_factor.is_some() && rs.high_freq_factor.is_some() && rs.original_max_position_embeddings.is_some() => {}
+                "llama3" => return bad("rope_scaling llama3 needs low_freq_factor, high_freq_factor and original_max_position_embeddings".into()),
+                other => return bad(format!("rope_scaling type {other:?} is not supported (linear, llama3)")),
+            }
+            if rs.factor <= 0.0 {
+                return bad(format!(
+                    "rope_scaling factor must be > 0 (got {})",
+                    rs.factor
+                ));
+            }
         }
         if self.hidden_act != "silu" {
             return bad(format!(
@@ -125,6 +192,65 @@ impl LlamaConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Qwen2 always has biases on q, k, v; Llama configs say so with `attention_bias` (then o has one too).
+    #[must_use]
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.architectures.iter().any(|a| a == "Qwen2ForCausalLM")
+    }
+
+    #[must_use]
+    pub fn o_bias(&self) -> bool {
+        self.attention_bias && !self.architectures.iter().any(|a| a == "Qwen2ForCausalLM")
+    }
+
+    /// The attention window, when the model limits it.
+    #[must_use]
+    pub fn window(&self) -> Option<usize> {
+        match (self.sliding_window, self.use_sliding_window) {
+            (Some(w), None | Some(true)) if w > 0 => Some(w),
+            _ => None,
+        }
+    }
+
+    /// The RoPE inverse frequencies (head_dim / 2 of them), after any `rope_scaling`.
+    #[must_use]
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let hd = self.head_dim();
+        let base: Vec<f64> = (0..hd / 2)
+            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / hd as f64))
+            .collect();
+        let Some(rs) = &self.rope_scaling else {
+            return base;
+        };
+        match rs.rope_type.as_str() {
+            "linear" => base.iter().map(|f| f / rs.factor).collect(),
+            "llama3" => {
+                // transformers' _compute_llama3_parameters: long wavelengths scaled down by `factor`, short ones
+                // kept, the band between interpolated smoothly.
+                let (lo, hi) = (
+                    rs.low_freq_factor.unwrap_or(1.0),
+                    rs.high_freq_factor.unwrap_or(4.0),
+                );
+                let old = rs.original_max_position_embeddings.unwrap_or(8192) as f64;
+                let (low_wavelen, high_wavelen) = (old / lo, old / hi);
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / rs.factor
+                        } else {
+                            let smooth = (old / wavelen - lo) / (hi - lo);
+                            (1.0 - smooth) * f / rs.factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+            _ => base,
+        }
     }
 
     /// Parameter count (weights only).
@@ -178,12 +304,15 @@ impl ModelSpec {
             rms_norm_eps: default_eps(),
             rope_theta: self.rope_theta,
             tie_word_embeddings: self.tie_word_embeddings,
-            bos_token_id: Some(eos),
-            eos_token_id: Some(eos),
+            bos_token_id: Some(TokenIds::One(eos)),
+            eos_token_id: Some(TokenIds::One(eos)),
             hidden_act: default_act(),
             attention_bias: false,
             torch_dtype: default_dtype(),
             initializer_range: default_init(),
+            rope_scaling: None,
+            sliding_window: None,
+            use_sliding_window: None,
         };
         cfg.validate()?;
         Ok(cfg)

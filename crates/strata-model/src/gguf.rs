@@ -118,8 +118,8 @@ fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
         rms_norm_eps: meta.f64("llama.attention.layer_norm_rms_epsilon")?,
         rope_theta: meta.f64("llama.rope.freq_base").unwrap_or(10_000.0),
         tie_word_embeddings: false, // set below from the presence of output.weight
-        bos_token_id: meta.opt_u32("tokenizer.ggml.bos_token_id"),
-        eos_token_id: meta.opt_u32("tokenizer.ggml.eos_token_id"),
+        bos_token_id: meta.opt_u32("tokenizer.ggml.bos_token_id").map(crate::TokenIds::One),
+        eos_token_id: meta.opt_u32("tokenizer.ggml.eos_token_id").map(crate::TokenIds::One),
         ..serde_json::from_value(json!({"vocab_size": 0, "hidden_size": 0, "intermediate_size": 0, "num_hidden_layers": 0, "num_attention_heads": 0, "max_position_embeddings": 0}))
             .map_err(|e| bad(meta.path, e.to_string()))?
     };
@@ -307,8 +307,8 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
     };
     let mut tc = json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token(cfg.bos_token_id),
-        "eos_token": token(cfg.eos_token_id),
+        "bos_token": token(cfg.bos_token_id.as_ref().and_then(crate::TokenIds::first)),
+        "eos_token": token(cfg.eos_token_id.as_ref().and_then(crate::TokenIds::first)),
         "pad_token": token(meta.opt_u32("tokenizer.ggml.padding_token_id")),
         "unk_token": token(meta.opt_u32("tokenizer.ggml.unknown_token_id")),
         "add_bos_token": meta.md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),

@@ -55,7 +55,8 @@ pub fn write_hf_config(dir: &Path, cfg: &LlamaConfig) -> Result<()> {
     Ok(())
 }
 
-/// Writes named tensors as f32 safetensors with transformers' metadata (plus `extra` entries), atomically.
+/// Writes named tensors as safetensors with transformers' metadata (plus `extra` entries), atomically.
+/// f16 and bf16 tensors keep their type; every other type is written as f32.
 ///
 /// # Errors
 /// On a conversion or I/O failure.
@@ -73,18 +74,41 @@ pub fn save_safetensors(
     let mut buffers = Vec::with_capacity(names.len());
     for name in &names {
         let t = &tensors[*name];
-        let values: Vec<f32> = t
-            .to_dtype(DType::F32)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .map_err(|e| err(format!("{name}: {e}")))?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        buffers.push((name.as_str(), t.dims().to_vec(), bytes));
+        let flat = t.flatten_all().map_err(|e| err(format!("{name}: {e}")))?;
+        let (dtype, bytes): (safetensors::Dtype, Vec<u8>) = match t.dtype() {
+            DType::F16 => (
+                safetensors::Dtype::F16,
+                flat.to_vec1::<half::f16>()
+                    .map_err(|e| err(format!("{name}: {e}")))?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            DType::BF16 => (
+                safetensors::Dtype::BF16,
+                flat.to_vec1::<half::bf16>()
+                    .map_err(|e| err(format!("{name}: {e}")))?
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
+            _ => {
+                let v: Vec<f32> = flat
+                    .to_dtype(DType::F32)
+                    .and_then(|t| t.to_vec1())
+                    .map_err(|e| err(format!("{name}: {e}")))?;
+                (
+                    safetensors::Dtype::F32,
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            }
+        };
+        buffers.push((name.as_str(), dtype, t.dims().to_vec(), bytes));
     }
     let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = buffers
         .iter()
-        .map(|(n, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+        .map(|(n, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (*n, v))
                 .map_err(|e| err(format!("{n}: {e}")))
         })
@@ -120,23 +144,74 @@ pub fn read_safetensors(
     Ok((tensors, metadata))
 }
 
-/// Loads a model folder (`config.json` + `model.safetensors`) for inference.
+/// All tensors of a model folder: `model.safetensors`, or the shards listed by
+/// `model.safetensors.index.json` (f32, f16 or bf16; converted to f32 when the model is built).
+///
+/// # Errors
+/// When the weights are missing, a shard is unreadable, or the index is malformed.
+pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(read_safetensors(&single, device)?.0);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(ModelError::Io {
+            path: single,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "missing model.safetensors (and no model.safetensors.index.json)",
+            ),
+        });
+    }
+    let bytes = std::fs::read(&index).map_err(|source| ModelError::Io {
+        path: index.clone(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| ModelError::Config {
+        path: index.clone(),
+        reason: e.to_string(),
+    })?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| ModelError::Config {
+            path: index.clone(),
+            reason: "no weight_map object".into(),
+        })?;
+    let mut shards: Vec<&str> = map.values().filter_map(serde_json::Value::as_str).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let mut all = HashMap::new();
+    for shard in shards {
+        if shard.contains('/') || shard.contains("..") {
+            return Err(ModelError::Config {
+                path: index.clone(),
+                reason: format!("shard name {shard:?} leaves the folder"),
+            });
+        }
+        all.extend(read_safetensors(&dir.join(shard), device)?.0);
+    }
+    for name in map.keys() {
+        if !all.contains_key(name) {
+            return Err(ModelError::Config {
+                path: index.clone(),
+                reason: format!("{name} is listed in weight_map but no shard holds it"),
+            });
+        }
+    }
+    Ok(all)
+}
+
+/// Loads a model folder (`config.json` + `model.safetensors` or its shards) for inference.
 ///
 /// # Errors
 /// When a file is missing, truncated or its tensors do not match the config.
 pub fn load_model(dir: &Path, device: &Device) -> Result<Llama> {
     let cfg = read_config(&dir.join("config.json"))?;
-    let path = dir.join("model.safetensors");
-    if !path.is_file() {
-        return Err(ModelError::Io {
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "missing model.safetensors"),
-        });
-    }
-    let (tensors, _) = read_safetensors(&path, device)?;
+    let tensors = read_weights(dir, device)?;
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     Llama::load(&vb, &cfg).map_err(|e| ModelError::Weights {
-        path,
+        path: dir.to_path_buf(),
         reason: e.to_string(),
     })
 }

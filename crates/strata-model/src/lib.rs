@@ -11,10 +11,12 @@ mod hf;
 mod kv_cache;
 mod llama;
 
-pub use config::{LlamaConfig, ModelSpec};
+pub use config::{LlamaConfig, ModelSpec, RopeScaling, TokenIds, ARCHITECTURES};
 pub use gguf::{import_gguf, GgufImport};
 pub use gguf_export::{export_gguf, GgufType};
-pub use hf::{load_model, read_config, read_safetensors, save_safetensors, write_hf_config};
+pub use hf::{
+    load_model, read_config, read_safetensors, read_weights, save_safetensors, write_hf_config,
+};
 pub use kv_cache::KvCache;
 pub use llama::{init_std, next_token_loss, seeded_init, Llama};
 

@@ -39,15 +39,17 @@ impl RmsNorm {
     }
 }
 
+/// A projection `name` of shape (out, in), with a bias when `bias` (Qwen2's q/k/v).
 fn linear(
     vb: &VarBuilder,
     name: &str,
     (out_dim, in_dim): (usize, usize),
     std: f64,
+    bias: bool,
 ) -> Result<Linear> {
     // `std` only matters for a fresh VarMap; `seeded_init` later applies the same rule deterministically.
+    let vb = vb.pp(name);
     let w = vb
-        .pp(name)
         .get_with_hints(
             (out_dim, in_dim),
             "weight",
@@ -56,8 +58,16 @@ fn linear(
                 stdev: std,
             },
         )
-        .ctx(&format!("{}.{name}.weight", vb.prefix()))?;
-    Ok(Linear::new(w, None))
+        .ctx(&format!("{}.weight", vb.prefix()))?;
+    let b = if bias {
+        Some(
+            vb.get_with_hints(out_dim, "bias", Init::Const(0.0))
+                .ctx(&format!("{}.bias", vb.prefix()))?,
+        )
+    } else {
+        None
+    };
+    Ok(Linear::new(w, b))
 }
 
 /// Rotary position embedding, Hugging Face's "rotate half" layout.
@@ -69,20 +79,19 @@ struct Rope {
 impl Rope {
     fn new(cfg: &LlamaConfig, device: &Device) -> Result<Self> {
         let hd = cfg.head_dim();
-        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
-        let inv_freq: Vec<f32> = (0..hd / 2)
-            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / hd as f64) as f32)
-            .collect();
+        let inv_freq = cfg.rope_inv_freq();
         let max = cfg.max_position_embeddings;
         let mut cos = Vec::with_capacity(max * hd);
         let mut sin = Vec::with_capacity(max * hd);
         for p in 0..max {
             for _ in 0..2 {
                 for f in &inv_freq {
-                    #[allow(clippy::cast_precision_loss)]
-                    let a = p as f32 * f;
-                    cos.push(a.cos());
-                    sin.push(a.sin());
+                    let a = p as f64 * f; // in f64: exact enough at long positions
+                    #[allow(clippy::cast_possible_truncation)]
+                    {
+                        cos.push(a.cos() as f32);
+                        sin.push(a.sin() as f32);
+                    }
                 }
             }
         }
@@ -111,6 +120,8 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Sliding-window attention span, if any.
+    window: Option<usize>,
     n_head: usize,
     n_kv: usize,
     head_dim: usize,
@@ -126,10 +137,11 @@ impl Attention {
         );
         let std = cfg.initializer_range;
         Ok(Self {
-            q_proj: linear(vb, "q_proj", (nh * hd, d), std)?,
-            k_proj: linear(vb, "k_proj", (nkv * hd, d), std)?,
-            v_proj: linear(vb, "v_proj", (nkv * hd, d), std)?,
-            o_proj: linear(vb, "o_proj", (d, nh * hd), out_std)?,
+            q_proj: linear(vb, "q_proj", (nh * hd, d), std, cfg.qkv_bias())?,
+            k_proj: linear(vb, "k_proj", (nkv * hd, d), std, cfg.qkv_bias())?,
+            v_proj: linear(vb, "v_proj", (nkv * hd, d), std, cfg.qkv_bias())?,
+            o_proj: linear(vb, "o_proj", (d, nh * hd), out_std, cfg.o_bias())?,
+            window: cfg.window(),
             n_head: nh,
             n_kv: nkv,
             head_dim: hd,
@@ -161,8 +173,9 @@ impl Attention {
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f64).sqrt();
         let att = (q.matmul(&k.t().ctx("k^T")?).ctx("q@k^T")? * scale).ctx("scale")?; // (B, nh, T, S)
-        let att = if t > 1 {
-            att.broadcast_add(&causal_mask(t, s, x.device())?)
+                                                                                      // A single new token sees everything cached, unless a sliding window hides the oldest keys.
+        let att = if t > 1 || self.window.is_some_and(|w| s > w) {
+            att.broadcast_add(&causal_mask(t, s, self.window, x.device())?)
                 .ctx("mask")?
         } else {
             att
@@ -205,13 +218,16 @@ fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
         .ctx("repeat_kv reshape")
 }
 
-/// (T, S) additive mask: query i (at absolute position S-T+i) sees keys 0..=S-T+i.
-fn causal_mask(t: usize, s: usize, device: &Device) -> Result<Tensor> {
+/// (T, S) additive mask: query i (at absolute position p = S-T+i) sees keys j <= p, and with a sliding
+/// window only those with p - j < window.
+fn causal_mask(t: usize, s: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
     let offset = s - t;
+    let w = window.unwrap_or(usize::MAX);
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
+            let p = offset + i;
             (0..s).map(move |j| {
-                if j > offset + i {
+                if j > p || p - j >= w {
                     f32::NEG_INFINITY
                 } else {
                     0.0
@@ -236,9 +252,9 @@ impl Mlp {
             cfg.initializer_range,
         );
         Ok(Self {
-            gate_proj: linear(vb, "gate_proj", (f, d), std)?,
-            up_proj: linear(vb, "up_proj", (f, d), std)?,
-            down_proj: linear(vb, "down_proj", (d, f), out_std)?,
+            gate_proj: linear(vb, "gate_proj", (f, d), std, false)?,
+            up_proj: linear(vb, "up_proj", (f, d), std, false)?,
+            down_proj: linear(vb, "down_proj", (d, f), out_std, false)?,
         })
     }
 
@@ -306,6 +322,7 @@ pub fn seeded_init(
         let var = &vars[name];
         let t = var.as_tensor();
         let value = match init_std(name, cfg) {
+            _ if name.ends_with(".bias") => t.zeros_like().ctx("init zeros")?,
             None => t.ones_like().ctx("init ones")?,
             Some(std) => {
                 let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -502,10 +519,28 @@ mod tests {
 
     #[test]
     fn cached_decode_matches_full_forward() {
-        let cfg = tiny();
+        assert_cached_matches_full(&tiny());
+    }
+
+    #[test]
+    fn cached_decode_matches_full_forward_with_a_sliding_window_and_biases() {
+        let mut cfg = tiny();
+        cfg.sliding_window = Some(3);
+        cfg.architectures = vec!["Qwen2ForCausalLM".into()];
+        cfg.use_sliding_window = Some(true);
+        assert_cached_matches_full(&cfg);
+    }
+
+    fn assert_cached_matches_full(cfg: &LlamaConfig) {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let model = Llama::load(&vb, &cfg).unwrap();
+        let model = Llama::load(&vb, cfg).unwrap();
+        for (name, var) in vm.data().lock().unwrap().iter() {
+            if name.ends_with(".bias") {
+                var.set(&Tensor::randn(0f32, 0.5, var.as_tensor().shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
         let ids: Vec<u32> = vec![3, 7, 1, 9, 4, 4, 2];
         let full = model
             .forward(
@@ -515,7 +550,7 @@ mod tests {
                     .unwrap(),
             )
             .unwrap(); // (1, 7, V)
-        let mut cache = KvCache::new(&cfg, 16, &Device::Cpu).unwrap();
+        let mut cache = KvCache::new(cfg, 16, &Device::Cpu).unwrap();
         // prompt of 4, then 3 single tokens
         let mut rows = vec![model
             .forward_cached(
