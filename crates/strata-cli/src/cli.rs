@@ -57,6 +57,9 @@ pub enum Command {
     Import(ImportArgs),
     /// Export a model as a GGUF file for llama.cpp (F32, F16 or Q8_0 weights).
     Export(ExportArgs),
+    /// Benchmarks (see bench/ for the side-by-side scripts).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print what an artifact was made from, back to the raw files, with hashes.
     Lineage(LineageArgs),
     /// List the artifacts in the store.
@@ -203,6 +206,9 @@ pub struct GenerateArgs {
     pub stop: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Weight type for inference: f32, q8_0, q4_0, q4_1, q4k, q5k, q6k (quantised in memory at load).
+    #[arg(long, default_value = "f32")]
+    pub quant: String,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +220,9 @@ pub struct ServeArgs {
     /// Model used when a request names none.
     #[arg(long)]
     pub model: Option<String>,
+    /// Weight type for inference: f32, q8_0, q4_0, q4_1, q4k, q5k, q6k (quantised in memory at load).
+    #[arg(long, default_value = "f32")]
+    pub quant: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +261,30 @@ pub struct ExportArgs {
     /// Weight type: f32, f16 or q8_0 (norms stay f32).
     #[arg(long = "type", default_value = "f32")]
     pub r#type: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Prompt (pp) and decode (tg) tokens/s of a model, as llama-bench measures them; prints JSON.
+    Decode(BenchDecodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDecodeArgs {
+    #[arg(long)]
+    pub model: String,
+    /// Prompt lengths to time (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "64,512")]
+    pub prompt_tokens: Vec<usize>,
+    /// Tokens to generate for the decode test.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Weight type: f32, q8_0, q4_0, q4_1, q4k, q5k, q6k.
+    #[arg(long, default_value = "f32")]
+    pub quant: String,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod hf;
 mod kv_cache;
 mod llama;
 
+pub use candle_core::quantized::GgmlDType;
 pub use config::{LlamaConfig, ModelSpec, RopeScaling, TokenIds, ARCHITECTURES};
 pub use gguf::{import_gguf, GgufImport};
 pub use gguf_export::{export_gguf, GgufType};
@@ -51,6 +52,27 @@ pub enum ModelError {
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Parses an inference weight type: `f32` (no quantisation), `q8_0`, `q4_0`, `q4_1`, `q4k`, `q5k`, `q6k`.
+///
+/// # Errors
+/// For any other name.
+pub fn parse_quant(s: &str) -> Result<Option<GgmlDType>> {
+    Ok(Some(match s.to_ascii_lowercase().as_str() {
+        "f32" | "none" => return Ok(None),
+        "q8_0" => GgmlDType::Q8_0,
+        "q4_0" => GgmlDType::Q4_0,
+        "q4_1" => GgmlDType::Q4_1,
+        "q4k" | "q4_k" => GgmlDType::Q4K,
+        "q5k" | "q5_k" => GgmlDType::Q5K,
+        "q6k" | "q6_k" => GgmlDType::Q6K,
+        other => {
+            return Err(ModelError::Invalid(format!(
+                "unknown weight type {other:?} (f32, q8_0, q4_0, q4_1, q4k, q5k, q6k)"
+            )))
+        }
+    }))
+}
 
 /// Attaches a context (the op, the tensor) to a candle error.
 pub trait Context<T> {

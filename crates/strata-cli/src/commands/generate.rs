@@ -11,7 +11,7 @@ use crate::cli::GenerateArgs;
 
 pub fn run(store: &Store, a: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let dir = store.require(Kind::Model, &a.model)?;
-    let engine = Engine::load(&a.model, &dir)?;
+    let engine = Engine::load_quantized(&a.model, &dir, strata_model::parse_quant(&a.quant)?)?;
     let prompt = if a.chat {
         engine.render_chat(&[ChatMessage {
             role: "user".into(),

@@ -4,9 +4,10 @@ use std::process::ExitCode;
 
 use strata_store::Store;
 
-use crate::cli::{Cli, Command, PipelineCommand};
+use crate::cli::{BenchCommand, Cli, Command, PipelineCommand};
 
 mod acquire;
+mod bench;
 pub mod demo;
 mod eval;
 mod export;
@@ -42,6 +43,7 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(a) => demo::run(&store, a),
         Command::Import(a) => import::run(&store, a),
+        Command::Bench(BenchCommand::Decode(a)) => bench::run(&store, a),
         Command::Export(a) => export::run(&store, a),
         Command::Lineage(a) => lineage::run(&store, a),
         Command::Ls => ls::run(&store),

@@ -14,7 +14,9 @@ pub fn run(store: Store, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         store.require(Kind::Model, m)?;
     }
     let models = store.list(Kind::Model)?;
-    let state = Arc::new(AppState::new(store, a.model.clone()));
+    let mut state = AppState::new(store, a.model.clone());
+    state.quant = strata_model::parse_quant(&a.quant)?;
+    let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

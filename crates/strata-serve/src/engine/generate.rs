@@ -68,7 +68,22 @@ impl Engine {
     /// # Errors
     /// When a file is missing or malformed.
     pub fn load(name: &str, dir: &Path) -> Result<Self> {
-        let model = strata_model::load_model(dir, &Device::Cpu)?;
+        Self::load_quantized(name, dir, None)
+    }
+
+    /// Loads a model folder and quantises its projections to `quant` (e.g. Q8_0) for faster decoding.
+    ///
+    /// # Errors
+    /// When a file is missing or malformed.
+    pub fn load_quantized(
+        name: &str,
+        dir: &Path,
+        quant: Option<strata_model::GgmlDType>,
+    ) -> Result<Self> {
+        let mut model = strata_model::load_model(dir, &Device::Cpu)?;
+        if let Some(q) = quant {
+            model.quantize(q)?;
+        }
         let tokenizer = strata_tokenize::load_tokenizer(&dir.join("tokenizer.json"))?;
         let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
         let stop_ids = strata_tokenize::SPECIAL_TOKENS

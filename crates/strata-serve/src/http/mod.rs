@@ -19,6 +19,8 @@ pub struct AppState {
     pub store: Store,
     /// Used when a request names no model.
     pub default_model: Option<String>,
+    /// Weight type every model is quantised to at load (None = f32).
+    pub quant: Option<strata_model::GgmlDType>,
     engines: Mutex<HashMap<String, Arc<Engine>>>,
 }
 
@@ -28,6 +30,7 @@ impl AppState {
         Self {
             store,
             default_model,
+            quant: None,
             engines: Mutex::new(HashMap::new()),
         }
     }
@@ -46,7 +49,7 @@ impl AppState {
             return Ok(e.clone());
         }
         let dir = self.store.require(Kind::Model, name)?;
-        let engine = Arc::new(Engine::load(name, &dir)?);
+        let engine = Arc::new(Engine::load_quantized(name, &dir, self.quant)?);
         self.engines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
