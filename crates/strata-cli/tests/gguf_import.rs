@@ -8,7 +8,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fresh_dir, repo_root, run, strata, venv_python};
+use common::{fresh_dir, repo_root, run, strata};
 
 fn smollm2() -> PathBuf {
     let out = std::process::Command::new("bash")
@@ -73,7 +73,6 @@ fn smollm2_imports_chats_and_matches_the_numpy_reference() {
         }])
         .unwrap();
     let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
-    let model = strata_model::load_model(&mdir, &candle_core::Device::Cpu).unwrap();
     for (k, text) in [
         chat.as_str(),
         "The spleen measures 12.5 cm, normal in size.",
@@ -83,35 +82,15 @@ fn smollm2_imports_chats_and_matches_the_numpy_reference() {
     {
         let ids: Vec<u32> = tk.encode(*text, false).unwrap().get_ids().to_vec();
         assert!(ids.len() > 5, "{ids:?}");
-        let input = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits: Vec<Vec<f32>> = model
-            .forward(&input)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let logits = common::logits_of(&mdir, &ids);
         let expect = dir.join(format!("expect-{k}.json"));
         std::fs::write(
             &expect,
             serde_json::json!({"ids": ids, "logits": logits}).to_string(),
         )
         .unwrap();
-        let out = std::process::Command::new(venv_python())
-            .arg(repo_root().join("tests/python/gguf_reference.py"))
-            .arg(&gguf)
-            .arg(&expect)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{text:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout =
+            common::python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
         eprintln!("{text:?}: {stdout}");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{quick_demo, run, strata, venv_python};
+use common::{logits_of, python_check, quick_demo, run, strata};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -116,7 +116,6 @@ fn lineage_walks_from_ultrasound_back_to_raw_files_with_hashes() {
 #[test]
 fn every_model_is_a_hugging_face_folder_checked_by_python() {
     let (dir, _) = quick_demo();
-    let python = venv_python();
     let text = "The patient walked to the river. 超声 12.5 cm!";
     for model in ["base", "medical", "ultrasound"] {
         let mdir = dir.join("models").join(model);
@@ -133,36 +132,14 @@ fn every_model_is_a_hugging_face_folder_checked_by_python() {
         // what Strata computes: ids and the logits of every position
         let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
         let ids: Vec<u32> = tk.encode(text, false).unwrap().get_ids().to_vec();
-        let m = strata_model::load_model(&mdir, &candle_core::Device::Cpu).unwrap();
-        let input = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits: Vec<Vec<f32>> = m
-            .forward(&input)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
+        let logits = logits_of(&mdir, &ids);
         let expect = dir.join(format!("expect-{model}.json"));
         std::fs::write(
             &expect,
             serde_json::json!({"text": text, "ids": ids, "logits": logits}).to_string(),
         )
         .unwrap();
-        let out = std::process::Command::new(&python)
-            .arg(common::repo_root().join("tests/python/check_hf_model.py"))
-            .arg(&mdir)
-            .arg(&expect)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{model}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = python_check("check_hf_model.py", &[mdir.as_os_str(), expect.as_os_str()]);
         assert!(stdout.starts_with("OK:"), "{stdout}");
     }
 }
@@ -315,20 +292,6 @@ fn tensors_of(dir: &std::path::Path) -> std::collections::HashMap<String, Vec<u3
         .collect()
 }
 
-fn logits_of(dir: &std::path::Path, ids: &[u32]) -> Vec<Vec<f32>> {
-    let m = strata_model::load_model(dir, &candle_core::Device::Cpu).unwrap();
-    let input = candle_core::Tensor::new(ids, &candle_core::Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    m.forward(&input)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
-}
-
 #[test]
 fn hf_to_gguf_to_hf_round_trip_is_bit_identical() {
     let (dir, _) = quick_demo();
@@ -414,18 +377,7 @@ fn q8_0_export_is_read_by_the_gguf_package_with_matching_logits() {
         serde_json::json!({"ids": ids, "logits": logits_of(&mdir, &ids)}).to_string(),
     )
     .unwrap();
-    let out = std::process::Command::new(venv_python())
-        .arg(common::repo_root().join("tests/python/gguf_reference.py"))
-        .arg(&gguf)
-        .arg(&expect)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
     // and Q8_0 stays close to the f32 original
     let f32_logits = logits_of(&dir.join("models/medical"), &ids);
     let q8_logits = logits_of(&mdir, &ids);
@@ -570,18 +522,7 @@ fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
                 .to_string(),
         )
         .unwrap();
-        let out = std::process::Command::new(venv_python())
-            .arg(common::repo_root().join("tests/python/check_hf_model.py"))
-            .arg(&mdir)
-            .arg(&expect)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{name}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        python_check("check_hf_model.py", &[mdir.as_os_str(), expect.as_os_str()]);
     }
     // an architecture Strata does not implement is refused by name
     let gemma = demo.join("synthetic/gemma");

@@ -84,3 +84,29 @@ pub fn venv_python() -> PathBuf {
     })
     .clone()
 }
+
+/// Strata's logits for every position of `ids` from a model folder.
+pub fn logits_of(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
+    let m = strata_model::load_model(dir, &candle_core::Device::Cpu).expect("load model");
+    let input = candle_core::Tensor::new(ids, &candle_core::Device::Cpu)
+        .and_then(|t| t.unsqueeze(0))
+        .expect("ids");
+    let logits = m.forward(&input).expect("forward");
+    logits.squeeze(0).and_then(|l| l.to_vec2()).expect("logits")
+}
+
+/// Runs a reference script of tests/python/ in the pinned venv; fails the test unless it succeeds. Returns stdout.
+pub fn python_check(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(venv_python())
+        .arg(repo_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
