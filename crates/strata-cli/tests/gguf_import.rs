@@ -121,6 +121,28 @@ fn bad_gguf_files_are_named_not_panicked_on() {
         .args(["--name", "y"]));
     assert!(!r.ok && r.stderr.contains("cut.gguf"), "{}", r.stderr);
     assert!(!dir.join("store/models/y").exists());
+    // a length field in the metadata corrupted (the merges array now claims far more bytes than exist)
+    let mangled = dir.join("mangled.gguf");
+    let mut head = bytes[..1 << 20].to_vec();
+    head[40] = 0xff;
+    head[41] = 0xff;
+    head[45] = 0x7f;
+    std::fs::write(&mangled, &head).unwrap();
+    let r = run(strata(&dir.join("store"))
+        .arg("import")
+        .arg(&mangled)
+        .args(["--name", "w"]));
+    assert!(
+        !r.ok && r.stderr.contains("mangled.gguf") && r.stderr.contains("not a readable GGUF"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.lines().count(),
+        1,
+        "one clear line, no backtrace: {}",
+        r.stderr
+    );
     // missing file
     let r = run(strata(&dir.join("store")).args(["import", "/no/such.gguf", "--name", "z"]));
     assert!(

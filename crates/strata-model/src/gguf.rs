@@ -180,8 +180,12 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
         source,
     })?;
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader)
-        .map_err(|e| bad(path, format!("not a readable GGUF file: {e}")))?;
+    let content = Content::read(&mut reader).map_err(|e| {
+        bad(
+            path,
+            format!("not a readable GGUF file: {}", crate::candle_msg(&e)),
+        )
+    })?;
     let meta = Meta {
         path,
         md: &content.metadata,
@@ -202,10 +206,10 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
         *types.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
         let q = content
             .tensor(&mut reader, name, &device)
-            .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
         let mut t = q
             .dequantize(&device)
-            .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
         if hf.ends_with("q_proj.weight") {
             t = unpermute(&t, cfg.num_attention_heads)?;
         } else if hf.ends_with("k_proj.weight") {

@@ -139,8 +139,8 @@ pub fn read_safetensors(
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
-    let tensors =
-        candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| err(e.to_string()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| err(crate::candle_msg(&e)))?;
     Ok((tensors, metadata))
 }
 

@@ -36,7 +36,7 @@ pub enum ModelError {
     },
     #[error("invalid model config: {0}")]
     Invalid(String),
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", candle_msg(source))]
     Candle {
         context: String,
         #[source]
@@ -72,6 +72,13 @@ pub fn parse_quant(s: &str) -> Result<Option<GgmlDType>> {
             )))
         }
     }))
+}
+
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set: users get
+/// the one line that says what was wrong.
+#[must_use]
+pub fn candle_msg(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// Attaches a context (the op, the tensor) to a candle error.
