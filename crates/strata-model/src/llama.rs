@@ -78,25 +78,26 @@ impl Proj {
     }
 }
 
+/// The init hint of weight `vb.prefix()`.weight, from the one rule in [`init_std`]. It only matters for a
+/// fresh `VarMap`; `seeded_init` then applies the same rule deterministically.
+fn weight_init(vb: &VarBuilder, cfg: &LlamaConfig) -> Init {
+    match init_std(&format!("{}.weight", vb.prefix()), cfg) {
+        Some(stdev) => Init::Randn { mean: 0.0, stdev },
+        None => Init::Const(1.0),
+    }
+}
+
 /// A projection `name` of shape (out, in), with a bias when `bias` (Qwen2's q/k/v).
 fn linear(
     vb: &VarBuilder,
     name: &str,
     (out_dim, in_dim): (usize, usize),
-    std: f64,
+    cfg: &LlamaConfig,
     bias: bool,
 ) -> Result<Proj> {
-    // `std` only matters for a fresh VarMap; `seeded_init` later applies the same rule deterministically.
     let vb = vb.pp(name);
     let w = vb
-        .get_with_hints(
-            (out_dim, in_dim),
-            "weight",
-            Init::Randn {
-                mean: 0.0,
-                stdev: std,
-            },
-        )
+        .get_with_hints((out_dim, in_dim), "weight", weight_init(&vb, cfg))
         .ctx(&format!("{}.weight", vb.prefix()))?;
     let b = if bias {
         Some(
@@ -167,19 +168,18 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: &VarBuilder, cfg: &LlamaConfig, out_std: f64) -> Result<Self> {
+    fn load(vb: &VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         let (d, nh, nkv, hd) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
             cfg.kv_heads(),
             cfg.head_dim(),
         );
-        let std = cfg.initializer_range;
         Ok(Self {
-            q_proj: linear(vb, "q_proj", (nh * hd, d), std, cfg.qkv_bias())?,
-            k_proj: linear(vb, "k_proj", (nkv * hd, d), std, cfg.qkv_bias())?,
-            v_proj: linear(vb, "v_proj", (nkv * hd, d), std, cfg.qkv_bias())?,
-            o_proj: linear(vb, "o_proj", (d, nh * hd), out_std, cfg.o_bias())?,
+            q_proj: linear(vb, "q_proj", (nh * hd, d), cfg, cfg.qkv_bias())?,
+            k_proj: linear(vb, "k_proj", (nkv * hd, d), cfg, cfg.qkv_bias())?,
+            v_proj: linear(vb, "v_proj", (nkv * hd, d), cfg, cfg.qkv_bias())?,
+            o_proj: linear(vb, "o_proj", (d, nh * hd), cfg, cfg.o_bias())?,
             window: cfg.window(),
             n_head: nh,
             n_kv: nkv,
@@ -284,16 +284,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: &VarBuilder, cfg: &LlamaConfig, out_std: f64) -> Result<Self> {
-        let (d, f, std) = (
-            cfg.hidden_size,
-            cfg.intermediate_size,
-            cfg.initializer_range,
-        );
+    fn load(vb: &VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear(vb, "gate_proj", (f, d), std, false)?,
-            up_proj: linear(vb, "up_proj", (f, d), std, false)?,
-            down_proj: linear(vb, "down_proj", (d, f), out_std, false)?,
+            gate_proj: linear(vb, "gate_proj", (f, d), cfg, false)?,
+            up_proj: linear(vb, "up_proj", (f, d), cfg, false)?,
+            down_proj: linear(vb, "down_proj", (d, f), cfg, false)?,
         })
     }
 
@@ -397,47 +393,31 @@ impl Llama {
     pub fn load(vb: &VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.hidden_size;
-        #[allow(clippy::cast_precision_loss)]
-        let out_std = cfg.initializer_range / (2.0 * cfg.num_hidden_layers as f64).sqrt();
         let m = vb.pp("model");
-        let embed_tokens = m
-            .pp("embed_tokens")
-            .get_with_hints(
-                (cfg.vocab_size, d),
-                "weight",
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: cfg.initializer_range,
-                },
-            )
+        let e = m.pp("embed_tokens");
+        let embed_tokens = e
+            .get_with_hints((cfg.vocab_size, d), "weight", weight_init(&e, cfg))
             .ctx("model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = m.pp(format!("layers.{i}"));
             layers.push(Block {
                 input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), d, cfg.rms_norm_eps)?,
-                self_attn: Attention::load(&l.pp("self_attn"), cfg, out_std)?,
+                self_attn: Attention::load(&l.pp("self_attn"), cfg)?,
                 post_attention_layernorm: RmsNorm::load(
                     &l.pp("post_attention_layernorm"),
                     d,
                     cfg.rms_norm_eps,
                 )?,
-                mlp: Mlp::load(&l.pp("mlp"), cfg, out_std)?,
+                mlp: Mlp::load(&l.pp("mlp"), cfg)?,
             });
         }
         let norm = RmsNorm::load(&m.pp("norm"), d, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
         } else {
-            vb.pp("lm_head")
-                .get_with_hints(
-                    (cfg.vocab_size, d),
-                    "weight",
-                    Init::Randn {
-                        mean: 0.0,
-                        stdev: cfg.initializer_range,
-                    },
-                )
+            let h = vb.pp("lm_head");
+            h.get_with_hints((cfg.vocab_size, d), "weight", weight_init(&h, cfg))
                 .ctx("lm_head.weight")?
         };
         let rope = Rope::new(cfg, vb.device())?;
