@@ -206,8 +206,9 @@ pub struct GenerateArgs {
     pub stop: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Weight type for inference: f32, q8_0, q4_0, q4_1, q4k, q5k, q6k (quantised in memory at load).
-    #[arg(long, default_value = "f32")]
+    /// Weight type of the projections for inference: auto (as stored: f32 for HF folders, the file's types
+    /// for GGUF), f32, q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "auto")]
     pub quant: String,
 }
 
@@ -220,8 +221,9 @@ pub struct ServeArgs {
     /// Model used when a request names none.
     #[arg(long)]
     pub model: Option<String>,
-    /// Weight type for inference: f32, q8_0, q4_0, q4_1, q4k, q5k, q6k (quantised in memory at load).
-    #[arg(long, default_value = "f32")]
+    /// Weight type of the projections for inference: auto (as stored: f32 for HF folders, the file's types
+    /// for GGUF), f32, q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "auto")]
     pub quant: String,
 }
 
@@ -271,8 +273,12 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct BenchDecodeArgs {
+    /// A model in the store.
+    #[arg(long, required_unless_present = "gguf", conflicts_with = "gguf")]
+    pub model: Option<String>,
+    /// A GGUF file, run directly with its stored weight types (as llama-bench runs it).
     #[arg(long)]
-    pub model: String,
+    pub gguf: Option<PathBuf>,
     /// Prompt lengths to time (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "64,512")]
     pub prompt_tokens: Vec<usize>,
@@ -282,8 +288,8 @@ pub struct BenchDecodeArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// Weight type: f32, q8_0, q4_0, q4_1, q4k, q5k, q6k.
-    #[arg(long, default_value = "f32")]
+    /// Weight type: auto (as stored), f32, q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "auto")]
     pub quant: String,
 }
 

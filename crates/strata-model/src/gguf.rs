@@ -27,7 +27,7 @@ pub struct GgufImport {
     pub name: Option<String>,
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
+pub(crate) fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
     ModelError::Weights {
         path: path.into(),
         reason: reason.into(),
@@ -169,12 +169,8 @@ pub(crate) fn unpermute(w: &Tensor, n_head: usize) -> Result<Tensor> {
         .ctx("unpermute back")
 }
 
-/// Reads the GGUF at `path` and writes an HF folder into `out` (which must exist).
-///
-/// # Errors
-/// On a missing or malformed file, an unsupported architecture, tensor type or tokenizer, or a tensor
-/// whose shape does not match the metadata.
-pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
+/// Opens a GGUF file and reads its header (metadata and tensor directory).
+pub(crate) fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
     let file = File::open(path).map_err(|source| ModelError::Io {
         path: path.into(),
         source,
@@ -186,6 +182,26 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
             format!("not a readable GGUF file: {}", crate::candle_msg(&e)),
         )
     })?;
+    Ok((content, reader))
+}
+
+/// The model config of an opened GGUF file (`tie_word_embeddings` from the presence of `output.weight`).
+pub(crate) fn config_of(path: &Path, content: &Content) -> Result<LlamaConfig> {
+    let mut cfg = config_from(&Meta {
+        path,
+        md: &content.metadata,
+    })?;
+    cfg.tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
+    Ok(cfg)
+}
+
+/// Reads the GGUF at `path` and writes an HF folder into `out` (which must exist).
+///
+/// # Errors
+/// On a missing or malformed file, an unsupported architecture, tensor type or tokenizer, or a tensor
+/// whose shape does not match the metadata.
+pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
+    let (content, mut reader) = open(path)?;
     let meta = Meta {
         path,
         md: &content.metadata,

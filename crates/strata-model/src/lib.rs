@@ -5,13 +5,13 @@
 //! kernels have no backward) and inference (with [`KvCache`]).
 
 mod config;
+pub mod cpu;
 mod gguf;
 mod gguf_export;
 mod hf;
 mod kv_cache;
 mod llama;
 
-pub use candle_core::quantized::GgmlDType;
 pub use config::{LlamaConfig, ModelSpec, RopeScaling, TokenIds, ARCHITECTURES};
 pub use gguf::{import_gguf, GgufImport};
 pub use gguf_export::{export_gguf, GgufType};
@@ -52,27 +52,6 @@ pub enum ModelError {
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
-
-/// Parses an inference weight type: `f32` (no quantisation), `q8_0`, `q4_0`, `q4_1`, `q4k`, `q5k`, `q6k`.
-///
-/// # Errors
-/// For any other name.
-pub fn parse_quant(s: &str) -> Result<Option<GgmlDType>> {
-    Ok(Some(match s.to_ascii_lowercase().as_str() {
-        "f32" | "none" => return Ok(None),
-        "q8_0" => GgmlDType::Q8_0,
-        "q4_0" => GgmlDType::Q4_0,
-        "q4_1" => GgmlDType::Q4_1,
-        "q4k" | "q4_k" => GgmlDType::Q4K,
-        "q5k" | "q5_k" => GgmlDType::Q5K,
-        "q6k" | "q6_k" => GgmlDType::Q6K,
-        other => {
-            return Err(ModelError::Invalid(format!(
-                "unknown weight type {other:?} (f32, q8_0, q4_0, q4_1, q4k, q5k, q6k)"
-            )))
-        }
-    }))
-}
 
 /// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set: users get
 /// the one line that says what was wrong.

@@ -1,7 +1,6 @@
 //! The Llama decoder. Reads top to bottom like nanoGPT; every reshape carries its shape.
 //! Weight names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, …) through `vb.pp`.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
@@ -40,44 +39,6 @@ impl RmsNorm {
     }
 }
 
-/// A projection: dense f32 (training, or f32 inference) or with quantised weights (inference only; the
-/// quantised matmul reads a fraction of the bytes, and decode is bound by memory bandwidth).
-enum Proj {
-    Dense(Linear),
-    Quant { w: QMatMul, bias: Option<Tensor> },
-}
-
-impl Proj {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Proj::Dense(l) => l.forward(x),
-            Proj::Quant { w, bias } => {
-                let y = w.forward(x)?;
-                match bias {
-                    Some(b) => y.broadcast_add(b),
-                    None => Ok(y),
-                }
-            }
-        }
-    }
-
-    /// Quantises the weight to `dtype`; a weight whose rows are not whole blocks stays dense.
-    fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        let Proj::Dense(l) = self else { return Ok(()) };
-        let cols = l.weight().dim(1).ctx("quantize")?;
-        if cols % dtype.block_size() != 0 {
-            return Ok(());
-        }
-        let q = QTensor::quantize(l.weight(), dtype).ctx("quantize")?;
-        let bias = l.bias().cloned();
-        *self = Proj::Quant {
-            w: QMatMul::from_qtensor(q).ctx("qmatmul")?,
-            bias,
-        };
-        Ok(())
-    }
-}
-
 /// The init hint of weight `vb.prefix()`.weight, from the one rule in [`init_std`]. It only matters for a
 /// fresh `VarMap`; `seeded_init` then applies the same rule deterministically.
 fn weight_init(vb: &VarBuilder, cfg: &LlamaConfig) -> Init {
@@ -94,7 +55,7 @@ fn linear(
     (out_dim, in_dim): (usize, usize),
     cfg: &LlamaConfig,
     bias: bool,
-) -> Result<Proj> {
+) -> Result<Linear> {
     let vb = vb.pp(name);
     let w = vb
         .get_with_hints((out_dim, in_dim), "weight", weight_init(&vb, cfg))
@@ -107,7 +68,7 @@ fn linear(
     } else {
         None
     };
-    Ok(Proj::Dense(Linear::new(w, b)))
+    Ok(Linear::new(w, b))
 }
 
 /// Rotary position embedding, Hugging Face's "rotate half" layout.
@@ -156,10 +117,10 @@ impl Rope {
 }
 
 struct Attention {
-    q_proj: Proj,
-    k_proj: Proj,
-    v_proj: Proj,
-    o_proj: Proj,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
     /// Sliding-window attention span, if any.
     window: Option<usize>,
     n_head: usize,
@@ -231,7 +192,7 @@ impl Attention {
 }
 
 /// x (B, T, D) through `proj`, split into `n` heads: (B, n, T, hd), contiguous.
-fn split_heads(proj: &Proj, x: &Tensor, n: usize, hd: usize, name: &str) -> Result<Tensor> {
+fn split_heads(proj: &Linear, x: &Tensor, n: usize, hd: usize, name: &str) -> Result<Tensor> {
     let (b, t, _d) = x.dims3().ctx(name)?;
     proj.forward(x)
         .ctx(name)? // (B, T, n*hd)
@@ -278,9 +239,9 @@ fn causal_mask(t: usize, s: usize, window: Option<usize>, device: &Device) -> Re
 }
 
 struct Mlp {
-    gate_proj: Proj,
-    up_proj: Proj,
-    down_proj: Proj,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
 }
 
 impl Mlp {
@@ -318,7 +279,7 @@ pub struct Llama {
     embed_tokens: Tensor, // (V, D)
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Proj, // (V, D)
+    lm_head: Linear, // (V, D)
     rope: Rope,
     cfg: LlamaConfig,
 }
@@ -425,32 +386,10 @@ impl Llama {
             embed_tokens,
             layers,
             norm,
-            lm_head: Proj::Dense(Linear::new(lm_head, None)),
+            lm_head: Linear::new(lm_head, None),
             rope,
             cfg: cfg.clone(),
         })
-    }
-
-    /// Quantises every projection and the output head to `dtype` for inference (Q8_0, Q4_0, Q4_1, Q4K, …);
-    /// norms and the embedding table stay f32. A quantised model cannot be trained.
-    ///
-    /// # Errors
-    /// On a quantisation failure.
-    pub fn quantize(&mut self, dtype: GgmlDType) -> Result<()> {
-        for b in &mut self.layers {
-            for p in [
-                &mut b.self_attn.q_proj,
-                &mut b.self_attn.k_proj,
-                &mut b.self_attn.v_proj,
-                &mut b.self_attn.o_proj,
-                &mut b.mlp.gate_proj,
-                &mut b.mlp.up_proj,
-                &mut b.mlp.down_proj,
-            ] {
-                p.quantize(dtype)?;
-            }
-        }
-        self.lm_head.quantize(dtype)
     }
 
     #[must_use]
@@ -625,42 +564,6 @@ mod tests {
             assert!(err < 1e-4, "position {pos}: max abs err {err}");
         }
         assert_eq!(cache.len(), 7);
-    }
-
-    #[test]
-    fn quantized_q8_0_stays_close_to_f32() {
-        let cfg = tiny();
-        let vm = VarMap::new();
-        let mut model = Llama::load(
-            &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
-            &cfg,
-        )
-        .unwrap();
-        let vars = vm.data().lock().unwrap().clone();
-        seeded_init(&vars, &cfg, 3).unwrap();
-        let ids = Tensor::new(&[[1u32, 5, 9, 2, 7, 3]], &Device::Cpu).unwrap();
-        let a: Vec<f32> = model
-            .forward(&ids)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        model.quantize(GgmlDType::Q8_0).unwrap();
-        let b: Vec<f32> = model
-            .forward(&ids)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let max = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let err = a
-            .iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(err > 0.0, "quantisation changed nothing: was it applied?");
-        assert!(err / max < 0.02, "Q8_0 relative error {}", err / max);
     }
 
     #[test]

@@ -6,8 +6,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use strata_model::KvCache;
+use strata_model::cpu::{CpuCache, CpuModel};
 use strata_store::{Kind, Store};
 
 use crate::cli::BenchDecodeArgs;
@@ -39,30 +38,15 @@ fn copy_bandwidth() -> f64 {
     2.0 * n as f64 / best
 }
 
-/// Storage per weight of a GGML type (block bytes / block size).
-fn bytes_per_weight(q: Option<strata_model::GgmlDType>) -> f64 {
-    use strata_model::GgmlDType as G;
-    match q {
-        None | Some(G::F32) => 4.0,
-        Some(G::F16 | G::BF16) => 2.0,
-        Some(G::Q8_0) => 34.0 / 32.0,
-        Some(G::Q4_0 | G::Q4K) => 0.5625, // 18 bytes per 32, 144 per 256
-        Some(G::Q4_1) => 20.0 / 32.0,
-        Some(G::Q5K) => 176.0 / 256.0,
-        Some(G::Q6K) => 210.0 / 256.0,
-        Some(_) => 1.0,
-    }
-}
-
 pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
-    let dir = store.require(Kind::Model, &a.model)?;
-    let mut model = strata_model::load_model(&dir, &Device::Cpu)?;
-    let quant = strata_model::parse_quant(&a.quant)?;
-    if let Some(q) = quant {
-        model.quantize(q)?;
-    }
+    let want = strata_model::cpu::parse_weight_type(&a.quant)?;
+    let (label, path) = match (&a.model, &a.gguf) {
+        (_, Some(file)) => (file.display().to_string(), file.clone()),
+        (Some(name), None) => (name.clone(), store.require(Kind::Model, name)?),
+        (None, None) => anyhow::bail!("give --model NAME or --gguf FILE"),
+    };
+    let model = CpuModel::load(&path, want)?;
     let cfg = model.config().clone();
-    let device = Device::Cpu;
     let vocab = u32::try_from(cfg.vocab_size).unwrap_or(u32::MAX);
     // deterministic "random" prompt ids, as llama-bench uses random tokens
     let ids = |n: usize| -> Vec<u32> {
@@ -72,30 +56,29 @@ pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     };
     let mut rows = Vec::new();
     for &pp in &a.prompt_tokens {
-        let prompt = Tensor::new(ids(pp).as_slice(), &device)?.unsqueeze(0)?;
+        let prompt = ids(pp);
+        let mut cache = CpuCache::new(&model, pp);
         let secs = median_secs(a.reps, || {
-            let mut cache = KvCache::new(&cfg, pp, &device)?;
-            model.forward_cached(&prompt, &mut cache)?;
+            cache.reset();
+            model.forward(&prompt, &mut cache, false)?;
             Ok(())
         })?;
         rows.push(serde_json::json!({"test": format!("pp{pp}"), "tokens_per_s": pp as f64 / secs}));
     }
     let tg = a.gen_tokens;
+    let mut cache = CpuCache::new(&model, tg + 1);
     let secs = median_secs(a.reps, || {
-        let mut cache = KvCache::new(&cfg, tg + 1, &device)?;
+        cache.reset();
         let mut next = 1u32;
         for _ in 0..tg {
-            let logits =
-                model.forward_cached(&Tensor::new(&[next], &device)?.unsqueeze(0)?, &mut cache)?;
-            next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+            let logits = model.forward(&[next], &mut cache, false)?;
+            next = argmax(&logits);
         }
         Ok(())
     })?;
     let tg_rate = tg as f64 / secs;
     // Bytes read per decoded token: every projection and the output head (the embedding is a lookup).
-    let matrices = cfg.num_parameters()
-        - cfg.vocab_size * cfg.hidden_size * usize::from(!cfg.tie_word_embeddings);
-    let weight_bytes = matrices as f64 * bytes_per_weight(quant);
+    let weight_bytes = model.weight_bytes_per_token() as f64;
     let bandwidth = copy_bandwidth();
     rows.push(serde_json::json!({
         "test": format!("tg{tg}"),
@@ -106,7 +89,23 @@ pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     }));
     println!(
         "{}",
-        serde_json::json!({"model": a.model, "quant": a.quant, "threads": std::env::var("RAYON_NUM_THREADS").ok(), "results": rows})
+        serde_json::json!({
+            "model": label,
+            "quant": a.quant,
+            "weight_types": model.weight_types(),
+            "isa": format!("{:?}", model.isa()),
+            "threads": model.threads(),
+            "results": rows,
+        })
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let i = v
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    u32::try_from(i).unwrap_or(0)
 }

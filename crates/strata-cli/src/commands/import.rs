@@ -1,5 +1,6 @@
 //! `strata import FILE.gguf --name NAME`: bring a llama.cpp GGUF model into the store as a Hugging Face
-//! folder (dequantised to f32), with its tokenizer and chat template.
+//! folder (dequantised to f32, for training and evaluation), with its tokenizer and chat template, plus the
+//! GGUF itself as `model.gguf`, which inference runs by default with its weights as stored (Q4_1, Q8_0, …).
 
 use std::process::ExitCode;
 
@@ -34,6 +35,9 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
     let staging = store.staging(Kind::Model, &a.name)?;
     let report = strata_model::import_gguf(&a.file, &staging)
         .with_context(|| format!("importing {}", a.file.display()))?;
+    // a copy, not a link: artifacts in the store never change under their manifest
+    std::fs::copy(&a.file, staging.join(strata_model::cpu::GGUF_IN_FOLDER))
+        .with_context(|| format!("copying {}", a.file.display()))?;
     let mut manifest = manifest;
     manifest
         .counts

@@ -15,7 +15,7 @@ pub fn run(store: Store, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let models = store.list(Kind::Model)?;
     let mut state = AppState::new(store, a.model.clone());
-    state.quant = strata_model::parse_quant(&a.quant)?;
+    state.quant = strata_model::cpu::parse_weight_type(&a.quant)?;
     let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -95,6 +95,20 @@ pub fn logits_of(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
     logits.squeeze(0).and_then(|l| l.to_vec2()).expect("logits")
 }
 
+/// Logits at every position from the CPU inference engine (`path`: a model folder or a GGUF file).
+pub fn engine_logits(
+    path: &Path,
+    want: Option<strata_model::cpu::WeightType>,
+    ids: &[u32],
+) -> Vec<Vec<f32>> {
+    let m = strata_model::cpu::CpuModel::load(path, want).expect("load engine");
+    let mut cache = strata_model::cpu::CpuCache::new(&m, ids.len());
+    let flat = m.forward(ids, &mut cache, true).expect("forward");
+    flat.chunks(m.config().vocab_size)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
 /// Runs a reference script of tests/python/ in the pinned venv; fails the test unless it succeeds. Returns stdout.
 pub fn python_check(script: &str, args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(venv_python())

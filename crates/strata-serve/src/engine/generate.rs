@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use strata_model::{Context, KvCache, Llama};
+use strata_model::cpu::{CpuCache, CpuModel, WeightType};
 use strata_tokenize::{ChatMessage, ChatTemplate};
 
 use super::{Sampler, Sampling};
@@ -56,7 +55,7 @@ pub struct Generation {
 /// A model ready to generate: weights, tokenizer, chat template and stop tokens.
 pub struct Engine {
     pub name: String,
-    model: Llama,
+    model: CpuModel,
     tokenizer: tokenizers::Tokenizer,
     template: ChatTemplate,
     stop_ids: Vec<u32>,
@@ -71,19 +70,12 @@ impl Engine {
         Self::load_quantized(name, dir, None)
     }
 
-    /// Loads a model folder and quantises its projections to `quant` (e.g. Q8_0) for faster decoding.
+    /// Loads a model folder with its projections in `quant` (e.g. Q8_0 for faster decoding; None: as stored).
     ///
     /// # Errors
     /// When a file is missing or malformed.
-    pub fn load_quantized(
-        name: &str,
-        dir: &Path,
-        quant: Option<strata_model::GgmlDType>,
-    ) -> Result<Self> {
-        let mut model = strata_model::load_model(dir, &Device::Cpu)?;
-        if let Some(q) = quant {
-            model.quantize(q)?;
-        }
+    pub fn load_quantized(name: &str, dir: &Path, quant: Option<WeightType>) -> Result<Self> {
+        let model = CpuModel::load(dir, quant)?;
         let tokenizer = strata_tokenize::load_tokenizer(&dir.join("tokenizer.json"))?;
         let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
         let stop_ids = strata_tokenize::SPECIAL_TOKENS
@@ -138,26 +130,16 @@ impl Engine {
         if prompt_ids.len() > room {
             prompt_ids.drain(..prompt_ids.len() - room);
         }
-        let device = self.model.device();
-        let mut cache = KvCache::new(self.model.config(), prompt_ids.len() + max_tokens, device)?;
+        let mut cache = CpuCache::new(&self.model, prompt_ids.len() + max_tokens);
         let mut sampler = Sampler::new(params.sampling, params.seed);
-        let mut input = Tensor::new(prompt_ids.as_slice(), device)
-            .ctx("prompt")?
-            .unsqueeze(0)
-            .ctx("prompt batch")?;
+        let mut input = prompt_ids.clone();
         let mut context = prompt_ids.clone(); // what the repetition penalty looks at
         let mut out_ids: Vec<u32> = Vec::new();
         let mut emitted = 0usize; // bytes of decoded text already sent
         let mut text = String::new();
         let mut finish = FinishReason::Length;
         for _ in 0..max_tokens {
-            let mut logits: Vec<f32> = self
-                .model
-                .forward_cached(&input, &mut cache)?
-                .squeeze(0)
-                .ctx("logits")?
-                .to_vec1()
-                .ctx("logits vec")?;
+            let mut logits = self.model.forward(&input, &mut cache, false)?;
             super::sampling::apply_repetition_penalty(
                 &mut logits,
                 &context,
@@ -205,10 +187,7 @@ impl Engine {
                 }
                 emitted = safe;
             }
-            input = Tensor::new(&[next], device)
-                .ctx("next")?
-                .unsqueeze(0)
-                .ctx("next batch")?;
+            input = vec![next];
         }
         let text = text.trim_end_matches('\u{FFFD}').to_string();
         if text.len() > emitted && text.is_char_boundary(emitted) {

@@ -20,7 +20,7 @@ pub struct AppState {
     /// Used when a request names no model.
     pub default_model: Option<String>,
     /// Weight type every model is quantised to at load (None = f32).
-    pub quant: Option<strata_model::GgmlDType>,
+    pub quant: Option<strata_model::cpu::WeightType>,
     engines: Mutex<HashMap<String, Arc<Engine>>>,
 }
 

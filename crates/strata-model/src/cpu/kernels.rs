@@ -1,0 +1,635 @@
+//! The matrix products of the CPU engine: y (T × N) = x (T × K) · Wᵀ for an f32 or ggml-quantised W
+//! (N × K). Rows of W are split between threads; each thread walks its rows in small tiles against all
+//! tokens so that a tile of weights is read from memory once. x86-64 runs hand-written AVX2/FMA kernels
+//! (VNNI for 8-bit dot products where the CPU has it), chosen at run time; other CPUs run the portable
+//! versions, which are also the reference the SIMD ones are tested against.
+
+use super::quant::{get_f16, Matrix, QuantActs, WeightType, QK};
+
+/// Instruction sets the kernels can use, detected once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Portable,
+    Avx2,
+    Avx2Vnni,
+}
+
+impl Isa {
+    #[must_use]
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("STRATA_PORTABLE_KERNELS").is_some() {
+                return Self::Portable;
+            }
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+            {
+                return Self::Avx2Vnni;
+            }
+            if avx2 {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+}
+
+/// A pointer that several threads write through, each to its own disjoint elements.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every user writes a set of indices no other thread touches (its own rows of W).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Scratch space reused between calls (quantised activations).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    acts: QuantActs,
+}
+
+/// Tokens per tile (the weights of a tile are loaded once for this many tokens).
+const TT: usize = 4;
+/// f32 tiles: rows × tokens.
+const FR: usize = 4;
+const FT: usize = 3;
+
+/// y (t × w.rows) = x (t × w.cols) · wᵀ.
+pub fn matmul(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32], scratch: &mut Scratch) {
+    let (n, k) = (w.rows, w.cols);
+    debug_assert_eq!(x.len(), t * k);
+    debug_assert_eq!(y.len(), t * n);
+    if w.ty != WeightType::F32 {
+        scratch.acts.quantize(x, k);
+    }
+    let acts = &scratch.acts;
+    let pool = super::pool::global();
+    let threads = pool.threads();
+    // Rows per task: a few tasks per thread for big products (balance), one per thread for decode.
+    let tasks = if t * n * k < 1 << 16 { 1 } else { threads * 4 };
+    let chunk = n.div_ceil(tasks).next_multiple_of(FR);
+    let out = Out(y.as_mut_ptr());
+    let run = |start: usize| {
+        let end = (start + chunk).min(n);
+        // SAFETY: rows start..end of every token belong to this task alone.
+        unsafe { rows(isa, w, x, acts, t, start, end, out) };
+    };
+    if tasks == 1 || n <= chunk {
+        run(0);
+    } else {
+        pool.run(n.div_ceil(chunk), &|c| run(c * chunk));
+    }
+}
+
+/// Rows `start..end` of y for all `t` tokens.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows(
+    isa: Isa,
+    w: &Matrix,
+    x: &[f32],
+    acts: &QuantActs,
+    t: usize,
+    start: usize,
+    end: usize,
+    out: Out,
+) {
+    let n = w.rows;
+    // Token blocks keep a block of activations in cache while a block of rows passes over it.
+    let tb = 64;
+    let rb = 32;
+    let mut r0 = start;
+    while r0 < end {
+        let r1 = (r0 + rb).min(end);
+        let mut t0 = 0;
+        while t0 < t {
+            let t1 = (t0 + tb).min(t);
+            match w.ty {
+                WeightType::F32 => f32_block(isa, w, x, r0, r1, t0, t1, n, out),
+                _ => quant_block(isa, w, acts, r0, r1, t0, t1, n, out),
+            }
+            t0 = t1;
+        }
+        r0 = r1;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_block(
+    isa: Isa,
+    w: &Matrix,
+    x: &[f32],
+    r0: usize,
+    r1: usize,
+    t0: usize,
+    t1: usize,
+    n: usize,
+    out: Out,
+) {
+    let k = w.cols;
+    let mut r = r0;
+    while r < r1 {
+        let nr = (r1 - r).min(FR);
+        let mut t = t0;
+        while t < t1 {
+            let nt = (t1 - t).min(FT);
+            // Tiles at the edges repeat their last row/token and drop the extra results.
+            let wp: [&[f32]; FR] = std::array::from_fn(|i| &w.f32[(r + i.min(nr - 1)) * k..][..k]);
+            if nt == 1 {
+                let acc = dot_f32_tile(isa, &wp, &[&x[t * k..][..k]]);
+                for (i, row) in acc.iter().enumerate().take(nr) {
+                    *out.0.add(t * n + r + i) = row[0];
+                }
+            } else {
+                let xp: [&[f32]; FT] = std::array::from_fn(|j| &x[(t + j.min(nt - 1)) * k..][..k]);
+                let acc = dot_f32_tile(isa, &wp, &xp);
+                for (i, row) in acc.iter().enumerate().take(nr) {
+                    for (j, v) in row.iter().enumerate().take(nt) {
+                        *out.0.add((t + j) * n + r + i) = *v;
+                    }
+                }
+            }
+            t += nt;
+        }
+        r += nr;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn quant_block(
+    isa: Isa,
+    w: &Matrix,
+    acts: &QuantActs,
+    r0: usize,
+    r1: usize,
+    t0: usize,
+    t1: usize,
+    n: usize,
+    out: Out,
+) {
+    let rb = w.row_bytes();
+    let nb = acts.blocks;
+    for r in r0..r1 {
+        let wrow = &w.bytes[r * rb..(r + 1) * rb];
+        let mut t = t0;
+        while t < t1 {
+            let nt = (t1 - t).min(TT);
+            if nt == 1 {
+                *out.0.add(t * n + r) = dot_quant_tile(isa, w.ty, wrow, acts, nb, &[t])[0];
+            } else {
+                let toks: [usize; TT] = std::array::from_fn(|j| t + j.min(nt - 1));
+                let acc = dot_quant_tile(isa, w.ty, wrow, acts, nb, &toks);
+                for (j, v) in acc.iter().enumerate().take(nt) {
+                    *out.0.add((t + j) * n + r) = *v;
+                }
+            }
+            t += nt;
+        }
+    }
+}
+
+/// FR rows of W against N tokens: acc[i][j] = w_i · x_j.
+fn dot_f32_tile<const N: usize>(isa: Isa, w: &[&[f32]; FR], x: &[&[f32]; N]) -> [[f32; N]; FR] {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { x86::dot_f32_tile(w, x) };
+    }
+    let _ = isa;
+    std::array::from_fn(|i| std::array::from_fn(|j| dot_f32_portable(w[i], x[j])))
+}
+
+/// w · x with eight partial sums, in the order the SIMD kernel adds them.
+#[must_use]
+pub fn dot_f32_portable(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = w.len() / 8 * 8;
+    for (a, b) in w[..n8].chunks_exact(8).zip(x[..n8].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] = a[l].mul_add(b[l], acc[l]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (a, b) in w[n8..].iter().zip(&x[n8..]) {
+        s += a * b;
+    }
+    s
+}
+
+/// f32 dot product (attention), SIMD where available.
+#[must_use]
+pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { x86::dot_f32(a, b) };
+    }
+    let _ = isa;
+    dot_f32_portable(a, b)
+}
+
+/// y += a·x (attention values), SIMD where available.
+pub fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: AVX2 and FMA were detected.
+        unsafe { x86::axpy(a, x, y) };
+        return;
+    }
+    let _ = isa;
+    for (v, u) in y.iter_mut().zip(x) {
+        *v = a.mul_add(*u, *v);
+    }
+}
+
+/// One quantised weight row against N tokens.
+fn dot_quant_tile<const N: usize>(
+    isa: Isa,
+    ty: WeightType,
+    wrow: &[u8],
+    acts: &QuantActs,
+    nb: usize,
+    toks: &[usize; N],
+) -> [f32; N] {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable {
+        // SAFETY: AVX2, FMA and F16C (and VNNI when chosen) were detected; slices are in bounds.
+        return unsafe {
+            match (ty, isa == Isa::Avx2Vnni) {
+                (WeightType::Q8_0, true) => x86::q8_0_tile_vnni(wrow, acts, nb, toks),
+                (WeightType::Q8_0, false) => x86::q8_0_tile(wrow, acts, nb, toks),
+                (_, true) => x86::q4_tile_vnni(ty == WeightType::Q4_1, wrow, acts, nb, toks),
+                (_, false) => x86::q4_tile(ty == WeightType::Q4_1, wrow, acts, nb, toks),
+            }
+        };
+    }
+    let _ = isa;
+    std::array::from_fn(|j| dot_quant_portable(ty, wrow, acts, nb, toks[j]))
+}
+
+/// The portable quantised dot product: Σ_blocks d_w·d_x·Σ q_w q_x (+ the Q4_0 offset and Q4_1 minimum terms).
+#[must_use]
+pub fn dot_quant_portable(
+    ty: WeightType,
+    wrow: &[u8],
+    acts: &QuantActs,
+    nb: usize,
+    tok: usize,
+) -> f32 {
+    let bb = ty.block_bytes();
+    let mut sum = 0f32;
+    for b in 0..nb {
+        let blk = &wrow[b * bb..(b + 1) * bb];
+        let ai = tok * nb + b;
+        let xq = &acts.qs[ai * QK..(ai + 1) * QK];
+        let (dx, sx) = (acts.d[ai], acts.s[ai]);
+        let dw = get_f16(blk);
+        match ty {
+            WeightType::Q8_0 => {
+                let p: i32 = blk[2..34]
+                    .iter()
+                    .zip(xq)
+                    .map(|(&w, &x)| i32::from(w.cast_signed()) * i32::from(x))
+                    .sum();
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    sum += dw * dx * p as f32;
+                }
+            }
+            WeightType::Q4_0 | WeightType::Q4_1 => {
+                let qs = if ty == WeightType::Q4_1 {
+                    &blk[4..20]
+                } else {
+                    &blk[2..18]
+                };
+                let p: i32 = (0..16)
+                    .map(|j| {
+                        i32::from(qs[j] & 15) * i32::from(xq[j])
+                            + i32::from(qs[j] >> 4) * i32::from(xq[j + 16])
+                    })
+                    .sum();
+                #[allow(clippy::cast_precision_loss)]
+                let p = dw * dx * p as f32;
+                sum += if ty == WeightType::Q4_1 {
+                    p + get_f16(&blk[2..]) * sx
+                } else {
+                    p - 8.0 * dw * sx
+                };
+            }
+            WeightType::F32 => {}
+        }
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::cast_ptr_alignment)] // every load below is an unaligned load
+mod x86 {
+    use std::arch::x86_64::{
+        __m256, __m256i, _mm256_castps256_ps128, _mm256_cvtepi32_ps, _mm256_dpbusd_epi32,
+        _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16, _mm256_set1_epi8,
+        _mm256_set1_ps, _mm256_set_m128i, _mm256_setzero_ps, _mm256_setzero_si256,
+        _mm256_sign_epi8, _mm256_storeu_ps, _mm_add_ps, _mm_add_ss, _mm_and_si128, _mm_cvtph_ps,
+        _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128, _mm_movehl_ps, _mm_set1_epi8,
+        _mm_shuffle_ps, _mm_srli_epi16,
+    };
+
+    use super::{QuantActs, FR, QK};
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        let bits = u16::from_le_bytes([*p, *p.add(1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32_tile<const FT: usize>(
+        w: &[&[f32]; FR],
+        x: &[&[f32]; FT],
+    ) -> [[f32; FT]; FR] {
+        let k = w[0].len();
+        let k8 = k / 8 * 8;
+        let mut acc = [[_mm256_setzero_ps(); FT]; FR];
+        let mut c = 0;
+        while c < k8 {
+            let xv: [__m256; FT] = std::array::from_fn(|j| _mm256_loadu_ps(x[j].as_ptr().add(c)));
+            for i in 0..FR {
+                let wv = _mm256_loadu_ps(w[i].as_ptr().add(c));
+                for j in 0..FT {
+                    acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+                }
+            }
+            c += 8;
+        }
+        let mut out = [[0f32; FT]; FR];
+        for i in 0..FR {
+            for j in 0..FT {
+                let mut s = hsum(acc[i][j]);
+                for e in k8..k {
+                    s += w[i][e] * x[j][e];
+                }
+                out[i][j] = s;
+            }
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let k = a.len().min(b.len());
+        let k8 = k / 8 * 8;
+        let mut acc = _mm256_setzero_ps();
+        let mut c = 0;
+        while c < k8 {
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(c)),
+                _mm256_loadu_ps(b.as_ptr().add(c)),
+                acc,
+            );
+            c += 8;
+        }
+        let mut s = hsum(acc);
+        for e in k8..k {
+            s += a[e] * b[e];
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let k = x.len().min(y.len());
+        let k8 = k / 8 * 8;
+        let av = _mm256_set1_ps(a);
+        let mut c = 0;
+        while c < k8 {
+            let p = y.as_mut_ptr().add(c);
+            _mm256_storeu_ps(
+                p,
+                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(c)), _mm256_loadu_ps(p)),
+            );
+            c += 8;
+        }
+        for e in k8..k {
+            y[e] = a.mul_add(x[e], y[e]);
+        }
+    }
+
+    /// Σ over 32 bytes of u·s (u unsigned, s signed) in eight i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn udot(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn udot_vnni(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    }
+
+    macro_rules! q8_0_tile {
+        ($name:ident, $features:literal, $udot:ident) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const N: usize>(
+                wrow: &[u8],
+                acts: &QuantActs,
+                nb: usize,
+                toks: &[usize; N],
+            ) -> [f32; N] {
+                let mut acc = [_mm256_setzero_ps(); N];
+                let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
+                let w = wrow.as_ptr();
+                for b in 0..nb {
+                    let blk = w.add(b * 34);
+                    let dw = f16_at(blk);
+                    let wq = _mm256_loadu_si256(blk.add(2).cast::<__m256i>());
+                    let aw = _mm256_sign_epi8(wq, wq);
+                    for j in 0..N {
+                        let ai = base[j] + b;
+                        let xq =
+                            _mm256_loadu_si256(acts.qs.as_ptr().add(ai * QK).cast::<__m256i>());
+                        let p = $udot(aw, _mm256_sign_epi8(xq, wq));
+                        let d = _mm256_set1_ps(dw * *acts.d.get_unchecked(ai));
+                        acc[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[j]);
+                    }
+                }
+                std::array::from_fn(|j| hsum(acc[j]))
+            }
+        };
+    }
+    q8_0_tile!(q8_0_tile, "avx2,fma,f16c", udot);
+    q8_0_tile!(
+        q8_0_tile_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        udot_vnni
+    );
+
+    macro_rules! q4_tile {
+        ($name:ident, $features:literal, $udot:ident) => {
+            /// Q4_0 (q1 = false) or Q4_1 (q1 = true) row against TT tokens.
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const N: usize>(
+                q1: bool,
+                wrow: &[u8],
+                acts: &QuantActs,
+                nb: usize,
+                toks: &[usize; N],
+            ) -> [f32; N] {
+                let bb = if q1 { 20 } else { 18 };
+                let qoff = if q1 { 4 } else { 2 };
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut corr = [0f32; N];
+                let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
+                let m4 = _mm_set1_epi8(15);
+                let _ = _mm256_set1_epi8(0);
+                let w = wrow.as_ptr();
+                for b in 0..nb {
+                    let blk = w.add(b * bb);
+                    let dw = f16_at(blk);
+                    // Q4_1 adds m·Σx; Q4_0 subtracts 8·d·Σx (its nibbles are stored with +8)
+                    let c = if q1 { f16_at(blk.add(2)) } else { -8.0 * dw };
+                    let raw = _mm_loadu_si128(blk.add(qoff).cast());
+                    let lo = _mm_and_si128(raw, m4);
+                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+                    let wq = _mm256_set_m128i(hi, lo);
+                    for j in 0..N {
+                        let ai = base[j] + b;
+                        let xq =
+                            _mm256_loadu_si256(acts.qs.as_ptr().add(ai * QK).cast::<__m256i>());
+                        let p = $udot(wq, xq);
+                        let d = _mm256_set1_ps(dw * *acts.d.get_unchecked(ai));
+                        acc[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[j]);
+                        corr[j] += c * *acts.s.get_unchecked(ai);
+                    }
+                }
+                std::array::from_fn(|j| hsum(acc[j]) + corr[j])
+            }
+        };
+    }
+    q4_tile!(q4_tile, "avx2,fma,f16c", udot);
+    q4_tile!(q4_tile_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", udot_vnni);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                f32::from(u16::try_from(s >> 16).unwrap()) / 32768.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// y = x·Wᵀ in f64 from the dequantised weights and the dequantised activations.
+    fn reference(w: &Matrix, x: &[f32], t: usize, quantize_x: bool) -> Vec<f64> {
+        let wd = w.dequantize();
+        let k = w.cols;
+        let xd: Vec<f32> = if quantize_x {
+            let mut a = QuantActs::default();
+            a.quantize(x, k);
+            (0..x.len())
+                .map(|i| a.d[i / QK] * f32::from(a.qs[i]))
+                .collect()
+        } else {
+            x.to_vec()
+        };
+        let mut y = vec![0f64; t * w.rows];
+        for tt in 0..t {
+            for r in 0..w.rows {
+                y[tt * w.rows + r] = (0..k)
+                    .map(|c| f64::from(wd[r * k + c]) * f64::from(xd[tt * k + c]))
+                    .sum();
+            }
+        }
+        y
+    }
+
+    fn check(isa: Isa, ty: WeightType, n: usize, k: usize, t: usize) {
+        let w = Matrix::quantized(n, k, &sample(n * k, 1), ty);
+        let x = sample(t * k, 2);
+        let mut y = vec![0f32; t * n];
+        matmul(isa, &w, &x, t, &mut y, &mut Scratch::default());
+        let r = reference(&w, &x, t, ty != WeightType::F32);
+        let scale = r.iter().fold(0f64, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in y.iter().zip(&r).enumerate() {
+            assert!(
+                (f64::from(*a) - b).abs() <= 1e-4 * scale,
+                "{isa:?} {ty:?} n={n} k={k} t={t} at {i}: {a} vs {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_f64_reference() {
+        let mut isas = vec![Isa::Portable];
+        if Isa::detect() != Isa::Portable {
+            isas.push(Isa::Avx2);
+        }
+        if Isa::detect() == Isa::Avx2Vnni {
+            isas.push(Isa::Avx2Vnni);
+        }
+        for isa in isas {
+            for ty in [
+                WeightType::F32,
+                WeightType::Q8_0,
+                WeightType::Q4_0,
+                WeightType::Q4_1,
+            ] {
+                // odd row counts and token counts exercise the edge tiles; 1 token is the decode path
+                for (n, k, t) in [(1, 32, 1), (7, 64, 1), (37, 96, 5), (130, 256, 70)] {
+                    check(isa, ty, n, k, t);
+                }
+            }
+            // f32 rows whose length is not a multiple of 8
+            check(isa, WeightType::F32, 5, 13, 2);
+        }
+    }
+
+    #[test]
+    fn large_products_split_across_threads_agree_with_one_task() {
+        let (n, k, t) = (1000, 512, 3);
+        let w = Matrix::quantized(n, k, &sample(n * k, 5), WeightType::Q8_0);
+        let x = sample(t * k, 6);
+        let mut y = vec![0f32; t * n];
+        matmul(Isa::detect(), &w, &x, t, &mut y, &mut Scratch::default());
+        let mut acts = QuantActs::default();
+        acts.quantize(&x, k);
+        for r in [0, 1, 499, 999] {
+            let one = dot_quant_portable(WeightType::Q8_0, &w.bytes[r * 544..], &acts, 16, 2);
+            assert!((y[2 * n + r] - one).abs() < 1e-3, "row {r}");
+        }
+    }
+
+    #[test]
+    fn dot_and_axpy_match_scalar_loops() {
+        let a = sample(70, 8);
+        let b = sample(70, 9);
+        let isa = Isa::detect();
+        let d: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(isa, &a, &b) - d).abs() < 1e-4);
+        let mut y = b.clone();
+        axpy(isa, 0.5, &a, &mut y);
+        for i in 0..70 {
+            assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
+        }
+    }
+}

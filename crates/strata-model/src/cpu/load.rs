@@ -1,0 +1,301 @@
+//! Building a [`CpuModel`] from a Hugging Face folder or directly from a GGUF file.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device};
+
+use super::kernels::Isa;
+use super::quant::{Matrix, WeightType, QK};
+use super::{CpuModel, Layer};
+use crate::{Context, LlamaConfig, ModelError, Result};
+
+/// A tensor as read: f32 values or ggml blocks, and whether it was a type the engine does not run (K-quants
+/// and others, dequantised on reading).
+struct Stored {
+    m: Matrix,
+    foreign_quant: bool,
+}
+
+fn engine_type(t: GgmlDType) -> Option<WeightType> {
+    match t {
+        GgmlDType::Q8_0 => Some(WeightType::Q8_0),
+        GgmlDType::Q4_0 => Some(WeightType::Q4_0),
+        GgmlDType::Q4_1 => Some(WeightType::Q4_1),
+        _ => None,
+    }
+}
+
+/// The GGUF file `strata import` keeps beside the Hugging Face files of an imported model.
+pub const GGUF_IN_FOLDER: &str = "model.gguf";
+
+impl CpuModel {
+    /// Loads a model folder or a `.gguf` file for CPU inference. `want` sets the type of the projections and
+    /// the output head; `None` keeps what is stored: a folder with a `model.gguf` (an imported GGUF) runs
+    /// that file's blocks, f16/bf16 run as f32, GGUF K-quants as Q8_0.
+    ///
+    /// # Errors
+    /// When a file is missing or malformed, or a tensor does not match the config.
+    pub fn load(path: &Path, want: Option<WeightType>) -> Result<Self> {
+        if path.is_file() {
+            Self::from_gguf(path, want)
+        } else if want.is_none() && path.join(GGUF_IN_FOLDER).is_file() {
+            Self::from_gguf(&path.join(GGUF_IN_FOLDER), want)
+        } else {
+            Self::from_hf(path, want)
+        }
+    }
+
+    fn from_hf(dir: &Path, want: Option<WeightType>) -> Result<Self> {
+        let cfg = crate::read_config(&dir.join("config.json"))?;
+        let tensors = crate::read_weights(dir, &Device::Cpu)?;
+        Self::from_tensors(dir, cfg, tensors, want)
+    }
+
+    /// Builds the engine from tensors under Hugging Face names (as `read_weights` returns them); `src` names
+    /// them in errors.
+    ///
+    /// # Errors
+    /// When a tensor is missing or does not match the config.
+    pub fn from_tensors(
+        src: &Path,
+        cfg: LlamaConfig,
+        tensors: HashMap<String, candle_core::Tensor>,
+        want: Option<WeightType>,
+    ) -> Result<Self> {
+        let mut stored = HashMap::new();
+        for (name, t) in tensors {
+            let dims = t.dims().to_vec();
+            let data: Vec<f32> = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1())
+                .ctx(&name)?;
+            let (rows, cols) = match dims[..] {
+                [r, c] => (r, c),
+                [c] => (1, c),
+                _ => (1, data.len()),
+            };
+            stored.insert(
+                name,
+                Stored {
+                    m: Matrix::dense(rows, cols, data),
+                    foreign_quant: false,
+                },
+            );
+        }
+        build(src, cfg, stored, want)
+    }
+
+    fn from_gguf(path: &Path, want: Option<WeightType>) -> Result<Self> {
+        let (content, mut reader) = crate::gguf::open(path)?;
+        let cfg = crate::gguf::config_of(path, &content)?;
+        let bad = |name: &str, e: &candle_core::Error| {
+            crate::gguf::bad(path, format!("tensor {name}: {}", crate::candle_msg(e)))
+        };
+        let mut stored = HashMap::new();
+        for (name, info) in &content.tensor_infos {
+            let Some(hf) = crate::gguf::hf_name(name) else {
+                continue;
+            };
+            let q = content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .map_err(|e| bad(name, &e))?;
+            let dims = q.shape().dims().to_vec();
+            let (rows, cols) = match dims[..] {
+                [r, c] => (r, c),
+                [c] => (1, c),
+                _ => {
+                    return Err(crate::gguf::bad(
+                        path,
+                        format!("tensor {name}: shape {dims:?}"),
+                    ))
+                }
+            };
+            let mut s = match engine_type(info.ggml_dtype) {
+                Some(ty) if cols % QK == 0 => {
+                    let bytes = q.data().map_err(|e| bad(name, &e))?.into_owned();
+                    if bytes.len() != rows * cols / QK * ty.block_bytes() {
+                        return Err(crate::gguf::bad(
+                            path,
+                            format!("tensor {name}: truncated blocks"),
+                        ));
+                    }
+                    Stored {
+                        m: Matrix::from_blocks(rows, cols, ty, bytes),
+                        foreign_quant: false,
+                    }
+                }
+                _ => {
+                    let t = q.dequantize(&Device::Cpu).map_err(|e| bad(name, &e))?;
+                    let data: Vec<f32> = t
+                        .flatten_all()
+                        .and_then(|t| t.to_vec1())
+                        .map_err(|e| bad(name, &e))?;
+                    Stored {
+                        m: Matrix::dense(rows, cols, data),
+                        foreign_quant: !matches!(
+                            info.ggml_dtype,
+                            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+                        ),
+                    }
+                }
+            };
+            // llama.cpp permutes Q and K rows for its interleaved RoPE: put them back in HF order.
+            let heads = if hf.ends_with("q_proj.weight") {
+                Some(cfg.num_attention_heads)
+            } else if hf.ends_with("k_proj.weight") {
+                Some(cfg.kv_heads())
+            } else {
+                None
+            };
+            if let Some(n) = heads {
+                if rows % n != 0 || (rows / n) % 2 != 0 {
+                    return Err(crate::gguf::bad(
+                        path,
+                        format!("tensor {name}: {rows} rows for {n} heads"),
+                    ));
+                }
+                let hd = rows / n;
+                let order: Vec<usize> = (0..rows)
+                    .map(|r| {
+                        let (h, s, i) = (r / hd, (r % hd) / (hd / 2), r % (hd / 2));
+                        h * hd + i * 2 + s
+                    })
+                    .collect();
+                s.m = s.m.permute_rows(&order);
+            }
+            stored.insert(hf, s);
+        }
+        build(path, cfg, stored, want)
+    }
+}
+
+fn build(
+    src: &Path,
+    cfg: LlamaConfig,
+    mut stored: HashMap<String, Stored>,
+    want: Option<WeightType>,
+) -> Result<CpuModel> {
+    cfg.validate()?;
+    let (d, nh, nkv, hd, f, v) = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.kv_heads(),
+        cfg.head_dim(),
+        cfg.intermediate_size,
+        cfg.vocab_size,
+    );
+    let err = |reason: String| ModelError::Weights {
+        path: src.to_path_buf(),
+        reason,
+    };
+    let mut take = |name: &str, rows: usize, cols: usize| -> Result<Stored> {
+        let s = stored
+            .remove(name)
+            .ok_or_else(|| err(format!("tensor {name} is missing")))?;
+        if (s.m.rows, s.m.cols) != (rows, cols) {
+            return Err(err(format!(
+                "tensor {name} has shape [{}, {}], the config implies [{rows}, {cols}]",
+                s.m.rows, s.m.cols
+            )));
+        }
+        Ok(s)
+    };
+    let vector = |s: Stored| s.m.dequantize();
+    // A projection in the requested type.
+    let proj = |s: Stored| -> Matrix {
+        let target = match want {
+            Some(t) => t,
+            None if s.foreign_quant => WeightType::Q8_0,
+            None => s.m.ty,
+        };
+        if s.m.ty == target {
+            s.m
+        } else {
+            Matrix::quantized(s.m.rows, s.m.cols, &s.m.dequantize(), target)
+        }
+    };
+    let embed_s = take("model.embed_tokens.weight", v, d)?;
+    let embed = embed_s.m.dequantize();
+    let lm_head = if cfg.tie_word_embeddings {
+        proj(embed_s)
+    } else {
+        proj(take("lm_head.weight", v, d)?)
+    };
+    let bias = cfg.qkv_bias();
+    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    for i in 0..cfg.num_hidden_layers {
+        let p = |n: &str| format!("model.layers.{i}.{n}");
+        let q = proj(take(&p("self_attn.q_proj.weight"), nh * hd, d)?);
+        let k = proj(take(&p("self_attn.k_proj.weight"), nkv * hd, d)?);
+        let vv = proj(take(&p("self_attn.v_proj.weight"), nkv * hd, d)?);
+        let qkv_bias = if bias {
+            let mut b = vector(take(&p("self_attn.q_proj.bias"), 1, nh * hd)?);
+            b.extend(vector(take(&p("self_attn.k_proj.bias"), 1, nkv * hd)?));
+            b.extend(vector(take(&p("self_attn.v_proj.bias"), 1, nkv * hd)?));
+            Some(b)
+        } else {
+            None
+        };
+        let o = proj(take(&p("self_attn.o_proj.weight"), d, nh * hd)?);
+        let o_bias = if cfg.o_bias() {
+            Some(vector(take(&p("self_attn.o_proj.bias"), 1, d)?))
+        } else {
+            None
+        };
+        let gate = proj(take(&p("mlp.gate_proj.weight"), f, d)?);
+        let up = proj(take(&p("mlp.up_proj.weight"), f, d)?);
+        layers.push(Layer {
+            attn_norm: vector(take(&p("input_layernorm.weight"), 1, d)?),
+            qkv: stack_same_type(vec![q, k, vv]),
+            qkv_bias,
+            o,
+            o_bias,
+            ffn_norm: vector(take(&p("post_attention_layernorm.weight"), 1, d)?),
+            gate_up: stack_same_type(vec![gate, up]),
+            down: proj(take(&p("mlp.down_proj.weight"), d, f)?),
+        });
+    }
+    let norm = vector(take("model.norm.weight", 1, d)?);
+    if let Some(extra) = stored.keys().find(|k| !k.starts_with("lm_head")) {
+        tracing::debug!("unused tensor {extra}");
+    }
+    let inv_freq = cfg.rope_inv_freq();
+    Ok(CpuModel {
+        isa: Isa::detect(),
+        embed,
+        layers,
+        norm,
+        lm_head,
+        inv_freq,
+        cfg,
+    })
+}
+
+/// Stacks projections; when their stored types differ (a GGUF may mix them), all become the widest.
+fn stack_same_type(parts: Vec<Matrix>) -> Matrix {
+    let rank = |t: WeightType| match t {
+        WeightType::Q4_0 => 0,
+        WeightType::Q4_1 => 1,
+        WeightType::Q8_0 => 2,
+        WeightType::F32 => 3,
+    };
+    let ty = parts
+        .iter()
+        .map(|p| p.ty)
+        .max_by_key(|t| rank(*t))
+        .unwrap_or(WeightType::F32);
+    let parts: Vec<Matrix> = parts
+        .into_iter()
+        .map(|p| {
+            if p.ty == ty {
+                p
+            } else {
+                Matrix::quantized(p.rows, p.cols, &p.dequantize(), ty)
+            }
+        })
+        .collect();
+    Matrix::stack(&parts)
+}

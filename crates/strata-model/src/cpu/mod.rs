@@ -1,0 +1,566 @@
+//! The CPU inference engine: the same Llama/Qwen2/Mistral forward as [`crate::Llama`], written directly on
+//! flat buffers with the hand-written kernels of [`kernels`], for generation and serving on CPUs.
+//!
+//! Why not candle here: a decode step of a small model is hundreds of tiny operations, and candle's
+//! per-operation cost (allocation, shape checks, a thread-pool round trip per op) and its slow Q4 matmuls
+//! (STACK.md, trap 4) dominated it. Here a layer is four matrix products (Q, K and V stacked into one, gate and
+//! up into one) plus in-place norm, RoPE, attention and SwiGLU loops. Weights are f32, Q8_0, Q4_0 or Q4_1;
+//! those types are taken from a GGUF file as they are stored (no dequantise → requantise round trip).
+//! Training and perplexity keep using candle (autograd); tests check this engine against it.
+
+mod kernels;
+mod load;
+mod pool;
+mod quant;
+
+pub use kernels::Isa;
+pub use load::GGUF_IN_FOLDER;
+pub use quant::{Matrix, WeightType};
+
+use crate::{LlamaConfig, ModelError, Result};
+use kernels::{axpy, dot, matmul, Scratch};
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Q, K and V stacked: (nh + 2 nkv)·hd rows.
+    qkv: Matrix,
+    qkv_bias: Option<Vec<f32>>,
+    o: Matrix,
+    o_bias: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    /// gate and up stacked: 2·F rows.
+    gate_up: Matrix,
+    down: Matrix,
+}
+
+/// A model loaded for CPU inference.
+pub struct CpuModel {
+    cfg: LlamaConfig,
+    isa: Isa,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    lm_head: Matrix,
+    inv_freq: Vec<f64>,
+}
+
+/// Keys and values of the positions seen so far, per layer, as (kv head, position, head_dim).
+pub struct CpuCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    cap: usize,
+    hd: usize,
+}
+
+impl CpuCache {
+    /// A cache for up to `capacity` positions.
+    #[must_use]
+    pub fn new(model: &CpuModel, capacity: usize) -> Self {
+        let cfg = &model.cfg;
+        let (nkv, hd) = (cfg.kv_heads(), cfg.head_dim());
+        let cap = capacity.min(cfg.max_position_embeddings);
+        let layer = || vec![0f32; nkv * cap * hd];
+        Self {
+            k: (0..cfg.num_hidden_layers).map(|_| layer()).collect(),
+            v: (0..cfg.num_hidden_layers).map(|_| layer()).collect(),
+            len: 0,
+            cap,
+            hd,
+        }
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Forgets every position (the memory is kept).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let hd = self.hd;
+        for (h, (kh, vh)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
+            let at = (h * self.cap + pos) * hd;
+            self.k[layer][at..at + hd].copy_from_slice(kh);
+            self.v[layer][at..at + hd].copy_from_slice(vh);
+        }
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let inv = 1.0 / (ss / d as f32 + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+/// Hugging Face's "rotate half" RoPE on one head vector at one position.
+fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (a, b) = x.split_at_mut(half);
+    for i in 0..half {
+        let (x1, x2) = (a[i], b[i]);
+        a[i] = x1 * cos[i] - x2 * sin[i];
+        b[i] = x2 * cos[i] + x1 * sin[i];
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each attention task writes only its own (token, head) slices.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// (A method, so that closures capture the whole `Send` wrapper, not its raw field.)
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// Parses a weight type for the engine: `f32`, `q8_0`, `q4_0`, `q4_1`, or `auto`/`stored` (None: keep the
+/// types the weights are stored in).
+///
+/// # Errors
+/// For any other name.
+pub fn parse_weight_type(s: &str) -> Result<Option<WeightType>> {
+    Ok(Some(match s.to_ascii_lowercase().as_str() {
+        "auto" | "stored" => return Ok(None),
+        "f32" => WeightType::F32,
+        "q8_0" => WeightType::Q8_0,
+        "q4_0" => WeightType::Q4_0,
+        "q4_1" => WeightType::Q4_1,
+        other => {
+            return Err(ModelError::Invalid(format!(
+                "unknown weight type {other:?} (auto, f32, q8_0, q4_0, q4_1)"
+            )))
+        }
+    }))
+}
+
+impl CpuModel {
+    #[must_use]
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// Threads the engine's loops run on (`STRATA_THREADS`, else `RAYON_NUM_THREADS`, else all CPUs).
+    #[must_use]
+    pub fn threads(&self) -> usize {
+        pool::global().threads()
+    }
+
+    /// The instruction set the kernels run with.
+    #[must_use]
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Bytes of weights a decode step reads (every projection and the output head).
+    #[must_use]
+    pub fn weight_bytes_per_token(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.qkv.size_bytes() + l.o.size_bytes() + l.gate_up.size_bytes() + l.down.size_bytes()
+            })
+            .sum::<usize>()
+            + self.lm_head.size_bytes()
+    }
+
+    /// The weight types in use, e.g. {"Q4_1": 211} (one entry per matrix; norms and the embedding are f32).
+    #[must_use]
+    pub fn weight_types(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for l in &self.layers {
+            for w in [&l.qkv, &l.o, &l.gate_up, &l.down] {
+                *m.entry(w.ty.name()).or_insert(0) += 1;
+            }
+        }
+        *m.entry(self.lm_head.ty.name()).or_insert(0) += 1;
+        m
+    }
+
+    /// Runs `ids` after what `cache` holds and returns the logits of the last position (V values), or of
+    /// every new position (T × V) when `all` is set.
+    ///
+    /// # Errors
+    /// When the cache cannot hold the new positions or an id is outside the vocabulary.
+    #[allow(clippy::too_many_lines)]
+    pub fn forward(&self, ids: &[u32], cache: &mut CpuCache, all: bool) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let t = ids.len();
+        let pos0 = cache.len;
+        if t == 0 {
+            return Err(ModelError::Invalid("forward of no tokens".into()));
+        }
+        if pos0 + t > cache.cap {
+            return Err(ModelError::TooLong {
+                needed: pos0 + t,
+                max: cache.cap,
+            });
+        }
+        let (d, nh, nkv, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+            cfg.head_dim(),
+        );
+        let f = cfg.intermediate_size;
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let qkv_w = qd + 2 * kvd;
+        #[allow(clippy::cast_possible_truncation)]
+        let eps = cfg.rms_norm_eps as f32;
+        let mut x = Vec::with_capacity(t * d);
+        for &id in ids {
+            let i = id as usize;
+            if i >= cfg.vocab_size {
+                return Err(ModelError::Invalid(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    cfg.vocab_size
+                )));
+            }
+            x.extend_from_slice(&self.embed[i * d..(i + 1) * d]);
+        }
+        // cos/sin of every new position
+        let half = hd / 2;
+        let mut cos = vec![0f32; t * half];
+        let mut sin = vec![0f32; t * half];
+        for i in 0..t {
+            for (j, fr) in self.inv_freq.iter().enumerate() {
+                #[allow(clippy::cast_precision_loss)]
+                let a = (pos0 + i) as f64 * fr;
+                #[allow(clippy::cast_possible_truncation)]
+                {
+                    cos[i * half + j] = a.cos() as f32;
+                    sin[i * half + j] = a.sin() as f32;
+                }
+            }
+        }
+        let mut scratch = Scratch::default();
+        let mut h = vec![0f32; t * d];
+        let mut qkv = vec![0f32; t * qkv_w];
+        let mut att = vec![0f32; t * qd];
+        let mut proj = vec![0f32; t * d];
+        let mut gu = vec![0f32; t * 2 * f];
+        let mut act = vec![0f32; t * f];
+        #[allow(clippy::cast_precision_loss)]
+        let scale = 1.0 / (hd as f32).sqrt();
+        let window = cfg.window();
+        let rep = nh / nkv;
+        let isa = self.isa;
+        for (li, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, eps, &mut h);
+            matmul(isa, &layer.qkv, &h, t, &mut qkv, &mut scratch);
+            for (i, row) in qkv.chunks_exact_mut(qkv_w).enumerate() {
+                if let Some(b) = &layer.qkv_bias {
+                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                }
+                let (c, s) = (
+                    &cos[i * half..(i + 1) * half],
+                    &sin[i * half..(i + 1) * half],
+                );
+                for head in row[..qd + kvd].chunks_exact_mut(hd) {
+                    rope(head, c, s);
+                }
+                cache.store(li, pos0 + i, &row[qd..qd + kvd], &row[qd + kvd..]);
+            }
+            // attention: tasks of (head, a run of tokens), each writing its own slices of `att`
+            let (kc, vc, cap) = (&cache.k[li], &cache.v[li], cache.cap);
+            let out = OutPtr(att.as_mut_ptr());
+            let tok_chunk = if t >= 64 { 16 } else { t };
+            let tasks = nh * t.div_ceil(tok_chunk);
+            let qkv_ref = &qkv;
+            let task = |task: usize| {
+                let head = task % nh;
+                let c0 = (task / nh) * tok_chunk;
+                let kvh = head / rep;
+                let kbase = &kc[kvh * cap * hd..(kvh + 1) * cap * hd];
+                let vbase = &vc[kvh * cap * hd..(kvh + 1) * cap * hd];
+                let mut scores = Vec::with_capacity(pos0 + t);
+                for i in c0..(c0 + tok_chunk).min(t) {
+                    let p = pos0 + i;
+                    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    let q = &qkv_ref[i * qkv_w + head * hd..][..hd];
+                    scores.clear();
+                    let mut max = f32::NEG_INFINITY;
+                    for j in lo..=p {
+                        let s = dot(isa, q, &kbase[j * hd..(j + 1) * hd]) * scale;
+                        max = max.max(s);
+                        scores.push(s);
+                    }
+                    let mut sum = 0f32;
+                    for s in &mut scores {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    // SAFETY: (token i, head) is written by this task only.
+                    let o =
+                        unsafe { std::slice::from_raw_parts_mut(out.at(i * qd + head * hd), hd) };
+                    o.fill(0.0);
+                    for (j, s) in (lo..=p).zip(&scores) {
+                        axpy(isa, s / sum, &vbase[j * hd..(j + 1) * hd], o);
+                    }
+                }
+            };
+            if tasks == 1 || (t == 1 && pos0 < 64) {
+                (0..tasks).for_each(task);
+            } else {
+                pool::global().run(tasks, &task);
+            }
+            matmul(isa, &layer.o, &att, t, &mut proj, &mut scratch);
+            for (xr, pr) in x.chunks_exact_mut(d).zip(proj.chunks_exact(d)) {
+                match &layer.o_bias {
+                    Some(b) => xr
+                        .iter_mut()
+                        .zip(pr)
+                        .zip(b)
+                        .for_each(|((x, p), b)| *x += p + b),
+                    None => xr.iter_mut().zip(pr).for_each(|(x, p)| *x += p),
+                }
+            }
+            rms_norm(&x, &layer.ffn_norm, eps, &mut h);
+            matmul(isa, &layer.gate_up, &h, t, &mut gu, &mut scratch);
+            for (a, g) in act.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
+                let (gate, up) = g.split_at(f);
+                for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
+                    *a = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            matmul(isa, &layer.down, &act, t, &mut proj, &mut scratch);
+            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+        }
+        cache.len += t;
+        let rows = if all { t } else { 1 };
+        let last = &x[(t - rows) * d..];
+        let mut normed = vec![0f32; rows * d];
+        rms_norm(last, &self.norm, eps, &mut normed);
+        let mut logits = vec![0f32; rows * cfg.vocab_size];
+        matmul(isa, &self.lm_head, &normed, rows, &mut logits, &mut scratch);
+        Ok(logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+    use crate::{KvCache, Llama};
+
+    fn tiny() -> LlamaConfig {
+        crate::ModelSpec {
+            hidden_size: 64,
+            intermediate_size: 96,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            context: 32,
+            rope_theta: 1e4,
+            tie_word_embeddings: false,
+        }
+        .to_config(70, 0)
+        .unwrap()
+    }
+
+    /// A candle model with random weights (norm gains near 1, biases non-zero) and its tensors.
+    fn random_model(cfg: &LlamaConfig, seed: u64) -> (Llama, HashMap<String, Tensor>) {
+        use rand::{Rng, SeedableRng};
+        let dev = Device::Cpu;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let vm = VarMap::new();
+        let model = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &dev), cfg).unwrap();
+        let mut tensors = HashMap::new();
+        let vars = vm.data().lock().unwrap();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort(); // the same values for the same names on every run
+        for name in names {
+            let var = &vars[name];
+            let shape = var.as_tensor().shape().clone();
+            let base = if name.contains("norm") { 1.0 } else { 0.0 };
+            let values: Vec<f32> = (0..shape.elem_count())
+                .map(|_| base + rng.random_range(-0.25f32..0.25))
+                .collect();
+            let t = Tensor::from_vec(values, &shape, &dev).unwrap();
+            var.set(&t).unwrap();
+            tensors.insert(name.clone(), t);
+        }
+        (model, tensors)
+    }
+
+    /// Logits of the candle model for `ids` (T × V) with all positions.
+    fn candle_logits(model: &Llama, ids: &[u32]) -> Vec<f32> {
+        let ids = Tensor::new(ids, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        model
+            .forward(&ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// The engine's logits: a prompt of 5 in one forward (all positions), then the rest one by one.
+    fn engine_logits(m: &CpuModel, ids: &[u32]) -> Vec<f32> {
+        let mut cache = CpuCache::new(m, 32);
+        let mut out = m.forward(&ids[..5], &mut cache, true).unwrap();
+        for &id in &ids[5..] {
+            out.extend(m.forward(&[id], &mut cache, false).unwrap());
+        }
+        out
+    }
+
+    fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    const IDS: [u32; 9] = [3, 7, 1, 9, 4, 4, 2, 69, 0];
+
+    fn variants() -> Vec<(&'static str, LlamaConfig)> {
+        let mut out = vec![("llama", tiny())];
+        let mut c = tiny();
+        c.tie_word_embeddings = true;
+        out.push(("tied", c));
+        let mut c = tiny();
+        c.architectures = vec!["Qwen2ForCausalLM".into()];
+        c.sliding_window = Some(3);
+        c.use_sliding_window = Some(true);
+        out.push(("qwen2 bias + window", c));
+        let mut c = tiny();
+        c.attention_bias = true;
+        c.head_dim = Some(32);
+        c.rope_scaling = Some(crate::RopeScaling {
+            rope_type: "llama3".into(),
+            factor: 8.0,
+            low_freq_factor: Some(1.0),
+            high_freq_factor: Some(4.0),
+            original_max_position_embeddings: Some(8),
+        });
+        out.push(("llama3 rope, o bias, head_dim", c));
+        out
+    }
+
+    #[test]
+    fn f32_engine_matches_the_candle_model() {
+        for (what, cfg) in variants() {
+            let (model, tensors) = random_model(&cfg, 1);
+            let m = CpuModel::from_tensors(Path::new("mem"), cfg, tensors, None).unwrap();
+            let err = max_rel_err(&engine_logits(&m, &IDS), &candle_logits(&model, &IDS));
+            assert!(err < 1e-5, "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn quantised_engines_stay_close_to_f32_and_degrade_in_order() {
+        let cfg = tiny();
+        let (model, tensors) = random_model(&cfg, 2);
+        let reference = candle_logits(&model, &IDS);
+        let mut errs = Vec::new();
+        for ty in [WeightType::Q8_0, WeightType::Q4_1, WeightType::Q4_0] {
+            let m =
+                CpuModel::from_tensors(Path::new("mem"), cfg.clone(), tensors.clone(), Some(ty))
+                    .unwrap();
+            assert_eq!(m.weight_types().get(ty.name()), Some(&9));
+            errs.push(max_rel_err(&engine_logits(&m, &IDS), &reference));
+        }
+        // the kernels are exact against a reference (kernels::tests); this bounds the quantisation error itself
+        eprintln!("{errs:?}");
+        assert!(errs[0] < 0.03, "{errs:?}");
+        assert!(errs[1] < 0.3 && errs[2] < 0.3, "{errs:?}");
+        assert!(errs[0] < errs[1] && errs[0] < errs[2], "{errs:?}");
+    }
+
+    #[test]
+    fn bad_calls_are_errors() {
+        let cfg = tiny();
+        let (_, mut tensors) = random_model(&cfg, 3);
+        let m =
+            CpuModel::from_tensors(Path::new("mem"), cfg.clone(), tensors.clone(), None).unwrap();
+        let mut cache = CpuCache::new(&m, 4);
+        assert!(m.forward(&[1, 2, 3, 4, 5], &mut cache, false).is_err());
+        assert!(m.forward(&[70], &mut cache, false).is_err());
+        assert!(m.forward(&[], &mut cache, false).is_err());
+        tensors.insert(
+            "model.layers.1.mlp.up_proj.weight".into(),
+            Tensor::zeros((96, 63), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let e = CpuModel::from_tensors(Path::new("mem"), cfg.clone(), tensors.clone(), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("[96, 63]"),
+            "{e}"
+        );
+        tensors.remove("model.norm.weight");
+        let e = CpuModel::from_tensors(Path::new("mem"), cfg, tensors, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("model.layers.1.mlp.up_proj.weight") || e.contains("model.norm.weight"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cached_generation_matches_the_candle_kv_cache() {
+        let cfg = tiny();
+        let (model, tensors) = random_model(&cfg, 4);
+        let m = CpuModel::from_tensors(Path::new("mem"), cfg.clone(), tensors, None).unwrap();
+        let mut kv = KvCache::new(&cfg, 32, &Device::Cpu).unwrap();
+        let mut cache = CpuCache::new(&m, 32);
+        let (mut a, mut b) = (5u32, 5u32);
+        for step in 0..12 {
+            let la: Vec<f32> = model
+                .forward_cached(&Tensor::new(&[[a]], &Device::Cpu).unwrap(), &mut kv)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let lb = m.forward(&[b], &mut cache, false).unwrap();
+            assert!(max_rel_err(&lb, &la) < 1e-5, "step {step}");
+            let argmax = |v: &[f32]| {
+                u32::try_from(
+                    v.iter()
+                        .enumerate()
+                        .max_by(|x, y| x.1.total_cmp(y.1))
+                        .unwrap()
+                        .0,
+                )
+                .unwrap()
+            };
+            (a, b) = (argmax(&la), argmax(&lb));
+            assert_eq!(a, b, "step {step}");
+        }
+        assert_eq!(cache.len(), 12);
+    }
+}

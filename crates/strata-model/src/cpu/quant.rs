@@ -1,0 +1,365 @@
+//! Weight formats of the CPU engine and their quantisers, bit-compatible with ggml's blocks of 32:
+//! Q8_0 = {f16 d, i8 q[32]} (x = d·q), Q4_0 = {f16 d, u8 q[16]} (x = d·(nibble − 8)), Q4_1 = {f16 d, f16 m,
+//! u8 q[16]} (x = d·nibble + m); nibble j of a block is the low half of byte j for j < 16 and the high half of
+//! byte j − 16 otherwise. Rows of a GGUF file in these types are used as they are, without dequantising.
+
+use half::f16;
+
+/// Elements per quantisation block.
+pub const QK: usize = 32;
+
+/// The format of a weight matrix in the CPU engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    F32,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+}
+
+impl WeightType {
+    /// Bytes of one block of 32 weights (F32: 128).
+    #[must_use]
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4 * QK,
+            Self::Q8_0 => 34,
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+        }
+    }
+
+    /// GGML's name of the type.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+        }
+    }
+}
+
+/// A weight matrix of `rows` × `cols` (out × in, as `nn.Linear` stores it).
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub ty: WeightType,
+    /// F32: the values; quantised: ggml blocks, row after row.
+    pub f32: Vec<f32>,
+    pub bytes: Vec<u8>,
+}
+
+impl Matrix {
+    /// An f32 matrix.
+    ///
+    /// # Panics
+    /// When `data` does not hold rows × cols values.
+    #[must_use]
+    pub fn dense(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data length");
+        Self {
+            rows,
+            cols,
+            ty: WeightType::F32,
+            f32: data,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// A matrix from ggml blocks as they lie in a GGUF file.
+    ///
+    /// # Panics
+    /// When `cols` is not a multiple of 32 or the byte length does not match.
+    #[must_use]
+    pub fn from_blocks(rows: usize, cols: usize, ty: WeightType, bytes: Vec<u8>) -> Self {
+        assert!(
+            ty != WeightType::F32 && cols.is_multiple_of(QK),
+            "quantised rows"
+        );
+        assert_eq!(
+            bytes.len(),
+            rows * cols / QK * ty.block_bytes(),
+            "block bytes"
+        );
+        Self {
+            rows,
+            cols,
+            ty,
+            f32: Vec::new(),
+            bytes,
+        }
+    }
+
+    /// Quantises an f32 matrix to `ty` (rows whose length is not a multiple of 32 stay f32).
+    #[must_use]
+    pub fn quantized(rows: usize, cols: usize, data: &[f32], ty: WeightType) -> Self {
+        if ty == WeightType::F32 || !cols.is_multiple_of(QK) {
+            return Self::dense(rows, cols, data.to_vec());
+        }
+        let mut bytes = Vec::with_capacity(rows * cols / QK * ty.block_bytes());
+        for block in data.chunks_exact(QK) {
+            let block: &[f32; QK] = block.try_into().unwrap_or(&[0.0; QK]);
+            match ty {
+                WeightType::Q8_0 => quantize_q8_0(block, &mut bytes),
+                WeightType::Q4_0 => quantize_q4_0(block, &mut bytes),
+                WeightType::Q4_1 => quantize_q4_1(block, &mut bytes),
+                WeightType::F32 => unreachable!(),
+            }
+        }
+        Self::from_blocks(rows, cols, ty, bytes)
+    }
+
+    /// Bytes of one row.
+    #[must_use]
+    pub fn row_bytes(&self) -> usize {
+        self.cols / QK * self.ty.block_bytes()
+    }
+
+    /// Bytes the matrix occupies (what a matrix-vector product reads).
+    #[must_use]
+    pub fn size_bytes(&self) -> usize {
+        match self.ty {
+            WeightType::F32 => self.f32.len() * 4,
+            _ => self.bytes.len(),
+        }
+    }
+
+    /// The matrix as f32 values (for tests and references).
+    #[must_use]
+    pub fn dequantize(&self) -> Vec<f32> {
+        if self.ty == WeightType::F32 {
+            return self.f32.clone();
+        }
+        let bb = self.ty.block_bytes();
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for b in self.bytes.chunks_exact(bb) {
+            dequantize_block(self.ty, b, &mut out);
+        }
+        out
+    }
+
+    /// Stacks matrices with the same column count and type (e.g. Q, K and V into one projection).
+    ///
+    /// # Panics
+    /// When `parts` is empty or their columns or types differ.
+    #[must_use]
+    pub fn stack(parts: &[Matrix]) -> Self {
+        let cols = parts[0].cols;
+        let ty = parts[0].ty;
+        assert!(parts.iter().all(|p| p.cols == cols && p.ty == ty), "stack");
+        let rows = parts.iter().map(|p| p.rows).sum();
+        Self {
+            rows,
+            cols,
+            ty,
+            f32: parts.iter().flat_map(|p| p.f32.iter().copied()).collect(),
+            bytes: parts.iter().flat_map(|p| p.bytes.iter().copied()).collect(),
+        }
+    }
+
+    /// Reorders rows: row i of the result is row `order[i]` of `self`.
+    #[must_use]
+    pub fn permute_rows(&self, order: &[usize]) -> Self {
+        let (rb, re) = (self.row_bytes(), self.cols);
+        let mut out = self.clone();
+        for (i, &src) in order.iter().enumerate() {
+            if self.ty == WeightType::F32 {
+                out.f32[i * re..(i + 1) * re].copy_from_slice(&self.f32[src * re..(src + 1) * re]);
+            } else {
+                out.bytes[i * rb..(i + 1) * rb]
+                    .copy_from_slice(&self.bytes[src * rb..(src + 1) * rb]);
+            }
+        }
+        out
+    }
+}
+
+fn put_f16(out: &mut Vec<u8>, x: f32) {
+    out.extend_from_slice(&f16::from_f32(x).to_bits().to_le_bytes());
+}
+
+pub(crate) fn get_f16(b: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// ggml's `quantize_row_q8_0_ref`: d = max|x| / 127, q = round(x / d).
+#[allow(clippy::cast_possible_truncation)]
+fn quantize_q8_0(x: &[f32; QK], out: &mut Vec<u8>) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    put_f16(out, d);
+    out.extend(x.iter().map(|v| ((v * id).round() as i8).cast_unsigned()));
+}
+
+/// ggml's `quantize_row_q4_0_ref`: d = (value of largest magnitude) / −8, q = min(15, trunc(x/d + 8.5)).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn quantize_q4_0(x: &[f32; QK], out: &mut Vec<u8>) {
+    let max = x
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = max / -8.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    put_f16(out, d);
+    let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+    out.extend((0..QK / 2).map(|j| q(x[j]) | (q(x[j + QK / 2]) << 4)));
+}
+
+/// ggml's `quantize_row_q4_1_ref`: d = (max − min) / 15, m = min, q = min(15, trunc((x − m)/d + 0.5)).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn quantize_q4_1(x: &[f32; QK], out: &mut Vec<u8>) {
+    let (min, max) = x
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let d = (max - min) / 15.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    put_f16(out, d);
+    put_f16(out, min);
+    let q = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
+    out.extend((0..QK / 2).map(|j| q(x[j]) | (q(x[j + QK / 2]) << 4)));
+}
+
+fn dequantize_block(ty: WeightType, b: &[u8], out: &mut Vec<f32>) {
+    let d = get_f16(b);
+    match ty {
+        WeightType::Q8_0 => out.extend(b[2..34].iter().map(|&q| d * f32::from(q.cast_signed()))),
+        WeightType::Q4_0 | WeightType::Q4_1 => {
+            let (m, qs, off) = if ty == WeightType::Q4_1 {
+                (get_f16(&b[2..]), &b[4..20], 0.0)
+            } else {
+                (0.0, &b[2..18], 8.0)
+            };
+            out.extend(qs.iter().map(|&q| d * (f32::from(q & 15) - off) + m));
+            out.extend(qs.iter().map(|&q| d * (f32::from(q >> 4) - off) + m));
+        }
+        WeightType::F32 => {}
+    }
+}
+
+/// Activations quantised to 8 bits in blocks of 32 (what the quantised dot products multiply the weights by):
+/// for token t and block b, x ≈ d·q with d = max|x|/127, and s = d·Σq (used by Q4_0 and Q4_1).
+#[derive(Debug, Default)]
+pub struct QuantActs {
+    pub blocks: usize,
+    pub d: Vec<f32>,
+    pub s: Vec<f32>,
+    pub qs: Vec<i8>,
+}
+
+impl QuantActs {
+    /// Quantises `x` (`t` rows of `cols` values, `cols` a multiple of 32).
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn quantize(&mut self, x: &[f32], cols: usize) {
+        let nb = x.len() / QK;
+        self.blocks = cols / QK;
+        self.d.clear();
+        self.s.clear();
+        self.qs.clear();
+        self.d.reserve(nb);
+        self.s.reserve(nb);
+        self.qs.reserve(x.len());
+        for block in x.chunks_exact(QK) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+            let mut sum = 0i32;
+            for v in block {
+                let q = (v * id).round() as i8;
+                sum += i32::from(q);
+                self.qs.push(q);
+            }
+            self.d.push(d);
+            #[allow(clippy::cast_precision_loss)]
+            self.s.push(d * sum as f32);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                f32::from(u16::try_from(s >> 16).unwrap()) / 32768.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hand_worked_q8_0_block() {
+        // max |x| = 1.27 → d = 0.01, q = x / 0.01
+        let mut x = [0f32; QK];
+        x[0] = 1.27;
+        x[1] = -0.5;
+        x[2] = 0.004; // rounds to 0
+        x[3] = 0.006; // rounds to 1
+        let m = Matrix::quantized(1, QK, &x, WeightType::Q8_0);
+        assert_eq!(m.bytes.len(), 34);
+        assert_eq!(m.bytes[2..6], [127, (-50i8).cast_unsigned(), 0, 1]);
+        let back = m.dequantize();
+        assert!((back[1] + 0.5).abs() < 1e-3 && back[2] == 0.0);
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // these values are exact in f16
+    fn hand_worked_q4_blocks() {
+        // Q4_0: the largest magnitude is −8 → d = 1, q = x + 8 (truncated after +0.5)
+        let mut x = [0f32; QK];
+        x[0] = -8.0;
+        x[1] = 7.0;
+        x[16] = 3.0;
+        let m = Matrix::quantized(1, QK, &x, WeightType::Q4_0);
+        assert_eq!(get_f16(&m.bytes), 1.0);
+        assert_eq!(m.bytes[2], 11 << 4); // x[0] → 0 (low nibble), x[16] → 11 (high)
+        assert_eq!(m.bytes[3], 15 | (8 << 4)); // x[1] → 15, x[17] → 8
+        assert_eq!(m.dequantize()[..2], [-8.0, 7.0]);
+        // Q4_1: min −1, max 14 → d = 1, m = −1
+        let mut y = [0f32; QK];
+        y[0] = -1.0;
+        y[5] = 14.0;
+        y[20] = 2.0;
+        let m = Matrix::quantized(1, QK, &y, WeightType::Q4_1);
+        assert_eq!((get_f16(&m.bytes), get_f16(&m.bytes[2..])), (1.0, -1.0));
+        let back = m.dequantize();
+        assert_eq!(
+            (back[0], back[5], back[20], back[1]),
+            (-1.0, 14.0, 2.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn quantisation_error_is_bounded_by_half_a_step() {
+        let x = sample(4 * QK, 7);
+        for ty in [WeightType::Q8_0, WeightType::Q4_0, WeightType::Q4_1] {
+            let m = Matrix::quantized(4, QK, &x, ty);
+            let steps = if ty == WeightType::Q8_0 { 127.0 } else { 7.5 };
+            for (blk, back) in x.chunks(QK).zip(m.dequantize().chunks(QK)) {
+                let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let err = blk
+                    .iter()
+                    .zip(back)
+                    .fold(0f32, |e, (a, b)| e.max((a - b).abs()));
+                assert!(err <= amax / steps * 1.01, "{ty:?}: {err} vs {amax}");
+            }
+        }
+    }
+
+    #[test]
+    fn permute_and_stack_move_whole_rows() {
+        let x = sample(3 * 64, 3);
+        let m = Matrix::quantized(3, 64, &x, WeightType::Q4_1);
+        let p = m.permute_rows(&[2, 0, 1]);
+        let (a, b) = (m.dequantize(), p.dequantize());
+        assert_eq!(b[..64], a[128..]);
+        assert_eq!(b[64..128], a[..64]);
+        let s = Matrix::stack(&[m.clone(), p]);
+        assert_eq!((s.rows, s.dequantize()[..192] == a[..]), (6, true));
+    }
+}
