@@ -44,8 +44,33 @@ pub struct CpuModel {
     inv_freq: Vec<f64>,
 }
 
-/// Keys and values of the positions seen so far, per layer, as (kv head, position, head_dim).
+/// Buffers of a forward pass, kept between calls (no allocation, no fresh pages per token).
+#[derive(Default)]
+struct Work {
+    scratch: Scratch,
+    x: Vec<f32>,
+    h: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    gu: Vec<f32>,
+    act: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    normed: Vec<f32>,
+}
+
+/// `v` as `n` zeros, reusing its memory.
+fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut Vec<f32> {
+    v.clear();
+    v.resize(n, 0.0);
+    v
+}
+
+/// Keys and values of the positions seen so far, per layer, as (kv head, position, head_dim), and the
+/// buffers of the forward pass.
 pub struct CpuCache {
+    work: Work,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     len: usize,
@@ -62,6 +87,7 @@ impl CpuCache {
         let cap = capacity.min(cfg.max_position_embeddings);
         let layer = || vec![0f32; nkv * cap * hd];
         Self {
+            work: Work::default(),
             k: (0..cfg.num_hidden_layers).map(|_| layer()).collect(),
             v: (0..cfg.num_hidden_layers).map(|_| layer()).collect(),
             len: 0,
@@ -206,7 +232,6 @@ impl CpuModel {
     /// When the cache cannot hold the new positions or an id is outside the vocabulary.
     #[allow(clippy::too_many_lines)]
     pub fn forward(&self, ids: &[u32], cache: &mut CpuCache, all: bool) -> Result<Vec<f32>> {
-        let cfg = &self.cfg;
         let t = ids.len();
         let pos0 = cache.len;
         if t == 0 {
@@ -218,6 +243,17 @@ impl CpuModel {
                 max: cache.cap,
             });
         }
+        let mut work = std::mem::take(&mut cache.work);
+        let result = self.run(ids, cache, all, &mut work);
+        cache.work = work;
+        result
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn run(&self, ids: &[u32], cache: &mut CpuCache, all: bool, w: &mut Work) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let t = ids.len();
+        let pos0 = cache.len;
         let (d, nh, nkv, hd) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -229,7 +265,8 @@ impl CpuModel {
         let qkv_w = qd + 2 * kvd;
         #[allow(clippy::cast_possible_truncation)]
         let eps = cfg.rms_norm_eps as f32;
-        let mut x = Vec::with_capacity(t * d);
+        let x = &mut w.x;
+        x.clear();
         for &id in ids {
             let i = id as usize;
             if i >= cfg.vocab_size {
@@ -242,8 +279,8 @@ impl CpuModel {
         }
         // cos/sin of every new position
         let half = hd / 2;
-        let mut cos = vec![0f32; t * half];
-        let mut sin = vec![0f32; t * half];
+        let cos = zeroed(&mut w.cos, t * half);
+        let sin = zeroed(&mut w.sin, t * half);
         for i in 0..t {
             for (j, fr) in self.inv_freq.iter().enumerate() {
                 #[allow(clippy::cast_precision_loss)]
@@ -255,21 +292,21 @@ impl CpuModel {
                 }
             }
         }
-        let mut scratch = Scratch::default();
-        let mut h = vec![0f32; t * d];
-        let mut qkv = vec![0f32; t * qkv_w];
-        let mut att = vec![0f32; t * qd];
-        let mut proj = vec![0f32; t * d];
-        let mut gu = vec![0f32; t * 2 * f];
-        let mut act = vec![0f32; t * f];
+        let scratch = &mut w.scratch;
+        let h = zeroed(&mut w.h, t * d);
+        let qkv = zeroed(&mut w.qkv, t * qkv_w);
+        let att = zeroed(&mut w.att, t * qd);
+        let proj = zeroed(&mut w.proj, t * d);
+        let gu = zeroed(&mut w.gu, t * 2 * f);
+        let act = zeroed(&mut w.act, t * f);
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f32).sqrt();
         let window = cfg.window();
         let rep = nh / nkv;
         let isa = self.isa;
         for (li, layer) in self.layers.iter().enumerate() {
-            rms_norm(&x, &layer.attn_norm, eps, &mut h);
-            matmul(isa, &layer.qkv, &h, t, &mut qkv, &mut scratch);
+            rms_norm(x, &layer.attn_norm, eps, h);
+            matmul(isa, &layer.qkv, h, t, qkv, scratch);
             for (i, row) in qkv.chunks_exact_mut(qkv_w).enumerate() {
                 if let Some(b) = &layer.qkv_bias {
                     row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -288,7 +325,7 @@ impl CpuModel {
             let out = OutPtr(att.as_mut_ptr());
             let tok_chunk = if t >= 64 { 16 } else { t };
             let tasks = nh * t.div_ceil(tok_chunk);
-            let qkv_ref = &qkv;
+            let qkv_ref: &[f32] = qkv;
             let task = |task: usize| {
                 let head = task % nh;
                 let c0 = (task / nh) * tok_chunk;
@@ -326,7 +363,7 @@ impl CpuModel {
             } else {
                 pool::global().run(tasks, &task);
             }
-            matmul(isa, &layer.o, &att, t, &mut proj, &mut scratch);
+            matmul(isa, &layer.o, att, t, proj, scratch);
             for (xr, pr) in x.chunks_exact_mut(d).zip(proj.chunks_exact(d)) {
                 match &layer.o_bias {
                     Some(b) => xr
@@ -337,24 +374,24 @@ impl CpuModel {
                     None => xr.iter_mut().zip(pr).for_each(|(x, p)| *x += p),
                 }
             }
-            rms_norm(&x, &layer.ffn_norm, eps, &mut h);
-            matmul(isa, &layer.gate_up, &h, t, &mut gu, &mut scratch);
+            rms_norm(x, &layer.ffn_norm, eps, h);
+            matmul(isa, &layer.gate_up, h, t, gu, scratch);
             for (a, g) in act.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
                 let (gate, up) = g.split_at(f);
                 for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            matmul(isa, &layer.down, &act, t, &mut proj, &mut scratch);
-            x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+            matmul(isa, &layer.down, act, t, proj, scratch);
+            x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
         }
         cache.len += t;
         let rows = if all { t } else { 1 };
         let last = &x[(t - rows) * d..];
-        let mut normed = vec![0f32; rows * d];
-        rms_norm(last, &self.norm, eps, &mut normed);
+        let normed = zeroed(&mut w.normed, rows * d);
+        rms_norm(last, &self.norm, eps, normed);
         let mut logits = vec![0f32; rows * cfg.vocab_size];
-        matmul(isa, &self.lm_head, &normed, rows, &mut logits, &mut scratch);
+        matmul(isa, &self.lm_head, normed, rows, &mut logits, scratch);
         Ok(logits)
     }
 }

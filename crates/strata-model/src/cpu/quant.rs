@@ -249,31 +249,78 @@ pub struct QuantActs {
     pub qs: Vec<i8>,
 }
 
+/// One block of activations: q = x / d rounded to nearest (ties to even, as the SIMD rounding does), d =
+/// max|x| / 127. Returns (d, Σq).
+#[allow(clippy::cast_possible_truncation)]
+#[must_use]
+pub fn quantize_act_block(x: &[f32], qs: &mut [i8]) -> (f32, i32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let mut sum = 0i32;
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round_ties_even() as i8;
+        sum += i32::from(*q);
+    }
+    (d, sum)
+}
+
+#[derive(Clone, Copy)]
+struct Ptrs {
+    d: *mut f32,
+    s: *mut f32,
+    qs: *mut i8,
+}
+// SAFETY: each task writes the blocks of its own tokens only.
+unsafe impl Send for Ptrs {}
+unsafe impl Sync for Ptrs {}
+
+impl Ptrs {
+    /// (A method, so that closures capture the whole `Send` wrapper.)
+    fn block(self, i: usize) -> (*mut f32, *mut f32, *mut i8) {
+        (
+            self.d.wrapping_add(i),
+            self.s.wrapping_add(i),
+            self.qs.wrapping_add(i * QK),
+        )
+    }
+}
+
 impl QuantActs {
-    /// Quantises `x` (`t` rows of `cols` values, `cols` a multiple of 32).
-    #[allow(clippy::cast_possible_truncation)]
+    /// Quantises `x` (rows of `cols` values, `cols` a multiple of 32), in parallel for many rows.
     pub fn quantize(&mut self, x: &[f32], cols: usize) {
         let nb = x.len() / QK;
         self.blocks = cols / QK;
-        self.d.clear();
-        self.s.clear();
-        self.qs.clear();
-        self.d.reserve(nb);
-        self.s.reserve(nb);
-        self.qs.reserve(x.len());
-        for block in x.chunks_exact(QK) {
-            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-            let mut sum = 0i32;
-            for v in block {
-                let q = (v * id).round() as i8;
-                sum += i32::from(q);
-                self.qs.push(q);
+        self.d.resize(nb, 0.0);
+        self.s.resize(nb, 0.0);
+        self.qs.resize(nb * QK, 0);
+        let isa = super::kernels::Isa::detect_cached();
+        let p = Ptrs {
+            d: self.d.as_mut_ptr(),
+            s: self.s.as_mut_ptr(),
+            qs: self.qs.as_mut_ptr(),
+        };
+        let per_task = 64 * self.blocks.max(1);
+        let task = |t: usize| {
+            for i in t * per_task..((t + 1) * per_task).min(nb) {
+                let (dp, sp, qp) = p.block(i);
+                // SAFETY: block i belongs to this task; the vectors hold nb blocks.
+                unsafe {
+                    let q = std::slice::from_raw_parts_mut(qp, QK);
+                    let (d, sum) = super::kernels::quantize_block(isa, &x[i * QK..(i + 1) * QK], q);
+                    *dp = d;
+                    #[allow(clippy::cast_precision_loss)]
+                    {
+                        *sp = d * sum as f32;
+                    }
+                }
             }
-            self.d.push(d);
-            #[allow(clippy::cast_precision_loss)]
-            self.s.push(d * sum as f32);
+        };
+        let tasks = nb.div_ceil(per_task);
+        if tasks > 1 {
+            super::pool::global().run(tasks, &task);
+        } else {
+            (0..tasks).for_each(task);
         }
     }
 }
