@@ -300,6 +300,42 @@ pub fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// One query's attention: `out` = softmax(scale · q·kⱼ) · vⱼ over the rows of `keys` and `values` (each
+/// `q.len()` wide); `scores` is scratch space.
+pub fn attend(
+    isa: Isa,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Portable && hd % 8 == 0 && hd <= 256 {
+        // SAFETY: AVX2 and FMA were detected; the widths were just checked.
+        unsafe { x86::attend(q, keys, values, scale, scores, out) };
+        return;
+    }
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for k in keys.chunks_exact(hd) {
+        let s = dot(isa, q, k) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    out.fill(0.0);
+    for (v, s) in values.chunks_exact(hd).zip(scores.iter()) {
+        axpy(isa, s / sum, v, out);
+    }
+}
+
 /// R quantised weight rows against N tokens.
 fn dot_quant_tile<const R: usize, const N: usize>(
     isa: Isa,
@@ -512,6 +548,62 @@ mod x86 {
             s += a[e] * b[e];
         }
         s
+    }
+
+    /// See [`super::attend`]; `q.len()` is a multiple of 8, at most 256: the output row stays in registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        scores: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let hd = q.len();
+        let nv = hd / 8;
+        let n = keys.len() / hd;
+        scores.clear();
+        scores.reserve(n);
+        let qp = q.as_ptr();
+        let mut max = f32::NEG_INFINITY;
+        for j in 0..n {
+            let kp = keys.as_ptr().add(j * hd);
+            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut c = 0;
+            while c + 16 <= hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a0);
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(qp.add(c + 8)),
+                    _mm256_loadu_ps(kp.add(c + 8)),
+                    a1,
+                );
+                c += 16;
+            }
+            if c < hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a0);
+            }
+            let s = hsum(_mm256_add_ps(a0, a1)) * scale;
+            max = max.max(s);
+            scores.push(s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        let mut acc = [_mm256_setzero_ps(); 32];
+        for (j, s) in scores.iter().enumerate() {
+            let vp = values.as_ptr().add(j * hd);
+            let w = _mm256_set1_ps(s * inv);
+            for (v, a) in acc.iter_mut().enumerate().take(nv) {
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(v * 8)), *a);
+            }
+        }
+        for (v, a) in acc.iter().enumerate().take(nv) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(v * 8), *a);
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -849,6 +941,36 @@ mod tests {
             let ra = quantize_block(isa, blk, &mut a);
             let rb = super::super::quant::quantize_act_block(blk, &mut b);
             assert_eq!((ra, a), (rb, b));
+        }
+    }
+
+    #[test]
+    fn attention_kernel_matches_softmax_by_hand() {
+        for hd in [8, 24, 64, 12] {
+            let n = 37;
+            let q = sample(hd, 21);
+            let k = sample(n * hd, 22);
+            let v = sample(n * hd, 23);
+            // by hand, in f64
+            let s: Vec<f64> = (0..n)
+                .map(|j| {
+                    0.3 * (0..hd)
+                        .map(|c| f64::from(q[c]) * f64::from(k[j * hd + c]))
+                        .sum::<f64>()
+                })
+                .collect();
+            let m = s.iter().copied().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for isa in [Isa::Portable, Isa::detect()] {
+                let mut out = vec![0f32; hd];
+                attend(isa, &q, &k, &v, 0.3, &mut Vec::new(), &mut out);
+                for c in 0..hd {
+                    let want: f64 = (0..n)
+                        .map(|j| (s[j] - m).exp() / z * f64::from(v[j * hd + c]))
+                        .sum();
+                    assert!((f64::from(out[c]) - want).abs() < 1e-5, "{isa:?} hd={hd} c={c}");
+                }
+            }
         }
     }
 

@@ -18,7 +18,7 @@ pub use load::GGUF_IN_FOLDER;
 pub use quant::{Matrix, WeightType};
 
 use crate::{LlamaConfig, ModelError, Result};
-use kernels::{axpy, dot, matmul, Scratch};
+use kernels::{attend, matmul, Scratch};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -337,25 +337,18 @@ impl CpuModel {
                     let p = pos0 + i;
                     let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
                     let q = &qkv_ref[i * qkv_w + head * hd..][..hd];
-                    scores.clear();
-                    let mut max = f32::NEG_INFINITY;
-                    for j in lo..=p {
-                        let s = dot(isa, q, &kbase[j * hd..(j + 1) * hd]) * scale;
-                        max = max.max(s);
-                        scores.push(s);
-                    }
-                    let mut sum = 0f32;
-                    for s in &mut scores {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
                     // SAFETY: (token i, head) is written by this task only.
                     let o =
                         unsafe { std::slice::from_raw_parts_mut(out.at(i * qd + head * hd), hd) };
-                    o.fill(0.0);
-                    for (j, s) in (lo..=p).zip(&scores) {
-                        axpy(isa, s / sum, &vbase[j * hd..(j + 1) * hd], o);
-                    }
+                    attend(
+                        isa,
+                        q,
+                        &kbase[lo * hd..(p + 1) * hd],
+                        &vbase[lo * hd..(p + 1) * hd],
+                        scale,
+                        &mut scores,
+                        o,
+                    );
                 }
             };
             if tasks == 1 || (t == 1 && pos0 < 64) {
