@@ -6,7 +6,8 @@ and their ratio (Strata / llama.cpp; goal >= 1.0), plus Strata's decode speed as
 memory-bandwidth limit (weight bytes per token / measured copy bandwidth).
 
 The weights: SmolLM2-135M-Instruct (scripts/fetch-model.sh, Q4_1 as published). Strata imports it, then exports
-F32 and Q8_0 GGUFs so that both engines run exactly the same numbers. llama-bench is built from the
+F32 and Q8_0 GGUFs; both engines then run each GGUF file as it is (`strata bench decode --gguf FILE` keeps its
+Q8_0/Q4_1 blocks, as llama.cpp does), with the same number of threads. llama-bench is built from the
 llama-cpp-python sdist on PyPI (pinned) unless LLAMA_BENCH points at one; the build (~10 min on 2 vCPUs) is
 cached in target/llama.cpp.
 
@@ -65,10 +66,10 @@ def run_llama(exe, gguf, threads, reps):
     return rows
 
 
-def run_strata(quant, threads, reps):
-    env_threads = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+def run_strata(gguf, threads, reps):
+    env_threads = dict(os.environ, STRATA_THREADS=str(threads))
     out = subprocess.run([os.path.join(ROOT, "target", "release", "strata"), "--workdir", os.path.join(ROOT, "target", "bench-store"),
-                          "bench", "decode", "--model", "smollm2", "--quant", quant, "--reps", str(reps)],
+                          "bench", "decode", "--gguf", gguf, "--reps", str(reps)],
                          check=True, text=True, capture_output=True, env=env_threads).stdout
     res = json.loads(out)["results"]
     rows = {r["test"]: r["tokens_per_s"] for r in res}
@@ -94,7 +95,7 @@ def main():
     print(f"{'type':<6} {'test':<6} {'llama.cpp t/s':>14} {'strata t/s':>11} {'ratio':>7}")
     for ty in ("f32", "q8_0", "q4_1"):
         ll = run_llama(exe, files[ty], a.threads, a.reps)
-        st, frac, bw = run_strata(ty, a.threads, a.reps)
+        st, frac, bw = run_strata(files[ty], a.threads, a.reps)
         for test in ("pp64", "pp512", "tg128"):
             print(f"{ty:<6} {test:<6} {ll[test]:>14.1f} {st[test]:>11.1f} {st[test] / ll[test]:>7.2f}")
         print(f"{ty:<6} strata decode = {frac:.0%} of the memory-bandwidth limit (copy bandwidth {bw:.1f} GB/s)")

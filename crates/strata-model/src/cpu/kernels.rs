@@ -160,9 +160,9 @@ unsafe fn f32_block(
             // Tiles at the edges repeat their last row/token and drop the extra results.
             let wp: [&[f32]; FR] = std::array::from_fn(|i| &w.f32[(r + i.min(nr - 1)) * k..][..k]);
             if nt == 1 {
-                let acc = dot_f32_tile(isa, &wp, &[&x[t * k..][..k]]);
-                for (i, row) in acc.iter().enumerate().take(nr) {
-                    *out.0.add(t * n + r + i) = row[0];
+                // decode: one weight row streamed at a time
+                for (i, row) in wp.iter().enumerate().take(nr) {
+                    *out.0.add(t * n + r + i) = dot(isa, row, &x[t * k..][..k]);
                 }
             } else {
                 let xp: [&[f32]; FT] = std::array::from_fn(|j| &x[(t + j.min(nt - 1)) * k..][..k]);
@@ -533,17 +533,24 @@ mod x86 {
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         let k = a.len().min(b.len());
         let k8 = k / 8 * 8;
-        let mut acc = _mm256_setzero_ps();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
         let mut c = 0;
+        while c + 32 <= k8 {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let o = c + 8 * u;
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *a);
+            }
+            c += 32;
+        }
         while c < k8 {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(c)),
-                _mm256_loadu_ps(b.as_ptr().add(c)),
-                acc,
-            );
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(c)), _mm256_loadu_ps(pb.add(c)), acc[0]);
             c += 8;
         }
-        let mut s = hsum(acc);
+        let mut s = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         for e in k8..k {
             s += a[e] * b[e];
         }
