@@ -150,13 +150,33 @@ unsafe fn f32_block(
     n: usize,
     out: Out,
 ) {
+    // AVX-512's 32 vector registers hold a 4 × 6 tile of accumulators; AVX2's 16 hold 4 × 3.
+    if isa == Isa::Avx2Vnni {
+        f32_rows::<6>(isa, w, x, r0, r1, t0, t1, n, out);
+    } else {
+        f32_rows::<FT>(isa, w, x, r0, r1, t0, t1, n, out);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_rows<const TN: usize>(
+    isa: Isa,
+    w: &Matrix,
+    x: &[f32],
+    r0: usize,
+    r1: usize,
+    t0: usize,
+    t1: usize,
+    n: usize,
+    out: Out,
+) {
     let k = w.cols;
     let mut r = r0;
     while r < r1 {
         let nr = (r1 - r).min(FR);
         let mut t = t0;
         while t < t1 {
-            let nt = (t1 - t).min(FT);
+            let nt = (t1 - t).min(TN);
             // Tiles at the edges repeat their last row/token and drop the extra results.
             let wp: [&[f32]; FR] = std::array::from_fn(|i| &w.f32[(r + i.min(nr - 1)) * k..][..k]);
             if nt == 1 {
@@ -165,7 +185,7 @@ unsafe fn f32_block(
                     *out.0.add(t * n + r + i) = dot(isa, row, &x[t * k..][..k]);
                 }
             } else {
-                let xp: [&[f32]; FT] = std::array::from_fn(|j| &x[(t + j.min(nt - 1)) * k..][..k]);
+                let xp: [&[f32]; TN] = std::array::from_fn(|j| &x[(t + j.min(nt - 1)) * k..][..k]);
                 let acc = dot_f32_tile(isa, &wp, &xp);
                 for (i, row) in acc.iter().enumerate().take(nr) {
                     for (j, v) in row.iter().enumerate().take(nt) {
@@ -250,8 +270,14 @@ unsafe fn quant_rows<const R: usize>(
 fn dot_f32_tile<const N: usize>(isa: Isa, w: &[&[f32]; FR], x: &[&[f32]; N]) -> [[f32; N]; FR] {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable {
-        // SAFETY: AVX2 and FMA were detected.
-        return unsafe { x86::dot_f32_tile(w, x) };
+        // SAFETY: AVX2 and FMA (and AVX-512VL for the wide variant) were detected.
+        return unsafe {
+            if isa == Isa::Avx2Vnni {
+                x86::dot_f32_tile_512(w, x)
+            } else {
+                x86::dot_f32_tile(w, x)
+            }
+        };
     }
     let _ = isa;
     std::array::from_fn(|i| std::array::from_fn(|j| dot_f32_portable(w[i], x[j])))
@@ -497,37 +523,44 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_f32_tile<const FT: usize>(
-        w: &[&[f32]; FR],
-        x: &[&[f32]; FT],
-    ) -> [[f32; FT]; FR] {
-        let k = w[0].len();
-        let k8 = k / 8 * 8;
-        let mut acc = [[_mm256_setzero_ps(); FT]; FR];
-        let mut c = 0;
-        while c < k8 {
-            let xv: [__m256; FT] = std::array::from_fn(|j| _mm256_loadu_ps(x[j].as_ptr().add(c)));
-            for i in 0..FR {
-                let wv = _mm256_loadu_ps(w[i].as_ptr().add(c));
-                for j in 0..FT {
-                    acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+    macro_rules! f32_tile {
+        ($name:ident, $features:literal) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name<const FT: usize>(
+                w: &[&[f32]; FR],
+                x: &[&[f32]; FT],
+            ) -> [[f32; FT]; FR] {
+                let k = w[0].len();
+                let k8 = k / 8 * 8;
+                let mut acc = [[_mm256_setzero_ps(); FT]; FR];
+                let mut c = 0;
+                while c < k8 {
+                    let xv: [__m256; FT] =
+                        std::array::from_fn(|j| _mm256_loadu_ps(x[j].as_ptr().add(c)));
+                    for i in 0..FR {
+                        let wv = _mm256_loadu_ps(w[i].as_ptr().add(c));
+                        for j in 0..FT {
+                            acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+                        }
+                    }
+                    c += 8;
                 }
-            }
-            c += 8;
-        }
-        let mut out = [[0f32; FT]; FR];
-        for i in 0..FR {
-            for j in 0..FT {
-                let mut s = hsum(acc[i][j]);
-                for e in k8..k {
-                    s += w[i][e] * x[j][e];
+                let mut out = [[0f32; FT]; FR];
+                for i in 0..FR {
+                    for j in 0..FT {
+                        let mut s = hsum(acc[i][j]);
+                        for e in k8..k {
+                            s += w[i][e] * x[j][e];
+                        }
+                        out[i][j] = s;
+                    }
                 }
-                out[i][j] = s;
+                out
             }
-        }
-        out
+        };
     }
+    f32_tile!(dot_f32_tile, "avx2,fma");
+    f32_tile!(dot_f32_tile_512, "avx2,fma,avx512f,avx512vl");
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -544,7 +577,11 @@ mod x86 {
             c += 32;
         }
         while c < k8 {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(c)), _mm256_loadu_ps(pb.add(c)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(c)),
+                _mm256_loadu_ps(pb.add(c)),
+                acc[0],
+            );
             c += 8;
         }
         let mut s = hsum(_mm256_add_ps(
@@ -975,7 +1012,10 @@ mod tests {
                     let want: f64 = (0..n)
                         .map(|j| (s[j] - m).exp() / z * f64::from(v[j * hd + c]))
                         .sum();
-                    assert!((f64::from(out[c]) - want).abs() < 1e-5, "{isa:?} hd={hd} c={c}");
+                    assert!(
+                        (f64::from(out[c]) - want).abs() < 1e-5,
+                        "{isa:?} hd={hd} c={c}"
+                    );
                 }
             }
         }
