@@ -339,7 +339,7 @@ pub fn attend(
 ) {
     let hd = q.len();
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable && hd % 8 == 0 && hd <= 256 {
+    if isa != Isa::Portable && hd.is_multiple_of(8) && hd <= 256 {
         // SAFETY: AVX2 and FMA were detected; the widths were just checked.
         unsafe { x86::attend(q, keys, values, scale, scores, out) };
         return;

@@ -126,16 +126,38 @@ impl CpuCache {
     }
 }
 
+/// Runs `f(i, row i)` for every row of `out` (rows of `width` values), spread over the pool when there are
+/// many rows (a prompt); a decode step's one row runs here.
+fn for_rows(out: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    const PER_TASK: usize = 8;
+    let rows = out.len() / width;
+    if rows < 2 * PER_TASK {
+        for (i, r) in out.chunks_exact_mut(width).enumerate() {
+            f(i, r);
+        }
+        return;
+    }
+    let p = OutPtr(out.as_mut_ptr());
+    pool::global().run(rows.div_ceil(PER_TASK), &|task| {
+        for i in task * PER_TASK..((task + 1) * PER_TASK).min(rows) {
+            // SAFETY: row i is written by this task only, and lies within `out`.
+            let r = unsafe { std::slice::from_raw_parts_mut(p.at(i * width), width) };
+            f(i, r);
+        }
+    });
+}
+
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+    for_rows(out, d, &|i, or| {
+        let xr = &x[i * d..(i + 1) * d];
         let ss: f32 = xr.iter().map(|v| v * v).sum();
         #[allow(clippy::cast_precision_loss)]
         let inv = 1.0 / (ss / d as f32 + eps).sqrt();
         for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * inv * g;
         }
-    }
+    });
 }
 
 /// Hugging Face's "rotate half" RoPE on one head vector at one position.
@@ -369,12 +391,13 @@ impl CpuModel {
             }
             rms_norm(x, &layer.ffn_norm, eps, h);
             matmul(isa, &layer.gate_up, h, t, gu, scratch);
-            for (a, g) in act.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
-                let (gate, up) = g.split_at(f);
+            let gu_ref: &[f32] = gu;
+            for_rows(act, f, &|i, a| {
+                let (gate, up) = gu_ref[i * 2 * f..(i + 1) * 2 * f].split_at(f);
                 for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
-            }
+            });
             matmul(isa, &layer.down, act, t, proj, scratch);
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
         }
