@@ -451,15 +451,16 @@ mod x86 {
         __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps, _mm256_broadcast_ss,
         _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps, _mm256_cvtps_epi32,
         _mm256_dpbusd_epi32, _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps,
-        _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16,
-        _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16, _mm256_packs_epi32,
+        _mm256_hadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16,
+        _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16, _mm256_packs_epi32,
         _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16, _mm256_set1_epi8,
         _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setzero_ps,
         _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_ps, _mm256_storeu_si256,
         _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32, _mm_add_ps, _mm_add_ss, _mm_and_si128,
         _mm_cvtph_ps, _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128,
-        _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_set1_epi8, _mm_shuffle_epi32, _mm_shuffle_ps,
-        _mm_srli_epi16, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT,
+        _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_mul_ps, _mm_set1_epi8, _mm_set1_ps,
+        _mm_shuffle_epi32, _mm_shuffle_ps, _mm_srli_epi16, _mm_storeu_ps, _MM_FROUND_NO_EXC,
+        _MM_FROUND_TO_NEAREST_INT,
     };
 
     use super::{QuantActs, FR, QK};
@@ -611,23 +612,41 @@ mod x86 {
         scores.reserve(n);
         let qp = q.as_ptr();
         let mut max = f32::NEG_INFINITY;
-        for j in 0..n {
+        // four keys at a time: independent accumulators, and one combined horizontal sum
+        let mut j = 0;
+        while j + 4 <= n {
             let kp = keys.as_ptr().add(j * hd);
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut a = [_mm256_setzero_ps(); 4];
             let mut c = 0;
-            while c + 16 <= hd {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a0);
-                a1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(qp.add(c + 8)),
-                    _mm256_loadu_ps(kp.add(c + 8)),
-                    a1,
-                );
-                c += 16;
+            while c < hd {
+                let qv = _mm256_loadu_ps(qp.add(c));
+                for (u, acc) in a.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(u * hd + c)), *acc);
+                }
+                c += 8;
             }
-            if c < hd {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a0);
+            // [s0 s1 s2 s3] from four 8-lane sums
+            let h01 = _mm256_hadd_ps(a[0], a[1]);
+            let h23 = _mm256_hadd_ps(a[2], a[3]);
+            let h = _mm256_hadd_ps(h01, h23);
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            let mut out4 = [0f32; 4];
+            _mm_storeu_ps(out4.as_mut_ptr(), _mm_mul_ps(s4, _mm_set1_ps(scale)));
+            for v in out4 {
+                max = max.max(v);
+                scores.push(v);
             }
-            let s = hsum(_mm256_add_ps(a0, a1)) * scale;
+            j += 4;
+        }
+        for j in j..n {
+            let kp = keys.as_ptr().add(j * hd);
+            let mut a0 = _mm256_setzero_ps();
+            let mut c = 0;
+            while c < hd {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a0);
+                c += 8;
+            }
+            let s = hsum(a0) * scale;
             max = max.max(s);
             scores.push(s);
         }
