@@ -50,7 +50,9 @@ fn smollm2_imports_chats_and_matches_the_numpy_reference() {
 
     // greedy chat. In f32 (the dequantised weights) the answer is coherent English. On the 4-bit blocks as
     // stored (the imported model.gguf, run by default) this 135M model drifts, and exactly as llama.cpp's
-    // llama-cli does on the same file with --temp 0: "L'Étoile, la Marseillaise, la femme…".
+    // llama-cli does on the same file with --temp 0: "L'Étoile, la Marseillaise, la femme…". Past the first
+    // words the 4-bit logits hold near-ties that the order of a dot product's sums decides (Strata on another
+    // CPU says "L'Étoile, la Cité, …"), so only the start is held to llama.cpp's.
     assert!(mdir.join("model.gguf").is_file());
     let chat = |quant: &str| {
         let r = run(strata(&dir).args([
@@ -74,7 +76,7 @@ fn smollm2_imports_chats_and_matches_the_numpy_reference() {
     assert!(f32_answer.contains("Paris"), "{f32_answer}");
     let q4_answer = chat("auto");
     assert!(
-        q4_answer.starts_with("L'Étoile, la Marseillaise, la femme"),
+        q4_answer.starts_with("L'Étoile, la "),
         "{q4_answer}"
     );
 

@@ -172,6 +172,10 @@ impl LlamaConfig {
                 return bad(format!("{name} must be > 0"));
             }
         }
+        self.validate_sizes()?;
+        if self.kv_heads() == 0 || self.head_dim == Some(0) {
+            return bad("num_key_value_heads and head_dim must be > 0".into());
+        }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
@@ -190,6 +194,51 @@ impl LlamaConfig {
                 "head_dim ({}) must be even for RoPE",
                 self.head_dim()
             ));
+        }
+        Ok(())
+    }
+
+    /// Sizes come from files: bound them before anything multiplies them out or allocates by them.
+    fn validate_sizes(&self) -> Result<()> {
+        let bad = |s: String| Err(ModelError::Invalid(s));
+        if self.max_position_embeddings > 1 << 22 {
+            return bad(format!(
+                "max_position_embeddings ({}) is beyond 4M positions",
+                self.max_position_embeddings
+            ));
+        }
+        if self.num_hidden_layers > 4096 || self.num_attention_heads > 4096 {
+            return bad(format!(
+                "num_hidden_layers ({}) and num_attention_heads ({}) must be at most 4096",
+                self.num_hidden_layers, self.num_attention_heads
+            ));
+        }
+        let head_width = self.head_dim.unwrap_or(1);
+        for (what, a, b) in [
+            (
+                "vocab_size × hidden_size",
+                self.vocab_size,
+                self.hidden_size,
+            ),
+            (
+                "intermediate_size × hidden_size",
+                self.intermediate_size,
+                self.hidden_size,
+            ),
+            (
+                "num_attention_heads × head_dim",
+                self.num_attention_heads,
+                head_width,
+            ),
+            (
+                "num_hidden_layers × hidden_size",
+                self.num_hidden_layers,
+                self.hidden_size,
+            ),
+        ] {
+            if a.checked_mul(b).is_none_or(|n| n > 1 << 40) {
+                return bad(format!("{what} ({a} × {b}) is too large"));
+            }
         }
         Ok(())
     }

@@ -176,13 +176,21 @@ pub(crate) fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
         source,
     })?;
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader).map_err(|e| {
+    let content = read_header(path, &mut reader)?;
+    Ok((content, reader))
+}
+
+/// Reads the header of a GGUF stream; `path` names it in errors.
+pub(crate) fn read_header<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    reader: &mut R,
+) -> Result<Content> {
+    Content::read(reader).map_err(|e| {
         bad(
             path,
             format!("not a readable GGUF file: {}", crate::candle_msg(&e)),
         )
-    })?;
-    Ok((content, reader))
+    })
 }
 
 /// The model config of an opened GGUF file (`tie_word_embeddings` from the presence of `output.weight`).

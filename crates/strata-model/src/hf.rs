@@ -128,18 +128,30 @@ pub fn read_safetensors(
     path: &Path,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
-    let err = |reason: String| ModelError::Weights {
-        path: path.into(),
-        reason,
-    };
     let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
         path: path.into(),
         source,
     })?;
+    read_safetensors_bytes(path, &bytes, device)
+}
+
+/// Reads safetensors bytes in memory (`path` names them in errors).
+///
+/// # Errors
+/// When the bytes are truncated or malformed.
+pub fn read_safetensors_bytes(
+    path: &Path,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let err = |reason: String| ModelError::Weights {
+        path: path.into(),
+        reason,
+    };
     let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| err(e.to_string()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+    let tensors = candle_core::safetensors::load_buffer(bytes, device)
         .map_err(|e| err(crate::candle_msg(&e)))?;
     Ok((tensors, metadata))
 }

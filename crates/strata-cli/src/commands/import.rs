@@ -23,7 +23,7 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
     };
     let manifest = Manifest::new(Kind::Model, &a.name, "strata import").with_config(
         vec![input],
-        serde_json::json!({"format": "gguf", "dtype": "f32"}),
+        serde_json::json!({"format": "gguf", "dtype": "f32", "inference": "model.gguf"}),
     );
     if store
         .up_to_date(Kind::Model, &a.name, &manifest.fingerprint)

@@ -89,8 +89,33 @@ impl CpuModel {
     }
 
     fn from_gguf(path: &Path, want: Option<WeightType>) -> Result<Self> {
-        let (content, mut reader) = crate::gguf::open(path)?;
+        let (_, reader) = crate::gguf::open(path)?;
+        Self::from_gguf_reader(path, reader, want)
+    }
+
+    /// Loads a model from GGUF bytes in memory (`src` names them in errors).
+    ///
+    /// # Errors
+    /// As [`CpuModel::load`] for a GGUF file.
+    pub fn from_gguf_bytes(src: &Path, bytes: &[u8], want: Option<WeightType>) -> Result<Self> {
+        Self::from_gguf_reader(src, std::io::Cursor::new(bytes), want)
+    }
+
+    fn from_gguf_reader<R: std::io::Read + std::io::Seek>(
+        path: &Path,
+        mut reader: R,
+        want: Option<WeightType>,
+    ) -> Result<Self> {
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|source| ModelError::Io {
+                path: path.into(),
+                source,
+            })?;
+        let content = crate::gguf::read_header(path, &mut reader)?;
         let cfg = crate::gguf::config_of(path, &content)?;
+        cfg.validate()
+            .map_err(|e| crate::gguf::bad(path, e.to_string()))?;
         let bad = |name: &str, e: &candle_core::Error| {
             crate::gguf::bad(path, format!("tensor {name}: {}", crate::candle_msg(e)))
         };
@@ -99,24 +124,31 @@ impl CpuModel {
             let Some(hf) = crate::gguf::hf_name(name) else {
                 continue;
             };
-            let q = content
-                .tensor(&mut reader, name, &Device::Cpu)
-                .map_err(|e| bad(name, &e))?;
-            let dims = q.shape().dims().to_vec();
+            // The shape comes from the file: check it before anything multiplies it out.
+            let dims = info.shape.dims().to_vec();
             let (rows, cols) = match dims[..] {
                 [r, c] => (r, c),
                 [c] => (1, c),
                 _ => {
                     return Err(crate::gguf::bad(
                         path,
-                        format!("tensor {name}: shape {dims:?}"),
+                        format!("tensor {name}: shape {dims:?} (a matrix or a vector expected)"),
                     ))
                 }
             };
+            let Some(elems) = rows.checked_mul(cols).filter(|&n| n <= 1 << 40) else {
+                return Err(crate::gguf::bad(
+                    path,
+                    format!("tensor {name}: shape {dims:?} is too large"),
+                ));
+            };
+            let q = content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .map_err(|e| bad(name, &e))?;
             let mut s = match engine_type(info.ggml_dtype) {
                 Some(ty) if cols % QK == 0 => {
                     let bytes = q.data().map_err(|e| bad(name, &e))?.into_owned();
-                    if bytes.len() != rows * cols / QK * ty.block_bytes() {
+                    if bytes.len() != elems / QK * ty.block_bytes() {
                         return Err(crate::gguf::bad(
                             path,
                             format!("tensor {name}: truncated blocks"),
@@ -133,6 +165,12 @@ impl CpuModel {
                         .flatten_all()
                         .and_then(|t| t.to_vec1())
                         .map_err(|e| bad(name, &e))?;
+                    if data.len() != elems {
+                        return Err(crate::gguf::bad(
+                            path,
+                            format!("tensor {name}: {} values for shape {dims:?}", data.len()),
+                        ));
+                    }
                     Stored {
                         m: Matrix::dense(rows, cols, data),
                         foreign_quant: !matches!(
@@ -151,7 +189,7 @@ impl CpuModel {
                 None
             };
             if let Some(n) = heads {
-                if rows % n != 0 || (rows / n) % 2 != 0 {
+                if n == 0 || rows % n != 0 || (rows / n) % 2 != 0 || rows == 0 {
                     return Err(crate::gguf::bad(
                         path,
                         format!("tensor {name}: {rows} rows for {n} heads"),
@@ -225,7 +263,7 @@ fn build(
         proj(take("lm_head.weight", v, d)?)
     };
     let bias = cfg.qkv_bias();
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+    let mut layers = Vec::new(); // (not sized by the file's layer count: tensors are checked first)
     for i in 0..cfg.num_hidden_layers {
         let p = |n: &str| format!("model.layers.{i}.{n}");
         let q = proj(take(&p("self_attn.q_proj.weight"), nh * hd, d)?);
