@@ -53,7 +53,8 @@ pub enum Command {
     Pipeline(PipelineCommand),
     /// The whole lifecycle: general → base → medical → ultrasound, then a perplexity table.
     Demo(DemoArgs),
-    /// Import a model: a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K) → HF folder.
+    /// Import a model: a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K) → HF folder, or a
+    /// Hugging Face folder (config.json, model.safetensors or shards, tokenizer.json) as it is.
     Import(ImportArgs),
     /// Export a model as a GGUF file for llama.cpp (F32, F16 or Q8_0 weights).
     Export(ExportArgs),
@@ -245,7 +246,8 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The .gguf file.
+    /// The .gguf file, or a Hugging Face model folder (Llama, Qwen2, Mistral; f32/f16/bf16 safetensors,
+    /// sharded or not; tokenizer.json required).
     pub file: PathBuf,
     /// Name of the model in the store.
     #[arg(long)]

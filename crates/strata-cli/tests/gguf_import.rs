@@ -75,10 +75,7 @@ fn smollm2_imports_chats_and_matches_the_numpy_reference() {
     let f32_answer = chat("f32");
     assert!(f32_answer.contains("Paris"), "{f32_answer}");
     let q4_answer = chat("auto");
-    assert!(
-        q4_answer.starts_with("L'Étoile, la "),
-        "{q4_answer}"
-    );
+    assert!(q4_answer.starts_with("L'Étoile, la "), "{q4_answer}");
 
     // logits against the independent reference, on a chat prompt and on plain text
     let engine = strata_serve::Engine::load("smollm2", &mdir).unwrap();

@@ -548,3 +548,129 @@ fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
         "{err}"
     );
 }
+
+#[test]
+fn hf_folder_import_checks_shapes_copies_as_is_and_generates() {
+    let (demo, _) = quick_demo();
+    let config = serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": true});
+    let src = demo.join("hf-import/src");
+    synthetic_model(&src, &config, candle_core::DType::BF16, 2);
+    std::fs::write(src.join("generation_config.json"), r#"{"eos_token_id": 2}"#).unwrap();
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&src)
+        .args(["--name", "qwen-hf"]));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("Qwen2ForCausalLM") && r.stdout.contains("BF16"),
+        "{}",
+        r.stdout
+    );
+    let dst = demo.join("models/qwen-hf");
+    // copied as it is: same bytes, shards and index included
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(src.join(f)).unwrap(),
+            std::fs::read(dst.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let tk = strata_tokenize::load_tokenizer(&dst.join("tokenizer.json")).unwrap();
+    let ids = tk
+        .encode("The liver measures 14.2 cm.", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(logits_of(&src, &ids), logits_of(&dst, &ids));
+    let again = run(strata(demo)
+        .arg("import")
+        .arg(&src)
+        .args(["--name", "qwen-hf"]));
+    assert!(again.stdout.contains("up to date"), "{}", again.stdout);
+    let g = run(strata(demo).args([
+        "generate",
+        "--model",
+        "qwen-hf",
+        "--prompt",
+        "The liver",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "0",
+    ]));
+    assert!(g.ok && g.stdout.starts_with("The liver"), "{}", g.stderr);
+}
+
+#[test]
+fn hf_folder_import_names_what_is_wrong_and_publishes_nothing() {
+    let (demo, _) = quick_demo();
+    let config = serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128});
+    let bad = |name: &str, edit: &dyn Fn(&std::path::Path), want: &[&str]| {
+        let d = demo.join("hf-import").join(name);
+        synthetic_model(&d, &config, candle_core::DType::F32, 1);
+        edit(&d);
+        let r = run(strata(demo).arg("import").arg(&d).args(["--name", name]));
+        assert!(!r.ok, "{name} imported");
+        for w in want {
+            assert!(r.stderr.contains(w), "{name}: {w} not in {}", r.stderr);
+        }
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        assert!(!demo.join("models").join(name).exists());
+    };
+    bad(
+        "bad-shape",
+        &|d| {
+            let mut c = config.clone();
+            c["intermediate_size"] = 48.into();
+            std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+        },
+        &["gate_proj.weight", "[64, 32]", "[48, 32]"],
+    );
+    bad(
+        "bad-truncated",
+        &|d| {
+            let f = d.join("model.safetensors");
+            let len = std::fs::metadata(&f).unwrap().len();
+            let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+            file.set_len(len - 100).unwrap();
+        },
+        &["model.safetensors", "truncated"],
+    );
+    bad(
+        "bad-config",
+        &|d| {
+            let mut c = config.clone();
+            c.as_object_mut().unwrap().remove("hidden_size");
+            std::fs::write(d.join("config.json"), c.to_string()).unwrap();
+        },
+        &["config.json", "hidden_size"],
+    );
+    bad(
+        "bad-missing",
+        &|d| {
+            let f = d.join("model.safetensors");
+            let (mut t, _) = strata_model::read_safetensors(&f, &candle_core::Device::Cpu).unwrap();
+            t.remove("model.norm.weight").unwrap();
+            strata_model::save_safetensors(&t, &f, &[]).unwrap();
+        },
+        &["model.norm.weight", "not in the weights"],
+    );
+    bad(
+        "bad-no-tokenizer",
+        &|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(),
+        &["tokenizer.json", "missing"],
+    );
+}

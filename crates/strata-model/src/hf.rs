@@ -228,6 +228,197 @@ pub fn load_model(dir: &Path, device: &Device) -> Result<Llama> {
     })
 }
 
+/// What [`check_folder`] found: the config, the weight files and their tensors by dtype.
+#[derive(Debug, Clone)]
+pub struct FolderCheck {
+    pub config: LlamaConfig,
+    /// `model.safetensors`, or the index and its shards, relative to the folder.
+    pub weight_files: Vec<String>,
+    /// Number of tensors per safetensors dtype (`F32`, `F16`, `BF16`).
+    pub dtypes: std::collections::BTreeMap<String, usize>,
+    pub tensors: usize,
+}
+
+struct Header {
+    dtype: String,
+    shape: Vec<usize>,
+}
+
+/// Reads the JSON header of a safetensors file and checks that every tensor's bytes lie inside the file,
+/// without reading the tensors.
+fn read_header(path: &Path) -> Result<HashMap<String, Header>> {
+    use std::io::Read as _;
+    let err = |reason: String| ModelError::Weights {
+        path: path.into(),
+        reason,
+    };
+    let io = |source| ModelError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| err("truncated: shorter than the 8-byte header length".into()))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100 << 20 || 8 + n > len {
+        return Err(err(format!(
+            "header length {n} does not fit the file ({len} bytes)"
+        )));
+    }
+    let mut json = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
+    f.read_exact(&mut json).map_err(io)?;
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|e| err(format!("header is not JSON: {e}")))?;
+    let data = len - 8 - n;
+    let mut out = HashMap::new();
+    for (name, t) in v {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t["dtype"].as_str().unwrap_or_default().to_string();
+        let width: u64 = match dtype.as_str() {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
+            other => {
+                return Err(err(format!(
+                    "{name}: dtype {other:?} is not supported (F32, F16, BF16)"
+                )))
+            }
+        };
+        let shape: Option<Vec<usize>> = t["shape"].as_array().and_then(|a| {
+            a.iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect()
+        });
+        let offsets: Option<Vec<u64>> = t["data_offsets"]
+            .as_array()
+            .and_then(|a| a.iter().map(serde_json::Value::as_u64).collect());
+        let (Some(shape), Some([start, end])) = (shape, offsets.as_deref()) else {
+            return Err(err(format!("{name}: malformed shape or data_offsets")));
+        };
+        let elems = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .and_then(|e| e.checked_mul(width));
+        if start > end || *end > data || elems != Some(end - start) {
+            return Err(err(format!(
+                "{name}: data_offsets [{start}, {end}] do not hold a {dtype} tensor of shape {shape:?} \
+                 inside the {data} data bytes (truncated file?)"
+            )));
+        }
+        out.insert(name, Header { dtype, shape });
+    }
+    Ok(out)
+}
+
+/// A variable builder backend that answers from safetensors headers: shapes are checked, nothing is read.
+struct HeaderBackend {
+    headers: HashMap<String, Header>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for HeaderBackend {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let Some(h) = self.headers.get(name) else {
+            candle_core::bail!("not in the weights");
+        };
+        if h.shape != s.dims() {
+            candle_core::bail!(
+                "shape {:?} in the weights, but the config implies {:?}",
+                h.shape,
+                s.dims()
+            );
+        }
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let Some(h) = self.headers.get(name) else {
+            candle_core::bail!("{name}: not in the weights");
+        };
+        Tensor::zeros((), dtype, dev)?.broadcast_as(h.shape.as_slice())
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.headers.contains_key(name)
+    }
+}
+
+/// Checks a Hugging Face model folder without loading its weights: `config.json` is read and validated,
+/// and every tensor the model needs is present in `model.safetensors` (or the shards of
+/// `model.safetensors.index.json`) with the shape the config implies.
+///
+/// # Errors
+/// Naming the file and the tensor or field that is wrong.
+pub fn check_folder(dir: &Path) -> Result<FolderCheck> {
+    let config = read_config(&dir.join("config.json"))?;
+    let mut weight_files = Vec::new();
+    let single = dir.join("model.safetensors");
+    let shards: Vec<String> = if single.is_file() {
+        vec!["model.safetensors".into()]
+    } else {
+        let index = dir.join("model.safetensors.index.json");
+        let bytes = std::fs::read(&index).map_err(|source| ModelError::Io {
+            path: index.clone(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!("{source} (and no model.safetensors either)"),
+            ),
+        })?;
+        let bad = |reason: String| ModelError::Config {
+            path: index.clone(),
+            reason,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let map = v["weight_map"]
+            .as_object()
+            .ok_or_else(|| bad("no weight_map object".into()))?;
+        let mut s: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        if let Some(f) = s.iter().find(|f| f.contains('/') || f.contains("..")) {
+            return Err(bad(format!("shard name {f:?} leaves the folder")));
+        }
+        weight_files.push("model.safetensors.index.json".into());
+        s
+    };
+    let mut headers = HashMap::new();
+    for f in &shards {
+        headers.extend(read_header(&dir.join(f))?);
+    }
+    weight_files.extend(shards);
+    let mut dtypes = std::collections::BTreeMap::new();
+    for h in headers.values() {
+        *dtypes.entry(h.dtype.clone()).or_insert(0) += 1;
+    }
+    let tensors = headers.len();
+    let backend: Box<dyn candle_nn::var_builder::SimpleBackend> =
+        Box::new(HeaderBackend { headers });
+    let vb = VarBuilder::from_backend(backend, DType::F32, Device::Cpu);
+    Llama::load(&vb, &config).map_err(|e| ModelError::Weights {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(FolderCheck {
+        config,
+        weight_files,
+        dtypes,
+        tensors,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

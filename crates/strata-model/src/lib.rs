@@ -16,8 +16,8 @@ pub use config::{LlamaConfig, ModelSpec, RopeScaling, TokenIds, ARCHITECTURES};
 pub use gguf::{import_gguf, GgufImport};
 pub use gguf_export::{export_gguf, GgufType};
 pub use hf::{
-    load_model, read_config, read_safetensors, read_safetensors_bytes, read_weights,
-    save_safetensors, write_hf_config,
+    check_folder, load_model, read_config, read_safetensors, read_safetensors_bytes, read_weights,
+    save_safetensors, write_hf_config, FolderCheck,
 };
 pub use kv_cache::KvCache;
 pub use llama::{init_std, next_token_loss, seeded_init, Llama};

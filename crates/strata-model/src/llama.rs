@@ -16,7 +16,7 @@ impl RmsNorm {
     fn load(vb: &VarBuilder, size: usize, eps: f64) -> Result<Self> {
         let weight = vb
             .get_with_hints(size, "weight", Init::Const(1.0))
-            .ctx("rmsnorm weight")?;
+            .ctx(&format!("{}.weight", vb.prefix()))?;
         Ok(Self { weight, eps })
     }
 

@@ -1,6 +1,9 @@
 //! `strata import FILE.gguf --name NAME`: bring a llama.cpp GGUF model into the store as a Hugging Face
 //! folder (dequantised to f32, for training and evaluation), with its tokenizer and chat template, plus the
 //! GGUF itself as `model.gguf`, which inference runs by default with its weights as stored (Q4_1, Q8_0, …).
+//!
+//! `strata import DIR --name NAME`: a Hugging Face folder (as `save_pretrained` or the Hub leave it) is
+//! checked without loading its weights (config, every tensor's presence and shape) and copied in as it is.
 
 use std::process::ExitCode;
 
@@ -9,10 +12,22 @@ use strata_store::{InputRef, Kind, Manifest, Store};
 
 use crate::cli::ImportArgs;
 
+/// The files of a Hugging Face folder that Strata keeps besides the weights; `tokenizer.json` is required.
+const HF_FILES: [&str; 5] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
 pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
+    if a.file.is_dir() {
+        return import_folder(store, a);
+    }
     anyhow::ensure!(
         a.file.is_file(),
-        "{} does not exist or is not a file",
+        "{} does not exist (give a .gguf file or a Hugging Face model folder)",
         a.file.display()
     );
     let sha256 = strata_store::sha256_file(&a.file)?;
@@ -36,8 +51,7 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
     let report = strata_model::import_gguf(&a.file, &staging)
         .with_context(|| format!("importing {}", a.file.display()))?;
     // a copy, not a link: artifacts in the store never change under their manifest
-    std::fs::copy(&a.file, staging.join(strata_model::cpu::GGUF_IN_FOLDER))
-        .with_context(|| format!("copying {}", a.file.display()))?;
+    copy_synced(&a.file, &staging.join(strata_model::cpu::GGUF_IN_FOLDER))?;
     let mut manifest = manifest;
     manifest
         .counts
@@ -62,6 +76,84 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
         report.config.num_hidden_layers,
         report.tensors,
         types.join(", "),
+        store.dir(Kind::Model, &a.name).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies `from` to `to` and flushes it to disk (the store's artifacts survive a power cut once published).
+fn copy_synced(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    std::fs::File::open(to)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("flushing {}", to.display()))
+}
+
+fn import_folder(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
+    let dir = &a.file;
+    let check = strata_model::check_folder(dir)?;
+    let tokenizer = dir.join("tokenizer.json");
+    anyhow::ensure!(
+        tokenizer.is_file(),
+        "{}: missing (a folder with only tokenizer.model needs converting: in Python, \
+         AutoTokenizer.from_pretrained(folder).save_pretrained(folder) writes tokenizer.json)",
+        tokenizer.display()
+    );
+    strata_tokenize::load_tokenizer(&tokenizer)
+        .with_context(|| format!("reading {}", tokenizer.display()))?;
+    let mut files: Vec<String> = HF_FILES
+        .iter()
+        .filter(|f| dir.join(f).is_file())
+        .map(|f| (*f).to_string())
+        .collect();
+    files.extend(check.weight_files.iter().cloned());
+    let mut inputs = Vec::new();
+    for f in &files {
+        inputs.push(InputRef {
+            kind: Kind::Raw,
+            name: dir.join(f).display().to_string(),
+            sha256: strata_store::sha256_file(dir.join(f))?,
+        });
+    }
+    let manifest = Manifest::new(Kind::Model, &a.name, "strata import").with_config(
+        inputs,
+        serde_json::json!({"format": "hf", "dtypes": check.dtypes}),
+    );
+    if store
+        .up_to_date(Kind::Model, &a.name, &manifest.fingerprint)
+        .is_some()
+    {
+        println!(
+            "model {}: up to date (same folder already imported)",
+            a.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let staging = store.staging(Kind::Model, &a.name)?;
+    for f in &files {
+        copy_synced(&dir.join(f), &staging.join(f))?;
+    }
+    let mut manifest = manifest;
+    manifest
+        .counts
+        .insert("parameters".into(), check.config.num_parameters().into());
+    manifest
+        .counts
+        .insert("tensors".into(), check.tensors.into());
+    store.publish(&staging, manifest)?;
+    let dtypes: Vec<String> = check
+        .dtypes
+        .iter()
+        .map(|(k, v)| format!("{v}×{k}"))
+        .collect();
+    println!(
+        "model {}: {} ({} parameters, {} layers, {} tensors: {}) → {}",
+        a.name,
+        check.config.architectures.join(", "),
+        check.config.num_parameters(),
+        check.config.num_hidden_layers,
+        check.tensors,
+        dtypes.join(", "),
         store.dir(Kind::Model, &a.name).display()
     );
     Ok(ExitCode::SUCCESS)
