@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference forward of a llama-architecture GGUF file, in numpy, from the `gguf` package's own
+"""Independent reference forward of a llama- or qwen2-architecture GGUF file, in numpy, from the `gguf` package's own
 dequantisation (no llama.cpp, no torch, nothing of Strata's).
 
 usage: gguf_reference.py MODEL.gguf EXPECT_JSON...
@@ -9,6 +9,7 @@ Each EXPECT_JSON holds what Strata computed: {"ids": [int], "logits": [[float]],
 The reference works on the tensors exactly as the GGUF stores them: Q and K in llama.cpp's permuted row
 order, so RoPE here is llama.cpp's interleaved ("normal") rotation of pairs (2i, 2i+1). Strata un-permutes
 Q and K into Hugging Face's layout and rotates halves instead; equal logits check both the import and the model.
+A qwen2 file keeps Q and K unpermuted, has Q/K/V biases, and is rotated NEOX-style (i with i + hd/2).
 Passes when, for every file, the max relative error (max |strata - ref| / max |ref|) is <= max_rel_err (f32
 inference) and the argmax agrees at >= min_argmax_agreement of the positions. Inference on the
 stored quantised weights multiplies them by 8-bit activations, as llama.cpp does. That rounding makes the
@@ -33,14 +34,15 @@ def main():
     argv = sys.argv[1:]
     path, expect_paths = argv[0], argv[1:]
     r = GGUFReader(path)
-    if field(r, "general.architecture") != "llama":
-        sys.exit("FAIL: not a llama GGUF")
-    nl = field(r, "llama.block_count")
-    nh = field(r, "llama.attention.head_count")
-    nkv = field(r, "llama.attention.head_count_kv")
-    d = field(r, "llama.embedding_length")
-    eps = field(r, "llama.attention.layer_norm_rms_epsilon")
-    theta = field(r, "llama.rope.freq_base")
+    arch = field(r, "general.architecture")
+    if arch not in ("llama", "qwen2"):
+        sys.exit(f"FAIL: architecture {arch} (llama or qwen2 expected)")
+    nl = field(r, f"{arch}.block_count")
+    nh = field(r, f"{arch}.attention.head_count")
+    nkv = field(r, f"{arch}.attention.head_count_kv")
+    d = field(r, f"{arch}.embedding_length")
+    eps = field(r, f"{arch}.attention.layer_norm_rms_epsilon")
+    theta = field(r, f"{arch}.rope.freq_base")
     hd = d // nh
     w = {}
     for t in r.tensors:
@@ -53,7 +55,9 @@ def main():
         n = len(ids)
 
         def mm(x, name):
-            return x @ w[name].T
+            y = x @ w[name].T
+            bias = name.replace(".weight", ".bias")
+            return y + w[bias] if bias in w else y
 
         def rms(x, g):
             return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * g
@@ -64,10 +68,16 @@ def main():
         cos, sin = np.cos(ang), np.sin(ang)
 
         def rope(x):
-            x0, x1 = x[..., 0::2], x[..., 1::2]
             out = np.empty_like(x)
-            out[..., 0::2] = x0 * cos - x1 * sin
-            out[..., 1::2] = x0 * sin + x1 * cos
+            if arch == "llama":
+                x0, x1 = x[..., 0::2], x[..., 1::2]
+                out[..., 0::2] = x0 * cos - x1 * sin
+                out[..., 1::2] = x0 * sin + x1 * cos
+            else:
+                # qwen2: llama.cpp's NEOX rotation, element i paired with i + hd/2
+                x0, x1 = x[..., : hd // 2], x[..., hd // 2 :]
+                out[..., : hd // 2] = x0 * cos - x1 * sin
+                out[..., hd // 2 :] = x0 * sin + x1 * cos
             return out
 
         mask = np.triu(np.full((n, n), -np.inf), 1)

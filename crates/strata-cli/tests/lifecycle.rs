@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{logits_of, python_check, quick_demo, run, strata};
+use common::{engine_logits, logits_of, python_check, quick_demo, run, strata};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -673,4 +673,78 @@ fn hf_folder_import_names_what_is_wrong_and_publishes_nothing() {
         &|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(),
         &["tokenizer.json", "missing"],
     );
+}
+
+/// The pieces a tokenizer's pre-tokenizer cuts `text` into (byte-level symbols, as in its vocabulary).
+fn pre_pieces(tk: &tokenizers::Tokenizer, text: &str) -> Vec<String> {
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+    let mut s = PreTokenizedString::from(text);
+    tk.get_pre_tokenizer()
+        .unwrap()
+        .pre_tokenize(&mut s)
+        .unwrap();
+    s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+        .into_iter()
+        .map(|(piece, _, _)| piece.to_string())
+        .collect()
+}
+
+#[test]
+fn qwen2_gguf_imports_unpermuted_with_biases_and_its_pre_tokenizer() {
+    let (demo, _) = quick_demo();
+    let config = serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": false, "eos_token_id": 2});
+    let src = demo.join("qwen2-gguf/src");
+    synthetic_model(&src, &config, candle_core::DType::F32, 1);
+    let dir = demo.join("qwen2-gguf");
+    let text = "x(hello 2026\n\n  y";
+    // hand-worked splits of the published Qwen2 and Llama 3 regexes (Ġ: space, Ċ: newline)
+    for (pre, want) in [
+        (
+            "qwen2",
+            vec!["x", "(hello", "Ġ", "2", "0", "2", "6", "ĊĊ", "Ġ", "Ġy"],
+        ),
+        (
+            "llama-bpe",
+            vec!["x", "(hello", "Ġ", "202", "6", "ĊĊ", "Ġ", "Ġy"],
+        ),
+    ] {
+        let gguf = dir.join(format!("{pre}.gguf"));
+        python_check(
+            "hf_to_gguf_qwen2.py",
+            &[src.as_os_str(), gguf.as_os_str(), pre.as_ref()],
+        );
+        let name = format!("qwen2-{pre}");
+        let r = run(strata(demo)
+            .arg("import")
+            .arg(&gguf)
+            .args(["--name", &name]));
+        assert!(r.ok, "{}", r.stderr);
+        let mdir = demo.join("models").join(&name);
+        let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
+        assert_eq!(pre_pieces(&tk, text), want, "{pre}");
+        // every tensor as the HF folder had it (qwen2's Q and K are not permuted), so the same logits
+        let ids = tk
+            .encode("The liver measures 14.2 cm.", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        assert_eq!(logits_of(&src, &ids), logits_of(&mdir, &ids), "{pre}");
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(mdir.join("config.json")).unwrap()).unwrap();
+        assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
+        assert_eq!(cfg["model_type"], "qwen2");
+        // the inference engine on the GGUF file itself, against the numpy reference (NEOX rotation, biases)
+        let expect = dir.join(format!("expect-{pre}.json"));
+        std::fs::write(
+            &expect,
+            serde_json::json!({"ids": ids, "what": "engine on qwen2 GGUF",
+                "logits": engine_logits(&gguf, Some(strata_model::cpu::WeightType::F32), &ids)})
+            .to_string(),
+        )
+        .unwrap();
+        python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
+    }
 }

@@ -88,35 +88,57 @@ impl Meta<'_> {
     }
 }
 
+/// GGUF architectures Strata reads, with the Hugging Face class each becomes. Mistral GGUFs say "llama".
+const GGUF_ARCHITECTURES: [(&str, &str); 2] =
+    [("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM")];
+
 fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
     let arch = meta.string("general.architecture")?;
-    if arch != "llama" {
+    let Some(&(_, hf_arch)) = GGUF_ARCHITECTURES.iter().find(|(a, _)| *a == arch) else {
+        let names: Vec<&str> = GGUF_ARCHITECTURES.iter().map(|(a, _)| *a).collect();
         return Err(bad(
             meta.path,
-            format!("architecture {arch:?} is not supported (supported: llama)"),
+            format!(
+                "architecture {arch:?} is not supported (supported: {})",
+                names.join(", ")
+            ),
         ));
-    }
-    let heads = meta.usize("llama.attention.head_count")?;
-    let hidden = meta.usize("llama.embedding_length")?;
-    let vocab = match meta.usize("llama.vocab_size") {
+    };
+    let k = |key: &str| format!("{arch}.{key}");
+    let heads = meta.usize(&k("attention.head_count"))?;
+    let hidden = meta.usize(&k("embedding_length"))?;
+    let vocab = match meta.usize(&k("vocab_size")) {
         Ok(v) => v,
         Err(_) => meta.strings("tokenizer.ggml.tokens")?.len(),
     };
     let head_dim = meta
-        .usize("llama.rope.dimension_count")
+        .usize(&k("rope.dimension_count"))
         .ok()
         .filter(|&d| d != hidden / heads.max(1));
+    if meta.md.contains_key(&k("rope.scaling.type"))
+        && meta.string(&k("rope.scaling.type")).unwrap_or("none") != "none"
+    {
+        return Err(bad(
+            meta.path,
+            format!(
+                "{} is not supported yet (import the Hugging Face folder instead)",
+                k("rope.scaling.type")
+            ),
+        ));
+    }
     let cfg = LlamaConfig {
+        architectures: vec![hf_arch.to_string()],
+        model_type: arch.to_string(),
         vocab_size: vocab,
         hidden_size: hidden,
-        intermediate_size: meta.usize("llama.feed_forward_length")?,
-        num_hidden_layers: meta.usize("llama.block_count")?,
+        intermediate_size: meta.usize(&k("feed_forward_length"))?,
+        num_hidden_layers: meta.usize(&k("block_count"))?,
         num_attention_heads: heads,
-        num_key_value_heads: Some(meta.usize("llama.attention.head_count_kv").unwrap_or(heads)),
+        num_key_value_heads: Some(meta.usize(&k("attention.head_count_kv")).unwrap_or(heads)),
         head_dim,
-        max_position_embeddings: meta.usize("llama.context_length")?,
-        rms_norm_eps: meta.f64("llama.attention.layer_norm_rms_epsilon")?,
-        rope_theta: meta.f64("llama.rope.freq_base").unwrap_or(10_000.0),
+        max_position_embeddings: meta.usize(&k("context_length"))?,
+        rms_norm_eps: meta.f64(&k("attention.layer_norm_rms_epsilon"))?,
+        rope_theta: meta.f64(&k("rope.freq_base")).unwrap_or(10_000.0),
         tie_word_embeddings: false, // set below from the presence of output.weight
         bos_token_id: meta.opt_u32("tokenizer.ggml.bos_token_id").map(crate::TokenIds::One),
         eos_token_id: meta.opt_u32("tokenizer.ggml.eos_token_id").map(crate::TokenIds::One),
@@ -124,6 +146,12 @@ fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
             .map_err(|e| bad(meta.path, e.to_string()))?
     };
     Ok(cfg)
+}
+
+/// Whether llama.cpp stored Q and K permuted for its interleaved RoPE: it does for `llama` (whose HF
+/// weights rotate halves), not for `qwen2` (run with the NEOX rotation, the HF layout as it is).
+pub(crate) fn qk_permuted(cfg: &LlamaConfig) -> bool {
+    cfg.architectures.iter().any(|a| a == "LlamaForCausalLM")
 }
 
 /// GGUF tensor name → Hugging Face name.
@@ -147,6 +175,10 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
         "attn_k.weight" => "self_attn.k_proj.weight",
         "attn_v.weight" => "self_attn.v_proj.weight",
         "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.bias" => "self_attn.o_proj.bias",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
         "ffn_down.weight" => "mlp.down_proj.weight",
@@ -234,9 +266,9 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
         let mut t = q
             .dequantize(&device)
             .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
-        if hf.ends_with("q_proj.weight") {
+        if qk_permuted(&cfg) && hf.ends_with("q_proj.weight") {
             t = unpermute(&t, cfg.num_attention_heads)?;
-        } else if hf.ends_with("k_proj.weight") {
+        } else if qk_permuted(&cfg) && hf.ends_with("k_proj.weight") {
             t = unpermute(&t, cfg.kv_heads())?;
         }
         tensors.insert(hf, t);
@@ -256,17 +288,37 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
     })
 }
 
-/// The pre-tokenizer of a GGUF `tokenizer.ggml.pre` name, as HF writes it for the same model family.
-fn pre_tokenizer(path: &Path, pre: &str) -> Result<serde_json::Value> {
+/// The split regex of Llama 3's tokenizer (`tokenizer.ggml.pre` "llama-bpe"): digits in runs of up to three.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// The split regex of Qwen2's tokenizer (`tokenizer.ggml.pre` "qwen2"): every digit alone.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The normaliser and pre-tokenizer of a GGUF `tokenizer.ggml.pre` name, as the model family's own
+/// `tokenizer.json` has them on the Hugging Face Hub.
+fn pre_tokenizer(path: &Path, pre: &str) -> Result<(serde_json::Value, serde_json::Value)> {
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+    let split = |regex: &str| {
+        json!({
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
+            ]
+        })
+    };
     match pre {
         // GPT-2's regex after splitting digits one by one (StarCoder-family vocabularies, SmolLM)
-        "smollm" | "starcoder" | "refact" | "codeshell" => Ok(json!({
-            "type": "Sequence",
-            "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]
-        })),
-        "gpt2" | "default" => Ok(byte_level),
-        other => Err(bad(path, format!("tokenizer pre-tokenizer {other:?} is not supported yet (supported: smollm, starcoder, refact, codeshell, gpt2)"))),
+        "smollm" | "starcoder" | "refact" | "codeshell" => Ok((
+            serde_json::Value::Null,
+            json!({
+                "type": "Sequence",
+                "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]
+            }),
+        )),
+        "gpt2" | "default" => Ok((serde_json::Value::Null, byte_level)),
+        "llama-bpe" | "llama3" => Ok((serde_json::Value::Null, split(LLAMA3_SPLIT))),
+        "qwen2" => Ok((json!({"type": "NFC"}), split(QWEN2_SPLIT))),
+        other => Err(bad(path, format!("tokenizer pre-tokenizer {other:?} is not supported yet (supported: smollm, starcoder, refact, codeshell, gpt2, llama-bpe, qwen2)"))),
     }
 }
 
@@ -292,6 +344,7 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         None => vec![1; tokens.len()],
     };
     let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
+    let (normalizer, pre_tokenizer) = pre_tokenizer(path, pre)?;
     let vocab: serde_json::Map<String, serde_json::Value> = tokens
         .iter()
         .enumerate()
@@ -310,8 +363,8 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer(path, pre)?,
+        "normalizer": normalizer,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {

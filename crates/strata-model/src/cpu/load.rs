@@ -181,9 +181,10 @@ impl CpuModel {
                 }
             };
             // llama.cpp permutes Q and K rows for its interleaved RoPE: put them back in HF order.
-            let heads = if hf.ends_with("q_proj.weight") {
+            let permuted = crate::gguf::qk_permuted(&cfg);
+            let heads = if permuted && hf.ends_with("q_proj.weight") {
                 Some(cfg.num_attention_heads)
-            } else if hf.ends_with("k_proj.weight") {
+            } else if permuted && hf.ends_with("k_proj.weight") {
                 Some(cfg.kv_heads())
             } else {
                 None
