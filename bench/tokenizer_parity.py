@@ -38,7 +38,8 @@ def main():
         if text:
             out = subprocess.run([exe, "-m", gguf, "-p", text, "--ids", "--log-disable"], check=True, text=True, capture_output=True).stdout
             theirs = json.loads(out.strip().splitlines()[-1])
-        ours = tk.encode(text, add_special_tokens=False).ids
+        # special tokens as each adds them by default (llama-tokenize: BOS where the vocabulary asks for it)
+        ours = tk.encode(text, add_special_tokens=bool(text)).ids
         ok = ours == theirs
         same += ok
         print(f"{'same' if ok else 'DIFF'}  {len(ours):>3} ids  {text[:40]!r}")

@@ -44,6 +44,8 @@ def main():
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
+    # a BOS id but no tokenizer.ggml.add_bos_token: llama.cpp's default then decides (on for llama-bpe)
+    w.add_bos_token_id(cfg.get("bos_token_id", 0))
     if cfg.get("eos_token_id") is not None:
         w.add_eos_token_id(cfg["eos_token_id"])
     t = load_file(f"{src}/model.safetensors")

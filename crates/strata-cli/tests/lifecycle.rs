@@ -725,6 +725,15 @@ fn qwen2_gguf_imports_unpermuted_with_biases_and_its_pre_tokenizer() {
         let mdir = demo.join("models").join(&name);
         let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
         assert_eq!(pre_pieces(&tk, text), want, "{pre}");
+        // BOS (id 0 here) as llama.cpp adds it: by default for Llama 3's vocabulary, not for Qwen2's
+        let with_special = tk.encode("hello", true).unwrap().get_ids().to_vec();
+        let plain = tk.encode("hello", false).unwrap().get_ids().to_vec();
+        if pre == "llama-bpe" {
+            assert_eq!(with_special[0], 0);
+            assert_eq!(with_special[1..], plain[..]);
+        } else {
+            assert_eq!(with_special, plain);
+        }
         // every tensor as the HF folder had it (qwen2's Q and K are not permuted), so the same logits
         let ids = tk
             .encode("The liver measures 14.2 cm.", false)

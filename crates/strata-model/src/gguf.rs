@@ -358,6 +358,28 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         .filter(|(_, (_, ty))| matches!(ty, 3 | 4))
         .map(|(i, (t, ty))| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": *ty == 4, "special": *ty == 3}))
         .collect();
+    // llama.cpp adds BOS when the file says so, and by default for Llama 3's vocabulary; HF does it in the
+    // tokenizer's post-processor, which is what `encode(text, add_special_tokens=True)` applies.
+    let add_bos = meta
+        .md
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(matches!(pre, "llama-bpe" | "llama3"));
+    let bos = cfg
+        .bos_token_id
+        .as_ref()
+        .and_then(crate::TokenIds::first)
+        .and_then(|i| tokens.get(i as usize).map(|t| (i, (*t).to_string())));
+    let post_processor = match (&bos, add_bos) {
+        (Some((id, tok)), true) => json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": tok, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {tok.as_str(): {"id": tok, "ids": [id], "tokens": [tok]}}
+        }),
+        _ => serde_json::Value::Null,
+    };
     let tokenizer = json!({
         "version": "1.0",
         "truncation": null,
@@ -365,7 +387,7 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         "added_tokens": added,
         "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
-        "post_processor": null,
+        "post_processor": post_processor,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
@@ -392,7 +414,7 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         "eos_token": token(cfg.eos_token_id.as_ref().and_then(crate::TokenIds::first)),
         "pad_token": token(meta.opt_u32("tokenizer.ggml.padding_token_id")),
         "unk_token": token(meta.opt_u32("tokenizer.ggml.unknown_token_id")),
-        "add_bos_token": meta.md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+        "add_bos_token": add_bos && bos.is_some(),
         "model_max_length": cfg.max_position_embeddings,
         "clean_up_tokenization_spaces": false,
     });

@@ -20,6 +20,9 @@ pub struct GenParams {
     pub stop_token_ids: Vec<u32>,
     /// 1.0 = off; > 1 makes tokens already in the context less likely.
     pub repetition_penalty: f32,
+    /// Let the tokenizer add its special tokens (Llama 3's BOS) around the prompt, as transformers'
+    /// `encode` does by default. Off for a rendered chat template, which writes them itself.
+    pub add_special_tokens: bool,
 }
 
 impl GenParams {
@@ -33,6 +36,7 @@ impl GenParams {
             stop: Vec::new(),
             stop_token_ids: Vec::new(),
             repetition_penalty: 1.0,
+            add_special_tokens: true,
         }
     }
 }
@@ -117,7 +121,7 @@ impl Engine {
     ) -> Result<Generation> {
         let enc = self
             .tokenizer
-            .encode(prompt, false)
+            .encode(prompt, params.add_special_tokens)
             .map_err(|e| ServeError::BadRequest(format!("tokenizer: {e}")))?;
         let mut prompt_ids = enc.get_ids().to_vec();
         if prompt_ids.is_empty() {

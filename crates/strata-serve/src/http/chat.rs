@@ -143,6 +143,8 @@ pub async fn completions(
     );
     params.stop = parse_stop(req.stop)?;
     params.repetition_penalty = req.repetition_penalty.unwrap_or(1.0);
+    // the chat template writes the special tokens itself (as transformers' apply_chat_template)
+    params.add_special_tokens = false;
     if params.repetition_penalty <= 0.0 {
         return Err(ApiError::bad_request(
             "repetition_penalty must be > 0",
