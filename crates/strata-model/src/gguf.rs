@@ -212,11 +212,110 @@ pub(crate) fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
     Ok((content, reader))
 }
 
+/// Walks the metadata of a GGUF stream for `general.alignment`, which must be a power of two (candle divides
+/// by it unchecked). Anything else malformed is left to candle's reader, which reports it.
+fn check_alignment<R: std::io::Read + std::io::Seek>(r: &mut R) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind, SeekFrom};
+    fn u32_of<R: std::io::Read>(r: &mut R) -> std::io::Result<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64_of<R: std::io::Read>(r: &mut R) -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    /// Bytes of a fixed-size value type, None for string (8) and array (9).
+    fn width(ty: u32) -> std::io::Result<Option<u64>> {
+        Ok(Some(match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            10..=12 => 8,
+            8 | 9 => return Ok(None),
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    format!("value type {ty}"),
+                ))
+            }
+        }))
+    }
+    fn skip<R: std::io::Read + std::io::Seek>(r: &mut R, n: u64) -> std::io::Result<()> {
+        let n = i64::try_from(n).map_err(|_| Error::new(ErrorKind::InvalidData, "length"))?;
+        r.seek(SeekFrom::Current(n)).map(|_| ())
+    }
+    r.seek(SeekFrom::Start(0))?;
+    let magic = u32_of(r)?;
+    let version = u32_of(r)?;
+    if magic != 0x4655_4747 || !(2..=3).contains(&version) {
+        return Ok(()); // candle names what is wrong
+    }
+    let _tensors = u64_of(r)?;
+    let kvs = u64_of(r)?;
+    for _ in 0..kvs {
+        let len = u64_of(r)?;
+        if len > 1 << 16 {
+            return Ok(());
+        }
+        let mut key = vec![0u8; usize::try_from(len).unwrap_or(0)];
+        r.read_exact(&mut key)?;
+        let ty = u32_of(r)?;
+        if key == b"general.alignment" {
+            let v = match width(ty)? {
+                Some(w @ 1..=8) if ty != 6 && ty != 12 && ty != 7 => {
+                    let mut b = [0u8; 8];
+                    r.read_exact(&mut b[..usize::try_from(w).unwrap_or(8)])?;
+                    u64::from_le_bytes(b)
+                }
+                _ => return Ok(()),
+            };
+            if !v.is_power_of_two() {
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    format!("general.alignment is {v}, not a power of two"),
+                ));
+            }
+            return Ok(());
+        }
+        match (ty, width(ty)?) {
+            (_, Some(w)) => skip(r, w)?,
+            (8, None) => {
+                let n = u64_of(r)?;
+                skip(r, n)?;
+            }
+            _ => {
+                let ety = u32_of(r)?;
+                let n = u64_of(r)?;
+                match width(ety)? {
+                    Some(w) => skip(r, n.checked_mul(w).ok_or(ErrorKind::InvalidData)?)?,
+                    None if ety == 8 => {
+                        for _ in 0..n {
+                            let l = u64_of(r)?;
+                            skip(r, l)?;
+                        }
+                    }
+                    None => return Ok(()), // nested arrays: left to candle
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads the header of a GGUF stream; `path` names it in errors.
 pub(crate) fn read_header<R: std::io::Read + std::io::Seek>(
     path: &Path,
     reader: &mut R,
 ) -> Result<Content> {
+    check_alignment(reader).map_err(|e| bad(path, format!("not a readable GGUF file: {e}")))?;
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|source| ModelError::Io {
+            path: path.into(),
+            source,
+        })?;
     Content::read(reader).map_err(|e| {
         bad(
             path,
@@ -322,49 +421,53 @@ fn pre_tokenizer(path: &Path, pre: &str) -> Result<(serde_json::Value, serde_jso
     }
 }
 
-fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()> {
-    let path = meta.path;
-    let model = meta.string("tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(bad(
-            path,
-            format!(
-                "tokenizer model {model:?} is not supported yet (supported: gpt2 byte-level BPE)"
-            ),
-        ));
+/// BPE merges equivalent to a SentencePiece vocabulary's scores: every split of a piece into two pieces of
+/// the vocabulary is a merge, ranked by the merged piece's score (highest first, then lowest id), which is
+/// the order in which llama.cpp's SentencePiece tokenizer joins symbols. Byte (6), control (3) and unknown
+/// (2) tokens take no part.
+fn spm_merges(tokens: &[&str], scores: &[f32], types: &[i32]) -> Vec<(String, String)> {
+    let usable = |i: usize| matches!(types.get(i), Some(1 | 4) | None);
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| usable(*i))
+        .map(|(i, t)| (*t, i))
+        .collect();
+    let mut ranked: Vec<(f32, usize, &str, &str)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if !usable(id) {
+            continue;
+        }
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(cut);
+            if ids.contains_key(l) && ids.contains_key(r) {
+                ranked.push((score, id, l, r));
+            }
+        }
     }
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let merges = meta.strings("tokenizer.ggml.merges")?;
-    let types: Vec<i32> = match meta
-        .md
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.to_vec().ok())
-    {
-        Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
-        None => vec![1; tokens.len()],
-    };
-    let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
-    let (normalizer, pre_tokenizer) = pre_tokenizer(path, pre)?;
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| ((*t).to_string(), json!(i)))
-        .collect();
-    // control (3) and user-defined (4) tokens are matched whole before BPE, as llama.cpp does
-    let added: Vec<serde_json::Value> = tokens
-        .iter()
-        .zip(&types)
-        .enumerate()
-        .filter(|(_, (_, ty))| matches!(ty, 3 | 4))
-        .map(|(i, (t, ty))| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": *ty == 4, "special": *ty == 3}))
-        .collect();
-    // llama.cpp adds BOS when the file says so, and by default for Llama 3's vocabulary; HF does it in the
-    // tokenizer's post-processor, which is what `encode(text, add_special_tokens=True)` applies.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranked
+        .into_iter()
+        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+/// Whether to add BOS, which token, and the HF post-processor that adds it. llama.cpp adds BOS when the file
+/// says so, and by default for SentencePiece and Llama 3 vocabularies; HF does it in the tokenizer's
+/// post-processor, which is what `encode(text, add_special_tokens=True)` applies.
+fn bos_policy(
+    meta: &Meta<'_>,
+    cfg: &LlamaConfig,
+    tokens: &[&str],
+    spm: bool,
+    pre: &str,
+) -> (bool, Option<(u32, String)>, serde_json::Value) {
     let add_bos = meta
         .md
         .get("tokenizer.ggml.add_bos_token")
         .and_then(|v| v.to_bool().ok())
-        .unwrap_or(matches!(pre, "llama-bpe" | "llama3"));
+        .unwrap_or(spm || matches!(pre, "llama-bpe" | "llama3"));
     let bos = cfg
         .bos_token_id
         .as_ref()
@@ -380,6 +483,111 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         }),
         _ => serde_json::Value::Null,
     };
+    (add_bos, bos, post_processor)
+}
+
+/// A SentencePiece vocabulary's decoder ("▁" back to spaces, bytes fused, the prefix space dropped) and its
+/// unknown token.
+fn spm_decoder(
+    meta: &Meta<'_>,
+    tokens: &[&str],
+    types: &[i32],
+    add_space_prefix: bool,
+) -> (serde_json::Value, Option<String>) {
+    let unk = meta
+        .opt_u32("tokenizer.ggml.unknown_token_id")
+        .and_then(|i| tokens.get(i as usize))
+        .or_else(|| {
+            tokens
+                .iter()
+                .zip(types)
+                .find(|(_, ty)| **ty == 2)
+                .map(|(t, _)| t)
+        })
+        .map(|t| (*t).to_string());
+    let decoder = json!({"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": usize::from(add_space_prefix), "stop": 0}
+    ]});
+    (decoder, unk)
+}
+
+fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()> {
+    let path = meta.path;
+    let model = meta.string("tokenizer.ggml.model")?;
+    let spm = model == "llama";
+    if !spm && model != "gpt2" {
+        return Err(bad(path, format!("tokenizer model {model:?} is not supported yet (supported: gpt2 byte-level BPE, llama SentencePiece BPE)")));
+    }
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let types: Vec<i32> = match meta
+        .md
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+    {
+        Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+        None => vec![1; tokens.len()],
+    };
+    let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
+    let merges: Vec<(String, String)> = if spm {
+        let scores: Vec<f32> = meta
+            .get("tokenizer.ggml.scores")?
+            .to_vec()
+            .map_err(|_| bad(path, "tokenizer.ggml.scores is not an array"))?
+            .iter()
+            .map(|v| v.to_f32().unwrap_or(0.0))
+            .collect();
+        spm_merges(&tokens, &scores, &types)
+    } else {
+        meta.strings("tokenizer.ggml.merges")?
+            .iter()
+            .map(|m| {
+                let (a, b) = m.split_once(' ').unwrap_or((m, ""));
+                (a.to_string(), b.to_string())
+            })
+            .collect()
+    };
+    let add_space_prefix = meta
+        .md
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(true);
+    let (normalizer, pre_tokenizer) = if spm {
+        // SentencePiece: "▁" for every space, and one before the text (and after each special token, as
+        // llama.cpp does and the legacy HF Llama normaliser does per segment)
+        let mut steps =
+            vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
+        if add_space_prefix {
+            steps.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
+        }
+        (
+            json!({"type": "Sequence", "normalizers": steps}),
+            serde_json::Value::Null,
+        )
+    } else {
+        pre_tokenizer(path, pre)?
+    };
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| ((*t).to_string(), json!(i)))
+        .collect();
+    // unknown (2), control (3) and user-defined (4) tokens are matched whole before BPE, as llama.cpp does
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, ty))| matches!(ty, 2..=4))
+        .map(|(i, (t, ty))| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": *ty == 4, "special": *ty != 4}))
+        .collect();
+    let (add_bos, bos, post_processor) = bos_policy(meta, cfg, &tokens, spm, pre);
+    let (decoder, unk) = if spm {
+        spm_decoder(meta, &tokens, &types, add_space_prefix)
+    } else {
+        let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+        (decoder, None)
+    };
     let tokenizer = json!({
         "version": "1.0",
         "truncation": null,
@@ -388,22 +596,29 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "decoder": decoder,
         "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": spm, "byte_fallback": spm, "ignore_merges": false,
             "vocab": vocab, "merges": merges,
         },
     });
-    let werr = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: strata_store::StoreError| ModelError::Weights {
-            path: p,
-            reason: e.to_string(),
-        }
-    };
     let tk_path = out.join("tokenizer.json");
-    strata_store::write_json_atomic(&tk_path, &tokenizer).map_err(werr(&tk_path))?;
+    strata_store::write_json_atomic(&tk_path, &tokenizer).map_err(|e| ModelError::Weights {
+        path: tk_path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_tokenizer_config(meta, cfg, &tokens, add_bos && bos.is_some(), out)
+}
+
+/// `tokenizer_config.json`: the special tokens by name, BOS policy and the chat template.
+fn write_tokenizer_config(
+    meta: &Meta<'_>,
+    cfg: &LlamaConfig,
+    tokens: &[&str],
+    add_bos: bool,
+    out: &Path,
+) -> Result<()> {
     let token = |id: Option<u32>| {
         id.and_then(|i| tokens.get(i as usize))
             .map(|t| (*t).to_string())
@@ -414,7 +629,7 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         "eos_token": token(cfg.eos_token_id.as_ref().and_then(crate::TokenIds::first)),
         "pad_token": token(meta.opt_u32("tokenizer.ggml.padding_token_id")),
         "unk_token": token(meta.opt_u32("tokenizer.ggml.unknown_token_id")),
-        "add_bos_token": add_bos && bos.is_some(),
+        "add_bos_token": add_bos,
         "model_max_length": cfg.max_position_embeddings,
         "clean_up_tokenization_spaces": false,
     });
@@ -422,8 +637,10 @@ fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()>
         tc["chat_template"] = json!(t);
     }
     let tc_path = out.join("tokenizer_config.json");
-    strata_store::write_json_atomic(&tc_path, &tc).map_err(werr(&tc_path))?;
-    Ok(())
+    strata_store::write_json_atomic(&tc_path, &tc).map_err(|e| ModelError::Weights {
+        path: tc_path.clone(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -136,10 +136,13 @@ impl CpuModel {
                     ))
                 }
             };
-            let Some(elems) = rows.checked_mul(cols).filter(|&n| n <= 1 << 40) else {
+            let Some(elems) = rows
+                .checked_mul(cols)
+                .filter(|&n| n <= 1 << 40 && rows > 0 && cols > 0)
+            else {
                 return Err(crate::gguf::bad(
                     path,
-                    format!("tensor {name}: shape {dims:?} is too large"),
+                    format!("tensor {name}: shape {dims:?} is empty or too large"),
                 ));
             };
             let q = content
@@ -190,7 +193,7 @@ impl CpuModel {
                 None
             };
             if let Some(n) = heads {
-                if n == 0 || rows % n != 0 || (rows / n) % 2 != 0 || rows == 0 {
+                if n == 0 || rows != n * cfg.head_dim() || (rows / n) % 2 != 0 {
                     return Err(crate::gguf::bad(
                         path,
                         format!("tensor {name}: {rows} rows for {n} heads"),
