@@ -11,9 +11,12 @@ converter does it, using only the `gguf`, `safetensors` and `numpy` packages:
   adjacent pair whose joined piece scores highest, leftmost first; bytes for what is not in the vocabulary;
   "▁" for spaces and one before each text segment).
 
+With ROPE_FREQS=1 in the environment it adds a `rope_freqs.weight` tensor (Llama 3.1's RoPE factors).
+
 usage: hf_to_gguf.py HF_DIR OUT.gguf ARCH VOCAB [EXPECT_JSON]
 """
 import json
+import os
 import sys
 
 import numpy as np
@@ -183,6 +186,9 @@ def main():
         elif arch == "llama" and hf.endswith("k_proj.weight"):
             x = permute(x, nkv)
         w.add_tensor(names[hf], np.ascontiguousarray(x))
+    if os.environ.get("ROPE_FREQS"):
+        # Llama 3.1's frequency factors, as llama.cpp's converter stores them
+        w.add_tensor("rope_freqs.weight", np.ones(cfg["hidden_size"] // nh // 2, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -808,4 +808,30 @@ fn sentencepiece_gguf_tokenizes_as_llama_cpp_and_llama_weights_unpermute() {
     // Q and K come back in HF's row order: the same logits as the folder the GGUF was written from
     let ids = want["The liver measures 14.2 cm."].clone();
     assert_eq!(logits_of(&src, &ids), logits_of(&mdir, &ids));
+    // Llama 3.1 RoPE factors stored as a tensor are refused by name, not silently ignored
+    let freqs = dir.join("rope-freqs.gguf");
+    let out = std::process::Command::new(common::venv_python())
+        .arg(common::repo_root().join("tests/python/hf_to_gguf.py"))
+        .arg(&src)
+        .arg(&freqs)
+        .args(["llama", "spm"])
+        .arg(dir.join("unused.json"))
+        .env("ROPE_FREQS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&freqs)
+        .args(["--name", "freqs"]));
+    assert!(
+        !r.ok && r.stderr.contains("rope_freqs.weight"),
+        "{}",
+        r.stderr
+    );
+    let err = strata_model::cpu::CpuModel::load(&freqs, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("rope_freqs.weight"), "{err}");
 }

@@ -324,6 +324,19 @@ pub(crate) fn read_header<R: std::io::Read + std::io::Seek>(
     })
 }
 
+/// Llama 3.1-style files carry their RoPE frequency factors as a tensor; running without them would be silently
+/// wrong at every position, so they are refused until the engine applies them.
+fn refuse_rope_freqs(path: &Path, content: &Content) -> Result<()> {
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(bad(
+            path,
+            "rope_freqs.weight (Llama 3.1 RoPE frequency factors) is not supported from GGUF yet: import the \
+             Hugging Face folder, whose config.json rope_scaling Strata applies",
+        ));
+    }
+    Ok(())
+}
+
 /// The model config of an opened GGUF file (`tie_word_embeddings` from the presence of `output.weight`).
 pub(crate) fn config_of(path: &Path, content: &Content) -> Result<LlamaConfig> {
     let mut cfg = config_from(&Meta {
@@ -331,6 +344,7 @@ pub(crate) fn config_of(path: &Path, content: &Content) -> Result<LlamaConfig> {
         md: &content.metadata,
     })?;
     cfg.tie_word_embeddings = !content.tensor_infos.contains_key("output.weight");
+    refuse_rope_freqs(path, content)?;
     Ok(cfg)
 }
 
@@ -346,6 +360,7 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
         md: &content.metadata,
     };
     let mut cfg = config_from(&meta)?;
+    refuse_rope_freqs(path, &content)?;
     let device = Device::Cpu;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
@@ -353,7 +368,7 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
     let mut types = std::collections::BTreeMap::new();
     for name in names {
         let Some(hf) = hf_name(name) else {
-            // e.g. rope_freqs.weight: derived data that HF recomputes
+            // tensors HF does not have (rope_freqs.weight is refused above)
             tracing::debug!("skipping GGUF tensor {name}");
             continue;
         };
