@@ -183,35 +183,45 @@ impl CpuModel {
                     }
                 }
             };
-            // llama.cpp permutes Q and K rows for its interleaved RoPE: put them back in HF order.
-            let permuted = crate::gguf::qk_permuted(&cfg);
-            let heads = if permuted && hf.ends_with("q_proj.weight") {
-                Some(cfg.num_attention_heads)
-            } else if permuted && hf.ends_with("k_proj.weight") {
-                Some(cfg.kv_heads())
-            } else {
-                None
-            };
-            if let Some(n) = heads {
-                if n == 0 || rows != n * cfg.head_dim() || (rows / n) % 2 != 0 {
-                    return Err(crate::gguf::bad(
-                        path,
-                        format!("tensor {name}: {rows} rows for {n} heads"),
-                    ));
-                }
-                let hd = rows / n;
-                let order: Vec<usize> = (0..rows)
-                    .map(|r| {
-                        let (h, s, i) = (r / hd, (r % hd) / (hd / 2), r % (hd / 2));
-                        h * hd + i * 2 + s
-                    })
-                    .collect();
-                s.m = s.m.permute_rows(&order);
-            }
+            unpermute_qk(path, &cfg, name, &hf, &mut s.m)?;
             stored.insert(hf, s);
         }
         build(path, cfg, stored, want)
     }
+}
+
+/// llama.cpp permutes the Q and K rows of `llama` files for its interleaved RoPE: put them back in HF order.
+fn unpermute_qk(
+    path: &Path,
+    cfg: &LlamaConfig,
+    name: &str,
+    hf: &str,
+    m: &mut Matrix,
+) -> Result<()> {
+    let permuted = crate::gguf::qk_permuted(cfg);
+    let heads = if permuted && hf.ends_with("q_proj.weight") {
+        cfg.num_attention_heads
+    } else if permuted && hf.ends_with("k_proj.weight") {
+        cfg.kv_heads()
+    } else {
+        return Ok(());
+    };
+    let rows = m.rows;
+    if heads == 0 || rows != heads * cfg.head_dim() || !(rows / heads).is_multiple_of(2) {
+        return Err(crate::gguf::bad(
+            path,
+            format!("tensor {name}: {rows} rows for {heads} heads"),
+        ));
+    }
+    let hd = rows / heads;
+    let order: Vec<usize> = (0..rows)
+        .map(|r| {
+            let (h, s, i) = (r / hd, (r % hd) / (hd / 2), r % (hd / 2));
+            h * hd + i * 2 + s
+        })
+        .collect();
+    *m = m.permute_rows(&order);
+    Ok(())
 }
 
 fn build(
