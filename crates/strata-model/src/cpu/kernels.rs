@@ -4,7 +4,7 @@
 //! (VNNI for 8-bit dot products where the CPU has it), chosen at run time; other CPUs run the portable
 //! versions, which are also the reference the SIMD ones are tested against.
 
-use super::quant::{get_f16, Matrix, QuantActs, WeightType, QK};
+use super::quant::{get_f16, Matrix, QuantActs, WeightType, PACKED_BLOCK, QK};
 
 /// Instruction sets the kernels can use, detected once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,8 @@ pub fn matmul(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32], scratch:
     let threads = pool.threads();
     // Rows per task: a few tasks per thread for big products (balance), one per thread for decode.
     let tasks = if t * n * k < 1 << 16 { 1 } else { threads * 4 };
-    let chunk = n.div_ceil(tasks).next_multiple_of(FR);
+    // (packed matrices are cut between groups of 8 rows)
+    let chunk = n.div_ceil(tasks).next_multiple_of(if w.packed { 8 } else { FR });
     let out = Out(y.as_mut_ptr());
     let run = |start: usize| {
         let end = (start + chunk).min(n);
@@ -213,7 +214,9 @@ unsafe fn quant_block(
 ) {
     // With VNNI (and AVX-512's 32 vector registers) a Q8_0 tile of 4 × 4 is fastest; Q4 tiles, with their
     // scalar offset terms, and AVX2's 16 registers do best with 2 × 4 (measured on SmolLM2).
-    if isa == Isa::Avx2Vnni && w.ty == WeightType::Q8_0 {
+    if w.packed {
+        packed_rows(isa, w, acts, r0, r1, t0, t1, n, out);
+    } else if isa == Isa::Avx2Vnni && w.ty == WeightType::Q8_0 {
         quant_rows::<4>(isa, w, acts, r0, r1, t0, t1, n, out);
     } else {
         quant_rows::<QR>(isa, w, acts, r0, r1, t0, t1, n, out);
@@ -264,6 +267,72 @@ unsafe fn quant_rows<const R: usize>(
         }
         r += nr;
     }
+}
+
+/// Rows `r0..r1` (multiples of 8) of a packed Q8_0 matrix against tokens `t0..t1`: each group of 8 rows
+/// against up to TT tokens at a time, the 8 results of a token stored side by side.
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_rows(
+    isa: Isa,
+    w: &Matrix,
+    acts: &QuantActs,
+    r0: usize,
+    r1: usize,
+    t0: usize,
+    t1: usize,
+    n: usize,
+    out: Out,
+) {
+    let nb = acts.blocks;
+    let gb = nb * PACKED_BLOCK;
+    for g in r0 / 8..r1 / 8 {
+        let grp = &w.bytes[g * gb..(g + 1) * gb];
+        let mut t = t0;
+        while t < t1 {
+            let nt = (t1 - t).min(TT);
+            let acc: [[f32; 8]; TT] = match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Vnni if nt == 1 => {
+                    let one = x86::q8_0_packed_vnni::<1>(grp, acts, nb, &[t]);
+                    std::array::from_fn(|_| one[0])
+                }
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Vnni => {
+                    let toks: [usize; TT] = std::array::from_fn(|j| t + j.min(nt - 1));
+                    x86::q8_0_packed_vnni::<TT>(grp, acts, nb, &toks)
+                }
+                _ => std::array::from_fn(|j| {
+                    std::array::from_fn(|r| dot_q8_packed_portable(grp, r, acts, nb, t + j.min(nt - 1)))
+                }),
+            };
+            for (j, row) in acc.iter().enumerate().take(nt) {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), out.0.add((t + j) * n + g * 8), 8);
+            }
+            t += nt;
+        }
+    }
+}
+
+/// Row `r` (0..8) of a packed group against token `tok`: Σ_blocks d_w·d_x·Σ (u − 128)·q_x.
+#[must_use]
+pub fn dot_q8_packed_portable(grp: &[u8], r: usize, acts: &QuantActs, nb: usize, tok: usize) -> f32 {
+    let mut sum = 0f32;
+    for b in 0..nb {
+        let blk = &grp[b * PACKED_BLOCK..(b + 1) * PACKED_BLOCK];
+        let ai = tok * nb + b;
+        let xq = &acts.qs[ai * QK..(ai + 1) * QK];
+        let p: i32 = (0..QK)
+            .map(|k| {
+                let u = blk[16 + (k / 4) * 32 + r * 4 + k % 4];
+                (i32::from(u) - 128) * i32::from(xq[k])
+            })
+            .sum();
+        #[allow(clippy::cast_precision_loss)]
+        {
+            sum += get_f16(&blk[2 * r..]) * acts.d[ai] * p as f32;
+        }
+    }
+    sum
 }
 
 /// FR rows of W against N tokens: acc[i][j] = w_i · x_j.
@@ -448,13 +517,13 @@ pub fn dot_quant_portable(
 #[allow(clippy::cast_ptr_alignment)] // every load below is an unaligned load
 mod x86 {
     use std::arch::x86_64::{
-        __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps, _mm256_broadcast_ss,
-        _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps, _mm256_cvtps_epi32,
+        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps, _mm256_broadcast_ss,
+        _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps, _mm256_cvtph_ps, _mm256_cvtps_epi32,
         _mm256_dpbusd_epi32, _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps,
         _mm256_hadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16,
         _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16, _mm256_packs_epi32,
         _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16, _mm256_set1_epi8,
-        _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setzero_ps,
+        _mm256_set1_epi32, _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setzero_ps,
         _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_ps, _mm256_storeu_si256,
         _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32, _mm_add_ps, _mm_add_ss, _mm_and_si128,
         _mm_cvtph_ps, _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128,
@@ -808,6 +877,52 @@ mod x86 {
         udot_vnni_from
     );
 
+    /// A packed Q8_0 group (8 rows) against N tokens: out[j][r] = row r · token j. Weights are unsigned
+    /// (q + 128) and activations signed, so each 4-byte chunk is one `vpdpbusd` for all 8 rows, started from
+    /// −128·Σq_x to take the offset back out.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn q8_0_packed_vnni<const N: usize>(
+        grp: &[u8],
+        acts: &QuantActs,
+        nb: usize,
+        toks: &[usize; N],
+    ) -> [[f32; 8]; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let qs = acts.qs.as_ptr();
+        let ds = acts.d.as_ptr();
+        let cs = acts.c128.as_ptr();
+        let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
+        let g = grp.as_ptr();
+        for b in 0..nb {
+            let blk = g.add(b * super::PACKED_BLOCK);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.cast::<__m128i>()));
+            let w: [__m256i; 8] =
+                std::array::from_fn(|c| _mm256_loadu_si256(blk.add(16 + 32 * c).cast::<__m256i>()));
+            for j in 0..N {
+                let xb = qs.add((base[j] + b) * QK).cast::<i32>();
+                let x = |c: usize| _mm256_set1_epi32(xb.add(c).read_unaligned());
+                // two chains, so that the eight dependent products overlap
+                let mut a0 = _mm256_set1_epi32(*cs.add(base[j] + b));
+                let mut a1 = _mm256_setzero_si256();
+                a0 = _mm256_dpbusd_epi32(a0, w[0], x(0));
+                a1 = _mm256_dpbusd_epi32(a1, w[1], x(1));
+                a0 = _mm256_dpbusd_epi32(a0, w[2], x(2));
+                a1 = _mm256_dpbusd_epi32(a1, w[3], x(3));
+                a0 = _mm256_dpbusd_epi32(a0, w[4], x(4));
+                a1 = _mm256_dpbusd_epi32(a1, w[5], x(5));
+                a0 = _mm256_dpbusd_epi32(a0, w[6], x(6));
+                a1 = _mm256_dpbusd_epi32(a1, w[7], x(7));
+                let d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*ds.add(base[j] + b)));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, a1)), d, acc[j]);
+            }
+        }
+        let mut out = [[0f32; 8]; N];
+        for j in 0..N {
+            _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
+        }
+        out
+    }
+
     macro_rules! q4_tile {
         ($name:ident, $features:literal, $udot:ident) => {
             /// R Q4_0 (q1 = false) or Q4_1 (q1 = true) rows against N tokens.
@@ -938,16 +1053,21 @@ mod tests {
     }
 
     fn check(isa: Isa, ty: WeightType, n: usize, k: usize, t: usize) {
-        let w = Matrix::quantized(n, k, &sample(n * k, 1), ty);
+        check_matrix(isa, &Matrix::quantized(n, k, &sample(n * k, 1), ty), t);
+    }
+
+    fn check_matrix(isa: Isa, w: &Matrix, t: usize) {
+        let (ty, n, k) = (w.ty, w.rows, w.cols);
         let x = sample(t * k, 2);
         let mut y = vec![0f32; t * n];
-        matmul(isa, &w, &x, t, &mut y, &mut Scratch::default());
-        let r = reference(&w, &x, t, ty != WeightType::F32);
+        matmul(isa, w, &x, t, &mut y, &mut Scratch::default());
+        let r = reference(w, &x, t, ty != WeightType::F32);
         let scale = r.iter().fold(0f64, |m, v| m.max(v.abs()));
         for (i, (a, b)) in y.iter().zip(&r).enumerate() {
             assert!(
                 (f64::from(*a) - b).abs() <= 1e-4 * scale,
-                "{isa:?} {ty:?} n={n} k={k} t={t} at {i}: {a} vs {b}"
+                "{isa:?} {ty:?} packed={} n={n} k={k} t={t} at {i}: {a} vs {b}",
+                w.packed
             );
         }
     }
@@ -975,7 +1095,30 @@ mod tests {
             }
             // f32 rows whose length is not a multiple of 8
             check(isa, WeightType::F32, 5, 13, 2);
+            // Q8_0 packed 8 rows at a time (the VNNI layout; other ISAs run its portable version)
+            for (n, k, t) in [(8, 32, 1), (16, 64, 3), (40, 96, 5), (136, 256, 70), (1024, 576, 9)] {
+                let w = Matrix::quantized(n, k, &sample(n * k, 3), WeightType::Q8_0);
+                let p = w.pack_q8_0().unwrap();
+                assert_eq!(p.bytes.len(), w.bytes.len());
+                assert_eq!(p.unpacked().bytes, w.bytes, "pack → unpack");
+                check_matrix(isa, &p, t);
+            }
         }
+    }
+
+    #[test]
+    fn packing_takes_only_q8_0_in_groups_of_8_rows() {
+        let x = sample(12 * 64, 4);
+        assert!(Matrix::quantized(12, 64, &x, WeightType::Q8_0).pack_q8_0().is_none());
+        let x8 = &x[..8 * 64];
+        assert!(Matrix::quantized(8, 64, x8, WeightType::Q4_1).pack_q8_0().is_none());
+        let p = Matrix::quantized(8, 64, x8, WeightType::Q8_0).pack_q8_0().unwrap();
+        assert!(p.pack_q8_0().is_none());
+        // the values survive: dequantising the packed matrix gives the row layout's values
+        assert_eq!(
+            p.dequantize(),
+            Matrix::quantized(8, 64, x8, WeightType::Q8_0).dequantize()
+        );
     }
 
     #[test]

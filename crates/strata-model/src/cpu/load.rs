@@ -315,15 +315,39 @@ fn build(
         tracing::debug!("unused tensor {extra}");
     }
     let inv_freq = cfg.rope_inv_freq();
+    let isa = Isa::detect();
+    let (layers, lm_head) = pack_for(isa, layers, lm_head);
     Ok(CpuModel {
-        isa: Isa::detect(),
+        cfg,
+        isa,
         embed,
         layers,
         norm,
         lm_head,
         inv_freq,
-        cfg,
     })
+}
+
+/// With VNNI, Q8_0 projections are repacked 8 rows at a time for its 8-lane products (same size).
+fn pack_for(isa: Isa, layers: Vec<Layer>, lm_head: Matrix) -> (Vec<Layer>, Matrix) {
+    let pack = |m: Matrix| -> Matrix {
+        if isa == Isa::Avx2Vnni {
+            m.pack_q8_0().unwrap_or(m)
+        } else {
+            m
+        }
+    };
+    let layers = layers
+        .into_iter()
+        .map(|l| Layer {
+            qkv: pack(l.qkv),
+            o: pack(l.o),
+            gate_up: pack(l.gate_up),
+            down: pack(l.down),
+            ..l
+        })
+        .collect();
+    (layers, pack(lm_head))
 }
 
 /// Stacks projections; when their stored types differ (a GGUF may mix them), all become the widest.

@@ -47,10 +47,17 @@ pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
     pub ty: WeightType,
-    /// F32: the values; quantised: ggml blocks, row after row.
+    /// F32: the values; quantised: ggml blocks, row after row (or, when `packed`, see [`Matrix::packed`]).
     pub f32: Vec<f32>,
     pub bytes: Vec<u8>,
+    /// Q8_0 repacked for VNNI prompt processing ([`Matrix::pack_q8_0`]): per group of 8 rows and block of
+    /// 32 columns, the 8 f16 scales, then the 8 rows' quants interleaved 4 bytes at a time and offset by 128
+    /// (unsigned), so that one `vpdpbusd` gives 8 rows' partial dot products in its 8 lanes.
+    pub packed: bool,
 }
+
+/// Bytes of one packed group block: 8 f16 scales + 8 × 32 quants.
+pub const PACKED_BLOCK: usize = 16 + 8 * QK;
 
 impl Matrix {
     /// An f32 matrix.
@@ -66,6 +73,7 @@ impl Matrix {
             ty: WeightType::F32,
             f32: data,
             bytes: Vec::new(),
+            packed: false,
         }
     }
 
@@ -90,7 +98,66 @@ impl Matrix {
             ty,
             f32: Vec::new(),
             bytes,
+            packed: false,
         }
+    }
+
+    /// This Q8_0 matrix in the packed layout (rows a multiple of 8), or None when it does not qualify.
+    #[must_use]
+    pub fn pack_q8_0(&self) -> Option<Self> {
+        if self.ty != WeightType::Q8_0 || self.packed || !self.rows.is_multiple_of(8) {
+            return None;
+        }
+        let nb = self.cols / QK;
+        let rb = self.row_bytes();
+        let mut bytes = Vec::with_capacity(self.bytes.len());
+        for g in 0..self.rows / 8 {
+            for b in 0..nb {
+                let blk = |r: usize| &self.bytes[(g * 8 + r) * rb + b * 34..][..34];
+                for r in 0..8 {
+                    bytes.extend_from_slice(&blk(r)[..2]);
+                }
+                for c in 0..QK / 4 {
+                    for r in 0..8 {
+                        bytes.extend(blk(r)[2 + 4 * c..2 + 4 * c + 4].iter().map(|q| q ^ 0x80));
+                    }
+                }
+            }
+        }
+        Some(Self {
+            rows: self.rows,
+            cols: self.cols,
+            ty: self.ty,
+            f32: Vec::new(),
+            bytes,
+            packed: true,
+        })
+    }
+
+    /// A packed matrix back in ggml's row layout.
+    #[must_use]
+    pub fn unpacked(&self) -> Self {
+        if !self.packed {
+            return self.clone();
+        }
+        let nb = self.cols / QK;
+        let rb = self.row_bytes();
+        let mut bytes = vec![0u8; self.bytes.len()];
+        for g in 0..self.rows / 8 {
+            for b in 0..nb {
+                let src = &self.bytes[(g * nb + b) * PACKED_BLOCK..][..PACKED_BLOCK];
+                for r in 0..8 {
+                    let dst = &mut bytes[(g * 8 + r) * rb + b * 34..][..34];
+                    dst[..2].copy_from_slice(&src[2 * r..2 * r + 2]);
+                    for c in 0..QK / 4 {
+                        for k in 0..4 {
+                            dst[2 + 4 * c + k] = src[16 + c * 32 + r * 4 + k] ^ 0x80;
+                        }
+                    }
+                }
+            }
+        }
+        Self::from_blocks(self.rows, self.cols, self.ty, bytes)
     }
 
     /// Quantises an f32 matrix to `ty` (rows whose length is not a multiple of 32 stay f32).
@@ -133,6 +200,9 @@ impl Matrix {
         if self.ty == WeightType::F32 {
             return self.f32.clone();
         }
+        if self.packed {
+            return self.unpacked().dequantize();
+        }
         let bb = self.ty.block_bytes();
         let mut out = Vec::with_capacity(self.rows * self.cols);
         for b in self.bytes.chunks_exact(bb) {
@@ -149,7 +219,10 @@ impl Matrix {
     pub fn stack(parts: &[Matrix]) -> Self {
         let cols = parts[0].cols;
         let ty = parts[0].ty;
-        assert!(parts.iter().all(|p| p.cols == cols && p.ty == ty), "stack");
+        assert!(
+            parts.iter().all(|p| p.cols == cols && p.ty == ty && !p.packed),
+            "stack"
+        );
         let rows = parts.iter().map(|p| p.rows).sum();
         Self {
             rows,
@@ -157,12 +230,17 @@ impl Matrix {
             ty,
             f32: parts.iter().flat_map(|p| p.f32.iter().copied()).collect(),
             bytes: parts.iter().flat_map(|p| p.bytes.iter().copied()).collect(),
+            packed: false,
         }
     }
 
     /// Reorders rows: row i of the result is row `order[i]` of `self`.
+    ///
+    /// # Panics
+    /// On a packed matrix (rows are permuted before packing).
     #[must_use]
     pub fn permute_rows(&self, order: &[usize]) -> Self {
+        assert!(!self.packed, "permute_rows of a packed matrix");
         let (rb, re) = (self.row_bytes(), self.cols);
         let mut out = self.clone();
         for (i, &src) in order.iter().enumerate() {
@@ -247,6 +325,8 @@ pub struct QuantActs {
     pub d: Vec<f32>,
     pub s: Vec<f32>,
     pub qs: Vec<i8>,
+    /// −128·Σq per block: what the product with weights offset by 128 (the packed layout) over-counts.
+    pub c128: Vec<i32>,
 }
 
 /// One block of activations: q = x / d rounded to nearest (ties to even, as the SIMD rounding does), d =
@@ -270,6 +350,7 @@ struct Ptrs {
     d: *mut f32,
     s: *mut f32,
     qs: *mut i8,
+    c: *mut i32,
 }
 // SAFETY: each task writes the blocks of its own tokens only.
 unsafe impl Send for Ptrs {}
@@ -277,11 +358,12 @@ unsafe impl Sync for Ptrs {}
 
 impl Ptrs {
     /// (A method, so that closures capture the whole `Send` wrapper.)
-    fn block(self, i: usize) -> (*mut f32, *mut f32, *mut i8) {
+    fn block(self, i: usize) -> (*mut f32, *mut f32, *mut i8, *mut i32) {
         (
             self.d.wrapping_add(i),
             self.s.wrapping_add(i),
             self.qs.wrapping_add(i * QK),
+            self.c.wrapping_add(i),
         )
     }
 }
@@ -294,21 +376,24 @@ impl QuantActs {
         self.d.resize(nb, 0.0);
         self.s.resize(nb, 0.0);
         self.qs.resize(nb * QK, 0);
+        self.c128.resize(nb, 0);
         let isa = super::kernels::Isa::detect_cached();
         let p = Ptrs {
             d: self.d.as_mut_ptr(),
             s: self.s.as_mut_ptr(),
             qs: self.qs.as_mut_ptr(),
+            c: self.c128.as_mut_ptr(),
         };
         let per_task = 64 * self.blocks.max(1);
         let task = |t: usize| {
             for i in t * per_task..((t + 1) * per_task).min(nb) {
-                let (dp, sp, qp) = p.block(i);
+                let (dp, sp, qp, cp) = p.block(i);
                 // SAFETY: block i belongs to this task; the vectors hold nb blocks.
                 unsafe {
                     let q = std::slice::from_raw_parts_mut(qp, QK);
                     let (d, sum) = super::kernels::quantize_block(isa, &x[i * QK..(i + 1) * QK], q);
                     *dp = d;
+                    *cp = -128 * sum;
                     #[allow(clippy::cast_precision_loss)]
                     {
                         *sp = d * sum as f32;
