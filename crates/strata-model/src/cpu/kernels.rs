@@ -26,6 +26,7 @@ impl Isa {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c");
             if avx2
+                && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("avx512vl")
             {
@@ -93,7 +94,9 @@ pub fn matmul(isa: Isa, w: &Matrix, x: &[f32], t: usize, y: &mut [f32], scratch:
     // Rows per task: a few tasks per thread for big products (balance), one per thread for decode.
     let tasks = if t * n * k < 1 << 16 { 1 } else { threads * 4 };
     // (packed matrices are cut between groups of 8 rows)
-    let chunk = n.div_ceil(tasks).next_multiple_of(if w.packed { 8 } else { FR });
+    let chunk = n
+        .div_ceil(tasks)
+        .next_multiple_of(if w.packed { 8 } else { FR });
     let out = Out(y.as_mut_ptr());
     let run = |start: usize| {
         let end = (start + chunk).min(n);
@@ -302,7 +305,9 @@ unsafe fn packed_rows(
                     x86::q8_0_packed_vnni::<TT>(grp, acts, nb, &toks)
                 }
                 _ => std::array::from_fn(|j| {
-                    std::array::from_fn(|r| dot_q8_packed_portable(grp, r, acts, nb, t + j.min(nt - 1)))
+                    std::array::from_fn(|r| {
+                        dot_q8_packed_portable(grp, r, acts, nb, t + j.min(nt - 1))
+                    })
                 }),
             };
             for (j, row) in acc.iter().enumerate().take(nt) {
@@ -315,7 +320,13 @@ unsafe fn packed_rows(
 
 /// Row `r` (0..8) of a packed group against token `tok`: Σ_blocks d_w·d_x·Σ (u − 128)·q_x.
 #[must_use]
-pub fn dot_q8_packed_portable(grp: &[u8], r: usize, acts: &QuantActs, nb: usize, tok: usize) -> f32 {
+pub fn dot_q8_packed_portable(
+    grp: &[u8],
+    r: usize,
+    acts: &QuantActs,
+    nb: usize,
+    tok: usize,
+) -> f32 {
     let mut sum = 0f32;
     for b in 0..nb {
         let blk = &grp[b * PACKED_BLOCK..(b + 1) * PACKED_BLOCK];
@@ -381,53 +392,112 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     dot_f32_portable(a, b)
 }
 
-/// y += a·x (attention values), SIMD where available.
-pub fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
+/// Queries per attention block: consecutive tokens of one head share every key and value they load.
+pub const QB: usize = 4;
+
+/// Attention of up to [`QB`] consecutive queries of one head. `kt` holds this kv head's keys transposed (row
+/// `d` = dimension d of positions 0..`cap`), `v` its values (row p = position p). Query u is at position
+/// `p0 + u` and attends keys `lo..=p0 + u`, lo = 0 or, with a sliding `window`, `p0 + u + 1 − window`;
+/// `out[u]` receives its softmax-weighted sum of values.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_block(
+    isa: Isa,
+    q: &[&[f32]],
+    kt: &[f32],
+    v: &[f32],
+    cap: usize,
+    p0: usize,
+    window: Option<usize>,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [&mut [f32]],
+) {
+    let (nq, hd) = (q.len(), q[0].len());
+    let lo = |u: usize| window.map_or(0, |w| (p0 + u + 1).saturating_sub(w));
+    let lo0 = lo(0);
+    let n = p0 + nq - lo0;
+    scores.clear();
+    scores.resize(nq * n, 0.0);
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: AVX2 and FMA were detected.
-        unsafe { x86::axpy(a, x, y) };
-        return;
+    let wide = isa == Isa::Avx2Vnni && hd.is_multiple_of(16);
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    // SAFETY (all three): the ISA was detected; every slice covers what the kernels read and write.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match (wide, isa) {
+            (true, _) => x86::scores_512(q, kt, cap, lo0, n, scale, scores),
+            (false, Isa::Avx2 | Isa::Avx2Vnni) => {
+                x86::scores_avx2(q, kt, cap, lo0, n, scale, scores);
+            }
+            (false, Isa::Portable) => scores_generic(q, kt, cap, lo0, n, scale, scores),
+        }
     }
-    let _ = isa;
-    for (v, u) in y.iter_mut().zip(x) {
-        *v = a.mul_add(*u, *v);
+    #[cfg(not(target_arch = "x86_64"))]
+    scores_generic(q, kt, cap, lo0, n, scale, scores);
+    for u in 0..nq {
+        let s = &mut scores[u * n..(u + 1) * n];
+        let (a, b) = (lo(u) - lo0, p0 + u + 1 - lo0);
+        let max = s[a..b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in &mut s[a..b] {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        s[a..b].iter_mut().for_each(|x| *x *= inv);
+        s[..a].fill(0.0);
+        s[b..].fill(0.0);
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        match (wide, isa) {
+            (true, _) => x86::values_512(scores, n, v, lo0, hd, out),
+            (false, Isa::Avx2 | Isa::Avx2Vnni) => x86::values_avx2(scores, n, v, lo0, hd, out),
+            (false, Isa::Portable) => values_generic(scores, n, v, lo0, hd, out),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    values_generic(scores, n, v, lo0, hd, out);
+}
+
+/// s[u][j] = scale · q_u · key (lo0 + j), from transposed keys (vectorised by the compiler per ISA).
+// always inlined: the AVX2 wrapper compiles this body with its target features
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn scores_generic(
+    q: &[&[f32]],
+    kt: &[f32],
+    cap: usize,
+    lo0: usize,
+    n: usize,
+    scale: f32,
+    s: &mut [f32],
+) {
+    for (u, qu) in q.iter().enumerate() {
+        let su = &mut s[u * n..(u + 1) * n];
+        for (d, &qd) in qu.iter().enumerate() {
+            let qd = qd * scale;
+            for (x, k) in su.iter_mut().zip(&kt[d * cap + lo0..][..n]) {
+                *x += qd * k;
+            }
+        }
     }
 }
 
-/// One query's attention: `out` = softmax(scale · q·kⱼ) · vⱼ over the rows of `keys` and `values` (each
-/// `q.len()` wide); `scores` is scratch space.
-pub fn attend(
-    isa: Isa,
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable && hd.is_multiple_of(8) && hd <= 256 {
-        // SAFETY: AVX2 and FMA were detected; the widths were just checked.
-        unsafe { x86::attend(q, keys, values, scale, scores, out) };
-        return;
-    }
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for k in keys.chunks_exact(hd) {
-        let s = dot(isa, q, k) * scale;
-        max = max.max(s);
-        scores.push(s);
-    }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    out.fill(0.0);
-    for (v, s) in values.chunks_exact(hd).zip(scores.iter()) {
-        axpy(isa, s / sum, v, out);
+/// out_u = Σ_j p[u][j] · value (lo0 + j).
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn values_generic(p: &[f32], n: usize, v: &[f32], lo0: usize, hd: usize, out: &mut [&mut [f32]]) {
+    for (u, o) in out.iter_mut().enumerate() {
+        o.fill(0.0);
+        for (j, &w) in p[u * n..(u + 1) * n].iter().enumerate() {
+            if w != 0.0 {
+                for (x, y) in o.iter_mut().zip(&v[(lo0 + j) * hd..][..hd]) {
+                    *x += w * y;
+                }
+            }
+        }
     }
 }
 
@@ -517,18 +587,18 @@ pub fn dot_quant_portable(
 #[allow(clippy::cast_ptr_alignment)] // every load below is an unaligned load
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps, _mm256_broadcast_ss,
-        _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps, _mm256_cvtph_ps, _mm256_cvtps_epi32,
-        _mm256_dpbusd_epi32, _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps,
-        _mm256_hadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16,
-        _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16, _mm256_packs_epi32,
-        _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16, _mm256_set1_epi8,
-        _mm256_set1_epi32, _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setzero_ps,
-        _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_ps, _mm256_storeu_si256,
-        _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32, _mm_add_ps, _mm_add_ss, _mm_and_si128,
-        _mm_cvtph_ps, _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128,
-        _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_mul_ps, _mm_set1_epi8, _mm_set1_ps,
-        _mm_shuffle_epi32, _mm_shuffle_ps, _mm_srli_epi16, _mm_storeu_ps, _MM_FROUND_NO_EXC,
+        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps,
+        _mm256_broadcast_ss, _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
+        _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_dpbusd_epi32, _mm256_extractf128_ps,
+        _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16,
+        _mm256_packs_epi32, _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16,
+        _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32,
+        _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_ps,
+        _mm256_storeu_si256, _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32, _mm_add_ps,
+        _mm_add_ss, _mm_and_si128, _mm_cvtph_ps, _mm_cvtsi128_si32, _mm_cvtsi32_si128,
+        _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_set1_epi8,
+        _mm_shuffle_epi32, _mm_shuffle_ps, _mm_srli_epi16, _MM_FROUND_NO_EXC,
         _MM_FROUND_TO_NEAREST_INT,
     };
 
@@ -630,7 +700,43 @@ mod x86 {
         };
     }
     f32_tile!(dot_f32_tile, "avx2,fma");
-    f32_tile!(dot_f32_tile_512, "avx2,fma,avx512f,avx512vl");
+
+    /// The f32 tile in 512-bit registers (16 lanes: twice the work per instruction on CPUs with full-width
+    /// AVX-512 units, and 32 registers for the 4 × FT accumulators).
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    pub unsafe fn dot_f32_tile_512<const FT: usize>(
+        w: &[&[f32]; FR],
+        x: &[&[f32]; FT],
+    ) -> [[f32; FT]; FR] {
+        use std::arch::x86_64::{
+            __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+        };
+        let k = w[0].len();
+        let k16 = k / 16 * 16;
+        let mut acc = [[_mm512_setzero_ps(); FT]; FR];
+        let mut c = 0;
+        while c < k16 {
+            let xv: [__m512; FT] = std::array::from_fn(|j| _mm512_loadu_ps(x[j].as_ptr().add(c)));
+            for i in 0..FR {
+                let wv = _mm512_loadu_ps(w[i].as_ptr().add(c));
+                for j in 0..FT {
+                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+                }
+            }
+            c += 16;
+        }
+        let mut out = [[0f32; FT]; FR];
+        for i in 0..FR {
+            for j in 0..FT {
+                let mut s = _mm512_reduce_add_ps(acc[i][j]);
+                for e in k16..k {
+                    s += w[i][e] * x[j][e];
+                }
+                out[i][j] = s;
+            }
+        }
+        out
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -664,96 +770,171 @@ mod x86 {
         s
     }
 
-    /// See [`super::attend`]; `q.len()` is a multiple of 8, at most 256: the output row stays in registers.
+    /// [`super::scores_generic`] compiled for AVX2 + FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend(
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
+    pub unsafe fn scores_avx2(
+        q: &[&[f32]],
+        kt: &[f32],
+        cap: usize,
+        lo0: usize,
+        n: usize,
         scale: f32,
-        scores: &mut Vec<f32>,
-        out: &mut [f32],
+        s: &mut [f32],
     ) {
-        let hd = q.len();
-        let nv = hd / 8;
-        let n = keys.len() / hd;
-        scores.clear();
-        scores.reserve(n);
-        let qp = q.as_ptr();
-        let mut max = f32::NEG_INFINITY;
-        // four keys at a time: independent accumulators, and one combined horizontal sum
-        let mut j = 0;
-        while j + 4 <= n {
-            let kp = keys.as_ptr().add(j * hd);
-            let mut a = [_mm256_setzero_ps(); 4];
-            let mut c = 0;
-            while c < hd {
-                let qv = _mm256_loadu_ps(qp.add(c));
-                for (u, acc) in a.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(u * hd + c)), *acc);
-                }
-                c += 8;
-            }
-            // [s0 s1 s2 s3] from four 8-lane sums
-            let h01 = _mm256_hadd_ps(a[0], a[1]);
-            let h23 = _mm256_hadd_ps(a[2], a[3]);
-            let h = _mm256_hadd_ps(h01, h23);
-            let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-            let mut out4 = [0f32; 4];
-            _mm_storeu_ps(out4.as_mut_ptr(), _mm_mul_ps(s4, _mm_set1_ps(scale)));
-            for v in out4 {
-                max = max.max(v);
-                scores.push(v);
-            }
-            j += 4;
-        }
-        for j in j..n {
-            let kp = keys.as_ptr().add(j * hd);
-            let mut a0 = _mm256_setzero_ps();
-            let mut c = 0;
-            while c < hd {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a0);
-                c += 8;
-            }
-            let s = hsum(a0) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        let mut acc = [_mm256_setzero_ps(); 32];
-        for (j, s) in scores.iter().enumerate() {
-            let vp = values.as_ptr().add(j * hd);
-            let w = _mm256_set1_ps(s * inv);
-            for (v, a) in acc.iter_mut().enumerate().take(nv) {
-                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(v * 8)), *a);
-            }
-        }
-        for (v, a) in acc.iter().enumerate().take(nv) {
-            _mm256_storeu_ps(out.as_mut_ptr().add(v * 8), *a);
+        super::scores_generic(q, kt, cap, lo0, n, scale, s);
+    }
+
+    /// [`super::values_generic`] compiled for AVX2 + FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn values_avx2(
+        p: &[f32],
+        n: usize,
+        v: &[f32],
+        lo0: usize,
+        hd: usize,
+        out: &mut [&mut [f32]],
+    ) {
+        super::values_generic(p, n, v, lo0, hd, out);
+    }
+
+    /// Scores of up to 4 queries against 64 keys at a time: per dimension, 4 loads of keys and one
+    /// broadcast per query feed 16 FMAs into registers (`hd` a multiple of 16).
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub unsafe fn scores_512(
+        q: &[&[f32]],
+        kt: &[f32],
+        cap: usize,
+        lo0: usize,
+        n: usize,
+        scale: f32,
+        s: &mut [f32],
+    ) {
+        match q.len() {
+            1 => scores_512_n::<1>(q, kt, cap, lo0, n, scale, s),
+            2 => scores_512_n::<2>(q, kt, cap, lo0, n, scale, s),
+            3 => scores_512_n::<3>(q, kt, cap, lo0, n, scale, s),
+            _ => scores_512_n::<4>(q, kt, cap, lo0, n, scale, s),
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        let k = x.len().min(y.len());
-        let k8 = k / 8 * 8;
-        let av = _mm256_set1_ps(a);
-        let mut c = 0;
-        while c < k8 {
-            let p = y.as_mut_ptr().add(c);
-            _mm256_storeu_ps(
-                p,
-                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(c)), _mm256_loadu_ps(p)),
-            );
-            c += 8;
+    /// Lane masks of up to 4 chunks of 16 over `rem` remaining keys (0 for a chunk past the end).
+    #[allow(clippy::cast_possible_truncation)]
+    fn masks(rem: usize) -> [u16; 4] {
+        std::array::from_fn(|c| {
+            let left = rem.saturating_sub(16 * c).min(16);
+            ((1u32 << left) - 1) as u16
+        })
+    }
+
+    #[allow(clippy::needless_range_loop)] // register tiles read best indexed
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn scores_512_n<const NQ: usize>(
+        q: &[&[f32]],
+        kt: &[f32],
+        cap: usize,
+        lo0: usize,
+        n: usize,
+        scale: f32,
+        s: &mut [f32],
+    ) {
+        use std::arch::x86_64::{
+            _mm512_fmadd_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_mul_ps,
+            _mm512_set1_ps, _mm512_setzero_ps,
+        };
+        let hd = q[0].len();
+        let qp: [*const f32; NQ] = std::array::from_fn(|u| q[u].as_ptr());
+        let sp = s.as_mut_ptr();
+        let vs = _mm512_set1_ps(scale);
+        let mut j = 0;
+        while j < n {
+            let m = masks(n - j);
+            let mut acc = [[_mm512_setzero_ps(); 4]; NQ];
+            let mut kp = kt.as_ptr().add(lo0 + j);
+            for d in 0..hd {
+                let k: [_; 4] =
+                    std::array::from_fn(|c| _mm512_maskz_loadu_ps(m[c], kp.add(16 * c)));
+                for u in 0..NQ {
+                    let qd = _mm512_set1_ps(*qp[u].add(d));
+                    for c in 0..4 {
+                        acc[u][c] = _mm512_fmadd_ps(qd, k[c], acc[u][c]);
+                    }
+                }
+                kp = kp.add(cap);
+            }
+            for u in 0..NQ {
+                for c in 0..4 {
+                    if m[c] != 0 {
+                        _mm512_mask_storeu_ps(
+                            sp.add(u * n + j + 16 * c),
+                            m[c],
+                            _mm512_mul_ps(acc[u][c], vs),
+                        );
+                    }
+                }
+            }
+            j += 64;
         }
-        for e in k8..k {
-            y[e] = a.mul_add(x[e], y[e]);
+    }
+
+    /// Weighted sums of values for up to 4 queries, 64 columns at a time in registers.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub unsafe fn values_512(
+        p: &[f32],
+        n: usize,
+        v: &[f32],
+        lo0: usize,
+        hd: usize,
+        out: &mut [&mut [f32]],
+    ) {
+        match out.len() {
+            1 => values_512_n::<1>(p, n, v, lo0, hd, out),
+            2 => values_512_n::<2>(p, n, v, lo0, hd, out),
+            3 => values_512_n::<3>(p, n, v, lo0, hd, out),
+            _ => values_512_n::<4>(p, n, v, lo0, hd, out),
+        }
+    }
+
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    unsafe fn values_512_n<const NQ: usize>(
+        p: &[f32],
+        n: usize,
+        v: &[f32],
+        lo0: usize,
+        hd: usize,
+        out: &mut [&mut [f32]],
+    ) {
+        use std::arch::x86_64::{
+            _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        };
+        let pp = p.as_ptr();
+        let mut c0 = 0;
+        while c0 < hd {
+            let chunks = ((hd - c0) / 16).min(4);
+            let mut acc = [[_mm512_setzero_ps(); 4]; NQ];
+            let mut row = v.as_ptr().add(lo0 * hd + c0);
+            for j in 0..n {
+                let vv: [_; 4] = std::array::from_fn(|c| {
+                    if c < chunks {
+                        _mm512_loadu_ps(row.add(16 * c))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                for u in 0..NQ {
+                    let w = _mm512_set1_ps(*pp.add(u * n + j));
+                    for c in 0..4 {
+                        acc[u][c] = _mm512_fmadd_ps(w, vv[c], acc[u][c]);
+                    }
+                }
+                row = row.add(hd);
+            }
+            for u in 0..NQ {
+                for c in 0..chunks {
+                    _mm512_storeu_ps(out[u].as_mut_ptr().add(c0 + 16 * c), acc[u][c]);
+                }
+            }
+            c0 += 64;
         }
     }
 
@@ -1096,7 +1277,13 @@ mod tests {
             // f32 rows whose length is not a multiple of 8
             check(isa, WeightType::F32, 5, 13, 2);
             // Q8_0 packed 8 rows at a time (the VNNI layout; other ISAs run its portable version)
-            for (n, k, t) in [(8, 32, 1), (16, 64, 3), (40, 96, 5), (136, 256, 70), (1024, 576, 9)] {
+            for (n, k, t) in [
+                (8, 32, 1),
+                (16, 64, 3),
+                (40, 96, 5),
+                (136, 256, 70),
+                (1024, 576, 9),
+            ] {
                 let w = Matrix::quantized(n, k, &sample(n * k, 3), WeightType::Q8_0);
                 let p = w.pack_q8_0().unwrap();
                 assert_eq!(p.bytes.len(), w.bytes.len());
@@ -1109,10 +1296,16 @@ mod tests {
     #[test]
     fn packing_takes_only_q8_0_in_groups_of_8_rows() {
         let x = sample(12 * 64, 4);
-        assert!(Matrix::quantized(12, 64, &x, WeightType::Q8_0).pack_q8_0().is_none());
+        assert!(Matrix::quantized(12, 64, &x, WeightType::Q8_0)
+            .pack_q8_0()
+            .is_none());
         let x8 = &x[..8 * 64];
-        assert!(Matrix::quantized(8, 64, x8, WeightType::Q4_1).pack_q8_0().is_none());
-        let p = Matrix::quantized(8, 64, x8, WeightType::Q8_0).pack_q8_0().unwrap();
+        assert!(Matrix::quantized(8, 64, x8, WeightType::Q4_1)
+            .pack_q8_0()
+            .is_none());
+        let p = Matrix::quantized(8, 64, x8, WeightType::Q8_0)
+            .pack_q8_0()
+            .unwrap();
         assert!(p.pack_q8_0().is_none());
         // the values survive: dequantising the packed matrix gives the row layout's values
         assert_eq!(
@@ -1151,49 +1344,79 @@ mod tests {
     }
 
     #[test]
-    fn attention_kernel_matches_softmax_by_hand() {
-        for hd in [8, 24, 64, 12] {
-            let n = 37;
-            let q = sample(hd, 21);
-            let k = sample(n * hd, 22);
-            let v = sample(n * hd, 23);
-            // by hand, in f64
-            let s: Vec<f64> = (0..n)
-                .map(|j| {
-                    0.3 * (0..hd)
-                        .map(|c| f64::from(q[c]) * f64::from(k[j * hd + c]))
-                        .sum::<f64>()
-                })
-                .collect();
-            let m = s.iter().copied().fold(f64::MIN, f64::max);
-            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-            for isa in [Isa::Portable, Isa::detect()] {
-                let mut out = vec![0f32; hd];
-                attend(isa, &q, &k, &v, 0.3, &mut Vec::new(), &mut out);
-                for c in 0..hd {
-                    let want: f64 = (0..n)
-                        .map(|j| (s[j] - m).exp() / z * f64::from(v[j * hd + c]))
-                        .sum();
-                    assert!(
-                        (f64::from(out[c]) - want).abs() < 1e-5,
-                        "{isa:?} hd={hd} c={c}"
+    fn attention_blocks_match_softmax_by_hand() {
+        let cap = 70;
+        // 1 to 4 queries; head widths on and off the 16-wide path; causal and sliding-window masks; key
+        // counts on and off the 64-key tiles
+        for hd in [8, 12, 24, 64, 80, 128] {
+            let k = sample(cap * hd, 22); // by position
+            let v = sample(cap * hd, 23);
+            let kt: Vec<f32> = (0..hd * cap).map(|i| k[(i % cap) * hd + i / cap]).collect();
+            for (p0, nq, window) in [
+                (0, 1, None),
+                (30, 4, None),
+                (63, 3, None),
+                (60, 4, Some(7)),
+                (9, 2, Some(70)),
+            ] {
+                let qs: Vec<Vec<f32>> = (0..nq)
+                    .map(|u| sample(hd, 30 + u32::try_from(u).unwrap()))
+                    .collect();
+                let q: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
+                let mut isas = vec![Isa::Portable, Isa::detect()];
+                if Isa::detect() == Isa::Avx2Vnni {
+                    isas.push(Isa::Avx2);
+                }
+                for isa in isas {
+                    let mut outs = vec![vec![0f32; hd]; nq];
+                    let mut o: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                    attend_block(
+                        isa,
+                        &q,
+                        &kt,
+                        &v,
+                        cap,
+                        p0,
+                        window,
+                        0.3,
+                        &mut Vec::new(),
+                        &mut o,
                     );
+                    for u in 0..nq {
+                        let p = p0 + u;
+                        let lo = window.map_or(0, |w: usize| (p + 1).saturating_sub(w));
+                        let s: Vec<f64> = (lo..=p)
+                            .map(|j| {
+                                0.3 * (0..hd)
+                                    .map(|c| f64::from(qs[u][c]) * f64::from(k[j * hd + c]))
+                                    .sum::<f64>()
+                            })
+                            .collect();
+                        let m = s.iter().copied().fold(f64::MIN, f64::max);
+                        let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                        for c in 0..hd {
+                            let want: f64 = (lo..=p)
+                                .map(|j| (s[j - lo] - m).exp() / z * f64::from(v[j * hd + c]))
+                                .sum();
+                            assert!(
+                                (f64::from(outs[u][c]) - want).abs() < 1e-5,
+                                "{isa:?} hd={hd} p0={p0} nq={nq} {window:?} u={u} c={c}: {} vs {want}",
+                                outs[u][c]
+                            );
+                        }
+                    }
                 }
             }
         }
     }
 
     #[test]
-    fn dot_and_axpy_match_scalar_loops() {
+    fn dot_matches_a_scalar_loop() {
         let a = sample(70, 8);
         let b = sample(70, 9);
-        let isa = Isa::detect();
-        let d: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(isa, &a, &b) - d).abs() < 1e-4);
-        let mut y = b.clone();
-        axpy(isa, 0.5, &a, &mut y);
-        for i in 0..70 {
-            assert!((y[i] - (b[i] + 0.5 * a[i])).abs() < 1e-6);
+        for isa in [Isa::Portable, Isa::detect()] {
+            let d: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(isa, &a, &b) - d).abs() < 1e-4, "{isa:?}");
         }
     }
 }

@@ -18,7 +18,7 @@ pub use load::GGUF_IN_FOLDER;
 pub use quant::{Matrix, WeightType};
 
 use crate::{LlamaConfig, ModelError, Result};
-use kernels::{attend, matmul, Scratch};
+use kernels::{attend_block, matmul, Scratch, QB};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -116,11 +116,16 @@ impl CpuCache {
         self.len = 0;
     }
 
+    /// Keys are kept transposed (per kv head, row d = dimension d of every position), so that attention
+    /// scores many positions per vector; values by position.
     fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let hd = self.hd;
+        let (hd, cap) = (self.hd, self.cap);
         for (h, (kh, vh)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
-            let at = (h * self.cap + pos) * hd;
-            self.k[layer][at..at + hd].copy_from_slice(kh);
+            let kt = &mut self.k[layer][h * hd * cap..(h + 1) * hd * cap];
+            for (d, &x) in kh.iter().enumerate() {
+                kt[d * cap + pos] = x;
+            }
+            let at = (h * cap + pos) * hd;
             self.v[layer][at..at + hd].copy_from_slice(vh);
         }
     }
@@ -351,26 +356,37 @@ impl CpuModel {
             let task = |task: usize| {
                 let head = task % nh;
                 let c0 = (task / nh) * tok_chunk;
+                let c1 = (c0 + tok_chunk).min(t);
                 let kvh = head / rep;
-                let kbase = &kc[kvh * cap * hd..(kvh + 1) * cap * hd];
+                let kt = &kc[kvh * hd * cap..(kvh + 1) * hd * cap];
                 let vbase = &vc[kvh * cap * hd..(kvh + 1) * cap * hd];
-                let mut scores = Vec::with_capacity(pos0 + t);
-                for i in c0..(c0 + tok_chunk).min(t) {
-                    let p = pos0 + i;
-                    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                    let q = &qkv_ref[i * qkv_w + head * hd..][..hd];
-                    // SAFETY: (token i, head) is written by this task only.
-                    let o =
-                        unsafe { std::slice::from_raw_parts_mut(out.at(i * qd + head * hd), hd) };
-                    attend(
+                let mut scores = Vec::with_capacity(QB * (pos0 + t));
+                let mut i = c0;
+                while i < c1 {
+                    let nq = (c1 - i).min(QB);
+                    let q: [&[f32]; QB] = std::array::from_fn(|u| {
+                        &qkv_ref[(i + u.min(nq - 1)) * qkv_w + head * hd..][..hd]
+                    });
+                    // SAFETY: (token i + u, head) is written by this task only.
+                    let mut o: [&mut [f32]; QB] = std::array::from_fn(|u| unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.at((i + u.min(nq - 1)) * qd + head * hd),
+                            hd,
+                        )
+                    });
+                    attend_block(
                         isa,
-                        q,
-                        &kbase[lo * hd..(p + 1) * hd],
-                        &vbase[lo * hd..(p + 1) * hd],
+                        &q[..nq],
+                        kt,
+                        vbase,
+                        cap,
+                        pos0 + i,
+                        window,
                         scale,
                         &mut scores,
-                        o,
+                        &mut o[..nq],
                     );
+                    i += nq;
                 }
             };
             if tasks == 1 || (t == 1 && pos0 < 64) {

@@ -220,7 +220,9 @@ impl Matrix {
         let cols = parts[0].cols;
         let ty = parts[0].ty;
         assert!(
-            parts.iter().all(|p| p.cols == cols && p.ty == ty && !p.packed),
+            parts
+                .iter()
+                .all(|p| p.cols == cols && p.ty == ty && !p.packed),
             "stack"
         );
         let rows = parts.iter().map(|p| p.rows).sum();
