@@ -23,15 +23,21 @@ fn median_secs(reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow
     Ok(t[t.len() / 2])
 }
 
-/// Copy bandwidth in bytes/s: the best of a few 256 MiB copies (read + write counted).
-fn copy_bandwidth() -> f64 {
+/// Copy bandwidth in bytes/s with `threads` threads each copying its share (as decode reads its weights
+/// with all of them): the best of a few 256 MiB copies, read + write counted.
+fn copy_bandwidth(threads: usize) -> f64 {
     let n = 256 << 20;
     let src = vec![1u8; n];
     let mut dst = vec![0u8; n];
+    let part = n.div_ceil(threads.max(1));
     let mut best = f64::MAX;
-    for _ in 0..3 {
+    for _ in 0..4 {
         let t0 = Instant::now();
-        dst.copy_from_slice(&src);
+        std::thread::scope(|s| {
+            for (d, c) in dst.chunks_mut(part).zip(src.chunks(part)) {
+                s.spawn(move || d.copy_from_slice(c));
+            }
+        });
         std::hint::black_box(&dst);
         best = best.min(t0.elapsed().as_secs_f64());
     }
@@ -79,7 +85,7 @@ pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     let tg_rate = tg as f64 / secs;
     // Bytes read per decoded token: every projection and the output head (the embedding is a lookup).
     let weight_bytes = model.weight_bytes_per_token() as f64;
-    let bandwidth = copy_bandwidth();
+    let bandwidth = copy_bandwidth(model.threads());
     rows.push(serde_json::json!({
         "test": format!("tg{tg}"),
         "tokens_per_s": tg_rate,
