@@ -91,6 +91,12 @@ pub struct PreprocessArgs {
     /// Drop documents shorter than this many characters.
     #[arg(long, default_value_t = 32)]
     pub min_chars: usize,
+    /// Also apply the Gopher quality and repetition rules (Rae et al. 2021; datatrove's thresholds).
+    #[arg(long)]
+    pub gopher: bool,
+    /// Also remove near-duplicates by MinHash LSH (5-word shingles, 25 bands × 5 rows, Jaccard ≥ 0.7).
+    #[arg(long)]
+    pub minhash: bool,
 }
 
 #[derive(Debug, Subcommand)]

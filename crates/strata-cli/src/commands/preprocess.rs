@@ -2,20 +2,30 @@
 
 use std::process::ExitCode;
 
-use strata_data::preprocess::{preprocess, PreprocessConfig, StageConfig};
+use strata_data::preprocess::{
+    preprocess, GopherQuality, GopherRepetition, MinHashConfig, PreprocessConfig, StageConfig,
+};
 use strata_store::Store;
 
 use crate::cli::PreprocessArgs;
 
 pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
+    let mut stages = vec![
+        StageConfig::Normalize,
+        StageConfig::MinLength {
+            min_chars: a.min_chars,
+        },
+    ];
+    if a.gopher {
+        stages.push(StageConfig::GopherQuality(GopherQuality::default()));
+        stages.push(StageConfig::GopherRepetition(GopherRepetition::default()));
+    }
+    stages.push(StageConfig::ExactDedup);
+    if a.minhash {
+        stages.push(StageConfig::MinhashDedup(MinHashConfig::default()));
+    }
     let cfg = PreprocessConfig {
-        stages: vec![
-            StageConfig::Normalize,
-            StageConfig::MinLength {
-                min_chars: a.min_chars,
-            },
-            StageConfig::ExactDedup,
-        ],
+        stages,
         ..PreprocessConfig::default()
     };
     let r = preprocess(store, &a.input, &a.output, &cfg, "strata preprocess")?;

@@ -4,7 +4,11 @@
 
 mod dedup;
 mod filter;
+mod minhash;
 mod normalize;
+mod quality;
+mod repetition;
+pub mod words;
 
 use std::collections::BTreeMap;
 
@@ -17,7 +21,10 @@ use crate::{Doc, Result};
 
 pub use dedup::ExactDedup;
 pub use filter::MinLength;
+pub use minhash::{MinHashConfig, MinHashDedup};
 pub use normalize::Normalize;
+pub use quality::GopherQuality;
+pub use repetition::GopherRepetition;
 
 /// What a stage decides for one document.
 pub enum Verdict {
@@ -40,6 +47,12 @@ pub enum StageConfig {
     MinLength { min_chars: usize },
     /// Drop exact duplicates of an earlier document (by hash of the normalised text).
     ExactDedup,
+    /// Gopher quality rules (word counts and lengths, symbols, bullets, ellipses, letters, stop words).
+    GopherQuality(GopherQuality),
+    /// Gopher repetition rules (duplicate lines and paragraphs, frequent and repeated n-grams).
+    GopherRepetition(GopherRepetition),
+    /// MinHash LSH near-duplicate removal (keeps the first of each cluster).
+    MinhashDedup(MinHashConfig),
 }
 
 impl StageConfig {
@@ -51,6 +64,9 @@ impl StageConfig {
                 min_chars: *min_chars,
             }),
             StageConfig::ExactDedup => Box::new(ExactDedup::default()),
+            StageConfig::GopherQuality(g) => Box::new(g.clone()),
+            StageConfig::GopherRepetition(g) => Box::new(g.clone()),
+            StageConfig::MinhashDedup(c) => Box::new(MinHashDedup::new(c.clone())),
         }
     }
 }
@@ -189,5 +205,28 @@ mod tests {
                 .is_err()
         );
         assert!(toml::from_str::<W>("stages = [{type = \"gopher\"}]").is_err());
+        let w: W = toml::from_str(
+            "stages = [{type = \"gopher_quality\", min_doc_words = 10}, {type = \"gopher_repetition\"}, \
+             {type = \"minhash_dedup\", bands = 20, rows = 6}]",
+        )
+        .unwrap();
+        assert_eq!(
+            w.stages,
+            vec![
+                StageConfig::GopherQuality(GopherQuality {
+                    min_doc_words: 10,
+                    ..GopherQuality::default()
+                }),
+                StageConfig::GopherRepetition(GopherRepetition::default()),
+                StageConfig::MinhashDedup(MinHashConfig {
+                    bands: 20,
+                    rows: 6,
+                    ..MinHashConfig::default()
+                }),
+            ]
+        );
+        assert!(
+            toml::from_str::<W>("stages = [{type = \"gopher_quality\", min_words = 1}]").is_err()
+        );
     }
 }
