@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use sha2::{Digest, Sha256};
 
-use super::{Stage, Verdict};
+use super::{Prepared, Stage, Verdict};
 use crate::Doc;
 
 #[derive(Default)]
@@ -17,10 +17,23 @@ impl Stage for ExactDedup {
     fn name(&self) -> &'static str {
         "exact_dedup"
     }
-    fn apply(&mut self, doc: Doc) -> Verdict {
+    fn pure(&self) -> bool {
+        false
+    }
+    fn prepare(&self, doc: &Doc) -> Prepared {
         let digest = Sha256::digest(doc.text.as_bytes());
         let mut key = [0u8; 16];
         key.copy_from_slice(&digest[..16]);
+        Prepared::Digest(key)
+    }
+    fn apply_in_order(&mut self, doc: Doc, prepared: Prepared) -> Verdict {
+        let key = match prepared {
+            Prepared::Digest(k) => k,
+            _ => match self.prepare(&doc) {
+                Prepared::Digest(k) => k,
+                _ => unreachable!("prepare gives a digest"),
+            },
+        };
         if self.seen.insert(key) {
             Verdict::Keep(doc)
         } else {
@@ -43,7 +56,7 @@ mod tests {
         };
         let verdicts: Vec<bool> = ["a", "b", "a", "a", "c", "b"]
             .iter()
-            .map(|t| matches!(d.apply(doc(t)), Verdict::Keep(_)))
+            .map(|t| matches!(d.apply_in_order(doc(t), Prepared::None), Verdict::Keep(_)))
             .collect();
         assert_eq!(verdicts, vec![true, true, false, false, true, false]);
     }

@@ -11,7 +11,7 @@ impl Stage for MinLength {
     fn name(&self) -> &'static str {
         "min_length"
     }
-    fn apply(&mut self, doc: Doc) -> Verdict {
+    fn apply(&self, doc: Doc) -> Verdict {
         if doc.text.chars().count() < self.min_chars {
             Verdict::Drop("too_short")
         } else {
@@ -26,7 +26,7 @@ mod tests {
 
     #[test]
     fn counts_characters_not_bytes() {
-        let mut f = MinLength { min_chars: 4 };
+        let f = MinLength { min_chars: 4 };
         let doc = |t: &str| Doc {
             id: String::new(),
             text: t.into(),

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::words::{is_punct, tokens};
-use super::{Stage, Verdict};
+use super::{Prepared, Stage, Verdict};
 use crate::Doc;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -137,11 +137,25 @@ impl MinHashDedup {
 
     /// Whether `text` duplicates a document seen before; if not, it is remembered.
     pub fn is_duplicate(&mut self, text: &str) -> bool {
+        let sig = self.signature_of(text);
+        self.check(sig)
+    }
+
+    /// The signature of a text (empty for a text without words).
+    #[must_use]
+    pub fn signature_of(&self, text: &str) -> Vec<u32> {
         let sh = self.cfg.shingles(text);
         if sh.is_empty() {
+            Vec::new()
+        } else {
+            self.cfg.signature(&sh)
+        }
+    }
+
+    fn check(&mut self, sig: Vec<u32>) -> bool {
+        if sig.is_empty() {
             return false;
         }
-        let sig = self.cfg.signature(&sh);
         let keys: Vec<u64> = (0..self.cfg.bands)
             .map(|b| self.cfg.band_key(&sig, b))
             .collect();
@@ -168,8 +182,18 @@ impl Stage for MinHashDedup {
     fn name(&self) -> &'static str {
         "minhash_dedup"
     }
-    fn apply(&mut self, doc: Doc) -> Verdict {
-        if self.is_duplicate(&doc.text) {
+    fn pure(&self) -> bool {
+        false
+    }
+    fn prepare(&self, doc: &Doc) -> Prepared {
+        Prepared::Signature(self.signature_of(&doc.text))
+    }
+    fn apply_in_order(&mut self, doc: Doc, prepared: Prepared) -> Verdict {
+        let sig = match prepared {
+            Prepared::Signature(s) => s,
+            _ => self.signature_of(&doc.text),
+        };
+        if self.check(sig) {
             Verdict::Drop("near_duplicate")
         } else {
             Verdict::Keep(doc)

@@ -33,9 +33,35 @@ pub enum Verdict {
     Drop(&'static str),
 }
 
-pub trait Stage {
+/// A stage. Pure stages decide from the document alone and run on many documents at once
+/// ([`Stage::apply`]); stateful ones (dedup) decide in input order ([`Stage::apply_in_order`]), after a
+/// parallel [`Stage::prepare`] of what depends on the document alone. Either way the output is the same
+/// whatever the number of threads.
+pub trait Stage: Send + Sync {
     fn name(&self) -> &'static str;
-    fn apply(&mut self, doc: Doc) -> Verdict;
+    /// Whether [`Stage::apply`] decides (else [`Stage::apply_in_order`]).
+    fn pure(&self) -> bool {
+        true
+    }
+    /// The decision of a pure stage.
+    fn apply(&self, doc: Doc) -> Verdict {
+        Verdict::Keep(doc)
+    }
+    /// Per-document work of a stateful stage that can run in parallel (e.g. a MinHash signature).
+    fn prepare(&self, _doc: &Doc) -> Prepared {
+        Prepared::None
+    }
+    /// The decision of a stateful stage, called in input order.
+    fn apply_in_order(&mut self, doc: Doc, _prepared: Prepared) -> Verdict {
+        self.apply(doc)
+    }
+}
+
+/// What [`Stage::prepare`] computed for one document.
+pub enum Prepared {
+    None,
+    Signature(Vec<u32>),
+    Digest([u8; 16]),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -141,23 +167,21 @@ pub fn preprocess(
     let staging = store.staging(Kind::Dataset, output)?;
     let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard);
     let mut total = 0usize;
-    'docs: for doc in read_dataset(&src)? {
-        let mut doc = doc?;
-        total += 1;
-        for (stage, st) in stages.iter_mut().zip(stats.iter_mut()) {
-            st.input += 1;
-            match stage.apply(doc) {
-                Verdict::Keep(d) => {
-                    st.kept += 1;
-                    doc = d;
-                }
-                Verdict::Drop(reason) => {
-                    *st.removed.entry(reason.to_string()).or_default() += 1;
-                    continue 'docs;
-                }
-            }
+    let threads = threads();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut docs = read_dataset(&src)?;
+    loop {
+        batch.clear();
+        for doc in docs.by_ref().take(BATCH) {
+            batch.push(doc?);
         }
-        writer.write(&doc)?;
+        if batch.is_empty() {
+            break;
+        }
+        total += batch.len();
+        for doc in run_batch(&mut stages, &mut stats, std::mem::take(&mut batch), threads) {
+            writer.write(&doc)?;
+        }
     }
     let kept = writer.finish()?;
     strata_store::write_json_atomic(
@@ -177,6 +201,115 @@ pub fn preprocess(
         manifest,
         skipped: false,
     })
+}
+
+/// Documents read and decided together; the pure stages split a batch between threads.
+const BATCH: usize = 4096;
+
+/// Worker threads: `STRATA_THREADS`, else all CPUs.
+fn threads() -> usize {
+    std::env::var("STRATA_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+}
+
+/// `f` on every element, `threads` contiguous chunks at a time, results in input order.
+fn par_map<T: Send, U: Send>(items: Vec<T>, threads: usize, f: &(dyn Fn(T) -> U + Sync)) -> Vec<U> {
+    if threads <= 1 || items.len() < 64 {
+        return items.into_iter().map(f).collect();
+    }
+    let per = items.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<T>> = Vec::new();
+    let mut it = items.into_iter();
+    loop {
+        let c: Vec<T> = it.by_ref().take(per).collect();
+        if c.is_empty() {
+            break;
+        }
+        chunks.push(c);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<U>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// One batch through every stage: runs of pure stages in parallel, stateful stages in input order after
+/// a parallel `prepare`. Returns the kept documents in input order.
+fn run_batch(
+    stages: &mut [Box<dyn Stage>],
+    stats: &mut [StageStats],
+    mut docs: Vec<Doc>,
+    threads: usize,
+) -> Vec<Doc> {
+    let mut i = 0;
+    while i < stages.len() && !docs.is_empty() {
+        if stages[i].pure() {
+            let mut j = i;
+            while j < stages.len() && stages[j].pure() {
+                j += 1;
+            }
+            let run: &[Box<dyn Stage>] = &stages[i..j];
+            // each document walks the run; the result says where it stopped and why
+            let results = par_map(docs, threads, &|mut doc: Doc| {
+                for (k, st) in run.iter().enumerate() {
+                    match st.apply(doc) {
+                        Verdict::Keep(d) => doc = d,
+                        Verdict::Drop(reason) => return Err((k, reason)),
+                    }
+                }
+                Ok(doc)
+            });
+            docs = Vec::with_capacity(results.len());
+            for r in results {
+                let stop = r.as_ref().err().map_or(j - i, |e| e.0);
+                for st in &mut stats[i..i + stop] {
+                    st.input += 1;
+                    st.kept += 1;
+                }
+                match r {
+                    Ok(d) => docs.push(d),
+                    Err((k, reason)) => {
+                        stats[i + k].input += 1;
+                        *stats[i + k].removed.entry(reason.to_string()).or_default() += 1;
+                    }
+                }
+            }
+            i = j;
+        } else {
+            let st: &dyn Stage = stages[i].as_ref();
+            let prepared = par_map(docs.iter().collect::<Vec<&Doc>>(), threads, &|d: &Doc| {
+                st.prepare(d)
+            });
+            let stage = &mut stages[i];
+            let mut kept = Vec::with_capacity(docs.len());
+            for (doc, p) in docs.into_iter().zip(prepared) {
+                stats[i].input += 1;
+                match stage.apply_in_order(doc, p) {
+                    Verdict::Keep(d) => {
+                        stats[i].kept += 1;
+                        kept.push(d);
+                    }
+                    Verdict::Drop(reason) => {
+                        *stats[i].removed.entry(reason.to_string()).or_default() += 1;
+                    }
+                }
+            }
+            docs = kept;
+            i += 1;
+        }
+    }
+    docs
 }
 
 #[cfg(test)]
@@ -228,5 +361,58 @@ mod tests {
         assert!(
             toml::from_str::<W>("stages = [{type = \"gopher_quality\", min_words = 1}]").is_err()
         );
+    }
+
+    #[test]
+    fn batches_give_the_same_documents_and_counts_on_any_number_of_threads() {
+        let cfgs = [
+            StageConfig::Normalize,
+            StageConfig::MinLength { min_chars: 20 },
+            StageConfig::ExactDedup,
+            // a pure stage after a stateful one
+            StageConfig::MinLength { min_chars: 50 },
+            StageConfig::MinhashDedup(MinHashConfig::default()),
+        ];
+        let docs: Vec<Doc> = (0..500)
+            .map(|i| Doc {
+                id: format!("d{i}"),
+                text: match i % 5 {
+                    0 => "short".into(),
+                    1 => format!("exact copy number {}  of a document about the liver", i % 3),
+                    2 => "line\n".repeat(12),
+                    _ => format!(
+                        "document {} on kidney size, bladder wall and portal flow {} today",
+                        i % 7,
+                        i % 11
+                    ),
+                },
+                meta: serde_json::Map::new(),
+            })
+            .collect();
+        let run = |threads: usize| {
+            let mut stages: Vec<Box<dyn Stage>> = cfgs.iter().map(StageConfig::build).collect();
+            let mut stats: Vec<StageStats> = stages
+                .iter()
+                .map(|s| StageStats {
+                    stage: s.name().to_string(),
+                    ..StageStats::default()
+                })
+                .collect();
+            let mut out = Vec::new();
+            for chunk in docs.chunks(128) {
+                out.extend(run_batch(&mut stages, &mut stats, chunk.to_vec(), threads));
+            }
+            (out, stats)
+        };
+        let (one, s1) = run(1);
+        let (three, s3) = run(3);
+        assert_eq!(one, three);
+        assert_eq!(s1, s3);
+        assert!(!one.is_empty() && one.len() < 200, "{} {s1:?}", one.len());
+        // every stage saw what the one before it kept
+        for w in s1.windows(2) {
+            assert_eq!(w[1].input, w[0].kept);
+        }
+        assert_eq!(s1[0].input, 500);
     }
 }

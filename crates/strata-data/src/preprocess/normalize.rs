@@ -43,7 +43,7 @@ impl Stage for Normalize {
     fn name(&self) -> &'static str {
         "normalize"
     }
-    fn apply(&mut self, mut doc: Doc) -> Verdict {
+    fn apply(&self, mut doc: Doc) -> Verdict {
         doc.text = normalize_text(&doc.text);
         Verdict::Keep(doc)
     }

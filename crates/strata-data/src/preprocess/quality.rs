@@ -123,7 +123,7 @@ impl Stage for GopherQuality {
     fn name(&self) -> &'static str {
         "gopher_quality"
     }
-    fn apply(&mut self, doc: Doc) -> Verdict {
+    fn apply(&self, doc: Doc) -> Verdict {
         match self.check(&doc.text) {
             Some(reason) => Verdict::Drop(reason),
             None => Verdict::Keep(doc),

@@ -172,7 +172,7 @@ impl Stage for GopherRepetition {
     fn name(&self) -> &'static str {
         "gopher_repetition"
     }
-    fn apply(&mut self, doc: Doc) -> Verdict {
+    fn apply(&self, doc: Doc) -> Verdict {
         match self.check(&doc.text) {
             Some(reason) => Verdict::Drop(reason),
             None => Verdict::Keep(doc),
