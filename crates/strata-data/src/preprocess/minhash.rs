@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::words::{is_punct, tokens};
+use super::words::{is_punct, tokens, PreHashedState};
 use super::{Prepared, Stage, Verdict};
 use crate::Doc;
 
@@ -52,15 +52,6 @@ pub fn mix64(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
-/// FNV-1a over the bytes, then mixed.
-fn hash_bytes(b: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
-    for &x in b {
-        h = (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3);
-    }
-    mix64(h)
-}
-
 impl MinHashConfig {
     /// The hashes of a document's shingles (a short document is one shingle of all its words).
     #[must_use]
@@ -68,7 +59,14 @@ impl MinHashConfig {
         let words: Vec<u64> = tokens(text)
             .into_iter()
             .filter(|t| !is_punct(t))
-            .map(|t| hash_bytes(t.to_lowercase().as_bytes(), self.seed))
+            .map(|t| {
+                let h = if t.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80) {
+                    super::words::hash_bytes(t.to_lowercase().as_bytes())
+                } else {
+                    super::words::hash_bytes(t.as_bytes())
+                };
+                mix64(h ^ self.seed)
+            })
             .collect();
         if words.is_empty() {
             return Vec::new();
@@ -121,7 +119,7 @@ pub fn estimate(a: &[u32], b: &[u32]) -> f64 {
 /// The streaming stage: remembers the signatures of the documents it kept.
 pub struct MinHashDedup {
     cfg: MinHashConfig,
-    buckets: HashMap<u64, Vec<u32>>,
+    buckets: HashMap<u64, Vec<u32>, PreHashedState>,
     kept: Vec<Vec<u32>>,
 }
 
@@ -130,7 +128,7 @@ impl MinHashDedup {
     pub fn new(cfg: MinHashConfig) -> Self {
         Self {
             cfg,
-            buckets: HashMap::new(),
+            buckets: HashMap::default(),
             kept: Vec::new(),
         }
     }

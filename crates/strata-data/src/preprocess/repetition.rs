@@ -5,11 +5,10 @@
 //! measured as their words joined by single spaces.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
-use super::words::tokens;
+use super::words::{hash_bytes, mix, tokens, PreHashedState};
 use super::{Stage, Verdict};
 use crate::Doc;
 
@@ -48,11 +47,12 @@ impl Default for GopherRepetition {
 
 /// (elements seen before, their characters).
 fn duplicates<'a>(items: impl Iterator<Item = &'a str>) -> (usize, usize, usize) {
-    let mut seen = HashSet::new();
+    // keyed by a 64-bit hash: two different lines collide with probability ~2⁻⁶⁴
+    let mut seen: HashSet<u64, PreHashedState> = HashSet::default();
     let (mut total, mut dup, mut chars) = (0, 0, 0);
     for it in items {
         total += 1;
-        if !seen.insert(it) {
+        if !seen.insert(hash_bytes(it.as_bytes())) {
             dup += 1;
             chars += it.chars().count();
         }
@@ -60,10 +60,11 @@ fn duplicates<'a>(items: impl Iterator<Item = &'a str>) -> (usize, usize, usize)
     (total, dup, chars)
 }
 
-fn gram_key(words: &[&str]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    words.hash(&mut h);
-    h.finish()
+/// The key of an n-gram from its words' hashes (order matters).
+fn gram_key(word_hashes: &[u64]) -> u64 {
+    word_hashes
+        .iter()
+        .fold(word_hashes.len() as u64, |h, &w| mix(h.rotate_left(23) ^ w))
 }
 
 impl GopherRepetition {
@@ -93,14 +94,16 @@ impl GopherRepetition {
         }
         let words = tokens(text);
         let lens: Vec<usize> = words.iter().map(|w| w.chars().count()).collect();
+        let wh: Vec<u64> = words.iter().map(|w| hash_bytes(w.as_bytes())).collect();
         let gram_chars = |i: usize, n: usize| lens[i..i + n].iter().sum::<usize>() + n - 1;
         for &(n, frac) in &self.top_n_grams {
             if words.len() < n {
                 continue;
             }
-            let mut counts: HashMap<u64, (usize, usize)> = HashMap::new();
+            let mut counts: HashMap<u64, (usize, usize), PreHashedState> =
+                HashMap::with_capacity_and_hasher(words.len(), PreHashedState::default());
             for i in 0..=words.len() - n {
-                counts.entry(gram_key(&words[i..i + n])).or_insert((0, i)).0 += 1;
+                counts.entry(gram_key(&wh[i..i + n])).or_insert((0, i)).0 += 1;
             }
             // the most frequent n-gram (the first seen among equals), times its length
             let best = counts
@@ -121,10 +124,11 @@ impl GopherRepetition {
                 continue;
             }
             // walk the n-grams; a repeated one counts its characters and is skipped over whole
-            let mut seen = HashSet::new();
+            let mut seen: HashSet<u64, PreHashedState> =
+                HashSet::with_capacity_and_hasher(words.len(), PreHashedState::default());
             let (mut repeated, mut i) = (0usize, 0usize);
             while i + n <= words.len() {
-                if seen.insert(gram_key(&words[i..i + n])) {
+                if seen.insert(gram_key(&wh[i..i + n])) {
                     i += 1;
                 } else {
                     repeated += gram_chars(i, n);
