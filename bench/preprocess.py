@@ -144,16 +144,26 @@ from datatrove.pipeline.dedup import MinhashDedupSignature, MinhashDedupBuckets,
 from datatrove.pipeline.dedup.minhash import MinhashConfig
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 
-src, work, w = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cfg = MinhashConfig()
-def ex(pipeline, name, tasks):
-    LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(w, tasks), logging_dir=f"{work}/logs/{name}").run()
-ex([JsonlReader(src), GopherQualityFilter(), GopherRepetitionFilter(), JsonlWriter(f"{work}/filtered"),
-    MinhashDedupSignature(output_folder=f"{work}/sigs", config=cfg)], "1-filter-signatures", w)
-ex([MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=cfg)], "2-buckets", cfg.num_buckets)
-ex([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove_ids", config=cfg)], "3-cluster", 1)
-ex([JsonlReader(f"{work}/filtered"), MinhashDedupFilter(input_folder=f"{work}/remove_ids"),
-    JsonlWriter(f"{work}/output")], "4-filter", w)
+def main():
+    src, work, w = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    cfg = MinhashConfig()
+
+    def ex(pipeline, name, tasks):
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=min(w, tasks),
+                              logging_dir=f"{work}/logs/{name}").run()
+
+    ex([JsonlReader(src, glob_pattern="*.jsonl"), GopherQualityFilter(), GopherRepetitionFilter(), JsonlWriter(f"{work}/filtered"),
+        MinhashDedupSignature(output_folder=f"{work}/sigs", config=cfg)], "1-filter-signatures", w)
+    ex([MinhashDedupBuckets(input_folder=f"{work}/sigs", output_folder=f"{work}/buckets", config=cfg)],
+       "2-buckets", cfg.num_buckets)
+    ex([MinhashDedupCluster(input_folder=f"{work}/buckets", output_folder=f"{work}/remove_ids", config=cfg)],
+       "3-cluster", 1)
+    ex([JsonlReader(f"{work}/filtered"), MinhashDedupFilter(input_folder=f"{work}/remove_ids"),
+        JsonlWriter(f"{work}/output")], "4-filter", w)
+
+
+if __name__ == "__main__":  # the executor's worker processes import this file
+    main()
 '''
 
 

@@ -1,5 +1,6 @@
-//! Gopher quality rules (Rae et al. 2021, "Scaling Language Models", appendix A), with the thresholds and
-//! removal reasons datatrove uses by default. Documents mostly in Chinese/Japanese/Korean count each
+//! Gopher quality rules (Rae et al. 2021, "Scaling Language Models", appendix A), with the thresholds,
+//! removal reasons and counting of datatrove 0.10.1 (word counts and mean length over non-punctuation
+//! tokens; symbol and letter ratios over all tokens; bullets "•" or "-"; distinct stop words). Documents mostly in Chinese/Japanese/Korean count each
 //! character as a word and skip the two English-only rules (mean word length; the stop words, replaced by
 //! Chinese function words).
 
@@ -50,6 +51,7 @@ impl GopherQuality {
     #[must_use]
     #[allow(clippy::cast_precision_loss)]
     pub fn check(&self, text: &str) -> Option<&'static str> {
+        // as datatrove 0.10.1 counts: `toks` are all tokens, punctuation included; `words` the others
         let toks = tokens(text);
         let words: Vec<&str> = toks.iter().copied().filter(|t| !is_punct(t)).collect();
         let n = words.len();
@@ -73,19 +75,22 @@ impl GopherQuality {
                 return Some("gopher_above_avg_threshold");
             }
         }
-        let nf = n as f64;
-        if text.matches('#').count() as f64 / nf > self.max_symbol_word_ratio {
+        let nt = toks.len() as f64;
+        if text.matches('#').count() as f64 / nt > self.max_symbol_word_ratio {
             return Some("gopher_too_many_hashes");
         }
         let ellipses = text.matches("...").count() + text.matches('…').count();
-        if ellipses as f64 / nf > self.max_symbol_word_ratio {
+        if ellipses as f64 / nt > self.max_symbol_word_ratio {
             return Some("gopher_too_many_ellipsis");
         }
         let lines: Vec<&str> = text.lines().collect();
         let nl = lines.len().max(1) as f64;
         let bullets = lines
             .iter()
-            .filter(|l| l.trim_start().starts_with('•'))
+            .filter(|l| {
+                let l = l.trim_start();
+                l.starts_with('•') || l.starts_with('-')
+            })
             .count();
         if bullets as f64 / nl > self.max_bullet_lines_ratio {
             return Some("gopher_too_many_bullets");
@@ -100,18 +105,16 @@ impl GopherQuality {
         if trailing as f64 / nl > self.max_ellipsis_lines_ratio {
             return Some("gopher_too_many_end_ellipsis");
         }
-        let alpha = words
+        let alpha = toks
             .iter()
             .filter(|w| w.chars().any(char::is_alphabetic))
             .count();
-        if (alpha as f64) / nf < self.min_alpha_words_ratio {
+        if (alpha as f64) / nt < self.min_alpha_words_ratio {
             return Some("gopher_below_alpha_threshold");
         }
+        // distinct stop words present, as written (case-sensitive)
         let stops: &[&str] = if cjk_doc { &STOP_WORDS_ZH } else { &STOP_WORDS };
-        let found = words
-            .iter()
-            .filter(|w| stops.iter().any(|s| s.eq_ignore_ascii_case(w)))
-            .count();
+        let found = stops.iter().filter(|s| words.contains(s)).count();
         if found < self.min_stop_words {
             return Some("gopher_enough_stop_words");
         }
