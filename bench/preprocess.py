@@ -192,7 +192,7 @@ def datatrove_counts(work):
             st = s.get("stats", {})
             if "Gopher" in name or "Minhash" in name and "Filter" in name or "dedup" in name.lower():
                 removed = {k[len("dropped_"):]: v.get("total", v) if isinstance(v, dict) else v
-                           for k, v in st.items() if k.startswith("dropped")}
+                           for k, v in st.items() if k.startswith("dropped_")}
                 forwarded = st.get("forwarded", {})
                 kept = forwarded.get("total", forwarded) if isinstance(forwarded, dict) else forwarded
                 rows.append((name, kept, removed))
