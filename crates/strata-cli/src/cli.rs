@@ -97,6 +97,9 @@ pub struct PreprocessArgs {
     /// Also remove near-duplicates by MinHash LSH (5-word shingles, 25 bands × 5 rows, Jaccard ≥ 0.7).
     #[arg(long)]
     pub minhash: bool,
+    /// Also replace PII by typed placeholders (<EMAIL>, <PHONE>, <IP>, <ID>, <MRN>, <DOB>, <NAME>).
+    #[arg(long)]
+    pub pii: bool,
 }
 
 #[derive(Debug, Subcommand)]

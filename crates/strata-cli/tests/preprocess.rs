@@ -89,7 +89,8 @@ fn gopher_and_minhash_stages_count_removals_by_reason() {
     // good_a with one word changed: a near duplicate
     let near_a = good_a.replacen("spleen", "pancreas", 1);
     let short = "Too short to be a document.".to_string();
-    let repetitive = "Click here to subscribe.\n".repeat(20);
+    // good prose by the quality rules, but the same line ten times
+    let repetitive = "The results of the scan are normal and the report is final.\n".repeat(10);
     let docs = [&good_a, &good_b, &near_a, &short, &repetitive];
     let lines: Vec<String> = docs
         .iter()
@@ -141,5 +142,39 @@ fn gopher_and_minhash_stages_count_removals_by_reason() {
         stage("minhash_dedup")["removed"]["near_duplicate"],
         1,
         "{stats}"
+    );
+}
+
+#[test]
+fn pii_flag_redacts_and_counts_in_metadata() {
+    let dir = fresh_dir("preprocess-pii");
+    let input = dir.join("in.jsonl");
+    let note =
+        "Patient: Mary Garcia\nMRN: MR4455667\nPhone: (415) 555-0134\nGive 500 mg every 8 hours.";
+    std::fs::write(
+        &input,
+        serde_json::json!({ "text": note }).to_string() + "\n",
+    )
+    .unwrap();
+    let store = dir.join("store");
+    let r = run(strata(&store)
+        .args(["acquire", "--name", "raw", "--input"])
+        .arg(&input));
+    assert!(r.ok, "{}", r.stderr);
+    let r =
+        run(strata(&store).args(["preprocess", "--input", "raw", "--output", "clean", "--pii"]));
+    assert!(r.ok, "{}", r.stderr);
+    let docs: Vec<strata_data::Doc> = strata_data::io::read_dataset(&store.join("datasets/clean"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(docs.len(), 1);
+    assert_eq!(
+        docs[0].text,
+        "Patient: <NAME>\nMRN: <MRN>\nPhone: <PHONE>\nGive 500 mg every 8 hours."
+    );
+    assert_eq!(
+        docs[0].meta["pii"],
+        serde_json::json!({"mrn": 1, "name": 1, "phone": 1})
     );
 }

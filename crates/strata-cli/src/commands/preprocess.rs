@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use strata_data::preprocess::{
-    preprocess, GopherQuality, GopherRepetition, MinHashConfig, PreprocessConfig, StageConfig,
+    preprocess, GopherQuality, GopherRepetition, MinHashConfig, PiiRedact, PreprocessConfig,
+    StageConfig,
 };
 use strata_store::Store;
 
@@ -19,6 +20,9 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
     if a.gopher {
         stages.push(StageConfig::GopherQuality(GopherQuality::default()));
         stages.push(StageConfig::GopherRepetition(GopherRepetition::default()));
+    }
+    if a.pii {
+        stages.push(StageConfig::PiiRedact(PiiRedact::default()));
     }
     stages.push(StageConfig::ExactDedup);
     if a.minhash {

@@ -6,6 +6,7 @@ mod dedup;
 mod filter;
 mod minhash;
 mod normalize;
+mod pii;
 mod quality;
 mod repetition;
 pub mod words;
@@ -23,6 +24,7 @@ pub use dedup::ExactDedup;
 pub use filter::MinLength;
 pub use minhash::{MinHashConfig, MinHashDedup};
 pub use normalize::Normalize;
+pub use pii::PiiRedact;
 pub use quality::GopherQuality;
 pub use repetition::GopherRepetition;
 
@@ -79,6 +81,8 @@ pub enum StageConfig {
     GopherRepetition(GopherRepetition),
     /// MinHash LSH near-duplicate removal (keeps the first of each cluster).
     MinhashDedup(MinHashConfig),
+    /// PII replaced by typed placeholders (e-mails, phones, IPs, national IDs, MRNs, birth dates, names).
+    PiiRedact(PiiRedact),
 }
 
 impl StageConfig {
@@ -93,6 +97,7 @@ impl StageConfig {
             StageConfig::GopherQuality(g) => Box::new(g.clone()),
             StageConfig::GopherRepetition(g) => Box::new(g.clone()),
             StageConfig::MinhashDedup(c) => Box::new(MinHashDedup::new(c.clone())),
+            StageConfig::PiiRedact(p) => Box::new(p.clone()),
         }
     }
 }
