@@ -100,6 +100,12 @@ pub struct PreprocessArgs {
     /// Also replace PII by typed placeholders (<EMAIL>, <PHONE>, <IP>, <ID>, <MRN>, <DOB>, <NAME>).
     #[arg(long)]
     pub pii: bool,
+    /// Keep only these languages (ISO 639-3, comma-separated, e.g. eng,cmn), detected by whatlang.
+    #[arg(long, value_delimiter = ',')]
+    pub languages: Vec<String>,
+    /// Minimum language-detection confidence with --languages.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_language_score: f64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -178,3 +178,50 @@ fn pii_flag_redacts_and_counts_in_metadata() {
         serde_json::json!({"mrn": 1, "name": 1, "phone": 1})
     );
 }
+
+#[test]
+fn languages_flag_keeps_english_and_chinese_and_labels_them() {
+    let dir = fresh_dir("preprocess-lang");
+    let input = dir.join("in.jsonl");
+    let texts = [
+        "The liver is normal in size and echotexture, and no focal lesion is seen in either lobe.",
+        "肝脏大小正常，实质回声均匀，未见明显占位性病变，胆囊壁光滑。",
+        "Die Leber ist normal groß und zeigt eine homogene Echostruktur ohne fokale Läsionen.",
+    ];
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let store = dir.join("store");
+    let r = run(strata(&store)
+        .args(["acquire", "--name", "raw", "--input"])
+        .arg(&input));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(&store).args([
+        "preprocess",
+        "--input",
+        "raw",
+        "--output",
+        "clean",
+        "--languages",
+        "eng,cmn",
+        "--min-chars",
+        "10",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let docs: Vec<strata_data::Doc> = strata_data::io::read_dataset(&store.join("datasets/clean"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let langs: Vec<&str> = docs
+        .iter()
+        .map(|d| d.meta["language"].as_str().unwrap())
+        .collect();
+    assert_eq!(langs, vec!["eng", "cmn"]);
+    // the German report is counted under its reason
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("datasets/clean/stats.json")).unwrap())
+            .unwrap();
+    assert!(stats.to_string().contains("language_other"), "{stats}");
+}

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use strata_data::preprocess::{
-    preprocess, GopherQuality, GopherRepetition, MinHashConfig, PiiRedact, PreprocessConfig,
-    StageConfig,
+    preprocess, GopherQuality, GopherRepetition, LanguageFilter, MinHashConfig, PiiRedact,
+    PreprocessConfig, StageConfig,
 };
 use strata_store::Store;
 
@@ -17,6 +17,12 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
             min_chars: a.min_chars,
         },
     ];
+    if !a.languages.is_empty() {
+        stages.push(StageConfig::Language(LanguageFilter {
+            languages: a.languages.clone(),
+            min_confidence: a.min_language_score,
+        }));
+    }
     if a.gopher {
         stages.push(StageConfig::GopherQuality(GopherQuality::default()));
         stages.push(StageConfig::GopherRepetition(GopherRepetition::default()));

@@ -4,6 +4,7 @@
 
 mod dedup;
 mod filter;
+mod language;
 mod minhash;
 mod normalize;
 mod pii;
@@ -22,6 +23,7 @@ use crate::{Doc, Result};
 
 pub use dedup::ExactDedup;
 pub use filter::MinLength;
+pub use language::LanguageFilter;
 pub use minhash::{MinHashConfig, MinHashDedup};
 pub use normalize::Normalize;
 pub use pii::PiiRedact;
@@ -83,6 +85,8 @@ pub enum StageConfig {
     MinhashDedup(MinHashConfig),
     /// PII replaced by typed placeholders (e-mails, phones, IPs, national IDs, MRNs, birth dates, names).
     PiiRedact(PiiRedact),
+    /// Keep the listed languages (ISO 639-3) detected with enough confidence; label every kept document.
+    Language(LanguageFilter),
 }
 
 impl StageConfig {
@@ -98,6 +102,7 @@ impl StageConfig {
             StageConfig::GopherRepetition(g) => Box::new(g.clone()),
             StageConfig::MinhashDedup(c) => Box::new(MinHashDedup::new(c.clone())),
             StageConfig::PiiRedact(p) => Box::new(p.clone()),
+            StageConfig::Language(l) => Box::new(l.clone()),
         }
     }
 }
@@ -173,6 +178,18 @@ pub fn preprocess(
     let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard);
     let mut total = 0usize;
     let threads = threads();
+    let expected = store
+        .manifest(Kind::Dataset, input)
+        .ok()
+        .and_then(|m| {
+            m.counts
+                .get("documents")
+                .and_then(serde_json::Value::as_u64)
+        })
+        .unwrap_or(0);
+    let bar = progress_bar(output, expected);
+    let started = std::time::Instant::now();
+    let mut bytes = 0usize;
     let mut batch = Vec::with_capacity(BATCH);
     let mut docs = read_dataset(&src)?;
     loop {
@@ -184,10 +201,16 @@ pub fn preprocess(
             break;
         }
         total += batch.len();
+        bytes += batch.iter().map(|d| d.text.len()).sum::<usize>();
         for doc in run_batch(&mut stages, &mut stats, std::mem::take(&mut batch), threads) {
             writer.write(&doc)?;
         }
+        bar.set_position(total as u64);
+        #[allow(clippy::cast_precision_loss)]
+        let mb_s = bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{mb_s:.1} MB/s"));
     }
+    bar.finish_and_clear();
     let kept = writer.finish()?;
     strata_store::write_json_atomic(
         staging.join("stats.json"),
@@ -206,6 +229,25 @@ pub fn preprocess(
         manifest,
         skipped: false,
     })
+}
+
+/// A progress bar on a terminal (documents, docs/s, MB/s, ETA when the input's size is known).
+fn progress_bar(name: &str, expected: u64) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(expected);
+    let template = if expected > 0 {
+        "{prefix} [{bar:30}] {pos}/{len} docs  {per_sec}  {msg}  [{elapsed_precise} < {eta_precise}]"
+    } else {
+        "{prefix} {spinner} {pos} docs  {per_sec}  {msg}  [{elapsed_precise}]"
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(format!("preprocess {name}"));
+    bar
 }
 
 /// Documents read and decided together; the pure stages split a batch between threads.
