@@ -225,3 +225,102 @@ fn languages_flag_keeps_english_and_chinese_and_labels_them() {
             .unwrap();
     assert!(stats.to_string().contains("language_other"), "{stats}");
 }
+
+#[test]
+fn kill_9_during_preprocess_then_the_same_command_gives_byte_identical_output() {
+    let dir = fresh_dir("preprocess-kill");
+    let input = dir.join("in.jsonl");
+    // ~6 MB: long enough a run to be killed in the middle
+    let mut lines = Vec::new();
+    for i in 0..6000u64 {
+        lines.push(
+            serde_json::json!({ "text": format!("{} {}", prose(i), prose(i + 7)) }).to_string(),
+        );
+    }
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let args = [
+        "preprocess",
+        "--input",
+        "raw",
+        "--output",
+        "clean",
+        "--gopher",
+        "--minhash",
+        "--pii",
+    ];
+    let prepare = |store: &std::path::Path| {
+        let r = run(strata(store)
+            .args(["acquire", "--name", "raw", "--input"])
+            .arg(&input));
+        assert!(r.ok, "{}", r.stderr);
+    };
+    let (killed, whole) = (dir.join("killed"), dir.join("whole"));
+    prepare(&killed);
+    prepare(&whole);
+    let mut child = strata(&killed)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // kill it once it is writing into its staging folder
+    let t0 = std::time::Instant::now();
+    loop {
+        let staging = std::fs::read_dir(killed.join("datasets"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".staging-clean")
+            });
+        if staging || t0.elapsed() > std::time::Duration::from_secs(60) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.join("datasets/clean/manifest.json").exists() || t0.elapsed().as_secs() >= 60);
+    let r = run(strata(&killed).args(args));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(&whole).args(args));
+    assert!(r.ok, "{}", r.stderr);
+    let files = |d: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_file() && e.file_name() != "manifest.json")
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (a, b) = (
+        files(&killed.join("datasets/clean")),
+        files(&whole.join("datasets/clean")),
+    );
+    assert!(
+        a.iter().any(|(n, _)| n.ends_with(".zst")),
+        "{:?}",
+        a.iter().map(|x| &x.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        a, b,
+        "the resumed run's files differ from an uninterrupted run's"
+    );
+    // no staging folder is left behind
+    let leftovers: Vec<String> = std::fs::read_dir(killed.join("datasets"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
