@@ -274,7 +274,7 @@ fn kill_9_during_preprocess_then_the_same_command_gives_byte_identical_output() 
                     .to_string_lossy()
                     .starts_with(".staging-clean")
             });
-        if staging || t0.elapsed() > std::time::Duration::from_secs(60) {
+        if staging || t0.elapsed() > std::time::Duration::from_mins(1) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
