@@ -156,15 +156,21 @@ pub fn read_safetensors_bytes(
     Ok((tensors, metadata))
 }
 
-/// All tensors of a model folder: `model.safetensors`, or the shards listed by
-/// `model.safetensors.index.json` (f32, f16 or bf16; converted to f32 when the model is built).
-///
-/// # Errors
-/// When the weights are missing, a shard is unreadable, or the index is malformed.
-pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+/// The weight files of a model folder: `model.safetensors`, or the index and the shards it lists.
+struct WeightFiles {
+    /// `model.safetensors.index.json` and the tensor names of its `weight_map`, when sharded.
+    index: Option<(std::path::PathBuf, Vec<String>)>,
+    /// The safetensors files, relative to the folder.
+    files: Vec<String>,
+}
+
+fn weight_files(dir: &Path) -> Result<WeightFiles> {
     let single = dir.join("model.safetensors");
     if single.is_file() {
-        return Ok(read_safetensors(&single, device)?.0);
+        return Ok(WeightFiles {
+            index: None,
+            files: vec!["model.safetensors".into()],
+        });
     }
     let index = dir.join("model.safetensors.index.json");
     if !index.is_file() {
@@ -180,31 +186,43 @@ pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tenso
         path: index.clone(),
         source,
     })?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| ModelError::Config {
+    let bad = |reason: String| ModelError::Config {
         path: index.clone(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     let map = v["weight_map"]
         .as_object()
-        .ok_or_else(|| ModelError::Config {
-            path: index.clone(),
-            reason: "no weight_map object".into(),
-        })?;
-    let mut shards: Vec<&str> = map.values().filter_map(serde_json::Value::as_str).collect();
-    shards.sort_unstable();
-    shards.dedup();
-    let mut all = HashMap::new();
-    for shard in shards {
-        if shard.contains('/') || shard.contains("..") {
-            return Err(ModelError::Config {
-                path: index.clone(),
-                reason: format!("shard name {shard:?} leaves the folder"),
-            });
-        }
-        all.extend(read_safetensors(&dir.join(shard), device)?.0);
+        .ok_or_else(|| bad("no weight_map object".into()))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    if let Some(f) = files.iter().find(|f| f.contains('/') || f.contains("..")) {
+        return Err(bad(format!("shard name {f:?} leaves the folder")));
     }
-    for name in map.keys() {
-        if !all.contains_key(name) {
+    let names = map.keys().cloned().collect();
+    Ok(WeightFiles {
+        index: Some((index, names)),
+        files,
+    })
+}
+
+/// All tensors of a model folder: `model.safetensors`, or the shards listed by
+/// `model.safetensors.index.json` (f32, f16 or bf16; converted to f32 when the model is built).
+///
+/// # Errors
+/// When the weights are missing, a shard is unreadable, or the index is malformed.
+pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let wf = weight_files(dir)?;
+    let mut all = HashMap::new();
+    for f in &wf.files {
+        all.extend(read_safetensors(&dir.join(f), device)?.0);
+    }
+    if let Some((index, names)) = &wf.index {
+        if let Some(name) = names.iter().find(|n| !all.contains_key(*n)) {
             return Err(ModelError::Config {
                 path: index.clone(),
                 reason: format!("{name} is listed in weight_map but no shard holds it"),
@@ -360,40 +378,12 @@ impl candle_nn::var_builder::SimpleBackend for HeaderBackend {
 /// Naming the file and the tensor or field that is wrong.
 pub fn check_folder(dir: &Path) -> Result<FolderCheck> {
     let config = read_config(&dir.join("config.json"))?;
+    let wf = weight_files(dir)?;
+    let shards = wf.files;
     let mut weight_files = Vec::new();
-    let single = dir.join("model.safetensors");
-    let shards: Vec<String> = if single.is_file() {
-        vec!["model.safetensors".into()]
-    } else {
-        let index = dir.join("model.safetensors.index.json");
-        let bytes = std::fs::read(&index).map_err(|source| ModelError::Io {
-            path: index.clone(),
-            source: std::io::Error::new(
-                source.kind(),
-                format!("{source} (and no model.safetensors either)"),
-            ),
-        })?;
-        let bad = |reason: String| ModelError::Config {
-            path: index.clone(),
-            reason,
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        let map = v["weight_map"]
-            .as_object()
-            .ok_or_else(|| bad("no weight_map object".into()))?;
-        let mut s: Vec<String> = map
-            .values()
-            .filter_map(|f| f.as_str().map(String::from))
-            .collect();
-        s.sort_unstable();
-        s.dedup();
-        if let Some(f) = s.iter().find(|f| f.contains('/') || f.contains("..")) {
-            return Err(bad(format!("shard name {f:?} leaves the folder")));
-        }
-        weight_files.push("model.safetensors.index.json".into());
-        s
-    };
+    if wf.index.is_some() {
+        weight_files.push("model.safetensors.index.json".to_string());
+    }
     let mut headers = HashMap::new();
     for f in &shards {
         headers.extend(read_header(&dir.join(f))?);

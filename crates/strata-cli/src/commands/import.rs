@@ -55,28 +55,44 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
     let mut manifest = manifest;
     manifest
         .counts
-        .insert("parameters".into(), report.config.num_parameters().into());
-    manifest
-        .counts
-        .insert("tensors".into(), report.tensors.into());
-    manifest
-        .counts
         .insert("gguf_types".into(), serde_json::to_value(&report.types)?);
-    store.publish(&staging, manifest)?;
-    let types: Vec<String> = report
-        .types
-        .iter()
-        .map(|(k, v)| format!("{v}×{k}"))
-        .collect();
-    println!(
-        "model {}: {} ({} parameters, {} layers, {} tensors: {}) → {}",
-        a.name,
-        report.name.as_deref().unwrap_or("unnamed"),
-        report.config.num_parameters(),
-        report.config.num_hidden_layers,
+    let label = report.name.as_deref().unwrap_or("unnamed");
+    publish(
+        store,
+        &staging,
+        manifest,
+        &a.name,
+        label,
+        &report.config,
         report.tensors,
+        &report.types,
+    )
+}
+
+/// Publishes an imported model (with its parameter and tensor counts) and says what it is.
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    store: &Store,
+    staging: &std::path::Path,
+    mut manifest: Manifest,
+    name: &str,
+    label: &str,
+    config: &strata_model::LlamaConfig,
+    tensors: usize,
+    types: &std::collections::BTreeMap<String, usize>,
+) -> anyhow::Result<ExitCode> {
+    manifest
+        .counts
+        .insert("parameters".into(), config.num_parameters().into());
+    manifest.counts.insert("tensors".into(), tensors.into());
+    store.publish(staging, manifest)?;
+    let types: Vec<String> = types.iter().map(|(k, v)| format!("{v}×{k}")).collect();
+    println!(
+        "model {name}: {label} ({} parameters, {} layers, {tensors} tensors: {}) → {}",
+        config.num_parameters(),
+        config.num_hidden_layers,
         types.join(", "),
-        store.dir(Kind::Model, &a.name).display()
+        store.dir(Kind::Model, name).display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -133,28 +149,14 @@ fn import_folder(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
     for f in &files {
         copy_synced(&dir.join(f), &staging.join(f))?;
     }
-    let mut manifest = manifest;
-    manifest
-        .counts
-        .insert("parameters".into(), check.config.num_parameters().into());
-    manifest
-        .counts
-        .insert("tensors".into(), check.tensors.into());
-    store.publish(&staging, manifest)?;
-    let dtypes: Vec<String> = check
-        .dtypes
-        .iter()
-        .map(|(k, v)| format!("{v}×{k}"))
-        .collect();
-    println!(
-        "model {}: {} ({} parameters, {} layers, {} tensors: {}) → {}",
-        a.name,
-        check.config.architectures.join(", "),
-        check.config.num_parameters(),
-        check.config.num_hidden_layers,
+    publish(
+        store,
+        &staging,
+        manifest,
+        &a.name,
+        &check.config.architectures.join(", "),
+        &check.config,
         check.tensors,
-        dtypes.join(", "),
-        store.dir(Kind::Model, &a.name).display()
-    );
-    Ok(ExitCode::SUCCESS)
+        &check.dtypes,
+    )
 }

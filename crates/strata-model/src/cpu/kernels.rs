@@ -1198,16 +1198,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                f32::from(u16::try_from(s >> 16).unwrap()) / 32768.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::quant::sample;
 
     /// y = x·Wᵀ in f64 from the dequantised weights and the dequantised activations.
     fn reference(w: &Matrix, x: &[f32], t: usize, quantize_x: bool) -> Vec<f64> {

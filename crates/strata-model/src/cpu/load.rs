@@ -106,12 +106,6 @@ impl CpuModel {
         mut reader: R,
         want: Option<WeightType>,
     ) -> Result<Self> {
-        reader
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(|source| ModelError::Io {
-                path: path.into(),
-                source,
-            })?;
         let content = crate::gguf::read_header(path, &mut reader)?;
         let cfg = crate::gguf::config_of(path, &content)?;
         cfg.validate()

@@ -412,19 +412,22 @@ impl QuantActs {
     }
 }
 
+/// Deterministic values in [−1, 1) for the kernel tests (a linear congruential sequence).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn sample(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            f32::from(u16::try_from(s >> 16).unwrap()) / 32768.0 - 1.0
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                f32::from(u16::try_from(s >> 16).unwrap()) / 32768.0 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn hand_worked_q8_0_block() {
