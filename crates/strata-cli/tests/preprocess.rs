@@ -7,6 +7,22 @@ mod common;
 
 use common::{fresh_dir, run, strata};
 
+/// `strata acquire --name raw --input FILE` into `store`.
+fn acquire_raw(store: &std::path::Path, input: &std::path::Path) {
+    let r = run(strata(store)
+        .args(["acquire", "--name", "raw", "--input"])
+        .arg(input));
+    assert!(r.ok, "{}", r.stderr);
+}
+
+/// The documents of dataset `clean`.
+fn read_clean(store: &std::path::Path) -> Vec<strata_data::Doc> {
+    strata_data::io::read_dataset(&store.join("datasets/clean"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// 80 words drawn at random (a fixed generator) from a clinical vocabulary: no repeated phrases.
 fn prose(seed: u64) -> String {
     let words = [
@@ -98,10 +114,7 @@ fn gopher_and_minhash_stages_count_removals_by_reason() {
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let store = dir.join("store");
-    let r = run(strata(&store)
-        .args(["acquire", "--name", "raw", "--input"])
-        .arg(&input));
-    assert!(r.ok, "{}", r.stderr);
+    acquire_raw(&store, &input);
     let r = run(strata(&store).args([
         "preprocess",
         "--input",
@@ -157,17 +170,11 @@ fn pii_flag_redacts_and_counts_in_metadata() {
     )
     .unwrap();
     let store = dir.join("store");
-    let r = run(strata(&store)
-        .args(["acquire", "--name", "raw", "--input"])
-        .arg(&input));
-    assert!(r.ok, "{}", r.stderr);
+    acquire_raw(&store, &input);
     let r =
         run(strata(&store).args(["preprocess", "--input", "raw", "--output", "clean", "--pii"]));
     assert!(r.ok, "{}", r.stderr);
-    let docs: Vec<strata_data::Doc> = strata_data::io::read_dataset(&store.join("datasets/clean"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let docs = read_clean(&store);
     assert_eq!(docs.len(), 1);
     assert_eq!(
         docs[0].text,
@@ -194,10 +201,7 @@ fn languages_flag_keeps_english_and_chinese_and_labels_them() {
         .collect();
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     let store = dir.join("store");
-    let r = run(strata(&store)
-        .args(["acquire", "--name", "raw", "--input"])
-        .arg(&input));
-    assert!(r.ok, "{}", r.stderr);
+    acquire_raw(&store, &input);
     let r = run(strata(&store).args([
         "preprocess",
         "--input",
@@ -210,10 +214,7 @@ fn languages_flag_keeps_english_and_chinese_and_labels_them() {
         "10",
     ]));
     assert!(r.ok, "{}", r.stderr);
-    let docs: Vec<strata_data::Doc> = strata_data::io::read_dataset(&store.join("datasets/clean"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let docs = read_clean(&store);
     let langs: Vec<&str> = docs
         .iter()
         .map(|d| d.meta["language"].as_str().unwrap())
@@ -248,15 +249,9 @@ fn kill_9_during_preprocess_then_the_same_command_gives_byte_identical_output() 
         "--minhash",
         "--pii",
     ];
-    let prepare = |store: &std::path::Path| {
-        let r = run(strata(store)
-            .args(["acquire", "--name", "raw", "--input"])
-            .arg(&input));
-        assert!(r.ok, "{}", r.stderr);
-    };
     let (killed, whole) = (dir.join("killed"), dir.join("whole"));
-    prepare(&killed);
-    prepare(&whole);
+    acquire_raw(&killed, &input);
+    acquire_raw(&whole, &input);
     let mut child = strata(&killed)
         .args(args)
         .stdout(std::process::Stdio::null())

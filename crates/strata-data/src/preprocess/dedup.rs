@@ -13,6 +13,14 @@ pub struct ExactDedup {
     seen: HashSet<[u8; 16]>,
 }
 
+/// The first 16 bytes of the text's sha256.
+fn key(doc: &Doc) -> [u8; 16] {
+    let digest = Sha256::digest(doc.text.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
 impl Stage for ExactDedup {
     fn name(&self) -> &'static str {
         "exact_dedup"
@@ -21,18 +29,12 @@ impl Stage for ExactDedup {
         false
     }
     fn prepare(&self, doc: &Doc) -> Prepared {
-        let digest = Sha256::digest(doc.text.as_bytes());
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        Prepared::Digest(key)
+        Prepared::Digest(key(doc))
     }
     fn apply_in_order(&mut self, doc: Doc, prepared: Prepared) -> Verdict {
         let key = match prepared {
             Prepared::Digest(k) => k,
-            _ => match self.prepare(&doc) {
-                Prepared::Digest(k) => k,
-                _ => unreachable!("prepare gives a digest"),
-            },
+            _ => key(&doc),
         };
         if self.seen.insert(key) {
             Verdict::Keep(doc)

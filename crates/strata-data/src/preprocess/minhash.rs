@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::words::{is_punct, tokens, PreHashedState};
+use super::words::{hash_bytes, is_punct, mix as mix64, tokens, PreHashedState};
 use super::{Prepared, Stage, Verdict};
 use crate::Doc;
 
@@ -42,16 +42,6 @@ impl Default for MinHashConfig {
     }
 }
 
-/// MurmurHash3's 64-bit finaliser: a bijection that mixes every input bit into every output bit.
-#[must_use]
-pub fn mix64(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
-}
-
 impl MinHashConfig {
     /// The hashes of a document's shingles (a short document is one shingle of all its words).
     #[must_use]
@@ -61,9 +51,9 @@ impl MinHashConfig {
             .filter(|t| !is_punct(t))
             .map(|t| {
                 let h = if t.bytes().any(|b| b.is_ascii_uppercase() || b >= 0x80) {
-                    super::words::hash_bytes(t.to_lowercase().as_bytes())
+                    hash_bytes(t.to_lowercase().as_bytes())
                 } else {
-                    super::words::hash_bytes(t.as_bytes())
+                    hash_bytes(t.as_bytes())
                 };
                 mix64(h ^ self.seed)
             })

@@ -37,6 +37,17 @@ pub enum Verdict {
     Drop(&'static str),
 }
 
+impl Verdict {
+    /// Keep `doc`, or drop it for `reason`.
+    #[must_use]
+    pub fn unless(reason: Option<&'static str>, doc: Doc) -> Self {
+        match reason {
+            Some(r) => Self::Drop(r),
+            None => Self::Keep(doc),
+        }
+    }
+}
+
 /// A stage. Pure stages decide from the document alone and run on many documents at once
 /// ([`Stage::apply`]); stateful ones (dedup) decide in input order ([`Stage::apply_in_order`]), after a
 /// parallel [`Stage::prepare`] of what depends on the document alone. Either way the output is the same
@@ -167,13 +178,7 @@ pub fn preprocess(
         });
     }
     let mut stages: Vec<Box<dyn Stage>> = cfg.stages.iter().map(StageConfig::build).collect();
-    let mut stats: Vec<StageStats> = stages
-        .iter()
-        .map(|s| StageStats {
-            stage: s.name().to_string(),
-            ..StageStats::default()
-        })
-        .collect();
+    let mut stats = empty_stats(&stages);
     let staging = store.staging(Kind::Dataset, output)?;
     let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard);
     let mut total = 0usize;
@@ -248,6 +253,17 @@ fn progress_bar(name: &str, expected: u64) -> indicatif::ProgressBar {
     );
     bar.set_prefix(format!("preprocess {name}"));
     bar
+}
+
+/// Zero counts for each stage, by name.
+fn empty_stats(stages: &[Box<dyn Stage>]) -> Vec<StageStats> {
+    stages
+        .iter()
+        .map(|s| StageStats {
+            stage: s.name().to_string(),
+            ..StageStats::default()
+        })
+        .collect()
 }
 
 /// Documents read and decided together; the pure stages split a batch between threads.
@@ -438,13 +454,7 @@ mod tests {
             .collect();
         let run = |threads: usize| {
             let mut stages: Vec<Box<dyn Stage>> = cfgs.iter().map(StageConfig::build).collect();
-            let mut stats: Vec<StageStats> = stages
-                .iter()
-                .map(|s| StageStats {
-                    stage: s.name().to_string(),
-                    ..StageStats::default()
-                })
-                .collect();
+            let mut stats = empty_stats(&stages);
             let mut out = Vec::new();
             for chunk in docs.chunks(128) {
                 out.extend(run_batch(&mut stages, &mut stats, chunk.to_vec(), threads));

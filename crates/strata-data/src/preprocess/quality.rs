@@ -127,10 +127,7 @@ impl Stage for GopherQuality {
         "gopher_quality"
     }
     fn apply(&self, doc: Doc) -> Verdict {
-        match self.check(&doc.text) {
-            Some(reason) => Verdict::Drop(reason),
-            None => Verdict::Keep(doc),
-        }
+        Verdict::unless(self.check(&doc.text), doc)
     }
 }
 

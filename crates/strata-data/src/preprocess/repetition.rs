@@ -179,10 +179,7 @@ impl Stage for GopherRepetition {
         "gopher_repetition"
     }
     fn apply(&self, doc: Doc) -> Verdict {
-        match self.check(&doc.text) {
-            Some(reason) => Verdict::Drop(reason),
-            None => Verdict::Keep(doc),
-        }
+        Verdict::unless(self.check(&doc.text), doc)
     }
 }
 

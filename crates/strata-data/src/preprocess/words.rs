@@ -112,7 +112,7 @@ pub fn hash_bytes(b: &[u8]) -> u64 {
     mix(h)
 }
 
-/// MurmurHash3's 64-bit finaliser.
+/// MurmurHash3's 64-bit finaliser: a bijection that mixes every input bit into every output bit.
 #[must_use]
 pub fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
