@@ -149,3 +149,102 @@ fn ultrasound_report_generator_tests_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One folder with every kind of malformed input the data steps meet: each bad record is quarantined with its
+/// file, line and reason, the empty file and the cut-off zstd stream are reported, the huge single-line
+/// document is read and then removed by the quality filter, and every good document comes through.
+#[test]
+fn malformed_inputs_are_quarantined_or_reported_and_good_documents_kept() {
+    use std::io::Write;
+    let dir = fresh_dir("bad-malformed");
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    let good = |i: usize| {
+        format!(
+            "{{\"text\": \"good document {i}: the kidney and the liver are of normal size, with no lesion seen.\"}}\n"
+        )
+    };
+    std::fs::write(raw.join("a-good.jsonl"), good(1) + &good(2)).unwrap();
+    let mut mixed = good(3).into_bytes();
+    mixed.extend_from_slice(b"{\"text\": \"broken\n");
+    mixed.extend_from_slice(b"{\"text\": \"bad byte \xff here\"}\n");
+    mixed.extend_from_slice(b"{\"body\": \"no text field\"}\n");
+    mixed.extend_from_slice(good(4).as_bytes());
+    std::fs::write(raw.join("b-mixed.jsonl"), mixed).unwrap();
+    std::fs::write(raw.join("c-empty.jsonl"), b"").unwrap();
+    let mut z = zstd::Encoder::new(Vec::new(), 3).unwrap();
+    for i in 5..8 {
+        z.write_all(good(i).as_bytes()).unwrap();
+    }
+    let z = z.finish().unwrap();
+    std::fs::write(raw.join("d-cut.jsonl.zst"), &z[..z.len() - 12]).unwrap();
+    // 16 MB on one line (a 100 MB line was checked by hand with the release binary)
+    let huge = "word ".repeat(16 << 20 >> 2);
+    std::fs::write(
+        raw.join("e-huge.jsonl"),
+        format!("{{\"text\": \"{huge}\"}}\n"),
+    )
+    .unwrap();
+
+    let store = dir.join("store");
+    let r = run(strata(&store)
+        .args(["acquire", "--name", "raw", "--input"])
+        .arg(&raw));
+    assert!(r.ok, "{}", r.stderr);
+    let q =
+        std::fs::read_to_string(store.join("datasets/raw/quarantine/quarantine.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |file: &str, line: u64| {
+        recs.iter()
+            .find(|r| r["source"].as_str().unwrap().ends_with(file) && r["line"] == line)
+            .unwrap_or_else(|| panic!("no quarantine record for {file}:{line} in {q}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(at("b-mixed.jsonl", 2).starts_with("not JSON"), "{q}");
+    assert!(at("b-mixed.jsonl", 3).contains("UTF-8"), "{q}");
+    assert!(at("b-mixed.jsonl", 4).contains("text"), "{q}");
+    assert!(
+        recs.iter()
+            .any(|r| r["source"].as_str().unwrap().ends_with("d-cut.jsonl.zst")),
+        "the cut-off zstd stream is not reported: {q}"
+    );
+    let docs: Vec<strata_data::Doc> = strata_data::io::read_dataset(&store.join("datasets/raw"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut good_ids: Vec<usize> = docs
+        .iter()
+        .filter_map(|d| d.text.strip_prefix("good document "))
+        .map(|t| t[..1].parse().unwrap())
+        .collect();
+    good_ids.sort_unstable();
+    // the zstd stream's complete lines before the cut survive; everything else good is kept
+    assert!(good_ids.starts_with(&[1, 2, 3, 4]), "{good_ids:?}");
+    assert!(docs.iter().any(|d| d.text.len() == huge.len()));
+
+    let r = run(strata(&store).args([
+        "preprocess",
+        "--input",
+        "raw",
+        "--output",
+        "clean",
+        "--gopher",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let stats: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(store.join("datasets/clean/stats.json")).unwrap(),
+    )
+    .unwrap();
+    let gopher = stats["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "gopher_quality")
+        .unwrap();
+    assert_eq!(gopher["removed"]["gopher_long_doc"], 1, "{stats}");
+}

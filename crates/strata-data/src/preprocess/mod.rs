@@ -10,6 +10,7 @@ mod normalize;
 mod pii;
 mod quality;
 mod repetition;
+mod spacy_en;
 pub mod words;
 
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::words::{is_cjk, is_punct, tokens};
+use super::words::{for_each_token, is_cjk, is_punct, tokens};
 use super::{Stage, Verdict};
 use crate::Doc;
 
@@ -43,6 +43,9 @@ impl Default for GopherQuality {
     }
 }
 
+/// Documents longer than this are counted before their tokens are collected.
+const LARGE_DOC_BYTES: usize = 1 << 20;
+
 const STOP_WORDS: [&str; 8] = ["the", "be", "to", "of", "and", "that", "have", "with"];
 const STOP_WORDS_ZH: [&str; 8] = ["的", "了", "是", "在", "和", "有", "不", "这"];
 
@@ -52,6 +55,15 @@ impl GopherQuality {
     #[allow(clippy::cast_precision_loss)]
     pub fn check(&self, text: &str) -> Option<&'static str> {
         // as datatrove 0.10.1 counts: `toks` are all tokens, punctuation included; `words` the others
+        if text.len() > LARGE_DOC_BYTES {
+            // count before collecting: a document of hundreds of megabytes is removed without holding its
+            // tokens in memory
+            let mut n = 0usize;
+            for_each_token(text, |t| n += usize::from(!is_punct(t)));
+            if n > self.max_doc_words {
+                return Some("gopher_long_doc");
+            }
+        }
         let toks = tokens(text);
         let words: Vec<&str> = toks.iter().copied().filter(|t| !is_punct(t)).collect();
         let n = words.len();

@@ -1,9 +1,10 @@
-//! Word splitting for the quality rules, close to the spaCy tokenizer datatrove counts with: runs of letters
-//! and digits are words, and so are numbers with `.`, `,` or `:` between digits ("14.2", "1,000", "G97.1");
-//! hyphens are split off ("well", "-", "known"); contractions split as spaCy does ("do", "n't"; "it",
-//! "'s"); a run of one punctuation mark is one token ("--", "..."); each Chinese, Japanese or Korean
-//! character is a word of its own, since those scripts do not separate words with spaces (Data-Juicer
-//! counts them the same way).
+//! Word splitting for the quality rules. Latin-script text is split as spaCy's English tokenizer splits it
+//! (datatrove's Gopher filters count with it; see [`super::spacy_en`]): "don't" → "do" "n't", "well-known" →
+//! "well" "-" "known", "(x2)." → "(" "x2" ")" ".", "14.2" and "G97.1" whole. Each Chinese, Japanese or Korean
+//! character is a word of its own, since those scripts do not separate words with spaces (Data-Juicer counts
+//! them the same way).
+
+use super::spacy_en::{split_piece, Scratch};
 
 /// Chinese ideographs, kana and hangul syllables.
 #[must_use]
@@ -19,78 +20,38 @@ pub fn is_punct(token: &str) -> bool {
     !token.is_empty() && !token.chars().any(char::is_alphanumeric)
 }
 
-fn word_char(c: char) -> bool {
-    c.is_alphanumeric() && !is_cjk(c)
+/// Calls `f` on each token of `text`, in order, without collecting them.
+pub fn for_each_token<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
+    let mut scratch = Scratch::default();
+    let mut emit = |t: &'a str| {
+        if !t.chars().any(is_cjk) {
+            f(t);
+            return;
+        }
+        let mut run = 0;
+        for (i, c) in t.char_indices() {
+            if is_cjk(c) {
+                if run < i {
+                    f(&t[run..i]);
+                }
+                f(&t[i..i + c.len_utf8()]);
+                run = i + c.len_utf8();
+            }
+        }
+        if run < t.len() {
+            f(&t[run..]);
+        }
+    };
+    for piece in text.split(char::is_whitespace).filter(|p| !p.is_empty()) {
+        split_piece(piece, &mut scratch, &mut emit);
+    }
 }
 
 /// The tokens of `text`, in order.
 #[must_use]
 pub fn tokens(text: &str) -> Vec<&str> {
-    let b: Vec<(usize, char)> = text.char_indices().collect();
-    let end = |k: usize| b.get(k).map_or(text.len(), |x| x.0);
     let mut out = Vec::new();
-    let mut k = 0;
-    while k < b.len() {
-        let (i, c) = b[k];
-        if c.is_whitespace() {
-            k += 1;
-        } else if word_char(c) {
-            let mut j = k + 1;
-            loop {
-                if j < b.len() && word_char(b[j].1) {
-                    j += 1;
-                } else if j + 1 < b.len()
-                    && matches!(b[j].1, '.' | ',' | ':')
-                    && b[j - 1].1.is_ascii_digit()
-                    && b[j + 1].1.is_ascii_digit()
-                {
-                    j += 2;
-                } else {
-                    break;
-                }
-            }
-            let word = &text[i..end(j)];
-            // contractions as spaCy splits them: "don't" → "do" "n't", "it's" → "it" "'s"
-            if j + 1 < b.len() && matches!(b[j].1, '\'' | '’') && word_char(b[j + 1].1) {
-                let mut e = j + 1;
-                while e < b.len() && word_char(b[e].1) {
-                    e += 1;
-                }
-                let tail = &text[b[j].0..end(e)];
-                let n_t = e == j + 2
-                    && b[j + 1].1.eq_ignore_ascii_case(&'t')
-                    && word.len() > 1
-                    && word.ends_with(['n', 'N']);
-                if n_t {
-                    out.push(&word[..word.len() - 1]);
-                    out.push(&text[b[j - 1].0..end(e)]);
-                } else if tail.chars().count() <= 3 {
-                    out.push(word);
-                    out.push(tail);
-                } else {
-                    // O'Brien, rock'n'roll: the apostrophe on its own
-                    out.push(word);
-                    out.push(&text[b[j].0..end(j + 1)]);
-                    out.push(&text[b[j + 1].0..end(e)]);
-                }
-                k = e;
-                continue;
-            }
-            out.push(word);
-            k = j;
-        } else if is_cjk(c) {
-            out.push(&text[i..end(k + 1)]);
-            k += 1;
-        } else {
-            // a run of the same mark is one token
-            let mut j = k + 1;
-            while j < b.len() && b[j].1 == c {
-                j += 1;
-            }
-            out.push(&text[i..end(j)]);
-            k = j;
-        }
-    }
+    for_each_token(text, |t| out.push(t));
     out
 }
 
@@ -148,7 +109,7 @@ mod tests {
     #[test]
     fn words_punctuation_and_cjk_by_hand() {
         assert_eq!(
-            tokens("Don't stop: well-known (x2)... 超声检查 ok! It's 14.2 cm, 1,000 -- G97.1 3:16"),
+            tokens("Don't stop: well-known (x2)... 超声检查ok! It's 14.2 cm, 1,000 -- G97.1 3:16"),
             vec![
                 "Do", "n't", "stop", ":", "well", "-", "known", "(", "x2", ")", "...", "超", "声",
                 "检", "查", "ok", "!", "It", "'s", "14.2", "cm", ",", "1,000", "--", "G97.1",
@@ -156,9 +117,9 @@ mod tests {
             ]
         );
         assert!(tokens("  \n\t ").is_empty());
-        assert_eq!(tokens("end-"), vec!["end", "-"]);
-        assert_eq!(tokens("e.g. 14."), vec!["e", ".", "g", ".", "14", "."]);
-        assert_eq!(tokens("O'Brien"), vec!["O", "'", "Brien"]);
+        assert_eq!(tokens("end-"), vec!["end-"]);
+        assert_eq!(tokens("e.g. 14."), vec!["e.g.", "14", "."]);
+        assert_eq!(tokens("O'Brien"), vec!["O'Brien"]);
         assert!(
             is_punct("…") && is_punct(",") && is_punct("--") && !is_punct("a") && !is_punct("超")
         );
