@@ -72,12 +72,33 @@ pub struct AcquireArgs {
     /// Name of the dataset to create.
     #[arg(long)]
     pub name: String,
-    /// Files, folders or glob patterns.
+    /// Files, folders or glob patterns. Formats by extension: .txt/.md (one document per file);
+    /// .jsonl/.ndjson, .jsonl.gz, .jsonl.zst; .csv/.tsv and .parquet (one document per row); .html/.htm
+    /// (main content); .warc/.warc.gz (HTML responses, main content, URL kept); .urls (a URL list, fetched
+    /// politely: robots.txt obeyed, one request at a time per host).
     #[arg(long = "input", required = true, num_args = 1..)]
     pub inputs: Vec<String>,
-    /// The jsonl field that holds the text.
+    /// The jsonl field, or CSV/Parquet column, that holds the text.
     #[arg(long, default_value = "text")]
     pub text_field: String,
+    /// URL lists: User-Agent sent and matched against robots.txt.
+    #[arg(long, default_value_t = strata_data::acquire::FetchConfig::default().user_agent)]
+    pub user_agent: String,
+    /// URL lists: milliseconds between two requests to the same host (a longer robots.txt Crawl-delay wins).
+    #[arg(long, default_value_t = 1000)]
+    pub delay_ms: u64,
+    /// URL lists: hosts fetched at the same time.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// URL lists: time limit for one request, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// URL lists: retries after a network error, 429 or 5xx (exponential backoff from 1 s).
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// URL lists: largest body accepted, in bytes.
+    #[arg(long, default_value_t = 10 << 20)]
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Args)]

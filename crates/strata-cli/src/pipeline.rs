@@ -47,6 +47,9 @@ pub struct AcquireStep {
     pub inputs: Vec<String>,
     #[serde(default)]
     pub text_field: Option<String>,
+    /// How `.urls` lists are fetched (`[step.fetch]`: user_agent, per_host_delay_ms, concurrency, …).
+    #[serde(default)]
+    pub fetch: strata_data::acquire::FetchConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -226,6 +229,7 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 inputs: s.inputs.clone(),
                 text_field: s.text_field.clone().unwrap_or_else(|| "text".into()),
                 docs_per_shard: 10_000,
+                fetch: s.fetch.clone(),
             };
             let r = strata_data::acquire::acquire(store, &s.name, &cfg, by)
                 .with_context(|| format!("step acquire {:?}", s.name))?;

@@ -248,3 +248,42 @@ fn malformed_inputs_are_quarantined_or_reported_and_good_documents_kept() {
         .unwrap();
     assert_eq!(gopher["removed"]["gopher_long_doc"], 1, "{stats}");
 }
+
+/// Parquet written by pyarrow (snappy, row groups, large_string) and CSV written by Python's csv module:
+/// every record with text comes through with its columns, every null text is quarantined with its row.
+#[test]
+fn parquet_and_csv_written_by_python_are_acquired_exactly() {
+    let dir = fresh_dir("python-tables");
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    common::python_check("write_tables.py", &[raw.as_os_str()]);
+    let expected: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(raw.join("expected.json")).unwrap()).unwrap();
+    for (file, name) in [("train.parquet", "pq"), ("train.csv", "csv")] {
+        let store = dir.join(name);
+        let r = run(strata(&store)
+            .args(["acquire", "--name", "raw", "--input"])
+            .arg(raw.join(file)));
+        assert!(r.ok, "{}", r.stderr);
+        let docs: Vec<strata_data::Doc> =
+            strata_data::io::read_dataset(&store.join("datasets/raw"))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        assert_eq!(docs.len(), expected.len(), "{file}");
+        for (d, e) in docs.iter().zip(&expected) {
+            assert_eq!(d.text, e["text"].as_str().unwrap(), "{file}");
+            assert_eq!(d.meta["ward"], e["ward"], "{file}");
+            if name == "pq" {
+                assert_eq!(d.meta["source_id"], e["id"]);
+                assert_eq!(d.meta["score"], e["score"]);
+                assert_eq!(d.meta["ok"], e["ok"]);
+            } else {
+                assert_eq!(d.meta["source_id"], e["id"].to_string());
+            }
+        }
+        let q = std::fs::read_to_string(store.join("datasets/raw/quarantine/quarantine.jsonl"))
+            .unwrap();
+        assert_eq!(q.lines().count(), 5, "{file}: {q}");
+    }
+}

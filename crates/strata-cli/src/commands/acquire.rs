@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use strata_data::acquire::{acquire, quarantine_path, AcquireConfig};
+use strata_data::acquire::{acquire, quarantine_path, AcquireConfig, FetchConfig};
 use strata_store::{Kind, Store};
 
 use crate::cli::AcquireArgs;
@@ -12,6 +12,15 @@ pub fn run(store: &Store, a: &AcquireArgs) -> anyhow::Result<ExitCode> {
         inputs: a.inputs.clone(),
         text_field: a.text_field.clone(),
         docs_per_shard: 10_000,
+        fetch: FetchConfig {
+            user_agent: a.user_agent.clone(),
+            per_host_delay_ms: a.delay_ms,
+            concurrency: a.concurrency,
+            timeout_ms: a.timeout_ms,
+            retries: a.retries,
+            max_bytes: a.max_bytes,
+            ..FetchConfig::default()
+        },
     };
     let r = acquire(store, &a.name, &cfg, "strata acquire")?;
     let c = &r.manifest.counts;
@@ -27,6 +36,17 @@ pub fn run(store: &Store, a: &AcquireArgs) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if let Some(n) = c.get("urls") {
+        println!(
+            "urls: {n} listed, {} fetched, {} failed (outcomes: {})",
+            c.get("urls_fetched").cloned().unwrap_or_default(),
+            c.get("urls_failed").cloned().unwrap_or_default(),
+            store
+                .dir(Kind::Dataset, &a.name)
+                .join("fetch_log.jsonl")
+                .display()
+        );
+    }
     if c.get("quarantined")
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0)

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::{tabular, web};
 use crate::io::{Quarantine, QuarantineRecord};
 use crate::{io_err, DataError, Doc, Result};
 
@@ -17,6 +18,22 @@ pub enum SourceFormat {
     Jsonl,
     /// zstd-compressed jsonl.
     JsonlZst,
+    /// gzip-compressed jsonl.
+    JsonlGz,
+    /// Comma-separated values with a header row.
+    Csv,
+    /// Tab-separated values with a header row.
+    Tsv,
+    /// Apache Parquet.
+    Parquet,
+    /// An HTML page: its main content is the document.
+    Html,
+    /// A WARC archive of HTTP responses.
+    Warc,
+    /// A gzip-compressed WARC archive (one gzip member per record, as Common Crawl writes them).
+    WarcGz,
+    /// A list of URLs to fetch (`.urls`: one per line, `#` comments).
+    UrlList,
 }
 
 impl SourceFormat {
@@ -24,10 +41,26 @@ impl SourceFormat {
     #[allow(clippy::case_sensitive_file_extension_comparisons)]
     fn of(path: &Path) -> Option<Self> {
         let name = path.file_name()?.to_string_lossy().to_lowercase();
-        if name.ends_with(".jsonl.zst") {
+        if name.ends_with(".jsonl.zst") || name.ends_with(".json.zst") {
             Some(Self::JsonlZst)
+        } else if name.ends_with(".jsonl.gz") || name.ends_with(".json.gz") {
+            Some(Self::JsonlGz)
         } else if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
             Some(Self::Jsonl)
+        } else if name.ends_with(".csv") {
+            Some(Self::Csv)
+        } else if name.ends_with(".tsv") {
+            Some(Self::Tsv)
+        } else if name.ends_with(".parquet") {
+            Some(Self::Parquet)
+        } else if name.ends_with(".html") || name.ends_with(".htm") {
+            Some(Self::Html)
+        } else if name.ends_with(".warc") {
+            Some(Self::Warc)
+        } else if name.ends_with(".warc.gz") {
+            Some(Self::WarcGz)
+        } else if name.ends_with(".urls") {
+            Some(Self::UrlList)
         } else if name.ends_with(".txt") || name.ends_with(".md") || name.ends_with(".text") {
             Some(Self::Text)
         } else {
@@ -142,6 +175,21 @@ pub(crate) fn read_file(
             let dec = zstd::Decoder::new(file).map_err(io_err(path))?;
             read_lines(BufReader::new(dec), &source, text_field, quarantine, emit)
         }
+        SourceFormat::JsonlGz => {
+            let dec = flate2::read::MultiGzDecoder::new(file);
+            read_lines(BufReader::new(dec), &source, text_field, quarantine, emit)
+        }
+        SourceFormat::Csv => tabular::read_csv(path, b',', text_field, quarantine, emit),
+        SourceFormat::Tsv => tabular::read_csv(path, b'\t', text_field, quarantine, emit),
+        SourceFormat::Parquet => tabular::read_parquet(path, text_field, quarantine, emit),
+        SourceFormat::Html => web::read_html(path, quarantine, emit),
+        SourceFormat::Warc => web::read_warc(path, false, quarantine, emit),
+        SourceFormat::WarcGz => web::read_warc(path, true, quarantine, emit),
+        SourceFormat::UrlList => Err(DataError::Record {
+            path: path.to_path_buf(),
+            line: 0,
+            reason: "a URL list is fetched by `acquire`, not read as a file".into(),
+        }),
     }
 }
 
