@@ -102,6 +102,7 @@ pub struct AcquireArgs {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // one switch per optional stage
 pub struct PreprocessArgs {
     /// Dataset to read.
     #[arg(long)]
@@ -127,6 +128,24 @@ pub struct PreprocessArgs {
     /// Minimum language-detection confidence with --languages.
     #[arg(long, default_value_t = 0.5)]
     pub min_language_score: f64,
+    /// Also apply C4's line and document rules (terminal punctuation, ≥ 3 words a line, no JavaScript or
+    /// policy lines, ≥ 5 sentences, no lorem ipsum or curly brackets).
+    #[arg(long)]
+    pub c4: bool,
+    /// Also apply FineWeb's rules (terminal-punctuation, short-line, duplicated-line and list ratios).
+    #[arg(long)]
+    pub fineweb: bool,
+    /// Drop documents sharing a 13-word sequence with an evaluation set: NAME=PATH (.jsonl, or .json of
+    /// records as an array or keyed by id). Repeatable.
+    #[arg(long = "eval-set", value_name = "NAME=PATH")]
+    pub eval_sets: Vec<String>,
+    /// The fields of the evaluation records to index (strings or lists of strings).
+    #[arg(long, value_delimiter = ',', default_value = "question,context,answer")]
+    pub eval_fields: Vec<String>,
+    /// Only the evaluation records with these ids (a JSON file: an object's keys or an array), e.g.
+    /// PubMedQA's test_ground_truth.json for its test split.
+    #[arg(long)]
+    pub eval_ids: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -319,3 +319,81 @@ fn kill_9_during_preprocess_then_the_same_command_gives_byte_identical_output() 
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// `--c4 --fineweb --eval-set`: a document that quotes an evaluation question is dropped as
+/// `contaminated_<name>`, C4 drops the page with too few sentences and rewrites the kept one without its
+/// menu line, FineWeb drops the page of short lines.
+#[test]
+fn c4_fineweb_and_decontamination_flags() {
+    let dir = fresh_dir("preprocess-c4");
+    let eval = dir.join("qa.jsonl");
+    let question =
+        "Does a daily low dose of aspirin reduce the risk of a first stroke in adults over sixty?";
+    std::fs::write(
+        &eval,
+        format!(
+            "{}\n",
+            serde_json::json!({ "id": "q1", "question": question, "answer": "yes" })
+        ),
+    )
+    .unwrap();
+    // 80 words as 10 sentences of 8
+    let sentences = |seed: u64| {
+        let p = prose(seed);
+        let words: Vec<&str> = p.split(' ').collect();
+        words
+            .chunks(8)
+            .map(|c| c.join(" ") + ".")
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let page = format!("Home | About | Contact\n{}\n{}", sentences(1), sentences(2));
+    let leaked = format!(
+        "{}\nThe exam asked: {question} The answer was yes.",
+        sentences(3)
+    );
+    let thin = "One sentence only, which C4 does not keep as a page.".to_string();
+    let doses: Vec<String> = (1..=40)
+        .map(|i| format!("Take {i} tablets daily."))
+        .collect();
+    let list = format!("{}\n{}", sentences(4), doses.join("\n"));
+    let input = dir.join("in.jsonl");
+    let lines: Vec<String> = [&page, &leaked, &thin, &list]
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let store = dir.join("store");
+    acquire_raw(&store, &input);
+    let r = run(strata(&store)
+        .args([
+            "preprocess",
+            "--input",
+            "raw",
+            "--output",
+            "clean",
+            "--c4",
+            "--fineweb",
+        ])
+        .arg("--eval-set")
+        .arg(format!("qa={}", eval.display())));
+    assert!(r.ok, "{}", r.stderr);
+    let docs = read_clean(&store);
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    assert!(docs[0].text.starts_with(&sentences(1)), "{}", docs[0].text);
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("datasets/clean/stats.json")).unwrap())
+            .unwrap();
+    let removed = |stage: &str| {
+        stats["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == stage)
+            .unwrap()["removed"]
+            .clone()
+    };
+    assert_eq!(removed("c4_quality")["too_few_sentences"], 1, "{stats}");
+    assert_eq!(removed("fineweb_quality")["short_line_ratio"], 1, "{stats}");
+    assert_eq!(removed("decontaminate")["contaminated_qa"], 1, "{stats}");
+}

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use strata_data::preprocess::{
-    preprocess, GopherQuality, GopherRepetition, LanguageFilter, MinHashConfig, PiiRedact,
-    PreprocessConfig, StageConfig,
+    preprocess, C4Quality, DecontamConfig, EvalSet, FineWebQuality, GopherQuality,
+    GopherRepetition, LanguageFilter, MinHashConfig, PiiRedact, PreprocessConfig, StageConfig,
 };
 use strata_store::Store;
 
@@ -26,6 +26,30 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
     if a.gopher {
         stages.push(StageConfig::GopherQuality(GopherQuality::default()));
         stages.push(StageConfig::GopherRepetition(GopherRepetition::default()));
+    }
+    if a.c4 {
+        stages.push(StageConfig::C4Quality(C4Quality::default()));
+    }
+    if a.fineweb {
+        stages.push(StageConfig::FinewebQuality(FineWebQuality::default()));
+    }
+    if !a.eval_sets.is_empty() {
+        let mut eval_sets = Vec::new();
+        for spec in &a.eval_sets {
+            let Some((name, path)) = spec.split_once('=') else {
+                anyhow::bail!("--eval-set {spec:?}: expected NAME=PATH");
+            };
+            eval_sets.push(EvalSet {
+                name: name.to_string(),
+                path: path.into(),
+                fields: a.eval_fields.clone(),
+                ids: a.eval_ids.clone(),
+            });
+        }
+        stages.push(StageConfig::Decontaminate(DecontamConfig {
+            eval_sets,
+            n: 13,
+        }));
     }
     if a.pii {
         stages.push(StageConfig::PiiRedact(PiiRedact::default()));

@@ -2,8 +2,11 @@
 //! and [`StageConfig`] (a serde-tagged enum) lets the whole pipeline be written in TOML and saved with the
 //! artifact. Per-stage kept/removed counts go to `stats.json`.
 
+mod c4;
+mod decontam;
 mod dedup;
 mod filter;
+mod fineweb;
 mod language;
 mod minhash;
 mod normalize;
@@ -22,8 +25,11 @@ use crate::acquire::StepReport;
 use crate::io::{read_dataset, ShardWriter};
 use crate::{Doc, Result};
 
+pub use c4::{count_sentences, C4Quality};
+pub use decontam::{DecontamConfig, Decontaminate, EvalSet};
 pub use dedup::ExactDedup;
 pub use filter::MinLength;
+pub use fineweb::FineWebQuality;
 pub use language::LanguageFilter;
 pub use minhash::{MinHashConfig, MinHashDedup};
 pub use normalize::Normalize;
@@ -99,12 +105,22 @@ pub enum StageConfig {
     PiiRedact(PiiRedact),
     /// Keep the listed languages (ISO 639-3) detected with enough confidence; label every kept document.
     Language(LanguageFilter),
+    /// C4's rules: drop lines without terminal punctuation, short, JavaScript or policy lines; drop documents
+    /// with lorem ipsum, curly brackets or too few sentences.
+    C4Quality(C4Quality),
+    /// FineWeb's rules: terminal-punctuation, short-line, duplicated-line and newline-per-word ratios.
+    FinewebQuality(FineWebQuality),
+    /// Drop documents sharing an n-gram (13 words) with a named evaluation set.
+    Decontaminate(DecontamConfig),
 }
 
 impl StageConfig {
-    #[must_use]
-    pub fn build(&self) -> Box<dyn Stage> {
-        match self {
+    /// The stage, ready to run.
+    ///
+    /// # Errors
+    /// When a stage's inputs cannot be read (an evaluation set for decontamination).
+    pub fn build(&self) -> Result<Box<dyn Stage>> {
+        Ok(match self {
             StageConfig::Normalize => Box::new(Normalize),
             StageConfig::MinLength { min_chars } => Box::new(MinLength {
                 min_chars: *min_chars,
@@ -115,7 +131,10 @@ impl StageConfig {
             StageConfig::MinhashDedup(c) => Box::new(MinHashDedup::new(c.clone())),
             StageConfig::PiiRedact(p) => Box::new(p.clone()),
             StageConfig::Language(l) => Box::new(l.clone()),
-        }
+            StageConfig::C4Quality(c) => Box::new(c.clone()),
+            StageConfig::FinewebQuality(f) => Box::new(f.clone()),
+            StageConfig::Decontaminate(d) => Box::new(Decontaminate::build(d)?.0),
+        })
     }
 }
 
@@ -169,7 +188,23 @@ pub fn preprocess(
     created_by: &str,
 ) -> Result<StepReport> {
     let src = store.require(Kind::Dataset, input)?;
-    let inputs = vec![store.input_ref(Kind::Dataset, input)?];
+    let mut inputs = vec![store.input_ref(Kind::Dataset, input)?];
+    // evaluation sets are inputs too: a changed set reruns the step
+    for stage in &cfg.stages {
+        if let StageConfig::Decontaminate(d) = stage {
+            for path in d
+                .eval_sets
+                .iter()
+                .flat_map(|e| std::iter::once(&e.path).chain(&e.ids))
+            {
+                inputs.push(strata_store::InputRef {
+                    kind: Kind::Raw,
+                    name: path.display().to_string(),
+                    sha256: strata_store::sha256_file(path)?,
+                });
+            }
+        }
+    }
     let manifest = Manifest::new(Kind::Dataset, output, created_by)
         .with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
     if let Some(existing) = store.up_to_date(Kind::Dataset, output, &manifest.fingerprint) {
@@ -178,7 +213,11 @@ pub fn preprocess(
             skipped: true,
         });
     }
-    let mut stages: Vec<Box<dyn Stage>> = cfg.stages.iter().map(StageConfig::build).collect();
+    let mut stages: Vec<Box<dyn Stage>> = cfg
+        .stages
+        .iter()
+        .map(StageConfig::build)
+        .collect::<Result<_>>()?;
     let mut stats = empty_stats(&stages);
     let staging = store.staging(Kind::Dataset, output)?;
     let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard);
@@ -454,7 +493,11 @@ mod tests {
             })
             .collect();
         let run = |threads: usize| {
-            let mut stages: Vec<Box<dyn Stage>> = cfgs.iter().map(StageConfig::build).collect();
+            let mut stages: Vec<Box<dyn Stage>> = cfgs
+                .iter()
+                .map(StageConfig::build)
+                .collect::<Result<_>>()
+                .unwrap();
             let mut stats = empty_stats(&stages);
             let mut out = Vec::new();
             for chunk in docs.chunks(128) {
