@@ -146,6 +146,10 @@ pub struct PreprocessArgs {
     /// PubMedQA's test_ground_truth.json for its test split.
     #[arg(long)]
     pub eval_ids: Option<std::path::PathBuf>,
+    /// Also write each output shard as Parquet (part-00000.parquet: id, text, metadata as JSON), for
+    /// Hugging Face datasets, pandas or DuckDB.
+    #[arg(long)]
+    pub parquet: bool,
 }
 
 #[derive(Debug, Subcommand)]

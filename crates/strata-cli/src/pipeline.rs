@@ -59,6 +59,9 @@ pub struct PreprocessStep {
     pub input: String,
     #[serde(default)]
     pub stages: Option<Vec<StageConfig>>,
+    /// Also write each shard as Parquet.
+    #[serde(default)]
+    pub parquet: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +243,7 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
             if let Some(stages) = &s.stages {
                 cfg.stages.clone_from(stages);
             }
+            cfg.parquet = s.parquet;
             let r = strata_data::preprocess::preprocess(store, &s.input, &s.name, &cfg, by)
                 .with_context(|| format!("step preprocess {:?}", s.name))?;
             report("preprocess", &s.name, &r);

@@ -397,3 +397,42 @@ fn c4_fineweb_and_decontamination_flags() {
     assert_eq!(removed("fineweb_quality")["short_line_ratio"], 1, "{stats}");
     assert_eq!(removed("decontaminate")["contaminated_qa"], 1, "{stats}");
 }
+
+/// `--parquet`: every shard also as Parquet, which pyarrow reads back to the same documents.
+#[test]
+fn parquet_shards_read_back_by_pyarrow() {
+    let dir = fresh_dir("preprocess-parquet");
+    let input = dir.join("in.jsonl");
+    let lines: Vec<String> = (0..25)
+        .map(|i| {
+            serde_json::json!({ "text": format!("Report {i}: {}", prose(i)), "ward": i % 3 })
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let store = dir.join("store");
+    acquire_raw(&store, &input);
+    let r = run(strata(&store).args([
+        "preprocess",
+        "--input",
+        "raw",
+        "--output",
+        "clean",
+        "--parquet",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let ds = store.join("datasets/clean");
+    let out = common::python_check("read_parquet.py", &[ds.as_os_str()]);
+    let from_parquet: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let docs = read_clean(&store);
+    assert_eq!(from_parquet.len(), docs.len());
+    assert_eq!(docs.len(), 25);
+    for (p, d) in from_parquet.iter().zip(&docs) {
+        assert_eq!(p["id"], d.id.as_str());
+        assert_eq!(p["text"], d.text.as_str());
+        assert_eq!(p["meta"]["ward"], d.meta["ward"]);
+    }
+}

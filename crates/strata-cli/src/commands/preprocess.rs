@@ -60,6 +60,7 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
     }
     let cfg = PreprocessConfig {
         stages,
+        parquet: a.parquet,
         ..PreprocessConfig::default()
     };
     let r = preprocess(store, &a.input, &a.output, &cfg, "strata preprocess")?;

@@ -15,6 +15,8 @@ pub struct ShardWriter {
     shard: usize,
     in_shard: usize,
     current: Option<zstd::Encoder<'static, strata_store::AtomicFile>>,
+    /// The current shard's documents, kept for its Parquet copy when one is wanted.
+    parquet: Option<Vec<Doc>>,
     pub docs: usize,
 }
 
@@ -27,8 +29,16 @@ impl ShardWriter {
             shard: 0,
             in_shard: 0,
             current: None,
+            parquet: None,
             docs: 0,
         }
+    }
+
+    /// Also writes each shard as Parquet (`part-00000.parquet`).
+    #[must_use]
+    pub fn with_parquet(mut self, on: bool) -> Self {
+        self.parquet = on.then(Vec::new);
+        self
     }
 
     /// # Errors
@@ -47,6 +57,9 @@ impl ShardWriter {
         let mut line = serde_json::to_vec(doc).map_err(|e| io_err(path)(e.into()))?;
         line.push(b'\n');
         enc.write_all(&line).map_err(io_err(path))?;
+        if let Some(p) = self.parquet.as_mut() {
+            p.push(doc.clone());
+        }
         self.docs += 1;
         self.in_shard += 1;
         if self.in_shard >= self.docs_per_shard {
@@ -59,6 +72,11 @@ impl ShardWriter {
         if let Some(enc) = self.current.take() {
             let file = enc.finish().map_err(io_err(&self.dir))?;
             file.commit()?;
+            if let Some(docs) = self.parquet.as_mut() {
+                let path = self.dir.join(format!("part-{:05}.parquet", self.shard));
+                super::write_parquet(&path, docs)?;
+                docs.clear();
+            }
             self.shard += 1;
             self.in_shard = 0;
         }

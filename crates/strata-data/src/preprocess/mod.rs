@@ -145,6 +145,9 @@ pub struct PreprocessConfig {
     pub stages: Vec<StageConfig>,
     #[serde(default = "default_docs_per_shard")]
     pub docs_per_shard: usize,
+    /// Also write each shard as Parquet (`part-00000.parquet`: id, text, metadata as JSON).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parquet: bool,
 }
 
 impl Default for PreprocessConfig {
@@ -152,6 +155,7 @@ impl Default for PreprocessConfig {
         Self {
             stages: default_stages(),
             docs_per_shard: default_docs_per_shard(),
+            parquet: false,
         }
     }
 }
@@ -220,7 +224,7 @@ pub fn preprocess(
         .collect::<Result<_>>()?;
     let mut stats = empty_stats(&stages);
     let staging = store.staging(Kind::Dataset, output)?;
-    let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard);
+    let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard).with_parquet(cfg.parquet);
     let mut total = 0usize;
     let threads = threads();
     let expected = store
