@@ -81,6 +81,9 @@ pub struct AcquireArgs {
     /// The jsonl field, or CSV/Parquet column, that holds the text.
     #[arg(long, default_value = "text")]
     pub text_field: String,
+    /// Documents per output shard (shards are the unit of `preprocess --task`).
+    #[arg(long, default_value_t = 10_000)]
+    pub docs_per_shard: usize,
     /// URL lists: User-Agent sent and matched against robots.txt.
     #[arg(long, default_value_t = strata_data::acquire::FetchConfig::default().user_agent)]
     pub user_agent: String,
@@ -150,6 +153,16 @@ pub struct PreprocessArgs {
     /// Hugging Face datasets, pandas or DuckDB.
     #[arg(long)]
     pub parquet: bool,
+    /// Run as independent tasks exchanging files (for a Slurm array or a Kubernetes indexed Job): the
+    /// phase of this invocation: filter, buckets, cluster, write or publish. See docs/preprocess.md.
+    #[arg(long)]
+    pub phase: Option<String>,
+    /// With --phase filter/buckets/write: this task, as I/N (0-based), e.g. $SLURM_ARRAY_TASK_ID/8.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Run every phase here as N tasks, one after another (the same files as a cluster run would write).
+    #[arg(long)]
+    pub tasks: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

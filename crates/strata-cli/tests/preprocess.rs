@@ -436,3 +436,188 @@ fn parquet_shards_read_back_by_pyarrow() {
         assert_eq!(p["meta"]["ward"], d.meta["ward"]);
     }
 }
+
+/// A corpus with planted near-duplicates (each a copy of an earlier document with a few words changed),
+/// acquired in shards of 100 documents.
+fn planted_corpus(store: &std::path::Path, dir: &std::path::Path, n: u64) {
+    let input = dir.join("in.jsonl");
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let text = if i % 10 == 9 {
+            format!("{} {}", prose(i - 5), prose(i - 4)).replacen("liver", "kidney", 2)
+        } else {
+            format!("{} {}", prose(i), prose(i + 1))
+        };
+        lines.push(serde_json::json!({ "text": text }).to_string());
+    }
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let r = run(strata(store)
+        .args([
+            "acquire",
+            "--name",
+            "raw",
+            "--docs-per-shard",
+            "100",
+            "--input",
+        ])
+        .arg(&input));
+    assert!(r.ok, "{}", r.stderr);
+}
+
+/// The files of a published dataset (manifest aside), by name.
+fn dataset_files(d: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_file() && e.file_name() != "manifest.json")
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The phases run by hand as separate processes, tasks in any order, give what `--tasks 3` gives, and
+/// keep the same documents as the single-process run; a finished task is skipped on a rerun; a phase
+/// started too early says which task it waits for.
+#[test]
+fn phased_tasks_match_one_process_and_skip_finished_tasks() {
+    let dir = fresh_dir("preprocess-tasks");
+    let (phased, all, single) = (dir.join("phased"), dir.join("all"), dir.join("single"));
+    for s in [&phased, &all, &single] {
+        planted_corpus(s, &dir, 700);
+    }
+    let base = [
+        "preprocess",
+        "--input",
+        "raw",
+        "--output",
+        "clean",
+        "--gopher",
+        "--minhash",
+    ];
+    let phase = |phase: &str, task: Option<&str>| {
+        let mut c = strata(&phased);
+        c.args(base).args(["--phase", phase]);
+        if let Some(t) = task {
+            c.args(["--task", t]);
+        }
+        run(&mut c)
+    };
+    let r = phase("buckets", Some("0/2"));
+    assert!(
+        !r.ok && r.stderr.contains("phase filter must finish first"),
+        "{}",
+        r.stderr
+    );
+    for t in ["2/3", "0/3"] {
+        assert!(phase("filter", Some(t)).ok);
+    }
+    let r = phase("cluster", None);
+    assert!(
+        !r.ok && r.stderr.contains("task 1/3 has not finished"),
+        "{}",
+        r.stderr
+    );
+    assert!(phase("filter", Some("1/3")).ok);
+    let again = phase("filter", Some("1/3"));
+    assert!(
+        again.ok && again.stdout.contains("\"skipped\":true"),
+        "{}",
+        again.stdout
+    );
+    for (p, t) in [
+        ("buckets", Some("1/2")),
+        ("buckets", Some("0/2")),
+        ("cluster", None),
+    ] {
+        let r = phase(p, t);
+        assert!(r.ok, "{p}: {}", r.stderr);
+    }
+    for t in ["1/3", "2/3", "0/3"] {
+        assert!(phase("write", Some(t)).ok);
+    }
+    let r = phase("publish", None);
+    assert!(r.ok, "{}", r.stderr);
+
+    let r = run(strata(&all).args(base).args(["--tasks", "3"]));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(&single).args(base));
+    assert!(r.ok, "{}", r.stderr);
+
+    let stats = |s: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(s.join("datasets/clean/stats.json")).unwrap())
+            .unwrap()
+    };
+    // the 70 planted copies are removed (one is an exact copy, 69 are near), in every mode
+    for s in [&phased, &single] {
+        assert_eq!(stats(s)["kept"], 630, "{}", stats(s));
+    }
+    // the phased run and `--tasks 3` wrote the same files; the documents equal the single-process run's
+    let p_files = dataset_files(&phased.join("datasets/clean"));
+    assert_eq!(p_files, dataset_files(&all.join("datasets/clean")));
+    let docs = |s: &std::path::Path| read_clean(s);
+    assert_eq!(docs(&phased), docs(&single));
+    // the work folder is gone once published
+    let work: Vec<_> = std::fs::read_dir(phased.join("work")).unwrap().collect();
+    assert!(work.is_empty());
+}
+
+/// `kill -9` in the middle of `--tasks 4`, then the same command: finished tasks are skipped, the rest
+/// redone, and the dataset's files are byte-identical to an uninterrupted run's.
+#[test]
+fn kill_9_during_a_task_run_then_the_same_command_gives_byte_identical_output() {
+    let dir = fresh_dir("preprocess-tasks-kill");
+    let (killed, whole) = (dir.join("killed"), dir.join("whole"));
+    planted_corpus(&killed, &dir, 3000);
+    planted_corpus(&whole, &dir, 3000);
+    let args = [
+        "preprocess",
+        "--input",
+        "raw",
+        "--output",
+        "clean",
+        "--gopher",
+        "--minhash",
+        "--tasks",
+        "4",
+    ];
+    let mut child = strata(&killed)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // kill it once the first filter task has finished
+    let t0 = std::time::Instant::now();
+    let done = |d: &std::path::Path| -> usize {
+        std::fs::read_dir(d.join("work"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|w| std::fs::read_dir(w.path().join("done")).ok())
+            .flatten()
+            .count()
+    };
+    while done(&killed) == 0 && t0.elapsed() < std::time::Duration::from_mins(1) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(done(&killed) > 0, "no task finished within a minute");
+    assert!(
+        !killed.join("datasets/clean/manifest.json").exists(),
+        "killed too late"
+    );
+    let r = run(strata(&killed).args(args));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(&whole).args(args));
+    assert!(r.ok, "{}", r.stderr);
+    let a = dataset_files(&killed.join("datasets/clean"));
+    assert!(a.iter().filter(|(n, _)| n.ends_with(".jsonl.zst")).count() >= 4);
+    assert_eq!(a, dataset_files(&whole.join("datasets/clean")));
+}

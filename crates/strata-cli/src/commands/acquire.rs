@@ -11,7 +11,7 @@ pub fn run(store: &Store, a: &AcquireArgs) -> anyhow::Result<ExitCode> {
     let cfg = AcquireConfig {
         inputs: a.inputs.clone(),
         text_field: a.text_field.clone(),
-        docs_per_shard: 10_000,
+        docs_per_shard: a.docs_per_shard,
         fetch: FetchConfig {
             user_agent: a.user_agent.clone(),
             per_host_delay_ms: a.delay_ms,

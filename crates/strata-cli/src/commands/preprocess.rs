@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use strata_data::preprocess::distributed::{self, Phase, Task};
 use strata_data::preprocess::{
     preprocess, C4Quality, DecontamConfig, EvalSet, FineWebQuality, GopherQuality,
     GopherRepetition, LanguageFilter, MinHashConfig, PiiRedact, PreprocessConfig, StageConfig,
@@ -63,7 +64,28 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
         parquet: a.parquet,
         ..PreprocessConfig::default()
     };
-    let r = preprocess(store, &a.input, &a.output, &cfg, "strata preprocess")?;
+    let by = "strata preprocess";
+    if let Some(phase) = &a.phase {
+        let phase = Phase::parse(phase).map_err(anyhow::Error::msg)?;
+        let task = match (&a.task, phase) {
+            (Some(t), _) => Task::parse(t).map_err(anyhow::Error::msg)?,
+            (None, Phase::Cluster | Phase::Publish) => Task { index: 0, count: 1 },
+            (None, _) => anyhow::bail!(
+                "--phase {} needs --task I/N",
+                a.phase.as_deref().unwrap_or("")
+            ),
+        };
+        let r = distributed::run_task(store, &a.input, &a.output, &cfg, by, phase, task)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.task.is_some() {
+        anyhow::bail!("--task needs --phase (filter, buckets, cluster, write, publish)");
+    }
+    let r = match a.tasks {
+        Some(n) => distributed::run_all(store, &a.input, &a.output, &cfg, by, n)?,
+        None => preprocess(store, &a.input, &a.output, &cfg, by)?,
+    };
     let stats = std::fs::read_to_string(
         store
             .dir(strata_store::Kind::Dataset, &a.output)

@@ -117,8 +117,12 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
 /// When a shard cannot be opened; a record that fails to parse is an error naming shard and line (shards
 /// are written by Strata, so a bad line means corruption, not bad user input).
 pub fn read_dataset(dir: &Path) -> Result<impl Iterator<Item = Result<Doc>>> {
-    let shards = shard_paths(dir)?;
-    Ok(shards
+    Ok(read_shards(shard_paths(dir)?))
+}
+
+/// Streams every document of the given shard files, in order.
+pub fn read_shards(shards: Vec<PathBuf>) -> impl Iterator<Item = Result<Doc>> {
+    shards
         .into_iter()
         .flat_map(|path| -> Box<dyn Iterator<Item = Result<Doc>>> {
             let file = match File::open(&path) {
@@ -142,7 +146,7 @@ pub fn read_dataset(dir: &Path) -> Result<impl Iterator<Item = Result<Doc>>> {
                         })
                     }),
             )
-        }))
+        })
 }
 
 /// A record that could not be used, with where it came from and why.

@@ -3,5 +3,7 @@
 mod jsonl;
 mod parquet;
 
-pub use jsonl::{read_dataset, shard_paths, Quarantine, QuarantineRecord, ShardWriter};
+pub use jsonl::{
+    read_dataset, read_shards, shard_paths, Quarantine, QuarantineRecord, ShardWriter,
+};
 pub use parquet::write_parquet;

@@ -92,7 +92,7 @@ impl MinHashConfig {
     }
 
     /// The key of band `b` of a signature.
-    fn band_key(&self, sig: &[u32], b: usize) -> u64 {
+    pub(crate) fn band_key(&self, sig: &[u32], b: usize) -> u64 {
         sig[b * self.rows..(b + 1) * self.rows]
             .iter()
             .fold(mix64(b as u64 + 1), |h, &x| mix64(h ^ u64::from(x)))

@@ -5,6 +5,7 @@
 mod c4;
 mod decontam;
 mod dedup;
+pub mod distributed;
 mod filter;
 mod fineweb;
 mod language;
@@ -191,26 +192,7 @@ pub fn preprocess(
     cfg: &PreprocessConfig,
     created_by: &str,
 ) -> Result<StepReport> {
-    let src = store.require(Kind::Dataset, input)?;
-    let mut inputs = vec![store.input_ref(Kind::Dataset, input)?];
-    // evaluation sets are inputs too: a changed set reruns the step
-    for stage in &cfg.stages {
-        if let StageConfig::Decontaminate(d) = stage {
-            for path in d
-                .eval_sets
-                .iter()
-                .flat_map(|e| std::iter::once(&e.path).chain(&e.ids))
-            {
-                inputs.push(strata_store::InputRef {
-                    kind: Kind::Raw,
-                    name: path.display().to_string(),
-                    sha256: strata_store::sha256_file(path)?,
-                });
-            }
-        }
-    }
-    let manifest = Manifest::new(Kind::Dataset, output, created_by)
-        .with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
+    let (src, manifest) = plan(store, input, output, cfg, created_by)?;
     if let Some(existing) = store.up_to_date(Kind::Dataset, output, &manifest.fingerprint) {
         return Ok(StepReport {
             manifest: existing,
@@ -278,6 +260,38 @@ pub fn preprocess(
         manifest,
         skipped: false,
     })
+}
+
+/// The input dataset's folder and the manifest the output will have (its fingerprint names the config and
+/// every input, evaluation sets included).
+fn plan(
+    store: &Store,
+    input: &str,
+    output: &str,
+    cfg: &PreprocessConfig,
+    created_by: &str,
+) -> Result<(std::path::PathBuf, Manifest)> {
+    let src = store.require(Kind::Dataset, input)?;
+    let mut inputs = vec![store.input_ref(Kind::Dataset, input)?];
+    // evaluation sets are inputs too: a changed set reruns the step
+    for stage in &cfg.stages {
+        if let StageConfig::Decontaminate(d) = stage {
+            for path in d
+                .eval_sets
+                .iter()
+                .flat_map(|e| std::iter::once(&e.path).chain(&e.ids))
+            {
+                inputs.push(strata_store::InputRef {
+                    kind: Kind::Raw,
+                    name: path.display().to_string(),
+                    sha256: strata_store::sha256_file(path)?,
+                });
+            }
+        }
+    }
+    let manifest = Manifest::new(Kind::Dataset, output, created_by)
+        .with_config(inputs, serde_json::to_value(cfg).unwrap_or_default());
+    Ok((src, manifest))
 }
 
 /// A progress bar on a terminal (documents, docs/s, MB/s, ETA when the input's size is known).
