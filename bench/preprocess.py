@@ -232,6 +232,29 @@ stages = [{{ type = "gopher_quality" }}, {{ type = "gopher_repetition" }}, {{ ty
     with open(os.path.join(store, "datasets", "clean", "stats.json")) as f:
         st_stats = json.load(f)
 
+    # Strata again with datatrove's MinHash settings (14 bands x 8 rows, no Jaccard check) and its
+    # clustering (connected components), as tasks exchanging files: the removal counts to compare
+    store2 = os.path.join(WORK, "strata-store-dt-settings")
+    shutil.rmtree(store2, ignore_errors=True)
+    cfg2 = os.path.join(WORK, "pipeline-dt-settings.toml")
+    with open(cfg2, "w") as f:
+        f.write(f'''[[step]]
+type = "acquire"
+name = "raw"
+inputs = ["{corpus}"]
+
+[[step]]
+type = "preprocess"
+name = "clean"
+input = "raw"
+tasks = {a.workers}
+stages = [{{ type = "gopher_quality" }}, {{ type = "gopher_repetition" }}, {{ type = "minhash_dedup", bands = 14, rows = 8, threshold = 0.0 }}]
+''')
+    st2_secs, st2_rss, _ = timed([os.path.join(ROOT, "target", "release", "strata"), "--workdir", store2,
+                                  "pipeline", "run", cfg2], env=env)
+    with open(os.path.join(store2, "datasets", "clean", "stats.json")) as f:
+        st2_stats = json.load(f)
+
     # datatrove
     py = datatrove_python()
     dt_work = os.path.join(WORK, "datatrove")
@@ -245,10 +268,13 @@ stages = [{{ type = "gopher_quality" }}, {{ type = "gopher_repetition" }}, {{ ty
     print(f"{'tool':<10} {'seconds':>8} {'MB/s':>8} {'peak RSS MB':>12}")
     print(f"{'datatrove':<10} {dt_secs:>8.1f} {mb / dt_secs:>8.2f} {dt_rss / 1e6:>12.0f}")
     print(f"{'strata':<10} {st_secs:>8.1f} {mb / st_secs:>8.2f} {st_rss / 1e6:>12.0f}")
+    print(f"{'strata/dt':<10} {st2_secs:>8.1f} {mb / st2_secs:>8.2f} {st2_rss / 1e6:>12.0f}"
+          f"   (datatrove's MinHash settings, {a.workers} tasks)")
     print(f"ratio (strata MB/s / datatrove MB/s): {dt_secs / st_secs:.1f}  (goal >= 10)")
-    print("\nstrata, per stage: input -> kept, removed by reason")
-    for s in st_stats["stages"]:
-        print(f"  {s['stage']:<20} {s['input']:>8} -> {s['kept']:>8}  {json.dumps(s['removed'])}")
+    for title, stats in [("strata", st_stats), ("strata with datatrove's MinHash settings", st2_stats)]:
+        print(f"\n{title}, per stage: input -> kept, removed by reason")
+        for s in stats["stages"]:
+            print(f"  {s['stage']:<20} {s['input']:>8} -> {s['kept']:>8}  {json.dumps(s['removed'])}")
     print("datatrove, per stage: kept, removed by reason")
     try:
         for name, kept, removed in datatrove_counts(dt_work):

@@ -62,6 +62,9 @@ pub struct PreprocessStep {
     /// Also write each shard as Parquet.
     #[serde(default)]
     pub parquet: bool,
+    /// Run as this many tasks exchanging files (the phases of a cluster run, here one after another).
+    #[serde(default)]
+    pub tasks: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,8 +247,13 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 cfg.stages.clone_from(stages);
             }
             cfg.parquet = s.parquet;
-            let r = strata_data::preprocess::preprocess(store, &s.input, &s.name, &cfg, by)
-                .with_context(|| format!("step preprocess {:?}", s.name))?;
+            let r = match s.tasks {
+                Some(n) => strata_data::preprocess::distributed::run_all(
+                    store, &s.input, &s.name, &cfg, by, n,
+                ),
+                None => strata_data::preprocess::preprocess(store, &s.input, &s.name, &cfg, by),
+            }
+            .with_context(|| format!("step preprocess {:?}", s.name))?;
             report("preprocess", &s.name, &r);
         }
         Step::Tokenizer(s) => {
