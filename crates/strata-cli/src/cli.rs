@@ -84,6 +84,16 @@ pub struct AcquireArgs {
     /// Documents per output shard (shards are the unit of `preprocess --task`).
     #[arg(long, default_value_t = 10_000)]
     pub docs_per_shard: usize,
+    /// Run as independent tasks: `read` (with --task I/N: this task's share of the input files) or
+    /// `publish` (gathers every task's files into the dataset).
+    #[arg(long)]
+    pub phase: Option<String>,
+    /// With --phase read: this task, as I/N (0-based).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Read the inputs as N tasks here, one after another, then publish.
+    #[arg(long, conflicts_with_all = ["phase", "task"])]
+    pub tasks: Option<usize>,
     /// URL lists: User-Agent sent and matched against robots.txt.
     #[arg(long, default_value_t = strata_data::acquire::FetchConfig::default().user_agent)]
     pub user_agent: String,

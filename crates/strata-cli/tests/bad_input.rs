@@ -287,3 +287,69 @@ fn parquet_and_csv_written_by_python_are_acquired_exactly() {
         assert_eq!(q.lines().count(), 5, "{file}: {q}");
     }
 }
+
+/// `acquire --phase read --task I/N` then `--phase publish`: the same documents and quarantine as one
+/// process; publishing before every task has finished names the missing task.
+#[test]
+fn acquire_as_tasks_matches_one_process() {
+    let dir = fresh_dir("acquire-tasks");
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw).unwrap();
+    for f in 0..5 {
+        let mut body = (0..30)
+            .map(|i| format!("{{\"text\": \"file {f} document {i}\"}}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        body.push('\n');
+        body.push_str("{\"text\": broken\n");
+        std::fs::write(raw.join(format!("part-{f}.jsonl")), body).unwrap();
+    }
+    let (phased, single) = (dir.join("phased"), dir.join("single"));
+    let acquire = |store: &std::path::Path, extra: &[&str]| {
+        run(strata(store)
+            .args([
+                "acquire",
+                "--name",
+                "raw",
+                "--docs-per-shard",
+                "40",
+                "--input",
+            ])
+            .arg(&raw)
+            .args(extra))
+    };
+    assert!(acquire(&phased, &["--phase", "read", "--task", "1/2"]).ok);
+    let r = acquire(&phased, &["--phase", "publish"]);
+    assert!(
+        !r.ok && r.stderr.contains("task 0/2 has not finished"),
+        "{}",
+        r.stderr
+    );
+    assert!(acquire(&phased, &["--phase", "read", "--task", "0/2"]).ok);
+    let again = acquire(&phased, &["--phase", "read", "--task", "0/2"]);
+    assert!(
+        again.stdout.contains("\"skipped\":true"),
+        "{}",
+        again.stdout
+    );
+    let r = acquire(&phased, &["--phase", "publish"]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("150 documents from 5 files, 5 quarantined"),
+        "{}",
+        r.stdout
+    );
+    assert!(acquire(&single, &[]).ok);
+    let docs = |s: &std::path::Path| -> Vec<strata_data::Doc> {
+        strata_data::io::read_dataset(&s.join("datasets/raw"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(docs(&phased), docs(&single));
+    let q = |s: &std::path::Path| {
+        std::fs::read_to_string(s.join("datasets/raw/quarantine/quarantine.jsonl")).unwrap()
+    };
+    assert_eq!(q(&phased), q(&single));
+}

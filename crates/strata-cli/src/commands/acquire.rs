@@ -2,7 +2,11 @@
 
 use std::process::ExitCode;
 
-use strata_data::acquire::{acquire, quarantine_path, AcquireConfig, FetchConfig};
+use strata_data::acquire::{
+    acquire, acquire_publish, acquire_task, acquire_tasks, quarantine_path, AcquireConfig,
+    FetchConfig,
+};
+use strata_data::preprocess::distributed::Task;
 use strata_store::{Kind, Store};
 
 use crate::cli::AcquireArgs;
@@ -22,7 +26,21 @@ pub fn run(store: &Store, a: &AcquireArgs) -> anyhow::Result<ExitCode> {
             ..FetchConfig::default()
         },
     };
-    let r = acquire(store, &a.name, &cfg, "strata acquire")?;
+    let by = "strata acquire";
+    let r = match (a.phase.as_deref(), &a.task, a.tasks) {
+        (Some("read"), Some(t), _) => {
+            let t = Task::parse(t).map_err(anyhow::Error::msg)?;
+            let r = acquire_task(store, &a.name, &cfg, t)?;
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        (Some("read"), None, _) => anyhow::bail!("--phase read needs --task I/N"),
+        (Some("publish"), _, _) => acquire_publish(store, &a.name, &cfg, by)?,
+        (Some(other), _, _) => anyhow::bail!("unknown phase {other:?} for acquire (read, publish)"),
+        (None, Some(_), _) => anyhow::bail!("--task needs --phase read"),
+        (None, None, Some(n)) => acquire_tasks(store, &a.name, &cfg, by, n)?,
+        (None, None, None) => acquire(store, &a.name, &cfg, by)?,
+    };
     let c = &r.manifest.counts;
     println!(
         "dataset {}: {} documents from {} files, {} quarantined{}",

@@ -8,6 +8,7 @@
 mod fetch;
 mod sources;
 mod tabular;
+mod tasks;
 mod web;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use crate::Result;
 
 pub use fetch::{fetch_all, parse_list, FetchConfig, Fetched, Outcome};
 pub use sources::{resolve_inputs, SourceFormat};
+pub use tasks::{acquire_publish, acquire_task, acquire_tasks};
 pub use web::main_content;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +64,31 @@ pub fn acquire(
     cfg: &AcquireConfig,
     created_by: &str,
 ) -> Result<StepReport> {
+    let (files, manifest) = plan(name, cfg, created_by)?;
+    if let Some(existing) = store.up_to_date(Kind::Dataset, name, &manifest.fingerprint) {
+        return Ok(StepReport {
+            manifest: existing,
+            skipped: true,
+        });
+    }
+
+    let staging = store.staging(Kind::Dataset, name)?;
+    let counts = read_files(&files, cfg, &staging)?;
+    let mut manifest = manifest;
+    counts.record(&mut manifest, files.len());
+    let manifest = store.publish(&staging, manifest)?;
+    Ok(StepReport {
+        manifest,
+        skipped: false,
+    })
+}
+
+/// The input files and the manifest the dataset will have.
+fn plan(
+    name: &str,
+    cfg: &AcquireConfig,
+    created_by: &str,
+) -> Result<(Vec<(PathBuf, SourceFormat)>, Manifest)> {
     let files = resolve_inputs(&cfg.inputs)?;
     let mut inputs = Vec::new();
     for (path, _) in &files {
@@ -73,66 +100,95 @@ pub fn acquire(
     }
     let config = serde_json::to_value(cfg).unwrap_or_default();
     let manifest = Manifest::new(Kind::Dataset, name, created_by).with_config(inputs, config);
-    if let Some(existing) = store.up_to_date(Kind::Dataset, name, &manifest.fingerprint) {
-        return Ok(StepReport {
-            manifest: existing,
-            skipped: true,
-        });
+    Ok((files, manifest))
+}
+
+/// What reading a set of files gave.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Counts {
+    pub docs: usize,
+    pub bytes: u64,
+    pub quarantined: usize,
+    /// URLs listed, fetched, failed.
+    pub urls: (usize, usize, usize),
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.docs += o.docs;
+        self.bytes += o.bytes;
+        self.quarantined += o.quarantined;
+        self.urls = (
+            self.urls.0 + o.urls.0,
+            self.urls.1 + o.urls.1,
+            self.urls.2 + o.urls.2,
+        );
     }
 
-    let staging = store.staging(Kind::Dataset, name)?;
-    let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard);
-    let mut quarantine = Quarantine::new(&staging);
-    let mut bytes = 0u64;
-    let mut urls = (0, 0, 0);
+    fn record(&self, manifest: &mut Manifest, files: usize) {
+        manifest.counts.insert("files".into(), files.into());
+        manifest.counts.insert("documents".into(), self.docs.into());
+        manifest.counts.insert("bytes".into(), self.bytes.into());
+        manifest
+            .counts
+            .insert("quarantined".into(), self.quarantined.into());
+        if self.urls.0 > 0 {
+            manifest.counts.insert("urls".into(), self.urls.0.into());
+            manifest
+                .counts
+                .insert("urls_fetched".into(), self.urls.1.into());
+            manifest
+                .counts
+                .insert("urls_failed".into(), self.urls.2.into());
+        }
+    }
+}
+
+/// Reads `files` into shards, a quarantine file and a fetch log inside `dir`.
+fn read_files(
+    files: &[(PathBuf, SourceFormat)],
+    cfg: &AcquireConfig,
+    dir: &std::path::Path,
+) -> Result<Counts> {
+    let mut writer = ShardWriter::new(dir, cfg.docs_per_shard);
+    let mut quarantine = Quarantine::new(dir);
+    let mut counts = Counts::default();
     let mut log: Option<std::io::BufWriter<std::fs::File>> = None;
-    for (path, format) in &files {
+    let log_path = dir.join("fetch_log.jsonl");
+    for (path, format) in files {
+        let bytes = &mut counts.bytes;
         let mut emit = |doc: crate::Doc| {
-            bytes += doc.text.len() as u64;
+            *bytes += doc.text.len() as u64;
             writer.write(&doc)
         };
         if *format == SourceFormat::UrlList {
             if log.is_none() {
-                let p = staging.join("fetch_log.jsonl");
                 log = Some(std::io::BufWriter::new(
-                    std::fs::File::create(&p).map_err(crate::io_err(&p))?,
+                    std::fs::File::create(&log_path).map_err(crate::io_err(&log_path))?,
                 ));
             }
             if let Some(log) = log.as_mut() {
                 let (n, ok, failed) =
                     fetch::acquire_list(path, &cfg.fetch, log, &mut quarantine, &mut emit)?;
-                urls = (urls.0 + n, urls.1 + ok, urls.2 + failed);
+                counts.urls = (
+                    counts.urls.0 + n,
+                    counts.urls.1 + ok,
+                    counts.urls.2 + failed,
+                );
             }
         } else {
             sources::read_file(path, *format, &cfg.text_field, &mut quarantine, &mut emit)?;
         }
     }
     if let Some(log) = log {
-        let p = staging.join("fetch_log.jsonl");
         let file = log
             .into_inner()
-            .map_err(|e| crate::io_err(&p)(e.into_error()))?;
-        file.sync_all().map_err(crate::io_err(&p))?;
+            .map_err(|e| crate::io_err(&log_path)(e.into_error()))?;
+        file.sync_all().map_err(crate::io_err(&log_path))?;
     }
-    let docs = writer.finish()?;
-    let quarantined = quarantine.finish()?;
-    let mut manifest = manifest;
-    manifest.counts.insert("files".into(), files.len().into());
-    manifest.counts.insert("documents".into(), docs.into());
-    manifest.counts.insert("bytes".into(), bytes.into());
-    manifest
-        .counts
-        .insert("quarantined".into(), quarantined.into());
-    if urls.0 > 0 {
-        manifest.counts.insert("urls".into(), urls.0.into());
-        manifest.counts.insert("urls_fetched".into(), urls.1.into());
-        manifest.counts.insert("urls_failed".into(), urls.2.into());
-    }
-    let manifest = store.publish(&staging, manifest)?;
-    Ok(StepReport {
-        manifest,
-        skipped: false,
-    })
+    counts.docs = writer.finish()?;
+    counts.quarantined = quarantine.finish()?;
+    Ok(counts)
 }
 
 /// Where an artifact's quarantine file lives, if it has one.

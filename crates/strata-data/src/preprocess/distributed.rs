@@ -64,7 +64,7 @@ impl Phase {
             }
         })
     }
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Filter => "filter",
             Self::Buckets => "buckets",
@@ -171,18 +171,14 @@ pub fn work_dir(
         .join(format!("preprocess-{output}-{fp}")))
 }
 
-fn marker(work: &Path, phase: Phase, t: Task) -> PathBuf {
-    work.join("done").join(format!(
-        "{}-{:05}-of-{:05}.json",
-        phase.name(),
-        t.index,
-        t.count
-    ))
+pub(crate) fn marker(work: &Path, phase: &str, t: Task) -> PathBuf {
+    work.join("done")
+        .join(format!("{phase}-{:05}-of-{:05}.json", t.index, t.count))
 }
 
 /// The task count of a finished phase, from its markers; an error naming the first missing task.
-fn finished(work: &Path, phase: Phase) -> Result<usize> {
-    let prefix = format!("{}-", phase.name());
+pub(crate) fn finished(work: &Path, phase: &str) -> Result<usize> {
+    let prefix = format!("{phase}-");
     let mut count = None;
     let mut have = HashSet::new();
     if let Ok(rd) = std::fs::read_dir(work.join("done")) {
@@ -212,11 +208,11 @@ fn finished(work: &Path, phase: Phase) -> Result<usize> {
     Ok(n)
 }
 
-fn phase_missing(phase: Phase, what: &str) -> DataError {
-    config_error(&format!("phase {} must finish first: {what}", phase.name()))
+fn phase_missing(phase: &str, what: &str) -> DataError {
+    config_error(&format!("phase {phase} must finish first: {what}"))
 }
 
-fn read_marker(work: &Path, phase: Phase, t: Task) -> Result<TaskReport> {
+pub(crate) fn read_marker(work: &Path, phase: &str, t: Task) -> Result<TaskReport> {
     let p = marker(work, phase, t);
     let text = std::fs::read_to_string(&p).map_err(io_err(&p))?;
     serde_json::from_str(&text).map_err(|e| DataError::Record {
@@ -227,7 +223,7 @@ fn read_marker(work: &Path, phase: Phase, t: Task) -> Result<TaskReport> {
 }
 
 /// A task's temporary folder (stale ones of killed runs removed first) and its final place.
-fn task_dirs(parent: &Path, t: Task) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn task_dirs(parent: &Path, t: Task) -> Result<(PathBuf, PathBuf)> {
     let name = format!("task-{:05}", t.index);
     std::fs::create_dir_all(parent).map_err(io_err(parent))?;
     if let Ok(rd) = std::fs::read_dir(parent) {
@@ -246,9 +242,9 @@ fn task_dirs(parent: &Path, t: Task) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Moves a finished task's folder into place, then writes its marker.
-fn complete(
+pub(crate) fn complete(
     work: &Path,
-    phase: Phase,
+    phase: &str,
     t: Task,
     tmp: Option<(&Path, &Path)>,
     counts: serde_json::Value,
@@ -260,7 +256,7 @@ fn complete(
         std::fs::rename(tmp, dest).map_err(io_err(dest))?;
     }
     let report = TaskReport {
-        phase: phase.name().into(),
+        phase: phase.into(),
         task: t.index,
         of: t.count,
         skipped: false,
@@ -360,9 +356,9 @@ pub fn run_task(
     } else {
         task
     };
-    let m = marker(&work, phase, task);
+    let m = marker(&work, phase.name(), task);
     if m.exists() {
-        let mut r = read_marker(&work, phase, task)?;
+        let mut r = read_marker(&work, phase.name(), task)?;
         r.skipped = true;
         return Ok(r);
     }
@@ -505,7 +501,7 @@ fn filter(
     exact_pairs.sort_unstable();
     write_pairs(&tmp.join("exact.bin"), &exact_pairs)?;
     let counts = serde_json::json!({ "shards": hi - lo, "input": input_docs, "kept": kept, "stages": stats });
-    complete(work, Phase::Filter, t, Some((&tmp, &dest)), counts)
+    complete(work, Phase::Filter.name(), t, Some((&tmp, &dest)), counts)
 }
 
 /// Reads the signature of a document from its filter task's signature file.
@@ -575,7 +571,7 @@ fn merge_groups(
 }
 
 fn buckets(sp: &Split, work: &Path, t: Task) -> Result<TaskReport> {
-    let n = finished(work, Phase::Filter)?;
+    let n = finished(work, Phase::Filter.name())?;
     let (tmp, dest) = task_dirs(&work.join("buckets"), t)?;
     let task_file =
         |i: usize, name: &str| work.join("filter").join(format!("task-{i:05}")).join(name);
@@ -608,7 +604,13 @@ fn buckets(sp: &Split, work: &Path, t: Task) -> Result<TaskReport> {
         counts.insert("candidate_pairs".into(), candidates.into());
         counts.insert("near_duplicate_pairs".into(), verified.into());
     }
-    complete(work, Phase::Buckets, t, Some((&tmp, &dest)), counts.into())
+    complete(
+        work,
+        Phase::Buckets.name(),
+        t,
+        Some((&tmp, &dest)),
+        counts.into(),
+    )
 }
 
 fn find(parent: &mut HashMap<u64, u64>, mut k: u64) -> u64 {
@@ -624,8 +626,8 @@ fn find(parent: &mut HashMap<u64, u64>, mut k: u64) -> u64 {
 }
 
 fn cluster(sp: &Split, work: &Path) -> Result<TaskReport> {
-    let n = finished(work, Phase::Filter)?;
-    let nb = finished(work, Phase::Buckets)?;
+    let n = finished(work, Phase::Filter.name())?;
+    let nb = finished(work, Phase::Buckets.name())?;
     let t = Task { index: 0, count: 1 };
     let (tmp, dest) = task_dirs(&work.join("cluster"), t)?;
     let mut exact: HashSet<u64> = HashSet::new();
@@ -677,12 +679,12 @@ fn cluster(sp: &Split, work: &Path) -> Result<TaskReport> {
         write_pairs(&tmp.join(format!("remove-{i:05}.bin")), &pairs)?;
     }
     let counts = serde_json::json!({ "duplicate": exact.len(), "near_duplicate": near });
-    complete(work, Phase::Cluster, t, Some((&tmp, &dest)), counts)
+    complete(work, Phase::Cluster.name(), t, Some((&tmp, &dest)), counts)
 }
 
 fn write(cfg: &PreprocessConfig, work: &Path, t: Task) -> Result<TaskReport> {
-    finished(work, Phase::Cluster)?;
-    let n = finished(work, Phase::Filter)?;
+    finished(work, Phase::Cluster.name())?;
+    let n = finished(work, Phase::Filter.name())?;
     if t.count != n {
         return Err(config_error(&format!(
             "write runs as {n} tasks, like filter; got --task {}/{}",
@@ -713,7 +715,7 @@ fn write(cfg: &PreprocessConfig, work: &Path, t: Task) -> Result<TaskReport> {
     let kept = writer.finish()?;
     complete(
         work,
-        Phase::Write,
+        Phase::Write.name(),
         t,
         Some((&tmp, &dest)),
         serde_json::json!({ "kept": kept }),
@@ -729,14 +731,14 @@ fn publish(
     sp: &Split,
     work: &Path,
 ) -> Result<TaskReport> {
-    let n = finished(work, Phase::Write)?;
+    let n = finished(work, Phase::Write.name())?;
     let (_, mut manifest) = plan(store, input, output, cfg, created_by)?;
     let staging = store.staging(Kind::Dataset, output)?;
     // pure stages: the sum over filter tasks; dedup stages: from the cluster
     let mut stats: Vec<StageStats> = Vec::new();
     let (mut total, mut filtered) = (0usize, 0usize);
     for i in 0..n {
-        let r = read_marker(work, Phase::Filter, Task { index: i, count: n })?;
+        let r = read_marker(work, Phase::Filter.name(), Task { index: i, count: n })?;
         total += count(&r.counts["input"]);
         filtered += count(&r.counts["kept"]);
         let st: Vec<StageStats> =
@@ -753,7 +755,7 @@ fn publish(
             }
         }
     }
-    let cl = read_marker(work, Phase::Cluster, Task { index: 0, count: 1 })?;
+    let cl = read_marker(work, Phase::Cluster.name(), Task { index: 0, count: 1 })?;
     let mut left = filtered;
     for (name, reason, on) in [
         ("exact_dedup", "duplicate", sp.exact),
@@ -775,7 +777,7 @@ fn publish(
     let mut kept = 0usize;
     for i in 0..n {
         let t = Task { index: i, count: n };
-        kept += count(&read_marker(work, Phase::Write, t)?.counts["kept"]);
+        kept += count(&read_marker(work, Phase::Write.name(), t)?.counts["kept"]);
         let dir = work.join("write").join(format!("task-{i:05}"));
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(io_err(&dir))?
