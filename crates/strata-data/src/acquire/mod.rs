@@ -155,7 +155,17 @@ fn read_files(
     let mut counts = Counts::default();
     let mut log: Option<std::io::BufWriter<std::fs::File>> = None;
     let log_path = dir.join("fetch_log.jsonl");
+    let bar = progress_bar(files.len());
+    let started = std::time::Instant::now();
     for (path, format) in files {
+        bar.set_message(format!(
+            "{} docs, {:.1} MB/s  {}",
+            writer.docs,
+            counts.bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9),
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
         let bytes = &mut counts.bytes;
         let mut emit = |doc: crate::Doc| {
             *bytes += doc.text.len() as u64;
@@ -179,7 +189,9 @@ fn read_files(
         } else {
             sources::read_file(path, *format, &cfg.text_field, &mut quarantine, &mut emit)?;
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     if let Some(log) = log {
         let file = log
             .into_inner()
@@ -189,6 +201,21 @@ fn read_files(
     counts.docs = writer.finish()?;
     counts.quarantined = quarantine.finish()?;
     Ok(counts)
+}
+
+/// A progress bar over the input files on a terminal (files, documents, MB/s, ETA).
+fn progress_bar(files: usize) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(files as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "acquire [{bar:30}] {pos}/{len} files  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// Where an artifact's quarantine file lives, if it has one.

@@ -28,8 +28,8 @@ use strata_store::{Kind, Store};
 
 use super::minhash::{estimate, MinHashConfig, MinHashDedup};
 use super::{
-    empty_stats, par_map, plan, run_batch, threads, PreprocessConfig, StageConfig, StageStats,
-    BATCH,
+    empty_stats, par_map, plan, progress_bar, run_batch, threads, PreprocessConfig, StageConfig,
+    StageStats, BATCH,
 };
 use crate::acquire::StepReport;
 use crate::io::{read_shards, shard_paths, ShardWriter};
@@ -451,12 +451,14 @@ fn filter(
     let threads = threads();
     let (mut input_docs, mut ordinal) = (0usize, 0usize);
     let mut docs = read_shards(shards[lo..hi].to_vec());
+    let bar = progress_bar(&format!("{output} filter {}/{}", t.index, t.count), 0);
     loop {
         let batch: Vec<Doc> = docs.by_ref().take(BATCH).collect::<Result<_>>()?;
         if batch.is_empty() {
             break;
         }
         input_docs += batch.len();
+        bar.set_position(input_docs as u64);
         let kept = run_batch(&mut stages, &mut stats, batch, threads);
         let prepared = par_map(kept.iter().collect::<Vec<&Doc>>(), threads, &|d: &Doc| {
             let sig = dedup.as_ref().map(|m| m.signature_of(&d.text));
@@ -489,6 +491,7 @@ fn filter(
             }
         }
     }
+    bar.finish_and_clear();
     let kept = writer.finish()?;
     sigs.into_inner()
         .map_err(|e| io_err(&sig_path)(e.into_error()))?
