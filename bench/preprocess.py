@@ -210,12 +210,15 @@ def main():
     mb = nbytes / 1e6
     sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=ROOT)
 
-    # Strata
-    store = os.path.join(WORK, "strata-store")
-    shutil.rmtree(store, ignore_errors=True)
-    cfg = os.path.join(WORK, "pipeline.toml")
-    with open(cfg, "w") as f:
-        f.write(f'''[[step]]
+    env = dict(os.environ, STRATA_THREADS=str(a.workers), RAYON_NUM_THREADS=str(a.workers))
+
+    def strata_run(name, extra, minhash):
+        """Acquire + preprocess in Strata's own store; returns (seconds, peak RSS, stats.json)."""
+        store = os.path.join(WORK, name)
+        shutil.rmtree(store, ignore_errors=True)
+        cfg = os.path.join(WORK, f"{name}.toml")
+        with open(cfg, "w") as f:
+            f.write(f'''[[step]]
 type = "acquire"
 name = "raw"
 inputs = ["{corpus}"]
@@ -224,36 +227,20 @@ inputs = ["{corpus}"]
 type = "preprocess"
 name = "clean"
 input = "raw"
-stages = [{{ type = "gopher_quality" }}, {{ type = "gopher_repetition" }}, {{ type = "minhash_dedup" }}]
+{extra}
+stages = [{{ type = "gopher_quality" }}, {{ type = "gopher_repetition" }}, {{ type = "minhash_dedup"{minhash} }}]
 ''')
-    env = dict(os.environ, STRATA_THREADS=str(a.workers), RAYON_NUM_THREADS=str(a.workers))
-    st_secs, st_rss, _ = timed([os.path.join(ROOT, "target", "release", "strata"), "--workdir", store,
-                                "pipeline", "run", cfg], env=env)
-    with open(os.path.join(store, "datasets", "clean", "stats.json")) as f:
-        st_stats = json.load(f)
+        secs, rss, _ = timed([os.path.join(ROOT, "target", "release", "strata"), "--workdir", store,
+                              "pipeline", "run", cfg], env=env)
+        with open(os.path.join(store, "datasets", "clean", "stats.json")) as f:
+            return secs, rss, json.load(f)
 
+    # Strata, its default settings, one process
+    st_secs, st_rss, st_stats = strata_run("strata-store", "", "")
     # Strata again with datatrove's MinHash settings (14 bands x 8 rows, no Jaccard check) and its
     # clustering (connected components), as tasks exchanging files: the removal counts to compare
-    store2 = os.path.join(WORK, "strata-store-dt-settings")
-    shutil.rmtree(store2, ignore_errors=True)
-    cfg2 = os.path.join(WORK, "pipeline-dt-settings.toml")
-    with open(cfg2, "w") as f:
-        f.write(f'''[[step]]
-type = "acquire"
-name = "raw"
-inputs = ["{corpus}"]
-
-[[step]]
-type = "preprocess"
-name = "clean"
-input = "raw"
-tasks = {a.workers}
-stages = [{{ type = "gopher_quality" }}, {{ type = "gopher_repetition" }}, {{ type = "minhash_dedup", bands = 14, rows = 8, threshold = 0.0 }}]
-''')
-    st2_secs, st2_rss, _ = timed([os.path.join(ROOT, "target", "release", "strata"), "--workdir", store2,
-                                  "pipeline", "run", cfg2], env=env)
-    with open(os.path.join(store2, "datasets", "clean", "stats.json")) as f:
-        st2_stats = json.load(f)
+    st2_secs, st2_rss, st2_stats = strata_run("strata-store-dt-settings", f"tasks = {a.workers}",
+                                              ", bands = 14, rows = 8, threshold = 0.0")
 
     # datatrove
     py = datatrove_python()

@@ -282,24 +282,9 @@ fn kill_9_during_preprocess_then_the_same_command_gives_byte_identical_output() 
     assert!(r.ok, "{}", r.stderr);
     let r = run(strata(&whole).args(args));
     assert!(r.ok, "{}", r.stderr);
-    let files = |d: &std::path::Path| -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
-            .unwrap()
-            .filter_map(Result::ok)
-            .filter(|e| e.path().is_file() && e.file_name() != "manifest.json")
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    std::fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
     let (a, b) = (
-        files(&killed.join("datasets/clean")),
-        files(&whole.join("datasets/clean")),
+        dataset_files(&killed.join("datasets/clean")),
+        dataset_files(&whole.join("datasets/clean")),
     );
     assert!(
         a.iter().any(|(n, _)| n.ends_with(".zst")),

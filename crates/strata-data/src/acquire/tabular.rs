@@ -20,6 +20,23 @@ fn meta_key(column: &str) -> String {
     }
 }
 
+/// One row as a document: id `<file>:<row>`, the other columns and the source file as metadata.
+fn emit_row(
+    source: &str,
+    row: usize,
+    text: String,
+    mut meta: Map<String, Value>,
+    emit: &mut dyn FnMut(Doc) -> Result<()>,
+) -> Result<()> {
+    meta.entry("source")
+        .or_insert_with(|| Value::String(source.to_string()));
+    emit(Doc {
+        id: format!("{source}:{row}"),
+        text,
+        meta,
+    })
+}
+
 fn line_no(line: u64) -> usize {
     usize::try_from(line).unwrap_or(usize::MAX)
 }
@@ -122,15 +139,7 @@ pub(crate) fn read_csv(
         }
         match (bad, text) {
             (Some(reason), _) => quarantine.add(record(&source, line, reason, raw()))?,
-            (None, Some(t)) if !t.trim().is_empty() => {
-                meta.entry("source")
-                    .or_insert_with(|| Value::String(source.clone()));
-                emit(Doc {
-                    id: format!("{source}:{line}"),
-                    text: t,
-                    meta,
-                })?;
-            }
+            (None, Some(t)) if !t.trim().is_empty() => emit_row(&source, line, t, meta, emit)?,
             (None, _) => quarantine.add(record(
                 &source,
                 line,
@@ -209,14 +218,7 @@ pub(crate) fn read_parquet(
             row_no += 1;
             match text {
                 Some(t) if !t.trim().is_empty() => {
-                    let mut meta = row_meta(&batch, i, col);
-                    meta.entry("source")
-                        .or_insert_with(|| Value::String(source.clone()));
-                    emit(Doc {
-                        id: format!("{source}:{row_no}"),
-                        text: t,
-                        meta,
-                    })?;
+                    emit_row(&source, row_no, t, row_meta(&batch, i, col), emit)?;
                 }
                 _ => quarantine.add(record(
                     &source,
@@ -251,37 +253,30 @@ fn scalar(a: &dyn Array, i: usize) -> Option<Value> {
     if a.is_null(i) {
         return None;
     }
-    Some(if let Some(s) = a.as_string_opt::<i32>() {
-        s.value(i).into()
+    // the first primitive type the column is, converted to a JSON number
+    macro_rules! primitive {
+        ($($t:ty),*) => {
+            $(if let Some(x) = a.as_primitive_opt::<$t>() {
+                return Some(Value::from(x.value(i)));
+            })*
+        };
+    }
+    primitive!(
+        Int64Type, Int32Type, Int16Type, Int8Type, UInt64Type, UInt32Type, UInt16Type, UInt8Type
+    );
+    primitive!(Float64Type);
+    if let Some(x) = a.as_primitive_opt::<Float32Type>() {
+        return Some(Value::from(f64::from(x.value(i))));
+    }
+    if let Some(s) = a.as_string_opt::<i32>() {
+        Some(s.value(i).into())
     } else if let Some(s) = a.as_string_opt::<i64>() {
-        s.value(i).into()
+        Some(s.value(i).into())
     } else if let Some(s) = a.as_string_view_opt() {
-        s.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<Int64Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<Int32Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<Int16Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<Int8Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<UInt64Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<UInt32Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<UInt16Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<UInt8Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<Float64Type>() {
-        x.value(i).into()
-    } else if let Some(x) = a.as_primitive_opt::<Float32Type>() {
-        f64::from(x.value(i)).into()
-    } else if let Some(x) = a.as_boolean_opt() {
-        x.value(i).into()
+        Some(s.value(i).into())
     } else {
-        return None;
-    })
+        a.as_boolean_opt().map(|x| x.value(i).into())
+    }
 }
 
 /// The scalar columns of row `i` other than the text column, as JSON.

@@ -10,7 +10,7 @@ use strata_store::{Kind, Store};
 
 use super::{plan, read_files, AcquireConfig, Counts, StepReport};
 use crate::preprocess::distributed::{
-    complete, finished, marker, read_marker, task_dirs, Task, TaskReport,
+    complete, finished, link_shards, marker, read_marker, task_dirs, Task, TaskReport,
 };
 use crate::{io_err, Result};
 
@@ -101,26 +101,7 @@ pub fn acquire_publish(
         let c: Counts = serde_json::from_value(r.counts).unwrap_or_default();
         total.add(&c);
         let dir = work.join(READ).join(format!("task-{i:05}"));
-        let mut shards: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .filter_map(std::result::Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_file())
-            .collect();
-        shards.sort();
-        for f in shards {
-            let file_name = f
-                .file_name()
-                .map(|x| x.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let Some(rest) = file_name.strip_prefix("part-") else {
-                continue;
-            };
-            let to = staging.join(format!("part-{i:05}-{rest}"));
-            if std::fs::hard_link(&f, &to).is_err() {
-                std::fs::copy(&f, &to).map_err(io_err(&to))?;
-            }
-        }
+        link_shards(&dir, &staging, i)?;
         append(
             &dir.join("quarantine").join("quarantine.jsonl"),
             &mut quarantine,

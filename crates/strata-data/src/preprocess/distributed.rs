@@ -28,8 +28,8 @@ use strata_store::{Kind, Store};
 
 use super::minhash::{estimate, MinHashConfig, MinHashDedup};
 use super::{
-    empty_stats, par_map, plan, progress_bar, run_batch, threads, PreprocessConfig, StageConfig,
-    StageStats, BATCH,
+    empty_stats, par_map, plan, progress_bar, publish_with_stats, run_batch, threads,
+    PreprocessConfig, StageConfig, StageStats, BATCH,
 };
 use crate::acquire::StepReport;
 use crate::io::{read_shards, shard_paths, ShardWriter};
@@ -276,6 +276,31 @@ fn key_task(k: u64) -> usize {
 }
 fn key_ordinal(k: u64) -> u64 {
     k & ((1 << 40) - 1)
+}
+
+/// Hard-links (or copies) the `part-*` files of a task's folder into `staging` as `part-<task>-*`, in order.
+pub(crate) fn link_shards(dir: &Path, staging: &Path, task: usize) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(std::result::Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|x| x.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Some(rest) = name.strip_prefix("part-") else {
+            continue;
+        };
+        let to = staging.join(format!("part-{task:05}-{rest}"));
+        if std::fs::hard_link(&f, &to).is_err() {
+            std::fs::copy(&f, &to).map_err(io_err(&to))?;
+        }
+    }
+    Ok(())
 }
 
 /// A count in a marker's JSON.
@@ -735,7 +760,7 @@ fn publish(
     work: &Path,
 ) -> Result<TaskReport> {
     let n = finished(work, Phase::Write.name())?;
-    let (_, mut manifest) = plan(store, input, output, cfg, created_by)?;
+    let (_, manifest) = plan(store, input, output, cfg, created_by)?;
     let staging = store.staging(Kind::Dataset, output)?;
     // pure stages: the sum over filter tasks; dedup stages: from the cluster
     let mut stats: Vec<StageStats> = Vec::new();
@@ -781,39 +806,14 @@ fn publish(
     for i in 0..n {
         let t = Task { index: i, count: n };
         kept += count(&read_marker(work, Phase::Write.name(), t)?.counts["kept"]);
-        let dir = work.join("write").join(format!("task-{i:05}"));
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .filter_map(std::result::Result::ok)
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        for f in files {
-            let name = f
-                .file_name()
-                .map(|x| x.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let Some(rest) = name.strip_prefix("part-") else {
-                continue;
-            };
-            let to = staging.join(format!("part-{i:05}-{rest}"));
-            if std::fs::hard_link(&f, &to).is_err() {
-                std::fs::copy(&f, &to).map_err(io_err(&to))?;
-            }
-        }
+        link_shards(
+            &work.join("write").join(format!("task-{i:05}")),
+            &staging,
+            i,
+        )?;
     }
-    strata_store::write_json_atomic(
-        staging.join("stats.json"),
-        &serde_json::json!({ "input": total, "kept": kept, "stages": stats, "tasks": n }),
-    )?;
-    manifest
-        .counts
-        .insert("input_documents".into(), total.into());
-    manifest.counts.insert("documents".into(), kept.into());
-    manifest
-        .counts
-        .insert("removed".into(), (total - kept).into());
-    store.publish(&staging, manifest)?;
+    let stats = serde_json::json!({ "input": total, "kept": kept, "stages": stats, "tasks": n });
+    publish_with_stats(store, &staging, manifest, total, kept, &stats)?;
     let report = TaskReport {
         phase: Phase::Publish.name().into(),
         task: 0,

@@ -243,11 +243,24 @@ pub fn preprocess(
     }
     bar.finish_and_clear();
     let kept = writer.finish()?;
-    strata_store::write_json_atomic(
-        staging.join("stats.json"),
-        &serde_json::json!({ "input": total, "kept": kept, "stages": stats }),
-    )?;
-    let mut manifest = manifest;
+    let stats = serde_json::json!({ "input": total, "kept": kept, "stages": stats });
+    let manifest = publish_with_stats(store, &staging, manifest, total, kept, &stats)?;
+    Ok(StepReport {
+        manifest,
+        skipped: false,
+    })
+}
+
+/// Writes `stats.json` into the staging folder, the counts into the manifest, and publishes the dataset.
+fn publish_with_stats(
+    store: &Store,
+    staging: &std::path::Path,
+    mut manifest: Manifest,
+    total: usize,
+    kept: usize,
+    stats: &serde_json::Value,
+) -> Result<Manifest> {
+    strata_store::write_json_atomic(staging.join("stats.json"), stats)?;
     manifest
         .counts
         .insert("input_documents".into(), total.into());
@@ -255,11 +268,7 @@ pub fn preprocess(
     manifest
         .counts
         .insert("removed".into(), (total - kept).into());
-    let manifest = store.publish(&staging, manifest)?;
-    Ok(StepReport {
-        manifest,
-        skipped: false,
-    })
+    Ok(store.publish(staging, manifest)?)
 }
 
 /// The input dataset's folder and the manifest the output will have (its fingerprint names the config and
