@@ -148,6 +148,10 @@ pub struct PreprocessArgs {
     /// Also apply FineWeb's rules (terminal-punctuation, short-line, duplicated-line and list ratios).
     #[arg(long)]
     pub fineweb: bool,
+    /// Also apply Data-Juicer's character rules, for any script (Chinese included): repeated character
+    /// 10-grams (share ≤ 0.5) and special characters (share ≤ 0.25; meant for web text, as numbers count).
+    #[arg(long)]
+    pub char_quality: bool,
     /// Drop documents sharing a 13-word sequence with an evaluation set: NAME=PATH (.jsonl, or .json of
     /// records as an array or keyed by id). Repeatable.
     #[arg(long = "eval-set", value_name = "NAME=PATH")]

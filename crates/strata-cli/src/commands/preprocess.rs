@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use strata_data::preprocess::distributed::{self, Phase, Task};
 use strata_data::preprocess::{
-    preprocess, C4Quality, DecontamConfig, EvalSet, FineWebQuality, GopherQuality,
+    preprocess, C4Quality, CharQuality, DecontamConfig, EvalSet, FineWebQuality, GopherQuality,
     GopherRepetition, LanguageFilter, MinHashConfig, PiiRedact, PreprocessConfig, StageConfig,
 };
 use strata_store::Store;
@@ -33,6 +33,9 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
     }
     if a.fineweb {
         stages.push(StageConfig::FinewebQuality(FineWebQuality::default()));
+    }
+    if a.char_quality {
+        stages.push(StageConfig::CharQuality(CharQuality::default()));
     }
     if !a.eval_sets.is_empty() {
         let mut eval_sets = Vec::new();

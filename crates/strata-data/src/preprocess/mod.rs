@@ -3,6 +3,7 @@
 //! artifact. Per-stage kept/removed counts go to `stats.json`.
 
 mod c4;
+mod chars;
 mod decontam;
 mod dedup;
 pub mod distributed;
@@ -27,6 +28,7 @@ use crate::io::{read_dataset, ShardWriter};
 use crate::{Doc, Result};
 
 pub use c4::{count_sentences, C4Quality};
+pub use chars::CharQuality;
 pub use decontam::{DecontamConfig, Decontaminate, EvalSet};
 pub use dedup::ExactDedup;
 pub use filter::MinLength;
@@ -113,6 +115,8 @@ pub enum StageConfig {
     FinewebQuality(FineWebQuality),
     /// Drop documents sharing an n-gram (13 words) with a named evaluation set.
     Decontaminate(DecontamConfig),
+    /// Character-level rules for any script (Data-Juicer's): repeated character 10-grams, special characters.
+    CharQuality(CharQuality),
 }
 
 impl StageConfig {
@@ -135,6 +139,7 @@ impl StageConfig {
             StageConfig::C4Quality(c) => Box::new(c.clone()),
             StageConfig::FinewebQuality(f) => Box::new(f.clone()),
             StageConfig::Decontaminate(d) => Box::new(Decontaminate::build(d)?.0),
+            StageConfig::CharQuality(c) => Box::new(c.clone()),
         })
     }
 }
