@@ -168,7 +168,7 @@ pub struct PreprocessArgs {
     #[arg(long)]
     pub parquet: bool,
     /// Run as independent tasks exchanging files (for a Slurm array or a Kubernetes indexed Job): the
-    /// phase of this invocation: filter, buckets, cluster, write or publish. See docs/preprocess.md.
+    /// phase of this invocation: filter, buckets, cluster, write or publish. See the README, "Data sources and preprocessing at scale".
     #[arg(long)]
     pub phase: Option<String>,
     /// With --phase filter/buckets/write: this task, as I/N (0-based), e.g. $SLURM_ARRAY_TASK_ID/8.
