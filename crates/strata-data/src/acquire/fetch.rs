@@ -1,6 +1,6 @@
 //! Polite fetching of a URL list (a `.urls` file: one URL per line, `#` comments). Each host's
-//! `robots.txt` is read first and obeyed (RFC 9309: a 4xx robots.txt allows everything, an unreachable or 5xx
-//! one disallows everything; `Crawl-delay` is honoured when it is longer than ours); one request at a time
+//! `robots.txt` is read first and obeyed (RFC 9309: a 4xx robots.txt allows everything, an unreachable,
+//! 429 or 5xx one disallows everything; `Crawl-delay` is honoured when longer than ours); one request at a time
 //! per host with a delay between them, several hosts at once; timeouts; retries with exponential backoff on
 //! network errors, 429 and 5xx (`Retry-After` honoured up to a cap); a size limit and a content-type
 //! allow-list. Every URL's outcome is recorded in `fetch_log.jsonl` and failures are quarantined with the
@@ -237,7 +237,9 @@ impl Client {
                 Ok(r) => Robots::Rules(Box::new(r)),
                 Err(_) => Robots::AllowAll,
             },
-            Response::Got { status, .. } if (400..500).contains(&status) => Robots::AllowAll,
+            Response::Got { status, .. } if (400..500).contains(&status) && status != 429 => {
+                Robots::AllowAll
+            }
             Response::Got { status, .. } => {
                 Robots::DisallowAll(format!("robots.txt answered HTTP {status}: host skipped"))
             }
