@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,7 @@ pub struct Outcome {
 }
 
 /// A fetched page: the outcome, and the text with metadata when there is one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fetched {
     pub outcome: Outcome,
     pub doc: Option<(String, Map<String, Value>)>,
@@ -344,14 +346,44 @@ impl Client {
     }
 }
 
-/// Fetches every URL of `urls` (line, URL) politely; the results come back in the list's order.
+/// Whether an outcome is final (kept in the resume cache): everything but network errors, 429 and 5xx,
+/// which a rerun tries again.
+fn is_final(o: &Outcome) -> bool {
+    match o.outcome.as_str() {
+        "network_error" => false,
+        "http_error" => !o.status.is_some_and(|s| s == 429 || s >= 500),
+        _ => true,
+    }
+}
+
+/// The cached result of line `line` for `url`, if the cache holds one.
+fn cached(cache: Option<&Path>, line: usize, url: &str) -> Option<Fetched> {
+    let text = std::fs::read_to_string(cache?.join(format!("{line:07}.json"))).ok()?;
+    let f: Fetched = serde_json::from_str(&text).ok()?;
+    (f.outcome.url == url).then_some(f)
+}
+
+/// Fetches every URL of `urls` (line, URL) politely; the results come back in the list's order. With a
+/// `cache` folder, each final result is written there as soon as it is known and reused by a later call,
+/// so a run killed in the middle resumes where it stopped.
 #[must_use]
-pub fn fetch_all(urls: &[(usize, String)], cfg: &FetchConfig) -> Vec<Fetched> {
+pub fn fetch_all(
+    urls: &[(usize, String)],
+    cfg: &FetchConfig,
+    cache: Option<&Path>,
+) -> Vec<Fetched> {
     let client = Client::new(cfg);
+    if let Some(c) = cache {
+        let _ = std::fs::create_dir_all(c);
+    }
     // group by host, keeping list order within each host
     let mut hosts: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
     let mut results: Vec<Option<Fetched>> = (0..urls.len()).map(|_| None).collect();
     for (i, (line, url)) in urls.iter().enumerate() {
+        if let Some(f) = cached(cache, *line, url) {
+            results[i] = Some(f);
+            continue;
+        }
         match host_of(url) {
             Some(h) => hosts.entry(h).or_default().push(i),
             None => {
@@ -408,6 +440,13 @@ pub fn fetch_all(urls: &[(usize, String)], cfg: &FetchConfig) -> Vec<Fetched> {
                             doc: None,
                         },
                     };
+                    if let Some(c) = cache.filter(|_| is_final(&fetched.outcome)) {
+                        // best effort: a result that cannot be cached is fetched again on a rerun
+                        let _ = strata_store::write_json_atomic(
+                            c.join(format!("{line:07}.json")),
+                            &fetched,
+                        );
+                    }
                     if let Ok(mut d) = done.lock() {
                         d[i] = Some(fetched);
                     }
@@ -431,6 +470,7 @@ pub fn fetch_all(urls: &[(usize, String)], cfg: &FetchConfig) -> Vec<Fetched> {
 pub(crate) fn acquire_list(
     path: &std::path::Path,
     cfg: &FetchConfig,
+    cache: Option<&Path>,
     log: &mut dyn std::io::Write,
     quarantine: &mut crate::io::Quarantine,
     emit: &mut dyn FnMut(crate::Doc) -> crate::Result<()>,
@@ -438,7 +478,7 @@ pub(crate) fn acquire_list(
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(crate::io_err(path))?;
     let urls = parse_list(&text);
-    let fetched = fetch_all(&urls, cfg);
+    let fetched = fetch_all(&urls, cfg, cache);
     let (mut ok, mut failed) = (0, 0);
     for f in fetched {
         let line = serde_json::to_string(&f.outcome).unwrap_or_default();

@@ -73,10 +73,14 @@ pub fn acquire(
     }
 
     let staging = store.staging(Kind::Dataset, name)?;
-    let counts = read_files(&files, cfg, &staging)?;
+    // fetched pages are cached here until the dataset is published, so a killed run resumes
+    let fp: String = manifest.fingerprint.chars().take(16).collect();
+    let cache = store.root().join("work").join(format!("fetch-{name}-{fp}"));
+    let counts = read_files(&files, cfg, &staging, &cache)?;
     let mut manifest = manifest;
     counts.record(&mut manifest, files.len());
     let manifest = store.publish(&staging, manifest)?;
+    let _ = std::fs::remove_dir_all(&cache);
     Ok(StepReport {
         manifest,
         skipped: false,
@@ -144,11 +148,13 @@ impl Counts {
     }
 }
 
-/// Reads `files` into shards, a quarantine file and a fetch log inside `dir`.
+/// Reads `files` into shards, a quarantine file and a fetch log inside `dir`; URL lists' results are
+/// cached under `cache` (one folder per list).
 fn read_files(
     files: &[(PathBuf, SourceFormat)],
     cfg: &AcquireConfig,
     dir: &std::path::Path,
+    cache: &std::path::Path,
 ) -> Result<Counts> {
     let mut writer = ShardWriter::new(dir, cfg.docs_per_shard);
     let mut quarantine = Quarantine::new(dir);
@@ -178,8 +184,18 @@ fn read_files(
                 ));
             }
             if let Some(log) = log.as_mut() {
-                let (n, ok, failed) =
-                    fetch::acquire_list(path, &cfg.fetch, log, &mut quarantine, &mut emit)?;
+                let list_cache = cache.join(format!(
+                    "{:016x}",
+                    crate::preprocess::words::hash_bytes(path.display().to_string().as_bytes())
+                ));
+                let (n, ok, failed) = fetch::acquire_list(
+                    path,
+                    &cfg.fetch,
+                    Some(&list_cache),
+                    log,
+                    &mut quarantine,
+                    &mut emit,
+                )?;
                 counts.urls = (
                     counts.urls.0 + n,
                     counts.urls.1 + ok,

@@ -52,7 +52,7 @@ pub fn acquire_task(store: &Store, name: &str, cfg: &AcquireConfig, t: Task) -> 
         (t.index + 1) * files.len() / t.count,
     );
     let (tmp, dest) = task_dirs(&work.join(READ), t)?;
-    let counts = read_files(&files[lo..hi], cfg, &tmp)?;
+    let counts = read_files(&files[lo..hi], cfg, &tmp, &work.join("fetch-cache"))?;
     let mut value = serde_json::to_value(&counts).unwrap_or_default();
     value["files"] = (hi - lo).into();
     complete(&work, READ, t, Some((&tmp, &dest)), value)
