@@ -5,7 +5,16 @@
 
 mod common;
 
-use common::{fresh_dir, run, strata};
+use common::{dataset_files, fresh_dir, run, strata};
+
+/// Writes a jsonl file of `{"text": …}` records.
+fn write_texts<T: AsRef<str>>(path: &std::path::Path, texts: impl IntoIterator<Item = T>) {
+    let lines: Vec<String> = texts
+        .into_iter()
+        .map(|t| serde_json::json!({ "text": t.as_ref() }).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
 
 /// `strata acquire --name raw --input FILE` into `store`.
 fn acquire_raw(store: &std::path::Path, input: &std::path::Path) {
@@ -108,11 +117,7 @@ fn gopher_and_minhash_stages_count_removals_by_reason() {
     // good prose by the quality rules, but the same line ten times
     let repetitive = "The results of the scan are normal and the report is final.\n".repeat(10);
     let docs = [&good_a, &good_b, &near_a, &short, &repetitive];
-    let lines: Vec<String> = docs
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
-        .collect();
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    write_texts(&input, docs);
     let store = dir.join("store");
     acquire_raw(&store, &input);
     let r = run(strata(&store).args([
@@ -195,11 +200,7 @@ fn languages_flag_keeps_english_and_chinese_and_labels_them() {
         "肝脏大小正常，实质回声均匀，未见明显占位性病变，胆囊壁光滑。",
         "Die Leber ist normal groß und zeigt eine homogene Echostruktur ohne fokale Läsionen.",
     ];
-    let lines: Vec<String> = texts
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
-        .collect();
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    write_texts(&input, texts);
     let store = dir.join("store");
     acquire_raw(&store, &input);
     let r = run(strata(&store).args([
@@ -343,11 +344,7 @@ fn c4_fineweb_and_decontamination_flags() {
         .collect();
     let list = format!("{}\n{}", sentences(4), doses.join("\n"));
     let input = dir.join("in.jsonl");
-    let lines: Vec<String> = [&page, &leaked, &thin, &list]
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
-        .collect();
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    write_texts(&input, [&page, &leaked, &thin, &list]);
     let store = dir.join("store");
     acquire_raw(&store, &input);
     let r = run(strata(&store)
@@ -447,23 +444,6 @@ fn planted_corpus(store: &std::path::Path, dir: &std::path::Path, n: u64) {
         ])
         .arg(&input));
     assert!(r.ok, "{}", r.stderr);
-}
-
-/// The files of a published dataset (manifest aside), by name.
-fn dataset_files(d: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.path().is_file() && e.file_name() != "manifest.json")
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// The phases run by hand as separate processes, tasks in any order, give what `--tasks 3` gives, and
