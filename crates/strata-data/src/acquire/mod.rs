@@ -74,8 +74,7 @@ pub fn acquire(
 
     let staging = store.staging(Kind::Dataset, name)?;
     // fetched pages are cached here until the dataset is published, so a killed run resumes
-    let fp: String = manifest.fingerprint.chars().take(16).collect();
-    let cache = store.root().join("work").join(format!("fetch-{name}-{fp}"));
+    let cache = crate::preprocess::distributed::work_folder(store, "fetch", name, &manifest);
     let counts = read_files(&files, cfg, &staging, &cache)?;
     let mut manifest = manifest;
     counts.record(&mut manifest, files.len());

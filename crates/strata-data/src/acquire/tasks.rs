@@ -4,26 +4,17 @@
 //! the tasks' files, in task order, into the dataset.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use strata_store::{Kind, Store};
 
 use super::{plan, read_files, AcquireConfig, Counts, StepReport};
 use crate::preprocess::distributed::{
-    complete, finished, link_shards, marker, read_marker, task_dirs, Task, TaskReport,
+    complete, finished, link_shards, marker, read_marker, task_dirs, work_folder, Task, TaskReport,
 };
 use crate::{io_err, Result};
 
 const READ: &str = "read";
-
-fn work_dir(store: &Store, name: &str, cfg: &AcquireConfig) -> Result<PathBuf> {
-    let (_, manifest) = plan(name, cfg, "")?;
-    let fp: String = manifest.fingerprint.chars().take(16).collect();
-    Ok(store
-        .root()
-        .join("work")
-        .join(format!("acquire-{name}-{fp}")))
-}
 
 /// Reads task `t`'s share of the input files.
 ///
@@ -31,7 +22,7 @@ fn work_dir(store: &Store, name: &str, cfg: &AcquireConfig) -> Result<PathBuf> {
 /// A missing input, or an I/O failure.
 pub fn acquire_task(store: &Store, name: &str, cfg: &AcquireConfig, t: Task) -> Result<TaskReport> {
     let (files, manifest) = plan(name, cfg, "")?;
-    let work = work_dir(store, name, cfg)?;
+    let work = work_folder(store, "acquire", name, &manifest);
     if store
         .up_to_date(Kind::Dataset, name, &manifest.fingerprint)
         .is_some()
@@ -88,7 +79,7 @@ pub fn acquire_publish(
             skipped: true,
         });
     }
-    let work = work_dir(store, name, cfg)?;
+    let work = work_folder(store, "acquire", name, &manifest);
     let n = finished(&work, READ)?;
     let staging = store.staging(Kind::Dataset, name)?;
     let mut total = Counts::default();

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use strata_store::{Kind, Store};
+use strata_store::{Kind, Manifest, Store};
 
 use super::minhash::{estimate, MinHashConfig, MinHashDedup};
 use super::{
@@ -152,23 +152,14 @@ fn config_error(reason: &str) -> DataError {
     }
 }
 
-/// The work folder of a run: under the store, named by the output and the run's fingerprint, so a changed
-/// config or input starts afresh.
-///
-/// # Errors
-/// When the input dataset does not exist.
-pub fn work_dir(
-    store: &Store,
-    input: &str,
-    output: &str,
-    cfg: &PreprocessConfig,
-) -> Result<PathBuf> {
-    let (_, manifest) = plan(store, input, output, cfg, "")?;
+/// The work folder of a step (`what`: `preprocess`, `acquire`, `fetch`) under the store, named by the
+/// output and the step's fingerprint, so a changed config or input starts afresh.
+pub(crate) fn work_folder(store: &Store, what: &str, output: &str, manifest: &Manifest) -> PathBuf {
     let fp: String = manifest.fingerprint.chars().take(16).collect();
-    Ok(store
+    store
         .root()
         .join("work")
-        .join(format!("preprocess-{output}-{fp}")))
+        .join(format!("{what}-{output}-{fp}"))
 }
 
 pub(crate) fn marker(work: &Path, phase: &str, t: Task) -> PathBuf {
@@ -360,7 +351,7 @@ pub fn run_task(
     phase: Phase,
     task: Task,
 ) -> Result<TaskReport> {
-    let (_, manifest) = plan(store, input, output, cfg, created_by)?;
+    let (src, manifest) = plan(store, input, output, cfg, created_by)?;
     if store
         .up_to_date(Kind::Dataset, output, &manifest.fingerprint)
         .is_some()
@@ -374,7 +365,7 @@ pub fn run_task(
             counts: serde_json::json!({}),
         });
     }
-    let work = work_dir(store, input, output, cfg)?;
+    let work = work_folder(store, "preprocess", output, &manifest);
     let single = matches!(phase, Phase::Cluster | Phase::Publish);
     let task = if single {
         Task { index: 0, count: 1 }
@@ -389,11 +380,11 @@ pub fn run_task(
     }
     let sp = split(cfg)?;
     match phase {
-        Phase::Filter => filter(store, input, output, cfg, &sp, &work, task),
+        Phase::Filter => filter(&src, output, cfg, &sp, &work, task),
         Phase::Buckets => buckets(&sp, &work, task),
         Phase::Cluster => cluster(&sp, &work),
         Phase::Write => write(cfg, &work, task),
-        Phase::Publish => publish(store, input, output, cfg, created_by, &sp, &work),
+        Phase::Publish => publish(store, output, manifest, &sp, &work),
     }
 }
 
@@ -442,17 +433,16 @@ pub fn run_all(
     })
 }
 
+/// `src`: the input dataset's folder; `output` names the progress bar.
 fn filter(
-    store: &Store,
-    input: &str,
+    src: &Path,
     output: &str,
     cfg: &PreprocessConfig,
     sp: &Split,
     work: &Path,
     t: Task,
 ) -> Result<TaskReport> {
-    let (src, _) = plan(store, input, output, cfg, "")?;
-    let shards = shard_paths(&src)?;
+    let shards = shard_paths(src)?;
     let (lo, hi) = (
         t.index * shards.len() / t.count,
         (t.index + 1) * shards.len() / t.count,
@@ -750,17 +740,15 @@ fn write(cfg: &PreprocessConfig, work: &Path, t: Task) -> Result<TaskReport> {
     )
 }
 
+/// `manifest`: the one the dataset will have (from [`plan`]).
 fn publish(
     store: &Store,
-    input: &str,
     output: &str,
-    cfg: &PreprocessConfig,
-    created_by: &str,
+    manifest: Manifest,
     sp: &Split,
     work: &Path,
 ) -> Result<TaskReport> {
     let n = finished(work, Phase::Write.name())?;
-    let (_, manifest) = plan(store, input, output, cfg, created_by)?;
     let staging = store.staging(Kind::Dataset, output)?;
     // pure stages: the sum over filter tasks; dedup stages: from the cluster
     let mut stats: Vec<StageStats> = Vec::new();
