@@ -236,16 +236,8 @@ fn malformed_inputs_are_quarantined_or_reported_and_good_documents_kept() {
         "--gopher",
     ]));
     assert!(r.ok, "{}", r.stderr);
-    let stats: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(store.join("datasets/clean/stats.json")).unwrap(),
-    )
-    .unwrap();
-    let gopher = stats["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == "gopher_quality")
-        .unwrap();
+    let stats = common::dataset_stats(&store, "clean");
+    let gopher = common::stage_stats(&stats, "gopher_quality");
     assert_eq!(gopher["removed"]["gopher_long_doc"], 1, "{stats}");
 }
 

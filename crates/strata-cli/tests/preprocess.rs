@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{dataset_files, fresh_dir, run, strata};
+use common::{dataset_files, dataset_stats, fresh_dir, run, stage_stats, strata};
 
 /// Writes a jsonl file of `{"text": …}` records.
 fn write_texts<T: AsRef<str>>(path: &std::path::Path, texts: impl IntoIterator<Item = T>) {
@@ -132,20 +132,10 @@ fn gopher_and_minhash_stages_count_removals_by_reason() {
         "--minhash",
     ]));
     assert!(r.ok, "{}", r.stderr);
-    let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.join("datasets/clean/stats.json")).unwrap())
-            .unwrap();
+    let stats = dataset_stats(&store, "clean");
     assert_eq!(stats["input"], 5);
     assert_eq!(stats["kept"], 2, "{stats}");
-    let stage = |name: &str| {
-        stats["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["stage"] == name)
-            .unwrap()
-            .clone()
-    };
+    let stage = |name: &str| stage_stats(&stats, name);
     assert_eq!(
         stage("gopher_quality")["removed"]["gopher_short_doc"],
         1,
@@ -222,9 +212,7 @@ fn languages_flag_keeps_english_and_chinese_and_labels_them() {
         .collect();
     assert_eq!(langs, vec!["eng", "cmn"]);
     // the German report is counted under its reason
-    let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.join("datasets/clean/stats.json")).unwrap())
-            .unwrap();
+    let stats = dataset_stats(&store, "clean");
     assert!(stats.to_string().contains("language_other"), "{stats}");
 }
 
@@ -363,18 +351,8 @@ fn c4_fineweb_and_decontamination_flags() {
     let docs = read_clean(&store);
     assert_eq!(docs.len(), 1, "{docs:?}");
     assert!(docs[0].text.starts_with(&sentences(1)), "{}", docs[0].text);
-    let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.join("datasets/clean/stats.json")).unwrap())
-            .unwrap();
-    let removed = |stage: &str| {
-        stats["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["stage"] == stage)
-            .unwrap()["removed"]
-            .clone()
-    };
+    let stats = dataset_stats(&store, "clean");
+    let removed = |stage: &str| &stage_stats(&stats, stage)["removed"];
     assert_eq!(removed("c4_quality")["too_few_sentences"], 1, "{stats}");
     assert_eq!(removed("fineweb_quality")["short_line_ratio"], 1, "{stats}");
     assert_eq!(removed("decontaminate")["contaminated_qa"], 1, "{stats}");
@@ -514,10 +492,7 @@ fn phased_tasks_match_one_process_and_skip_finished_tasks() {
     let r = run(strata(&single).args(base));
     assert!(r.ok, "{}", r.stderr);
 
-    let stats = |s: &std::path::Path| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(s.join("datasets/clean/stats.json")).unwrap())
-            .unwrap()
-    };
+    let stats = |s: &std::path::Path| dataset_stats(s, "clean");
     // the 70 planted copies are removed (one is an exact copy, 69 are near), in every mode
     for s in [&phased, &single] {
         assert_eq!(stats(s)["kept"], 630, "{}", stats(s));

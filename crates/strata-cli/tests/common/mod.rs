@@ -143,3 +143,17 @@ pub fn dataset_files(d: &Path) -> Vec<(String, Vec<u8>)> {
     v.sort();
     v
 }
+
+/// The `stats.json` of dataset `name` in `store`.
+pub fn dataset_stats(store: &Path, name: &str) -> serde_json::Value {
+    let path = store.join("datasets").join(name).join("stats.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("stats.json")).expect("stats.json is JSON")
+}
+
+/// The counts of one stage in a `stats.json`.
+pub fn stage_stats<'a>(stats: &'a serde_json::Value, stage: &str) -> &'a serde_json::Value {
+    stats["stages"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["stage"] == stage))
+        .unwrap_or_else(|| panic!("no stage {stage} in {stats}"))
+}
