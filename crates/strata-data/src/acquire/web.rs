@@ -180,16 +180,15 @@ fn http_html(block: &[u8]) -> std::result::Result<Option<String>, String> {
         return Ok(None);
     }
     let body = &block[body_at..];
-    let body = match header("content-encoding").as_deref() {
+    match header("content-encoding").as_deref() {
         Some("gzip" | "x-gzip") => {
             let mut out = Vec::new();
             flate2::read::MultiGzDecoder::new(body)
                 .read_to_end(&mut out)
                 .map_err(|e| format!("bad gzip body: {e}"))?;
-            out
+            Ok(Some(String::from_utf8_lossy(&out).into_owned()))
         }
-        Some("identity") | None => body.to_vec(),
-        Some(other) => return Err(format!("unsupported content-encoding {other:?}")),
-    };
-    Ok(Some(String::from_utf8_lossy(&body).into_owned()))
+        Some("identity") | None => Ok(Some(String::from_utf8_lossy(body).into_owned())),
+        Some(other) => Err(format!("unsupported content-encoding {other:?}")),
+    }
 }

@@ -524,7 +524,7 @@ fn filter(
 
 /// Reads the signature of a document from its filter task's signature file.
 struct Signatures {
-    files: Vec<File>,
+    files: Vec<(File, PathBuf)>,
     width: usize,
 }
 
@@ -536,17 +536,17 @@ impl Signatures {
                     .join("filter")
                     .join(format!("task-{i:05}"))
                     .join("signatures.bin");
-                File::open(&p).map_err(io_err(&p))
+                Ok((File::open(&p).map_err(io_err(&p))?, p))
             })
             .collect::<Result<_>>()?;
         Ok(Self { files, width })
     }
     fn get(&mut self, k: u64) -> Result<Vec<u32>> {
-        let f = &mut self.files[key_task(k)];
+        let (f, path) = &mut self.files[key_task(k)];
         let mut buf = vec![0u8; self.width * 4];
         f.seek(SeekFrom::Start(key_ordinal(k) * buf.len() as u64))
             .and_then(|_| f.read_exact(&mut buf))
-            .map_err(|e| io_err("signatures.bin")(e))?;
+            .map_err(io_err(path.as_path()))?;
         Ok(buf
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
