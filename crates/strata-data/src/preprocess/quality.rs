@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::words::{for_each_token, is_cjk, is_punct, tokens};
+use super::words::{for_each_token, is_cjk, is_punct};
 use super::{Stage, Verdict};
 use crate::Doc;
 
@@ -43,43 +43,65 @@ impl Default for GopherQuality {
     }
 }
 
-/// Documents longer than this are counted before their tokens are collected.
-const LARGE_DOC_BYTES: usize = 1 << 20;
-
 const STOP_WORDS: [&str; 8] = ["the", "be", "to", "of", "and", "that", "have", "with"];
 const STOP_WORDS_ZH: [&str; 8] = ["的", "了", "是", "在", "和", "有", "不", "这"];
+
+/// What the rules count, in one pass over the tokens (none are collected, so a document of hundreds of
+/// megabytes costs no more memory than its text).
+#[derive(Default)]
+struct Counts {
+    tokens: usize,
+    alpha_tokens: usize,
+    words: usize,
+    /// Words starting with a Chinese, Japanese or Korean character.
+    cjk_words: usize,
+    /// Characters in words.
+    word_chars: usize,
+    /// Which of [`STOP_WORDS`] / [`STOP_WORDS_ZH`] occur, one bit each.
+    stops_en: u8,
+    stops_zh: u8,
+}
+
+impl Counts {
+    fn of(text: &str) -> Self {
+        let mut c = Self::default();
+        for_each_token(text, |t| {
+            c.tokens += 1;
+            c.alpha_tokens += usize::from(t.chars().any(char::is_alphabetic));
+            if is_punct(t) {
+                return;
+            }
+            c.words += 1;
+            c.cjk_words += usize::from(t.chars().next().is_some_and(is_cjk));
+            c.word_chars += t.chars().count();
+            if let Some(i) = STOP_WORDS.iter().position(|s| *s == t) {
+                c.stops_en |= 1 << i;
+            }
+            if let Some(i) = STOP_WORDS_ZH.iter().position(|s| *s == t) {
+                c.stops_zh |= 1 << i;
+            }
+        });
+        c
+    }
+}
 
 impl GopherQuality {
     /// None to keep the document, or the reason to remove it.
     #[must_use]
     #[allow(clippy::cast_precision_loss)]
     pub fn check(&self, text: &str) -> Option<&'static str> {
-        // as datatrove 0.10.1 counts: `toks` are all tokens, punctuation included; `words` the others
-        if text.len() > LARGE_DOC_BYTES {
-            // count before collecting: a document of hundreds of megabytes is removed without holding its
-            // tokens in memory
-            let mut n = 0usize;
-            for_each_token(text, |t| n += usize::from(!is_punct(t)));
-            if n > self.max_doc_words {
-                return Some("gopher_long_doc");
-            }
-        }
-        let toks = tokens(text);
-        let words: Vec<&str> = toks.iter().copied().filter(|t| !is_punct(t)).collect();
-        let n = words.len();
+        // as datatrove 0.10.1 counts: `tokens` are all tokens, punctuation included; `words` the others
+        let c = Counts::of(text);
+        let n = c.words;
         if n < self.min_doc_words {
             return Some("gopher_short_doc");
         }
         if n > self.max_doc_words {
             return Some("gopher_long_doc");
         }
-        let cjk = words
-            .iter()
-            .filter(|w| w.chars().next().is_some_and(is_cjk))
-            .count();
-        let cjk_doc = 2 * cjk > n;
+        let cjk_doc = 2 * c.cjk_words > n;
         if !cjk_doc {
-            let mean = words.iter().map(|w| w.chars().count()).sum::<usize>() as f64 / n as f64;
+            let mean = c.word_chars as f64 / n as f64;
             if mean < self.min_avg_word_length {
                 return Some("gopher_below_avg_threshold");
             }
@@ -87,7 +109,7 @@ impl GopherQuality {
                 return Some("gopher_above_avg_threshold");
             }
         }
-        let nt = toks.len() as f64;
+        let nt = c.tokens as f64;
         if text.matches('#').count() as f64 / nt > self.max_symbol_word_ratio {
             return Some("gopher_too_many_hashes");
         }
@@ -117,16 +139,11 @@ impl GopherQuality {
         if trailing as f64 / nl > self.max_ellipsis_lines_ratio {
             return Some("gopher_too_many_end_ellipsis");
         }
-        let alpha = toks
-            .iter()
-            .filter(|w| w.chars().any(char::is_alphabetic))
-            .count();
-        if (alpha as f64) / nt < self.min_alpha_words_ratio {
+        if (c.alpha_tokens as f64) / nt < self.min_alpha_words_ratio {
             return Some("gopher_below_alpha_threshold");
         }
         // distinct stop words present, as written (case-sensitive)
-        let stops: &[&str] = if cjk_doc { &STOP_WORDS_ZH } else { &STOP_WORDS };
-        let found = stops.iter().filter(|s| words.contains(s)).count();
+        let found = if cjk_doc { c.stops_zh } else { c.stops_en }.count_ones() as usize;
         if found < self.min_stop_words {
             return Some("gopher_enough_stop_words");
         }
