@@ -206,9 +206,10 @@ pub struct TrainArgs {
     /// Name of the model to create.
     #[arg(long)]
     pub name: String,
-    /// Token shards to train on.
-    #[arg(long)]
-    pub tokens: String,
+    /// Token artifacts to train on: `NAME` or `NAME=WEIGHT`, repeated to mix several by weight
+    /// (`--tokens general=0.9 --tokens code=0.1`).
+    #[arg(long, required = true, num_args = 1..)]
+    pub tokens: Vec<String>,
     /// Tokenizer the shards were encoded with.
     #[arg(long)]
     pub tokenizer: String,
@@ -227,9 +228,10 @@ pub struct FinetuneArgs {
     /// Model to start from (its weights and tokenizer).
     #[arg(long)]
     pub parent: String,
-    /// Token shards of the domain, encoded with the parent's tokenizer.
-    #[arg(long)]
-    pub tokens: String,
+    /// Token artifacts encoded with the parent's tokenizer: `NAME` or `NAME=WEIGHT`, repeated to mix the
+    /// domain with a share of the parent's data (`--tokens medical=0.8 --tokens general=0.2`).
+    #[arg(long, required = true, num_args = 1..)]
+    pub tokens: Vec<String>,
     /// TOML file with a [train] table.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -249,6 +251,22 @@ pub struct TrainOverrides {
     pub lr: Option<f64>,
     #[arg(long)]
     pub checkpoint_every: Option<usize>,
+    /// Micro-batches per optimizer step (each of --batch-size windows); the loss is normalised over the
+    /// target tokens of all of them.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Learning-rate schedule after warmup: cosine, linear or wsd (warmup-stable-decay).
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Stop after this long (checkpoint, then publish what was trained): seconds, or 90s, 30m, 2h.
+    #[arg(long)]
+    pub max_time: Option<String>,
+    /// Stop when the validation loss has not improved for this many evaluations.
+    #[arg(long)]
+    pub early_stop_patience: Option<usize>,
+    /// Keep this many of the newest checkpoints.
+    #[arg(long)]
+    pub keep_checkpoints: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -34,13 +34,19 @@ fn run(args: &cli::Cli) -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
-    // candle's CPU matmul and rayon both read RAYON_NUM_THREADS; set it before either starts.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var(
-            "RAYON_NUM_THREADS",
-            args.threads.unwrap_or_else(default_threads).to_string(),
-        );
-    }
+    // candle's CPU matmul and rayon read RAYON_NUM_THREADS, the engine and preprocess STRATA_THREADS: set
+    // both before any pool starts, so `--threads` (or STRATA_THREADS) reaches every command that computes.
+    let threads = args
+        .threads
+        .filter(|&n| n > 0)
+        .or_else(|| {
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(default_threads);
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    std::env::set_var("STRATA_THREADS", threads.to_string());
     commands::dispatch(args)
 }
 

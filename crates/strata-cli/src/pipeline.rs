@@ -89,7 +89,7 @@ pub struct EncodeStep {
 #[serde(deny_unknown_fields)]
 pub struct TrainStep {
     pub name: String,
-    pub tokens: String,
+    pub tokens: Tokens,
     pub tokenizer: String,
     pub model: ModelSpec,
     pub train: TrainConfig,
@@ -100,8 +100,25 @@ pub struct TrainStep {
 pub struct FinetuneStep {
     pub name: String,
     pub parent: String,
-    pub tokens: String,
+    pub tokens: Tokens,
     pub train: TrainConfig,
+}
+
+/// `tokens = "medical"`, or a mixture: `tokens = ["medical=0.8", "general=0.2"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Tokens {
+    One(String),
+    Mixture(Vec<String>),
+}
+
+impl Tokens {
+    pub fn specs(&self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s.clone()],
+            Self::Mixture(v) => v.clone(),
+        }
+    }
 }
 
 /// What the demo prints after the pipeline.
@@ -286,7 +303,7 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
             crate::commands::train::run_job(
                 store,
                 &s.name,
-                &s.tokens,
+                &s.tokens.specs(),
                 init,
                 s.train.clone(),
                 progress,
@@ -299,7 +316,7 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
             crate::commands::train::run_job(
                 store,
                 &s.name,
-                &s.tokens,
+                &s.tokens.specs(),
                 init,
                 s.train.clone(),
                 progress,

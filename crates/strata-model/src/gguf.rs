@@ -1,7 +1,7 @@
 //! Import a llama.cpp GGUF file into a Hugging Face folder: dequantised weights (F32/F16/BF16/Q8_0/Q4_0/
-//! Q4_1/Q4_K/Q5_K/Q6_K, via candle's GGUF reader) under HF names, `config.json` from the GGUF metadata,
-//! `tokenizer.json` rebuilt from the embedded vocabulary and merges, and the chat template in
-//! `tokenizer_config.json`.
+//! Q4_1/Q4_K/Q5_K/Q6_K, via candle's GGUF reader) under HF names and `config.json` from the GGUF metadata.
+//! The vocabulary is handed back as JSON metadata: `strata_tokenize::write_gguf_tokenizer` turns it into
+//! `tokenizer.json` and `tokenizer_config.json`.
 //!
 //! llama.cpp stores Q and K projections permuted for its interleaved RoPE; HF Llama uses the "rotate half"
 //! layout, so those two are permuted back here (the inverse of `permute` in llama.cpp's convert script).
@@ -25,6 +25,8 @@ pub struct GgufImport {
     /// GGUF tensor type → count, e.g. {"Q4_1": 210, "F32": 61}.
     pub types: std::collections::BTreeMap<String, usize>,
     pub name: Option<String>,
+    /// The file's `tokenizer.*` metadata as JSON, for `strata_tokenize::write_gguf_tokenizer`.
+    pub tokenizer_meta: serde_json::Map<String, serde_json::Value>,
 }
 
 pub(crate) fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
@@ -393,269 +395,38 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
     crate::Llama::load(&vb, &cfg).map_err(|e| bad(path, e.to_string()))?;
     crate::save_safetensors(&tensors, &out.join("model.safetensors"), &[])?;
     crate::write_hf_config(out, &cfg)?;
-    write_tokenizer(&meta, &cfg, out)?;
+    let tokenizer_meta = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.clone(), to_json(v)))
+        .collect();
     Ok(GgufImport {
         config: cfg,
         tensors: tensors.len(),
         types,
         name: meta.string("general.name").ok().map(str::to_string),
+        tokenizer_meta,
     })
 }
 
-/// The split regex of Llama 3's tokenizer (`tokenizer.ggml.pre` "llama-bpe"): digits in runs of up to three.
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-/// The split regex of Qwen2's tokenizer (`tokenizer.ggml.pre` "qwen2"): every digit alone.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The normaliser and pre-tokenizer of a GGUF `tokenizer.ggml.pre` name, as the model family's own
-/// `tokenizer.json` has them on the Hugging Face Hub.
-fn pre_tokenizer(path: &Path, pre: &str) -> Result<(serde_json::Value, serde_json::Value)> {
-    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let split = |regex: &str| {
-        json!({
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false}
-            ]
-        })
-    };
-    match pre {
-        // GPT-2's regex after splitting digits one by one (StarCoder-family vocabularies, SmolLM)
-        "smollm" | "starcoder" | "refact" | "codeshell" => Ok((
-            serde_json::Value::Null,
-            json!({
-                "type": "Sequence",
-                "pretokenizers": [{"type": "Digits", "individual_digits": true}, byte_level]
-            }),
-        )),
-        "gpt2" | "default" => Ok((serde_json::Value::Null, byte_level)),
-        "llama-bpe" | "llama3" => Ok((serde_json::Value::Null, split(LLAMA3_SPLIT))),
-        "qwen2" => Ok((json!({"type": "NFC"}), split(QWEN2_SPLIT))),
-        other => Err(bad(path, format!("tokenizer pre-tokenizer {other:?} is not supported yet (supported: smollm, starcoder, refact, codeshell, gpt2, llama-bpe, qwen2)"))),
+/// A GGUF metadata value as JSON (arrays element by element).
+fn to_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::U8(x) => json!(x),
+        Value::I8(x) => json!(x),
+        Value::U16(x) => json!(x),
+        Value::I16(x) => json!(x),
+        Value::U32(x) => json!(x),
+        Value::I32(x) => json!(x),
+        Value::U64(x) => json!(x),
+        Value::I64(x) => json!(x),
+        Value::F32(x) => json!(x),
+        Value::F64(x) => json!(x),
+        Value::Bool(x) => json!(x),
+        Value::String(x) => json!(x),
+        Value::Array(a) => serde_json::Value::Array(a.iter().map(to_json).collect()),
     }
-}
-
-/// BPE merges equivalent to a SentencePiece vocabulary's scores: every split of a piece into two pieces of
-/// the vocabulary is a merge, ranked by the merged piece's score (highest first, then lowest id), which is
-/// the order in which llama.cpp's SentencePiece tokenizer joins symbols. Byte (6), control (3) and unknown
-/// (2) tokens take no part.
-fn spm_merges(tokens: &[&str], scores: &[f32], types: &[i32]) -> Vec<(String, String)> {
-    let usable = |i: usize| matches!(types.get(i), Some(1 | 4) | None);
-    let ids: HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| usable(*i))
-        .map(|(i, t)| (*t, i))
-        .collect();
-    let mut ranked: Vec<(f32, usize, &str, &str)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
-        if !usable(id) {
-            continue;
-        }
-        let score = scores.get(id).copied().unwrap_or(0.0);
-        for (cut, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(cut);
-            if ids.contains_key(l) && ids.contains_key(r) {
-                ranked.push((score, id, l, r));
-            }
-        }
-    }
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    ranked
-        .into_iter()
-        .map(|(_, _, l, r)| (l.to_string(), r.to_string()))
-        .collect()
-}
-
-/// Whether to add BOS, which token, and the HF post-processor that adds it. llama.cpp adds BOS when the file
-/// says so, and by default for SentencePiece and Llama 3 vocabularies; HF does it in the tokenizer's
-/// post-processor, which is what `encode(text, add_special_tokens=True)` applies.
-fn bos_policy(
-    meta: &Meta<'_>,
-    cfg: &LlamaConfig,
-    tokens: &[&str],
-    spm: bool,
-    pre: &str,
-) -> (bool, Option<(u32, String)>, serde_json::Value) {
-    let add_bos = meta
-        .md
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(spm || matches!(pre, "llama-bpe" | "llama3"));
-    let bos = cfg
-        .bos_token_id
-        .as_ref()
-        .and_then(crate::TokenIds::first)
-        .and_then(|i| tokens.get(i as usize).map(|t| (i, (*t).to_string())));
-    let post_processor = match (&bos, add_bos) {
-        (Some((id, tok)), true) => json!({
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": tok, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": tok, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {tok.as_str(): {"id": tok, "ids": [id], "tokens": [tok]}}
-        }),
-        _ => serde_json::Value::Null,
-    };
-    (add_bos, bos, post_processor)
-}
-
-/// A SentencePiece vocabulary's decoder ("▁" back to spaces, bytes fused, the prefix space dropped) and its
-/// unknown token.
-fn spm_decoder(
-    meta: &Meta<'_>,
-    tokens: &[&str],
-    types: &[i32],
-    add_space_prefix: bool,
-) -> (serde_json::Value, Option<String>) {
-    let unk = meta
-        .opt_u32("tokenizer.ggml.unknown_token_id")
-        .and_then(|i| tokens.get(i as usize))
-        .or_else(|| {
-            tokens
-                .iter()
-                .zip(types)
-                .find(|(_, ty)| **ty == 2)
-                .map(|(t, _)| t)
-        })
-        .map(|t| (*t).to_string());
-    let decoder = json!({"type": "Sequence", "decoders": [
-        {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
-        {"type": "ByteFallback"}, {"type": "Fuse"},
-        {"type": "Strip", "content": " ", "start": usize::from(add_space_prefix), "stop": 0}
-    ]});
-    (decoder, unk)
-}
-
-fn write_tokenizer(meta: &Meta<'_>, cfg: &LlamaConfig, out: &Path) -> Result<()> {
-    let path = meta.path;
-    let model = meta.string("tokenizer.ggml.model")?;
-    let spm = model == "llama";
-    if !spm && model != "gpt2" {
-        return Err(bad(path, format!("tokenizer model {model:?} is not supported yet (supported: gpt2 byte-level BPE, llama SentencePiece BPE)")));
-    }
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let types: Vec<i32> = match meta
-        .md
-        .get("tokenizer.ggml.token_type")
-        .and_then(|v| v.to_vec().ok())
-    {
-        Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
-        None => vec![1; tokens.len()],
-    };
-    let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
-    let merges: Vec<(String, String)> = if spm {
-        let scores: Vec<f32> = meta
-            .get("tokenizer.ggml.scores")?
-            .to_vec()
-            .map_err(|_| bad(path, "tokenizer.ggml.scores is not an array"))?
-            .iter()
-            .map(|v| v.to_f32().unwrap_or(0.0))
-            .collect();
-        spm_merges(&tokens, &scores, &types)
-    } else {
-        meta.strings("tokenizer.ggml.merges")?
-            .iter()
-            .map(|m| {
-                let (a, b) = m.split_once(' ').unwrap_or((m, ""));
-                (a.to_string(), b.to_string())
-            })
-            .collect()
-    };
-    let add_space_prefix = meta
-        .md
-        .get("tokenizer.ggml.add_space_prefix")
-        .and_then(|v| v.to_bool().ok())
-        .unwrap_or(true);
-    let (normalizer, pre_tokenizer) = if spm {
-        // SentencePiece: "▁" for every space, and one before the text (and after each special token, as
-        // llama.cpp does and the legacy HF Llama normaliser does per segment)
-        let mut steps =
-            vec![json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})];
-        if add_space_prefix {
-            steps.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
-        }
-        (
-            json!({"type": "Sequence", "normalizers": steps}),
-            serde_json::Value::Null,
-        )
-    } else {
-        pre_tokenizer(path, pre)?
-    };
-    let vocab: serde_json::Map<String, serde_json::Value> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| ((*t).to_string(), json!(i)))
-        .collect();
-    // unknown (2), control (3) and user-defined (4) tokens are matched whole before BPE, as llama.cpp does
-    let added: Vec<serde_json::Value> = tokens
-        .iter()
-        .zip(&types)
-        .enumerate()
-        .filter(|(_, (_, ty))| matches!(ty, 2..=4))
-        .map(|(i, (t, ty))| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": *ty == 4, "special": *ty != 4}))
-        .collect();
-    let (add_bos, bos, post_processor) = bos_policy(meta, cfg, &tokens, spm, pre);
-    let (decoder, unk) = if spm {
-        spm_decoder(meta, &tokens, &types, add_space_prefix)
-    } else {
-        let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
-        (decoder, None)
-    };
-    let tokenizer = json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": normalizer,
-        "pre_tokenizer": pre_tokenizer,
-        "post_processor": post_processor,
-        "decoder": decoder,
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": spm, "byte_fallback": spm, "ignore_merges": false,
-            "vocab": vocab, "merges": merges,
-        },
-    });
-    let tk_path = out.join("tokenizer.json");
-    strata_store::write_json_atomic(&tk_path, &tokenizer).map_err(|e| ModelError::Weights {
-        path: tk_path.clone(),
-        reason: e.to_string(),
-    })?;
-    write_tokenizer_config(meta, cfg, &tokens, add_bos && bos.is_some(), out)
-}
-
-/// `tokenizer_config.json`: the special tokens by name, BOS policy and the chat template.
-fn write_tokenizer_config(
-    meta: &Meta<'_>,
-    cfg: &LlamaConfig,
-    tokens: &[&str],
-    add_bos: bool,
-    out: &Path,
-) -> Result<()> {
-    let token = |id: Option<u32>| {
-        id.and_then(|i| tokens.get(i as usize))
-            .map(|t| (*t).to_string())
-    };
-    let mut tc = json!({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": token(cfg.bos_token_id.as_ref().and_then(crate::TokenIds::first)),
-        "eos_token": token(cfg.eos_token_id.as_ref().and_then(crate::TokenIds::first)),
-        "pad_token": token(meta.opt_u32("tokenizer.ggml.padding_token_id")),
-        "unk_token": token(meta.opt_u32("tokenizer.ggml.unknown_token_id")),
-        "add_bos_token": add_bos,
-        "model_max_length": cfg.max_position_embeddings,
-        "clean_up_tokenization_spaces": false,
-    });
-    if let Ok(t) = meta.string("tokenizer.chat_template") {
-        tc["chat_template"] = json!(t);
-    }
-    let tc_path = out.join("tokenizer_config.json");
-    strata_store::write_json_atomic(&tc_path, &tc).map_err(|e| ModelError::Weights {
-        path: tc_path.clone(),
-        reason: e.to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 mod config;
 pub mod cpu;
+pub mod fused;
 mod gguf;
 mod gguf_export;
 mod hf;
@@ -20,7 +21,7 @@ pub use hf::{
     save_safetensors, write_hf_config, FolderCheck,
 };
 pub use kv_cache::KvCache;
-pub use llama::{init_std, next_token_loss, seeded_init, Llama};
+pub use llama::{init_std, next_token_loss, next_token_loss_sum, seeded_init, Llama};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

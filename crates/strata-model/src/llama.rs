@@ -1,12 +1,14 @@
 //! The Llama decoder. Reads top to bottom like nanoGPT; every reshape carries its shape.
 //! Weight names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, …) through `vb.pp`.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor, D};
+#[cfg(test)]
+use candle_core::DType;
 use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::{Context, KvCache, LlamaConfig, Result};
 
-/// RMSNorm written with differentiable ops (candle's fused `rms_norm` has no backward).
+/// RMSNorm by the fused kernel with its own backward (candle's fused `rms_norm` has none).
 struct RmsNorm {
     weight: Tensor,
     eps: f64,
@@ -21,21 +23,7 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let ms = x
-            .sqr()
-            .ctx("rms sqr")?
-            .mean_keepdim(D::Minus1)
-            .ctx("rms mean")?; // (B, T, 1)
-        let inv = (ms + self.eps)
-            .ctx("rms eps")?
-            .sqrt()
-            .ctx("rms sqrt")?
-            .recip()
-            .ctx("rms recip")?;
-        x.broadcast_mul(&inv)
-            .ctx("rms scale")?
-            .broadcast_mul(&self.weight)
-            .ctx("rms weight")
+        crate::fused::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -166,21 +154,14 @@ impl Attention {
             Some((cache, layer)) => cache.append(layer, &k, &v)?, // (1, nkv, S, hd), S = offset + T
             None => (k, v),
         };
-        let s = k.dim(2).ctx("kv len")?;
         let rep = nh / nkv;
         let k = repeat_kv(&k, rep)?; // (B, nh, S, hd)
         let v = repeat_kv(&v, rep)?; // (B, nh, S, hd)
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = (q.matmul(&k.t().ctx("k^T")?).ctx("q@k^T")? * scale).ctx("scale")?; // (B, nh, T, S)
-                                                                                      // A single new token sees everything cached, unless a sliding window hides the oldest keys.
-        let att = if t > 1 || self.window.is_some_and(|w| s > w) {
-            att.broadcast_add(&causal_mask(t, s, self.window, x.device())?)
-                .ctx("mask")?
-        } else {
-            att
-        };
-        let att = candle_nn::ops::softmax(&att, D::Minus1).ctx("softmax")?;
+        let att = q.matmul(&k.t().ctx("k^T")?).ctx("q@k^T")?; // (B, nh, T, S)
+        // scaled, causal (and windowed), softmax over keys: one fused op
+        let att = crate::fused::causal_softmax(&att, scale, self.window)?;
         let y = att.matmul(&v).ctx("att@v")?; // (B, nh, T, hd)
         let y = y
             .transpose(1, 2)
@@ -218,26 +199,6 @@ fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
         .ctx("repeat_kv reshape")
 }
 
-/// (T, S) additive mask: query i (at absolute position p = S-T+i) sees keys j <= p, and with a sliding
-/// window only those with p - j < window.
-fn causal_mask(t: usize, s: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
-    let offset = s - t;
-    let w = window.unwrap_or(usize::MAX);
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            let p = offset + i;
-            (0..s).map(move |j| {
-                if j > p || p - j >= w {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (t, s), device).ctx("causal mask")
-}
-
 struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
@@ -255,15 +216,10 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self
-            .gate_proj
-            .forward(x)
-            .ctx("gate_proj")?
-            .silu()
-            .ctx("silu")?; // (B, T, F)
+        let gate = self.gate_proj.forward(x).ctx("gate_proj")?; // (B, T, F)
         let up = self.up_proj.forward(x).ctx("up_proj")?; // (B, T, F)
         self.down_proj
-            .forward(&(gate * up).ctx("swiglu")?)
+            .forward(&crate::fused::swiglu(&gate, &up)?)
             .ctx("down_proj")
     }
 }
@@ -461,19 +417,31 @@ impl Llama {
     }
 }
 
-/// Cross-entropy of next-token prediction: logits (B, T, V) against targets (B, T), mean over positions.
+/// Cross-entropy of next-token prediction: logits (B, T, V) against targets (B, T), mean over the positions
+/// that count (targets equal to [`crate::fused::IGNORE`] do not).
+///
+/// # Errors
+/// On a shape mismatch, or when no target counts.
+pub fn next_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (sum, count) = next_token_loss_sum(logits, targets)?;
+    if count == 0 {
+        return Err(crate::ModelError::Invalid(
+            "no target token counts toward the loss".into(),
+        ));
+    }
+    #[allow(clippy::cast_precision_loss)]
+    (sum / count as f64).ctx("loss mean")
+}
+
+/// Summed cross-entropy and the number of targets counted (for gradient accumulation, which divides by
+/// the targets of all micro-batches).
 ///
 /// # Errors
 /// On a shape mismatch.
-pub fn next_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub fn next_token_loss_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, usize)> {
     let (b, t, v) = logits.dims3().ctx("logits")?;
     let logits = logits.reshape((b * t, v)).ctx("loss reshape")?; // (B*T, V)
-    let targets = targets
-        .reshape(b * t)
-        .ctx("targets reshape")?
-        .to_dtype(DType::U32)
-        .ctx("targets dtype")?;
-    candle_nn::loss::cross_entropy(&logits, &targets).ctx("cross entropy")
+    crate::fused::cross_entropy_sum(&logits, &targets.reshape(b * t).ctx("targets reshape")?)
 }
 
 #[cfg(test)]

@@ -2,12 +2,19 @@
 
 mod bpe;
 mod chat;
+mod gguf_vocab;
 mod shards;
+mod special;
 
 pub use bpe::{default_val_fraction, write_tokenizer_files};
 pub use bpe::{train_tokenizer, TokenizerConfig, SPECIAL_TOKENS};
 pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
-pub use shards::{encode_dataset, encode_heldout, read_tokens, write_tokens, EncodeConfig};
+pub use gguf_vocab::{write_gguf_tokenizer, GgufVocab};
+pub use shards::{
+    encode_dataset, encode_heldout, read_tokens, train_shards, write_tokens, EncodeConfig,
+    TokenShard,
+};
+pub use special::{special_ids, SpecialIds, TokenizerDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {

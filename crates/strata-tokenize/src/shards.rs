@@ -1,5 +1,7 @@
-//! Token shards, nanoGPT style: `train-00000.bin` and `val-00000.bin`, each a 32-byte header followed by
-//! little-endian token ids (u16 when the vocabulary fits, else u32). Each document ends with `<|endoftext|>`.
+//! Token shards, nanoGPT style: `train-00000.bin`, `train-00001.bin` … and `val-00000.bin`, each a 32-byte
+//! header followed by little-endian token ids (u16 when the vocabulary fits, else u32). Each document ends
+//! with the tokenizer's end-of-document token (its `eos_token`). Shards are read memory-mapped
+//! ([`TokenShard`]): training touches only the windows it samples.
 //!
 //! Header: magic `STRATOK1` (8 bytes), version u32 = 1, bytes per id u32 (2 or 4), count u64, vocab u64.
 
@@ -10,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use strata_data::acquire::StepReport;
 use strata_store::{Kind, Manifest, Store};
 
-use crate::{io_err, load_tokenizer, Result, TokenizeError, SPECIAL_TOKENS};
+use crate::{io_err, Result, TokenizeError, TokenizerDir};
 
 const MAGIC: &[u8; 8] = b"STRATOK1";
 
@@ -19,12 +21,20 @@ const MAGIC: &[u8; 8] = b"STRATOK1";
 pub struct EncodeConfig {
     #[serde(default = "crate::bpe::default_val_fraction")]
     pub val_fraction: f64,
+    /// Tokens per training shard (a new shard starts at the next document boundary past this).
+    #[serde(default = "default_shard_tokens")]
+    pub shard_tokens: usize,
+}
+
+fn default_shard_tokens() -> usize {
+    100_000_000
 }
 
 impl Default for EncodeConfig {
     fn default() -> Self {
         Self {
             val_fraction: crate::bpe::default_val_fraction(),
+            shard_tokens: default_shard_tokens(),
         }
     }
 }
@@ -53,23 +63,25 @@ pub fn encode_dataset(
             skipped: true,
         });
     }
-    let tk = load_tokenizer(&store.dir(Kind::Tokenizer, tokenizer).join("tokenizer.json"))?;
-    let eos = tk
-        .token_to_id(SPECIAL_TOKENS[0])
-        .ok_or_else(|| TokenizeError::Tokenizer("no <|endoftext|> token".into()))?;
-    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let td = TokenizerDir::open(&store.dir(Kind::Tokenizer, tokenizer))?;
+    let (tk, eos) = (&td.tokenizer, td.special.eos);
+    let (mut train, mut val) = (vec![Vec::new()], Vec::new());
     let (mut train_docs, mut val_docs) = (0usize, 0usize);
     let texts: Vec<String> = strata_data::io::read_dataset(&store.dir(Kind::Dataset, dataset))?
         .map(|d| d.map(|d| d.text))
         .collect::<std::result::Result<_, _>>()?;
+    // with the tokenizer's own special tokens (BOS where its post-processor adds one, as HF's encode does)
     let encodings = tk
-        .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), false)
+        .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
         .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
     for (text, enc) in texts.iter().zip(encodings) {
         let (out, n) = if strata_data::split::is_heldout(text, cfg.val_fraction) {
             (&mut val, &mut val_docs)
         } else {
-            (&mut train, &mut train_docs)
+            if train.last().is_some_and(|s| s.len() >= cfg.shard_tokens.max(1)) {
+                train.push(Vec::new());
+            }
+            (train.last_mut().unwrap_or(&mut val), &mut train_docs)
         };
         out.extend_from_slice(enc.get_ids());
         out.push(eos);
@@ -77,18 +89,26 @@ pub fn encode_dataset(
     }
     let vocab = tk.get_vocab_size(true);
     let staging = store.staging(Kind::Tokens, name)?;
-    write_tokens(&staging.join("train-00000.bin"), &train, vocab)?;
+    for (i, shard) in train.iter().enumerate() {
+        write_tokens(&staging.join(format!("train-{i:05}.bin")), shard, vocab)?;
+    }
     write_tokens(&staging.join("val-00000.bin"), &val, vocab)?;
+    let train_tokens: usize = train.iter().map(Vec::len).sum();
     let mut manifest = manifest;
     for (k, v) in [
-        ("train_tokens", train.len()),
+        ("train_tokens", train_tokens),
+        ("train_shards", train.len()),
         ("val_tokens", val.len()),
         ("train_documents", train_docs),
         ("val_documents", val_docs),
         ("vocab_size", vocab),
+        ("eos_id", eos as usize),
     ] {
         manifest.counts.insert(k.into(), v.into());
     }
+    manifest
+        .counts
+        .insert("tokenizer_sha256".into(), td.sha256.clone().into());
     let manifest = store.publish(&staging, manifest)?;
     Ok(StepReport {
         manifest,
@@ -126,69 +146,152 @@ pub fn write_tokens(path: &Path, ids: &[u32], vocab: usize) -> Result<()> {
     Ok(())
 }
 
-/// Reads a token shard, checking its header against its length.
+/// A token shard, memory-mapped: its header checked once, ids read on demand.
+pub struct TokenShard {
+    map: memmap2::Mmap,
+    width: usize,
+    len: usize,
+    vocab: u64,
+}
+
+impl TokenShard {
+    /// # Errors
+    /// On an I/O failure or a file that is not a complete shard.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(io_err(path))?;
+        // SAFETY: artifacts in the store are written once (temp file + rename) and never modified in
+        // place, so the mapped bytes cannot change under us.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+        let bad = |reason: String| TokenizeError::BadShard {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if map.len() < 32 || &map[..8] != MAGIC {
+            return Err(bad("missing STRATOK1 header".into()));
+        }
+        let word = |i: usize| u32::from_le_bytes([map[i], map[i + 1], map[i + 2], map[i + 3]]);
+        let (version, width) = (word(8), word(12) as usize);
+        let long = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&map[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let len = usize::try_from(long(16)).map_err(|e| bad(e.to_string()))?;
+        let vocab = long(24);
+        if version != 1 || !(width == 2 || width == 4) {
+            return Err(bad(format!(
+                "unsupported version {version} / id width {width}"
+            )));
+        }
+        if map.len() - 32 != len.saturating_mul(width) {
+            return Err(bad(format!(
+                "header says {len} ids of {width} bytes but the body has {} bytes (truncated?)",
+                map.len() - 32
+            )));
+        }
+        Ok(Self {
+            map,
+            width,
+            len,
+            vocab,
+        })
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The vocabulary size recorded in the header.
+    #[must_use]
+    pub fn vocab(&self) -> u64 {
+        self.vocab
+    }
+
+    /// Appends ids `start..start + n` to `out`.
+    ///
+    /// # Panics
+    /// When the range runs past the end of the shard (a caller's contract).
+    pub fn extend_into(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+        assert!(start + n <= self.len, "window past the end of the shard");
+        let body = &self.map[32 + start * self.width..32 + (start + n) * self.width];
+        if self.width == 2 {
+            out.extend(
+                body.chunks_exact(2)
+                    .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))),
+            );
+        } else {
+            out.extend(
+                body.chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+        }
+    }
+}
+
+/// The training shards of a token artifact folder, in order (`train-00000.bin`, `train-00001.bin`, …).
+///
+/// # Errors
+/// When the folder has none or one cannot be opened.
+pub fn train_shards(dir: &Path) -> Result<Vec<TokenShard>> {
+    let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("train-") && n.ends_with(".bin"))
+        })
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(TokenizeError::BadShard {
+            path: dir.to_path_buf(),
+            reason: "no train-*.bin shards".into(),
+        });
+    }
+    names.iter().map(|p| TokenShard::open(p)).collect()
+}
+
+/// Reads a whole token shard (small files: the validation split).
 ///
 /// # Errors
 /// On an I/O failure or a file that is not a complete shard.
 pub fn read_tokens(path: &Path) -> Result<Vec<u32>> {
-    let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let bad = |reason: String| TokenizeError::BadShard {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if bytes.len() < 32 || &bytes[..8] != MAGIC {
-        return Err(bad("missing STRATOK1 header".into()));
-    }
-    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let (version, width) = (word(8), word(12) as usize);
-    let mut count_bytes = [0u8; 8];
-    count_bytes.copy_from_slice(&bytes[16..24]);
-    let count = usize::try_from(u64::from_le_bytes(count_bytes)).map_err(|e| bad(e.to_string()))?;
-    if version != 1 || !(width == 2 || width == 4) {
-        return Err(bad(format!(
-            "unsupported version {version} / id width {width}"
-        )));
-    }
-    let body = &bytes[32..];
-    if body.len() != count.saturating_mul(width) {
-        return Err(bad(format!(
-            "header says {count} ids of {width} bytes but the body has {} bytes (truncated?)",
-            body.len()
-        )));
-    }
-    Ok(if width == 2 {
-        body.chunks_exact(2)
-            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
-            .collect()
-    } else {
-        body.chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    })
+    let shard = TokenShard::open(path)?;
+    let mut out = Vec::with_capacity(shard.len());
+    shard.extend_into(0, shard.len(), &mut out);
+    Ok(out)
 }
 
 /// Token ids of the held-out documents of a dataset, encoded with any tokenizer (each document followed
-/// by `<|endoftext|>`): what `eval` measures perplexity on.
+/// by the tokenizer's end-of-document token): what `eval` measures perplexity on.
 ///
 /// # Errors
 /// When the dataset is missing or unreadable.
 pub fn encode_heldout(
     store: &Store,
     dataset: &str,
-    tk: &tokenizers::Tokenizer,
+    td: &TokenizerDir,
     val_fraction: f64,
 ) -> Result<Vec<u32>> {
     let dir = store.require(Kind::Dataset, dataset)?;
-    let eos = tk.token_to_id(SPECIAL_TOKENS[0]);
+    let (tk, eos) = (&td.tokenizer, td.special.eos);
     let mut ids = Vec::new();
     for doc in strata_data::io::read_dataset(&dir)? {
         let doc = doc?;
         if strata_data::split::is_heldout(&doc.text, val_fraction) {
             let enc = tk
-                .encode(doc.text.as_str(), false)
+                .encode(doc.text.as_str(), true)
                 .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
             ids.extend_from_slice(enc.get_ids());
-            ids.extend(eos);
+            ids.push(eos);
         }
     }
     Ok(ids)

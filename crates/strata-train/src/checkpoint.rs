@@ -1,16 +1,43 @@
-//! A checkpoint is one safetensors file (weights + AdamW moments, the step in its metadata), written
-//! atomically: after `kill -9` the run finds either the previous checkpoint or the new one, never half.
+//! A checkpoint is one safetensors file (weights + AdamW moments, the step and the early-stopping state
+//! in its metadata), `checkpoint-<step>.safetensors`, written atomically: after `kill -9` the run finds
+//! the previous checkpoint or the new one, never half of one. The newest `keep` are kept.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
 use crate::{Result, TrainError};
 
-pub const FILE: &str = "checkpoint.safetensors";
+const PREFIX: &str = "checkpoint-";
+const SUFFIX: &str = ".safetensors";
 
-/// Saves weights (by HF name) and optimizer moments at `step`.
+/// What a run needs besides the tensors to continue exactly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunState {
+    pub step: usize,
+    /// Best validation loss so far and evaluations since it improved (early stopping).
+    pub best_val: Option<f64>,
+    pub stale_evals: usize,
+}
+
+/// The checkpoint files in `dir`, oldest first.
+fn files(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let name = p.file_name()?.to_str()?;
+            let step = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()?;
+            Some((step, p))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Saves weights (by HF name) and optimizer moments, then drops all but the newest `keep` checkpoints.
 ///
 /// # Errors
 /// On an I/O failure.
@@ -18,32 +45,52 @@ pub fn save(
     dir: &Path,
     weights: &HashMap<String, Tensor>,
     optim: HashMap<String, Tensor>,
-    step: usize,
+    state: RunState,
+    keep: usize,
 ) -> Result<()> {
     let mut all: HashMap<String, Tensor> = weights
         .iter()
         .map(|(k, v)| (format!("model.{k}"), v.clone()))
         .collect();
     all.extend(optim);
-    strata_model::save_safetensors(&all, &dir.join(FILE), &[("step", step.to_string())])?;
+    let meta = [
+        ("step", state.step.to_string()),
+        (
+            "best_val",
+            state.best_val.map_or_else(String::new, |v| format!("{v:e}")),
+        ),
+        ("stale_evals", state.stale_evals.to_string()),
+    ];
+    let path = dir.join(format!("{PREFIX}{:08}{SUFFIX}", state.step));
+    strata_model::save_safetensors(&all, &path, &meta)?;
+    let existing = files(dir);
+    for (_, old) in existing.iter().take(existing.len().saturating_sub(keep.max(1))) {
+        let _ = std::fs::remove_file(old);
+    }
     Ok(())
 }
 
+/// Removes every checkpoint (once the model is published).
+pub fn clear(dir: &Path) {
+    for (_, p) in files(dir) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 pub struct Loaded {
-    pub step: usize,
+    pub state: RunState,
     pub weights: HashMap<String, Tensor>,
     pub optim: HashMap<String, Tensor>,
 }
 
-/// Loads the checkpoint in `dir`, if there is one.
+/// Loads the newest checkpoint in `dir`, if there is one.
 ///
 /// # Errors
 /// When a checkpoint exists but cannot be read.
 pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
-    let path = dir.join(FILE);
-    if !path.is_file() {
+    let Some((_, path)) = files(dir).pop() else {
         return Ok(None);
-    }
+    };
     let (tensors, meta) = strata_model::read_safetensors(&path, device)?;
     let step = meta
         .get("step")
@@ -52,6 +99,11 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
             path: path.clone(),
             reason: "no step in metadata".into(),
         })?;
+    let best_val = meta.get("best_val").and_then(|s| s.parse().ok());
+    let stale_evals = meta
+        .get("stale_evals")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut weights = HashMap::new();
     let mut optim = HashMap::new();
     for (k, v) in tensors {
@@ -62,8 +114,48 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
         }
     }
     Ok(Some(Loaded {
-        step,
+        state: RunState {
+            step,
+            best_val,
+            stale_evals,
+        },
         weights,
         optim,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_k_are_kept_and_the_newest_is_loaded_with_its_state() {
+        let d = tempfile::tempdir().unwrap();
+        let w = HashMap::from([(
+            "w".to_string(),
+            Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
+        )]);
+        for step in [5, 10, 15, 20] {
+            let state = RunState {
+                step,
+                best_val: (step > 5).then_some(2.5),
+                stale_evals: step / 5,
+            };
+            save(d.path(), &w, HashMap::new(), state, 2).unwrap();
+        }
+        let steps: Vec<usize> = files(d.path()).iter().map(|f| f.0).collect();
+        assert_eq!(steps, vec![15, 20]);
+        let l = load(d.path(), &Device::Cpu).unwrap().unwrap();
+        assert_eq!(
+            l.state,
+            RunState {
+                step: 20,
+                best_val: Some(2.5),
+                stale_evals: 4
+            }
+        );
+        assert!(l.weights.contains_key("w"));
+        clear(d.path());
+        assert!(load(d.path(), &Device::Cpu).unwrap().is_none());
+    }
 }

@@ -33,6 +33,45 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     #[serde(default)]
     pub seed: u64,
+    /// Micro-batches per optimizer step: the step sees `batch_size × grad_accum` windows.
+    #[serde(default = "d_one")]
+    pub grad_accum: usize,
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Warmup-stable-decay: the share of the steps spent decaying (linearly to `min_lr`) at the end.
+    #[serde(default = "d_decay_fraction")]
+    pub decay_fraction: f64,
+    /// Stop when the validation loss has not improved by `early_stop_min_delta` for this many evaluations.
+    #[serde(default)]
+    pub early_stop_patience: Option<usize>,
+    #[serde(default)]
+    pub early_stop_min_delta: f64,
+    /// Stop (checkpoint and publish what was trained) after this many seconds.
+    #[serde(default)]
+    pub max_time_s: Option<f64>,
+    /// Checkpoints kept in the run folder (the newest ones).
+    #[serde(default = "d_one")]
+    pub keep_checkpoints: usize,
+}
+
+/// The learning-rate schedule after linear warmup.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Cosine from `lr` to `min_lr` at the last step (nanoGPT).
+    #[default]
+    Cosine,
+    /// Straight line from `lr` to `min_lr`.
+    Linear,
+    /// Warmup-stable-decay: `lr` until the last `decay_fraction` of the steps, then linear to `min_lr`.
+    Wsd,
+}
+
+fn d_one() -> usize {
+    1
+}
+fn d_decay_fraction() -> f64 {
+    0.2
 }
 
 fn d_lr() -> f64 {
@@ -67,6 +106,13 @@ fn d_ckpt() -> usize {
 }
 
 impl TrainConfig {
+    /// A config with every optional field at its default.
+    #[must_use]
+    pub fn new(steps: usize, batch_size: usize, seq_len: usize) -> Self {
+        let v = serde_json::json!({"steps": steps, "batch_size": batch_size, "seq_len": seq_len});
+        serde_json::from_value(v).unwrap_or_else(|_| unreachable!("every other field has a default"))
+    }
+
     /// # Errors
     /// [`TrainError::Config`] naming the field.
     pub fn validate(&self, context: usize) -> Result<()> {
@@ -89,11 +135,23 @@ impl TrainConfig {
         if self.checkpoint_every == 0 || self.eval_every == 0 {
             return bad("checkpoint_every and eval_every must be > 0".into());
         }
+        if self.grad_accum == 0 || self.keep_checkpoints == 0 {
+            return bad("grad_accum and keep_checkpoints must be > 0".into());
+        }
+        if !(0.0..=1.0).contains(&self.decay_fraction) {
+            return bad(format!(
+                "decay_fraction ({}) must be within 0..=1",
+                self.decay_fraction
+            ));
+        }
+        if self.max_time_s.is_some_and(|t| !(t > 0.0)) {
+            return bad("max_time must be > 0".into());
+        }
         Ok(())
     }
 }
 
-/// Linear warmup to `lr`, then cosine decay to `min_lr` at the last step.
+/// Linear warmup to `lr`, then the schedule's decay to `min_lr` at the last step.
 #[must_use]
 pub fn get_lr(step: usize, cfg: &TrainConfig) -> f64 {
     #[allow(clippy::cast_precision_loss)]
@@ -105,7 +163,18 @@ pub fn get_lr(step: usize, cfg: &TrainConfig) -> f64 {
         return cfg.lr;
     }
     let progress = ((s - w) / (n - w)).clamp(0.0, 1.0);
-    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    let coeff = match cfg.schedule {
+        Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        Schedule::Linear => 1.0 - progress,
+        Schedule::Wsd => {
+            let decay_start = n - cfg.decay_fraction * n;
+            if s < decay_start || decay_start >= n {
+                1.0
+            } else {
+                1.0 - (s - decay_start) / (n - decay_start)
+            }
+        }
+    };
     cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 }
 
@@ -127,6 +196,21 @@ mod tests {
         assert!((get_lr(9, &c) - 1.0).abs() < 1e-12);
         assert!((get_lr(10, &c) - 1.0).abs() < 1e-12); // cosine starts at the top
         assert!((get_lr(60, &c) - 0.55).abs() < 1e-12); // halfway: 0.1 + 0.5 * 0.9
+        assert!((get_lr(110, &c) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn linear_and_warmup_stable_decay_by_hand() {
+        let mut c = cfg();
+        c.schedule = Schedule::Linear;
+        assert!((get_lr(9, &c) - 1.0).abs() < 1e-12);
+        assert!((get_lr(60, &c) - 0.55).abs() < 1e-12); // halfway down the line
+        assert!((get_lr(85, &c) - 0.325).abs() < 1e-12); // 0.1 + 0.25 * 0.9
+        c.schedule = Schedule::Wsd;
+        c.decay_fraction = 0.2; // decay over the last 22 of 110 steps, from step 88
+        assert!((get_lr(60, &c) - 1.0).abs() < 1e-12);
+        assert!((get_lr(88, &c) - 1.0).abs() < 1e-12);
+        assert!((get_lr(99, &c) - 0.55).abs() < 1e-12); // 11 of 22 down
         assert!((get_lr(110, &c) - 0.1).abs() < 1e-12);
     }
 

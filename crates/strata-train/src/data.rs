@@ -1,56 +1,173 @@
-//! Random training windows over a token stream, nanoGPT style: the windows of step `s` depend only on
-//! (seed, s), so a resumed run sees exactly the batches an uninterrupted one would.
+//! Training windows drawn from a mixture of token artifacts, nanoGPT style, over memory-mapped shards.
+//!
+//! Row `i` of the whole run (row `r` of micro-batch `m` of step `s`: `i = (s·K + m)·B + r`) takes its
+//! component from a low-discrepancy sequence over the mixture weights, so every component's share of rows
+//! stays within a few rows of its weight at any point, and its window from a generator seeded by
+//! (seed, i). Both depend on `i` alone: a resumed run sees exactly the windows an uninterrupted one would,
+//! and K micro-batches of B rows are the same rows as one batch of K·B.
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
+use strata_tokenize::TokenShard;
 
 use crate::{Context, Result, TrainError};
 
-pub struct TokenWindows {
-    tokens: Vec<u32>,
-    seq_len: usize,
+/// One token artifact of a mixture.
+pub struct Component {
+    pub name: String,
+    pub weight: f64,
+    shards: Vec<TokenShard>,
+    /// Cumulative count of window starts over the shards.
+    starts: Vec<usize>,
 }
 
-impl TokenWindows {
+impl Component {
     /// # Errors
-    /// When there are fewer than `seq_len + 1` tokens.
-    pub fn new(tokens: Vec<u32>, seq_len: usize) -> Result<Self> {
-        if tokens.len() < seq_len + 1 {
+    /// When the weight is not positive or the shards hold no full window.
+    pub fn new(name: &str, weight: f64, shards: Vec<TokenShard>, seq_len: usize) -> Result<Self> {
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(TrainError::Config(format!(
+                "mixture weight of {name:?} is {weight}: weights must be > 0"
+            )));
+        }
+        let mut starts = Vec::with_capacity(shards.len());
+        let mut total = 0usize;
+        for s in &shards {
+            total += s.len().saturating_sub(seq_len);
+            starts.push(total);
+        }
+        if total == 0 {
+            let tokens: usize = shards.iter().map(TokenShard::len).sum();
             return Err(TrainError::Data(format!(
-                "only {} tokens: need at least seq_len + 1 = {} to train",
-                tokens.len(),
+                "tokens {name:?}: {tokens} tokens, no shard long enough for a window of seq_len + 1 = {}",
                 seq_len + 1
             )));
         }
-        Ok(Self { tokens, seq_len })
+        Ok(Self {
+            name: name.to_string(),
+            weight,
+            shards,
+            starts,
+        })
     }
 
-    /// Inputs and targets (B, T) for one step.
+    /// Appends window number `w` (T + 1 tokens) to `out`.
+    fn window(&self, w: usize, t: usize, out: &mut Vec<u32>) {
+        let shard = self.starts.partition_point(|&c| c <= w);
+        let before = if shard == 0 { 0 } else { self.starts[shard - 1] };
+        self.shards[shard].extend_into(w - before, t + 1, out);
+    }
+
+    fn windows(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0)
+    }
+}
+
+pub struct Mixture {
+    components: Vec<Component>,
+    /// Cumulative normalised weights; the last is 1.
+    cumulative: Vec<f64>,
+    seq_len: usize,
+}
+
+/// Inputs, targets and, per component, the rows it supplied.
+pub struct Batch {
+    pub x: Tensor,
+    pub y: Tensor,
+    pub rows: Vec<usize>,
+}
+
+/// The fractional part of i·φ⁻¹ (plus a seed-dependent phase): a low-discrepancy sequence in [0, 1).
+fn golden(i: u64, phase: f64) -> f64 {
+    const PHI_INV: f64 = 0.618_033_988_749_894_9;
+    #[allow(clippy::cast_precision_loss)]
+    let x = (i as f64).mul_add(PHI_INV, phase);
+    x - x.floor()
+}
+
+impl Mixture {
+    /// # Errors
+    /// When there are no components.
+    pub fn new(components: Vec<Component>, seq_len: usize) -> Result<Self> {
+        if components.is_empty() {
+            return Err(TrainError::Config("no token artifacts to train on".into()));
+        }
+        let total: f64 = components.iter().map(|c| c.weight).sum();
+        let mut acc = 0.0;
+        let mut cumulative: Vec<f64> = components
+            .iter()
+            .map(|c| {
+                acc += c.weight / total;
+                acc
+            })
+            .collect();
+        if let Some(last) = cumulative.last_mut() {
+            *last = 1.0;
+        }
+        Ok(Self {
+            components,
+            cumulative,
+            seq_len,
+        })
+    }
+
+    #[must_use]
+    pub fn components(&self) -> &[Component] {
+        &self.components
+    }
+
+    /// The component of global row `i`.
+    #[must_use]
+    pub fn component_of(&self, seed: u64, i: u64) -> usize {
+        if self.components.len() == 1 {
+            return 0;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let phase = (seed % 1_000_003) as f64 / 1_000_003.0;
+        let u = golden(i, phase);
+        self.cumulative
+            .partition_point(|&c| c <= u)
+            .min(self.components.len() - 1)
+    }
+
+    /// Rows per component over global rows `0..n` (what a resumed run has already seen).
+    #[must_use]
+    pub fn rows_before(&self, seed: u64, n: u64) -> Vec<usize> {
+        let mut rows = vec![0; self.components.len()];
+        for i in 0..n {
+            rows[self.component_of(seed, i)] += 1;
+        }
+        rows
+    }
+
+    /// `batch` rows starting at global row `first`: inputs and targets (B, T).
     ///
     /// # Errors
     /// On a tensor failure.
-    pub fn batch(
-        &self,
-        seed: u64,
-        step: usize,
-        batch: usize,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(
-            seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+    pub fn batch(&self, seed: u64, first: u64, batch: usize, device: &Device) -> Result<Batch> {
         let t = self.seq_len;
+        let mut buf = Vec::with_capacity(t + 1);
         let mut x = Vec::with_capacity(batch * t);
         let mut y = Vec::with_capacity(batch * t);
-        for _ in 0..batch {
-            let o = rng.random_range(0..self.tokens.len() - t);
-            x.extend_from_slice(&self.tokens[o..o + t]);
-            y.extend_from_slice(&self.tokens[o + 1..=o + t]);
+        let mut rows = vec![0; self.components.len()];
+        for r in 0..batch as u64 {
+            let i = first + r;
+            let c = self.component_of(seed, i);
+            rows[c] += 1;
+            let comp = &self.components[c];
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                seed ^ i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            buf.clear();
+            comp.window(rng.random_range(0..comp.windows()), t, &mut buf);
+            x.extend_from_slice(&buf[..t]);
+            y.extend_from_slice(&buf[1..]);
         }
-        Ok((
-            Tensor::from_vec(x, (batch, t), device).ctx("batch x")?,
-            Tensor::from_vec(y, (batch, t), device).ctx("batch y")?,
-        ))
+        Ok(Batch {
+            x: Tensor::from_vec(x, (batch, t), device).ctx("batch x")?,
+            y: Tensor::from_vec(y, (batch, t), device).ctx("batch y")?,
+            rows,
+        })
     }
 }
 
@@ -58,18 +175,90 @@ impl TokenWindows {
 mod tests {
     use super::*;
 
+    fn shard(dir: &std::path::Path, name: &str, ids: &[u32]) -> TokenShard {
+        let p = dir.join(name);
+        strata_tokenize::write_tokens(&p, ids, 1000).unwrap();
+        TokenShard::open(&p).unwrap()
+    }
+
     #[test]
-    fn targets_are_inputs_shifted_and_batches_repeat_per_step() {
-        let w = TokenWindows::new((0..100).collect(), 8).unwrap();
-        let (x, y) = w.batch(1, 5, 3, &Device::Cpu).unwrap();
-        let (x, y): (Vec<Vec<u32>>, Vec<Vec<u32>>) = (x.to_vec2().unwrap(), y.to_vec2().unwrap());
+    fn targets_are_inputs_shifted_and_windows_depend_on_the_row_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Component::new("a", 1.0, vec![shard(d.path(), "a", &(0..100).collect::<Vec<_>>())], 8)
+            .unwrap();
+        let m = Mixture::new(vec![c], 8).unwrap();
+        let b = m.batch(1, 20, 3, &Device::Cpu).unwrap();
+        let (x, y): (Vec<Vec<u32>>, Vec<Vec<u32>>) = (b.x.to_vec2().unwrap(), b.y.to_vec2().unwrap());
         for (xr, yr) in x.iter().zip(&y) {
             assert!(xr.iter().zip(yr).all(|(a, b)| b == &(a + 1)));
         }
-        let (x2, _) = w.batch(1, 5, 3, &Device::Cpu).unwrap();
-        assert_eq!(x, x2.to_vec2::<u32>().unwrap());
-        let (x3, _) = w.batch(1, 6, 3, &Device::Cpu).unwrap();
-        assert_ne!(x, x3.to_vec2::<u32>().unwrap());
-        assert!(TokenWindows::new(vec![1; 8], 8).is_err());
+        // rows 20..23 as one batch = rows 20, 21..23 as two
+        let one = m.batch(1, 20, 1, &Device::Cpu).unwrap().x.to_vec2::<u32>().unwrap();
+        let two = m.batch(1, 21, 2, &Device::Cpu).unwrap().x.to_vec2::<u32>().unwrap();
+        assert_eq!(x, [one, two].concat());
+        let other = m.batch(1, 23, 3, &Device::Cpu).unwrap().x.to_vec2::<u32>().unwrap();
+        assert_ne!(x, other);
+    }
+
+    #[test]
+    fn windows_span_every_shard_and_never_cross_one() {
+        let d = tempfile::tempdir().unwrap();
+        // shard 0 holds 100..110, shard 1 holds 200..230: a window of 4 + 1 never mixes them
+        let shards = vec![
+            shard(d.path(), "s0", &(100..110).collect::<Vec<_>>()),
+            shard(d.path(), "s1", &(200..230).collect::<Vec<_>>()),
+        ];
+        let c = Component::new("a", 1.0, shards, 4).unwrap();
+        assert_eq!(c.windows(), 6 + 26);
+        let m = Mixture::new(vec![c], 4).unwrap();
+        let b = m.batch(3, 0, 400, &Device::Cpu).unwrap();
+        let x: Vec<Vec<u32>> = b.x.to_vec2().unwrap();
+        let y: Vec<Vec<u32>> = b.y.to_vec2().unwrap();
+        let mut seen = [false; 2];
+        for (xr, yr) in x.iter().zip(&y) {
+            let hundreds = xr[0] / 100;
+            assert!(xr.iter().chain(yr).all(|v| v / 100 == hundreds), "{xr:?} {yr:?}");
+            seen[(hundreds - 1) as usize] = true;
+        }
+        assert_eq!(seen, [true, true]);
+    }
+
+    #[test]
+    fn component_shares_follow_the_weights() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Component::new("medical", 0.8, vec![shard(d.path(), "a", &[1; 64])], 8).unwrap();
+        let b = Component::new("general", 0.2, vec![shard(d.path(), "b", &[2; 64])], 8).unwrap();
+        let m = Mixture::new(vec![a, b], 8).unwrap();
+        // 1,000 steps of batch 4
+        let mut rows = [0usize; 2];
+        for step in 0..1000u64 {
+            let batch = m.batch(7, step * 4, 4, &Device::Cpu).unwrap();
+            let x: Vec<Vec<u32>> = batch.x.to_vec2().unwrap();
+            for r in &x {
+                rows[(r[0] - 1) as usize] += 1; // every token of a row names its component
+            }
+            assert_eq!(batch.rows.iter().sum::<usize>(), 4);
+        }
+        let share = rows[0] as f64 / 4000.0;
+        assert!((share - 0.8).abs() < 0.02, "{share}");
+        assert_eq!(m.rows_before(7, 4000), rows.to_vec());
+        // a short run is already close: 100 rows
+        let early = m.rows_before(7, 100);
+        assert!((early[0] as f64 / 100.0 - 0.8).abs() <= 0.02, "{early:?}");
+    }
+
+    #[test]
+    fn bad_weights_and_short_data_are_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Component::new("general", 0.0, vec![shard(d.path(), "a", &[1; 64])], 8)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("\"general\"") && e.contains("> 0"), "{e}");
+        let e = Component::new("tiny", 1.0, vec![shard(d.path(), "b", &[1; 8])], 8)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("\"tiny\"") && e.contains("seq_len + 1 = 9"), "{e}");
     }
 }

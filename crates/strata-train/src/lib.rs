@@ -1,6 +1,8 @@
-//! Stages 3b–4: one training loop for pretraining and continued pretraining (full weights): a token-window
-//! loader, AdamW, warmup + cosine schedule, gradient clipping, checkpoints that survive `kill -9`,
-//! metrics as jsonl, a loss-curve PNG, and held-out perplexity.
+//! Stages 3b–4: one training loop for pretraining and continued pretraining (full weights) of any model in
+//! the store: a memory-mapped loader mixing token artifacts by weight, gradient accumulation normalised by
+//! target tokens, AdamW, warmup + cosine/linear/WSD schedules, clipping, early stopping, a time budget,
+//! checkpoints that survive `kill -9` and SIGINT/SIGTERM, metrics as jsonl, a loss-curve PNG, and
+//! held-out perplexity.
 
 mod checkpoint;
 mod config;
@@ -11,12 +13,14 @@ mod optim;
 mod plot;
 mod trainer;
 
-pub use config::{get_lr, TrainConfig};
-pub use data::TokenWindows;
+pub use config::{get_lr, Schedule, TrainConfig};
+pub use data::{Component, Mixture};
+pub use metrics::{peak_rss_bytes, StepMetrics};
+pub use optim::Grads;
 pub use eval::{perplexity, Perplexity};
 pub use optim::AdamW;
 pub use plot::plot_loss;
-pub use trainer::{train, Init, TrainJob, TrainOutcome};
+pub use trainer::{accumulate, train, Init, TokenMix, TrainJob, TrainOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -34,6 +38,11 @@ pub enum TrainError {
     Checkpoint {
         path: std::path::PathBuf,
         reason: String,
+    },
+    #[error("interrupted after step {step}: checkpoint written to {}; run the same command to resume", dir.display())]
+    Interrupted {
+        step: usize,
+        dir: std::path::PathBuf,
     },
     #[error("loss became {value} at step {step}: lower the learning rate")]
     Diverged { step: usize, value: f32 },

@@ -1,5 +1,6 @@
 //! Metrics as jsonl (one object per step) and the loss curve drawn as a PNG.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,37 @@ pub struct StepMetrics {
     pub tokens_per_s: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_loss: Option<f32>,
+    /// Validation loss of each mixture component (when evaluated).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub val_losses: BTreeMap<String, f32>,
+    /// Training tokens seen so far, all components together.
+    #[serde(default)]
+    pub tokens_seen: usize,
+    /// Each mixture component's tokens seen so far and share of all tokens seen.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mixture: BTreeMap<String, ComponentStat>,
+    /// Peak resident memory of the process so far, MiB.
+    #[serde(default)]
+    pub peak_rss_mib: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ComponentStat {
+    pub tokens: usize,
+    pub share: f64,
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in bytes; 0 where unknown.
+#[must_use]
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// An append-only metrics.jsonl. Opening it for a resumed run drops the lines after the checkpoint step,
@@ -85,6 +117,10 @@ mod tests {
             grad_norm: 1.0,
             tokens_per_s: 10.0,
             val_loss: (step % 2 == 0).then_some(4.0),
+            val_losses: BTreeMap::new(),
+            tokens_seen: step * 10,
+            mixture: BTreeMap::new(),
+            peak_rss_mib: 1.0,
         };
         let mut log = MetricsLog::open(&p, 0).unwrap();
         for s in 1..=6 {

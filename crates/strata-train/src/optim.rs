@@ -8,6 +8,25 @@ use candle_core::{backprop::GradStore, Tensor, Var};
 
 use crate::{Context, Result};
 
+/// Gradients aligned with an optimizer's parameters; micro-batches add theirs up.
+pub struct Grads(pub Vec<Option<Tensor>>);
+
+impl Grads {
+    /// Adds `other` (same parameters, same order) into `self`.
+    ///
+    /// # Errors
+    /// On a shape mismatch.
+    pub fn add(&mut self, other: Grads) -> Result<()> {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = match (a.take(), b) {
+                (Some(x), Some(y)) => Some((x + y).ctx("grad accumulate")?),
+                (x, y) => x.or(y),
+            };
+        }
+        Ok(())
+    }
+}
+
 pub struct AdamW {
     /// (name, parameter, first moment, second moment), sorted by name.
     params: Vec<(String, Var, Tensor, Tensor)>,
@@ -45,23 +64,32 @@ impl AdamW {
         })
     }
 
+    /// The gradients of this optimizer's parameters, in its order.
+    #[must_use]
+    pub fn grads_of(&self, store: &GradStore) -> Grads {
+        Grads(
+            self.params
+                .iter()
+                .map(|(_, v, _, _)| store.get(v.as_tensor()).cloned())
+                .collect(),
+        )
+    }
+
     /// Global L2 norm of the gradients.
     ///
     /// # Errors
     /// On a tensor failure.
-    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+    pub fn grad_norm(&self, grads: &Grads) -> Result<f64> {
         let mut sum = 0f64;
-        for (_, v, _, _) in &self.params {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                sum += f64::from(
-                    g.sqr()
-                        .ctx("gnorm")?
-                        .sum_all()
-                        .ctx("gnorm sum")?
-                        .to_scalar::<f32>()
-                        .ctx("gnorm scalar")?,
-                );
-            }
+        for g in grads.0.iter().flatten() {
+            sum += f64::from(
+                g.sqr()
+                    .ctx("gnorm")?
+                    .sum_all()
+                    .ctx("gnorm sum")?
+                    .to_scalar::<f32>()
+                    .ctx("gnorm scalar")?,
+            );
         }
         Ok(sum.sqrt())
     }
@@ -70,15 +98,15 @@ impl AdamW {
     ///
     /// # Errors
     /// On a tensor failure.
-    pub fn step(&mut self, grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
+    pub fn step(&mut self, grads: &Grads, lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
         #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
         let t = self.step as i32;
         let (b1, b2) = (self.beta1, self.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        for (_, var, m, v) in &mut self.params {
-            let Some(g) = grads.get(var.as_tensor()) else {
+        for ((_, var, m, v), g) in self.params.iter_mut().zip(&grads.0) {
+            let Some(g) = g else {
                 continue;
             };
             let g = (g * grad_scale).ctx("clip")?;
@@ -161,7 +189,7 @@ mod tests {
             .unwrap()
             + (b.as_tensor() * 2.0).unwrap().sum_all().unwrap())
         .unwrap();
-        let grads = loss.backward().unwrap();
+        let grads = opt.grads_of(&loss.backward().unwrap());
         assert!((opt.grad_norm(&grads).unwrap() - (9.0f64 + 16.0 + 4.0).sqrt()).abs() < 1e-5);
         opt.step(&grads, 0.01, 1.0).unwrap();
         let w1: Vec<Vec<f32>> = w.as_tensor().to_vec2().unwrap();

@@ -1,9 +1,13 @@
-//! The training loop, flat as in nanoGPT: batch → forward → loss → backward → clip → AdamW, with
-//! evaluation, checkpoints and metrics on a schedule. Pretraining starts from fresh weights; continued
-//! pretraining (fine-tuning) starts from a parent model's. A run lives in `runs/<name>-<fingerprint>/`,
-//! so the same command after `kill -9` finds its checkpoint and resumes.
+//! The training loop, flat as in nanoGPT: for each step, K micro-batches → forward → summed loss →
+//! backward, gradients added → clip → AdamW, with evaluation, checkpoints and metrics on a schedule.
+//! Pretraining starts from fresh weights; continued pretraining (fine-tuning) starts from a parent model's,
+//! whether Strata trained it or it was imported (GGUF or a Hugging Face folder, sharded or not, f32/f16/
+//! bf16). A run lives in `runs/<name>-<fingerprint>/`, so the same command after `kill -9` (or Ctrl-C)
+//! finds its checkpoint and resumes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -12,11 +16,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use strata_model::{Llama, LlamaConfig, ModelSpec};
 use strata_store::{Kind, Manifest, Store};
+use strata_tokenize::TokenizerDir;
 
-use crate::metrics::{MetricsLog, StepMetrics};
-use crate::{
-    checkpoint, get_lr, perplexity, Context, Result, TokenWindows, TrainConfig, TrainError,
-};
+use crate::checkpoint::{self, RunState};
+use crate::data::{Component, Mixture};
+use crate::metrics::{peak_rss_bytes, ComponentStat, MetricsLog, StepMetrics};
+use crate::optim::Grads;
+use crate::{get_lr, perplexity, Context, Result, TrainConfig, TrainError};
 
 /// Where the weights start.
 #[derive(Debug, Clone, Serialize)]
@@ -28,15 +34,52 @@ pub enum Init {
     From { parent: String },
 }
 
+/// One token artifact of the training mixture and its weight (`--tokens medical=0.8`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TokenMix {
+    pub name: String,
+    pub weight: f64,
+}
+
+impl TokenMix {
+    /// Parses `NAME` (weight 1) or `NAME=WEIGHT`.
+    ///
+    /// # Errors
+    /// When the weight is not a number > 0.
+    pub fn parse(s: &str) -> Result<Self> {
+        let (name, weight) = match s.split_once('=') {
+            None => (s, 1.0),
+            Some((n, w)) => (
+                n,
+                w.trim().parse::<f64>().map_err(|_| {
+                    TrainError::Config(format!("--tokens {s:?}: weight {w:?} is not a number"))
+                })?,
+            ),
+        };
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(TrainError::Config(format!(
+                "--tokens {s:?}: mixture weight must be > 0"
+            )));
+        }
+        Ok(Self {
+            name: name.trim().to_string(),
+            weight,
+        })
+    }
+}
+
 pub struct TrainJob<'a> {
     pub name: &'a str,
-    /// Token artifact to train on (its train split) and validate on (its val split).
-    pub tokens: &'a str,
+    /// Token artifacts to train on (their train splits, mixed by weight) and validate on (their val splits;
+    /// the first one's is `val_loss`).
+    pub tokens: &'a [TokenMix],
     pub init: Init,
     pub cfg: TrainConfig,
     pub created_by: &'a str,
     /// Draw a progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// Set by SIGINT/SIGTERM: the loop writes a checkpoint after the current step and stops.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug)]
@@ -45,35 +88,157 @@ pub struct TrainOutcome {
     pub skipped: bool,
     pub resumed_from: Option<usize>,
     pub run_dir: std::path::PathBuf,
+    /// Why training ended before `steps`, if it did ("early_stop", "max_time").
+    pub stopped: Option<&'static str>,
 }
 
 #[derive(Serialize)]
 struct Resolved<'a> {
     init: &'a Init,
-    tokens: &'a str,
+    tokens: &'a [TokenMix],
     train: &'a TrainConfig,
     model: &'a LlamaConfig,
+}
+
+/// The parts of the config that change how a run is carried out but not what it computes: they stay out of
+/// the fingerprint, so a run resumes under a new time budget or checkpoint policy.
+fn fingerprinted(cfg: &TrainConfig) -> TrainConfig {
+    let mut c = cfg.clone();
+    c.max_time_s = None;
+    c.keep_checkpoints = 1;
+    c.checkpoint_every = 1;
+    c
+}
+
+/// Checks that every token artifact was encoded with exactly the model's tokenizer (same `tokenizer.json`
+/// bytes; artifacts from before the hash was recorded are checked by vocabulary size).
+fn check_tokens(store: &Store, tokens: &[TokenMix], td: &TokenizerDir) -> Result<()> {
+    for t in tokens {
+        let m = store.manifest(Kind::Tokens, &t.name)?;
+        match m.counts.get("tokenizer_sha256").and_then(|v| v.as_str()) {
+            Some(h) if h != td.sha256 => {
+                return Err(TrainError::Config(format!(
+                    "tokens {:?} were encoded with another tokenizer than the model's ({}): encode the dataset with the model's tokenizer (tokenizer.json sha256 {} vs {})",
+                    t.name,
+                    td.dir.display(),
+                    &h[..h.len().min(12)],
+                    &td.sha256[..12]
+                )))
+            }
+            Some(_) => {}
+            None => {
+                let vocab = m.counts.get("vocab_size").and_then(serde_json::Value::as_u64);
+                if vocab != Some(td.tokenizer.get_vocab_size(true) as u64) {
+                    return Err(TrainError::Config(format!(
+                        "tokens {:?} were encoded with a vocabulary of {} but the model's tokenizer has {}: encode the dataset with the model's tokenizer",
+                        t.name,
+                        vocab.unwrap_or(0),
+                        td.tokenizer.get_vocab_size(true)
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets every variable from the parent's weights (any float dtype, one file or shards), by HF name.
+fn load_parent(vars: &HashMap<String, candle_core::Var>, dir: &std::path::Path) -> Result<()> {
+    let weights = strata_model::read_weights(dir, &Device::Cpu)?;
+    for (name, var) in vars {
+        let t = weights.get(name).ok_or_else(|| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: format!("parent weights have no tensor {name}"),
+        })?;
+        let t = t.to_dtype(DType::F32).ctx(name)?;
+        if t.dims() != var.as_tensor().dims() {
+            return Err(TrainError::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "{name}: shape {:?}, the config says {:?}",
+                    t.dims(),
+                    var.as_tensor().dims()
+                ),
+            });
+        }
+        var.set(&t).ctx(name)?;
+    }
+    Ok(())
+}
+
+/// Forward and backward over `micro` micro-batches (inputs, targets; targets may hold
+/// [`strata_model::fused::IGNORE`]): the loss is the summed cross-entropy divided by the targets of all
+/// micro-batches together, so K micro-batches give the gradients of one batch K times larger whatever
+/// number of targets each holds. Returns the mean loss and the summed gradients.
+///
+/// # Errors
+/// When no target counts, or on a tensor failure.
+pub fn accumulate(
+    model: &Llama,
+    opt: &crate::AdamW,
+    micro: &[(Tensor, Tensor)],
+) -> Result<(f32, Grads)> {
+    let mut total = 0usize;
+    for (_, y) in micro {
+        let ys: Vec<u32> = y.flatten_all().ctx("targets")?.to_vec1().ctx("targets")?;
+        total += ys
+            .iter()
+            .filter(|&&t| t != strata_model::fused::IGNORE)
+            .count();
+    }
+    if total == 0 {
+        return Err(TrainError::Data(
+            "no target token counts toward the loss".into(),
+        ));
+    }
+    let mut grads: Option<Grads> = None;
+    let mut loss = 0f64;
+    for (x, y) in micro {
+        let (sum, _) = strata_model::next_token_loss_sum(&model.forward(x)?, y)?;
+        #[allow(clippy::cast_precision_loss)]
+        let part = (sum / total as f64).ctx("loss scale")?;
+        loss += f64::from(part.to_scalar::<f32>().ctx("loss")?);
+        let g = opt.grads_of(&part.backward().ctx("backward")?);
+        match &mut grads {
+            None => grads = Some(g),
+            Some(acc) => acc.add(g)?,
+        }
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    Ok((loss as f32, grads.unwrap_or(Grads(Vec::new()))))
 }
 
 /// Trains (or resumes, or skips when up to date) and publishes model `job.name`.
 ///
 /// # Errors
-/// On a missing input, an invalid config, divergence, or an I/O failure.
+/// On a missing input, an invalid config, divergence, an interruption (after writing a checkpoint), or an
+/// I/O failure. Nothing is written before the inputs and the config have been checked.
 #[allow(clippy::too_many_lines)]
 pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     let device = Device::Cpu;
-    let tokens_dir = store.require(Kind::Tokens, job.tokens)?;
-    let tokens_manifest = store.manifest(Kind::Tokens, job.tokens)?;
-    let mut inputs = vec![store.input_ref(Kind::Tokens, job.tokens)?];
-    let (cfg, tokenizer_dir, parent_weights) = match &job.init {
+    if job.tokens.is_empty() {
+        return Err(TrainError::Config("no token artifacts to train on".into()));
+    }
+    let mut inputs = Vec::new();
+    for t in job.tokens {
+        if !(t.weight.is_finite() && t.weight > 0.0) {
+            return Err(TrainError::Config(format!(
+                "mixture weight of {:?} is {}: weights must be > 0",
+                t.name, t.weight
+            )));
+        }
+        inputs.push(store.input_ref(Kind::Tokens, &t.name)?);
+    }
+    let (cfg, tokenizer_dir, parent_dir) = match &job.init {
         Init::Scratch { spec, tokenizer } => {
             let dir = store.require(Kind::Tokenizer, tokenizer)?;
             inputs.push(store.input_ref(Kind::Tokenizer, tokenizer)?);
-            let tk = strata_tokenize::load_tokenizer(&dir.join("tokenizer.json"))?;
-            let eos = tk
-                .token_to_id(strata_tokenize::SPECIAL_TOKENS[0])
-                .unwrap_or(0);
-            (spec.to_config(tk.get_vocab_size(true), eos)?, dir, None)
+            let td = TokenizerDir::open(&dir)?;
+            (
+                spec.to_config(td.tokenizer.get_vocab_size(true), td.special.eos)?,
+                dir,
+                None,
+            )
         }
         Init::From { parent } => {
             let dir = store.require(Kind::Model, parent)?;
@@ -81,31 +246,24 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             (
                 strata_model::read_config(&dir.join("config.json"))?,
                 dir.clone(),
-                Some(dir.join("model.safetensors")),
+                Some(dir),
             )
         }
     };
-    let vocab = tokens_manifest
-        .counts
-        .get("vocab_size")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
-    if usize::try_from(vocab).ok() != Some(cfg.vocab_size) {
-        return Err(TrainError::Config(format!(
-            "tokens {:?} were encoded with a vocabulary of {vocab} but the model has {}: encode the dataset with the model's tokenizer",
-            job.tokens, cfg.vocab_size
-        )));
-    }
+    let td = TokenizerDir::open(&tokenizer_dir)?;
+    check_tokens(store, job.tokens, &td)?;
     job.cfg.validate(cfg.max_position_embeddings)?;
-    let resolved = serde_json::to_value(Resolved {
-        init: &job.init,
-        tokens: job.tokens,
-        train: &job.cfg,
-        model: &cfg,
-    })
-    .unwrap_or_default();
-    let manifest =
-        Manifest::new(Kind::Model, job.name, job.created_by).with_config(inputs, resolved.clone());
+    let resolved = |train: &TrainConfig| {
+        serde_json::to_value(Resolved {
+            init: &job.init,
+            tokens: job.tokens,
+            train,
+            model: &cfg,
+        })
+        .unwrap_or_default()
+    };
+    let manifest = Manifest::new(Kind::Model, job.name, job.created_by)
+        .with_config(inputs, resolved(&fingerprinted(&job.cfg)));
     let run_id = format!("{}-{}", job.name, &manifest.fingerprint[..12]);
     let run_dir = store.run_dir(&run_id);
     if let Some(existing) = store.up_to_date(Kind::Model, job.name, &manifest.fingerprint) {
@@ -114,25 +272,42 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             skipped: true,
             resumed_from: None,
             run_dir,
+            stopped: None,
         });
     }
+    // the training data, memory-mapped, before anything is written
+    let mut components = Vec::new();
+    let mut val_sets = Vec::new();
+    for t in job.tokens {
+        let dir = store.require(Kind::Tokens, &t.name)?;
+        let shards = strata_tokenize::train_shards(&dir)?;
+        components.push(Component::new(&t.name, t.weight, shards, job.cfg.seq_len)?);
+        val_sets.push((
+            t.name.clone(),
+            strata_tokenize::read_tokens(&dir.join("val-00000.bin"))?,
+        ));
+    }
+    let mixture = Mixture::new(components, job.cfg.seq_len)?;
+
     let ckpt_dir = run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
-    strata_store::write_json_atomic(run_dir.join("config.json"), &resolved)?;
+    strata_store::write_json_atomic(run_dir.join("config.json"), &resolved(&job.cfg))?;
 
     // Model and optimizer: fresh, from the parent, or from the checkpoint.
     let mut varmap = VarMap::new();
     let model = Llama::load(&VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)?;
     let vars: HashMap<String, candle_core::Var> =
         varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
-    match &parent_weights {
-        Some(path) => varmap
-            .load(path)
-            .ctx(&format!("loading parent weights {}", path.display()))?,
+    match &parent_dir {
+        Some(dir) => load_parent(&vars, dir)?,
         None => strata_model::seeded_init(&vars, &cfg, job.cfg.seed)?,
     }
     let mut opt = crate::AdamW::new(&vars, job.cfg.beta1, job.cfg.beta2, job.cfg.weight_decay)?;
-    let mut start = 0;
+    let mut state = RunState {
+        step: 0,
+        best_val: None,
+        stale_evals: 0,
+    };
     let mut resumed_from = None;
     if let Some(ck) = checkpoint::load(&ckpt_dir, &device)? {
         for (name, t) in &ck.weights {
@@ -140,18 +315,15 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
                 .set_one(name, t)
                 .ctx(&format!("checkpoint tensor {name}"))?;
         }
-        opt.load_state(&ck.optim, ck.step)?;
-        start = ck.step;
-        resumed_from = Some(ck.step);
-        tracing::info!("{}: resuming from checkpoint at step {}", job.name, ck.step);
+        opt.load_state(&ck.optim, ck.state.step)?;
+        state = ck.state;
+        resumed_from = Some(state.step);
+        tracing::info!("{}: resuming from checkpoint at step {}", job.name, state.step);
     }
+    let start = state.step;
 
-    let train_tokens = strata_tokenize::read_tokens(&tokens_dir.join("train-00000.bin"))?;
-    let val_tokens = strata_tokenize::read_tokens(&tokens_dir.join("val-00000.bin"))?;
-    let windows = TokenWindows::new(train_tokens, job.cfg.seq_len)?;
     let metrics_path = run_dir.join("metrics.jsonl");
     let mut log = MetricsLog::open(&metrics_path, start)?;
-
     let bar = if job.progress {
         ProgressBar::new(job.cfg.steps as u64)
     } else {
@@ -165,21 +337,32 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     );
     bar.set_prefix(job.name.to_string());
     bar.set_position(start as u64);
-    let tokens_per_step = job.cfg.batch_size * job.cfg.seq_len;
+    let (b, k, t) = (job.cfg.batch_size, job.cfg.grad_accum, job.cfg.seq_len);
+    let rows_per_step = (b * k) as u64;
+    let mut rows_seen = mixture.rows_before(job.cfg.seed, start as u64 * rows_per_step);
+    let began = Instant::now();
     let mut last_val = None;
+    let mut stopped = None;
+    let mut done = start;
     for step in start..job.cfg.steps {
         let t0 = Instant::now();
         let lr = get_lr(step, &job.cfg);
-        let (x, y) = windows.batch(job.cfg.seed, step, job.cfg.batch_size, &device)?;
-        let loss = strata_model::next_token_loss(&model.forward(&x)?, &y)?;
-        let loss_value = loss.to_scalar::<f32>().ctx("loss")?;
+        let mut micro = Vec::with_capacity(k);
+        for m in 0..k as u64 {
+            let first = (step as u64 * k as u64 + m) * b as u64;
+            let batch = mixture.batch(job.cfg.seed, first, b, &device)?;
+            for (seen, r) in rows_seen.iter_mut().zip(&batch.rows) {
+                *seen += r;
+            }
+            micro.push((batch.x, batch.y));
+        }
+        let (loss_value, grads) = accumulate(&model, &opt, &micro)?;
         if !loss_value.is_finite() {
             return Err(TrainError::Diverged {
                 step,
                 value: loss_value,
             });
         }
-        let grads = loss.backward().ctx("backward")?;
         let norm = opt.grad_norm(&grads)?;
         let scale = if norm > job.cfg.grad_clip {
             job.cfg.grad_clip / norm
@@ -187,24 +370,61 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             1.0
         };
         opt.step(&grads, lr, scale)?;
+        drop(grads);
         #[allow(clippy::cast_precision_loss)]
-        let tps = tokens_per_step as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        let done = step + 1;
-        let val_loss = if done % job.cfg.eval_every == 0 || done == job.cfg.steps {
-            let p = perplexity(
-                &model,
-                &val_tokens,
-                job.cfg.seq_len,
-                Some(job.cfg.eval_windows),
-            )?;
-            #[allow(clippy::cast_possible_truncation)]
-            let v = p.nll as f32;
-            tracing::info!("{} step {done}/{}: train loss {loss_value:.3}, val loss {v:.3} (ppl {:.1}), {tps:.0} tok/s", job.name, job.cfg.steps, p.ppl);
-            last_val = Some(p);
-            Some(v)
+        let tps = (rows_per_step as usize * t) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        done = step + 1;
+        let out_of_time = job
+            .cfg
+            .max_time_s
+            .is_some_and(|s| began.elapsed().as_secs_f64() >= s);
+        let mut val_loss = None;
+        let mut val_losses = BTreeMap::new();
+        if done % job.cfg.eval_every == 0 || done == job.cfg.steps || out_of_time {
+            for (i, (name, ids)) in val_sets.iter().enumerate() {
+                if ids.len() <= t {
+                    continue;
+                }
+                let p = perplexity(&model, ids, t, Some(job.cfg.eval_windows))?;
+                #[allow(clippy::cast_possible_truncation)]
+                val_losses.insert(name.clone(), p.nll as f32);
+                if i == 0 {
+                    tracing::info!("{} step {done}/{}: train loss {loss_value:.3}, val loss {:.3} (ppl {:.1}), {tps:.0} tok/s", job.name, job.cfg.steps, p.nll, p.ppl);
+                    #[allow(clippy::cast_possible_truncation)]
+                    let v = p.nll as f32;
+                    val_loss = Some(v);
+                    if state
+                        .best_val
+                        .is_none_or(|best| p.nll < best - job.cfg.early_stop_min_delta)
+                    {
+                        state.best_val = Some(p.nll);
+                        state.stale_evals = 0;
+                    } else {
+                        state.stale_evals += 1;
+                    }
+                    last_val = Some(p);
+                }
+            }
+        }
+        let tokens_seen: usize = rows_seen.iter().sum::<usize>() * t;
+        #[allow(clippy::cast_precision_loss)]
+        let mix = if mixture.components().len() > 1 {
+            mixture
+                .components()
+                .iter()
+                .zip(&rows_seen)
+                .map(|(c, &r)| {
+                    let stat = ComponentStat {
+                        tokens: r * t,
+                        share: (r * t) as f64 / tokens_seen.max(1) as f64,
+                    };
+                    (c.name.clone(), stat)
+                })
+                .collect()
         } else {
-            None
+            BTreeMap::new()
         };
+        #[allow(clippy::cast_precision_loss)]
         log.append(&StepMetrics {
             step: done,
             loss: loss_value,
@@ -212,11 +432,50 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             grad_norm: norm,
             tokens_per_s: tps,
             val_loss,
+            val_losses,
+            tokens_seen,
+            mixture: mix,
+            peak_rss_mib: peak_rss_bytes() as f64 / 1_048_576.0,
         })?;
         bar.set_message(format!("loss {loss_value:.3}  {tps:.0} tok/s"));
         bar.inc(1);
+        state.step = done;
+        let early = job
+            .cfg
+            .early_stop_patience
+            .is_some_and(|p| state.stale_evals >= p);
+        let interrupted = job.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        if interrupted {
+            checkpoint::save(
+                &ckpt_dir,
+                &named(&varmap),
+                opt.state(),
+                state,
+                job.cfg.keep_checkpoints,
+            )?;
+            bar.abandon();
+            return Err(TrainError::Interrupted {
+                step: done,
+                dir: ckpt_dir,
+            });
+        }
+        if early || out_of_time {
+            stopped = Some(if early { "early_stop" } else { "max_time" });
+            tracing::info!(
+                "{}: stopping at step {done} ({})",
+                job.name,
+                stopped.unwrap_or_default()
+            );
+            break;
+        }
         if done % job.cfg.checkpoint_every == 0 && done < job.cfg.steps {
-            checkpoint::save(&ckpt_dir, &named(&varmap), opt.state(), done)?;
+            checkpoint::save(
+                &ckpt_dir,
+                &named(&varmap),
+                opt.state(),
+                state,
+                job.cfg.keep_checkpoints,
+            )?;
         }
     }
     bar.finish_and_clear();
@@ -225,32 +484,42 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     let staging = store.staging(Kind::Model, job.name)?;
     strata_model::save_safetensors(&named(&varmap), &staging.join("model.safetensors"), &[])?;
     strata_model::write_hf_config(&staging, &cfg)?;
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
         let src = tokenizer_dir.join(f);
-        std::fs::copy(&src, staging.join(f)).map_err(crate::io_err(&src))?;
+        if src.is_file() {
+            std::fs::copy(&src, staging.join(f)).map_err(crate::io_err(&src))?;
+        }
     }
     let mut manifest = manifest;
     manifest.created_by = format!("{} (run {run_id})", job.created_by);
-    manifest
-        .counts
-        .insert("parameters".into(), cfg.num_parameters().into());
-    manifest.counts.insert("steps".into(), job.cfg.steps.into());
-    manifest.counts.insert(
+    let counts = &mut manifest.counts;
+    counts.insert("parameters".into(), cfg.num_parameters().into());
+    counts.insert("steps".into(), done.into());
+    counts.insert(
         "tokens_seen".into(),
-        (job.cfg.steps * tokens_per_step).into(),
+        (rows_seen.iter().sum::<usize>() * t).into(),
     );
-    if let Some(p) = last_val {
-        manifest.counts.insert("val_loss".into(), p.nll.into());
-        manifest.counts.insert("val_ppl".into(), p.ppl.into());
+    if let Some(s) = stopped {
+        counts.insert("stopped".into(), s.into());
     }
-    manifest.counts.insert("run".into(), run_id.clone().into());
+    if let Some(p) = last_val {
+        counts.insert("val_loss".into(), p.nll.into());
+        counts.insert("val_ppl".into(), p.ppl.into());
+    }
+    counts.insert("run".into(), run_id.clone().into());
     let manifest = store.publish(&staging, manifest)?;
-    let _ = std::fs::remove_file(ckpt_dir.join(checkpoint::FILE));
+    checkpoint::clear(&ckpt_dir);
     Ok(TrainOutcome {
         manifest,
         skipped: false,
         resumed_from,
         run_dir,
+        stopped,
     })
 }
 

@@ -11,7 +11,7 @@ use crate::cli::EvalArgs;
 pub fn perplexity(
     store: &Store,
     model: &strata_model::Llama,
-    tokenizer: &tokenizers::Tokenizer,
+    tokenizer: &strata_tokenize::TokenizerDir,
     dataset: &str,
     max_windows: usize,
 ) -> anyhow::Result<f64> {
@@ -37,7 +37,7 @@ pub fn table(
     for m in models {
         let dir = store.require(Kind::Model, m)?;
         let model = strata_model::load_model(&dir, &candle_core::Device::Cpu)?;
-        let tk = strata_tokenize::load_tokenizer(&dir.join("tokenizer.json"))?;
+        let tk = strata_tokenize::TokenizerDir::open(&dir)?;
         let mut row = Vec::new();
         for d in datasets {
             row.push(perplexity(store, &model, &tk, d, max_windows)?);

@@ -45,10 +45,18 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
         .is_some()
     {
         println!("model {}: up to date (same file already imported)", a.name);
+        publish_tokenizer(store, &a.name)?;
         return Ok(ExitCode::SUCCESS);
     }
     let staging = store.staging(Kind::Model, &a.name)?;
     let report = strata_model::import_gguf(&a.file, &staging)
+        .with_context(|| format!("importing {}", a.file.display()))?;
+    let vocab = strata_tokenize::GgufVocab {
+        path: &a.file,
+        meta: &report.tokenizer_meta,
+        max_length: report.config.max_position_embeddings,
+    };
+    strata_tokenize::write_gguf_tokenizer(&vocab, &staging)
         .with_context(|| format!("importing {}", a.file.display()))?;
     // a copy, not a link: artifacts in the store never change under their manifest
     copy_synced(&a.file, &staging.join(strata_model::cpu::GGUF_IN_FOLDER))?;
@@ -86,6 +94,7 @@ fn publish(
         .insert("parameters".into(), config.num_parameters().into());
     manifest.counts.insert("tensors".into(), tensors.into());
     store.publish(staging, manifest)?;
+    publish_tokenizer(store, name)?;
     let types: Vec<String> = types.iter().map(|(k, v)| format!("{v}×{k}")).collect();
     println!(
         "model {name}: {label} ({} parameters, {} layers, {tensors} tensors: {}) → {}",
@@ -95,6 +104,45 @@ fn publish(
         store.dir(Kind::Model, name).display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Publishes the tokenizer files of model `name` as tokenizer artifact `name` (lineage: model → tokenizer),
+/// so `tokenize encode --tokenizer NAME` encodes data for the model.
+fn publish_tokenizer(store: &Store, name: &str) -> anyhow::Result<()> {
+    let model_dir = store.dir(Kind::Model, name);
+    let manifest = Manifest::new(Kind::Tokenizer, name, "strata import").with_config(
+        vec![store.input_ref(Kind::Model, name)?],
+        serde_json::json!({"from_model": name}),
+    );
+    if store
+        .up_to_date(Kind::Tokenizer, name, &manifest.fingerprint)
+        .is_some()
+    {
+        return Ok(());
+    }
+    let td = strata_tokenize::TokenizerDir::open(&model_dir)
+        .with_context(|| format!("the tokenizer of model {name}"))?;
+    let staging = store.staging(Kind::Tokenizer, name)?;
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        if model_dir.join(f).is_file() {
+            copy_synced(&model_dir.join(f), &staging.join(f))?;
+        }
+    }
+    let mut manifest = manifest;
+    manifest.counts.insert(
+        "vocab_size".into(),
+        td.tokenizer.get_vocab_size(true).into(),
+    );
+    manifest
+        .counts
+        .insert("eos_id".into(), td.special.eos.into());
+    store.publish(&staging, manifest)?;
+    println!(
+        "tokenizer {name}: from model {name} (vocabulary {}, end of document id {})",
+        td.tokenizer.get_vocab_size(true),
+        td.special.eos
+    );
+    Ok(())
 }
 
 /// Copies `from` to `to` and flushes it to disk (the store's artifacts survive a power cut once published).
@@ -143,6 +191,7 @@ fn import_folder(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
             "model {}: up to date (same folder already imported)",
             a.name
         );
+        publish_tokenizer(store, &a.name)?;
         return Ok(ExitCode::SUCCESS);
     }
     let staging = store.staging(Kind::Model, &a.name)?;

@@ -7,7 +7,10 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use strata_model::ModelSpec;
 use strata_store::Store;
-use strata_train::{Init, TrainConfig, TrainJob};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use strata_train::{Init, TokenMix, TrainConfig, TrainJob};
 
 use crate::cli::{FinetuneArgs, TrainArgs, TrainOverrides};
 
@@ -33,22 +36,33 @@ fn default_spec() -> ModelSpec {
 }
 
 fn default_train() -> TrainConfig {
-    TrainConfig {
-        steps: 500,
-        batch_size: 16,
-        seq_len: 128,
-        lr: 2e-3,
-        min_lr: 2e-4,
-        warmup_steps: 30,
-        weight_decay: 0.1,
-        beta1: 0.9,
-        beta2: 0.95,
-        grad_clip: 1.0,
-        eval_every: 100,
-        eval_windows: 16,
-        checkpoint_every: 25,
-        seed: 0,
-    }
+    let mut c = TrainConfig::new(500, 16, 128);
+    c.lr = 2e-3;
+    c.min_lr = 2e-4;
+    c.warmup_steps = 30;
+    c.eval_every = 100;
+    c
+}
+
+/// `90`, `90s`, `30m`, `2h` → seconds.
+fn parse_duration(s: &str) -> anyhow::Result<f64> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--max-time {s:?}: expected seconds or 90s, 30m, 2h"))?;
+    let mult = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        _ => anyhow::bail!("--max-time {s:?}: unit must be s, m or h"),
+    };
+    anyhow::ensure!(n > 0.0, "--max-time {s:?}: must be > 0");
+    Ok(n * mult)
 }
 
 fn load_file(path: Option<&Path>) -> anyhow::Result<TrainFile> {
@@ -65,7 +79,7 @@ fn load_file(path: Option<&Path>) -> anyhow::Result<TrainFile> {
     }
 }
 
-fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> TrainConfig {
+fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> anyhow::Result<TrainConfig> {
     if let Some(v) = o.steps {
         cfg.steps = v;
     }
@@ -82,7 +96,23 @@ fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> TrainConfig {
     if let Some(v) = o.checkpoint_every {
         cfg.checkpoint_every = v;
     }
-    cfg
+    if let Some(v) = o.grad_accum {
+        cfg.grad_accum = v;
+    }
+    if let Some(v) = &o.schedule {
+        cfg.schedule = serde_json::from_value(serde_json::Value::String(v.clone()))
+            .map_err(|_| anyhow::anyhow!("--schedule {v:?}: expected cosine, linear or wsd"))?;
+    }
+    if let Some(v) = &o.max_time {
+        cfg.max_time_s = Some(parse_duration(v)?);
+    }
+    if let Some(v) = o.early_stop_patience {
+        cfg.early_stop_patience = Some(v);
+    }
+    if let Some(v) = o.keep_checkpoints {
+        cfg.keep_checkpoints = v;
+    }
+    Ok(cfg)
 }
 
 pub fn run_train(store: &Store, a: &TrainArgs) -> anyhow::Result<ExitCode> {
@@ -96,7 +126,7 @@ pub fn run_train(store: &Store, a: &TrainArgs) -> anyhow::Result<ExitCode> {
         &a.name,
         &a.tokens,
         init,
-        apply(file.train.unwrap_or_else(default_train), &a.overrides),
+        apply(file.train.unwrap_or_else(default_train), &a.overrides)?,
         true,
     )?;
     Ok(ExitCode::SUCCESS)
@@ -113,6 +143,7 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
     base.lr = 5e-4;
     base.min_lr = 5e-5;
     base.warmup_steps = 10;
+    base.eval_every = 100;
     let init = Init::From {
         parent: a.parent.clone(),
     };
@@ -121,7 +152,7 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
         &a.name,
         &a.tokens,
         init,
-        apply(file.train.unwrap_or(base), &a.overrides),
+        apply(file.train.unwrap_or(base), &a.overrides)?,
         true,
     )?;
     Ok(ExitCode::SUCCESS)
@@ -130,11 +161,20 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
 pub fn run_job(
     store: &Store,
     name: &str,
-    tokens: &str,
+    tokens: &[String],
     init: Init,
     cfg: TrainConfig,
     progress: bool,
 ) -> anyhow::Result<()> {
+    let tokens: Vec<TokenMix> = tokens
+        .iter()
+        .map(|t| TokenMix::parse(t))
+        .collect::<Result<_, _>>()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing the SIGINT/SIGTERM handler")?;
+    }
     let kind = if matches!(init, Init::Scratch { .. }) {
         "train"
     } else {
@@ -142,17 +182,21 @@ pub fn run_job(
     };
     let job = TrainJob {
         name,
-        tokens,
+        tokens: &tokens,
         init,
         cfg,
         created_by: &format!("strata {kind}"),
         progress,
+        stop: Some(stop),
     };
     let out = strata_train::train(store, &job).with_context(|| format!("{kind} {name:?}"))?;
     let c = &out.manifest.counts;
     let how = match (out.skipped, out.resumed_from) {
         (true, _) => "up to date".to_string(),
         (false, Some(s)) => format!("done (resumed from step {s})"),
+        (false, None) if out.stopped.is_some() => {
+            format!("done ({})", out.stopped.unwrap_or_default())
+        }
         (false, None) => "done".to_string(),
     };
     eprintln!(
