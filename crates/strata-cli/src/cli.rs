@@ -267,6 +267,15 @@ pub struct TrainOverrides {
     /// Keep this many of the newest checkpoints.
     #[arg(long)]
     pub keep_checkpoints: Option<usize>,
+    /// Windows at random offsets (random, the default) or read in order (sequential, as llm.c does).
+    #[arg(long)]
+    pub sampling: Option<String>,
+    /// Warmup steps before the schedule's decay.
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Validate every this many steps.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
 }
 
 #[derive(Debug, Args)]

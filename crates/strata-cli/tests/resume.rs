@@ -1,8 +1,9 @@
-//! `kill -9` during `strata train`, then the same command: it resumes from the last checkpoint, and the
-//! result is the model an uninterrupted run makes (batches depend only on seed and step; weights and
-//! AdamW moments are restored exactly).
+//! `kill -9` during `strata train` on a mixture of two token artifacts with gradient accumulation, then the
+//! same command, stopped this time by SIGTERM (it writes a checkpoint and says so), then the same command
+//! again: it resumes each time from the last checkpoint, and the result is the model an uninterrupted run
+//! makes, bit for bit (windows depend only on seed and row; weights and AdamW moments are restored exactly).
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
 
 mod common;
 
@@ -19,7 +20,7 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
     std::fs::write(
         &cfg,
         "[model]\nhidden_size = 32\nintermediate_size = 64\nlayers = 2\nheads = 4\nkv_heads = 2\ncontext = 32\n\n\
-         [train]\nsteps = 400\nbatch_size = 4\nseq_len = 16\nlr = 0.003\nmin_lr = 0.0003\nwarmup_steps = 5\neval_every = 100\ncheckpoint_every = 10\n",
+         [train]\nsteps = 1500\nbatch_size = 4\nseq_len = 16\nlr = 0.003\nmin_lr = 0.0003\nwarmup_steps = 5\neval_every = 100\ncheckpoint_every = 10\n",
     )
     .unwrap();
     let train = |name: &str| {
@@ -29,7 +30,13 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
             "--name",
             name,
             "--tokens",
-            "toks",
+            "toks=0.7",
+            "--tokens",
+            "med=0.3",
+            "--grad-accum",
+            "2",
+            "--keep-checkpoints",
+            "2",
             "--tokenizer",
             "bpe",
             "--config",
@@ -47,8 +54,8 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
     let ckpt = loop {
         let found = std::fs::read_dir(store.join("runs")).ok().and_then(|rd| {
             rd.filter_map(Result::ok)
-                .map(|e| e.path().join("checkpoints/checkpoint.safetensors"))
-                .find(|p| p.is_file())
+                .map(|e| e.path().join("checkpoints"))
+                .find(|p| checkpoints(p) > 0)
         });
         if let Some(p) = found {
             break p;
@@ -65,10 +72,47 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
     };
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(ckpt.is_file());
+    assert!(checkpoints(&ckpt) > 0);
     assert!(
         !store.join("models/resumed").exists(),
         "killed run must not publish a model"
+    );
+
+    // the same command, stopped by SIGTERM once it has resumed: it checkpoints the step it finished
+    let mut child = train("resumed")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let killed_at = newest(&ckpt);
+    let t0 = Instant::now();
+    while newest(&ckpt) <= killed_at {
+        assert!(
+            t0.elapsed() < Duration::from_secs(100),
+            "no new checkpoint after resuming"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "training finished before SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("interrupted after step") && err.contains("resume"),
+        "{err}"
+    );
+    assert!(
+        checkpoints(&ckpt) <= 2,
+        "more checkpoints than --keep-checkpoints"
     );
 
     let r = run(&mut train("resumed"));
@@ -81,11 +125,11 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("did not resume:\n{}", r.stderr));
     assert!(
-        (10..400).contains(&from) && from.is_multiple_of(10),
+        (10..1500).contains(&from) && from.is_multiple_of(10),
         "{from}"
     );
     // metrics hold each step exactly once
-    let run_dir = ckpt.parent().unwrap().parent().unwrap();
+    let run_dir = ckpt.parent().unwrap();
     let steps: Vec<u64> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -95,8 +139,25 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(steps, (1..=400).collect::<Vec<_>>());
+    assert_eq!(steps, (1..=1500).collect::<Vec<_>>());
     assert!(run_dir.join("loss.png").is_file());
+    assert_eq!(
+        checkpoints(&ckpt),
+        0,
+        "checkpoints are removed once the model is published"
+    );
+    // each component's share of tokens, in the metrics: within 2% of its weight by the end
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let share = last["mixture"]["med"]["share"].as_f64().unwrap();
+    assert!((share - 0.3).abs() < 0.02, "{last}");
+    assert_eq!(last["tokens_seen"].as_u64(), Some(1500 * 2 * 4 * 16));
 
     let r = run(&mut train("straight"));
     assert!(r.ok, "{}", r.stderr);
@@ -105,9 +166,41 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
     assert!(a == b, "resumed weights differ from an uninterrupted run");
 }
 
-/// A dataset, tokenizer and token shards from the general fixtures, made through the CLI.
+/// The step of the newest checkpoint in `dir` (0 if none).
+fn newest(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.filter_map(Result::ok)
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.strip_prefix("checkpoint-")?
+                    .strip_suffix(".safetensors")?
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    })
+}
+
+fn checkpoints(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+            .count()
+    })
+}
+
+/// Datasets, a tokenizer and two token artifacts (general, medical) from the fixtures, made through the CLI.
 fn prepare_tokens(store: &std::path::Path) {
     for args in [
+        vec![
+            "acquire",
+            "--name",
+            "med-raw",
+            "--input",
+            "fixtures/quick/medical",
+        ],
+        vec!["preprocess", "--input", "med-raw", "--output", "medical"],
         vec![
             "acquire",
             "--name",
@@ -133,6 +226,16 @@ fn prepare_tokens(store: &std::path::Path) {
             "toks",
             "--dataset",
             "general",
+            "--tokenizer",
+            "bpe",
+        ],
+        vec![
+            "tokenize",
+            "encode",
+            "--name",
+            "med",
+            "--dataset",
+            "medical",
             "--tokenizer",
             "bpe",
         ],

@@ -26,6 +26,21 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result
     }
 }
 
+/// Runs `f` on the tensor's f32 values in place when they are contiguous on the CPU (no copy), else on a
+/// contiguous copy.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    {
+        let (st, l) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*st, l.contiguous_offsets())
+        {
+            return Ok(f(&v[a..b]));
+        }
+    }
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f(&v))
+}
+
 fn fusable(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
@@ -94,23 +109,24 @@ impl CustomOp2 for CrossEntropy {
             .lse
             .get()
             .ok_or_else(|| candle_core::Error::Msg("fused-cross-entropy: no forward".into()))?;
-        let x = logits.flatten_all()?.to_vec1::<f32>()?;
         let t = targets.to_vec1::<u32>()?;
         let g = grad.to_vec1::<f32>()?;
         let mut out = vec![0f32; n * v];
-        out.par_chunks_mut(v)
-            .zip(x.par_chunks(v))
-            .enumerate()
-            .for_each(|(r, (o, row))| {
-                if t[r] == IGNORE || g[r] == 0.0 {
-                    return;
-                }
-                let (l, gr) = (lse[r], g[r]);
-                for (oi, &a) in o.iter_mut().zip(row) {
-                    *oi = (a - l).exp() * gr;
-                }
-                o[t[r] as usize] -= gr;
-            });
+        with_f32(logits, |x| {
+            out.par_chunks_mut(v)
+                .zip(x.par_chunks(v))
+                .enumerate()
+                .for_each(|(r, (o, row))| {
+                    if t[r] == IGNORE || g[r] == 0.0 {
+                        return;
+                    }
+                    let (l, gr) = (lse[r], g[r]);
+                    for (oi, &a) in o.iter_mut().zip(row) {
+                        *oi = (a - l).exp() * gr;
+                    }
+                    o[t[r] as usize] -= gr;
+                });
+        })?;
         Ok((Some(Tensor::from_vec(out, (n, v), logits.device())?), None))
     }
 }
@@ -206,49 +222,50 @@ impl CustomOp2 for RmsNorm {
             .inv
             .get()
             .ok_or_else(|| candle_core::Error::Msg("fused-rms-norm: no forward".into()))?;
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
         let ws = w.to_vec1::<f32>()?;
-        let gs = grad.flatten_all()?.to_vec1::<f32>()?;
         let d = ws.len();
-        let mut dx = vec![0f32; xs.len()];
-        // rows in blocks: each block also sums its share of dw
-        let block = 64 * d;
-        #[allow(clippy::cast_precision_loss)]
-        let dw = dx
-            .par_chunks_mut(block)
-            .zip(xs.par_chunks(block).zip(gs.par_chunks(block)))
-            .enumerate()
-            .map(|(bi, (dxb, (xb, gb)))| {
-                let mut dw = vec![0f32; d];
-                for (r, ((dxr, xr), gr)) in dxb
-                    .chunks_mut(d)
-                    .zip(xb.chunks(d))
-                    .zip(gb.chunks(d))
+        let mut dx = vec![0f32; x.elem_count()];
+        let dw = with_f32(x, |xs| {
+            with_f32(grad, |gs| {
+                // rows in blocks: each block also sums its share of dw
+                let block = 64 * d;
+                #[allow(clippy::cast_precision_loss)]
+                dx.par_chunks_mut(block)
+                    .zip(xs.par_chunks(block).zip(gs.par_chunks(block)))
                     .enumerate()
-                {
-                    let ri = inv[bi * 64 + r];
-                    // g = dy ⊙ w; dx = r·g − x·r³·(g·x)/D; dw += dy ⊙ x·r
-                    let mut dot = 0f32;
-                    for i in 0..d {
-                        dot += gr[i] * ws[i] * xr[i];
-                        dw[i] += gr[i] * xr[i] * ri;
-                    }
-                    let c = ri * ri * ri * dot / d as f32;
-                    for i in 0..d {
-                        dxr[i] = ri * gr[i] * ws[i] - xr[i] * c;
-                    }
-                }
-                dw
+                    .map(|(bi, (dxb, (xb, gb)))| {
+                        let mut dw = vec![0f32; d];
+                        for (r, ((dxr, xr), gr)) in dxb
+                            .chunks_mut(d)
+                            .zip(xb.chunks(d))
+                            .zip(gb.chunks(d))
+                            .enumerate()
+                        {
+                            let ri = inv[bi * 64 + r];
+                            // g = dy ⊙ w; dx = r·g − x·r³·(g·x)/D; dw += dy ⊙ x·r
+                            let mut dot = 0f32;
+                            for i in 0..d {
+                                dot += gr[i] * ws[i] * xr[i];
+                                dw[i] += gr[i] * xr[i] * ri;
+                            }
+                            let c = ri * ri * ri * dot / d as f32;
+                            for i in 0..d {
+                                dxr[i] = ri * gr[i] * ws[i] - xr[i] * c;
+                            }
+                        }
+                        dw
+                    })
+                    .reduce(
+                        || vec![0f32; d],
+                        |mut a, b| {
+                            for (x, y) in a.iter_mut().zip(b) {
+                                *x += y;
+                            }
+                            a
+                        },
+                    )
             })
-            .reduce(
-                || vec![0f32; d],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(b) {
-                        *x += y;
-                    }
-                    a
-                },
-            );
+        })??;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(dw, d, w.device())?),
@@ -324,7 +341,11 @@ impl CustomOp2 for SwiGlu {
         let mut db = vec![0f32; av.len()];
         da.par_chunks_mut(4096)
             .zip(db.par_chunks_mut(4096))
-            .zip(av.par_chunks(4096).zip(bv.par_chunks(4096)).zip(gv.par_chunks(4096)))
+            .zip(
+                av.par_chunks(4096)
+                    .zip(bv.par_chunks(4096))
+                    .zip(gv.par_chunks(4096)),
+            )
             .for_each(|((da, db), ((a, b), g))| {
                 for i in 0..a.len() {
                     let s = sigmoid(a[i]);
@@ -407,20 +428,22 @@ impl CustomOp1 for CausalSoftmax {
 
     fn bwd(&self, x: &Tensor, p: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let (t, s) = (x.dim(D::Minus2)?, x.dim(D::Minus1)?);
-        let pv = p.flatten_all()?.to_vec1::<f32>()?;
-        let gv = grad.flatten_all()?.to_vec1::<f32>()?;
-        let mut dx = vec![0f32; pv.len()];
-        dx.par_chunks_mut(s)
-            .zip(pv.par_chunks(s).zip(gv.par_chunks(s)))
-            .enumerate()
-            .for_each(|(r, (dr, (pr, gr)))| {
-                let (lo, hi) = self.span(r % t, t, s);
-                // dx = scale · p ⊙ (g − Σ g⊙p)
-                let dot: f32 = (lo..=hi).map(|j| pr[j] * gr[j]).sum();
-                for j in lo..=hi {
-                    dr[j] = self.scale * pr[j] * (gr[j] - dot);
-                }
-            });
+        let mut dx = vec![0f32; p.elem_count()];
+        with_f32(p, |pv| {
+            with_f32(grad, |gv| {
+                dx.par_chunks_mut(s)
+                    .zip(pv.par_chunks(s).zip(gv.par_chunks(s)))
+                    .enumerate()
+                    .for_each(|(r, (dr, (pr, gr)))| {
+                        let (lo, hi) = self.span(r % t, t, s);
+                        // dx = scale · p ⊙ (g − Σ g⊙p)
+                        let dot: f32 = (lo..=hi).map(|j| pr[j] * gr[j]).sum();
+                        for j in lo..=hi {
+                            dr[j] = self.scale * pr[j] * (gr[j] - dot);
+                        }
+                    });
+            })
+        })??;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
@@ -561,18 +584,31 @@ mod tests {
         fused: &dyn Fn(&[Tensor]) -> Tensor,
         naive: &dyn Fn(&[Tensor]) -> Tensor,
     ) {
-        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (yf, yn) = (fused(&ts), naive(&ts));
         assert!(max_rel(&yf, &yn) < 1e-5, "value: {}", max_rel(&yf, &yn));
         let (gf, gn) = (yf.backward().unwrap(), yn.backward().unwrap());
         for (k, t) in ts.iter().enumerate() {
             let (a, b) = (gf.get(t).unwrap(), gn.get(t).unwrap());
-            assert!(max_rel(a, b) < 1e-4, "input {k}: fused vs naive {}", max_rel(a, b));
+            assert!(
+                max_rel(a, b) < 1e-4,
+                "input {k}: fused vs naive {}",
+                max_rel(a, b)
+            );
             // finite differences on 5 coordinates
             let base: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
             let ga: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-            for idx in [0, base.len() / 3, base.len() / 2, base.len() - 1, 7 % base.len()] {
+            for idx in [
+                0,
+                base.len() / 3,
+                base.len() / 2,
+                base.len() - 1,
+                7 % base.len(),
+            ] {
                 let h = 1e-2f32;
                 let at = |delta: f32| {
                     let mut v = base.clone();
@@ -607,10 +643,13 @@ mod tests {
         // by hand for row 0: lse - x[3]
         let row: Vec<f32> = logits.get(0).unwrap().to_vec1().unwrap();
         let lse = row.iter().map(|x| x.exp()).sum::<f32>().ln();
-        let naive0 = naive::cross_entropy_sum(&logits.narrow(0, 0, 1).unwrap(), &targets.narrow(0, 0, 1).unwrap())
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let naive0 = naive::cross_entropy_sum(
+            &logits.narrow(0, 0, 1).unwrap(),
+            &targets.narrow(0, 0, 1).unwrap(),
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
         assert!((naive0 - (lse - row[3])).abs() < 1e-5);
         assert!(sum.to_scalar::<f32>().unwrap() > 0.0);
         let t2 = targets.clone();
@@ -637,11 +676,9 @@ mod tests {
     fn swiglu_matches_naive_and_finite_differences() {
         let a = (randn(&[3, 5, 11], 4) * 3.0).unwrap();
         let b = randn(&[3, 5, 11], 5);
-        check(
-            &[a, b],
-            &|t| weigh(&swiglu(&t[0], &t[1]).unwrap()),
-            &|t| weigh(&naive::swiglu(&t[0], &t[1]).unwrap()),
-        );
+        check(&[a, b], &|t| weigh(&swiglu(&t[0], &t[1]).unwrap()), &|t| {
+            weigh(&naive::swiglu(&t[0], &t[1]).unwrap())
+        });
     }
 
     #[test]
@@ -657,7 +694,10 @@ mod tests {
         // hand-worked: T = 2 queries, S = 3 keys, so query 0 sits at position 1 and sees keys 0 and 1 (equal
         // scores: ½ each; the 9 is in its future), query 1 sees all three (equal: ⅓ each)
         let scores = Tensor::new(&[[1f32, 1.0, 9.0], [0.0, 0.0, 0.0]], &Device::Cpu).unwrap();
-        let p: Vec<Vec<f32>> = causal_softmax(&scores, 1.0, None).unwrap().to_vec2().unwrap();
+        let p: Vec<Vec<f32>> = causal_softmax(&scores, 1.0, None)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert_eq!(p[0], vec![0.5, 0.5, 0.0]);
         assert!(p[1].iter().all(|v| (v - 1.0 / 3.0).abs() < 1e-6));
     }

@@ -200,7 +200,8 @@ fn tokenizer_metadata(path: &Path) -> Result<Vocab> {
 
 /// The weights under GGUF names, Q/K permuted, quantised to `ty` (norms F32, ragged rows F16).
 fn quantize_all(dir: &Path, cfg: &LlamaConfig, ty: GgufType) -> Result<Vec<(String, QTensor)>> {
-    let (tensors, _) = crate::read_safetensors(&dir.join("model.safetensors"), &Device::Cpu)?;
+    // one file or shards, any float dtype
+    let tensors = crate::read_weights(dir, &Device::Cpu)?;
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let mut out = Vec::new();
@@ -209,7 +210,12 @@ fn quantize_all(dir: &Path, cfg: &LlamaConfig, ty: GgufType) -> Result<Vec<(Stri
         if cfg.tie_word_embeddings && g == "output.weight" {
             continue;
         }
-        let mut t = tensors[name].clone();
+        let mut t = tensors[name]
+            .to_dtype(candle_core::DType::F32)
+            .map_err(|e| ModelError::Weights {
+                path: dir.to_path_buf(),
+                reason: format!("{name}: {}", crate::candle_msg(&e)),
+            })?;
         if name.ends_with("q_proj.weight") {
             t = permute(&t, cfg.num_attention_heads)?;
         } else if name.ends_with("k_proj.weight") {
@@ -227,7 +233,7 @@ fn quantize_all(dir: &Path, cfg: &LlamaConfig, ty: GgufType) -> Result<Vec<(Stri
             _ => ty.ggml(),
         };
         let q = QTensor::quantize(&t, dtype).map_err(|e| ModelError::Weights {
-            path: dir.join("model.safetensors"),
+            path: dir.to_path_buf(),
             reason: format!("{name}: {e}"),
         })?;
         out.push((g, q));
@@ -320,6 +326,19 @@ fn metadata(
 /// On a missing or malformed model folder, a tokenizer that GGUF cannot express, or an I/O failure.
 pub fn export_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<()> {
     let cfg: LlamaConfig = crate::read_config(&dir.join("config.json"))?;
+    // written as llama.cpp's `llama` architecture (Q/K permuted, no biases): Llama and Mistral only
+    if let Some(a) = cfg
+        .architectures
+        .iter()
+        .find(|a| !matches!(a.as_str(), "LlamaForCausalLM" | "MistralForCausalLM"))
+    {
+        return Err(ModelError::Config {
+            path: dir.join("config.json"),
+            reason: format!(
+                "GGUF export writes LlamaForCausalLM and MistralForCausalLM; {a} is not supported yet"
+            ),
+        });
+    }
     let vocab = tokenizer_metadata(&dir.join("tokenizer.json"))?;
     let tc: Json = std::fs::read(dir.join("tokenizer_config.json"))
         .ok()

@@ -1,9 +1,9 @@
 //! The Llama decoder. Reads top to bottom like nanoGPT; every reshape carries its shape.
 //! Weight names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, …) through `vb.pp`.
 
-use candle_core::{Device, Module, Tensor, D};
 #[cfg(test)]
 use candle_core::DType;
+use candle_core::{Device, Module, Tensor, D};
 use candle_nn::{Init, Linear, VarBuilder};
 
 use crate::{Context, KvCache, LlamaConfig, Result};
@@ -160,7 +160,7 @@ impl Attention {
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f64).sqrt();
         let att = q.matmul(&k.t().ctx("k^T")?).ctx("q@k^T")?; // (B, nh, T, S)
-        // scaled, causal (and windowed), softmax over keys: one fused op
+                                                              // scaled, causal (and windowed), softmax over keys: one fused op
         let att = crate::fused::causal_softmax(&att, scale, self.window)?;
         let y = att.matmul(&v).ctx("att@v")?; // (B, nh, T, hd)
         let y = y

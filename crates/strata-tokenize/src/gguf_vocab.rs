@@ -225,7 +225,10 @@ pub fn write_gguf_tokenizer(v: &GgufVocab<'_>, out: &Path) -> Result<()> {
         if add_space_prefix {
             steps.insert(0, json!({"type": "Prepend", "prepend": "\u{2581}"}));
         }
-        (json!({"type": "Sequence", "normalizers": steps}), Value::Null)
+        (
+            json!({"type": "Sequence", "normalizers": steps}),
+            Value::Null,
+        )
     } else {
         pre_tokenizer(v, pre)?
     };
@@ -308,10 +311,7 @@ mod tests {
         let scores = [0.0, 0.0, -1.0, -2.0, 0.0, 0.0];
         let types = [1, 1, 1, 1, 1, 6];
         let m = spm_merges(&tokens, &scores, &types);
-        assert_eq!(
-            m,
-            vec![("a".into(), "b".into()), ("ab".into(), "c".into())]
-        );
+        assert_eq!(m, vec![("a".into(), "b".into()), ("ab".into(), "c".into())]);
     }
 
     #[test]

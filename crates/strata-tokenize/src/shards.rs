@@ -78,7 +78,10 @@ pub fn encode_dataset(
         let (out, n) = if strata_data::split::is_heldout(text, cfg.val_fraction) {
             (&mut val, &mut val_docs)
         } else {
-            if train.last().is_some_and(|s| s.len() >= cfg.shard_tokens.max(1)) {
+            if train
+                .last()
+                .is_some_and(|s| s.len() >= cfg.shard_tokens.max(1))
+            {
                 train.push(Vec::new());
             }
             (train.last_mut().unwrap_or(&mut val), &mut train_docs)

@@ -134,7 +134,14 @@ mod tests {
         )
         .unwrap();
         let s = special_ids(d.path(), &tk).unwrap();
-        assert_eq!(s, SpecialIds { eos: 2, pad: 2, bos: Some(1) });
+        assert_eq!(
+            s,
+            SpecialIds {
+                eos: 2,
+                pad: 2,
+                bos: Some(1)
+            }
+        );
         // the tokenizer config wins, in both spellings of a token
         std::fs::write(
             d.path().join("tokenizer_config.json"),
@@ -142,13 +149,23 @@ mod tests {
         )
         .unwrap();
         let s = special_ids(d.path(), &tk).unwrap();
-        assert_eq!(s, SpecialIds { eos: 3, pad: 4, bos: Some(1) });
+        assert_eq!(
+            s,
+            SpecialIds {
+                eos: 3,
+                pad: 4,
+                bos: Some(1)
+            }
+        );
         std::fs::write(
             d.path().join("tokenizer_config.json"),
             r#"{"eos_token": "<eot>"}"#,
         )
         .unwrap();
         let e = special_ids(d.path(), &tk).unwrap_err().to_string();
-        assert!(e.contains("eos_token \"<eot>\" is not in the vocabulary"), "{e}");
+        assert!(
+            e.contains("eos_token \"<eot>\" is not in the vocabulary"),
+            "{e}"
+        );
     }
 }

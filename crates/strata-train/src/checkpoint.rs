@@ -29,7 +29,11 @@ fn files(dir: &Path) -> Vec<(usize, PathBuf)> {
         .filter_map(|e| {
             let p = e.ok()?.path();
             let name = p.file_name()?.to_str()?;
-            let step = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()?;
+            let step = name
+                .strip_prefix(PREFIX)?
+                .strip_suffix(SUFFIX)?
+                .parse()
+                .ok()?;
             Some((step, p))
         })
         .collect();
@@ -57,14 +61,19 @@ pub fn save(
         ("step", state.step.to_string()),
         (
             "best_val",
-            state.best_val.map_or_else(String::new, |v| format!("{v:e}")),
+            state
+                .best_val
+                .map_or_else(String::new, |v| format!("{v:e}")),
         ),
         ("stale_evals", state.stale_evals.to_string()),
     ];
     let path = dir.join(format!("{PREFIX}{:08}{SUFFIX}", state.step));
     strata_model::save_safetensors(&all, &path, &meta)?;
     let existing = files(dir);
-    for (_, old) in existing.iter().take(existing.len().saturating_sub(keep.max(1))) {
+    for (_, old) in existing
+        .iter()
+        .take(existing.len().saturating_sub(keep.max(1)))
+    {
         let _ = std::fs::remove_file(old);
     }
     Ok(())

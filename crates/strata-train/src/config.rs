@@ -52,6 +52,9 @@ pub struct TrainConfig {
     /// Checkpoints kept in the run folder (the newest ones).
     #[serde(default = "d_one")]
     pub keep_checkpoints: usize,
+    /// Windows at random offsets (default) or in order.
+    #[serde(default)]
+    pub sampling: crate::data::Sampling,
 }
 
 /// The learning-rate schedule after linear warmup.
@@ -110,7 +113,8 @@ impl TrainConfig {
     #[must_use]
     pub fn new(steps: usize, batch_size: usize, seq_len: usize) -> Self {
         let v = serde_json::json!({"steps": steps, "batch_size": batch_size, "seq_len": seq_len});
-        serde_json::from_value(v).unwrap_or_else(|_| unreachable!("every other field has a default"))
+        serde_json::from_value(v)
+            .unwrap_or_else(|_| unreachable!("every other field has a default"))
     }
 
     /// # Errors
@@ -144,7 +148,7 @@ impl TrainConfig {
                 self.decay_fraction
             ));
         }
-        if self.max_time_s.is_some_and(|t| !(t > 0.0)) {
+        if self.max_time_s.is_some_and(|t| t.is_nan() || t <= 0.0) {
             return bad("max_time must be > 0".into());
         }
         Ok(())

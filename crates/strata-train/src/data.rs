@@ -54,7 +54,11 @@ impl Component {
     /// Appends window number `w` (T + 1 tokens) to `out`.
     fn window(&self, w: usize, t: usize, out: &mut Vec<u32>) {
         let shard = self.starts.partition_point(|&c| c <= w);
-        let before = if shard == 0 { 0 } else { self.starts[shard - 1] };
+        let before = if shard == 0 {
+            0
+        } else {
+            self.starts[shard - 1]
+        };
         self.shards[shard].extend_into(w - before, t + 1, out);
     }
 
@@ -63,8 +67,23 @@ impl Component {
     }
 }
 
+/// How a component's windows are chosen.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampling {
+    /// A window at a random offset for every row (nanoGPT).
+    #[default]
+    Random,
+    /// The component's k-th row takes the window at k·T (wrapping), as llm.c's loader reads a file in
+    /// order: every token seen once per epoch, and other tools can be fed the very same windows.
+    Sequential,
+}
+
 pub struct Mixture {
     components: Vec<Component>,
+    sampling: Sampling,
+    /// (next global row, rows per component before it): sequential sampling advances it row by row.
+    cursor: std::sync::Mutex<(u64, Vec<usize>)>,
     /// Cumulative normalised weights; the last is 1.
     cumulative: Vec<f64>,
     seq_len: usize,
@@ -88,7 +107,7 @@ fn golden(i: u64, phase: f64) -> f64 {
 impl Mixture {
     /// # Errors
     /// When there are no components.
-    pub fn new(components: Vec<Component>, seq_len: usize) -> Result<Self> {
+    pub fn new(components: Vec<Component>, seq_len: usize, sampling: Sampling) -> Result<Self> {
         if components.is_empty() {
             return Err(TrainError::Config("no token artifacts to train on".into()));
         }
@@ -104,8 +123,11 @@ impl Mixture {
         if let Some(last) = cumulative.last_mut() {
             *last = 1.0;
         }
+        let n = components.len();
         Ok(Self {
             components,
+            sampling,
+            cursor: std::sync::Mutex::new((0, vec![0; n])),
             cumulative,
             seq_len,
         })
@@ -140,6 +162,26 @@ impl Mixture {
         rows
     }
 
+    /// How many rows of component `c` come before global row `i`.
+    fn rank(&self, seed: u64, c: usize, i: u64) -> usize {
+        if self.components.len() == 1 {
+            return usize::try_from(i).unwrap_or(usize::MAX);
+        }
+        let mut cur = self
+            .cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cur.0 > i {
+            *cur = (0, vec![0; self.components.len()]);
+        }
+        while cur.0 < i {
+            let k = self.component_of(seed, cur.0);
+            cur.1[k] += 1;
+            cur.0 += 1;
+        }
+        cur.1[c]
+    }
+
     /// `batch` rows starting at global row `first`: inputs and targets (B, T).
     ///
     /// # Errors
@@ -158,8 +200,12 @@ impl Mixture {
             let mut rng = rand::rngs::StdRng::seed_from_u64(
                 seed ^ i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
+            let w = match self.sampling {
+                Sampling::Random => rng.random_range(0..comp.windows()),
+                Sampling::Sequential => (self.rank(seed, c, i) * t) % comp.windows(),
+            };
             buf.clear();
-            comp.window(rng.random_range(0..comp.windows()), t, &mut buf);
+            comp.window(w, t, &mut buf);
             x.extend_from_slice(&buf[..t]);
             y.extend_from_slice(&buf[1..]);
         }
@@ -184,19 +230,40 @@ mod tests {
     #[test]
     fn targets_are_inputs_shifted_and_windows_depend_on_the_row_alone() {
         let d = tempfile::tempdir().unwrap();
-        let c = Component::new("a", 1.0, vec![shard(d.path(), "a", &(0..100).collect::<Vec<_>>())], 8)
-            .unwrap();
-        let m = Mixture::new(vec![c], 8).unwrap();
+        let c = Component::new(
+            "a",
+            1.0,
+            vec![shard(d.path(), "a", &(0..100).collect::<Vec<_>>())],
+            8,
+        )
+        .unwrap();
+        let m = Mixture::new(vec![c], 8, Sampling::Random).unwrap();
         let b = m.batch(1, 20, 3, &Device::Cpu).unwrap();
-        let (x, y): (Vec<Vec<u32>>, Vec<Vec<u32>>) = (b.x.to_vec2().unwrap(), b.y.to_vec2().unwrap());
+        let (x, y): (Vec<Vec<u32>>, Vec<Vec<u32>>) =
+            (b.x.to_vec2().unwrap(), b.y.to_vec2().unwrap());
         for (xr, yr) in x.iter().zip(&y) {
             assert!(xr.iter().zip(yr).all(|(a, b)| b == &(a + 1)));
         }
         // rows 20..23 as one batch = rows 20, 21..23 as two
-        let one = m.batch(1, 20, 1, &Device::Cpu).unwrap().x.to_vec2::<u32>().unwrap();
-        let two = m.batch(1, 21, 2, &Device::Cpu).unwrap().x.to_vec2::<u32>().unwrap();
+        let one = m
+            .batch(1, 20, 1, &Device::Cpu)
+            .unwrap()
+            .x
+            .to_vec2::<u32>()
+            .unwrap();
+        let two = m
+            .batch(1, 21, 2, &Device::Cpu)
+            .unwrap()
+            .x
+            .to_vec2::<u32>()
+            .unwrap();
         assert_eq!(x, [one, two].concat());
-        let other = m.batch(1, 23, 3, &Device::Cpu).unwrap().x.to_vec2::<u32>().unwrap();
+        let other = m
+            .batch(1, 23, 3, &Device::Cpu)
+            .unwrap()
+            .x
+            .to_vec2::<u32>()
+            .unwrap();
         assert_ne!(x, other);
     }
 
@@ -210,14 +277,17 @@ mod tests {
         ];
         let c = Component::new("a", 1.0, shards, 4).unwrap();
         assert_eq!(c.windows(), 6 + 26);
-        let m = Mixture::new(vec![c], 4).unwrap();
+        let m = Mixture::new(vec![c], 4, Sampling::Random).unwrap();
         let b = m.batch(3, 0, 400, &Device::Cpu).unwrap();
         let x: Vec<Vec<u32>> = b.x.to_vec2().unwrap();
         let y: Vec<Vec<u32>> = b.y.to_vec2().unwrap();
         let mut seen = [false; 2];
         for (xr, yr) in x.iter().zip(&y) {
             let hundreds = xr[0] / 100;
-            assert!(xr.iter().chain(yr).all(|v| v / 100 == hundreds), "{xr:?} {yr:?}");
+            assert!(
+                xr.iter().chain(yr).all(|v| v / 100 == hundreds),
+                "{xr:?} {yr:?}"
+            );
             seen[(hundreds - 1) as usize] = true;
         }
         assert_eq!(seen, [true, true]);
@@ -228,7 +298,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = Component::new("medical", 0.8, vec![shard(d.path(), "a", &[1; 64])], 8).unwrap();
         let b = Component::new("general", 0.2, vec![shard(d.path(), "b", &[2; 64])], 8).unwrap();
-        let m = Mixture::new(vec![a, b], 8).unwrap();
+        let m = Mixture::new(vec![a, b], 8, Sampling::Random).unwrap();
         // 1,000 steps of batch 4
         let mut rows = [0usize; 2];
         for step in 0..1000u64 {
@@ -248,6 +318,48 @@ mod tests {
     }
 
     #[test]
+    fn sequential_windows_read_each_component_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let a = Component::new(
+            "a",
+            0.5,
+            vec![shard(d.path(), "a", &(0..40).collect::<Vec<_>>())],
+            4,
+        )
+        .unwrap();
+        let b = Component::new(
+            "b",
+            0.5,
+            vec![shard(d.path(), "b", &(100..140).collect::<Vec<_>>())],
+            4,
+        )
+        .unwrap();
+        let m = Mixture::new(vec![a, b], 4, Sampling::Sequential).unwrap();
+        let x: Vec<Vec<u32>> = m.batch(0, 0, 8, &Device::Cpu).unwrap().x.to_vec2().unwrap();
+        // each component's rows start at 0, 4, 8, … of its own stream, whatever the interleaving
+        let starts = |base: u32| -> Vec<u32> {
+            x.iter()
+                .filter(|r| r[0] / 100 == base / 100)
+                .map(|r| r[0] - base)
+                .collect()
+        };
+        let (sa, sb) = (starts(0), starts(100));
+        assert_eq!(sa.len() + sb.len(), 8);
+        assert!(
+            sa.iter().enumerate().all(|(k, &s)| s as usize == 4 * k),
+            "{sa:?}"
+        );
+        assert!(
+            sb.iter().enumerate().all(|(k, &s)| s as usize == 4 * k),
+            "{sb:?}"
+        );
+        // the same rows asked for again, after later ones: the same windows
+        let _ = m.batch(0, 100, 4, &Device::Cpu).unwrap();
+        let again: Vec<Vec<u32>> = m.batch(0, 0, 8, &Device::Cpu).unwrap().x.to_vec2().unwrap();
+        assert_eq!(x, again);
+    }
+
+    #[test]
     fn bad_weights_and_short_data_are_refused_by_name() {
         let d = tempfile::tempdir().unwrap();
         let e = Component::new("general", 0.0, vec![shard(d.path(), "a", &[1; 64])], 8)
@@ -259,6 +371,9 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("\"tiny\"") && e.contains("seq_len + 1 = 9"), "{e}");
+        assert!(
+            e.contains("\"tiny\"") && e.contains("seq_len + 1 = 9"),
+            "{e}"
+        );
     }
 }

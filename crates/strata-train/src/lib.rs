@@ -14,11 +14,11 @@ mod plot;
 mod trainer;
 
 pub use config::{get_lr, Schedule, TrainConfig};
-pub use data::{Component, Mixture};
-pub use metrics::{peak_rss_bytes, StepMetrics};
-pub use optim::Grads;
+pub use data::{Component, Mixture, Sampling};
 pub use eval::{perplexity, Perplexity};
+pub use metrics::{peak_rss_bytes, StepMetrics};
 pub use optim::AdamW;
+pub use optim::Grads;
 pub use plot::plot_loss;
 pub use trainer::{accumulate, train, Init, TokenMix, TrainJob, TrainOutcome};
 

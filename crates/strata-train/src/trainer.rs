@@ -220,7 +220,13 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         return Err(TrainError::Config("no token artifacts to train on".into()));
     }
     let mut inputs = Vec::new();
-    for t in job.tokens {
+    for (i, t) in job.tokens.iter().enumerate() {
+        if job.tokens[..i].iter().any(|o| o.name == t.name) {
+            return Err(TrainError::Config(format!(
+                "token artifact {:?} is listed twice in the mixture",
+                t.name
+            )));
+        }
         if !(t.weight.is_finite() && t.weight > 0.0) {
             return Err(TrainError::Config(format!(
                 "mixture weight of {:?} is {}: weights must be > 0",
@@ -287,7 +293,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             strata_tokenize::read_tokens(&dir.join("val-00000.bin"))?,
         ));
     }
-    let mixture = Mixture::new(components, job.cfg.seq_len)?;
+    let mixture = Mixture::new(components, job.cfg.seq_len, job.cfg.sampling)?;
 
     let ckpt_dir = run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
@@ -318,7 +324,11 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         opt.load_state(&ck.optim, ck.state.step)?;
         state = ck.state;
         resumed_from = Some(state.step);
-        tracing::info!("{}: resuming from checkpoint at step {}", job.name, state.step);
+        tracing::info!(
+            "{}: resuming from checkpoint at step {}",
+            job.name,
+            state.step
+        );
     }
     let start = state.step;
 
@@ -372,7 +382,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         opt.step(&grads, lr, scale)?;
         drop(grads);
         #[allow(clippy::cast_precision_loss)]
-        let tps = (rows_per_step as usize * t) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let tps = (b * k * t) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         done = step + 1;
         let out_of_time = job
             .cfg
@@ -380,7 +390,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             .is_some_and(|s| began.elapsed().as_secs_f64() >= s);
         let mut val_loss = None;
         let mut val_losses = BTreeMap::new();
-        if done % job.cfg.eval_every == 0 || done == job.cfg.steps || out_of_time {
+        if done.is_multiple_of(job.cfg.eval_every) || done == job.cfg.steps || out_of_time {
             for (i, (name, ids)) in val_sets.iter().enumerate() {
                 if ids.len() <= t {
                     continue;
@@ -414,11 +424,11 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
                 .iter()
                 .zip(&rows_seen)
                 .map(|(c, &r)| {
-                    let stat = ComponentStat {
+                    let component = ComponentStat {
                         tokens: r * t,
                         share: (r * t) as f64 / tokens_seen.max(1) as f64,
                     };
-                    (c.name.clone(), stat)
+                    (c.name.clone(), component)
                 })
                 .collect()
         } else {
@@ -468,7 +478,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             );
             break;
         }
-        if done % job.cfg.checkpoint_every == 0 && done < job.cfg.steps {
+        if done.is_multiple_of(job.cfg.checkpoint_every) && done < job.cfg.steps {
             checkpoint::save(
                 &ckpt_dir,
                 &named(&varmap),

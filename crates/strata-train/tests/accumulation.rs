@@ -2,6 +2,8 @@
 //! AdamW update — also when the micro-batches hold different numbers of target tokens (the loss is divided
 //! by the targets of all micro-batches, not averaged per micro-batch: the bug transformers fixed in 2024).
 
+#![allow(clippy::unwrap_used, clippy::cast_precision_loss)]
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -24,7 +26,11 @@ fn model(seed: u64) -> (Llama, HashMap<String, Var>) {
     .to_config(61, 0)
     .unwrap();
     let vm = VarMap::new();
-    let m = Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg).unwrap();
+    let m = Llama::load(
+        &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
     let vars = vm.data().lock().unwrap().clone();
     strata_model::seeded_init(&vars, &cfg, seed).unwrap();
     (m, vars)
@@ -64,7 +70,14 @@ fn weights(vars: &HashMap<String, Var>) -> Vec<f32> {
     names.sort();
     names
         .iter()
-        .flat_map(|n| vars[*n].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .flat_map(|n| {
+            vars[*n]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -72,12 +85,23 @@ fn weights(vars: &HashMap<String, Var>) -> Vec<f32> {
 fn four_micro_batches_of_four_equal_one_batch_of_sixteen() {
     let (x, y) = data();
     let micro: Vec<(Tensor, Tensor)> = (0..4)
-        .map(|m| (x.narrow(0, m * 4, 4).unwrap(), y.narrow(0, m * 4, 4).unwrap()))
+        .map(|m| {
+            (
+                x.narrow(0, m * 4, 4).unwrap(),
+                y.narrow(0, m * 4, 4).unwrap(),
+            )
+        })
         .collect();
     let counts: Vec<usize> = micro
         .iter()
         .map(|(_, y)| {
-            y.flatten_all().unwrap().to_vec1::<u32>().unwrap().iter().filter(|&&t| t != IGNORE).count()
+            y.flatten_all()
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap()
+                .iter()
+                .filter(|&&t| t != IGNORE)
+                .count()
         })
         .collect();
     assert_eq!(counts, vec![26, 22, 18, 26]);
@@ -87,9 +111,16 @@ fn four_micro_batches_of_four_equal_one_batch_of_sixteen() {
     let mut o2 = AdamW::new(&v2, 0.9, 0.95, 0.1).unwrap();
     let (l_acc, g_acc) = accumulate(&m1, &o1, &micro).unwrap();
     let (l_one, g_one) = accumulate(&m2, &o2, &[(x, y)]).unwrap();
-    assert!((f64::from(l_acc) - f64::from(l_one)).abs() <= 1e-6 * f64::from(l_one), "{l_acc} vs {l_one}");
+    assert!(
+        (f64::from(l_acc) - f64::from(l_one)).abs() <= 1e-6 * f64::from(l_one),
+        "{l_acc} vs {l_one}"
+    );
     let (ga, go) = (flat(&g_acc), flat(&g_one));
-    assert!(rel(&ga, &go) <= 1e-6, "gradients differ by {}", rel(&ga, &go));
+    assert!(
+        rel(&ga, &go) <= 1e-6,
+        "gradients differ by {}",
+        rel(&ga, &go)
+    );
     let before = weights(&v1);
     // a large step, so the update stands well above the f32 spacing of the weights it is read back from
     o1.step(&g_acc, 0.1, 1.0).unwrap();

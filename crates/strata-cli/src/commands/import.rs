@@ -123,7 +123,11 @@ fn publish_tokenizer(store: &Store, name: &str) -> anyhow::Result<()> {
     let td = strata_tokenize::TokenizerDir::open(&model_dir)
         .with_context(|| format!("the tokenizer of model {name}"))?;
     let staging = store.staging(Kind::Tokenizer, name)?;
-    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
         if model_dir.join(f).is_file() {
             copy_synced(&model_dir.join(f), &staging.join(f))?;
         }

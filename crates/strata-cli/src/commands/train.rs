@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde::Deserialize;
-use strata_model::ModelSpec;
-use strata_store::Store;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use strata_model::ModelSpec;
+use strata_store::Store;
 
 use strata_train::{Init, TokenMix, TrainConfig, TrainJob};
 
@@ -111,6 +111,16 @@ fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> anyhow::Result<TrainConfig
     }
     if let Some(v) = o.keep_checkpoints {
         cfg.keep_checkpoints = v;
+    }
+    if let Some(v) = &o.sampling {
+        cfg.sampling = serde_json::from_value(serde_json::Value::String(v.clone()))
+            .map_err(|_| anyhow::anyhow!("--sampling {v:?}: expected random or sequential"))?;
+    }
+    if let Some(v) = o.warmup_steps {
+        cfg.warmup_steps = v;
+    }
+    if let Some(v) = o.eval_every {
+        cfg.eval_every = v;
     }
     Ok(cfg)
 }

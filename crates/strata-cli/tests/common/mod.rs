@@ -157,3 +157,26 @@ pub fn stage_stats<'a>(stats: &'a serde_json::Value, stage: &str) -> &'a serde_j
         .and_then(|a| a.iter().find(|s| s["stage"] == stage))
         .unwrap_or_else(|| panic!("no stage {stage} in {stats}"))
 }
+
+/// The training losses of model `name`'s run, step by step, from its metrics.jsonl.
+#[allow(clippy::cast_possible_truncation)]
+pub fn run_losses(store: &Path, name: &str) -> Vec<f32> {
+    run_metrics(store, name)
+        .iter()
+        .map(|m| m["loss"].as_f64().expect("loss") as f32)
+        .collect()
+}
+
+/// Every line of model `name`'s run metrics.jsonl (the run named in its manifest).
+pub fn run_metrics(store: &Path, name: &str) -> Vec<serde_json::Value> {
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.join("models").join(name).join("manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    let run = manifest["counts"]["run"].as_str().expect("run id");
+    std::fs::read_to_string(store.join("runs").join(run).join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("metrics line"))
+        .collect()
+}

@@ -1,0 +1,407 @@
+//! Any model in the store trains: SmolLM2-135M-Instruct imported from its GGUF publishes its tokenizer,
+//! medical text encoded with it (documents end with the tokenizer's own end-of-document token) fine-tunes
+//! it, and the child loads back for `generate` and `eval`. Bad training input is refused in one line with
+//! nothing written: tokens from another tokenizer (by hash, even at the same vocabulary size), a mixture
+//! weight ≤ 0, an unknown config key.
+
+#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fresh_dir, repo_root, run, run_losses, strata};
+
+fn smollm2() -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/fetch-model.sh"))
+        .arg(repo_root().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fetch-model.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn ok(store: &Path, args: &[&str]) -> common::Run {
+    let r = run(strata(store).args(args));
+    assert!(r.ok, "{args:?}: {}", r.stderr);
+    r
+}
+
+fn manifest(store: &Path, kind: &str, name: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(store.join(kind).join(name).join("manifest.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn smollm2_from_gguf_finetunes_on_medical_text_and_loads_back() {
+    let gguf = smollm2();
+    let store = fresh_dir("finetune-smollm2");
+    let r = run(strata(&store)
+        .arg("import")
+        .arg(&gguf)
+        .args(["--name", "smol"]));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("tokenizer smol: from model smol"),
+        "{}",
+        r.stdout
+    );
+    // lineage: model → tokenizer
+    let tm = manifest(&store, "tokenizers", "smol");
+    assert_eq!(tm["inputs"][0]["kind"], "model");
+    assert_eq!(tm["inputs"][0]["name"], "smol");
+
+    ok(
+        &store,
+        &[
+            "acquire",
+            "--name",
+            "med-raw",
+            "--input",
+            "fixtures/quick/medical",
+        ],
+    );
+    ok(
+        &store,
+        &["preprocess", "--input", "med-raw", "--output", "medical"],
+    );
+    ok(
+        &store,
+        &[
+            "tokenize",
+            "encode",
+            "--name",
+            "med",
+            "--dataset",
+            "medical",
+            "--tokenizer",
+            "smol",
+        ],
+    );
+    // SmolLM2's end of document is its eos_token <|im_end|> (id 2), not a hard-coded <|endoftext|> (id 0)
+    let mm = manifest(&store, "tokens", "med");
+    let tk =
+        strata_tokenize::load_tokenizer(&store.join("tokenizers/smol/tokenizer.json")).unwrap();
+    assert_eq!(
+        mm["counts"]["eos_id"].as_u64(),
+        tk.token_to_id("<|im_end|>").map(u64::from)
+    );
+    assert_eq!(mm["counts"]["vocab_size"].as_u64(), Some(49152));
+
+    ok(
+        &store,
+        &[
+            "finetune",
+            "--name",
+            "smol-med",
+            "--parent",
+            "smol",
+            "--tokens",
+            "med",
+            "--steps",
+            "20",
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "64",
+            "--lr",
+            "2e-4",
+        ],
+    );
+    let losses = run_losses(&store, "smol-med");
+    assert_eq!(losses.len(), 20);
+    let first: f32 = losses[..5].iter().sum::<f32>() / 5.0;
+    let last: f32 = losses[15..].iter().sum::<f32>() / 5.0;
+    assert!(last < first, "loss did not fall: {losses:?}");
+    let child = store.join("models/smol-med");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(child.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["num_hidden_layers"], 30);
+    assert_eq!(
+        std::fs::read(child.join("tokenizer.json")).unwrap(),
+        std::fs::read(store.join("models/smol/tokenizer.json")).unwrap()
+    );
+
+    let g = ok(
+        &store,
+        &[
+            "generate",
+            "--model",
+            "smol-med",
+            "--chat",
+            "--prompt",
+            "What is the liver?",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+        ],
+    );
+    assert!(!g.stdout.trim().is_empty());
+    let e = ok(
+        &store,
+        &[
+            "eval",
+            "--model",
+            "smol-med",
+            "--model",
+            "smol",
+            "--dataset",
+            "medical",
+            "--max-windows",
+            "4",
+        ],
+    );
+    let ppl: Vec<f64> = e
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("smol"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(ppl.len(), 2, "{}", e.stdout);
+    assert!(
+        ppl.iter().all(|p| p.is_finite() && *p > 1.0),
+        "{}",
+        e.stdout
+    );
+}
+
+/// A store with two tokenizers of the same vocabulary size trained on different text, a model of the
+/// first, and token artifacts of each.
+fn two_tokenizers(store: &Path) {
+    ok(
+        store,
+        &[
+            "acquire",
+            "--name",
+            "gen-raw",
+            "--input",
+            "fixtures/quick/general",
+        ],
+    );
+    ok(
+        store,
+        &["preprocess", "--input", "gen-raw", "--output", "general"],
+    );
+    ok(
+        store,
+        &[
+            "acquire",
+            "--name",
+            "med-raw",
+            "--input",
+            "fixtures/quick/medical",
+        ],
+    );
+    ok(
+        store,
+        &["preprocess", "--input", "med-raw", "--output", "medical"],
+    );
+    for (tk, ds) in [("bpe-a", "general"), ("bpe-b", "medical")] {
+        ok(
+            store,
+            &[
+                "tokenize",
+                "train",
+                "--name",
+                tk,
+                "--dataset",
+                ds,
+                "--vocab-size",
+                "300",
+            ],
+        );
+        ok(
+            store,
+            &[
+                "tokenize",
+                "encode",
+                "--name",
+                &format!("{ds}-{tk}"),
+                "--dataset",
+                ds,
+                "--tokenizer",
+                tk,
+            ],
+        );
+    }
+    ok(
+        store,
+        &[
+            "tokenize",
+            "encode",
+            "--name",
+            "medical-bpe-a",
+            "--dataset",
+            "medical",
+            "--tokenizer",
+            "bpe-a",
+        ],
+    );
+    let cfg = store.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\nhidden_size = 32\nintermediate_size = 64\nlayers = 1\nheads = 2\nkv_heads = 2\ncontext = 32\n\n\
+         [train]\nsteps = 2\nbatch_size = 2\nseq_len = 16\n",
+    )
+    .unwrap();
+    let r = run(strata(store)
+        .args([
+            "train",
+            "--name",
+            "base",
+            "--tokens",
+            "general-bpe-a",
+            "--tokenizer",
+            "bpe-a",
+            "--config",
+        ])
+        .arg(&cfg));
+    assert!(r.ok, "{}", r.stderr);
+}
+
+fn runs_of(store: &Path, name: &str) -> usize {
+    std::fs::read_dir(store.join("runs")).map_or(0, |rd| {
+        rd.filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}-"))
+            })
+            .count()
+    })
+}
+
+#[test]
+fn bad_training_input_is_one_line_and_writes_nothing() {
+    let store = fresh_dir("bad-train");
+    two_tokenizers(&store);
+    let a = manifest(&store, "tokenizers", "bpe-a");
+    let b = manifest(&store, "tokenizers", "bpe-b");
+    assert_eq!(
+        a["counts"]["vocab_size"], b["counts"]["vocab_size"],
+        "same size, so only the hash tells"
+    );
+    let refused = |args: &[&str], needle: &str| {
+        let r = run(strata(&store).args(args));
+        assert!(!r.ok, "{args:?} succeeded");
+        let line = r.stderr.trim();
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert!(line.contains(needle), "{args:?}: {line}");
+        assert!(!store.join("models/x").exists());
+        assert_eq!(runs_of(&store, "x"), 0, "{args:?} wrote a run folder");
+    };
+    refused(
+        &[
+            "finetune",
+            "--name",
+            "x",
+            "--parent",
+            "base",
+            "--tokens",
+            "medical-bpe-b",
+            "--steps",
+            "2",
+        ],
+        "encoded with another tokenizer",
+    );
+    refused(
+        &[
+            "finetune",
+            "--name",
+            "x",
+            "--parent",
+            "base",
+            "--tokens",
+            "general-bpe-a=0.8",
+            "--tokens",
+            "medical-bpe-b=0",
+            "--steps",
+            "2",
+        ],
+        "mixture weight must be > 0",
+    );
+    refused(
+        &[
+            "finetune",
+            "--name",
+            "x",
+            "--parent",
+            "base",
+            "--tokens",
+            "general-bpe-a=-1",
+            "--steps",
+            "2",
+        ],
+        "mixture weight must be > 0",
+    );
+    refused(
+        &[
+            "finetune",
+            "--name",
+            "x",
+            "--parent",
+            "base",
+            "--tokens",
+            "general-bpe-a",
+            "--tokens",
+            "general-bpe-a",
+            "--steps",
+            "2",
+        ],
+        "listed twice",
+    );
+    let bad_cfg = store.join("bad.toml");
+    std::fs::write(
+        &bad_cfg,
+        "[train]\nsteps = 2\nbatch_size = 2\nseq_len = 16\ngrad_acum = 4\n",
+    )
+    .unwrap();
+    let r = run(strata(&store)
+        .args([
+            "finetune",
+            "--name",
+            "x",
+            "--parent",
+            "base",
+            "--tokens",
+            "general-bpe-a",
+            "--config",
+        ])
+        .arg(&bad_cfg));
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("grad_acum") && r.stderr.contains("bad.toml"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(runs_of(&store, "x"), 0);
+    // the right tokens, mixed with a share of the parent's data, train
+    ok(
+        &store,
+        &[
+            "finetune",
+            "--name",
+            "x",
+            "--parent",
+            "base",
+            "--tokens",
+            "medical-bpe-a=0.7",
+            "--tokens",
+            "general-bpe-a=0.3",
+            "--steps",
+            "2",
+            "--schedule",
+            "wsd",
+            "--max-time",
+            "10m",
+        ],
+    );
+}
