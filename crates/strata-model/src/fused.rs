@@ -28,7 +28,7 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result
 
 /// Runs `f` on the tensor's f32 values in place when they are contiguous on the CPU (no copy), else on a
 /// contiguous copy.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     {
         let (st, l) = t.storage_and_layout();
         if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
