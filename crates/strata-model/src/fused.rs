@@ -28,6 +28,9 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result
 
 /// Runs `f` on the tensor's f32 values in place when they are contiguous on the CPU (no copy), else on a
 /// contiguous copy.
+///
+/// # Errors
+/// When the tensor cannot be converted to f32 values.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     {
         let (st, l) = t.storage_and_layout();
