@@ -40,7 +40,8 @@ pub enum Command {
     Tokenize(TokenizeCommand),
     /// Pretrain a Llama-style model from scratch on token shards.
     Train(TrainArgs),
-    /// Continue pretraining a model on a domain's token shards.
+    /// Continue pretraining any model in the store (trained here or imported) on a domain's token shards,
+    /// optionally mixed with a share of other data (`--tokens medical=0.8 --tokens general=0.2`).
     Finetune(FinetuneArgs),
     /// Held-out perplexity of models on datasets.
     Eval(EvalArgs),
@@ -54,7 +55,8 @@ pub enum Command {
     /// The whole lifecycle: general → base → medical → ultrasound, then a perplexity table.
     Demo(DemoArgs),
     /// Import a model: a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K) → HF folder, or a
-    /// Hugging Face folder (config.json, model.safetensors or shards, tokenizer.json) as it is.
+    /// Hugging Face folder (config.json, model.safetensors or shards, tokenizer.json) as it is. The model's
+    /// tokenizer is also published as a tokenizer artifact of the same name, for `tokenize encode`.
     Import(ImportArgs),
     /// Export a model as a GGUF file for llama.cpp (F32, F16 or Q8_0 weights).
     Export(ExportArgs),

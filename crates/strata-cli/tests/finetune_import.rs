@@ -8,23 +8,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{fresh_dir, repo_root, run, run_losses, strata};
-
-fn smollm2() -> PathBuf {
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("scripts/fetch-model.sh"))
-        .arg(repo_root().join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fetch-model.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+use common::{fresh_dir, run, run_losses, smollm2, strata};
 
 fn ok(store: &Path, args: &[&str]) -> common::Run {
     let r = run(strata(store).args(args));

@@ -6,23 +6,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{fresh_dir, repo_root, run, strata};
-
-fn smollm2() -> PathBuf {
-    let out = std::process::Command::new("bash")
-        .arg(repo_root().join("scripts/fetch-model.sh"))
-        .arg(repo_root().join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fetch-model.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
+use common::{fresh_dir, run, smollm2, strata};
 
 #[test]
 fn smollm2_imports_chats_and_matches_the_numpy_reference() {

@@ -549,13 +549,20 @@ fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
     );
 }
 
+/// A 2-layer config of `arch` over the quick demo's vocabulary of 384 (Qwen2: tied, rope θ 1e6; Llama: untied).
+fn tiny_config(arch: &str) -> serde_json::Value {
+    let qwen = arch == "Qwen2ForCausalLM";
+    serde_json::json!({"architectures": [arch], "model_type": if qwen { "qwen2" } else { "llama" },
+        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "rms_norm_eps": if qwen { 1e-6 } else { 1e-5 }, "rope_theta": if qwen { 1e6 } else { 1e4 },
+        "tie_word_embeddings": qwen})
+}
+
 #[test]
 fn hf_folder_import_checks_shapes_copies_as_is_and_generates() {
     let (demo, _) = quick_demo();
-    let config = serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
-        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": true});
+    let config = tiny_config("Qwen2ForCausalLM");
     let src = demo.join("hf-import/src");
     synthetic_model(&src, &config, candle_core::DType::BF16, 2);
     std::fs::write(src.join("generation_config.json"), r#"{"eos_token_id": 2}"#).unwrap();
@@ -616,10 +623,7 @@ fn hf_folder_import_checks_shapes_copies_as_is_and_generates() {
 #[allow(clippy::too_many_lines)]
 fn imported_sharded_folders_fine_tune_and_export() {
     let (demo, _) = quick_demo();
-    let config = serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
-        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": true});
+    let config = tiny_config("Qwen2ForCausalLM");
     let src = demo.join("hf-import/qwen-train");
     synthetic_model(&src, &config, candle_core::DType::BF16, 2);
     let r = run(strata(demo)
@@ -703,10 +707,7 @@ fn imported_sharded_folders_fine_tune_and_export() {
         "{}",
         x.stderr
     );
-    let llama = serde_json::json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
-        "rms_norm_eps": 1e-5, "rope_theta": 1e4, "tie_word_embeddings": false});
+    let llama = tiny_config("LlamaForCausalLM");
     let src = demo.join("hf-import/llama-sharded");
     synthetic_model(&src, &llama, candle_core::DType::BF16, 3);
     let r = run(strata(demo)

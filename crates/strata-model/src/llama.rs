@@ -3,8 +3,8 @@
 
 #[cfg(test)]
 use candle_core::DType;
-use candle_core::{Device, Module, Tensor, D};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_core::{Device, Tensor, D};
+use candle_nn::{Init, VarBuilder};
 
 use crate::{Context, KvCache, LlamaConfig, Result};
 
@@ -33,6 +33,35 @@ fn weight_init(vb: &VarBuilder, cfg: &LlamaConfig) -> Init {
     match init_std(&format!("{}.weight", vb.prefix()), cfg) {
         Some(stdev) => Init::Randn { mean: 0.0, stdev },
         None => Init::Const(1.0),
+    }
+}
+
+/// y = x·Wᵀ (+ b) over the last axis, with the leading axes folded into one: (B, T, in) is multiplied as
+/// (B·T, in), so the weight's gradient is one matmul. (candle_nn's `Linear` broadcasts W over the batch
+/// instead, and its backward then builds a (B, out, in) gradient to sum over B.)
+struct Linear {
+    weight: Tensor, // (out, in)
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let d_in = dims[dims.len() - 1];
+        let rows = x.elem_count() / d_in.max(1);
+        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?; // (N, out)
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims.to_vec();
+        let last = out.len() - 1;
+        out[last] = self.weight.dim(0)?;
+        y.reshape(out)
     }
 }
 

@@ -455,14 +455,17 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             .early_stop_patience
             .is_some_and(|p| state.stale_evals >= p);
         let interrupted = job.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
-        if interrupted {
+        let save = |state| {
             checkpoint::save(
                 &ckpt_dir,
                 &named(&varmap),
                 opt.state(),
                 state,
                 job.cfg.keep_checkpoints,
-            )?;
+            )
+        };
+        if interrupted {
+            save(state)?;
             bar.abandon();
             return Err(TrainError::Interrupted {
                 step: done,
@@ -479,13 +482,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             break;
         }
         if done.is_multiple_of(job.cfg.checkpoint_every) && done < job.cfg.steps {
-            checkpoint::save(
-                &ckpt_dir,
-                &named(&varmap),
-                opt.state(),
-                state,
-                job.cfg.keep_checkpoints,
-            )?;
+            save(state)?;
         }
     }
     bar.finish_and_clear();

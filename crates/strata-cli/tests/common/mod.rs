@@ -180,3 +180,18 @@ pub fn run_metrics(store: &Path, name: &str) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("metrics line"))
         .collect()
 }
+
+/// SmolLM2-135M-Instruct's GGUF (Q4_1), fetched and checked by scripts/fetch-model.sh.
+pub fn smollm2() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/fetch-model.sh"))
+        .arg(repo_root().join("data"))
+        .output()
+        .expect("run fetch-model.sh");
+    assert!(
+        out.status.success(),
+        "fetch-model.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
