@@ -369,10 +369,12 @@ fn bad_training_input_is_one_line_and_writes_nothing() {
         r.stderr
     );
     assert_eq!(runs_of(&store, "x"), 0);
-    // the right tokens, mixed with a share of the parent's data, train
+    // the right tokens, mixed with a share of the parent's data, train, on the threads asked for
     ok(
         &store,
         &[
+            "--threads",
+            "1",
             "finetune",
             "--name",
             "x",
@@ -388,6 +390,13 @@ fn bad_training_input_is_one_line_and_writes_nothing() {
             "wsd",
             "--max-time",
             "10m",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
         ],
     );
+    let m = manifest(&store, "models", "x");
+    assert_eq!(m["counts"]["threads"], 1, "{m}");
+    assert_eq!(m["counts"]["steps"], 2);
 }

@@ -519,6 +519,8 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         counts.insert("val_ppl".into(), p.ppl.into());
     }
     counts.insert("run".into(), run_id.clone().into());
+    // the threads the tensor math ran on (`--threads`, through RAYON_NUM_THREADS)
+    counts.insert("threads".into(), rayon::current_num_threads().into());
     let manifest = store.publish(&staging, manifest)?;
     checkpoint::clear(&ckpt_dir);
     Ok(TrainOutcome {
