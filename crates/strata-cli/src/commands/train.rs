@@ -209,8 +209,10 @@ pub fn run_job(
         }
         (false, None) => "done".to_string(),
     };
+    #[allow(clippy::cast_precision_loss)]
+    let peak_mib = strata_train::peak_rss_bytes() as f64 / 1_048_576.0;
     eprintln!(
-        "{kind:<10} {name:<20} {how:<10} parameters={} steps={} val_ppl={:.2} run={}",
+        "{kind:<10} {name:<20} {how:<10} parameters={} steps={} val_ppl={:.2} peak_rss={peak_mib:.0}MiB run={}",
         c.get("parameters").cloned().unwrap_or_default(),
         c.get("steps").cloned().unwrap_or_default(),
         c.get("val_ppl")
