@@ -400,3 +400,61 @@ fn bad_training_input_is_one_line_and_writes_nothing() {
     assert_eq!(m["counts"]["threads"], 1, "{m}");
     assert_eq!(m["counts"]["steps"], 2);
 }
+
+#[test]
+fn early_stop_and_time_budget_end_a_run_and_publish_it() {
+    let store = fresh_dir("train-stops");
+    two_tokenizers(&store);
+    // patience 1 with an improvement of 100 nats required: the second evaluation stops the run
+    let cfg = store.join("early.toml");
+    std::fs::write(
+        &cfg,
+        "[train]\nsteps = 50\nbatch_size = 2\nseq_len = 16\neval_every = 1\neval_windows = 2\n\
+         early_stop_patience = 1\nearly_stop_min_delta = 100.0\n",
+    )
+    .unwrap();
+    let r = run(strata(&store)
+        .args([
+            "finetune",
+            "--name",
+            "early",
+            "--parent",
+            "base",
+            "--tokens",
+            "general-bpe-a",
+            "--config",
+        ])
+        .arg(&cfg));
+    assert!(
+        r.ok && r.stderr.contains("done (early_stop)"),
+        "{}",
+        r.stderr
+    );
+    let m = manifest(&store, "models", "early");
+    assert_eq!(m["counts"]["steps"], 2, "{m}");
+    assert_eq!(m["counts"]["stopped"], "early_stop");
+    // a budget shorter than one step: one step, then the model is published
+    ok(
+        &store,
+        &[
+            "finetune",
+            "--name",
+            "brief",
+            "--parent",
+            "base",
+            "--tokens",
+            "general-bpe-a",
+            "--steps",
+            "50",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--max-time",
+            "0.001",
+        ],
+    );
+    let m = manifest(&store, "models", "brief");
+    assert_eq!(m["counts"]["steps"], 1, "{m}");
+    assert_eq!(m["counts"]["stopped"], "max_time");
+}

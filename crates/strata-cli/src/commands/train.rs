@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use serde::Deserialize;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use strata_model::ModelSpec;
 use strata_store::Store;
 
@@ -168,6 +168,32 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The process's stop flag, with its SIGINT/SIGTERM handlers installed on first use. While a training job
+/// runs (flag cleared), the first signal sets the flag: the loop checkpoints after the current step and
+/// stops. A second signal, or any once the job is over (flag set again), exits at once with status 130, as
+/// the default action would.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    if let Some(f) = FLAG.get() {
+        return Ok(Arc::clone(f));
+    }
+    let flag = Arc::new(AtomicBool::new(true));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let f = Arc::clone(&flag);
+        // SAFETY: the action only swaps an atomic and calls `_exit`, both async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                if f.swap(true, Ordering::SeqCst) {
+                    signal_hook::low_level::exit(130);
+                }
+            })
+        }
+        .context("installing the SIGINT/SIGTERM handler")?;
+    }
+    Ok(Arc::clone(FLAG.get_or_init(|| flag)))
+}
+
 pub fn run_job(
     store: &Store,
     name: &str,
@@ -180,11 +206,8 @@ pub fn run_job(
         .iter()
         .map(|t| TokenMix::parse(t))
         .collect::<Result<_, _>>()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("installing the SIGINT/SIGTERM handler")?;
-    }
+    let stop = stop_flag()?;
+    stop.store(false, Ordering::SeqCst);
     let kind = if matches!(init, Init::Scratch { .. }) {
         "train"
     } else {
@@ -197,9 +220,11 @@ pub fn run_job(
         cfg,
         created_by: &format!("strata {kind}"),
         progress,
-        stop: Some(stop),
+        stop: Some(Arc::clone(&stop)),
     };
-    let out = strata_train::train(store, &job).with_context(|| format!("{kind} {name:?}"))?;
+    let out = strata_train::train(store, &job).with_context(|| format!("{kind} {name:?}"));
+    stop.store(true, Ordering::SeqCst);
+    let out = out?;
     let c = &out.manifest.counts;
     let how = match (out.skipped, out.resumed_from) {
         (true, _) => "up to date".to_string(),
