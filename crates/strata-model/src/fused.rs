@@ -469,6 +469,96 @@ pub fn causal_softmax(scores: &Tensor, scale: f64, window: Option<usize>) -> Res
     }
 }
 
+// ---------------------------------------------------------------------------------------------------
+// Rotary position embedding
+
+struct Rope {
+    cos: Tensor, // (max_pos, hd)
+    sin: Tensor, // (max_pos, hd)
+    offset: usize,
+}
+
+impl Rope {
+    /// y = x·cos + rotate_half(x)·sin (`backward`: the transpose, dx = g·cos + rotate_halfᵀ(g·sin)) over
+    /// rows of `hd`, row r at position offset + r mod T.
+    fn run(&self, x: &[f32], t: usize, hd: usize, backward: bool) -> candle_core::Result<Vec<f32>> {
+        let h = hd / 2;
+        let mut y = vec![0f32; x.len()];
+        with_f32(&self.cos, |cos| {
+            with_f32(&self.sin, |sin| {
+                y.par_chunks_mut(hd)
+                    .zip(x.par_chunks(hd))
+                    .enumerate()
+                    .for_each(|(r, (yr, xr))| {
+                        let p = (self.offset + r % t) * hd;
+                        let (c, s) = (&cos[p..p + hd], &sin[p..p + hd]);
+                        for i in 0..h {
+                            if backward {
+                                yr[i] = xr[i] * c[i] + xr[i + h] * s[i + h];
+                                yr[i + h] = xr[i + h] * c[i + h] - xr[i] * s[i];
+                            } else {
+                                yr[i] = xr[i] * c[i] - xr[i + h] * s[i];
+                                yr[i + h] = xr[i + h] * c[i + h] + xr[i] * s[i + h];
+                            }
+                        }
+                    });
+            })
+        })??;
+        Ok(y)
+    }
+
+    fn check(&self, dims: &[usize]) -> candle_core::Result<(usize, usize)> {
+        let (t, hd) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let (max, chd) = self.cos.dims2()?;
+        if hd % 2 != 0 || chd != hd || self.offset + t > max {
+            candle_core::bail!(
+                "fused-rope: input {dims:?} at offset {} against tables ({max}, {chd})",
+                self.offset
+            );
+        }
+        Ok((t, hd))
+    }
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let (t, hd) = self.check(l1.shape().dims())?;
+        Ok((
+            CpuStorage::F32(self.run(x, t, hd, false)?),
+            l1.shape().clone(),
+        ))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (t, hd) = self.check(x.dims())?;
+        let dx = with_f32(grad, |g| self.run(g, t, hd, true))??;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+/// Rotary embedding in Hugging Face's "rotate half" layout: x (…, T, hd) at positions offset..offset+T,
+/// with `cos`/`sin` tables (max_pos, hd).
+///
+/// # Errors
+/// On a shape error or positions past the tables.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, offset: usize) -> Result<Tensor> {
+    if fusable(&[x, cos, sin]) {
+        let op = Rope {
+            cos: cos.clone(),
+            sin: sin.clone(),
+            offset,
+        };
+        x.apply_op1(op).ctx("rope")
+    } else {
+        naive::rope(x, cos, sin, offset)
+    }
+}
+
 /// The naive twins: the same functions from differentiable candle ops.
 pub mod naive {
     use candle_core::{Tensor, D};
@@ -501,6 +591,21 @@ pub mod naive {
             .ctx("sum")?
             .neg()
             .ctx("neg")
+    }
+
+    /// # Errors
+    /// On a shape error.
+    pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, offset: usize) -> Result<Tensor> {
+        let t = x.dim(D::Minus2).ctx("rope input")?;
+        let hd = x.dim(D::Minus1).ctx("rope input")?;
+        let cos = cos.narrow(0, offset, t).ctx("rope cos narrow")?; // (T, hd)
+        let sin = sin.narrow(0, offset, t).ctx("rope sin narrow")?;
+        let x1 = x.narrow(D::Minus1, 0, hd / 2).ctx("rope x1")?;
+        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2).ctx("rope x2")?;
+        let rotated = Tensor::cat(&[&x2.neg().ctx("rope neg")?, &x1], D::Minus1).ctx("rope cat")?;
+        let a = x.broadcast_mul(&cos).ctx("rope cos mul")?;
+        let b = rotated.broadcast_mul(&sin).ctx("rope sin mul")?;
+        (a + b).ctx("rope add")
     }
 
     /// # Errors
@@ -673,6 +778,36 @@ mod tests {
             &|t| weigh(&rms_norm(&t[0], &t[1], 1e-5).unwrap()),
             &|t| weigh(&naive::rms_norm(&t[0], &t[1], 1e-5).unwrap()),
         );
+    }
+
+    #[test]
+    fn rope_matches_naive_and_finite_differences_at_an_offset() {
+        // tables as the model builds them: angle p·f, the frequencies repeated over both halves
+        let (max, hd) = (12, 8);
+        let mut cos = Vec::new();
+        let mut sin = Vec::new();
+        for p in 0..max {
+            for _ in 0..2 {
+                for f in [1.0f32, 0.3, 0.05, 0.01] {
+                    cos.push((p as f32 * f).cos());
+                    sin.push((p as f32 * f).sin());
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (max, hd), &Device::Cpu).unwrap();
+        let sin = Tensor::from_vec(sin, (max, hd), &Device::Cpu).unwrap();
+        let x = randn(&[2, 3, 5, hd], 7);
+        let (c1, s1, c2, s2) = (cos.clone(), sin.clone(), cos.clone(), sin.clone());
+        check(
+            &[x],
+            &move |t| weigh(&rope(&t[0], &c1, &s1, 4).unwrap()),
+            &move |t| weigh(&naive::rope(&t[0], &c2, &s2, 4).unwrap()),
+        );
+        // position 0 leaves x as it is (cos 1, sin 0)
+        let x = randn(&[1, 1, 1, hd], 8);
+        let y = rope(&x, &cos, &sin, 0).unwrap();
+        assert!(max_rel(&y, &x) < 1e-7);
+        assert!(rope(&x, &cos, &sin, 12).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 #[cfg(test)]
 use candle_core::DType;
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::{Context, KvCache, LlamaConfig, Result};
@@ -121,15 +121,7 @@ impl Rope {
 
     /// x: (B, nh, T, hd) at positions offset..offset+T.
     fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_b, _nh, t, hd) = x.dims4().ctx("rope input")?;
-        let cos = self.cos.narrow(0, offset, t).ctx("rope cos narrow")?; // (T, hd)
-        let sin = self.sin.narrow(0, offset, t).ctx("rope sin narrow")?;
-        let x1 = x.narrow(D::Minus1, 0, hd / 2).ctx("rope x1")?;
-        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2).ctx("rope x2")?;
-        let rotated = Tensor::cat(&[&x2.neg().ctx("rope neg")?, &x1], D::Minus1).ctx("rope cat")?; // (B, nh, T, hd)
-        let a = x.broadcast_mul(&cos).ctx("rope cos mul")?;
-        let b = rotated.broadcast_mul(&sin).ctx("rope sin mul")?;
-        (a + b).ctx("rope add")
+        crate::fused::rope(x, &self.cos, &self.sin, offset)
     }
 }
 
