@@ -235,28 +235,23 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         }
         inputs.push(store.input_ref(Kind::Tokens, &t.name)?);
     }
-    let (cfg, tokenizer_dir, parent_dir) = match &job.init {
+    // the model config, the tokenizer folder (opened once: its tokenizer.json is hashed) and, when
+    // fine-tuning, the parent's folder
+    let (cfg, td, parent_dir) = match &job.init {
         Init::Scratch { spec, tokenizer } => {
             let dir = store.require(Kind::Tokenizer, tokenizer)?;
             inputs.push(store.input_ref(Kind::Tokenizer, tokenizer)?);
             let td = TokenizerDir::open(&dir)?;
-            (
-                spec.to_config(td.tokenizer.get_vocab_size(true), td.special.eos)?,
-                dir,
-                None,
-            )
+            let cfg = spec.to_config(td.tokenizer.get_vocab_size(true), td.special.eos)?;
+            (cfg, td, None)
         }
         Init::From { parent } => {
             let dir = store.require(Kind::Model, parent)?;
             inputs.push(store.input_ref(Kind::Model, parent)?);
-            (
-                strata_model::read_config(&dir.join("config.json"))?,
-                dir.clone(),
-                Some(dir),
-            )
+            let cfg = strata_model::read_config(&dir.join("config.json"))?;
+            (cfg, TokenizerDir::open(&dir)?, Some(dir))
         }
     };
-    let td = TokenizerDir::open(&tokenizer_dir)?;
     check_tokens(store, job.tokens, &td)?;
     job.cfg.validate(cfg.max_position_embeddings)?;
     let resolved = |train: &TrainConfig| {
@@ -497,7 +492,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         "special_tokens_map.json",
         "generation_config.json",
     ] {
-        let src = tokenizer_dir.join(f);
+        let src = td.dir.join(f);
         if src.is_file() {
             std::fs::copy(&src, staging.join(f)).map_err(crate::io_err(&src))?;
         }
