@@ -17,7 +17,11 @@ use crate::{Context, Result};
 /// Target id that takes no part in the loss (padding, prompt tokens in SFT).
 pub const IGNORE: u32 = u32::MAX;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn f32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         _ => Err(candle_core::Error::Msg(format!(
@@ -44,7 +48,7 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Resu
     Ok(f(&v))
 }
 
-fn fusable(ts: &[&Tensor]) -> bool {
+pub(crate) fn fusable(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous())
 }
@@ -69,7 +73,8 @@ impl CustomOp2 for CrossEntropy {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, v) = l1.shape().dims2()?;
+        let v = l1.shape().dims().last().copied().unwrap_or(0).max(1);
+        let n = l1.shape().elem_count() / v;
         let x = f32_slice(s1, l1, self.name())?;
         let t = match (s2, l2.contiguous_offsets()) {
             (CpuStorage::U32(t), Some((a, b))) => &t[a..b],
@@ -107,7 +112,8 @@ impl CustomOp2 for CrossEntropy {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, v) = logits.dims2()?;
+        let v = logits.dim(D::Minus1)?;
+        let n = logits.elem_count() / v.max(1);
         let lse = self
             .lse
             .get()
@@ -130,12 +136,16 @@ impl CustomOp2 for CrossEntropy {
                     o[t[r] as usize] -= gr;
                 });
         })?;
-        Ok((Some(Tensor::from_vec(out, (n, v), logits.device())?), None))
+        Ok((
+            Some(Tensor::from_vec(out, logits.shape(), logits.device())?),
+            None,
+        ))
     }
 }
 
-/// Summed next-token cross-entropy and the number of targets counted: logits (N, V), targets (N) with
-/// [`IGNORE`] for positions that do not count. The sum (not the mean) lets gradient accumulation divide
+/// Summed next-token cross-entropy and the number of targets counted: logits (…, V) (rows over the leading
+/// axes, so (B, T, V) needs no reshape node in the graph), targets (…) with [`IGNORE`] for positions that
+/// do not count. The sum (not the mean) lets gradient accumulation divide
 /// by the targets of all micro-batches together.
 ///
 /// # Errors
@@ -164,7 +174,9 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, u
             .sum_all()
             .ctx("cross entropy sum")?
     } else {
-        naive::cross_entropy_sum(logits, &targets)?
+        let v = logits.dim(D::Minus1).ctx("logits")?;
+        let rows = logits.elem_count() / v.max(1);
+        naive::cross_entropy_sum(&logits.reshape((rows, v)).ctx("logits reshape")?, &targets)?
     };
     Ok((sum, count))
 }
@@ -385,12 +397,46 @@ struct CausalSoftmax {
 }
 
 impl CausalSoftmax {
-    /// The keys row `i` of T (of S keys) may see: lo..=p, p = S − T + i.
     fn span(&self, i: usize, t: usize, s: usize) -> (usize, usize) {
-        let p = s - t + i;
-        let lo = self.window.map_or(0, |w| (p + 1).saturating_sub(w));
-        (lo, p)
+        causal_span(i, t, s, self.window)
     }
+}
+
+/// The keys query `i` of T (of S keys) may see: lo..=p, p = S − T + i, lo = p + 1 − window with a window.
+pub(crate) fn causal_span(i: usize, t: usize, s: usize, window: Option<usize>) -> (usize, usize) {
+    let p = s - t + i;
+    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+    (lo, p)
+}
+
+/// Softmax of `scale · row` over `lo..=hi` in place (the max subtracted first), zero elsewhere.
+pub(crate) fn softmax_span(row: &mut [f32], (lo, hi): (usize, usize), scale: f32) {
+    let m = row[lo..=hi]
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in &mut row[lo..=hi] {
+        *v = ((*v - m) * scale).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in &mut row[lo..=hi] {
+        *v *= inv;
+    }
+    row[..lo].fill(0.0);
+    row[hi + 1..].fill(0.0);
+}
+
+/// The gradient of [`softmax_span`] in place: `g` (the gradient of its output p) becomes the gradient of its
+/// input, scale · p ⊙ (g − Σ g⊙p) over `lo..=hi`, zero elsewhere.
+pub(crate) fn softmax_span_grad(p: &[f32], g: &mut [f32], (lo, hi): (usize, usize), scale: f32) {
+    let dot: f32 = (lo..=hi).map(|j| p[j] * g[j]).sum();
+    for j in lo..=hi {
+        g[j] = scale * p[j] * (g[j] - dot);
+    }
+    g[..lo].fill(0.0);
+    g[hi + 1..].fill(0.0);
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -410,21 +456,8 @@ impl CustomOp1 for CausalSoftmax {
             .zip(x.par_chunks(s))
             .enumerate()
             .for_each(|(r, (yr, xr))| {
-                let (lo, hi) = self.span(r % t, t, s);
-                let m = xr[lo..=hi]
-                    .iter()
-                    .copied()
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for j in lo..=hi {
-                    let e = ((xr[j] - m) * self.scale).exp();
-                    yr[j] = e;
-                    sum += e;
-                }
-                let inv = 1.0 / sum;
-                for v in &mut yr[lo..=hi] {
-                    *v *= inv;
-                }
+                yr.copy_from_slice(xr);
+                softmax_span(yr, self.span(r % t, t, s), self.scale);
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -438,12 +471,8 @@ impl CustomOp1 for CausalSoftmax {
                     .zip(pv.par_chunks(s).zip(gv.par_chunks(s)))
                     .enumerate()
                     .for_each(|(r, (dr, (pr, gr)))| {
-                        let (lo, hi) = self.span(r % t, t, s);
-                        // dx = scale · p ⊙ (g − Σ g⊙p)
-                        let dot: f32 = (lo..=hi).map(|j| pr[j] * gr[j]).sum();
-                        for j in lo..=hi {
-                            dr[j] = self.scale * pr[j] * (gr[j] - dot);
-                        }
+                        dr.copy_from_slice(gr);
+                        softmax_span_grad(pr, dr, self.span(r % t, t, s), self.scale);
                     });
             })
         })??;
@@ -482,7 +511,6 @@ impl Rope {
     /// y = x·cos + rotate_half(x)·sin (`backward`: the transpose, dx = g·cos + rotate_halfᵀ(g·sin)) over
     /// rows of `hd`, row r at position offset + r mod T.
     fn run(&self, x: &[f32], t: usize, hd: usize, backward: bool) -> candle_core::Result<Vec<f32>> {
-        let h = hd / 2;
         let mut y = vec![0f32; x.len()];
         with_f32(&self.cos, |cos| {
             with_f32(&self.sin, |sin| {
@@ -491,16 +519,7 @@ impl Rope {
                     .enumerate()
                     .for_each(|(r, (yr, xr))| {
                         let p = (self.offset + r % t) * hd;
-                        let (c, s) = (&cos[p..p + hd], &sin[p..p + hd]);
-                        for i in 0..h {
-                            if backward {
-                                yr[i] = xr[i] * c[i] + xr[i + h] * s[i + h];
-                                yr[i + h] = xr[i + h] * c[i + h] - xr[i] * s[i];
-                            } else {
-                                yr[i] = xr[i] * c[i] - xr[i + h] * s[i];
-                                yr[i + h] = xr[i + h] * c[i + h] + xr[i] * s[i + h];
-                            }
-                        }
+                        rope_row(xr, yr, &cos[p..p + hd], &sin[p..p + hd], backward);
                     });
             })
         })??;
@@ -517,6 +536,21 @@ impl Rope {
             );
         }
         Ok((t, hd))
+    }
+}
+
+/// One row of `hd = c.len()` values at the position whose tables are `c`/`s`: y = x·cos + rotate_half(x)·sin,
+/// or with `backward` its transpose, dx = g·cos + rotate_halfᵀ(g·sin).
+pub(crate) fn rope_row(x: &[f32], y: &mut [f32], c: &[f32], s: &[f32], backward: bool) {
+    let h = c.len() / 2;
+    for i in 0..h {
+        if backward {
+            y[i] = x[i] * c[i] + x[i + h] * s[i + h];
+            y[i + h] = x[i + h] * c[i + h] - x[i] * s[i];
+        } else {
+            y[i] = x[i] * c[i] - x[i + h] * s[i];
+            y[i + h] = x[i + h] * c[i + h] + x[i] * s[i + h];
+        }
     }
 }
 
@@ -743,6 +777,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::float_cmp)] // the same rows in the same order: the same sum
     fn cross_entropy_matches_naive_and_finite_differences_with_ignored_targets() {
         let targets = Tensor::new(&[3u32, IGNORE, 0, 9, IGNORE, 5], &Device::Cpu).unwrap();
         let logits = (randn(&[6, 10], 1) * 3.0).unwrap();
@@ -760,6 +795,17 @@ mod tests {
         .unwrap();
         assert!((naive0 - (lse - row[3])).abs() < 1e-5);
         assert!(sum.to_scalar::<f32>().unwrap() > 0.0);
+        // (B, T, V) logits read as rows over the leading axes: the same sum and count
+        let (sum3, count3) = cross_entropy_sum(
+            &logits.reshape((2, 3, 10)).unwrap(),
+            &targets.reshape((2, 3)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(count3, 4);
+        assert_eq!(
+            sum3.to_scalar::<f32>().unwrap(),
+            sum.to_scalar::<f32>().unwrap()
+        );
         let t2 = targets.clone();
         let t3 = targets.clone();
         check(

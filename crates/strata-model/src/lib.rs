@@ -1,9 +1,11 @@
 //! The transformer: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention) on candle,
 //! with a preallocated KV cache, and its formats (Hugging Face `config.json` + `model.safetensors`).
 //!
-//! The same forward serves training (no cache, differentiable ops only: candle's fused norm/softmax/rope
-//! kernels have no backward) and inference (with [`KvCache`]).
+//! The same forward serves training (no cache: the project's fused ops with their own backward — [`fused`],
+//! [`attention`], [`matmul`] — since candle's fused norm/softmax/rope kernels have none) and inference
+//! (with [`KvCache`]).
 
+pub mod attention;
 mod config;
 pub mod cpu;
 pub mod fused;
@@ -12,6 +14,8 @@ mod gguf_export;
 mod hf;
 mod kv_cache;
 mod llama;
+pub mod lora;
+pub mod matmul;
 
 pub use config::{LlamaConfig, ModelSpec, RopeScaling, TokenIds, ARCHITECTURES};
 pub use gguf::{import_gguf, GgufImport};
@@ -21,7 +25,7 @@ pub use hf::{
     save_safetensors, write_hf_config, FolderCheck,
 };
 pub use kv_cache::KvCache;
-pub use llama::{init_std, next_token_loss, next_token_loss_sum, seeded_init, Llama};
+pub use llama::{init_std, next_token_loss, next_token_loss_sum, seeded_init, Llama, LoraWeights};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

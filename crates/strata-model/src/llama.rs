@@ -6,6 +6,8 @@ use candle_core::DType;
 use candle_core::{Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::attention::split_heads;
+use crate::lora::LoraPair;
 use crate::{Context, KvCache, LlamaConfig, Result};
 
 /// RMSNorm by the fused kernel with its own backward (candle's fused `rms_norm` has none).
@@ -36,33 +38,44 @@ fn weight_init(vb: &VarBuilder, cfg: &LlamaConfig) -> Init {
     }
 }
 
-/// y = x·Wᵀ (+ b) over the last axis, with the leading axes folded into one: (B, T, in) is multiplied as
-/// (B·T, in), so the weight's gradient is one matmul. (candle_nn's `Linear` broadcasts W over the batch
+/// y = x·Wᵀ (+ b) over the last axis: one fused op ([`crate::matmul::linear`]), so (B, T, in) is multiplied as
+/// (B·T, in) and the weight's gradient is one product. (candle_nn's `Linear` broadcasts W over the batch
 /// instead, and its backward then builds a (B, out, in) gradient to sum over B.)
 struct Linear {
     weight: Tensor, // (out, in)
     bias: Option<Tensor>,
+    /// A LoRA adapter on this projection: y += s·(x·Aᵀ)·Bᵀ.
+    lora: Option<LoraPair>,
 }
 
 impl Linear {
     fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims();
-        let d_in = dims[dims.len() - 1];
-        let rows = x.elem_count() / d_in.max(1);
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?; // (N, out)
+        let y = crate::matmul::linear_op(x, &self.weight)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out = dims.to_vec();
-        let last = out.len() - 1;
-        out[last] = self.weight.dim(0)?;
-        y.reshape(out)
+        match &self.lora {
+            Some(l) => y + l.delta(x)?,
+            None => Ok(y),
+        }
     }
+}
+
+/// The adapter a model is built with: its config, its A/B tensors keyed as [`crate::lora::adapter_shapes`]
+/// names them (variables when training, constants when serving), and the dropout switch they share.
+pub struct LoraWeights<'a> {
+    pub config: &'a crate::lora::LoraConfig,
+    pub tensors: &'a std::collections::HashMap<String, Tensor>,
+    pub state: std::sync::Arc<crate::lora::LoraState>,
 }
 
 /// A projection `name` of shape (out, in), with a bias when `bias` (Qwen2's q/k/v).
@@ -72,6 +85,7 @@ fn linear(
     (out_dim, in_dim): (usize, usize),
     cfg: &LlamaConfig,
     bias: bool,
+    lora: Option<&LoraWeights>,
 ) -> Result<Linear> {
     let vb = vb.pp(name);
     let w = vb
@@ -85,7 +99,28 @@ fn linear(
     } else {
         None
     };
-    Ok(Linear::new(w, b))
+    let mut lin = Linear::new(w, b);
+    if let Some(l) = lora.filter(|l| l.config.targets(name)) {
+        let module = vb.prefix();
+        let get = |part: &str| {
+            let key = format!("{module}.{part}.weight");
+            l.tensors
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| crate::ModelError::Invalid(format!("LoRA: {key} is missing")))
+        };
+        lin.lora = Some(LoraPair {
+            a: get("lora_A")?,
+            b: get("lora_B")?,
+            scale: l.config.scale(),
+            dropout: l.config.lora_dropout,
+            index: module.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            }),
+            state: l.state.clone(),
+        });
+    }
+    Ok(lin)
 }
 
 /// Rotary position embedding, Hugging Face's "rotate half" layout.
@@ -138,7 +173,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: &VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: &VarBuilder, cfg: &LlamaConfig, lora: Option<&LoraWeights>) -> Result<Self> {
         let (d, nh, nkv, hd) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -146,10 +181,10 @@ impl Attention {
             cfg.head_dim(),
         );
         Ok(Self {
-            q_proj: linear(vb, "q_proj", (nh * hd, d), cfg, cfg.qkv_bias())?,
-            k_proj: linear(vb, "k_proj", (nkv * hd, d), cfg, cfg.qkv_bias())?,
-            v_proj: linear(vb, "v_proj", (nkv * hd, d), cfg, cfg.qkv_bias())?,
-            o_proj: linear(vb, "o_proj", (d, nh * hd), cfg, cfg.o_bias())?,
+            q_proj: linear(vb, "q_proj", (nh * hd, d), cfg, cfg.qkv_bias(), lora)?,
+            k_proj: linear(vb, "k_proj", (nkv * hd, d), cfg, cfg.qkv_bias(), lora)?,
+            v_proj: linear(vb, "v_proj", (nkv * hd, d), cfg, cfg.qkv_bias(), lora)?,
+            o_proj: linear(vb, "o_proj", (d, nh * hd), cfg, cfg.o_bias(), lora)?,
             window: cfg.window(),
             n_head: nh,
             n_kv: nkv,
@@ -164,60 +199,40 @@ impl Attention {
         offset: usize,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let (b, t, _d) = x.dims3().ctx("attention input")?;
         let (nh, nkv, hd) = (self.n_head, self.n_kv, self.head_dim);
-        let q = split_heads(&self.q_proj, x, nh, hd, "q_proj")?; // (B, nh, T, hd)
-        let k = split_heads(&self.k_proj, x, nkv, hd, "k_proj")?; // (B, nkv, T, hd)
-        let v = split_heads(&self.v_proj, x, nkv, hd, "v_proj")?; // (B, nkv, T, hd)
-        let q = rope.apply(&q, offset)?;
-        let k = rope.apply(&k, offset)?;
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, &k, &v)?, // (1, nkv, S, hd), S = offset + T
-            None => (k, v),
-        };
-        let rep = nh / nkv;
-        let k = repeat_kv(&k, rep)?; // (B, nh, S, hd)
-        let v = repeat_kv(&v, rep)?; // (B, nh, S, hd)
+        let q = self.q_proj.forward(x).ctx("q_proj")?; // (B, T, nh*hd)
+        let k = self.k_proj.forward(x).ctx("k_proj")?; // (B, T, nkv*hd)
+        let v = self.v_proj.forward(x).ctx("v_proj")?;
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = q.matmul(&k.t().ctx("k^T")?).ctx("q@k^T")?; // (B, nh, T, S)
-                                                              // scaled, causal (and windowed), softmax over keys: one fused op
-        let att = crate::fused::causal_softmax(&att, scale, self.window)?;
-        let y = att.matmul(&v).ctx("att@v")?; // (B, nh, T, hd)
-        let y = y
-            .transpose(1, 2)
-            .ctx("y t")?
-            .reshape((b, t, nh * hd))
-            .ctx("y reshape")?; // (B, T, nh*hd)
+        let y = match cache {
+            // training and scoring: one fused op (RoPE, scores, causal softmax, values, its own backward)
+            None => crate::attention::causal_attention(
+                &q,
+                &k,
+                &v,
+                (&rope.cos, &rope.sin),
+                (nh, nkv, hd),
+                scale,
+                self.window,
+            )?,
+            Some((cache, layer)) => {
+                let q = rope.apply(&split_heads(&q, nh, hd).ctx("split q")?, offset)?;
+                let k = rope.apply(&split_heads(&k, nkv, hd).ctx("split k")?, offset)?;
+                let v = split_heads(&v, nkv, hd).ctx("split v")?;
+                let (k, v) = cache.append(layer, &k, &v)?; // (1, nkv, S, hd), S = offset + T
+                crate::attention::attend(
+                    &q,
+                    &k,
+                    &v,
+                    scale,
+                    self.window,
+                    crate::fused::causal_softmax,
+                )?
+            }
+        }; // (B, T, nh*hd)
         self.o_proj.forward(&y).ctx("o_proj")
     }
-}
-
-/// x (B, T, D) through `proj`, split into `n` heads: (B, n, T, hd), contiguous.
-fn split_heads(proj: &Linear, x: &Tensor, n: usize, hd: usize, name: &str) -> Result<Tensor> {
-    let (b, t, _d) = x.dims3().ctx(name)?;
-    proj.forward(x)
-        .ctx(name)? // (B, T, n*hd)
-        .reshape((b, t, n, hd))
-        .ctx(name)? // (B, T, n, hd)
-        .transpose(1, 2)
-        .ctx(name)? // (B, n, T, hd)
-        .contiguous()
-        .ctx(name)
-}
-
-/// (B, nkv, S, hd) → (B, nkv*rep, S, hd), each kv head shared by `rep` query heads.
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return x.contiguous().ctx("kv contiguous");
-    }
-    let (b, nkv, s, hd) = x.dims4().ctx("repeat_kv")?;
-    x.unsqueeze(2)
-        .ctx("repeat_kv unsqueeze")?
-        .expand((b, nkv, rep, s, hd))
-        .ctx("repeat_kv expand")?
-        .reshape((b, nkv * rep, s, hd))
-        .ctx("repeat_kv reshape")
 }
 
 struct Mlp {
@@ -227,12 +242,12 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: &VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: &VarBuilder, cfg: &LlamaConfig, lora: Option<&LoraWeights>) -> Result<Self> {
         let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear(vb, "gate_proj", (f, d), cfg, false)?,
-            up_proj: linear(vb, "up_proj", (f, d), cfg, false)?,
-            down_proj: linear(vb, "down_proj", (d, f), cfg, false)?,
+            gate_proj: linear(vb, "gate_proj", (f, d), cfg, false, lora)?,
+            up_proj: linear(vb, "up_proj", (f, d), cfg, false, lora)?,
+            down_proj: linear(vb, "down_proj", (d, f), cfg, false, lora)?,
         })
     }
 
@@ -329,6 +344,18 @@ impl Llama {
     /// # Errors
     /// When the config is invalid or a weight is missing or has the wrong shape.
     pub fn load(vb: &VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        Self::load_with_lora(vb, cfg, None)
+    }
+
+    /// [`Llama::load`] with a LoRA adapter on the projections its config targets.
+    ///
+    /// # Errors
+    /// As [`Llama::load`], and when an adapter tensor is missing.
+    pub fn load_with_lora(
+        vb: &VarBuilder,
+        cfg: &LlamaConfig,
+        lora: Option<&LoraWeights>,
+    ) -> Result<Self> {
         cfg.validate()?;
         let d = cfg.hidden_size;
         let m = vb.pp("model");
@@ -341,13 +368,13 @@ impl Llama {
             let l = m.pp(format!("layers.{i}"));
             layers.push(Block {
                 input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), d, cfg.rms_norm_eps)?,
-                self_attn: Attention::load(&l.pp("self_attn"), cfg)?,
+                self_attn: Attention::load(&l.pp("self_attn"), cfg, lora)?,
                 post_attention_layernorm: RmsNorm::load(
                     &l.pp("post_attention_layernorm"),
                     d,
                     cfg.rms_norm_eps,
                 )?,
-                mlp: Mlp::load(&l.pp("mlp"), cfg)?,
+                mlp: Mlp::load(&l.pp("mlp"), cfg, lora)?,
             });
         }
         let norm = RmsNorm::load(&m.pp("norm"), d, cfg.rms_norm_eps)?;
@@ -460,9 +487,8 @@ pub fn next_token_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// # Errors
 /// On a shape mismatch.
 pub fn next_token_loss_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, usize)> {
-    let (b, t, v) = logits.dims3().ctx("logits")?;
-    let logits = logits.reshape((b * t, v)).ctx("loss reshape")?; // (B*T, V)
-    crate::fused::cross_entropy_sum(&logits, &targets.reshape(b * t).ctx("targets reshape")?)
+    let (b, t, _v) = logits.dims3().ctx("logits")?;
+    crate::fused::cross_entropy_sum(logits, &targets.reshape(b * t).ctx("targets reshape")?)
 }
 
 #[cfg(test)]

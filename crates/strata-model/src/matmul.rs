@@ -1,0 +1,357 @@
+//! Matrix products for training, straight on `gemm` (the kernels candle's CPU matmul calls too), and the
+//! fused projection y = x·Wᵀ with its own backward.
+//!
+//! Why not candle's `x.reshape(..).matmul(&w.t())`: candle's backward keeps one gradient per graph node and
+//! starts each from a zero tensor that the incoming gradient is then added to. A projection written as
+//! reshape → transpose → matmul → reshape is four nodes, so every step zero-filled and re-added four
+//! activation-sized (and, for the LM head, logits-sized: B·T·V) buffers per projection; perf put candle's
+//! element-wise add and memset at 13% of a training step. One op with its own backward has one node.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+
+use crate::fused::{fusable, with_f32};
+use crate::{Context, Result};
+
+/// A row-major view of an `rows × cols` matrix inside `data`: element (i, j) at `data[i·rs + j·cs]`
+/// (a transposed view swaps the strides).
+#[derive(Clone, Copy)]
+pub(crate) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// Row-major with row stride `ld`.
+    pub fn rows(data: &'a [f32], ld: usize) -> Self {
+        Self {
+            data,
+            rs: ld,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with row stride `ld`.
+    pub fn t(data: &'a [f32], ld: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: ld,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// Products at least this large (m·n·k) split over the rayon pool; smaller ones run on the calling thread
+/// (callers that already run many in parallel pass `parallel = false`).
+const PAR_MIN: usize = 1 << 18;
+
+/// dst (m×n, row stride `ldd`) = a (m×k) · b (k×n), or dst += a · b when `accumulate`.
+///
+/// # Panics
+/// When a view does not hold the matrix it claims (a bug in the caller, checked before any kernel runs).
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    ldd: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    (m, n, k): (usize, usize, usize),
+    parallel: bool,
+) {
+    assert!(
+        ldd >= n && Mat::rows(dst, ldd).fits(m, n) && a.fits(m, k) && b.fits(k, n),
+        "gemm_into: views too small for {m}x{k} · {k}x{n}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if parallel && m * n * k >= PAR_MIN {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    let s = |x: usize| isize::try_from(x).expect("stride fits isize");
+    // SAFETY: the assert above bounds every index the kernel reads or writes: (m−1)·rs + (n−1)·cs of each
+    // view lies inside its slice, and `dst` is borrowed mutably, so it aliases neither input.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            s(ldd),
+            accumulate,
+            a.data.as_ptr(),
+            s(a.cs),
+            s(a.rs),
+            b.data.as_ptr(),
+            s(b.cs),
+            s(b.rs),
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+struct Projection;
+
+impl CustomOp2 for Projection {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = crate::fused::f32_slice(s1, l1, self.name())?;
+        let w = crate::fused::f32_slice(s2, l2, self.name())?;
+        let (out, d_in) = l2.shape().dims2()?;
+        let dims = l1.shape().dims();
+        if dims.last() != Some(&d_in) {
+            candle_core::bail!("fused-linear: input {dims:?} against weight ({out}, {d_in})");
+        }
+        let rows = x.len() / d_in.max(1);
+        let mut y = vec![0f32; rows * out];
+        // y (N, out) = x (N, in) · Wᵀ (in, out)
+        gemm_into(
+            &mut y,
+            out,
+            false,
+            Mat::rows(x, d_in),
+            Mat::t(w, d_in),
+            (rows, out, d_in),
+            true,
+        );
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("checked above") = out;
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out, d_in) = w.dims2()?;
+        let rows = x.elem_count() / d_in.max(1);
+        // A frozen input (LoRA's base weight, the embeddings' output) gets no gradient: that skips the
+        // largest product of a LoRA step, dW = gᵀ·x over the base weight.
+        let dx = if x.track_op() {
+            let mut dx = vec![0f32; rows * d_in];
+            with_f32(grad, |g| {
+                with_f32(w, |wv| {
+                    // dx (N, in) = g (N, out) · W (out, in)
+                    gemm_into(
+                        &mut dx,
+                        d_in,
+                        false,
+                        Mat::rows(g, out),
+                        Mat::rows(wv, d_in),
+                        (rows, d_in, out),
+                        true,
+                    );
+                })
+            })??;
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let mut dw = vec![0f32; out * d_in];
+            with_f32(grad, |g| {
+                with_f32(x, |xv| {
+                    // dW (out, in) = gᵀ (out, N) · x (N, in)
+                    gemm_into(
+                        &mut dw,
+                        d_in,
+                        false,
+                        Mat::t(g, out),
+                        Mat::rows(xv, d_in),
+                        (out, d_in, rows),
+                        true,
+                    );
+                })
+            })??;
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// y = x·Wᵀ over the last axis: x (…, in), W (out, in) → (…, out), as one differentiable op (one graph
+/// node). Off the CPU, or for a non-contiguous input, candle's ops compute the same.
+///
+/// # Errors
+/// On a shape mismatch.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear_op(x, w).ctx("linear")
+}
+
+pub(crate) fn linear_op(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    if fusable(&[x, w]) {
+        x.apply_op2(w, Projection)
+    } else {
+        naive::linear_op(x, w)
+    }
+}
+
+/// The naive twin from candle's ops.
+pub mod naive {
+    use crate::{Context, Result};
+    use candle_core::Tensor;
+
+    /// y = x·Wᵀ over the last axis, by reshape → matmul with the transposed weight → reshape.
+    ///
+    /// # Errors
+    /// On a shape mismatch.
+    pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        linear_op(x, w).ctx("linear")
+    }
+
+    pub(crate) fn linear_op(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let Some(&d_in) = dims.last() else {
+            candle_core::bail!("linear: input has no axes");
+        };
+        let rows = x.elem_count() / d_in.max(1);
+        let y = x.reshape((rows, d_in))?.matmul(&w.t()?)?;
+        let mut out = dims.to_vec();
+        *out.last_mut().expect("non-empty") = w.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // small integers: exact in f32
+    fn gemm_into_by_hand_with_strides_and_accumulation() {
+        // [1 2; 3 4] · [5 6; 7 8] = [19 22; 43 50]; the second factor read transposed from [5 7; 6 8]
+        let a = [1f32, 2.0, 3.0, 4.0];
+        let bt = [5f32, 7.0, 6.0, 8.0];
+        let mut dst = [0f32, 0.0, -1.0, 0.0, 0.0, -1.0]; // row stride 3: the third column stays
+        gemm_into(
+            &mut dst,
+            3,
+            false,
+            Mat::rows(&a, 2),
+            Mat::t(&bt, 2),
+            (2, 2, 2),
+            true,
+        );
+        assert_eq!(dst, [19.0, 22.0, -1.0, 43.0, 50.0, -1.0]);
+        gemm_into(
+            &mut dst,
+            3,
+            true,
+            Mat::rows(&a, 2),
+            Mat::t(&bt, 2),
+            (2, 2, 2),
+            false,
+        );
+        assert_eq!(dst, [38.0, 44.0, -1.0, 86.0, 100.0, -1.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "views too small")]
+    fn gemm_into_refuses_a_view_past_its_slice() {
+        let a = [1f32; 3];
+        let mut dst = [0f32; 4];
+        gemm_into(
+            &mut dst,
+            2,
+            false,
+            Mat::rows(&a, 2),
+            Mat::rows(&a, 2),
+            (2, 2, 2),
+            false,
+        );
+    }
+
+    /// Value and both gradients against candle's reshape → matmul → reshape, and the weight's gradient
+    /// against central finite differences, for a (B, T, in) input (larger than the parallel threshold).
+    #[test]
+    fn linear_matches_naive_and_finite_differences() {
+        let x = Var::from_tensor(&randn(&[3, 50, 40], 1)).unwrap();
+        let w = Var::from_tensor(&randn(&[70, 40], 2)).unwrap();
+        let weigh = randn(&[3, 50, 70], 3);
+        let loss = |x: &Tensor, w: &Tensor, fused: bool| {
+            let y = if fused {
+                linear(x, w).unwrap()
+            } else {
+                naive::linear(x, w).unwrap()
+            };
+            assert_eq!(y.dims(), &[3, 50, 70]);
+            (y * &weigh).unwrap().sum_all().unwrap()
+        };
+        let (lf, ln) = (loss(&x, &w, true), loss(&x, &w, false));
+        assert!(max_abs_diff(&lf, &ln) < 1e-3 * (1.0 + ln.to_scalar::<f32>().unwrap().abs()));
+        let (gf, gn) = (lf.backward().unwrap(), ln.backward().unwrap());
+        for t in [x.as_tensor(), w.as_tensor()] {
+            let d = max_abs_diff(gf.get(t).unwrap(), gn.get(t).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
+        let base: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let ga: Vec<f32> = gf
+            .get(&w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for idx in [0, 1234, base.len() - 1] {
+            let at = |d: f32| {
+                let mut v = base.clone();
+                v[idx] += d;
+                let w2 = Tensor::from_vec(v, (70, 40), &Device::Cpu).unwrap();
+                f64::from(loss(&x, &w2, true).to_scalar::<f32>().unwrap())
+            };
+            let fd = (at(0.05) - at(-0.05)) / 0.1;
+            assert!(
+                (fd - f64::from(ga[idx])).abs() < 2e-2 * (1.0 + fd.abs()),
+                "{fd} vs {}",
+                ga[idx]
+            );
+        }
+        // shapes that do not fit are refused
+        assert!(linear(&x, &randn(&[70, 41], 4)).is_err());
+    }
+}
