@@ -43,7 +43,7 @@ pub enum Command {
     /// Continue pretraining any model in the store (trained here or imported) on a domain's token shards,
     /// optionally mixed with a share of other data (`--tokens medical=0.8 --tokens general=0.2`).
     Finetune(FinetuneArgs),
-    /// Held-out perplexity of models on datasets.
+    /// Held-out perplexity of models (or adapters, merged on their base) on datasets.
     Eval(EvalArgs),
     /// Generate a completion from a model.
     Generate(GenerateArgs),
@@ -60,6 +60,8 @@ pub enum Command {
     Import(ImportArgs),
     /// Export a model as a GGUF file for llama.cpp (F32, F16 or Q8_0 weights).
     Export(ExportArgs),
+    /// Fold a LoRA adapter (and the adapters beneath it) into its base model: a new model artifact.
+    Merge(MergeArgs),
     /// Benchmarks (see bench/ for the side-by-side scripts).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -234,11 +236,39 @@ pub struct FinetuneArgs {
     /// domain with a share of the parent's data (`--tokens medical=0.8 --tokens general=0.2`).
     #[arg(long, required = true, num_args = 1..)]
     pub tokens: Vec<String>,
-    /// TOML file with a [train] table.
+    /// TOML file with a [train] table (and [train.lora] for an adapter).
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub overrides: TrainOverrides,
+    #[command(flatten)]
+    pub lora: LoraArgs,
+}
+
+/// LoRA: train an adapter (PEFT layout, stored under adapters/) on the frozen parent instead of all its
+/// weights. Any --lora-* flag implies --lora; the parent may itself be an adapter (a chain: base →
+/// medical → ultrasound).
+#[derive(Debug, Args, Default)]
+pub struct LoraArgs {
+    /// Train a LoRA adapter (defaults: r 8, alpha 16, no dropout, q/k/v/o projections).
+    #[arg(long)]
+    pub lora: bool,
+    /// Rank r of the update B·A.
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// Scale numerator: the update is (alpha / r)·B·A (alpha / sqrt(r) with --rslora).
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapter's input while training.
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// Projections to adapt, comma-separated among q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+    /// (or all-linear).
+    #[arg(long)]
+    pub lora_targets: Option<String>,
+    /// rsLoRA scaling: alpha / sqrt(r).
+    #[arg(long)]
+    pub rslora: bool,
 }
 
 #[derive(Debug, Args, Default)]
@@ -380,6 +410,18 @@ pub struct ExportArgs {
     /// Weight type: f32, f16 or q8_0 (norms stay f32).
     #[arg(long = "type", default_value = "f32")]
     pub r#type: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Adapter in the store.
+    pub adapter: String,
+    /// Name of the merged model to create.
+    #[arg(long)]
+    pub name: String,
+    /// Weight type of the merged model: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -970,3 +970,218 @@ fn sentencepiece_gguf_tokenizes_as_llama_cpp_and_llama_weights_unpermute() {
         .to_string();
     assert!(err.contains("rope_freqs.weight"), "{err}");
 }
+
+fn lora_args<'a>(name: &'a str, parent: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "finetune",
+        "--name",
+        name,
+        "--parent",
+        parent,
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "64",
+        "--lr",
+        "3e-3",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// LoRA end to end on the demo's base: an adapter in PEFT's layout (the base untouched), a second adapter
+/// stacked on the first (with dropout), merged into a model that scores exactly as the adapter does and
+/// generates; an adapter whose base changed since it was trained is refused by hash, bad LoRA settings
+/// by name.
+#[test]
+#[allow(clippy::too_many_lines)]
+fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
+    let (demo, _) = quick_demo();
+    let base_weights = std::fs::read(demo.join("models/base/model.safetensors")).unwrap();
+    let r = run(strata(demo).args(lora_args(
+        "med-lora",
+        "base",
+        &[
+            "--tokens",
+            "medical-tokens=0.8",
+            "--tokens",
+            "general-tokens=0.2",
+            "--lora-r",
+            "4",
+            "--lora-targets",
+            "q_proj,v_proj,down_proj",
+            "--steps",
+            "20",
+        ],
+    )));
+    assert!(r.ok, "{}", r.stderr);
+    let losses = common::run_losses(demo, "med-lora");
+    assert_eq!(losses.len(), 20);
+    assert!(
+        losses[17..].iter().sum::<f32>() < losses[..3].iter().sum::<f32>(),
+        "loss did not fall: {losses:?}"
+    );
+    assert_eq!(
+        std::fs::read(demo.join("models/base/model.safetensors")).unwrap(),
+        base_weights,
+        "LoRA changed the base's weights"
+    );
+    let dir = demo.join("adapters/med-lora");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["base_model_name_or_path"], "base");
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    // 2 layers × 3 projections × (A, B), PEFT's keys
+    assert_eq!(st.names().len(), 12);
+    assert!(st
+        .names()
+        .iter()
+        .all(|k| k.starts_with("base_model.model.model.layers.")
+            && (k.ends_with(".lora_A.weight") || k.ends_with(".lora_B.weight"))));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["kind"], "adapter");
+    assert_eq!(m["counts"]["base"], "base");
+    assert!(m["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["kind"] == "model" && i["name"] == "base"));
+
+    // stacked: the ultrasound adapter trains on base + medical adapter
+    let r = run(strata(demo).args(lora_args(
+        "us-lora",
+        "med-lora",
+        &[
+            "--tokens",
+            "ultrasound-tokens=0.7",
+            "--tokens",
+            "medical-tokens=0.3",
+            "--lora-r",
+            "4",
+            "--lora-dropout",
+            "0.1",
+            "--steps",
+            "10",
+        ],
+    )));
+    assert!(r.ok, "{}", r.stderr);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(demo.join("adapters/us-lora/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["counts"]["adapters"], serde_json::json!(["med-lora"]));
+    let r = run(strata(demo).args(["merge", "us-lora", "--name", "us-merged"]));
+    assert!(r.ok, "{}", r.stderr);
+    // the adapter (applied on the fly) and the merged model score the same
+    let e = run(strata(demo).args([
+        "eval",
+        "--model",
+        "us-lora",
+        "--model",
+        "us-merged",
+        "--dataset",
+        "ultrasound",
+    ]));
+    assert!(e.ok, "{}", e.stderr);
+    let score = |name: &str| {
+        e.stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no row for {name}: {}", e.stdout))
+            .to_string()
+    };
+    assert_eq!(score("us-lora"), score("us-merged"), "{}", e.stdout);
+    let g = run(strata(demo).args([
+        "generate",
+        "--model",
+        "us-merged",
+        "--prompt",
+        "The liver",
+        "--max-tokens",
+        "4",
+    ]));
+    assert!(g.ok && g.stdout.starts_with("The liver"), "{}", g.stderr);
+    let g = run(strata(demo).args(["generate", "--model", "us-lora", "--prompt", "x"]));
+    assert!(
+        !g.ok && g.stderr.contains("strata merge us-lora"),
+        "{}",
+        g.stderr
+    );
+
+    // bad settings, named; nothing published
+    for (flags, needle) in [
+        (["--lora-targets", "qkv"], "unknown target module \"qkv\""),
+        (["--lora-r", "0"], "r must be at least 1"),
+        (["--lora-dropout", "1.5"], "lora_dropout"),
+    ] {
+        let mut args = lora_args(
+            "bad-lora",
+            "base",
+            &["--tokens", "medical-tokens", "--steps", "2"],
+        );
+        args.extend_from_slice(&flags);
+        let r = run(strata(demo).args(args));
+        assert!(
+            !r.ok && r.stderr.contains(needle),
+            "{flags:?}: {}",
+            r.stderr
+        );
+        assert!(!demo.join("adapters/bad-lora").exists());
+    }
+
+    // an adapter whose base was replaced since (same name, other weights) is refused by hash
+    let config = tiny_config("LlamaForCausalLM");
+    let src = demo.join("hf-import/lora-swap");
+    synthetic_model(&src, &config, candle_core::DType::F32, 1);
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&src)
+        .args(["--name", "lora-swap"]));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(demo).args([
+        "tokenize",
+        "encode",
+        "--name",
+        "swap-tokens",
+        "--dataset",
+        "medical",
+        "--tokenizer",
+        "lora-swap",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(demo).args(lora_args(
+        "swap-lora",
+        "lora-swap",
+        &["--tokens", "swap-tokens", "--lora", "--steps", "2"],
+    )));
+    assert!(r.ok, "{}", r.stderr);
+    let src2 = demo.join("hf-import/lora-swap-2");
+    synthetic_model(&src2, &config, candle_core::DType::F32, 1);
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&src2)
+        .args(["--name", "lora-swap"]));
+    assert!(r.ok, "{}", r.stderr);
+    for args in [
+        lora_args(
+            "swap-2",
+            "swap-lora",
+            &["--tokens", "swap-tokens", "--lora", "--steps", "2"],
+        ),
+        vec!["eval", "--model", "swap-lora", "--dataset", "medical"],
+        vec!["merge", "swap-lora", "--name", "swap-merged"],
+    ] {
+        let r = run(strata(demo).args(&args));
+        assert!(
+            !r.ok && r.stderr.contains("was trained on a base \"lora-swap\""),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert!(!demo.join("models/swap-merged").exists());
+}

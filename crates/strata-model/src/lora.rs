@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Context, ModelError, Result};
 
@@ -30,15 +30,44 @@ pub const TARGETS: [&str; 7] = [
 /// The key prefix PEFT puts before a module's name in `adapter_model.safetensors`.
 pub const PEFT_PREFIX: &str = "base_model.model.";
 
-/// An adapter's hyper-parameters, as PEFT's `LoraConfig` names them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// An adapter's hyper-parameters, as PEFT's `LoraConfig` names them (`[train.lora]` in a TOML config).
+/// Defaults: r 8, alpha 16, no dropout, the attention projections q/k/v/o.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoraConfig {
+    #[serde(default = "d_r")]
     pub r: usize,
+    #[serde(default = "d_alpha")]
     pub lora_alpha: f64,
+    #[serde(default)]
     pub lora_dropout: f64,
     /// Module names among [`TARGETS`].
+    #[serde(default = "d_targets")]
     pub target_modules: Vec<String>,
+    #[serde(default)]
     pub use_rslora: bool,
+}
+
+fn d_r() -> usize {
+    8
+}
+fn d_alpha() -> f64 {
+    16.0
+}
+fn d_targets() -> Vec<String> {
+    TARGETS[..4].iter().map(|s| (*s).to_string()).collect()
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            r: d_r(),
+            lora_alpha: d_alpha(),
+            lora_dropout: 0.0,
+            target_modules: d_targets(),
+            use_rslora: false,
+        }
+    }
 }
 
 impl LoraConfig {

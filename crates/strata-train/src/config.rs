@@ -55,6 +55,9 @@ pub struct TrainConfig {
     /// Windows at random offsets (default) or in order.
     #[serde(default)]
     pub sampling: crate::data::Sampling,
+    /// Train a LoRA adapter on the frozen parent instead of all its weights (`[train.lora]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<strata_model::lora::LoraConfig>,
 }
 
 /// The learning-rate schedule after linear warmup.
@@ -150,6 +153,10 @@ impl TrainConfig {
         }
         if self.max_time_s.is_some_and(|t| t.is_nan() || t <= 0.0) {
             return bad("max_time must be > 0".into());
+        }
+        if let Some(l) = &self.lora {
+            l.validate()
+                .map_err(|e| TrainError::Config(e.to_string()))?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ mod data;
 mod eval;
 mod metrics;
 mod optim;
+pub mod parent;
 mod plot;
 mod trainer;
 
@@ -20,7 +21,7 @@ pub use metrics::{peak_rss_bytes, StepMetrics};
 pub use optim::AdamW;
 pub use optim::Grads;
 pub use plot::plot_loss;
-pub use trainer::{accumulate, train, Init, TokenMix, TrainJob, TrainOutcome};
+pub use trainer::{accumulate, accumulate_with, train, Init, TokenMix, TrainJob, TrainOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

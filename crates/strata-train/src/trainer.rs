@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use strata_model::lora::LoraState;
 use strata_model::{Llama, LlamaConfig, ModelSpec};
 use strata_store::{Kind, Manifest, Store};
 use strata_tokenize::TokenizerDir;
@@ -22,6 +23,7 @@ use crate::checkpoint::{self, RunState};
 use crate::data::{Component, Mixture};
 use crate::metrics::{peak_rss_bytes, ComponentStat, MetricsLog, StepMetrics};
 use crate::optim::Grads;
+use crate::parent::Parent;
 use crate::{get_lr, perplexity, Context, Result, TrainConfig, TrainError};
 
 /// Where the weights start.
@@ -142,9 +144,12 @@ fn check_tokens(store: &Store, tokens: &[TokenMix], td: &TokenizerDir) -> Result
     Ok(())
 }
 
-/// Sets every variable from the parent's weights (any float dtype, one file or shards), by HF name.
-fn load_parent(vars: &HashMap<String, candle_core::Var>, dir: &std::path::Path) -> Result<()> {
-    let weights = strata_model::read_weights(dir, &Device::Cpu)?;
+/// Sets every variable from the parent's weights (read from `dir`, adapters merged), by HF name.
+fn load_parent(
+    vars: &HashMap<String, Var>,
+    weights: &HashMap<String, Tensor>,
+    dir: &std::path::Path,
+) -> Result<()> {
     for (name, var) in vars {
         let t = weights.get(name).ok_or_else(|| TrainError::Checkpoint {
             path: dir.to_path_buf(),
@@ -178,6 +183,20 @@ pub fn accumulate(
     opt: &crate::AdamW,
     micro: &[(Tensor, Tensor)],
 ) -> Result<(f32, Grads)> {
+    accumulate_with(model, opt, micro, &|_| {})
+}
+
+/// [`accumulate`], calling `before(i)` ahead of micro-batch i's forward (the trainer seeds LoRA's dropout
+/// there).
+///
+/// # Errors
+/// As [`accumulate`].
+pub fn accumulate_with(
+    model: &Llama,
+    opt: &crate::AdamW,
+    micro: &[(Tensor, Tensor)],
+    before: &dyn Fn(usize),
+) -> Result<(f32, Grads)> {
     let mut total = 0usize;
     for (_, y) in micro {
         let ys: Vec<u32> = y.flatten_all().ctx("targets")?.to_vec1().ctx("targets")?;
@@ -193,7 +212,8 @@ pub fn accumulate(
     }
     let mut grads: Option<Grads> = None;
     let mut loss = 0f64;
-    for (x, y) in micro {
+    for (i, (x, y)) in micro.iter().enumerate() {
+        before(i);
         let (sum, _) = strata_model::next_token_loss_sum(&model.forward(x)?, y)?;
         #[allow(clippy::cast_precision_loss)]
         let part = (sum / total as f64).ctx("loss scale")?;
@@ -206,6 +226,49 @@ pub fn accumulate(
     }
     #[allow(clippy::cast_possible_truncation)]
     Ok((loss as f32, grads.unwrap_or(Grads(Vec::new()))))
+}
+
+/// The model and its trainable variables: fresh (seeded), the parent's weights (full fine-tuning), or the
+/// parent's weights as constants with a fresh LoRA adapter as the only variables.
+fn build_model(
+    cfg: &LlamaConfig,
+    train: &TrainConfig,
+    parent: Option<&Parent>,
+    lora_state: &Arc<LoraState>,
+) -> Result<(Llama, HashMap<String, Var>)> {
+    let device = Device::Cpu;
+    if let (Some(lc), Some(p)) = (&train.lora, parent) {
+        let base = p.weights(&device)?;
+        let fresh = strata_model::lora::init_adapter(
+            &strata_model::lora::adapter_shapes(cfg, lc),
+            train.seed,
+            &device,
+        )?;
+        let mut vars = HashMap::new();
+        for (k, t) in fresh {
+            let v = Var::from_tensor(&t).ctx(&k)?;
+            vars.insert(k, v);
+        }
+        let tensors: HashMap<String, Tensor> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let vb = VarBuilder::from_tensors(base, DType::F32, &device);
+        let lw = strata_model::LoraWeights {
+            config: lc,
+            tensors: &tensors,
+            state: Arc::clone(lora_state),
+        };
+        return Ok((Llama::load_with_lora(&vb, cfg, Some(&lw))?, vars));
+    }
+    let varmap = VarMap::new();
+    let model = Llama::load(&VarBuilder::from_varmap(&varmap, DType::F32, &device), cfg)?;
+    let vars: HashMap<String, Var> = varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
+    match parent {
+        Some(p) => load_parent(&vars, &p.weights(&device)?, &p.base_dir)?,
+        None => strata_model::seeded_init(&vars, cfg, train.seed)?,
+    }
+    Ok((model, vars))
 }
 
 /// Trains (or resumes, or skips when up to date) and publishes model `job.name`.
@@ -237,7 +300,12 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     }
     // the model config, the tokenizer folder (opened once: its tokenizer.json is hashed) and, when
     // fine-tuning, the parent's folder
-    let (cfg, td, parent_dir) = match &job.init {
+    if job.cfg.lora.is_some() && matches!(job.init, Init::Scratch { .. }) {
+        return Err(TrainError::Config(
+            "LoRA trains an adapter on an existing model: use finetune --parent".into(),
+        ));
+    }
+    let (cfg, td, parent) = match &job.init {
         Init::Scratch { spec, tokenizer } => {
             let dir = store.require(Kind::Tokenizer, tokenizer)?;
             inputs.push(store.input_ref(Kind::Tokenizer, tokenizer)?);
@@ -246,11 +314,15 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             (cfg, td, None)
         }
         Init::From { parent } => {
-            let dir = store.require(Kind::Model, parent)?;
-            inputs.push(store.input_ref(Kind::Model, parent)?);
-            let cfg = strata_model::read_config(&dir.join("config.json"))?;
-            (cfg, TokenizerDir::open(&dir)?, Some(dir))
+            let p = Parent::resolve(store, parent)?;
+            inputs.extend(p.inputs(store)?);
+            (p.cfg.clone(), TokenizerDir::open(&p.base_dir)?, Some(p))
         }
+    };
+    let kind = if job.cfg.lora.is_some() {
+        Kind::Adapter
+    } else {
+        Kind::Model
     };
     check_tokens(store, job.tokens, &td)?;
     job.cfg.validate(cfg.max_position_embeddings)?;
@@ -263,11 +335,11 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         })
         .unwrap_or_default()
     };
-    let manifest = Manifest::new(Kind::Model, job.name, job.created_by)
+    let manifest = Manifest::new(kind, job.name, job.created_by)
         .with_config(inputs, resolved(&fingerprinted(&job.cfg)));
     let run_id = format!("{}-{}", job.name, &manifest.fingerprint[..12]);
     let run_dir = store.run_dir(&run_id);
-    if let Some(existing) = store.up_to_date(Kind::Model, job.name, &manifest.fingerprint) {
+    if let Some(existing) = store.up_to_date(kind, job.name, &manifest.fingerprint) {
         return Ok(TrainOutcome {
             manifest: existing,
             skipped: true,
@@ -294,15 +366,10 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
     strata_store::write_json_atomic(run_dir.join("config.json"), &resolved(&job.cfg))?;
 
-    // Model and optimizer: fresh, from the parent, or from the checkpoint.
-    let mut varmap = VarMap::new();
-    let model = Llama::load(&VarBuilder::from_varmap(&varmap, DType::F32, &device), &cfg)?;
-    let vars: HashMap<String, candle_core::Var> =
-        varmap.data().lock().map(|d| d.clone()).unwrap_or_default();
-    match &parent_dir {
-        Some(dir) => load_parent(&vars, dir)?,
-        None => strata_model::seeded_init(&vars, &cfg, job.cfg.seed)?,
-    }
+    // Model and optimizer: fresh, from the parent, or from the checkpoint. With LoRA the parent's weights
+    // are constants and the adapter's A/B the only variables.
+    let lora_state = Arc::new(LoraState::default());
+    let (model, vars) = build_model(&cfg, &job.cfg, parent.as_ref(), &lora_state)?;
     let mut opt = crate::AdamW::new(&vars, job.cfg.beta1, job.cfg.beta2, job.cfg.weight_decay)?;
     let mut state = RunState {
         step: 0,
@@ -312,9 +379,11 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     let mut resumed_from = None;
     if let Some(ck) = checkpoint::load(&ckpt_dir, &device)? {
         for (name, t) in &ck.weights {
-            varmap
-                .set_one(name, t)
-                .ctx(&format!("checkpoint tensor {name}"))?;
+            let var = vars.get(name).ok_or_else(|| TrainError::Checkpoint {
+                path: ckpt_dir.clone(),
+                reason: format!("{name} is not a variable of this run"),
+            })?;
+            var.set(t).ctx(&format!("checkpoint tensor {name}"))?;
         }
         opt.load_state(&ck.optim, ck.state.step)?;
         state = ck.state;
@@ -361,7 +430,15 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             }
             micro.push((batch.x, batch.y));
         }
-        let (loss_value, grads) = accumulate(&model, &opt, &micro)?;
+        let seed = job.cfg.seed;
+        let (loss_value, grads) = accumulate_with(&model, &opt, &micro, &|m| {
+            // dropout masks: a function of (seed, step, micro-batch) alone, so resume stays exact
+            lora_state.set_training(
+                true,
+                seed ^ ((step * k + m) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            );
+        })?;
+        lora_state.set_training(false, 0);
         if !loss_value.is_finite() {
             return Err(TrainError::Diverged {
                 step,
@@ -453,7 +530,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         let save = |state| {
             checkpoint::save(
                 &ckpt_dir,
-                &named(&varmap),
+                &named(&vars),
                 opt.state(),
                 state,
                 job.cfg.keep_checkpoints,
@@ -483,9 +560,13 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     bar.finish_and_clear();
     crate::plot_loss(&metrics_path, &run_dir.join("loss.png"))?;
 
-    let staging = store.staging(Kind::Model, job.name)?;
-    strata_model::save_safetensors(&named(&varmap), &staging.join("model.safetensors"), &[])?;
-    strata_model::write_hf_config(&staging, &cfg)?;
+    let staging = store.staging(kind, job.name)?;
+    if let (Some(lc), Some(p)) = (&job.cfg.lora, &parent) {
+        strata_model::lora::write_adapter(&staging, lc, &named(&vars), &p.base)?;
+    } else {
+        strata_model::save_safetensors(&named(&vars), &staging.join("model.safetensors"), &[])?;
+        strata_model::write_hf_config(&staging, &cfg)?;
+    }
     for f in [
         "tokenizer.json",
         "tokenizer_config.json",
@@ -500,7 +581,17 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     let mut manifest = manifest;
     manifest.created_by = format!("{} (run {run_id})", job.created_by);
     let counts = &mut manifest.counts;
-    counts.insert("parameters".into(), cfg.num_parameters().into());
+    if let (Some(lc), Some(p)) = (&job.cfg.lora, &parent) {
+        let trainable: usize = vars.values().map(|v| v.as_tensor().elem_count()).sum();
+        counts.insert("parameters".into(), trainable.into());
+        counts.insert("base_parameters".into(), cfg.num_parameters().into());
+        counts.insert("base".into(), p.base.clone().into());
+        counts.insert("base_sha256".into(), p.base_sha256.clone().into());
+        counts.insert("adapters".into(), p.adapter_names().into());
+        counts.insert("lora_r".into(), lc.r.into());
+    } else {
+        counts.insert("parameters".into(), cfg.num_parameters().into());
+    }
     counts.insert("steps".into(), done.into());
     counts.insert(
         "tokens_seen".into(),
@@ -527,14 +618,8 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     })
 }
 
-fn named(varmap: &VarMap) -> HashMap<String, Tensor> {
-    varmap
-        .data()
-        .lock()
-        .map(|d| {
-            d.iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+fn named(vars: &HashMap<String, Var>) -> HashMap<String, Tensor> {
+    vars.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
 }

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use strata_store::{Kind, Store};
+use strata_store::Store;
 
 use crate::cli::EvalArgs;
 
@@ -35,9 +35,7 @@ pub fn table(
 ) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
     let mut rows = Vec::new();
     for m in models {
-        let dir = store.require(Kind::Model, m)?;
-        let model = strata_model::load_model(&dir, &candle_core::Device::Cpu)?;
-        let tk = strata_tokenize::TokenizerDir::open(&dir)?;
+        let (model, tk) = strata_train::parent::load_merged(store, m, &candle_core::Device::Cpu)?;
         let mut row = Vec::new();
         for d in datasets {
             row.push(perplexity(store, &model, &tk, d, max_windows)?);

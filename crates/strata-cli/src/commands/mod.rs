@@ -15,6 +15,7 @@ mod generate;
 mod import;
 mod lineage;
 mod ls;
+mod merge;
 mod preprocess;
 mod serve;
 mod tokenize;
@@ -45,6 +46,7 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         Command::Import(a) => import::run(&store, a),
         Command::Bench(BenchCommand::Decode(a)) => bench::run(&store, a),
         Command::Export(a) => export::run(&store, a),
+        Command::Merge(a) => merge::run(&store, a),
         Command::Lineage(a) => lineage::run(&store, a),
         Command::Ls => ls::run(&store),
     }

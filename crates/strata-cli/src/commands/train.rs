@@ -125,6 +125,45 @@ fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> anyhow::Result<TrainConfig
     Ok(cfg)
 }
 
+/// The LoRA flags over the config's `[train.lora]` (or the defaults when only flags ask for LoRA).
+fn apply_lora(mut cfg: TrainConfig, a: &crate::cli::LoraArgs) -> TrainConfig {
+    let asked = a.lora
+        || a.rslora
+        || a.lora_r.is_some()
+        || a.lora_alpha.is_some()
+        || a.lora_dropout.is_some()
+        || a.lora_targets.is_some();
+    if !asked {
+        return cfg;
+    }
+    let mut l = cfg.lora.take().unwrap_or_default();
+    if let Some(r) = a.lora_r {
+        l.r = r;
+    }
+    if let Some(v) = a.lora_alpha {
+        l.lora_alpha = v;
+    }
+    if let Some(v) = a.lora_dropout {
+        l.lora_dropout = v;
+    }
+    if let Some(t) = &a.lora_targets {
+        l.target_modules = if t.trim() == "all-linear" {
+            strata_model::lora::TARGETS
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect()
+        } else {
+            t.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+    }
+    l.use_rslora |= a.rslora;
+    cfg.lora = Some(l);
+    cfg
+}
+
 pub fn run_train(store: &Store, a: &TrainArgs) -> anyhow::Result<ExitCode> {
     let file = load_file(a.config.as_deref())?;
     let init = Init::Scratch {
@@ -157,14 +196,8 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
     let init = Init::From {
         parent: a.parent.clone(),
     };
-    run_job(
-        store,
-        &a.name,
-        &a.tokens,
-        init,
-        apply(file.train.unwrap_or(base), &a.overrides)?,
-        true,
-    )?;
+    let cfg = apply_lora(apply(file.train.unwrap_or(base), &a.overrides)?, &a.lora);
+    run_job(store, &a.name, &a.tokens, init, cfg, true)?;
     Ok(ExitCode::SUCCESS)
 }
 

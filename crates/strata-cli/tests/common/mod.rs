@@ -167,12 +167,15 @@ pub fn run_losses(store: &Path, name: &str) -> Vec<f32> {
         .collect()
 }
 
-/// Every line of model `name`'s run metrics.jsonl (the run named in its manifest).
+/// Every line of model (or adapter) `name`'s run metrics.jsonl (the run named in its manifest).
 pub fn run_metrics(store: &Path, name: &str) -> Vec<serde_json::Value> {
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(store.join("models").join(name).join("manifest.json")).expect("manifest"),
-    )
-    .expect("manifest json");
+    let path = ["models", "adapters"]
+        .iter()
+        .map(|k| store.join(k).join(name).join("manifest.json"))
+        .find(|p| p.is_file())
+        .expect("no model or adapter of that name");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("manifest")).expect("manifest json");
     let run = manifest["counts"]["run"].as_str().expect("run id");
     std::fs::read_to_string(store.join("runs").join(run).join("metrics.jsonl"))
         .expect("metrics.jsonl")

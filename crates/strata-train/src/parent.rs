@@ -1,0 +1,196 @@
+//! What a fine-tuning step starts from: a model in the store, or an adapter — then its base model with
+//! every adapter of the chain folded in, in order (general → medical → ultrasound: the ultrasound step's
+//! parent is the medical adapter, whose base is the general model).
+//!
+//! Each adapter records the sha256 of the base it was trained on; a base that has changed since (a
+//! re-import, a retrained model under the same name) is refused by name rather than silently combined.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use strata_model::LlamaConfig;
+use strata_store::{InputRef, Kind, Store};
+
+use crate::{Context, Result, TrainError};
+
+/// A resolved parent: the base model and the adapters on it, outermost last.
+pub struct Parent {
+    pub base: String,
+    pub base_dir: PathBuf,
+    pub base_sha256: String,
+    /// (name, folder) of each adapter, in the order they were trained.
+    pub adapters: Vec<(String, PathBuf)>,
+    pub cfg: LlamaConfig,
+}
+
+impl Parent {
+    /// Looks `name` up as a model, else as an adapter (then follows its chain down to its base).
+    ///
+    /// # Errors
+    /// When nothing of that name exists, or an adapter's base is missing or has changed.
+    pub fn resolve(store: &Store, name: &str) -> Result<Self> {
+        let (base, chain) = if store.exists(Kind::Model, name) || !store.exists(Kind::Adapter, name)
+        {
+            (name.to_string(), Vec::new())
+        } else {
+            let m = store.manifest(Kind::Adapter, name)?;
+            let base = m
+                .counts
+                .get("base")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| {
+                    TrainError::Config(format!("adapter {name:?} does not name its base model"))
+                })?
+                .to_string();
+            let mut chain: Vec<String> = m
+                .counts
+                .get("adapters")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            chain.push(name.to_string());
+            (base, chain)
+        };
+        let base_dir = store.require(Kind::Model, &base)?;
+        let base_sha256 = store.manifest(Kind::Model, &base)?.sha256;
+        let mut adapters = Vec::new();
+        for a in chain {
+            let m = store.manifest(Kind::Adapter, &a)?;
+            let want = m.counts.get("base_sha256").and_then(|v| v.as_str());
+            if want != Some(base_sha256.as_str()) {
+                return Err(TrainError::Config(format!(
+                    "adapter {a:?} was trained on a base {base:?} with sha256 {}, but the store's {base:?} \
+                     has {}: retrain the adapter on this base (or restore the base it was trained on)",
+                    short(want.unwrap_or("(none)")),
+                    short(&base_sha256)
+                )));
+            }
+            adapters.push((a.clone(), store.require(Kind::Adapter, &a)?));
+        }
+        let cfg = strata_model::read_config(&base_dir.join("config.json"))?;
+        Ok(Self {
+            base,
+            base_dir,
+            base_sha256,
+            adapters,
+            cfg,
+        })
+    }
+
+    /// The manifest inputs: the base model and every adapter of the chain.
+    ///
+    /// # Errors
+    /// When a manifest cannot be read.
+    pub fn inputs(&self, store: &Store) -> Result<Vec<InputRef>> {
+        let mut v = vec![store.input_ref(Kind::Model, &self.base)?];
+        for (a, _) in &self.adapters {
+            v.push(store.input_ref(Kind::Adapter, a)?);
+        }
+        Ok(v)
+    }
+
+    /// The adapter names of the chain, in order.
+    #[must_use]
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.adapters.iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// The base weights in f32 with every adapter of the chain merged in.
+    ///
+    /// # Errors
+    /// When a file is missing or an adapter does not fit the base.
+    pub fn weights(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        let mut w = strata_model::read_weights(&self.base_dir, device)?;
+        for t in w.values_mut() {
+            if t.dtype() != DType::F32 {
+                *t = t.to_dtype(DType::F32).ctx("weights to f32")?;
+            }
+        }
+        for (_, dir) in &self.adapters {
+            let a = strata_model::lora::read_adapter(dir, &self.cfg, device)?;
+            strata_model::lora::merge(&mut w, &a, DType::F32)?;
+        }
+        Ok(w)
+    }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+/// A model or adapter of the store as a model ready to score: the base with the adapter chain merged,
+/// in f32, and the base's tokenizer.
+///
+/// # Errors
+/// As [`Parent::resolve`] and [`Parent::weights`].
+pub fn load_merged(
+    store: &Store,
+    name: &str,
+    device: &Device,
+) -> Result<(strata_model::Llama, strata_tokenize::TokenizerDir)> {
+    let p = Parent::resolve(store, name)?;
+    let vb = candle_nn::VarBuilder::from_tensors(p.weights(device)?, DType::F32, device);
+    let model = strata_model::Llama::load(&vb, &p.cfg)?;
+    Ok((model, strata_tokenize::TokenizerDir::open(&p.base_dir)?))
+}
+
+/// Folds adapter `adapter` (and the chain beneath it) into its base and publishes the result as model
+/// `name`: safetensors in `dtype` (f32, f16 or bf16), the base's config and tokenizer files. Lineage: the
+/// base and every adapter.
+///
+/// # Errors
+/// When `adapter` is not an adapter, its base changed, or on an I/O failure.
+pub fn merge_adapter(
+    store: &Store,
+    adapter: &str,
+    name: &str,
+    dtype: DType,
+    created_by: &str,
+) -> Result<strata_store::Manifest> {
+    if !store.exists(Kind::Adapter, adapter) {
+        return Err(TrainError::Config(format!(
+            "{adapter:?} is not an adapter in the store"
+        )));
+    }
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(TrainError::Config(format!(
+            "merge writes f32, f16 or bf16 weights, not {dtype:?}"
+        )));
+    }
+    let p = Parent::resolve(store, adapter)?;
+    let mut weights = p.weights(&Device::Cpu)?;
+    for t in weights.values_mut() {
+        *t = t.to_dtype(dtype).ctx("merged dtype")?;
+    }
+    let config =
+        serde_json::json!({"adapter": adapter, "dtype": format!("{dtype:?}").to_lowercase()});
+    let manifest = strata_store::Manifest::new(Kind::Model, name, created_by)
+        .with_config(p.inputs(store)?, config);
+    let staging = store.staging(Kind::Model, name)?;
+    strata_model::save_safetensors(&weights, &staging.join("model.safetensors"), &[])?;
+    strata_model::write_hf_config(&staging, &p.cfg)?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        let src = p.base_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, staging.join(f)).map_err(crate::io_err(&src))?;
+        }
+    }
+    let mut manifest = manifest;
+    manifest
+        .counts
+        .insert("parameters".into(), p.cfg.num_parameters().into());
+    manifest.counts.insert("base".into(), p.base.clone().into());
+    manifest
+        .counts
+        .insert("adapters".into(), p.adapter_names().into());
+    Ok(store.publish(&staging, manifest)?)
+}
