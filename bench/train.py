@@ -44,12 +44,15 @@ def sh(cmd, **kw):
     return r.stdout
 
 
-def torch_python():
+def torch_python(extra=()):
+    """The venv's python, created with PINS on first use; `extra` pinned packages are added when missing."""
     py = os.path.join(VENV, "bin", "python")
     if not os.path.exists(py):
         sh([sys.executable, "-m", "venv", VENV])
         print("installing torch + transformers (~3 GB) ...", file=sys.stderr)
         sh([os.path.join(VENV, "bin", "pip"), "install", "-q", *PINS])
+    if extra:
+        sh([os.path.join(VENV, "bin", "pip"), "install", "-q", *extra])
     return py
 
 

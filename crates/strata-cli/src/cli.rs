@@ -56,7 +56,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Import a model: a llama.cpp GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K) → HF folder, or a
     /// Hugging Face folder (config.json, model.safetensors or shards, tokenizer.json) as it is. The model's
-    /// tokenizer is also published as a tokenizer artifact of the same name, for `tokenize encode`.
+    /// tokenizer is also published as a tokenizer artifact of the same name, for `tokenize encode`. A PEFT
+    /// LoRA adapter folder imports as an adapter on `--base MODEL`.
     Import(ImportArgs),
     /// Export a model as a GGUF file for llama.cpp (F32, F16 or Q8_0 weights).
     Export(ExportArgs),
@@ -391,12 +392,16 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The .gguf file, or a Hugging Face model folder (Llama, Qwen2, Mistral; f32/f16/bf16 safetensors,
-    /// sharded or not; tokenizer.json required).
+    /// The .gguf file, a Hugging Face model folder (Llama, Qwen2, Mistral; f32/f16/bf16 safetensors,
+    /// sharded or not; tokenizer.json required), or a PEFT LoRA adapter folder (adapter_config.json,
+    /// adapter_model.safetensors; needs --base).
     pub file: PathBuf,
-    /// Name of the model in the store.
+    /// Name of the model (or adapter) in the store.
     #[arg(long)]
     pub name: String,
+    /// For a PEFT adapter folder: the model of the store it was trained on (checked tensor by tensor).
+    #[arg(long)]
+    pub base: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -428,6 +433,23 @@ pub struct MergeArgs {
 pub enum BenchCommand {
     /// Prompt (pp) and decode (tg) tokens/s of a model, as llama-bench measures them; prints JSON.
     Decode(BenchDecodeArgs),
+    /// Logits of a model or adapter (merged on its base) at every position of a token sequence, written as
+    /// a safetensors file (tensor "logits", positions × vocabulary, f32) for parity checks against other
+    /// tools (bench/peft_parity.py).
+    Logits(BenchLogitsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLogitsArgs {
+    /// A model or adapter in the store.
+    #[arg(long)]
+    pub model: String,
+    /// Token ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub ids: Vec<u32>,
+    /// Output .safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

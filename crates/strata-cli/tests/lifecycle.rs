@@ -1051,6 +1051,38 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
         .iter()
         .any(|i| i["kind"] == "model" && i["name"] == "base"));
 
+    // an adapter folder as PEFT leaves it imports onto its base (and needs to be told the base)
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&dir)
+        .args(["--name", "med-copy"]));
+    assert!(!r.ok && r.stderr.contains("--base"), "{}", r.stderr);
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&dir)
+        .args(["--name", "med-copy", "--base", "base"]));
+    assert!(r.ok && r.stdout.contains("r=4"), "{}{}", r.stdout, r.stderr);
+    let e = run(strata(demo).args([
+        "eval",
+        "--model",
+        "med-lora",
+        "--model",
+        "med-copy",
+        "--dataset",
+        "medical",
+    ]));
+    assert!(e.ok, "{}", e.stderr);
+    let rows: Vec<&str> = e
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .filter(|_| l.starts_with("med-"))
+        })
+        .collect();
+    assert!(rows.len() == 2 && rows[0] == rows[1], "{}", e.stdout);
+
     // stacked: the ultrasound adapter trains on base + medical adapter
     let r = run(strata(demo).args(lora_args(
         "us-lora",

@@ -58,13 +58,12 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = crate::matmul::linear_op(x, &self.weight)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let y = match &self.lora {
+            Some(l) => crate::matmul::lora_linear(x, &self.weight, l)?,
+            None => crate::matmul::linear_op(x, &self.weight)?,
         };
-        match &self.lora {
-            Some(l) => y + l.delta(x)?,
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
     }

@@ -248,30 +248,40 @@ pub(crate) struct LoraPair {
 }
 
 impl LoraPair {
-    /// s·(drop(x)·Aᵀ)·Bᵀ.
-    pub fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let x = if self.dropout > 0.0 && self.state.training.load(Ordering::SeqCst) {
+    /// The dropout of this pair for the current micro-batch: (p, seed), or None when off.
+    pub fn dropout_now(&self) -> Option<(f64, u64)> {
+        (self.dropout > 0.0 && self.state.training.load(Ordering::SeqCst)).then(|| {
             let seed = self.state.seed.load(Ordering::SeqCst)
                 ^ self.index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            x.mul(&dropout_mask(x, self.dropout, seed)?)?
-        } else {
-            x.clone()
+            (self.dropout, seed)
+        })
+    }
+
+    /// s·(drop(x)·Aᵀ)·Bᵀ from candle ops (the path off the CPU, and the twin of
+    /// [`crate::matmul::lora_linear`]).
+    pub fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = match self.dropout_now() {
+            Some((p, seed)) => {
+                let mask = dropout_values(x.elem_count(), p, seed);
+                x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)?
+            }
+            None => x.clone(),
         };
         let h = crate::matmul::linear_op(&x, &self.a)?;
         crate::matmul::linear_op(&h, &self.b)? * self.scale
     }
 }
 
-/// Inverted dropout's mask for `x`: 0 with probability p, 1/(1 − p) otherwise, from a seeded generator.
-fn dropout_mask(x: &Tensor, p: f64, seed: u64) -> candle_core::Result<Tensor> {
+/// Inverted dropout's mask of `n` values: 0 with probability p, 1/(1 − p) otherwise, from a seeded
+/// generator (the same values forward and backward).
+pub(crate) fn dropout_values(n: usize, p: f64, seed: u64) -> Vec<f32> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     #[allow(clippy::cast_possible_truncation)]
     let keep = (1.0 / (1.0 - p)) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
+    (0..n)
         .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect();
-    Tensor::from_vec(mask, x.shape(), x.device())
+        .collect()
 }
 
 /// The adapter tensors a model with `cfg` and `lora` needs, keyed as in a `VarMap` (PEFT's keys without
@@ -678,21 +688,93 @@ mod tests {
         );
     }
 
+    /// The fused frozen-W + adapter projection against the same from candle ops: value and the gradients
+    /// of x, A and B, with and without dropout, and A's gradient against finite differences.
+    #[test]
+    fn fused_lora_projection_matches_candle_ops_and_finite_differences() {
+        use candle_core::Var;
+        let randn = |shape: &[usize], seed: u64| {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let v: Vec<f32> = (0..shape.iter().product::<usize>())
+                .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+                .collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        };
+        let w = randn(&[24, 20], 1); // frozen (out, in)
+        let weigh = randn(&[2, 9, 24], 5);
+        for dropout in [0.0, 0.3] {
+            let x = Var::from_tensor(&randn(&[2, 9, 20], 2)).unwrap();
+            let a = Var::from_tensor(&randn(&[3, 20], 3)).unwrap();
+            let b = Var::from_tensor(&randn(&[24, 3], 4)).unwrap();
+            let state = Arc::new(LoraState::default());
+            state.set_training(true, 11);
+            let pair = |a: &Tensor| LoraPair {
+                a: a.clone(),
+                b: b.as_tensor().clone(),
+                scale: 2.5,
+                dropout,
+                index: 3,
+                state: Arc::clone(&state),
+            };
+            let fused = |x: &Tensor, a: &Tensor| {
+                let y = crate::matmul::lora_linear(x, &w, &pair(a)).unwrap();
+                (y * &weigh).unwrap().sum_all().unwrap()
+            };
+            let composed = |x: &Tensor, a: &Tensor| {
+                let y =
+                    (crate::matmul::linear_op(x, &w).unwrap() + pair(a).delta(x).unwrap()).unwrap();
+                (y * &weigh).unwrap().sum_all().unwrap()
+            };
+            let (lf, lc) = (fused(&x, &a), composed(&x, &a));
+            assert!(max_diff(&lf, &lc) < 1e-3, "value at dropout {dropout}");
+            let (gf, gc) = (lf.backward().unwrap(), lc.backward().unwrap());
+            for (name, t) in [
+                ("x", x.as_tensor()),
+                ("A", a.as_tensor()),
+                ("B", b.as_tensor()),
+            ] {
+                let d = max_diff(gf.get(t).unwrap(), gc.get(t).unwrap());
+                assert!(d < 1e-4, "{name} at dropout {dropout}: {d}");
+            }
+            assert!(gf.get(&w).is_none(), "the frozen weight took a gradient");
+            let base: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+            let ga: Vec<f32> = gf
+                .get(&a)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for idx in [0, 17, 59] {
+                let at = |d: f32| {
+                    let mut v = base.clone();
+                    v[idx] += d;
+                    let a2 = Tensor::from_vec(v, (3, 20), &Device::Cpu).unwrap();
+                    f64::from(fused(&x, &a2).to_scalar::<f32>().unwrap())
+                };
+                let fd = (at(1e-2) - at(-1e-2)) / 2e-2;
+                assert!(
+                    (fd - f64::from(ga[idx])).abs() < 1e-2 * (1.0 + fd.abs()),
+                    "A[{idx}] at dropout {dropout}: {fd} vs {}",
+                    ga[idx]
+                );
+            }
+        }
+    }
+
     #[test]
     fn dropout_masks_are_seeded_and_scaled() {
-        let x = Tensor::ones((4, 1000), DType::F32, &Device::Cpu).unwrap();
-        let m1: Vec<f32> = dropout_mask(&x, 0.25, 7)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let m2: Vec<f32> = dropout_mask(&x, 0.25, 7)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let m1 = dropout_values(4000, 0.25, 7);
+        let m2 = dropout_values(4000, 0.25, 7);
         assert_eq!(m1, m2);
         let zeros = m1.iter().filter(|&&v| v == 0.0).count();
         assert!(

@@ -196,6 +196,242 @@ impl CustomOp2 for Projection {
     }
 }
 
+/// A frozen projection with a LoRA adapter as one op: y = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ. W is held by the op
+/// (it takes no gradient); x, A and B are its graph inputs. Composed from candle ops the adapter path keeps
+/// four more (N, out)-sized tensors per projection alive until backward ends (the products, the scaled
+/// delta, the sum); here the op keeps only s·h = s·drop(x)·Aᵀ, (N, r).
+struct LoraProjection {
+    w: Tensor, // (out, in), frozen
+    scale: f32,
+    /// (p, seed) of inverted dropout on the adapter's input.
+    dropout: Option<(f64, u64)>,
+    /// s·drop(x)·Aᵀ (N, r), kept from forward.
+    hs: std::sync::OnceLock<Vec<f32>>,
+}
+
+impl LoraProjection {
+    fn mask(&self, n: usize) -> Option<Vec<f32>> {
+        self.dropout
+            .map(|(p, seed)| crate::lora::dropout_values(n, p, seed))
+    }
+}
+
+impl candle_core::CustomOp3 for LoraProjection {
+    fn name(&self) -> &'static str {
+        "fused-lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = crate::fused::f32_slice(s1, l1, self.name())?;
+        let a = crate::fused::f32_slice(s2, l2, self.name())?;
+        let b = crate::fused::f32_slice(s3, l3, self.name())?;
+        let (r, d_in) = l2.shape().dims2()?;
+        let (out, rb) = l3.shape().dims2()?;
+        let (wo, wi) = self.w.dims2()?;
+        let dims = l1.shape().dims();
+        if dims.last() != Some(&d_in) || rb != r || (wo, wi) != (out, d_in) {
+            candle_core::bail!(
+                "fused-lora-linear: input {dims:?}, A ({r}, {d_in}), B ({out}, {rb}), W ({wo}, {wi})"
+            );
+        }
+        let n = x.len() / d_in.max(1);
+        let mut y = vec![0f32; n * out];
+        with_f32(&self.w, |w| {
+            gemm_into(
+                &mut y,
+                out,
+                false,
+                Mat::rows(x, d_in),
+                Mat::t(w, d_in),
+                (n, out, d_in),
+                true,
+            );
+        })?;
+        let xd = self
+            .mask(x.len())
+            .map(|m| x.iter().zip(m).map(|(v, k)| v * k).collect::<Vec<f32>>());
+        let xin = xd.as_deref().unwrap_or(x);
+        let mut hs = vec![0f32; n * r];
+        gemm_into(
+            &mut hs,
+            r,
+            false,
+            Mat::rows(xin, d_in),
+            Mat::t(a, d_in),
+            (n, r, d_in),
+            true,
+        );
+        for v in &mut hs {
+            *v *= self.scale;
+        }
+        // y += (s·h)·Bᵀ
+        gemm_into(
+            &mut y,
+            out,
+            true,
+            Mat::rows(&hs, r),
+            Mat::t(b, r),
+            (n, out, r),
+            true,
+        );
+        let _ = self.hs.set(hs);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("checked above") = out;
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let hs = self
+            .hs
+            .get()
+            .ok_or_else(|| candle_core::Error::Msg("fused-lora-linear: no forward".into()))?;
+        let (r, d_in) = a.dims2()?;
+        let out = b.dim(0)?;
+        let n = x.elem_count() / d_in.max(1);
+        let mask = self.mask(x.elem_count());
+        with_f32(grad, |g| {
+            with_f32(a, |av| {
+                with_f32(b, |bv| {
+                    with_f32(x, |xv| {
+                        // dh = s·g·B (N, r): the gradient of h = drop(x)·Aᵀ
+                        let mut dh = vec![0f32; n * r];
+                        gemm_into(
+                            &mut dh,
+                            r,
+                            false,
+                            Mat::rows(g, out),
+                            Mat::rows(bv, r),
+                            (n, r, out),
+                            true,
+                        );
+                        for v in &mut dh {
+                            *v *= self.scale;
+                        }
+                        let db = b.track_op().then(|| {
+                            // dB = gᵀ·(s·h) (out, r)
+                            let mut db = vec![0f32; out * r];
+                            gemm_into(
+                                &mut db,
+                                r,
+                                false,
+                                Mat::t(g, out),
+                                Mat::rows(hs, r),
+                                (out, r, n),
+                                true,
+                            );
+                            db
+                        });
+                        let da = a.track_op().then(|| {
+                            // dA = dhᵀ·drop(x) (r, in)
+                            let xd = mask.as_ref().map(|m| {
+                                xv.iter().zip(m).map(|(v, k)| v * k).collect::<Vec<f32>>()
+                            });
+                            let mut da = vec![0f32; r * d_in];
+                            gemm_into(
+                                &mut da,
+                                d_in,
+                                false,
+                                Mat::t(&dh, r),
+                                Mat::rows(xd.as_deref().unwrap_or(xv), d_in),
+                                (r, d_in, n),
+                                true,
+                            );
+                            da
+                        });
+                        let dx = if x.track_op() {
+                            // dx = g·W + (dh·A) ⊙ mask
+                            let mut dx = vec![0f32; n * d_in];
+                            with_f32(&self.w, |w| {
+                                gemm_into(
+                                    &mut dx,
+                                    d_in,
+                                    false,
+                                    Mat::rows(g, out),
+                                    Mat::rows(w, d_in),
+                                    (n, d_in, out),
+                                    true,
+                                );
+                            })?;
+                            match &mask {
+                                None => gemm_into(
+                                    &mut dx,
+                                    d_in,
+                                    true,
+                                    Mat::rows(&dh, r),
+                                    Mat::rows(av, d_in),
+                                    (n, d_in, r),
+                                    true,
+                                ),
+                                Some(m) => {
+                                    let mut t = vec![0f32; n * d_in];
+                                    gemm_into(
+                                        &mut t,
+                                        d_in,
+                                        false,
+                                        Mat::rows(&dh, r),
+                                        Mat::rows(av, d_in),
+                                        (n, d_in, r),
+                                        true,
+                                    );
+                                    for ((d, v), k) in dx.iter_mut().zip(t).zip(m) {
+                                        *d += v * k;
+                                    }
+                                }
+                            }
+                            Some(dx)
+                        } else {
+                            None
+                        };
+                        let t = |v: Option<Vec<f32>>, like: &Tensor| {
+                            v.map(|v| Tensor::from_vec(v, like.shape(), like.device()))
+                                .transpose()
+                        };
+                        Ok::<_, candle_core::Error>((t(dx, x)?, t(da, a)?, t(db, b)?))
+                    })
+                })
+            })
+        })????
+    }
+}
+
+/// y = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ with W frozen, as one op (see [`LoraProjection`]); `dropout` is (p, seed)
+/// while training. Falls back to candle ops off the CPU, for a non-contiguous input, or when W itself
+/// takes a gradient.
+pub(crate) fn lora_linear(
+    x: &Tensor,
+    w: &Tensor,
+    pair: &crate::lora::LoraPair,
+) -> candle_core::Result<Tensor> {
+    if fusable(&[x, w, &pair.a, &pair.b]) && !w.track_op() {
+        #[allow(clippy::cast_possible_truncation)]
+        let op = LoraProjection {
+            w: w.clone(),
+            scale: pair.scale as f32,
+            dropout: pair.dropout_now(),
+            hs: std::sync::OnceLock::new(),
+        };
+        x.apply_op3(&pair.a, &pair.b, op)
+    } else {
+        linear_op(x, w)? + pair.delta(x)?
+    }
+}
+
 /// y = x·Wᵀ over the last axis: x (…, in), W (out, in) → (…, out), as one differentiable op (one graph
 /// node). Off the CPU, or for a non-contiguous input, candle's ops compute the same.
 ///

@@ -194,3 +194,57 @@ pub fn merge_adapter(
         .insert("adapters".into(), p.adapter_names().into());
     Ok(store.publish(&staging, manifest)?)
 }
+
+/// Brings an adapter folder written by PEFT (`save_pretrained`: `adapter_config.json` and
+/// `adapter_model.safetensors`) into the store as adapter `name` on model `base`, after checking every
+/// tensor against the base. The files are re-written in Strata's form of the same layout (f32); the
+/// manifest records the base and its sha256, as for an adapter trained here.
+///
+/// # Errors
+/// When the base is not a model of the store, or the adapter does not fit it.
+pub fn import_adapter(
+    store: &Store,
+    src: &std::path::Path,
+    name: &str,
+    base: &str,
+) -> Result<strata_store::Manifest> {
+    if !store.exists(Kind::Model, base) {
+        return Err(TrainError::Config(format!(
+            "--base {base:?}: no model of that name in the store (an adapter is imported onto a model)"
+        )));
+    }
+    let p = Parent::resolve(store, base)?;
+    let adapter = strata_model::lora::read_adapter(src, &p.cfg, &Device::Cpu)?;
+    let mut inputs = p.inputs(store)?;
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        let path = src.join(f);
+        inputs.push(InputRef {
+            kind: Kind::Raw,
+            name: path.display().to_string(),
+            sha256: strata_store::sha256_file(&path)?,
+        });
+    }
+    let manifest = strata_store::Manifest::new(Kind::Adapter, name, "strata import")
+        .with_config(inputs, serde_json::json!({"format": "peft", "base": base}));
+    let staging = store.staging(Kind::Adapter, name)?;
+    strata_model::lora::write_adapter(&staging, &adapter.config, &adapter.tensors, base)?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        let from = p.base_dir.join(f);
+        if from.is_file() {
+            std::fs::copy(&from, staging.join(f)).map_err(crate::io_err(&from))?;
+        }
+    }
+    let mut manifest = manifest;
+    let trainable: usize = adapter.tensors.values().map(Tensor::elem_count).sum();
+    let c = &mut manifest.counts;
+    c.insert("parameters".into(), trainable.into());
+    c.insert("base".into(), base.into());
+    c.insert("base_sha256".into(), p.base_sha256.clone().into());
+    c.insert("adapters".into(), serde_json::Value::Array(Vec::new()));
+    c.insert("lora_r".into(), adapter.config.r.into());
+    Ok(store.publish(&staging, manifest)?)
+}

@@ -115,3 +115,20 @@ fn argmax(v: &[f32]) -> u32 {
         .map_or(0, |(i, _)| i);
     u32::try_from(i).unwrap_or(0)
 }
+
+/// `strata bench logits`: the training/eval forward (f32, adapters merged) on `ids`, saved for comparison.
+pub fn logits(store: &Store, a: &crate::cli::BenchLogitsArgs) -> anyhow::Result<ExitCode> {
+    let dev = candle_core::Device::Cpu;
+    let (model, _) = strata_train::parent::load_merged(store, &a.model, &dev)?;
+    let ids = candle_core::Tensor::new(a.ids.as_slice(), &dev)?.unsqueeze(0)?;
+    let logits = model.forward(&ids)?.squeeze(0)?;
+    let map = std::collections::HashMap::from([("logits".to_string(), logits)]);
+    strata_model::save_safetensors(&map, &a.out, &[])?;
+    println!(
+        "logits of {} at {} positions → {}",
+        a.model,
+        a.ids.len(),
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

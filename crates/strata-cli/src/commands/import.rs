@@ -22,6 +22,27 @@ const HF_FILES: [&str; 5] = [
 ];
 
 pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
+    if a.file.join("adapter_config.json").is_file() {
+        let base = a.base.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is a PEFT adapter: give the model it was trained on with --base MODEL",
+                a.file.display()
+            )
+        })?;
+        let m = strata_train::parent::import_adapter(store, &a.file, &a.name, base)
+            .with_context(|| format!("importing adapter {}", a.file.display()))?;
+        println!(
+            "adapter {}: on model {base}, r={}, {} parameters",
+            a.name,
+            m.counts.get("lora_r").cloned().unwrap_or_default(),
+            m.counts.get("parameters").cloned().unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    anyhow::ensure!(
+        a.base.is_none(),
+        "--base is for PEFT adapter folders (with adapter_config.json)"
+    );
     if a.file.is_dir() {
         return import_folder(store, a);
     }

@@ -45,6 +45,7 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(&store, a),
         Command::Import(a) => import::run(&store, a),
         Command::Bench(BenchCommand::Decode(a)) => bench::run(&store, a),
+        Command::Bench(BenchCommand::Logits(a)) => bench::logits(&store, a),
         Command::Export(a) => export::run(&store, a),
         Command::Merge(a) => merge::run(&store, a),
         Command::Lineage(a) => lineage::run(&store, a),
