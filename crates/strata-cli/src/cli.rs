@@ -313,13 +313,27 @@ pub struct TrainOverrides {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
+    /// Models or adapters of the store (an adapter is merged on its base), repeated.
     #[arg(long = "model", required = true, num_args = 1..)]
     pub models: Vec<String>,
-    #[arg(long = "dataset", required = true, num_args = 1..)]
+    /// Datasets whose held-out split gives a perplexity, repeated.
+    #[arg(long = "dataset", num_args = 1..)]
     pub datasets: Vec<String>,
+    /// Multiple-choice task files (jsonl: question, context, choices, answer), `PATH` or `NAME=PATH`,
+    /// repeated: accuracy by log-likelihood with a bootstrap 95% interval, scored by the inference engine
+    /// with the weight type of --quant. Results are stored in the registry against each model.
+    #[arg(long = "task", num_args = 1..)]
+    pub tasks: Vec<String>,
     /// Evaluate at most this many windows per dataset.
     #[arg(long, default_value_t = 64)]
     pub max_windows: usize,
+    /// Weight type for tasks: auto (as served: the file's blocks for GGUF imports, f32 otherwise), f32,
+    /// q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "auto")]
+    pub quant: String,
+    /// Score at most this many items per task (the first ones).
+    #[arg(long)]
+    pub max_items: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -1217,3 +1217,137 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
     }
     assert!(!demo.join("models/swap-merged").exists());
 }
+
+/// Multiple-choice scoring: the engine's log-likelihoods (prompt once, each choice after it in the KV
+/// cache, rolled back between choices) against the training forward over the whole sequence; then
+/// `strata eval --task` through the binary, its figures stored in the registry against the model.
+#[test]
+#[allow(clippy::too_many_lines)]
+fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
+    let (demo, _) = quick_demo();
+    let dir = demo.join("models/base");
+    let items = vec![
+        strata_train::tasks::McItem {
+            question: "Is it an organ?".into(),
+            context: "The liver.".into(),
+            choices: vec!["yes".into(), "no".into(), "maybe not".into()],
+            answer: 0,
+        },
+        strata_train::tasks::McItem {
+            question: "Which side is the spleen on?".into(),
+            context: String::new(),
+            choices: vec!["left upper".into(), "right".into()],
+            answer: 0,
+        },
+    ];
+    let engine = strata_model::cpu::CpuModel::load(&dir, None).unwrap();
+    let td = strata_tokenize::TokenizerDir::open(&dir).unwrap();
+    let model = strata_model::load_model(&dir, &candle_core::Device::Cpu).unwrap();
+    let mut cache = strata_model::cpu::CpuCache::new(&engine, 64);
+    for item in &items {
+        let got = strata_train::tasks::choice_logprobs(&engine, &td, &mut cache, item).unwrap();
+        let p = if item.context.is_empty() {
+            format!("Question: {}\nAnswer:", item.question)
+        } else {
+            format!(
+                "Context: {}\nQuestion: {}\nAnswer:",
+                item.context, item.question
+            )
+        };
+        let prompt = td
+            .tokenizer
+            .encode(p.as_str(), true)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        assert!(
+            prompt.len() + 8 < 64,
+            "the prompt must fit uncut: {}",
+            prompt.len()
+        );
+        for (c, &lp) in item.choices.iter().zip(&got) {
+            let cont = td
+                .tokenizer
+                .encode(format!(" {c}").as_str(), false)
+                .unwrap()
+                .get_ids()
+                .to_vec();
+            let all: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
+            let logits = common::logits_of(&dir, &all);
+            let mut want = 0f64;
+            for (i, &t) in cont.iter().enumerate() {
+                let row = &logits[prompt.len() + i - 1];
+                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = f64::from(m)
+                    + row
+                        .iter()
+                        .map(|&v| f64::from(v - m).exp())
+                        .sum::<f64>()
+                        .ln();
+                want += f64::from(row[t as usize]) - lse;
+            }
+            assert!(
+                (lp - want).abs() < 1e-3 * (1.0 + want.abs()),
+                "{c}: {lp} vs {want}"
+            );
+        }
+    }
+    drop(model);
+
+    let task = demo.join("organs.jsonl");
+    std::fs::write(
+        &task,
+        concat!(
+            r#"{"question": "Is the liver an organ?", "choices": ["yes", "no", "maybe"], "answer": "yes"}"#,
+            "\n",
+            r#"{"question": "Is bone soft?", "choices": ["yes", "no", "maybe"], "answer": 1}"#,
+            "\n",
+            r#"{"question": "Where is the heart?", "choices": ["chest", "foot"], "answer": "chest"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let r = run(strata(demo)
+        .args(["eval", "--model", "base", "--dataset", "medical", "--task"])
+        .arg(&task));
+    assert!(r.ok, "{}", r.stderr);
+    let row = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("base ") && l.contains("organs"))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    let acc: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(
+        [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0]
+            .iter()
+            .any(|v| (acc - v).abs() < 1e-3),
+        "{row}"
+    );
+    // chance: (1/3 + 1/3 + 1/2) / 3
+    assert!(row.contains("0.389"), "{row}");
+    let store = strata_store::Store::open(demo).unwrap();
+    let evals = store
+        .registry()
+        .evals(strata_store::Kind::Model, "base")
+        .unwrap();
+    let get = |eval: &str, metric: &str| {
+        evals
+            .iter()
+            .find(|e| e.eval == eval && e.metric == metric)
+            .unwrap_or_else(|| panic!("no {eval} {metric} in {evals:?}"))
+    };
+    assert!((get("task:organs", "acc").value - acc).abs() < 1e-3);
+    assert_eq!(get("task:organs", "acc").n, 3);
+    assert!(get("task:organs", "acc").lo.is_some());
+    assert!(get("ppl:medical", "ppl").value > 1.0);
+    // a malformed task line is named, and nothing is scored
+    std::fs::write(
+        &task,
+        "{\"question\": \"q\", \"choices\": [\"a\"], \"answer\": 0}\n",
+    )
+    .unwrap();
+    let r = run(strata(demo)
+        .args(["eval", "--model", "base", "--task"])
+        .arg(&task));
+    assert!(!r.ok && r.stderr.contains("organs.jsonl:1"), "{}", r.stderr);
+}

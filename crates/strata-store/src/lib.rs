@@ -16,7 +16,7 @@ pub use layout::validate_name;
 pub use layout::{Kind, Store};
 pub use manifest::fingerprint;
 pub use manifest::{FileEntry, InputRef, Manifest};
-pub use registry::{LineageNode, Registry};
+pub use registry::{EvalRecord, LineageNode, Registry};
 
 /// Everything that can go wrong in the store; each message names the path or artifact involved.
 #[derive(Debug, thiserror::Error)]

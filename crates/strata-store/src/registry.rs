@@ -14,6 +14,22 @@ pub struct Registry {
     conn: Mutex<Connection>,
 }
 
+/// One evaluation of an artifact: perplexity on a dataset, or a task's accuracy with its interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalRecord {
+    pub kind: Kind,
+    pub name: String,
+    pub sha256: String,
+    /// `ppl:<dataset>` or `task:<task>`.
+    pub eval: String,
+    /// `ppl`, `acc`, `acc_norm`, `chance`.
+    pub metric: String,
+    pub value: f64,
+    pub lo: Option<f64>,
+    pub hi: Option<f64>,
+    pub n: usize,
+}
+
 /// One artifact in a lineage tree, with the artifacts (or raw files) it was made from.
 #[derive(Debug, Clone)]
 pub struct LineageNode {
@@ -39,7 +55,11 @@ impl Registry {
             "CREATE TABLE IF NOT EXISTS artifacts (
                 kind TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, parents TEXT NOT NULL,
                 created_by TEXT NOT NULL, created_at INTEGER NOT NULL, counts TEXT NOT NULL,
-                PRIMARY KEY (kind, name));",
+                PRIMARY KEY (kind, name));
+             CREATE TABLE IF NOT EXISTS evals (
+                kind TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, eval TEXT NOT NULL,
+                metric TEXT NOT NULL, value REAL NOT NULL, lo REAL, hi REAL, n INTEGER NOT NULL,
+                created_at INTEGER NOT NULL, PRIMARY KEY (kind, name, eval, metric));",
         )
         .map_err(err)?;
         Ok(Self {
@@ -78,6 +98,72 @@ impl Registry {
         )
         .map_err(self.err())?;
         Ok(())
+    }
+
+    /// Stores one evaluation result against an artifact (replacing an earlier one of the same eval and
+    /// metric); `sha256` is the artifact's hash when it was evaluated.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub fn record_eval(&self, r: &EvalRecord) -> Result<()> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        conn.execute(
+            "INSERT OR REPLACE INTO evals VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                r.kind.to_string(),
+                r.name,
+                r.sha256,
+                r.eval,
+                r.metric,
+                r.value,
+                r.lo,
+                r.hi,
+                i64::try_from(r.n).unwrap_or(i64::MAX),
+                i64::try_from(now).unwrap_or(i64::MAX)
+            ],
+        )
+        .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Every evaluation stored against an artifact, by eval then metric.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub fn evals(&self, kind: Kind, name: &str) -> Result<Vec<EvalRecord>> {
+        let conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = conn
+            .prepare(
+                "SELECT sha256, eval, metric, value, lo, hi, n FROM evals WHERE kind = ?1 AND name = ?2
+                 ORDER BY eval, metric",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![kind.to_string(), name], |r| {
+                Ok(EvalRecord {
+                    kind,
+                    name: name.to_string(),
+                    sha256: r.get(0)?,
+                    eval: r.get(1)?,
+                    metric: r.get(2)?,
+                    value: r.get(3)?,
+                    lo: r.get(4)?,
+                    hi: r.get(5)?,
+                    n: usize::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(self.err())
     }
 
     /// The hash and parents of one artifact, if recorded.
@@ -192,6 +278,39 @@ fn rank(kind: Kind) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evaluations_are_stored_against_an_artifact_and_replaced_by_a_newer_one() {
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::open(d.path().join("r.sqlite")).unwrap();
+        let rec = |eval: &str, metric: &str, value: f64| EvalRecord {
+            kind: Kind::Adapter,
+            name: "medical".into(),
+            sha256: "ab".repeat(32),
+            eval: eval.into(),
+            metric: metric.into(),
+            value,
+            lo: (metric == "acc").then_some(value - 0.05),
+            hi: (metric == "acc").then_some(value + 0.05),
+            n: 500,
+        };
+        reg.record_eval(&rec("task:pubmedqa", "acc", 0.4)).unwrap();
+        reg.record_eval(&rec("ppl:medical", "ppl", 31.5)).unwrap();
+        reg.record_eval(&rec("task:pubmedqa", "acc", 0.55)).unwrap(); // replaces the first
+        let got = reg.evals(Kind::Adapter, "medical").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                rec("ppl:medical", "ppl", 31.5),
+                rec("task:pubmedqa", "acc", 0.55)
+            ]
+        );
+        assert!(reg.evals(Kind::Model, "medical").unwrap().is_empty());
+        // kept across reopening
+        drop(reg);
+        let reg = Registry::open(d.path().join("r.sqlite")).unwrap();
+        assert_eq!(reg.evals(Kind::Adapter, "medical").unwrap().len(), 2);
+    }
 
     #[test]
     fn lineage_walks_back_to_raw_files() {

@@ -12,6 +12,7 @@ mod metrics;
 mod optim;
 pub mod parent;
 mod plot;
+pub mod tasks;
 mod trainer;
 
 pub use config::{get_lr, Schedule, TrainConfig};

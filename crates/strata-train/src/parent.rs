@@ -248,3 +248,31 @@ pub fn import_adapter(
     c.insert("lora_r".into(), adapter.config.r.into());
     Ok(store.publish(&staging, manifest)?)
 }
+
+/// A model or adapter as the inference engine serves it, for scoring: a model with its weight type `want`
+/// (None: as stored — a GGUF import's blocks, f32 otherwise); an adapter folded into its base first (f32,
+/// or quantised to `want`). Also returns the tokenizer and the artifact's kind and sha256.
+///
+/// # Errors
+/// As [`Parent::resolve`], or when the engine cannot load the weights.
+pub fn load_engine(
+    store: &Store,
+    name: &str,
+    want: Option<strata_model::cpu::WeightType>,
+) -> Result<(
+    strata_model::cpu::CpuModel,
+    strata_tokenize::TokenizerDir,
+    Kind,
+    String,
+)> {
+    let p = Parent::resolve(store, name)?;
+    let td = strata_tokenize::TokenizerDir::open(&p.base_dir)?;
+    if p.adapters.is_empty() {
+        let m = strata_model::cpu::CpuModel::load(&p.base_dir, want)?;
+        return Ok((m, td, Kind::Model, p.base_sha256));
+    }
+    let sha = store.manifest(Kind::Adapter, name)?.sha256;
+    let weights = p.weights(&Device::Cpu)?;
+    let m = strata_model::cpu::CpuModel::from_tensors(&p.base_dir, p.cfg.clone(), weights, want)?;
+    Ok((m, td, Kind::Adapter, sha))
+}

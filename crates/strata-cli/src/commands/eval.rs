@@ -1,4 +1,5 @@
-//! `strata eval`: held-out perplexity of each model on each dataset, as a table.
+//! `strata eval`: held-out perplexity of each model on each dataset, and multiple-choice task accuracy,
+//! as tables; every figure is also stored in the registry against the model (or adapter) it scores.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -61,8 +62,134 @@ pub fn print_table(datasets: &[String], rows: &[(String, Vec<f64>)]) {
     }
 }
 
+/// `NAME=PATH` or `PATH` (named by its file stem).
+fn task_arg(s: &str) -> (String, std::path::PathBuf) {
+    match s.split_once('=') {
+        Some((n, p)) if !n.contains('/') => (n.to_string(), p.into()),
+        _ => {
+            let p = std::path::PathBuf::from(s);
+            let stem = p
+                .file_stem()
+                .map_or_else(|| s.to_string(), |x| x.to_string_lossy().into());
+            (stem.trim_end_matches(".jsonl").to_string(), p)
+        }
+    }
+}
+
+/// The kind and hash under which evaluations of `name` are stored.
+fn artifact(store: &Store, name: &str) -> anyhow::Result<(strata_store::Kind, String)> {
+    use strata_store::Kind;
+    let kind = if store.exists(Kind::Model, name) {
+        Kind::Model
+    } else {
+        Kind::Adapter
+    };
+    Ok((kind, store.manifest(kind, name)?.sha256))
+}
+
+fn record(
+    store: &Store,
+    (kind, sha): &(strata_store::Kind, String),
+    name: &str,
+    eval: &str,
+    metric: &str,
+    (value, lo, hi, n): (f64, Option<f64>, Option<f64>, usize),
+) -> anyhow::Result<()> {
+    store.registry().record_eval(&strata_store::EvalRecord {
+        kind: *kind,
+        name: name.to_string(),
+        sha256: sha.clone(),
+        eval: eval.to_string(),
+        metric: metric.to_string(),
+        value,
+        lo,
+        hi,
+        n,
+    })?;
+    Ok(())
+}
+
 pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
-    let rows = table(store, &a.models, &a.datasets, a.max_windows)?;
-    print_table(&a.datasets, &rows);
+    anyhow::ensure!(
+        !a.datasets.is_empty() || !a.tasks.is_empty(),
+        "nothing to evaluate: give --dataset NAME and/or --task FILE.jsonl"
+    );
+    if !a.datasets.is_empty() {
+        let rows = table(store, &a.models, &a.datasets, a.max_windows)?;
+        print_table(&a.datasets, &rows);
+        for (m, row) in &rows {
+            let art = artifact(store, m)?;
+            for (d, v) in a.datasets.iter().zip(row) {
+                record(
+                    store,
+                    &art,
+                    m,
+                    &format!("ppl:{d}"),
+                    "ppl",
+                    (*v, None, None, a.max_windows),
+                )?;
+            }
+        }
+    }
+    if a.tasks.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tasks: Vec<(String, Vec<strata_train::tasks::McItem>)> = a
+        .tasks
+        .iter()
+        .map(|t| {
+            let (name, path) = task_arg(t);
+            let mut items = strata_train::tasks::read_task(&path)?;
+            if let Some(n) = a.max_items {
+                items.truncate(n);
+            }
+            Ok((name, items))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let want = strata_model::cpu::parse_weight_type(&a.quant)?;
+    println!(
+        "{:<14}{:<16}{:>7}{:>18}{:>10}{:>8}{:>6}",
+        "model", "task", "acc", "95% interval", "acc_norm", "chance", "n"
+    );
+    for m in &a.models {
+        let (engine, td, _, _) = strata_train::parent::load_engine(store, m, want)?;
+        let art = artifact(store, m)?;
+        for (name, items) in &tasks {
+            let bar = indicatif::ProgressBar::new(items.len() as u64);
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let s = strata_train::tasks::score(&engine, &td, items, &|done, _| {
+                bar.set_position(done as u64);
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "{m:<14}{name:<16}{:>7.3}{:>18}{:>10.3}{:>8.3}{:>6}",
+                s.acc,
+                format!("[{:.3}, {:.3}]", s.lo, s.hi),
+                s.acc_norm,
+                s.chance,
+                s.n
+            );
+            let eval = format!("task:{name}");
+            record(
+                store,
+                &art,
+                m,
+                &eval,
+                "acc",
+                (s.acc, Some(s.lo), Some(s.hi), s.n),
+            )?;
+            record(
+                store,
+                &art,
+                m,
+                &eval,
+                "acc_norm",
+                (s.acc_norm, None, None, s.n),
+            )?;
+            record(store, &art, m, &eval, "chance", (s.chance, None, None, s.n))?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -116,6 +116,12 @@ impl CpuCache {
         self.len = 0;
     }
 
+    /// Forgets the positions from `len` on: several continuations of one prompt are scored after it in
+    /// turn.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Keys are kept transposed (per kv head, row d = dimension d of every position), so that attention
     /// scores many positions per vector; values by position.
     fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
