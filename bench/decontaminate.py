@@ -8,7 +8,8 @@ other questions (not the test split: they must stay). Runs
 `strata preprocess --eval-set pubmedqa=ori_pqal.json --eval-fields QUESTION,CONTEXTS,LONG_ANSWER
 --eval-ids test_ground_truth.json` and prints how many of each kind were removed, and the time.
 
-Needs ../shared/data/pubmedqa (see DATA.md) and a release build (`cargo build --release -p strata-cli`).
+Reads PubMedQA from the repository (datasets/pubmedqa, zstd-compressed; the `zstd` tool decompresses it)
+and needs a release build (`cargo build --release -p strata-cli`).
 """
 import argparse
 import glob
@@ -24,14 +25,20 @@ WORK = os.path.join(ROOT, "target", "bench-decontaminate")
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pubmedqa", default=os.path.join(ROOT, "..", "shared", "data", "pubmedqa"))
     ap.add_argument("--corpus", default=os.path.join(ROOT, "target", "bench-preprocess", "corpus"))
     ap.add_argument("--docs", type=int, default=20000, help="corpus documents to take")
     a = ap.parse_args()
-    qa = json.load(open(os.path.join(a.pubmedqa, "ori_pqal.json")))
-    test = json.load(open(os.path.join(a.pubmedqa, "test_ground_truth.json")))
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(os.path.join(WORK, "in"))
+    # PubMedQA as the repository carries it: decompressed next to its test ids
+    src = os.path.join(ROOT, "datasets", "pubmedqa")
+    a.pubmedqa = os.path.join(WORK, "pubmedqa")
+    os.makedirs(a.pubmedqa)
+    subprocess.run(["zstd", "-q", "-d", os.path.join(src, "ori_pqal.json.zst"), "-o",
+                    os.path.join(a.pubmedqa, "ori_pqal.json")], check=True)
+    shutil.copy(os.path.join(src, "test_ground_truth.json"), a.pubmedqa)
+    qa = json.load(open(os.path.join(a.pubmedqa, "ori_pqal.json")))
+    test = json.load(open(os.path.join(a.pubmedqa, "test_ground_truth.json")))
     docs = []
     for path in sorted(glob.glob(os.path.join(a.corpus, "*.jsonl"))):
         for line in open(path):

@@ -11,7 +11,7 @@ The corpus (default 200 MB) is built from the fetched corpora (scripts/fetch-dat
 20-40 sentences drawn at random (seeded), and 10% of them are planted near-duplicates of an earlier document
 with 1-10% of their words replaced.
 
-Needs datatrove 0.10.1 (`pip install "datatrove[processing]==0.10.1" spacy orjson`, see ../shared/STACK.md);
+Needs datatrove 0.10.1 (`pip install "datatrove[processing]==0.10.1" spacy orjson`);
 it is installed into target/datatrove/venv unless DATATROVE_PYTHON points at a python that has it.
 
 usage: bench/preprocess.py [--mb 200] [--workers 2]

@@ -63,6 +63,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Fold a LoRA adapter (and the adapters beneath it) into its base model: a new model artifact.
     Merge(MergeArgs),
+    /// Write a domain's training and evaluation files from data carried in the binary.
+    #[command(subcommand)]
+    Domain(DomainCommand),
     /// Benchmarks (see bench/ for the side-by-side scripts).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -429,6 +432,18 @@ pub struct ExportArgs {
     /// Weight type: f32, f16 or q8_0 (norms stay f32).
     #[arg(long = "type", default_value = "f32")]
     pub r#type: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DomainCommand {
+    /// PubMedQA (MIT; 1,000 expert-labelled questions): its 500-question test split as a task
+    /// (pubmedqa-test.jsonl) and as abstracts (pubmedqa-test-abstracts.jsonl), the other 500 as documents
+    /// (pubmedqa-train.jsonl) and chat pairs (pubmedqa-train-chat.jsonl).
+    Pubmedqa {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 pub mod acquire;
 pub mod doc;
+pub mod domain;
 pub mod io;
 pub mod preprocess;
 pub mod split;

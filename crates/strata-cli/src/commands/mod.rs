@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use strata_store::Store;
 
-use crate::cli::{BenchCommand, Cli, Command, PipelineCommand};
+use crate::cli::{BenchCommand, Cli, Command, DomainCommand, PipelineCommand};
 
 mod acquire;
 mod bench;
@@ -48,6 +48,16 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Logits(a)) => bench::logits(&store, a),
         Command::Export(a) => export::run(&store, a),
         Command::Merge(a) => merge::run(&store, a),
+        Command::Domain(DomainCommand::Pubmedqa { out }) => {
+            let c = strata_data::domain::build_pubmedqa(out)?;
+            println!(
+                "pubmedqa → {}: {} test questions (task + abstracts), {} training items (documents + chat)",
+                out.display(),
+                c.test,
+                c.train
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Lineage(a) => lineage::run(&store, a),
         Command::Ls => ls::run(&store),
     }
