@@ -198,7 +198,8 @@ pub enum TokenizeCommand {
         #[arg(long, default_value_t = 4096)]
         vocab_size: usize,
     },
-    /// Encode a dataset into train/val token shards.
+    /// Encode a dataset into train/val token shards. With --chat, its chat records ({"messages": [...]})
+    /// are rendered with the tokenizer's chat template for SFT, the loss on assistant turns only.
     Encode {
         #[arg(long)]
         name: String,
@@ -206,6 +207,16 @@ pub enum TokenizeCommand {
         dataset: String,
         #[arg(long)]
         tokenizer: String,
+        /// SFT: render chat records with the model's chat template; only assistant turns take the loss.
+        /// Records without an assistant turn, or that the template cannot render, are quarantined.
+        #[arg(long)]
+        chat: bool,
+        /// With --chat: pack examples back to back instead of one example per row.
+        #[arg(long, requires = "chat")]
+        pack: bool,
+        /// With --chat and no --pack: tokens per example row (train with --seq-len equal to it).
+        #[arg(long, requires = "chat", default_value_t = 512)]
+        max_len: usize,
     },
 }
 

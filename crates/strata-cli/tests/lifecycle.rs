@@ -1351,3 +1351,97 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
         .arg(&task));
     assert!(!r.ok && r.stderr.contains("organs.jsonl:1"), "{}", r.stderr);
 }
+
+/// SFT through the binary: chat records (one malformed, one without an assistant turn) → acquire →
+/// `tokenize encode --chat` (the loss on assistant turns only, one example per row) → LoRA SFT whose loss
+/// falls; a row length that does not match --seq-len is refused by name.
+#[test]
+fn chat_records_fine_tune_with_loss_on_assistant_turns_only() {
+    let (demo, _) = quick_demo();
+    let organs = ["liver", "kidney", "spleen", "bladder"];
+    let finds = ["normal", "enlarged", "cyst"];
+    let mut lines = String::new();
+    for i in 0..200 {
+        let (o, f) = (organs[i % 4], finds[(i / 4) % 3]);
+        lines.push_str(
+            &serde_json::json!({"messages": [{"role": "user", "content": format!("{o}?")},
+            {"role": "assistant", "content": format!("{o} {f}.")}]})
+            .to_string(),
+        );
+        lines.push('\n');
+    }
+    lines.push_str("{\"messages\": [{\"role\": \"user\", \"content\": \"no answer here\"}]}\n");
+    lines.push_str("{\"messages\": [{\"role\": \"user\"}]}\n");
+    let src = demo.join("chat.jsonl");
+    std::fs::write(&src, lines).unwrap();
+    let r = run(strata(demo)
+        .args(["acquire", "--name", "chat-raw", "--input"])
+        .arg(&src));
+    assert!(
+        r.ok && r.stdout.contains("1 quarantined"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let r = run(strata(demo).args([
+        "tokenize",
+        "encode",
+        "--name",
+        "chat-tok",
+        "--dataset",
+        "chat-raw",
+        "--tokenizer",
+        "bpe",
+        "--chat",
+        "--max-len",
+        "48",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(demo.join("tokens/chat-tok/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["counts"]["quarantined"], 1);
+    assert_eq!(m["counts"]["example_len"], 49);
+    let q = std::fs::read_to_string(demo.join("tokens/chat-tok/quarantine.jsonl")).unwrap();
+    assert!(q.contains("no assistant turn"), "{q}");
+    // the share of positions that take the loss: the assistant's words and end-of-turn, far fewer than all
+    let loss = m["counts"]["loss_tokens"].as_u64().unwrap();
+    let all =
+        m["counts"]["train_tokens"].as_u64().unwrap() + m["counts"]["val_tokens"].as_u64().unwrap();
+    assert!(loss > 0 && loss * 3 < all, "{loss} of {all}");
+    let args = [
+        "finetune",
+        "--name",
+        "chat-lora",
+        "--parent",
+        "base",
+        "--tokens",
+        "chat-tok",
+        "--lora-targets",
+        "all-linear",
+        "--steps",
+        "30",
+        "--seq-len",
+        "48",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "8",
+    ];
+    let r = run(strata(demo).args(args));
+    assert!(r.ok, "{}", r.stderr);
+    let losses = common::run_losses(demo, "chat-lora");
+    assert!(
+        losses[27..].iter().sum::<f32>() < 0.7 * losses[..3].iter().sum::<f32>(),
+        "SFT loss did not fall: {losses:?}"
+    );
+    let mut bad = args;
+    bad[2] = "chat-bad";
+    bad[12] = "32";
+    let r = run(strata(demo).args(bad));
+    assert!(
+        !r.ok && r.stderr.contains("one example per row of 49 tokens"),
+        "{}",
+        r.stderr
+    );
+}

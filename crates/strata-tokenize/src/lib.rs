@@ -3,6 +3,7 @@
 mod bpe;
 mod chat;
 mod gguf_vocab;
+mod sft;
 mod shards;
 mod special;
 
@@ -10,6 +11,7 @@ pub use bpe::{default_val_fraction, write_tokenizer_files};
 pub use bpe::{train_tokenizer, TokenizerConfig, SPECIAL_TOKENS};
 pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 pub use gguf_vocab::{write_gguf_tokenizer, GgufVocab};
+pub use sft::{encode_chat, encode_chat_dataset, split_flag, ChatEncodeConfig, NO_LOSS};
 pub use shards::{
     encode_dataset, encode_heldout, read_tokens, train_shards, write_tokens, EncodeConfig,
     TokenShard,

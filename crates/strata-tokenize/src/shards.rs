@@ -127,6 +127,15 @@ pub fn write_tokens(path: &Path, ids: &[u32], vocab: usize) -> Result<()> {
     } else {
         4
     };
+    write_tokens_width(path, ids, vocab, width)
+}
+
+/// [`write_tokens`] with the id width chosen by the caller (2 or 4 bytes; SFT shards need 4 for their
+/// loss flag).
+///
+/// # Errors
+/// On an I/O failure.
+pub(crate) fn write_tokens_width(path: &Path, ids: &[u32], vocab: usize, width: u32) -> Result<()> {
     let mut f = strata_store::AtomicFile::create(path)?;
     let mut header = Vec::with_capacity(32);
     header.extend_from_slice(MAGIC);

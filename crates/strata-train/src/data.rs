@@ -19,21 +19,44 @@ pub struct Component {
     shards: Vec<TokenShard>,
     /// Cumulative count of window starts over the shards.
     starts: Vec<usize>,
+    /// Tokens between window starts: 1 for a token stream, the row length for SFT examples encoded one per
+    /// row (a window is then exactly one example).
+    stride: usize,
 }
 
 impl Component {
+    /// `example_len`: the row length of SFT examples encoded one per row (`example_len` in the token
+    /// artifact's manifest), which must be `seq_len + 1`; None for a token stream.
+    ///
     /// # Errors
-    /// When the weight is not positive or the shards hold no full window.
-    pub fn new(name: &str, weight: f64, shards: Vec<TokenShard>, seq_len: usize) -> Result<Self> {
+    /// When the weight is not positive, the rows do not match `seq_len`, or the shards hold no full window.
+    pub fn new(
+        name: &str,
+        weight: f64,
+        shards: Vec<TokenShard>,
+        seq_len: usize,
+        example_len: Option<usize>,
+    ) -> Result<Self> {
         if !(weight.is_finite() && weight > 0.0) {
             return Err(TrainError::Config(format!(
                 "mixture weight of {name:?} is {weight}: weights must be > 0"
             )));
         }
+        if let Some(n) = example_len.filter(|&n| n != seq_len + 1) {
+            return Err(TrainError::Config(format!(
+                "tokens {name:?} hold one example per row of {n} tokens: train with seq_len {} (or \
+                 encode them again with --max-len {seq_len} or --pack)",
+                n.saturating_sub(1)
+            )));
+        }
+        let stride = example_len.unwrap_or(1);
         let mut starts = Vec::with_capacity(shards.len());
         let mut total = 0usize;
         for s in &shards {
-            total += s.len().saturating_sub(seq_len);
+            total += match example_len {
+                Some(n) => s.len() / n,
+                None => s.len().saturating_sub(seq_len),
+            };
             starts.push(total);
         }
         if total == 0 {
@@ -48,6 +71,7 @@ impl Component {
             weight,
             shards,
             starts,
+            stride,
         })
     }
 
@@ -59,7 +83,7 @@ impl Component {
         } else {
             self.starts[shard - 1]
         };
-        self.shards[shard].extend_into(w - before, t + 1, out);
+        self.shards[shard].extend_into((w - before) * self.stride, t + 1, out);
     }
 
     fn windows(&self) -> usize {
@@ -202,12 +226,21 @@ impl Mixture {
             );
             let w = match self.sampling {
                 Sampling::Random => rng.random_range(0..comp.windows()),
-                Sampling::Sequential => (self.rank(seed, c, i) * t) % comp.windows(),
+                Sampling::Sequential => (self.rank(seed, c, i) * t / comp.stride) % comp.windows(),
             };
             buf.clear();
             comp.window(w, t, &mut buf);
-            x.extend_from_slice(&buf[..t]);
-            y.extend_from_slice(&buf[1..]);
+            // SFT shards flag the positions outside assistant turns: inputs lose the flag, targets become
+            // the ignore index
+            x.extend(buf[..t].iter().map(|&id| strata_tokenize::split_flag(id).0));
+            y.extend(
+                buf[1..]
+                    .iter()
+                    .map(|&id| match strata_tokenize::split_flag(id) {
+                        (id, true) => id,
+                        (_, false) => strata_model::fused::IGNORE,
+                    }),
+            );
         }
         Ok(Batch {
             x: Tensor::from_vec(x, (batch, t), device).ctx("batch x")?,
@@ -235,6 +268,7 @@ mod tests {
             1.0,
             vec![shard(d.path(), "a", &(0..100).collect::<Vec<_>>())],
             8,
+            None,
         )
         .unwrap();
         let m = Mixture::new(vec![c], 8, Sampling::Random).unwrap();
@@ -275,7 +309,7 @@ mod tests {
             shard(d.path(), "s0", &(100..110).collect::<Vec<_>>()),
             shard(d.path(), "s1", &(200..230).collect::<Vec<_>>()),
         ];
-        let c = Component::new("a", 1.0, shards, 4).unwrap();
+        let c = Component::new("a", 1.0, shards, 4, None).unwrap();
         assert_eq!(c.windows(), 6 + 26);
         let m = Mixture::new(vec![c], 4, Sampling::Random).unwrap();
         let b = m.batch(3, 0, 400, &Device::Cpu).unwrap();
@@ -296,8 +330,22 @@ mod tests {
     #[test]
     fn component_shares_follow_the_weights() {
         let d = tempfile::tempdir().unwrap();
-        let a = Component::new("medical", 0.8, vec![shard(d.path(), "a", &[1; 64])], 8).unwrap();
-        let b = Component::new("general", 0.2, vec![shard(d.path(), "b", &[2; 64])], 8).unwrap();
+        let a = Component::new(
+            "medical",
+            0.8,
+            vec![shard(d.path(), "a", &[1; 64])],
+            8,
+            None,
+        )
+        .unwrap();
+        let b = Component::new(
+            "general",
+            0.2,
+            vec![shard(d.path(), "b", &[2; 64])],
+            8,
+            None,
+        )
+        .unwrap();
         let m = Mixture::new(vec![a, b], 8, Sampling::Random).unwrap();
         // 1,000 steps of batch 4
         let mut rows = [0usize; 2];
@@ -325,6 +373,7 @@ mod tests {
             0.5,
             vec![shard(d.path(), "a", &(0..40).collect::<Vec<_>>())],
             4,
+            None,
         )
         .unwrap();
         let b = Component::new(
@@ -332,6 +381,7 @@ mod tests {
             0.5,
             vec![shard(d.path(), "b", &(100..140).collect::<Vec<_>>())],
             4,
+            None,
         )
         .unwrap();
         let m = Mixture::new(vec![a, b], 4, Sampling::Sequential).unwrap();
@@ -359,15 +409,59 @@ mod tests {
         assert_eq!(x, again);
     }
 
+    /// SFT shards: flagged positions are inputs without the flag and ignored targets; with one example per
+    /// row, every window is exactly one row, and rows that do not match seq_len are refused.
     #[test]
-    fn bad_weights_and_short_data_are_refused_by_name() {
+    fn sft_rows_are_whole_windows_and_flagged_targets_are_ignored() {
         let d = tempfile::tempdir().unwrap();
-        let e = Component::new("general", 0.0, vec![shard(d.path(), "a", &[1; 64])], 8)
+        let f = strata_tokenize::NO_LOSS;
+        // two rows of 5 tokens: [prompt prompt answer answer pad]
+        let ids = [f + 7, f + 8, 30, 31, f, f + 9, f + 10, 40, 41, f];
+        // 4 bytes per id, as SFT shards are written
+        let wide = |name: &str| {
+            let p = d.path().join(name);
+            strata_tokenize::write_tokens(&p, &ids, 1 << 20).unwrap();
+            TokenShard::open(&p).unwrap()
+        };
+        let c = Component::new("sft", 1.0, vec![wide("s")], 4, Some(5)).unwrap();
+        assert_eq!(c.windows(), 2);
+        let m = Mixture::new(vec![c], 4, Sampling::Random).unwrap();
+        let ig = strata_model::fused::IGNORE;
+        for first in 0..20 {
+            let b = m.batch(3, first, 1, &Device::Cpu).unwrap();
+            let x: Vec<u32> = b.x.flatten_all().unwrap().to_vec1().unwrap();
+            let y: Vec<u32> = b.y.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(
+                (x == [7, 8, 30, 31] && y == [ig, 30, 31, ig])
+                    || (x == [9, 10, 40, 41] && y == [ig, 40, 41, ig]),
+                "{x:?} {y:?}"
+            );
+        }
+        let e = Component::new("sft", 1.0, vec![wide("t")], 8, Some(5))
             .err()
             .unwrap()
             .to_string();
+        assert!(
+            e.contains("one example per row of 5 tokens") && e.contains("seq_len 4"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_weights_and_short_data_are_refused_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Component::new(
+            "general",
+            0.0,
+            vec![shard(d.path(), "a", &[1; 64])],
+            8,
+            None,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("\"general\"") && e.contains("> 0"), "{e}");
-        let e = Component::new("tiny", 1.0, vec![shard(d.path(), "b", &[1; 8])], 8)
+        let e = Component::new("tiny", 1.0, vec![shard(d.path(), "b", &[1; 8])], 8, None)
             .err()
             .unwrap()
             .to_string();

@@ -48,20 +48,25 @@ pub fn perplexity(
             .iter()
             .flat_map(|&s| tokens[s + 1..=s + seq_len].iter().copied())
             .collect();
-        let n = x.len();
-        total += window_loss(model, x, y, (chunk.len(), seq_len))? * n as f64;
+        let (sum, n) = window_loss(model, x, y, (chunk.len(), seq_len))?;
+        total += sum;
         count += n;
     }
     for s in partial {
         let len = tokens.len() - 1 - s;
-        let n = len;
-        total += window_loss(
+        let (sum, n) = window_loss(
             model,
             tokens[s..s + len].to_vec(),
             tokens[s + 1..=s + len].to_vec(),
             (1, len),
-        )? * n as f64;
+        )?;
+        total += sum;
         count += n;
+    }
+    if count == 0 {
+        return Err(TrainError::Data(
+            "no position counts toward the loss (SFT data without assistant tokens?)".into(),
+        ));
     }
     #[allow(clippy::cast_precision_loss)]
     let nll = total / count as f64;
@@ -72,13 +77,31 @@ pub fn perplexity(
     })
 }
 
-fn window_loss(model: &Llama, x: Vec<u32>, y: Vec<u32>, shape: (usize, usize)) -> Result<f64> {
+/// Summed loss and number of counted targets of one batch of windows. Ids from SFT shards carry the
+/// no-loss flag: inputs lose it, flagged targets do not count.
+fn window_loss(
+    model: &Llama,
+    x: Vec<u32>,
+    y: Vec<u32>,
+    shape: (usize, usize),
+) -> Result<(f64, usize)> {
     let device = model.device();
+    let x: Vec<u32> = x
+        .into_iter()
+        .map(|i| strata_tokenize::split_flag(i).0)
+        .collect();
+    let y: Vec<u32> = y
+        .into_iter()
+        .map(|i| match strata_tokenize::split_flag(i) {
+            (i, true) => i,
+            (_, false) => strata_model::fused::IGNORE,
+        })
+        .collect();
     let x = Tensor::from_vec(x, shape, device).ctx("eval x")?;
     let y = Tensor::from_vec(y, shape, device).ctx("eval y")?;
     let logits = model.forward(&x)?;
-    let loss = strata_model::next_token_loss(&logits, &y)?;
-    Ok(f64::from(loss.to_scalar::<f32>().ctx("eval loss")?))
+    let (sum, n) = strata_model::next_token_loss_sum(&logits, &y)?;
+    Ok((f64::from(sum.to_scalar::<f32>().ctx("eval loss")?), n))
 }
 
 #[cfg(test)]

@@ -354,7 +354,19 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     for t in job.tokens {
         let dir = store.require(Kind::Tokens, &t.name)?;
         let shards = strata_tokenize::train_shards(&dir)?;
-        components.push(Component::new(&t.name, t.weight, shards, job.cfg.seq_len)?);
+        let example_len = store
+            .manifest(Kind::Tokens, &t.name)?
+            .counts
+            .get("example_len")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok());
+        components.push(Component::new(
+            &t.name,
+            t.weight,
+            shards,
+            job.cfg.seq_len,
+            example_len,
+        )?);
         val_sets.push((
             t.name.clone(),
             strata_tokenize::read_tokens(&dir.join("val-00000.bin"))?,

@@ -25,6 +25,26 @@ pub fn run(store: &Store, c: &TokenizeCommand) -> anyhow::Result<ExitCode> {
             name,
             dataset,
             tokenizer,
+            chat: true,
+            pack,
+            max_len,
+        } => strata_tokenize::encode_chat_dataset(
+            store,
+            name,
+            dataset,
+            tokenizer,
+            &strata_tokenize::ChatEncodeConfig {
+                val_fraction: strata_tokenize::default_val_fraction(),
+                pack: *pack,
+                max_len: *max_len,
+            },
+            "strata tokenize encode --chat",
+        )?,
+        TokenizeCommand::Encode {
+            name,
+            dataset,
+            tokenizer,
+            ..
         } => encode_dataset(
             store,
             name,

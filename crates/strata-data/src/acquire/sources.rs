@@ -263,7 +263,27 @@ fn parse_record(
             "field {text_field:?} is not a string (found {})",
             kind_of(&other)
         )),
-        None => Err(format!("missing field {text_field:?}")),
+        // a chat record (`{"messages": [{"role", "content"}, …]}`, as SFT data comes): its text, for the
+        // filters, dedup and decontamination, is the messages' contents; the messages stay as metadata
+        None => match obj.get("messages") {
+            Some(Value::Array(msgs)) => {
+                let mut parts = Vec::with_capacity(msgs.len());
+                for (i, m) in msgs.iter().enumerate() {
+                    match (m.get("role"), m.get("content")) {
+                        (Some(Value::String(_)), Some(Value::String(c))) => parts.push(c.as_str()),
+                        _ => {
+                            return Err(format!(
+                                "messages[{i}] needs string fields \"role\" and \"content\""
+                            ))
+                        }
+                    }
+                }
+                let text = parts.join("\n");
+                obj.remove("id");
+                Ok((text, obj))
+            }
+            _ => Err(format!("missing field {text_field:?}")),
+        },
     }
 }
 
