@@ -258,6 +258,14 @@ pub struct FinetuneArgs {
     pub overrides: TrainOverrides,
     #[command(flatten)]
     pub lora: LoraArgs,
+    /// Forgetting guard: after training, the child's perplexity on this dataset's held-out split is compared
+    /// with the parent's; over --max-general-ppl-increase the step is published marked failed and the
+    /// command fails.
+    #[arg(long)]
+    pub guard_dataset: Option<String>,
+    /// The guard's limit: largest relative perplexity increase allowed (0.05 = 5%).
+    #[arg(long, requires = "guard_dataset")]
+    pub max_general_ppl_increase: Option<f64>,
 }
 
 /// LoRA: train an adapter (PEFT layout, stored under adapters/) on the frozen parent instead of all its

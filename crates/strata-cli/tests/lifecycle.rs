@@ -1445,3 +1445,63 @@ fn chat_records_fine_tune_with_loss_on_assistant_turns_only() {
         r.stderr
     );
 }
+
+/// The forgetting guard: a gentle step passes; one that wrecks general perplexity is published marked
+/// failed and the command fails (also when run again, up to date).
+#[test]
+fn the_forgetting_guard_marks_a_step_that_forgets_too_much() {
+    let (demo, _) = quick_demo();
+    let step = |name: &str, lr: &str, steps: &str| {
+        run(strata(demo).args([
+            "finetune",
+            "--name",
+            name,
+            "--parent",
+            "base",
+            "--tokens",
+            "medical-tokens",
+            "--lora",
+            "--steps",
+            steps,
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "64",
+            "--lr",
+            lr,
+            "--guard-dataset",
+            "general",
+            "--max-general-ppl-increase",
+            "0.05",
+        ]))
+    };
+    let verdict = |name: &str| -> serde_json::Value {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(demo.join("adapters").join(name).join("manifest.json")).unwrap(),
+        )
+        .unwrap();
+        m["counts"]["guard"].clone()
+    };
+    let r = step("guard-ok", "1e-6", "2");
+    assert!(r.ok && r.stderr.contains("passed"), "{}", r.stderr);
+    let g = verdict("guard-ok");
+    assert_eq!(g["passed"], true);
+    assert!(g["increase"].as_f64().unwrap().abs() < 0.05, "{g}");
+    let r = step("guard-bad", "1e-2", "10");
+    assert!(
+        !r.ok && r.stderr.contains("forgetting guard failed"),
+        "{}",
+        r.stderr
+    );
+    let g = verdict("guard-bad");
+    assert_eq!(g["passed"], false);
+    assert!(g["increase"].as_f64().unwrap() > 0.05, "{g}");
+    let parent = g["parent_ppl"].as_f64().unwrap();
+    assert!((parent - verdict("guard-ok")["parent_ppl"].as_f64().unwrap()).abs() < 1e-9);
+    let again = step("guard-bad", "1e-2", "10");
+    assert!(
+        !again.ok && again.stderr.contains("up to date"),
+        "{}",
+        again.stderr
+    );
+}

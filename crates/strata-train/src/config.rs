@@ -58,6 +58,9 @@ pub struct TrainConfig {
     /// Train a LoRA adapter on the frozen parent instead of all its weights (`[train.lora]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<strata_model::lora::LoraConfig>,
+    /// The forgetting guard of a domain step (`[train.guard]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardConfig>,
 }
 
 /// The learning-rate schedule after linear warmup.
@@ -153,6 +156,14 @@ impl TrainConfig {
         }
         if self.max_time_s.is_some_and(|t| t.is_nan() || t <= 0.0) {
             return bad("max_time must be > 0".into());
+        }
+        if let Some(g) = &self.guard {
+            if !(g.max_general_ppl_increase.is_finite() && g.max_general_ppl_increase >= 0.0) {
+                return bad(format!(
+                    "max_general_ppl_increase ({}) must be >= 0",
+                    g.max_general_ppl_increase
+                ));
+            }
         }
         if let Some(l) = &self.lora {
             l.validate()

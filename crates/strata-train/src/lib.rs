@@ -8,6 +8,7 @@ mod checkpoint;
 mod config;
 mod data;
 mod eval;
+pub mod guard;
 mod metrics;
 mod optim;
 pub mod parent;

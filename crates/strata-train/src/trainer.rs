@@ -92,6 +92,8 @@ pub struct TrainOutcome {
     pub run_dir: std::path::PathBuf,
     /// Why training ended before `steps`, if it did ("early_stop", "max_time").
     pub stopped: Option<&'static str>,
+    /// The forgetting guard's measurement, when the config has one.
+    pub guard: Option<crate::guard::GuardVerdict>,
 }
 
 #[derive(Serialize)]
@@ -346,6 +348,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             resumed_from: None,
             run_dir,
             stopped: None,
+            guard: None,
         });
     }
     // the training data, memory-mapped, before anything is written
@@ -571,6 +574,23 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     }
     bar.finish_and_clear();
     crate::plot_loss(&metrics_path, &run_dir.join("loss.png"))?;
+    // the forgetting guard: the trained model (as it stands in memory) against its parent
+    let guard = match (&job.cfg.guard, &job.init) {
+        (Some(g), Init::From { parent }) => {
+            lora_state.set_training(false, 0);
+            let ids = strata_tokenize::encode_heldout(
+                store,
+                &g.dataset,
+                &td,
+                strata_tokenize::default_val_fraction(),
+            )?;
+            let ctx = cfg.max_position_embeddings;
+            let child_ppl = perplexity(&model, &ids, ctx, Some(g.max_windows))?.ppl;
+            let parent_ppl = crate::guard::heldout_ppl(store, parent, &g.dataset, g.max_windows)?;
+            Some(crate::guard::GuardVerdict::new(g, parent_ppl, child_ppl))
+        }
+        _ => None,
+    };
 
     let staging = store.staging(kind, job.name)?;
     if let (Some(lc), Some(p)) = (&job.cfg.lora, &parent) {
@@ -617,6 +637,9 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         counts.insert("val_ppl".into(), p.ppl.into());
     }
     counts.insert("run".into(), run_id.clone().into());
+    if let Some(v) = &guard {
+        counts.insert("guard".into(), serde_json::to_value(v).unwrap_or_default());
+    }
     // the threads the tensor math ran on (`--threads`, through RAYON_NUM_THREADS)
     counts.insert("threads".into(), rayon::current_num_threads().into());
     let manifest = store.publish(&staging, manifest)?;
@@ -627,6 +650,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         resumed_from,
         run_dir,
         stopped,
+        guard,
     })
 }
 

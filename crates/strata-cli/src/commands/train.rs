@@ -196,7 +196,22 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
     let init = Init::From {
         parent: a.parent.clone(),
     };
-    let cfg = apply_lora(apply(file.train.unwrap_or(base), &a.overrides)?, &a.lora);
+    let mut cfg = apply_lora(apply(file.train.unwrap_or(base), &a.overrides)?, &a.lora);
+    if let Some(d) = &a.guard_dataset {
+        let mut g = cfg
+            .guard
+            .take()
+            .unwrap_or(strata_train::guard::GuardConfig {
+                dataset: d.clone(),
+                max_general_ppl_increase: 0.05,
+                max_windows: 64,
+            });
+        g.dataset.clone_from(d);
+        if let Some(m) = a.max_general_ppl_increase {
+            g.max_general_ppl_increase = m;
+        }
+        cfg.guard = Some(g);
+    }
     run_job(store, &a.name, &a.tokens, init, cfg, true)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -269,6 +284,17 @@ pub fn run_job(
     };
     #[allow(clippy::cast_precision_loss)]
     let peak_mib = strata_train::peak_rss_bytes() as f64 / 1_048_576.0;
+    if let Some(g) = &out.guard {
+        eprintln!(
+            "guard      {name:<20} {:<10} ppl {} {:.2} → {:.2} ({:+.1}%, limit {:+.1}%)",
+            if g.passed { "passed" } else { "FAILED" },
+            g.dataset,
+            g.parent_ppl,
+            g.child_ppl,
+            100.0 * g.increase,
+            100.0 * g.max_increase
+        );
+    }
     eprintln!(
         "{kind:<10} {name:<20} {how:<10} parameters={} steps={} val_ppl={:.2} peak_rss={peak_mib:.0}MiB run={}",
         c.get("parameters").cloned().unwrap_or_default(),
@@ -278,5 +304,17 @@ pub fn run_job(
             .unwrap_or(f64::NAN),
         out.run_dir.display()
     );
+    // the verdict as published (also when the step was up to date and skipped)
+    let g = &c.get("guard").cloned().unwrap_or_default();
+    if g["passed"] == false {
+        anyhow::bail!(
+            "{kind} {name:?}: the forgetting guard failed: perplexity on {} rose {:.1}% (limit {:.1}%); \
+             the step is published marked failed (more replay of the parent's data, a lower learning rate \
+             or fewer steps usually help)",
+            g["dataset"].as_str().unwrap_or_default(),
+            100.0 * g["increase"].as_f64().unwrap_or(f64::NAN),
+            100.0 * g["max_increase"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     Ok(())
 }
