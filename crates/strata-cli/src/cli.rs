@@ -63,6 +63,10 @@ pub enum Command {
     Export(ExportArgs),
     /// Fold a LoRA adapter (and the adapters beneath it) into its base model: a new model artifact.
     Merge(MergeArgs),
+    /// The chain that led to a model or adapter (its parents back to the base), each step × each evaluation
+    /// stored by `strata eval`, with the change against the parent and the forgetting guard's verdict; as a
+    /// table, and as a PNG.
+    Report(ReportArgs),
     /// Write a domain's training and evaluation files from data carried in the binary.
     #[command(subcommand)]
     Domain(DomainCommand),
@@ -451,6 +455,15 @@ pub struct ExportArgs {
     /// Weight type: f32, f16 or q8_0 (norms stay f32).
     #[arg(long = "type", default_value = "f32")]
     pub r#type: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The last model or adapter of the chain.
+    pub name: String,
+    /// Also draw the report into this PNG file.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

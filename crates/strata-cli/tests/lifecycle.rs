@@ -1504,4 +1504,29 @@ fn the_forgetting_guard_marks_a_step_that_forgets_too_much() {
         "{}",
         again.stderr
     );
+    // the report walks guard-bad back to base and shows the verdict and the evaluations stored
+    let e = run(strata(demo).args([
+        "eval",
+        "--model",
+        "base",
+        "--model",
+        "guard-bad",
+        "--dataset",
+        "general",
+    ]));
+    assert!(e.ok, "{}", e.stderr);
+    let png = demo.join("guard-report.png");
+    let r = run(strata(demo)
+        .args(["report", "guard-bad", "--png"])
+        .arg(&png));
+    assert!(r.ok, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].contains("ppl:general"), "{}", r.stdout);
+    assert!(lines[2].starts_with("base "), "{}", r.stdout);
+    assert!(
+        lines[3].starts_with("guard-bad") && lines[3].contains("failed") && lines[3].contains("%)"),
+        "{}",
+        r.stdout
+    );
+    assert!(std::fs::metadata(&png).unwrap().len() > 1000);
 }

@@ -13,6 +13,7 @@ mod metrics;
 mod optim;
 pub mod parent;
 mod plot;
+pub mod report;
 pub mod tasks;
 mod trainer;
 

@@ -48,6 +48,15 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Logits(a)) => bench::logits(&store, a),
         Command::Export(a) => export::run(&store, a),
         Command::Merge(a) => merge::run(&store, a),
+        Command::Report(a) => {
+            let steps = strata_train::report::chain(&store, &a.name)?;
+            print!("{}", strata_train::report::table(&steps));
+            if let Some(png) = &a.png {
+                strata_train::report::plot(&steps, png)?;
+                println!("report drawn to {}", png.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Domain(DomainCommand::Pubmedqa { out }) => {
             let c = strata_data::domain::build_pubmedqa(out)?;
             println!(
