@@ -476,6 +476,23 @@ pub enum DomainCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// From a dataset of reports (FINDINGS: … IMPRESSION: …): its held-out reports as a 4-choice task
+    /// (which impression fits these findings; <prefix>-test.jsonl) and its training reports as chat pairs
+    /// findings → impression (<prefix>-train-chat.jsonl).
+    Reports {
+        /// A dataset of the store.
+        #[arg(long)]
+        dataset: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// File name prefix.
+        #[arg(long, default_value = "ultrasound")]
+        prefix: String,
+        /// Seed of the wrong choices and their order.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Args)]

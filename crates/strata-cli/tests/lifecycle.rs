@@ -1530,3 +1530,70 @@ fn the_forgetting_guard_marks_a_step_that_forgets_too_much() {
     );
     assert!(std::fs::metadata(&png).unwrap().len() > 1000);
 }
+
+/// The ultrasound task is built from held-out reports only: 4 distinct choices, the report's own
+/// impression at the answer's index, none of its reports among the training pairs; seeded.
+#[test]
+fn report_tasks_come_from_held_out_reports_with_the_right_impression() {
+    let (demo, _) = quick_demo();
+    let out = demo.join("us-task");
+    let r = run(strata(demo)
+        .args(["domain", "reports", "--dataset", "ultrasound", "--out"])
+        .arg(&out));
+    assert!(r.ok, "{}", r.stderr);
+    let read = |f: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(out.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let task = read("ultrasound-test.jsonl");
+    let train = read("ultrasound-train-chat.jsonl");
+    assert!(!task.is_empty() && !train.is_empty());
+    let raw = std::fs::read_to_string(
+        common::repo_root().join("fixtures/quick/ultrasound/reports.jsonl"),
+    )
+    .unwrap();
+    for t in &task {
+        let choices: Vec<&str> = t["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let mut distinct = choices.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{t}");
+        let right = choices[usize::try_from(t["answer"].as_u64().unwrap()).unwrap()];
+        // the source report (by the findings line) ends with this impression
+        let finding = t["context"].as_str().unwrap().lines().last().unwrap();
+        let report = raw
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["text"].as_str().unwrap().contains(finding))
+            .unwrap();
+        assert!(
+            report["text"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("IMPRESSION: {right}")),
+            "{t}"
+        );
+        assert!(
+            train.iter().all(|c| c["id"] != t["id"]),
+            "a test report is in training: {t}"
+        );
+    }
+    let first = std::fs::read(out.join("ultrasound-test.jsonl")).unwrap();
+    let r = run(strata(demo)
+        .args(["domain", "reports", "--dataset", "ultrasound", "--out"])
+        .arg(&out));
+    assert!(r.ok);
+    assert_eq!(
+        std::fs::read(out.join("ultrasound-test.jsonl")).unwrap(),
+        first,
+        "seeded"
+    );
+}

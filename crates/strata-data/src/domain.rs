@@ -101,6 +101,118 @@ pub fn build_pubmedqa(out: &Path) -> Result<PubmedqaCounts> {
     })
 }
 
+/// A report's findings (with its examination line, when it has one) and its impression, or None when it
+/// has no `FINDINGS:` or `IMPRESSION:` section.
+#[must_use]
+pub fn findings_and_impression(text: &str) -> Option<(String, String)> {
+    let f = text.find("FINDINGS:")?;
+    let i = text.find("IMPRESSION:")?;
+    if i < f {
+        return None;
+    }
+    let exam = text[..f].trim();
+    let findings = text[f + "FINDINGS:".len()..i].trim();
+    let impression = text[i + "IMPRESSION:".len()..].trim();
+    if findings.is_empty() || impression.is_empty() {
+        return None;
+    }
+    let findings = if exam.is_empty() {
+        findings.to_string()
+    } else {
+        format!("{exam}\n{findings}")
+    };
+    Some((findings, impression.to_string()))
+}
+
+/// Counts of what [`build_report_task`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportTaskCounts {
+    pub test: usize,
+    pub train: usize,
+    /// Reports without both sections.
+    pub skipped: usize,
+}
+
+/// From a dataset of reports (`FINDINGS:` … `IMPRESSION:` …): the held-out reports (the split training
+/// never sees, [`crate::split::is_heldout`]) as a 4-choice task — which impression belongs to these
+/// findings, the three others drawn (seeded) from impressions that differ from the right one — in
+/// `<prefix>-test.jsonl`, and the training reports as chat pairs (findings → impression) in
+/// `<prefix>-train-chat.jsonl`.
+///
+/// # Errors
+/// When the dataset cannot be read, has fewer than 4 distinct impressions, or a file cannot be written.
+pub fn build_report_task(
+    dataset_dir: &Path,
+    out: &Path,
+    prefix: &str,
+    seed: u64,
+) -> Result<ReportTaskCounts> {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    let (mut test, mut train, mut skipped) = (Vec::new(), Vec::new(), 0usize);
+    for doc in crate::io::read_dataset(dataset_dir)? {
+        let doc = doc?;
+        match findings_and_impression(&doc.text) {
+            None => skipped += 1,
+            Some(pair)
+                if crate::split::is_heldout(&doc.text, crate::split::DEFAULT_VAL_FRACTION) =>
+            {
+                test.push((doc.id, pair));
+            }
+            Some(pair) => train.push((doc.id, pair)),
+        }
+    }
+    let mut pool: Vec<&str> = test
+        .iter()
+        .chain(&train)
+        .map(|(_, (_, imp))| imp.as_str())
+        .collect();
+    pool.sort_unstable();
+    pool.dedup();
+    if pool.len() < 4 {
+        return Err(DataError::Io {
+            path: dataset_dir.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "{} distinct impressions: a 4-choice task needs at least 4",
+                pool.len()
+            )),
+        });
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut task = Vec::with_capacity(test.len());
+    for (id, (findings, impression)) in &test {
+        let mut choices: Vec<&str> = Vec::with_capacity(4);
+        while choices.len() < 3 {
+            let c = pool[rng.random_range(0..pool.len())];
+            if c != impression && !choices.contains(&c) {
+                choices.push(c);
+            }
+        }
+        choices.push(impression);
+        choices.shuffle(&mut rng);
+        let answer = choices.iter().position(|c| c == impression).unwrap_or(0);
+        task.push(
+            serde_json::json!({"id": id, "question": "Which impression fits these findings?",
+            "context": findings, "choices": choices, "answer": answer}),
+        );
+    }
+    let chat: Vec<serde_json::Value> = train
+        .iter()
+        .map(|(id, (findings, impression))| {
+            serde_json::json!({"id": id, "messages": [
+                {"role": "user", "content": format!("Findings:\n{findings}\nWrite the impression.")},
+                {"role": "assistant", "content": impression}]})
+        })
+        .collect();
+    write_jsonl(&out.join(format!("{prefix}-test.jsonl")), &task)?;
+    write_jsonl(&out.join(format!("{prefix}-train-chat.jsonl")), &chat)?;
+    Ok(ReportTaskCounts {
+        test: task.len(),
+        train: chat.len(),
+        skipped,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

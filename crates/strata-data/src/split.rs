@@ -3,6 +3,9 @@
 
 use sha2::{Digest, Sha256};
 
+/// The share of documents held out, by default (tokenizer training, encoding and evaluation all use it).
+pub const DEFAULT_VAL_FRACTION: f64 = 0.05;
+
 /// True when the document with this text belongs to the held-out (validation) split.
 #[must_use]
 pub fn is_heldout(text: &str, fraction: f64) -> bool {

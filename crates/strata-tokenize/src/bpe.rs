@@ -33,7 +33,7 @@ fn default_min_frequency() -> u64 {
 }
 #[must_use]
 pub fn default_val_fraction() -> f64 {
-    0.05
+    strata_data::split::DEFAULT_VAL_FRACTION
 }
 
 /// Trains a tokenizer on the training split of `datasets`, saved as tokenizer artifact `name`.

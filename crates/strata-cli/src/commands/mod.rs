@@ -57,6 +57,24 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Domain(DomainCommand::Reports {
+            dataset,
+            out,
+            prefix,
+            seed,
+        }) => {
+            let dir = store.require(strata_store::Kind::Dataset, dataset)?;
+            let c = strata_data::domain::build_report_task(&dir, out, prefix, *seed)?;
+            println!(
+                "{dataset} → {}: {} held-out reports as a 4-choice task, {} training reports as chat pairs, \
+                 {} without FINDINGS/IMPRESSION skipped",
+                out.display(),
+                c.test,
+                c.train,
+                c.skipped
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Domain(DomainCommand::Pubmedqa { out }) => {
             let c = strata_data::domain::build_pubmedqa(out)?;
             println!(
