@@ -38,6 +38,71 @@ pub enum Step {
     Encode(EncodeStep),
     Train(TrainStep),
     Finetune(FinetuneStep),
+    Import(ImportStep),
+    Domain(DomainStep),
+    Merge(MergeStep),
+    Eval(EvalStep),
+    Report(ReportStep),
+}
+
+/// `strata import` as a step: a GGUF file or HF folder (`path`), or SmolLM2-135M-Instruct fetched and
+/// checked by scripts/fetch-model.sh (`fetch = "smollm2"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportStep {
+    pub name: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub fetch: Option<String>,
+}
+
+/// `strata domain …` as a step: `source = "pubmedqa"`, or `source = "reports"` with `dataset`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainStep {
+    pub source: String,
+    pub out: String,
+    #[serde(default)]
+    pub dataset: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeStep {
+    pub name: String,
+    pub adapter: String,
+    #[serde(default)]
+    pub dtype: Option<String>,
+}
+
+/// `strata eval` as a step: perplexity on datasets, accuracy on task files; stored in the registry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalStep {
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub datasets: Vec<String>,
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    #[serde(default)]
+    pub max_windows: Option<usize>,
+    #[serde(default)]
+    pub max_items: Option<usize>,
+    #[serde(default)]
+    pub quant: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportStep {
+    pub name: String,
+    #[serde(default)]
+    pub png: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +148,13 @@ pub struct EncodeStep {
     pub name: String,
     pub dataset: String,
     pub tokenizer: String,
+    /// SFT: render chat records with the tokenizer's chat template, loss on assistant turns only.
+    #[serde(default)]
+    pub chat: bool,
+    #[serde(default)]
+    pub pack: bool,
+    #[serde(default)]
+    pub max_len: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,10 +281,11 @@ pub fn run(store: &Store, file: &PipelineFile, progress: bool) -> anyhow::Result
 
 fn fetch_if_missing(file: &PipelineFile) -> anyhow::Result<()> {
     let missing = file.steps.iter().any(|s| match s {
+        // only the fetched corpora (data/…); other inputs are written by earlier steps
         Step::Acquire(a) => a
             .inputs
             .iter()
-            .any(|i| !i.contains('*') && !Path::new(i).exists()),
+            .any(|i| i.starts_with("data/") && !i.contains('*') && !Path::new(i).exists()),
         _ => false,
     });
     if !missing {
@@ -244,6 +317,8 @@ fn report(kind: &str, name: &str, r: &strata_data::acquire::StepReport) {
     eprintln!("{kind:<10} {name:<20} {how:<10} {}", counts.join(" "));
 }
 
+// one arm per step type, each a call into the library: long only because there are many kinds
+#[allow(clippy::too_many_lines)]
 fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
     let by = "strata pipeline";
     match step {
@@ -284,16 +359,112 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
             report("tokenizer", &s.name, &r);
         }
         Step::Encode(s) => {
-            let r = strata_tokenize::encode_dataset(
-                store,
-                &s.name,
-                &s.dataset,
-                &s.tokenizer,
-                &strata_tokenize::EncodeConfig::default(),
-                by,
-            )
+            let r = if s.chat {
+                let mut cfg = strata_tokenize::ChatEncodeConfig {
+                    pack: s.pack,
+                    ..Default::default()
+                };
+                if let Some(n) = s.max_len {
+                    cfg.max_len = n;
+                }
+                strata_tokenize::encode_chat_dataset(
+                    store,
+                    &s.name,
+                    &s.dataset,
+                    &s.tokenizer,
+                    &cfg,
+                    by,
+                )
+            } else {
+                strata_tokenize::encode_dataset(
+                    store,
+                    &s.name,
+                    &s.dataset,
+                    &s.tokenizer,
+                    &strata_tokenize::EncodeConfig::default(),
+                    by,
+                )
+            }
             .with_context(|| format!("step encode {:?}", s.name))?;
             report("encode", &s.name, &r);
+        }
+        Step::Import(s) => {
+            let file = match (&s.path, s.fetch.as_deref()) {
+                (Some(p), None) => std::path::PathBuf::from(p),
+                (None, Some("smollm2")) => {
+                    let out = std::process::Command::new("bash")
+                        .args(["scripts/fetch-model.sh", "data"])
+                        .output()
+                        .context(
+                            "running scripts/fetch-model.sh (run strata from the repository root)",
+                        )?;
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "scripts/fetch-model.sh failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+                }
+                _ => anyhow::bail!(
+                    "step import {:?}: give either path = \"…\" or fetch = \"smollm2\"",
+                    s.name
+                ),
+            };
+            let a = crate::cli::ImportArgs {
+                file,
+                name: s.name.clone(),
+                base: None,
+            };
+            crate::commands::import::run(store, &a)
+                .with_context(|| format!("step import {:?}", s.name))?;
+        }
+        Step::Domain(s) => {
+            let out = Path::new(&s.out);
+            match (s.source.as_str(), &s.dataset) {
+                ("pubmedqa", None) => {
+                    strata_data::domain::build_pubmedqa(out)?;
+                }
+                ("reports", Some(d)) => {
+                    let dir = store.require(strata_store::Kind::Dataset, d)?;
+                    let prefix = s.prefix.as_deref().unwrap_or("ultrasound");
+                    strata_data::domain::build_report_task(&dir, out, prefix, s.seed)?;
+                }
+                (other, _) => anyhow::bail!(
+                    "step domain: source {other:?} (with dataset {:?}): expected \"pubmedqa\", or \"reports\" \
+                     with a dataset",
+                    s.dataset
+                ),
+            }
+            eprintln!("domain     {:<20} done       out={}", s.source, s.out);
+        }
+        Step::Merge(s) => {
+            let dtype = match s.dtype.as_deref().unwrap_or("f32") {
+                "f16" => candle_core::DType::F16,
+                "bf16" => candle_core::DType::BF16,
+                _ => candle_core::DType::F32,
+            };
+            strata_train::parent::merge_adapter(store, &s.adapter, &s.name, dtype, by)
+                .with_context(|| format!("step merge {:?}", s.name))?;
+            eprintln!("merge      {:<20} done       adapter={}", s.name, s.adapter);
+        }
+        Step::Eval(s) => {
+            let a = crate::cli::EvalArgs {
+                models: s.models.clone(),
+                datasets: s.datasets.clone(),
+                tasks: s.tasks.clone(),
+                max_windows: s.max_windows.unwrap_or(64),
+                quant: s.quant.clone().unwrap_or_else(|| "auto".into()),
+                max_items: s.max_items,
+            };
+            crate::commands::eval::run(store, &a).context("step eval")?;
+        }
+        Step::Report(s) => {
+            let steps = strata_train::report::chain(store, &s.name)?;
+            print!("{}", strata_train::report::table(&steps));
+            if let Some(png) = &s.png {
+                strata_train::report::plot(&steps, Path::new(png))?;
+                eprintln!("report     {:<20} drawn to {png}", s.name);
+            }
         }
         Step::Train(s) => {
             let init = strata_train::Init::Scratch {
@@ -329,6 +500,38 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_medical_chain_config_parses_with_every_step_type() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/medical-chain.toml"),
+        )
+        .unwrap();
+        let p = PipelineFile::parse(&text, "medical-chain.toml").unwrap();
+        let kinds: Vec<&str> = p
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Import(_) => "import",
+                Step::Domain(_) => "domain",
+                Step::Finetune(f) => {
+                    assert!(
+                        f.train.lora.is_some() && f.train.guard.is_some(),
+                        "{}",
+                        f.name
+                    );
+                    f.train.validate(8192).unwrap();
+                    "finetune"
+                }
+                Step::Eval(_) => "eval",
+                Step::Report(_) => "report",
+                _ => "data",
+            })
+            .collect();
+        for k in ["import", "domain", "finetune", "eval", "report"] {
+            assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
+        }
+    }
 
     #[test]
     fn builtin_configs_parse() {

@@ -13,6 +13,14 @@ pub struct Perplexity {
     pub ppl: f64,
 }
 
+/// The window of held-out evaluation for a model: its context, at most 1,024 tokens (a model with an
+/// 8k context would otherwise score a few windows of quadratic attention where many short ones measure
+/// the same).
+#[must_use]
+pub fn eval_window(cfg: &strata_model::LlamaConfig) -> usize {
+    cfg.max_position_embeddings.min(1024)
+}
+
 /// Evaluates `model` on `tokens` in windows of `seq_len` (at most `max_windows`, evenly spread).
 ///
 /// # Errors

@@ -51,7 +51,7 @@ pub fn heldout_ppl(store: &Store, model: &str, dataset: &str, max_windows: usize
         &td,
         strata_tokenize::default_val_fraction(),
     )?;
-    let ctx = m.config().max_position_embeddings;
+    let ctx = crate::eval_window(m.config());
     Ok(crate::perplexity(&m, &ids, ctx, Some(max_windows))?.ppl)
 }
 

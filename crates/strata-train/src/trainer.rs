@@ -584,7 +584,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
                 &td,
                 strata_tokenize::default_val_fraction(),
             )?;
-            let ctx = cfg.max_position_embeddings;
+            let ctx = crate::eval_window(&cfg);
             let child_ppl = perplexity(&model, &ids, ctx, Some(g.max_windows))?.ppl;
             let parent_ppl = crate::guard::heldout_ppl(store, parent, &g.dataset, g.max_windows)?;
             Some(crate::guard::GuardVerdict::new(g, parent_ppl, child_ppl))

@@ -22,7 +22,7 @@ pub fn perplexity(
         tokenizer,
         strata_tokenize::default_val_fraction(),
     )?;
-    let ctx = model.config().max_position_embeddings;
+    let ctx = strata_train::eval_window(model.config());
     let p = strata_train::perplexity(model, &ids, ctx, Some(max_windows))?;
     Ok(p.ppl)
 }
