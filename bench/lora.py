@@ -32,10 +32,7 @@ from peft import LoraConfig, get_peft_model
 folder, shard, threads, steps, batch, seq, r, alpha, lr, targets, out = sys.argv[1:]
 threads, steps, batch, seq, r = int(threads), int(steps), int(batch), int(seq), int(r)
 torch.set_num_threads(threads)
-raw = open(shard, "rb").read()
-assert raw[:8] == b"STRATOK1"
-width = int.from_bytes(raw[12:16], "little")
-ids = np.frombuffer(raw[32:], dtype=np.uint16 if width == 2 else np.uint32).astype(np.int64)
+ids = read_shard(shard)
 windows = len(ids) - seq
 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 model = get_peft_model(model, LoraConfig(r=r, lora_alpha=float(alpha), lora_dropout=0.0,
@@ -78,15 +75,7 @@ def main():
     if not os.path.exists(tb.STRATA):
         tb.sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=tb.ROOT)
     py = tb.torch_python(["peft==0.21.2"])
-    tb.sh(["rm", "-rf", WORK])
-    os.makedirs(WORK)
-    gguf = tb.sh(["bash", os.path.join(tb.ROOT, "scripts", "fetch-model.sh"), os.path.join(tb.ROOT, "data")]).strip()
-    strata("import", gguf, "--name", "smol")
-    data = os.path.join(WORK, "corpus.jsonl")
-    tb.corpus(data, n_docs=200)
-    strata("acquire", "--name", "corpus", "--input", data)
-    strata("tokenize", "encode", "--name", "toks", "--dataset", "corpus", "--tokenizer", "smol")
-    shard = os.path.join(STORE, "tokens", "toks", "train-00000.bin")
+    shard = tb.smol_store(WORK, STORE, n_docs=200)
 
     strata("finetune", "--name", "lora", "--parent", "smol", "--tokens", "toks", "--lora-r", R,
            "--lora-alpha", ALPHA, "--lora-targets", ",".join(TARGETS), "--steps", a.steps, "--batch-size", BATCH,
@@ -97,7 +86,7 @@ def main():
     s = {"losses": [r["loss"] for r in rows], "times": [BATCH * SEQ / r["tokens_per_s"] for r in rows],
          "peak_rss_mib": max(r["peak_rss_mib"] for r in rows), "trainable": manifest["counts"]["parameters"]}
     script = os.path.join(WORK, "torch_lora.py")
-    open(script, "w").write(TORCH)
+    open(script, "w").write(tb.READ_SHARD + TORCH)
     out = os.path.join(WORK, "torch.json")
     tb.sh([py, script, os.path.join(STORE, "models", "smol"), shard, str(a.threads), str(a.steps), str(BATCH),
            str(SEQ), str(R), str(ALPHA), str(LR), ",".join(TARGETS), out])

@@ -77,14 +77,7 @@ def main():
     if not os.path.exists(tb.STRATA):
         tb.sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=tb.ROOT)
     py = tb.torch_python(PEFT)
-    tb.sh(["rm", "-rf", WORK])
-    os.makedirs(WORK)
-    gguf = tb.sh(["bash", os.path.join(tb.ROOT, "scripts", "fetch-model.sh"), os.path.join(tb.ROOT, "data")]).strip()
-    strata("import", gguf, "--name", "smol")
-    data = os.path.join(WORK, "corpus.jsonl")
-    tb.corpus(data, n_docs=60)
-    strata("acquire", "--name", "corpus", "--input", data)
-    strata("tokenize", "encode", "--name", "toks", "--dataset", "corpus", "--tokenizer", "smol")
+    tb.smol_store(WORK, STORE, n_docs=60)
     strata("finetune", "--name", "smol-lora", "--parent", "smol", "--tokens", "toks", "--lora",
            "--lora-targets", "all-linear", "--steps", 3, "--batch-size", 2, "--seq-len", 64, "--lr", "5e-3",
            "--warmup-steps", 0)

@@ -76,6 +76,32 @@ def corpus(path, n_docs=700, seed=0):
             f.write(json.dumps({"id": f"doc{d}", "text": " ".join(words)}) + "\n")
 
 
+# A Strata token shard as numpy ids (header: STRATOK1, version, id width, count, vocab; then the ids).
+READ_SHARD = r'''
+import numpy as np
+def read_shard(path):
+    raw = open(path, "rb").read()
+    assert raw[:8] == b"STRATOK1"
+    width = int.from_bytes(raw[12:16], "little")
+    return np.frombuffer(raw[32:], dtype=np.uint16 if width == 2 else np.uint32).astype(np.int64)
+'''
+
+
+def smol_store(work, store, n_docs):
+    """A fresh store under `work` with SmolLM2-135M-Instruct imported (as `smol`) and a synthetic corpus
+    encoded with its tokenizer (`toks`); returns the corpus's training shard."""
+    sh(["rm", "-rf", work])
+    os.makedirs(work)
+    run = lambda *a: sh([STRATA, "--workdir", store, *map(str, a)])
+    gguf = sh(["bash", os.path.join(ROOT, "scripts", "fetch-model.sh"), os.path.join(ROOT, "data")]).strip()
+    run("import", gguf, "--name", "smol")
+    data = os.path.join(work, "corpus.jsonl")
+    corpus(data, n_docs=n_docs)
+    run("acquire", "--name", "corpus", "--input", data)
+    run("tokenize", "encode", "--name", "toks", "--dataset", "corpus", "--tokenizer", "smol")
+    return os.path.join(store, "tokens", "toks", "train-00000.bin")
+
+
 # The PyTorch side, run as its own process (one per configuration, so its peak RSS is its own).
 TORCH = r'''
 import json, math, resource, sys, time
@@ -86,10 +112,7 @@ mode, folder, shard, threads, steps, batch, seq, lr, min_lr, out = sys.argv[1:]
 threads, steps, batch, seq = int(threads), int(steps), int(batch), int(seq)
 lr, min_lr = float(lr), float(min_lr)
 torch.set_num_threads(threads)
-raw = open(shard, "rb").read()
-assert raw[:8] == b"STRATOK1"
-width = int.from_bytes(raw[12:16], "little")
-ids = np.frombuffer(raw[32:], dtype=np.uint16 if width == 2 else np.uint32).astype(np.int64)
+ids = read_shard(shard)
 windows = len(ids) - seq
 model = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
 model.train()
@@ -144,7 +167,7 @@ json.dump({"eos_token": "<eos>", "tokenizer_class": "PreTrainedTokenizerFast"},
 def run_torch(py, folder, shard, threads, steps, batch, tag):
     out = os.path.join(WORK, f"torch-{tag}-{threads}.json")
     script = os.path.join(WORK, "torch_train.py")
-    open(script, "w").write(TORCH)
+    open(script, "w").write(READ_SHARD + TORCH)
     sh([py, script, "train", folder, shard, str(threads), str(steps), str(batch), str(SEQ), str(LR), str(MIN_LR), out])
     return json.load(open(out))
 

@@ -452,15 +452,8 @@ pub mod naive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{max_abs_diff, randn};
     use candle_core::{Device, Var};
-
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     fn tables(max: usize, hd: usize) -> (Tensor, Tensor) {
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
@@ -480,15 +473,6 @@ mod tests {
             Tensor::from_vec(cos, (max, hd), &Device::Cpu).unwrap(),
             Tensor::from_vec(sin, (max, hd), &Device::Cpu).unwrap(),
         )
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     /// Fused against naive (value and the gradient of q, k and v) and against central finite differences,

@@ -16,6 +16,8 @@ mod kv_cache;
 mod llama;
 pub mod lora;
 pub mod matmul;
+#[cfg(test)]
+mod test_util;
 
 pub use config::{LlamaConfig, ModelSpec, RopeScaling, TokenIds, ARCHITECTURES};
 pub use gguf::{import_gguf, GgufImport};

@@ -493,22 +493,8 @@ pub fn next_token_loss_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::tiny;
     use candle_nn::VarMap;
-
-    fn tiny() -> LlamaConfig {
-        crate::ModelSpec {
-            hidden_size: 32,
-            intermediate_size: 64,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            context: 16,
-            rope_theta: 1e4,
-            tie_word_embeddings: false,
-        }
-        .to_config(50, 0)
-        .unwrap()
-    }
 
     #[test]
     fn cached_decode_matches_full_forward() {

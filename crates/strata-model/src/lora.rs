@@ -484,22 +484,8 @@ pub fn merge(weights: &mut HashMap<String, Tensor>, adapter: &Adapter, dtype: DT
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{max_abs_diff, randn, tiny};
     use candle_nn::{VarBuilder, VarMap};
-
-    fn tiny() -> crate::LlamaConfig {
-        crate::ModelSpec {
-            hidden_size: 32,
-            intermediate_size: 64,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            context: 16,
-            rope_theta: 1e4,
-            tie_word_embeddings: false,
-        }
-        .to_config(50, 0)
-        .unwrap()
-    }
 
     fn lora(targets: &[&str]) -> LoraConfig {
         LoraConfig {
@@ -693,22 +679,6 @@ mod tests {
     #[test]
     fn fused_lora_projection_matches_candle_ops_and_finite_differences() {
         use candle_core::Var;
-        let randn = |shape: &[usize], seed: u64| {
-            use rand::{Rng, SeedableRng};
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let v: Vec<f32> = (0..shape.iter().product::<usize>())
-                .map(|_| rng.random::<f32>() * 2.0 - 1.0)
-                .collect();
-            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-        };
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-            let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-            a.iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max)
-        };
         let w = randn(&[24, 20], 1); // frozen (out, in)
         let weigh = randn(&[2, 9, 24], 5);
         for dropout in [0.0, 0.3] {
@@ -735,14 +705,14 @@ mod tests {
                 (y * &weigh).unwrap().sum_all().unwrap()
             };
             let (lf, lc) = (fused(&x, &a), composed(&x, &a));
-            assert!(max_diff(&lf, &lc) < 1e-3, "value at dropout {dropout}");
+            assert!(max_abs_diff(&lf, &lc) < 1e-3, "value at dropout {dropout}");
             let (gf, gc) = (lf.backward().unwrap(), lc.backward().unwrap());
             for (name, t) in [
                 ("x", x.as_tensor()),
                 ("A", a.as_tensor()),
                 ("B", b.as_tensor()),
             ] {
-                let d = max_diff(gf.get(t).unwrap(), gc.get(t).unwrap());
+                let d = max_abs_diff(gf.get(t).unwrap(), gc.get(t).unwrap());
                 assert!(d < 1e-4, "{name} at dropout {dropout}: {d}");
             }
             assert!(gf.get(&w).is_none(), "the frozen weight took a gradient");

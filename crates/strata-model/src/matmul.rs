@@ -152,46 +152,26 @@ impl CustomOp2 for Projection {
         let rows = x.elem_count() / d_in.max(1);
         // A frozen input (LoRA's base weight, the embeddings' output) gets no gradient: that skips the
         // largest product of a LoRA step, dW = gᵀ·x over the base weight.
-        let dx = if x.track_op() {
-            let mut dx = vec![0f32; rows * d_in];
+        let product = |of: &Tensor, other: &Tensor, g_transposed: bool, mnk| {
+            if !of.track_op() {
+                return Ok(None);
+            }
+            let mut d = vec![0f32; of.elem_count()];
             with_f32(grad, |g| {
-                with_f32(w, |wv| {
-                    // dx (N, in) = g (N, out) · W (out, in)
-                    gemm_into(
-                        &mut dx,
-                        d_in,
-                        false,
-                        Mat::rows(g, out),
-                        Mat::rows(wv, d_in),
-                        (rows, d_in, out),
-                        true,
-                    );
+                with_f32(other, |o| {
+                    let a = if g_transposed {
+                        Mat::t(g, out)
+                    } else {
+                        Mat::rows(g, out)
+                    };
+                    gemm_into(&mut d, d_in, false, a, Mat::rows(o, d_in), mnk, true);
                 })
             })??;
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?)
-        } else {
-            None
+            Ok::<_, candle_core::Error>(Some(Tensor::from_vec(d, of.shape(), of.device())?))
         };
-        let dw = if w.track_op() {
-            let mut dw = vec![0f32; out * d_in];
-            with_f32(grad, |g| {
-                with_f32(x, |xv| {
-                    // dW (out, in) = gᵀ (out, N) · x (N, in)
-                    gemm_into(
-                        &mut dw,
-                        d_in,
-                        false,
-                        Mat::t(g, out),
-                        Mat::rows(xv, d_in),
-                        (out, d_in, rows),
-                        true,
-                    );
-                })
-            })??;
-            Some(Tensor::from_vec(dw, w.shape(), w.device())?)
-        } else {
-            None
-        };
+        // dx (N, in) = g (N, out) · W (out, in); dW (out, in) = gᵀ (out, N) · x (N, in)
+        let dx = product(x, w, false, (rows, d_in, out))?;
+        let dw = product(w, x, true, (out, d_in, rows))?;
         Ok((dx, dw))
     }
 }
@@ -478,24 +458,8 @@ pub mod naive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{max_abs_diff, randn};
     use candle_core::{Device, Var};
-
-    fn randn(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
-    }
 
     #[test]
     #[allow(clippy::float_cmp)] // small integers: exact in f32

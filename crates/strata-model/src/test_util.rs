@@ -1,0 +1,38 @@
+//! Helpers shared by the unit tests of this crate.
+
+use candle_core::{Device, Tensor};
+
+/// Uniform values in [−1, 1) of `shape`, seeded.
+pub fn randn(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).expect("tensor")
+}
+
+/// The largest absolute difference of two tensors of the same size.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a: Vec<f32> = a.flatten_all().and_then(|t| t.to_vec1()).expect("values");
+    let b: Vec<f32> = b.flatten_all().and_then(|t| t.to_vec1()).expect("values");
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A two-layer grouped-query model small enough for any test: d 32, 4 heads over 2 kv heads, vocab 50.
+pub fn tiny() -> crate::LlamaConfig {
+    crate::ModelSpec {
+        hidden_size: 32,
+        intermediate_size: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        context: 16,
+        rope_theta: 1e4,
+        tie_word_embeddings: false,
+    }
+    .to_config(50, 0)
+    .expect("config")
+}
