@@ -353,8 +353,8 @@ pub struct EvalArgs {
     /// Evaluate at most this many windows per dataset.
     #[arg(long, default_value_t = 64)]
     pub max_windows: usize,
-    /// Weight type for tasks: auto (as served: the file's blocks for GGUF imports, f32 otherwise), f32,
-    /// q8_0, q4_0, q4_1.
+    /// Weight type of the inference engine that scores (perplexity and tasks): auto (as served: the file's
+    /// blocks for GGUF imports, f32 otherwise), f32, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "auto")]
     pub quant: String,
     /// Score at most this many items per task (the first ones).

@@ -1292,6 +1292,15 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
             );
         }
     }
+    // perplexity on the engine (as served) equals the training forward's on f32 weights
+    let ids: Vec<u32> = (0..200u32).map(|i| (i * 37 + 11) % 384).collect();
+    let served = strata_train::engine_perplexity(&engine, &ids, 64, None).unwrap();
+    let trained = strata_train::perplexity(&model, &ids, 64, None).unwrap();
+    assert_eq!(served.tokens, trained.tokens);
+    assert!(
+        (served.nll - trained.nll).abs() < 1e-4 * trained.nll,
+        "{served:?} vs {trained:?}"
+    );
     drop(model);
 
     let task = demo.join("organs.jsonl");

@@ -19,7 +19,7 @@ mod trainer;
 
 pub use config::{get_lr, Schedule, TrainConfig};
 pub use data::{Component, Mixture, Sampling};
-pub use eval::{eval_window, perplexity, Perplexity};
+pub use eval::{engine_perplexity, eval_window, perplexity, Perplexity};
 pub use metrics::{peak_rss_bytes, StepMetrics};
 pub use optim::AdamW;
 pub use optim::Grads;

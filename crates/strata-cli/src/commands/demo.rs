@@ -29,7 +29,7 @@ pub fn run(store: &Store, a: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     println!();
     println!("Held-out perplexity (lower is better); rows = models, columns = domains");
-    let rows = super::eval::table(store, &demo.models, &demo.eval, demo.max_windows)?;
+    let rows = super::eval::table(store, &demo.models, &demo.eval, demo.max_windows, None)?;
     super::eval::print_table(&demo.eval, &rows);
     println!();
     // Each fine-tuned model against its parent, on its own domain.

@@ -8,10 +8,11 @@ use strata_store::Store;
 
 use crate::cli::EvalArgs;
 
-/// Perplexity of `model` on the held-out split of `dataset`, encoded with the model's own tokenizer.
+/// Perplexity of `model` on the held-out split of `dataset`, encoded with the model's own tokenizer, on
+/// the inference engine (the weight type it is served with).
 pub fn perplexity(
     store: &Store,
-    model: &strata_model::Llama,
+    model: &strata_model::cpu::CpuModel,
     tokenizer: &strata_tokenize::TokenizerDir,
     dataset: &str,
     max_windows: usize,
@@ -23,23 +24,25 @@ pub fn perplexity(
         strata_tokenize::default_val_fraction(),
     )?;
     let ctx = strata_train::eval_window(model.config());
-    let p = strata_train::perplexity(model, &ids, ctx, Some(max_windows))?;
+    let p = strata_train::engine_perplexity(model, &ids, ctx, Some(max_windows))?;
     Ok(p.ppl)
 }
 
-/// Evaluates every model on every dataset; rows are models.
+/// Evaluates every model (or adapter, merged on its base) on every dataset; rows are models. `want`: the
+/// engine's weight type (None: as served).
 pub fn table(
     store: &Store,
     models: &[String],
     datasets: &[String],
     max_windows: usize,
+    want: Option<strata_model::cpu::WeightType>,
 ) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
     let mut rows = Vec::new();
     for m in models {
-        let (model, tk) = strata_train::parent::load_merged(store, m, &candle_core::Device::Cpu)?;
+        let (engine, tk, _, _) = strata_train::parent::load_engine(store, m, want)?;
         let mut row = Vec::new();
         for d in datasets {
-            row.push(perplexity(store, &model, &tk, d, max_windows)?);
+            row.push(perplexity(store, &engine, &tk, d, max_windows)?);
         }
         rows.push((m.clone(), row));
     }
@@ -114,8 +117,9 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
         !a.datasets.is_empty() || !a.tasks.is_empty(),
         "nothing to evaluate: give --dataset NAME and/or --task FILE.jsonl"
     );
+    let want = strata_model::cpu::parse_weight_type(&a.quant)?;
     if !a.datasets.is_empty() {
-        let rows = table(store, &a.models, &a.datasets, a.max_windows)?;
+        let rows = table(store, &a.models, &a.datasets, a.max_windows, want)?;
         print_table(&a.datasets, &rows);
         for (m, row) in &rows {
             let art = artifact(store, m)?;
@@ -146,7 +150,6 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
             Ok((name, items))
         })
         .collect::<anyhow::Result<_>>()?;
-    let want = strata_model::cpu::parse_weight_type(&a.quant)?;
     println!(
         "{:<14}{:<16}{:>7}{:>18}{:>10}{:>8}{:>6}",
         "model", "task", "acc", "95% interval", "acc_norm", "chance", "n"
