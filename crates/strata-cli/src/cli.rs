@@ -476,6 +476,20 @@ pub enum DomainCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Instruction pairs from terminology in a dataset's training split: ICD-10-CM lines (description →
+    /// code) and `Term: definition` documents such as HPO's (term → definition), as chat records
+    /// (<prefix>-chat.jsonl) for SFT.
+    Terms {
+        /// A dataset of the store.
+        #[arg(long)]
+        dataset: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// File name prefix.
+        #[arg(long, default_value = "terms")]
+        prefix: String,
+    },
     /// From a dataset of reports (FINDINGS: … IMPRESSION: …): its held-out reports as a 4-choice task
     /// (which impression fits these findings; <prefix>-test.jsonl) and its training reports as chat pairs
     /// findings → impression (<prefix>-train-chat.jsonl).

@@ -57,7 +57,7 @@ pub struct ImportStep {
     pub fetch: Option<String>,
 }
 
-/// `strata domain …` as a step: `source = "pubmedqa"`, or `source = "reports"` with `dataset`.
+/// `strata domain …` as a step: `source = "pubmedqa"`, or `source = "reports"` / `"terms"` with `dataset`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainStep {
@@ -424,6 +424,11 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 ("pubmedqa", None) => {
                     strata_data::domain::build_pubmedqa(out)?;
                 }
+                ("terms", Some(d)) => {
+                    let dir = store.require(strata_store::Kind::Dataset, d)?;
+                    let prefix = s.prefix.as_deref().unwrap_or("terms");
+                    strata_data::domain::build_terminology_pairs(&dir, out, prefix)?;
+                }
                 ("reports", Some(d)) => {
                     let dir = store.require(strata_store::Kind::Dataset, d)?;
                     let prefix = s.prefix.as_deref().unwrap_or("ultrasound");
@@ -431,7 +436,7 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 }
                 (other, _) => anyhow::bail!(
                     "step domain: source {other:?} (with dataset {:?}): expected \"pubmedqa\", or \"reports\" \
-                     with a dataset",
+                     or \"terms\" with a dataset",
                     s.dataset
                 ),
             }

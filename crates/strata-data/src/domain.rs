@@ -213,9 +213,98 @@ pub fn build_report_task(
     })
 }
 
+/// Instruction pairs from terminology text: an ICD-10-CM line `CODE Description.` gives "Which ICD-10-CM
+/// code is <description>?" → the code, and a `Term: definition` document (HPO, radiology concepts) gives
+/// "What is <term>?" → the definition. Returns the pairs as chat records.
+#[must_use]
+pub fn terminology_pairs(text: &str) -> Vec<serde_json::Value> {
+    let pair = |q: String, a: &str| serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]});
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((code, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let b = code.as_bytes();
+        let icd = b.len() >= 3
+            && b[0].is_ascii_uppercase()
+            && b[1].is_ascii_digit()
+            && b[2].is_ascii_alphanumeric()
+            && (b.len() == 3 || (b[3] == b'.' && b.len() > 4));
+        if icd {
+            let description = rest
+                .split(". ")
+                .next()
+                .unwrap_or(rest)
+                .trim_end_matches('.');
+            if !description.is_empty() {
+                out.push(pair(
+                    format!("Which ICD-10-CM code is {description}?"),
+                    code,
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        if let Some((term, definition)) = text.split_once(": ") {
+            if !term.is_empty() && term.len() <= 80 && !term.contains('\n') && definition.len() > 10
+            {
+                out.push(pair(
+                    format!("What is {}?", term.to_lowercase()),
+                    definition.trim(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// [`terminology_pairs`] of every training document of a dataset (held-out documents are left out, so the
+/// pairs never teach what evaluation reads) into `<prefix>-chat.jsonl`; returns how many.
+///
+/// # Errors
+/// When the dataset cannot be read or the file cannot be written.
+pub fn build_terminology_pairs(dataset_dir: &Path, out: &Path, prefix: &str) -> Result<usize> {
+    let mut rows = Vec::new();
+    for doc in crate::io::read_dataset(dataset_dir)? {
+        let doc = doc?;
+        if !crate::split::is_heldout(&doc.text, crate::split::DEFAULT_VAL_FRACTION) {
+            rows.extend(terminology_pairs(&doc.text));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| DataError::Io {
+        path: out.to_path_buf(),
+        source: e,
+    })?;
+    write_jsonl(&out.join(format!("{prefix}-chat.jsonl")), &rows)?;
+    Ok(rows.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminology_pairs_by_hand() {
+        let icd = "A00 Cholera.\nA00.0 Cholera due to Vibrio cholerae 01, biovar cholerae. Classical cholera.\nnot a code";
+        let p = terminology_pairs(icd);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[1]["messages"][0]["content"],
+            "Which ICD-10-CM code is Cholera due to Vibrio cholerae 01, biovar cholerae?"
+        );
+        assert_eq!(p[1]["messages"][1]["content"], "A00.0");
+        let hpo =
+            terminology_pairs("Abnormality of body height: Deviation from the norm of height.");
+        assert_eq!(
+            hpo[0]["messages"][0]["content"],
+            "What is abnormality of body height?"
+        );
+        assert_eq!(
+            hpo[0]["messages"][1]["content"],
+            "Deviation from the norm of height."
+        );
+        assert!(terminology_pairs("FINDINGS: short").is_empty());
+    }
 
     #[test]
     fn pubmedqa_splits_as_its_authors_did_and_the_test_questions_stay_out_of_training() {

@@ -75,6 +75,16 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Domain(DomainCommand::Terms {
+            dataset,
+            out,
+            prefix,
+        }) => {
+            let dir = store.require(strata_store::Kind::Dataset, dataset)?;
+            let n = strata_data::domain::build_terminology_pairs(&dir, out, prefix)?;
+            println!("{dataset} → {}: {n} terminology pairs", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Domain(DomainCommand::Pubmedqa { out }) => {
             let c = strata_data::domain::build_pubmedqa(out)?;
             println!(
