@@ -275,6 +275,63 @@ pub struct Llama {
     cfg: LlamaConfig,
 }
 
+/// Copies of the model's parts whose tensors share storage with the originals but take no part in autograd
+/// (see [`Llama::detached`]).
+trait Detach {
+    fn detached(&self) -> Self;
+}
+
+impl Detach for RmsNorm {
+    fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            eps: self.eps,
+        }
+    }
+}
+
+impl Detach for Linear {
+    fn detached(&self) -> Self {
+        Self {
+            weight: self.weight.detach(),
+            bias: self.bias.as_ref().map(Tensor::detach),
+            lora: self.lora.as_ref().map(|l| LoraPair {
+                a: l.a.detach(),
+                b: l.b.detach(),
+                scale: l.scale,
+                dropout: l.dropout,
+                index: l.index,
+                state: l.state.clone(),
+            }),
+        }
+    }
+}
+
+impl Detach for Block {
+    fn detached(&self) -> Self {
+        let a = &self.self_attn;
+        Self {
+            input_layernorm: self.input_layernorm.detached(),
+            self_attn: Attention {
+                q_proj: a.q_proj.detached(),
+                k_proj: a.k_proj.detached(),
+                v_proj: a.v_proj.detached(),
+                o_proj: a.o_proj.detached(),
+                window: a.window,
+                n_head: a.n_head,
+                n_kv: a.n_kv,
+                head_dim: a.head_dim,
+            },
+            post_attention_layernorm: self.post_attention_layernorm.detached(),
+            mlp: Mlp {
+                gate_proj: self.mlp.gate_proj.detached(),
+                up_proj: self.mlp.up_proj.detached(),
+                down_proj: self.mlp.down_proj.detached(),
+            },
+        }
+    }
+}
+
 /// The initial standard deviation of a weight, by its HF name (nanoGPT/GPT-2 practice): N(0, 0.02) for
 /// embeddings and input projections, scaled by 1/sqrt(2 L) for the projections that write into the residual
 /// stream, and `None` for norm gains (initialised to one).
@@ -400,6 +457,24 @@ impl Llama {
         &self.cfg
     }
 
+    /// The same model with its weights (variables while training) detached from autograd, sharing their
+    /// storage: a forward of it builds no graph, so evaluation during training keeps no activations alive
+    /// (a held-out window of 1,024 tokens on SmolLM2 would otherwise hold every layer's attention matrix).
+    #[must_use]
+    pub fn detached(&self) -> Self {
+        Self {
+            embed_tokens: self.embed_tokens.detach(),
+            layers: self.layers.iter().map(Detach::detached).collect(),
+            norm: self.norm.detached(),
+            lm_head: self.lm_head.detached(),
+            rope: Rope {
+                cos: self.rope.cos.clone(),
+                sin: self.rope.sin.clone(),
+            },
+            cfg: self.cfg.clone(),
+        }
+    }
+
     #[must_use]
     pub fn device(&self) -> &Device {
         self.embed_tokens.device()
@@ -508,6 +583,46 @@ mod tests {
         cfg.architectures = vec!["Qwen2ForCausalLM".into()];
         cfg.use_sliding_window = Some(true);
         assert_cached_matches_full(&cfg);
+    }
+
+    #[test]
+    fn a_detached_model_gives_the_same_logits_without_a_graph() {
+        let cfg = tiny();
+        let vm = VarMap::new();
+        let model = Llama::load(
+            &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+            &cfg,
+        )
+        .unwrap();
+        let ids = Tensor::new(&[[3u32, 7, 1, 9, 4]], &Device::Cpu).unwrap();
+        let tracked = model.forward(&ids).unwrap();
+        let detached = model.detached().forward(&ids).unwrap();
+        assert!(tracked.track_op(), "the training model builds a graph");
+        assert!(!detached.track_op(), "the detached one must not");
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            tracked.flatten_all().unwrap().to_vec1().unwrap(),
+            detached.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert_eq!(a, b);
+        // it shares the weights: a change to a variable shows in the detached model's next forward
+        let (name, var) = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(n, _)| n.contains("lm_head"))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .unwrap();
+        var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
+        let after: Vec<f32> = model
+            .detached()
+            .forward(&ids)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(after.iter().all(|&v| v == 0.0), "{name}");
     }
 
     fn assert_cached_matches_full(cfg: &LlamaConfig) {

@@ -37,13 +37,16 @@ pub fn perplexity(
         ));
     }
     let seq_len = seq_len.min(model.config().max_position_embeddings);
+    // no graph: a training model's variables would otherwise keep every activation of the forward alive
+    let model = &model.detached();
     let starts = window_starts(tokens.len(), seq_len, max_windows);
     let (mut total, mut count) = (0f64, 0usize);
-    // Full windows go through in batches of 8; the last, shorter window alone.
+    // Full windows go through in batches of up to 4,096 tokens (logits are batch × window × vocabulary);
+    // the last, shorter window alone.
     let (full, partial): (Vec<usize>, Vec<usize>) = starts
         .into_iter()
         .partition(|&s| s + seq_len < tokens.len());
-    for chunk in full.chunks(8) {
+    for chunk in full.chunks((4096 / seq_len).clamp(1, 8)) {
         let x: Vec<u32> = chunk
             .iter()
             .flat_map(|&s| tokens[s..s + seq_len].iter().copied())
