@@ -103,6 +103,70 @@ pub(crate) fn gemm_into(
     }
 }
 
+/// The three products of a linear layer y = x·Wᵀ, for x (N, in) and W (out, in), N from the lengths.
+///
+/// y (N, out) = x·Wᵀ, added to `dst` when `accumulate`.
+fn x_wt(dst: &mut [f32], x: &[f32], w: &[f32], (out, d_in): (usize, usize), accumulate: bool) {
+    let n = x.len() / d_in.max(1);
+    gemm_into(
+        dst,
+        out,
+        accumulate,
+        Mat::rows(x, d_in),
+        Mat::t(w, d_in),
+        (n, out, d_in),
+        true,
+    );
+}
+
+/// dx (N, in) = g·W for g (N, out), added to `dst` when `accumulate`.
+fn g_w(dst: &mut [f32], g: &[f32], w: &[f32], (out, d_in): (usize, usize), accumulate: bool) {
+    let n = g.len() / out.max(1);
+    gemm_into(
+        dst,
+        d_in,
+        accumulate,
+        Mat::rows(g, out),
+        Mat::rows(w, d_in),
+        (n, d_in, out),
+        true,
+    );
+}
+
+/// dW (out, in) = gᵀ·x for g (N, out) and x (N, in).
+fn gt_x(dst: &mut [f32], g: &[f32], x: &[f32], (out, d_in): (usize, usize)) {
+    let n = g.len() / out.max(1);
+    gemm_into(
+        dst,
+        d_in,
+        false,
+        Mat::t(g, out),
+        Mat::rows(x, d_in),
+        (out, d_in, n),
+        true,
+    );
+}
+
+/// The gradient of `of`, computed by `fill` into a zeroed buffer of its size, or None when `of` takes no
+/// part in backward (a frozen weight, the embeddings' output): that skips the largest product of a LoRA
+/// step, dW = gᵀ·x over the base weight.
+fn grad_of(
+    of: &Tensor,
+    fill: impl FnOnce(&mut [f32]) -> candle_core::Result<()>,
+) -> candle_core::Result<Option<Tensor>> {
+    if !of.track_op() {
+        return Ok(None);
+    }
+    let mut d = vec![0f32; of.elem_count()];
+    fill(&mut d)?;
+    Ok(Some(Tensor::from_vec(d, of.shape(), of.device())?))
+}
+
+/// x ⊙ mask, element by element.
+fn masked(x: &[f32], mask: &[f32]) -> Vec<f32> {
+    x.iter().zip(mask).map(|(v, k)| v * k).collect()
+}
+
 struct Projection;
 
 impl CustomOp2 for Projection {
@@ -124,18 +188,8 @@ impl CustomOp2 for Projection {
         if dims.last() != Some(&d_in) {
             candle_core::bail!("fused-linear: input {dims:?} against weight ({out}, {d_in})");
         }
-        let rows = x.len() / d_in.max(1);
-        let mut y = vec![0f32; rows * out];
-        // y (N, out) = x (N, in) · Wᵀ (in, out)
-        gemm_into(
-            &mut y,
-            out,
-            false,
-            Mat::rows(x, d_in),
-            Mat::t(w, d_in),
-            (rows, out, d_in),
-            true,
-        );
+        let mut y = vec![0f32; x.len() / d_in.max(1) * out];
+        x_wt(&mut y, x, w, (out, d_in), false);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = out;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
@@ -148,30 +202,13 @@ impl CustomOp2 for Projection {
         _y: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (out, d_in) = w.dims2()?;
-        let rows = x.elem_count() / d_in.max(1);
-        // A frozen input (LoRA's base weight, the embeddings' output) gets no gradient: that skips the
-        // largest product of a LoRA step, dW = gᵀ·x over the base weight.
-        let product = |of: &Tensor, other: &Tensor, g_transposed: bool, mnk| {
-            if !of.track_op() {
-                return Ok(None);
-            }
-            let mut d = vec![0f32; of.elem_count()];
-            with_f32(grad, |g| {
-                with_f32(other, |o| {
-                    let a = if g_transposed {
-                        Mat::t(g, out)
-                    } else {
-                        Mat::rows(g, out)
-                    };
-                    gemm_into(&mut d, d_in, false, a, Mat::rows(o, d_in), mnk, true);
-                })
-            })??;
-            Ok::<_, candle_core::Error>(Some(Tensor::from_vec(d, of.shape(), of.device())?))
-        };
-        // dx (N, in) = g (N, out) · W (out, in); dW (out, in) = gᵀ (out, N) · x (N, in)
-        let dx = product(x, w, false, (rows, d_in, out))?;
-        let dw = product(w, x, true, (out, d_in, rows))?;
+        let dims = w.dims2()?;
+        let dx = grad_of(x, |dx| {
+            with_f32(grad, |g| with_f32(w, |wv| g_w(dx, g, wv, dims, false)))?
+        })?;
+        let dw = grad_of(w, |dw| {
+            with_f32(grad, |g| with_f32(x, |xv| gt_x(dw, g, xv, dims)))?
+        })?;
         Ok((dx, dw))
     }
 }
@@ -224,51 +261,21 @@ impl candle_core::CustomOp3 for LoraProjection {
         }
         let n = x.len() / d_in.max(1);
         let mut y = vec![0f32; n * out];
-        with_f32(&self.w, |w| {
-            gemm_into(
-                &mut y,
-                out,
-                false,
-                Mat::rows(x, d_in),
-                Mat::t(w, d_in),
-                (n, out, d_in),
-                true,
-            );
-        })?;
-        let xd = self
-            .mask(x.len())
-            .map(|m| x.iter().zip(m).map(|(v, k)| v * k).collect::<Vec<f32>>());
-        let xin = xd.as_deref().unwrap_or(x);
+        with_f32(&self.w, |w| x_wt(&mut y, x, w, (out, d_in), false))?;
+        let xd = self.mask(x.len()).map(|m| masked(x, &m));
+        // s·h = s·drop(x)·Aᵀ (N, r), then y += (s·h)·Bᵀ
         let mut hs = vec![0f32; n * r];
-        gemm_into(
-            &mut hs,
-            r,
-            false,
-            Mat::rows(xin, d_in),
-            Mat::t(a, d_in),
-            (n, r, d_in),
-            true,
-        );
+        x_wt(&mut hs, xd.as_deref().unwrap_or(x), a, (r, d_in), false);
         for v in &mut hs {
             *v *= self.scale;
         }
-        // y += (s·h)·Bᵀ
-        gemm_into(
-            &mut y,
-            out,
-            true,
-            Mat::rows(&hs, r),
-            Mat::t(b, r),
-            (n, out, r),
-            true,
-        );
+        x_wt(&mut y, &hs, b, (out, r), true);
         let _ = self.hs.set(hs);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = out;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
 
-    #[allow(clippy::too_many_lines)]
     fn bwd(
         &self,
         x: &Tensor,
@@ -283,106 +290,44 @@ impl candle_core::CustomOp3 for LoraProjection {
             .ok_or_else(|| candle_core::Error::Msg("fused-lora-linear: no forward".into()))?;
         let (r, d_in) = a.dims2()?;
         let out = b.dim(0)?;
-        let n = x.elem_count() / d_in.max(1);
         let mask = self.mask(x.elem_count());
         with_f32(grad, |g| {
             with_f32(a, |av| {
                 with_f32(b, |bv| {
                     with_f32(x, |xv| {
                         // dh = s·g·B (N, r): the gradient of h = drop(x)·Aᵀ
-                        let mut dh = vec![0f32; n * r];
-                        gemm_into(
-                            &mut dh,
-                            r,
-                            false,
-                            Mat::rows(g, out),
-                            Mat::rows(bv, r),
-                            (n, r, out),
-                            true,
-                        );
+                        let mut dh = vec![0f32; g.len() / out.max(1) * r];
+                        g_w(&mut dh, g, bv, (out, r), false);
                         for v in &mut dh {
                             *v *= self.scale;
                         }
-                        let db = b.track_op().then(|| {
-                            // dB = gᵀ·(s·h) (out, r)
-                            let mut db = vec![0f32; out * r];
-                            gemm_into(
-                                &mut db,
-                                r,
-                                false,
-                                Mat::t(g, out),
-                                Mat::rows(hs, r),
-                                (out, r, n),
-                                true,
-                            );
-                            db
-                        });
-                        let da = a.track_op().then(|| {
-                            // dA = dhᵀ·drop(x) (r, in)
-                            let xd = mask.as_ref().map(|m| {
-                                xv.iter().zip(m).map(|(v, k)| v * k).collect::<Vec<f32>>()
-                            });
-                            let mut da = vec![0f32; r * d_in];
-                            gemm_into(
-                                &mut da,
-                                d_in,
-                                false,
-                                Mat::t(&dh, r),
-                                Mat::rows(xd.as_deref().unwrap_or(xv), d_in),
-                                (r, d_in, n),
-                                true,
-                            );
-                            da
-                        });
-                        let dx = if x.track_op() {
-                            // dx = g·W + (dh·A) ⊙ mask
-                            let mut dx = vec![0f32; n * d_in];
-                            with_f32(&self.w, |w| {
-                                gemm_into(
-                                    &mut dx,
-                                    d_in,
-                                    false,
-                                    Mat::rows(g, out),
-                                    Mat::rows(w, d_in),
-                                    (n, d_in, out),
-                                    true,
-                                );
-                            })?;
+                        // dB = gᵀ·(s·h) (out, r)
+                        let db = grad_of(b, |db| {
+                            gt_x(db, g, hs, (out, r));
+                            Ok(())
+                        })?;
+                        // dA = dhᵀ·drop(x) (r, in)
+                        let da = grad_of(a, |da| {
+                            let xd = mask.as_ref().map(|m| masked(xv, m));
+                            gt_x(da, &dh, xd.as_deref().unwrap_or(xv), (r, d_in));
+                            Ok(())
+                        })?;
+                        // dx = g·W + (dh·A) ⊙ mask
+                        let dx = grad_of(x, |dx| {
+                            with_f32(&self.w, |w| g_w(dx, g, w, (out, d_in), false))?;
                             match &mask {
-                                None => gemm_into(
-                                    &mut dx,
-                                    d_in,
-                                    true,
-                                    Mat::rows(&dh, r),
-                                    Mat::rows(av, d_in),
-                                    (n, d_in, r),
-                                    true,
-                                ),
+                                None => g_w(dx, &dh, av, (r, d_in), true),
                                 Some(m) => {
-                                    let mut t = vec![0f32; n * d_in];
-                                    gemm_into(
-                                        &mut t,
-                                        d_in,
-                                        false,
-                                        Mat::rows(&dh, r),
-                                        Mat::rows(av, d_in),
-                                        (n, d_in, r),
-                                        true,
-                                    );
+                                    let mut t = vec![0f32; dx.len()];
+                                    g_w(&mut t, &dh, av, (r, d_in), false);
                                     for ((d, v), k) in dx.iter_mut().zip(t).zip(m) {
                                         *d += v * k;
                                     }
                                 }
                             }
-                            Some(dx)
-                        } else {
-                            None
-                        };
-                        let t = |v: Option<Vec<f32>>, like: &Tensor| {
-                            v.map(|v| Tensor::from_vec(v, like.shape(), like.device()))
-                                .transpose()
-                        };
-                        Ok::<_, candle_core::Error>((t(dx, x)?, t(da, a)?, t(db, b)?))
+                            Ok(())
+                        })?;
+                        Ok::<_, candle_core::Error>((dx, da, db))
                     })
                 })
             })
