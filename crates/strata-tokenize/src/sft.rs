@@ -104,6 +104,12 @@ fn messages_of(doc: &strata_data::doc::Doc) -> std::result::Result<Vec<ChatMessa
     serde_json::from_value(v.clone()).map_err(|e| format!("messages: {e}"))
 }
 
+/// Appends one quarantine record (jsonl: the document's id and the reason).
+fn quarantine_line(out: &mut String, id: &str, reason: &str) {
+    out.push_str(&serde_json::json!({"id": id, "reason": reason}).to_string());
+    out.push('\n');
+}
+
 /// Encodes the chat records of dataset `dataset` for SFT with the chat template and tokenizer of
 /// `tokenizer` into token artifact `name`. A record without messages, without an assistant turn, or that
 /// the template cannot render is quarantined (`quarantine.jsonl` in the artifact, with the reason) and
@@ -147,10 +153,7 @@ pub fn encode_chat_dataset(
         let mut ids = match ids {
             Ok(ids) => ids,
             Err(e) => {
-                quarantine.push_str(
-                    &serde_json::json!({"id": doc.id, "reason": e.to_string()}).to_string(),
-                );
-                quarantine.push('\n');
+                quarantine_line(&mut quarantine, &doc.id, &e.to_string());
                 continue;
             }
         };
@@ -159,13 +162,11 @@ pub fn encode_chat_dataset(
                 ids.truncate(row);
                 // targets are ids[1..]: an example whose assistant tokens all fell past the row is lost
                 if ids[1..].iter().all(|&i| i & NO_LOSS != 0) {
-                    quarantine.push_str(
-                        &serde_json::json!({"id": doc.id, "reason": format!(
-                            "no assistant token within max_len {}: raise --max-len or use --pack",
-                            cfg.max_len)})
-                        .to_string(),
+                    let why = format!(
+                        "no assistant token within max_len {}: raise --max-len or use --pack",
+                        cfg.max_len
                     );
-                    quarantine.push('\n');
+                    quarantine_line(&mut quarantine, &doc.id, &why);
                     continue;
                 }
                 cut += 1;

@@ -31,15 +31,10 @@ pub fn perplexity(
     seq_len: usize,
     max_windows: Option<usize>,
 ) -> Result<Perplexity> {
-    if tokens.len() < 2 {
-        return Err(TrainError::Data(
-            "need at least 2 tokens to evaluate perplexity".into(),
-        ));
-    }
     let seq_len = seq_len.min(model.config().max_position_embeddings);
     // no graph: a training model's variables would otherwise keep every activation of the forward alive
     let model = &model.detached();
-    let starts = window_starts(tokens.len(), seq_len, max_windows);
+    let starts = window_starts(tokens.len(), seq_len, max_windows)?;
     let (mut total, mut count) = (0f64, 0usize);
     // Full windows go through in batches of up to 4,096 tokens (logits are batch × window × vocabulary);
     // the last, shorter window alone.
@@ -70,6 +65,26 @@ pub fn perplexity(
         total += sum;
         count += n;
     }
+    summary(total, count)
+}
+
+/// The starts of non-overlapping windows of `seq_len` over `n` tokens, at most `max_windows` of them,
+/// evenly spread.
+fn window_starts(n: usize, seq_len: usize, max_windows: Option<usize>) -> Result<Vec<usize>> {
+    if n < 2 {
+        return Err(TrainError::Data(
+            "need at least 2 tokens to evaluate perplexity".into(),
+        ));
+    }
+    let starts: Vec<usize> = (0..n - 1).step_by(seq_len.max(1)).collect();
+    Ok(match max_windows {
+        Some(k) if k < starts.len() => (0..k).map(|i| starts[i * starts.len() / k]).collect(),
+        _ => starts,
+    })
+}
+
+/// Perplexity from the summed negative log-likelihood of `count` counted positions.
+fn summary(total: f64, count: usize) -> Result<Perplexity> {
     if count == 0 {
         return Err(TrainError::Data(
             "no position counts toward the loss (SFT data without assistant tokens?)".into(),
@@ -84,16 +99,6 @@ pub fn perplexity(
     })
 }
 
-/// The starts of non-overlapping windows of `seq_len` over `n` tokens, at most `max_windows` of them,
-/// evenly spread.
-fn window_starts(n: usize, seq_len: usize, max_windows: Option<usize>) -> Vec<usize> {
-    let starts: Vec<usize> = (0..n.saturating_sub(1)).step_by(seq_len.max(1)).collect();
-    match max_windows {
-        Some(k) if k < starts.len() => (0..k).map(|i| starts[i * starts.len() / k]).collect(),
-        _ => starts,
-    }
-}
-
 /// [`perplexity`] on the inference engine, as the model is served (its weight type: a GGUF import's
 /// blocks, or quantised on load): each window from an empty cache, every position's logits.
 ///
@@ -105,38 +110,20 @@ pub fn engine_perplexity(
     seq_len: usize,
     max_windows: Option<usize>,
 ) -> Result<Perplexity> {
-    if tokens.len() < 2 {
-        return Err(TrainError::Data(
-            "need at least 2 tokens to evaluate perplexity".into(),
-        ));
-    }
     let v = model.config().vocab_size;
     let seq_len = seq_len.min(model.config().max_position_embeddings);
     let mut cache = strata_model::cpu::CpuCache::new(model, seq_len);
     let (mut total, mut count) = (0f64, 0usize);
-    for s in window_starts(tokens.len(), seq_len, max_windows) {
+    for s in window_starts(tokens.len(), seq_len, max_windows)? {
         let len = seq_len.min(tokens.len() - 1 - s);
         cache.reset();
         let logits = model.forward(&tokens[s..s + len], &mut cache, true)?;
         for (row, &target) in logits.chunks_exact(v).zip(&tokens[s + 1..=s + len]) {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = f64::from(m)
-                + row
-                    .iter()
-                    .map(|&x| f64::from(x - m).exp())
-                    .sum::<f64>()
-                    .ln();
-            total += lse - f64::from(row[target as usize]);
+            total -= crate::tasks::log_softmax_at(row, target);
             count += 1;
         }
     }
-    #[allow(clippy::cast_precision_loss)]
-    let nll = total / count as f64;
-    Ok(Perplexity {
-        nll,
-        tokens: count,
-        ppl: nll.exp(),
-    })
+    summary(total, count)
 }
 
 /// Summed loss and number of counted targets of one batch of windows. Ids from SFT shards carry the

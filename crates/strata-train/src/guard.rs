@@ -39,20 +39,29 @@ pub struct GuardVerdict {
     pub passed: bool,
 }
 
-/// Perplexity of a model (or adapter chain, merged) on the held-out split of `dataset`.
+/// The guard's verdict on a just-trained `child` (the model in memory, whatever its variables): its
+/// perplexity and its parent's on the dataset's held-out split, encoded once with the tokenizer they share.
 ///
 /// # Errors
-/// When the artifacts cannot be loaded or the dataset is too short.
-pub fn heldout_ppl(store: &Store, model: &str, dataset: &str, max_windows: usize) -> Result<f64> {
-    let (m, td) = crate::parent::load_merged(store, model, &candle_core::Device::Cpu)?;
+/// When the parent cannot be loaded or the dataset is too short.
+pub fn verdict(
+    store: &Store,
+    g: &GuardConfig,
+    parent: &str,
+    child: &strata_model::Llama,
+    td: &strata_tokenize::TokenizerDir,
+) -> Result<GuardVerdict> {
     let ids = strata_tokenize::encode_heldout(
         store,
-        dataset,
-        &td,
+        &g.dataset,
+        td,
         strata_tokenize::default_val_fraction(),
     )?;
-    let ctx = crate::eval_window(m.config());
-    Ok(crate::perplexity(&m, &ids, ctx, Some(max_windows))?.ppl)
+    let ppl = |m: &strata_model::Llama| -> Result<f64> {
+        Ok(crate::perplexity(m, &ids, crate::eval_window(m.config()), Some(g.max_windows))?.ppl)
+    };
+    let (parent_model, _) = crate::parent::load_merged(store, parent, &candle_core::Device::Cpu)?;
+    Ok(GuardVerdict::new(g, ppl(&parent_model)?, ppl(child)?))
 }
 
 impl GuardVerdict {

@@ -30,8 +30,7 @@ impl Parent {
     /// # Errors
     /// When nothing of that name exists, or an adapter's base is missing or has changed.
     pub fn resolve(store: &Store, name: &str) -> Result<Self> {
-        let (base, chain) = if store.exists(Kind::Model, name) || !store.exists(Kind::Adapter, name)
-        {
+        let (base, chain) = if kind_of(store, name) == Kind::Model {
             (name.to_string(), Vec::new())
         } else {
             let m = store.manifest(Kind::Adapter, name)?;
@@ -119,6 +118,39 @@ impl Parent {
     }
 }
 
+/// Whether `name` is a model or an adapter of the store (a model when it is neither, so that the error
+/// that follows names a missing model).
+#[must_use]
+pub fn kind_of(store: &Store, name: &str) -> Kind {
+    if store.exists(Kind::Adapter, name) && !store.exists(Kind::Model, name) {
+        Kind::Adapter
+    } else {
+        Kind::Model
+    }
+}
+
+/// The files of a model folder that carry its tokenizer (and chat template).
+pub(crate) const TOKENIZER_FILES: [&str; 3] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// Copies those of `names` that exist in folder `from` into folder `to`.
+pub(crate) fn copy_present(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    names: &[&str],
+) -> Result<()> {
+    for f in names {
+        let src = from.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(f)).map_err(crate::io_err(&src))?;
+        }
+    }
+    Ok(())
+}
+
 fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
 }
@@ -174,16 +206,7 @@ pub fn merge_adapter(
     let staging = store.staging(Kind::Model, name)?;
     strata_model::save_safetensors(&weights, &staging.join("model.safetensors"), &[])?;
     strata_model::write_hf_config(&staging, &p.cfg)?;
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ] {
-        let src = p.base_dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, staging.join(f)).map_err(crate::io_err(&src))?;
-        }
-    }
+    copy_present(&p.base_dir, &staging, &TOKENIZER_FILES)?;
     let mut manifest = manifest;
     manifest
         .counts
@@ -228,16 +251,7 @@ pub fn import_adapter(
         .with_config(inputs, serde_json::json!({"format": "peft", "base": base}));
     let staging = store.staging(Kind::Adapter, name)?;
     strata_model::lora::write_adapter(&staging, &adapter.config, &adapter.tensors, base)?;
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ] {
-        let from = p.base_dir.join(f);
-        if from.is_file() {
-            std::fs::copy(&from, staging.join(f)).map_err(crate::io_err(&from))?;
-        }
-    }
+    copy_present(&p.base_dir, &staging, &TOKENIZER_FILES)?;
     let mut manifest = manifest;
     let trainable: usize = adapter.tensors.values().map(Tensor::elem_count).sum();
     let c = &mut manifest.counts;

@@ -21,12 +21,7 @@ pub struct Step {
 }
 
 fn manifest_of(store: &Store, name: &str) -> Result<Manifest> {
-    let kind = if store.exists(Kind::Model, name) {
-        Kind::Model
-    } else {
-        Kind::Adapter
-    };
-    Ok(store.manifest(kind, name)?)
+    Ok(store.manifest(crate::parent::kind_of(store, name), name)?)
 }
 
 /// The step a manifest was made from: the parent of a fine-tuning, the adapter a merged model came from.

@@ -122,7 +122,8 @@ pub fn bootstrap(correct: &[bool], reps: usize, seed: u64) -> (f64, f64) {
     (at(0.025), at(0.975))
 }
 
-fn log_softmax_at(logits: &[f32], id: u32) -> f64 {
+/// log softmax(logits)[id], in f64.
+pub(crate) fn log_softmax_at(logits: &[f32], id: u32) -> f64 {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let s: f64 = logits.iter().map(|&v| f64::from(v - m).exp()).sum();
     f64::from(logits[id as usize] - m) - s.ln()

@@ -578,16 +578,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     let guard = match (&job.cfg.guard, &job.init) {
         (Some(g), Init::From { parent }) => {
             lora_state.set_training(false, 0);
-            let ids = strata_tokenize::encode_heldout(
-                store,
-                &g.dataset,
-                &td,
-                strata_tokenize::default_val_fraction(),
-            )?;
-            let ctx = crate::eval_window(&cfg);
-            let child_ppl = perplexity(&model, &ids, ctx, Some(g.max_windows))?.ppl;
-            let parent_ppl = crate::guard::heldout_ppl(store, parent, &g.dataset, g.max_windows)?;
-            Some(crate::guard::GuardVerdict::new(g, parent_ppl, child_ppl))
+            Some(crate::guard::verdict(store, g, parent, &model, &td)?)
         }
         _ => None,
     };
@@ -599,17 +590,8 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
         strata_model::save_safetensors(&named(&vars), &staging.join("model.safetensors"), &[])?;
         strata_model::write_hf_config(&staging, &cfg)?;
     }
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "generation_config.json",
-    ] {
-        let src = td.dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, staging.join(f)).map_err(crate::io_err(&src))?;
-        }
-    }
+    crate::parent::copy_present(&td.dir, &staging, &crate::parent::TOKENIZER_FILES)?;
+    crate::parent::copy_present(&td.dir, &staging, &["generation_config.json"])?;
     let mut manifest = manifest;
     manifest.created_by = format!("{} (run {run_id})", job.created_by);
     let counts = &mut manifest.counts;

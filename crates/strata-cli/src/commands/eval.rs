@@ -79,17 +79,6 @@ fn task_arg(s: &str) -> (String, std::path::PathBuf) {
     }
 }
 
-/// The kind and hash under which evaluations of `name` are stored.
-fn artifact(store: &Store, name: &str) -> anyhow::Result<(strata_store::Kind, String)> {
-    use strata_store::Kind;
-    let kind = if store.exists(Kind::Model, name) {
-        Kind::Model
-    } else {
-        Kind::Adapter
-    };
-    Ok((kind, store.manifest(kind, name)?.sha256))
-}
-
 fn record(
     store: &Store,
     (kind, sha): &(strata_store::Kind, String),
@@ -118,26 +107,7 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
         "nothing to evaluate: give --dataset NAME and/or --task FILE.jsonl"
     );
     let want = strata_model::cpu::parse_weight_type(&a.quant)?;
-    if !a.datasets.is_empty() {
-        let rows = table(store, &a.models, &a.datasets, a.max_windows, want)?;
-        print_table(&a.datasets, &rows);
-        for (m, row) in &rows {
-            let art = artifact(store, m)?;
-            for (d, v) in a.datasets.iter().zip(row) {
-                record(
-                    store,
-                    &art,
-                    m,
-                    &format!("ppl:{d}"),
-                    "ppl",
-                    (*v, None, None, a.max_windows),
-                )?;
-            }
-        }
-    }
-    if a.tasks.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
+    // every task file is read (and checked) before any model is loaded
     let tasks: Vec<(String, Vec<strata_train::tasks::McItem>)> = a
         .tasks
         .iter()
@@ -150,13 +120,25 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
             Ok((name, items))
         })
         .collect::<anyhow::Result<_>>()?;
-    println!(
-        "{:<14}{:<16}{:>7}{:>18}{:>10}{:>8}{:>6}",
-        "model", "task", "acc", "95% interval", "acc_norm", "chance", "n"
-    );
+    let (mut rows, mut task_lines) = (Vec::new(), Vec::new());
     for m in &a.models {
-        let (engine, td, _, _) = strata_train::parent::load_engine(store, m, want)?;
-        let art = artifact(store, m)?;
+        // one engine per model for its perplexities and its tasks
+        let (engine, td, kind, sha) = strata_train::parent::load_engine(store, m, want)?;
+        let art = (kind, sha);
+        let mut row = Vec::new();
+        for d in &a.datasets {
+            let v = perplexity(store, &engine, &td, d, a.max_windows)?;
+            record(
+                store,
+                &art,
+                m,
+                &format!("ppl:{d}"),
+                "ppl",
+                (v, None, None, a.max_windows),
+            )?;
+            row.push(v);
+        }
+        rows.push((m.clone(), row));
         for (name, items) in &tasks {
             let bar = indicatif::ProgressBar::new(items.len() as u64);
             if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -166,14 +148,14 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
                 bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();
-            println!(
+            task_lines.push(format!(
                 "{m:<14}{name:<16}{:>7.3}{:>18}{:>10.3}{:>8.3}{:>6}",
                 s.acc,
                 format!("[{:.3}, {:.3}]", s.lo, s.hi),
                 s.acc_norm,
                 s.chance,
                 s.n
-            );
+            ));
             let eval = format!("task:{name}");
             record(
                 store,
@@ -192,6 +174,18 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
                 (s.acc_norm, None, None, s.n),
             )?;
             record(store, &art, m, &eval, "chance", (s.chance, None, None, s.n))?;
+        }
+    }
+    if !a.datasets.is_empty() {
+        print_table(&a.datasets, &rows);
+    }
+    if !tasks.is_empty() {
+        println!(
+            "{:<14}{:<16}{:>7}{:>18}{:>10}{:>8}{:>6}",
+            "model", "task", "acc", "95% interval", "acc_norm", "chance", "n"
+        );
+        for l in &task_lines {
+            println!("{l}");
         }
     }
     Ok(ExitCode::SUCCESS)
