@@ -157,6 +157,8 @@ fn smollm2_from_gguf_finetunes_on_medical_text_and_loads_back() {
         "{}",
         e.stdout
     );
+    // A 135M-parameter store is a gigabyte: passed, it goes (a failure leaves it to look at).
+    std::fs::remove_dir_all(&store).unwrap();
 }
 
 /// A store with two tokenizers of the same vocabulary size trained on different text, a model of the

@@ -105,6 +105,8 @@ fn smollm2_imports_chats_and_matches_the_numpy_reference() {
     let mut args = vec![gguf.as_os_str()];
     args.extend(expects.iter().map(std::ffi::OsString::as_os_str));
     eprintln!("{}", common::python_check("gguf_reference.py", &args));
+    // Passed: the imported model's copies (hundreds of MB) go; a failure leaves them to look at.
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
