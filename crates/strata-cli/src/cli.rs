@@ -43,7 +43,8 @@ pub enum Command {
     /// Continue pretraining any model in the store (trained here or imported) on a domain's token shards,
     /// optionally mixed with a share of other data (`--tokens medical=0.8 --tokens general=0.2`).
     Finetune(FinetuneArgs),
-    /// Held-out perplexity of models (or adapters, merged on their base) on datasets.
+    /// Held-out perplexity of models (or adapters, merged on their base) on datasets, and multiple-choice
+    /// task accuracy (log-likelihood, 95% interval, chance), stored in the registry against each model.
     Eval(EvalArgs),
     /// Generate a completion from a model.
     Generate(GenerateArgs),
@@ -360,6 +361,11 @@ pub struct EvalArgs {
     /// Score at most this many items per task (the first ones).
     #[arg(long)]
     pub max_items: Option<usize>,
+    /// Prompt each task item through the model's chat template, as the server does (the user's turn:
+    /// context and question; each choice scored as the start of the assistant's reply), as
+    /// lm-evaluation-harness's --apply_chat_template. Results are stored as `task:NAME+chat`.
+    #[arg(long)]
+    pub apply_chat_template: bool,
 }
 
 #[derive(Debug, Args)]

@@ -95,6 +95,9 @@ pub struct EvalStep {
     pub max_items: Option<usize>,
     #[serde(default)]
     pub quant: Option<String>,
+    /// Tasks prompted through each model's chat template (`strata eval --apply-chat-template`).
+    #[serde(default)]
+    pub apply_chat_template: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -460,6 +463,7 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 max_windows: s.max_windows.unwrap_or(64),
                 quant: s.quant.clone().unwrap_or_else(|| "auto".into()),
                 max_items: s.max_items,
+                apply_chat_template: s.apply_chat_template,
             };
             crate::commands::eval::run(store, &a).context("step eval")?;
         }

@@ -1226,7 +1226,7 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
 fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
     let (demo, _) = quick_demo();
     let dir = demo.join("models/base");
-    let items = vec![
+    let items = [
         strata_train::tasks::McItem {
             question: "Is it an organ?".into(),
             context: "The liver.".into(),
@@ -1243,53 +1243,69 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
     let engine = strata_model::cpu::CpuModel::load(&dir, None).unwrap();
     let td = strata_tokenize::TokenizerDir::open(&dir).unwrap();
     let model = strata_model::load_model(&dir, &candle_core::Device::Cpu).unwrap();
-    let mut cache = strata_model::cpu::CpuCache::new(&engine, 64);
-    for item in &items {
-        let got = strata_train::tasks::choice_logprobs(&engine, &td, &mut cache, item).unwrap();
-        let p = if item.context.is_empty() {
-            format!("Question: {}\nAnswer:", item.question)
-        } else {
-            format!(
-                "Context: {}\nQuestion: {}\nAnswer:",
-                item.context, item.question
-            )
-        };
-        let prompt = td
-            .tokenizer
-            .encode(p.as_str(), true)
-            .unwrap()
-            .get_ids()
-            .to_vec();
-        assert!(
-            prompt.len() + 8 < 64,
-            "the prompt must fit uncut: {}",
-            prompt.len()
-        );
-        for (c, &lp) in item.choices.iter().zip(&got) {
-            let cont = td
+    let cap = engine.config().max_position_embeddings.min(256);
+    let mut cache = strata_model::cpu::CpuCache::new(&engine, cap);
+    // the server's template (ChatML when the tokenizer has none); rendering is checked against jinja2 in
+    // chat_template.rs, the turn and the choices' spelling by hand here
+    let tmpl =
+        strata_tokenize::ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))
+            .unwrap();
+    let user_turns = [
+        "Context: The liver.\nQuestion: Is it an organ?",
+        "Question: Which side is the spleen on?",
+    ];
+    for chat in [None, Some(&tmpl)] {
+        for (item, user) in items.iter().zip(user_turns) {
+            let got =
+                strata_train::tasks::choice_logprobs(&engine, &td, &mut cache, item, chat).unwrap();
+            let (p, before) = match chat {
+                None => (format!("{user}\nAnswer:"), " "),
+                Some(t) => {
+                    let turn = strata_tokenize::ChatMessage {
+                        role: "user".into(),
+                        content: user.into(),
+                    };
+                    (t.render(&[turn], true).unwrap(), "")
+                }
+            };
+            let prompt = td
                 .tokenizer
-                .encode(format!(" {c}").as_str(), false)
+                .encode(p.as_str(), true)
                 .unwrap()
                 .get_ids()
                 .to_vec();
-            let all: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
-            let logits = common::logits_of(&dir, &all);
-            let mut want = 0f64;
-            for (i, &t) in cont.iter().enumerate() {
-                let row = &logits[prompt.len() + i - 1];
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let lse = f64::from(m)
-                    + row
-                        .iter()
-                        .map(|&v| f64::from(v - m).exp())
-                        .sum::<f64>()
-                        .ln();
-                want += f64::from(row[t as usize]) - lse;
-            }
             assert!(
-                (lp - want).abs() < 1e-3 * (1.0 + want.abs()),
-                "{c}: {lp} vs {want}"
+                prompt.len() + 8 < cap,
+                "the prompt must fit uncut: {}",
+                prompt.len()
             );
+            for (c, &lp) in item.choices.iter().zip(&got) {
+                let cont = td
+                    .tokenizer
+                    .encode(format!("{before}{c}").as_str(), false)
+                    .unwrap()
+                    .get_ids()
+                    .to_vec();
+                let all: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
+                let logits = common::logits_of(&dir, &all);
+                let mut want = 0f64;
+                for (i, &t) in cont.iter().enumerate() {
+                    let row = &logits[prompt.len() + i - 1];
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let lse = f64::from(m)
+                        + row
+                            .iter()
+                            .map(|&v| f64::from(v - m).exp())
+                            .sum::<f64>()
+                            .ln();
+                    want += f64::from(row[t as usize]) - lse;
+                }
+                assert!(
+                    (lp - want).abs() < 1e-3 * (1.0 + want.abs()),
+                    "chat {}: {c}: {lp} vs {want}",
+                    chat.is_some()
+                );
+            }
         }
     }
     // perplexity on the engine (as served) equals the training forward's on f32 weights
@@ -1349,6 +1365,22 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
     assert_eq!(get("task:organs", "acc").n, 3);
     assert!(get("task:organs", "acc").lo.is_some());
     assert!(get("ppl:medical", "ppl").value > 1.0);
+    // through the chat template: stored beside the plain figures, not over them
+    let r = run(strata(demo)
+        .args(["eval", "--model", "base", "--apply-chat-template", "--task"])
+        .arg(&task));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("organs+chat"), "{}", r.stdout);
+    let evals = store
+        .registry()
+        .evals(strata_store::Kind::Model, "base")
+        .unwrap();
+    assert!(evals
+        .iter()
+        .any(|e| e.eval == "task:organs+chat" && e.metric == "acc"));
+    assert!(evals
+        .iter()
+        .any(|e| e.eval == "task:organs" && e.metric == "acc"));
     // a malformed task line is named, and nothing is scored
     std::fs::write(
         &task,

@@ -9,8 +9,9 @@
 //!   never trained on;
 //! - `pubmedqa-train.jsonl`: the other 500 as documents (question, abstract, conclusion, decision) for
 //!   continued pretraining;
-//! - `pubmedqa-train-chat.jsonl`: the same as chat pairs (`messages`: user question with its abstract,
-//!   assistant conclusion and decision) for SFT.
+//! - `pubmedqa-train-chat.jsonl`: the same as chat pairs for SFT: the user's turn is the abstract and
+//!   question as [`mc_user_turn`] writes them (the turn `strata eval --task … --apply-chat-template`
+//!   scores), the assistant's reply the decision, then the conclusion.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +33,21 @@ struct Item {
     long_answer: String,
     final_decision: String,
 }
+
+/// The user's turn of a multiple-choice item: `Context: …` (when there is one) and `Question: …`. One
+/// spelling for the SFT pairs built here and for the prompts `strata eval` scores, so that what a step
+/// trains on is what its task asks.
+#[must_use]
+pub fn mc_user_turn(question: &str, context: &str) -> String {
+    if context.is_empty() {
+        format!("Question: {question}")
+    } else {
+        format!("Context: {context}\nQuestion: {question}")
+    }
+}
+
+/// The question of the report task and of the report SFT pairs.
+pub const REPORT_QUESTION: &str = "What is the impression?";
 
 /// Counts of what [`build_pubmedqa`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +103,8 @@ pub fn build_pubmedqa(out: &Path) -> Result<PubmedqaCounts> {
                 it.question, context, it.long_answer, it.final_decision)}),
             );
             chat.push(serde_json::json!({"id": format!("pubmedqa:{id}"), "messages": [
-                {"role": "user", "content": format!("{}\n\n{}", context, it.question)},
-                {"role": "assistant", "content": format!("{} Answer: {}.", it.long_answer, it.final_decision)}]}));
+                {"role": "user", "content": mc_user_turn(&it.question, &context)},
+                {"role": "assistant", "content": format!("{}. {}", it.final_decision, it.long_answer)}]}));
         }
     }
     write_jsonl(&out.join("pubmedqa-test.jsonl"), &task)?;
@@ -191,16 +207,14 @@ pub fn build_report_task(
         choices.push(impression);
         choices.shuffle(&mut rng);
         let answer = choices.iter().position(|c| c == impression).unwrap_or(0);
-        task.push(
-            serde_json::json!({"id": id, "question": "Which impression fits these findings?",
-            "context": findings, "choices": choices, "answer": answer}),
-        );
+        task.push(serde_json::json!({"id": id, "question": REPORT_QUESTION,
+            "context": findings, "choices": choices, "answer": answer}));
     }
     let chat: Vec<serde_json::Value> = train
         .iter()
         .map(|(id, (findings, impression))| {
             serde_json::json!({"id": id, "messages": [
-                {"role": "user", "content": format!("Findings:\n{findings}\nWrite the impression.")},
+                {"role": "user", "content": mc_user_turn(REPORT_QUESTION, findings)},
                 {"role": "assistant", "content": impression}]})
         })
         .collect();
@@ -348,7 +362,18 @@ mod tests {
         }
         let chat = read("pubmedqa-train-chat.jsonl");
         assert_eq!(chat.len(), 500);
-        assert_eq!(chat[0]["messages"][1]["role"], "assistant");
+        // the first training item of ori_pqal.json by id, read off the file by hand
+        let c = &chat[0]["messages"];
+        assert_eq!(chat[0]["id"], "pubmedqa:10340286");
+        let user = c[0]["content"].as_str().unwrap();
+        assert!(user.starts_with("Context: "), "{user}");
+        assert!(
+            user.ends_with("\nQuestion: Is there a role for leukocyte and CRP measurements in the diagnosis of acute appendicitis in the elderly?"),
+            "{user}"
+        );
+        assert_eq!(c[1]["role"], "assistant");
+        let reply = c[1]["content"].as_str().unwrap();
+        assert!(reply.starts_with("maybe. "), "{reply}");
         assert_eq!(read("pubmedqa-test-abstracts.jsonl").len(), 500);
     }
 }

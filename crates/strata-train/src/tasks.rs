@@ -5,13 +5,18 @@
 //! Scoring runs the inference engine ([`strata_model::cpu::CpuModel`]) with the weight type it serves with:
 //! the prompt once, then each choice after it in the KV cache, rolled back between choices.
 //!
+//! Two prompt forms, as lm-evaluation-harness has them: plain (`Context: …\nQuestion: …\nAnswer:`, each
+//! choice after a space), or with the model's chat template (`--apply-chat-template`): the same context and
+//! question as the user's turn, rendered as the server renders a request, and each choice as the start of
+//! the assistant's reply — the form the SFT pairs of `strata domain` teach.
+//!
 //! A task file is jsonl, one item per line: `question`, optional `context`, `choices` (at least two strings)
 //! and `answer` (the index of the right choice, or its text).
 
 use std::path::Path;
 
 use strata_model::cpu::{CpuCache, CpuModel};
-use strata_tokenize::TokenizerDir;
+use strata_tokenize::{ChatMessage, ChatTemplate, TokenizerDir};
 
 use crate::{Result, TrainError};
 
@@ -74,14 +79,26 @@ pub fn read_task(path: &Path) -> Result<Vec<McItem>> {
     Ok(items)
 }
 
-/// The prompt of an item: its context (when any), its question, and "Answer:"; a choice follows after a
-/// space.
-fn prompt(item: &McItem, context: &str) -> String {
-    if context.is_empty() {
-        format!("Question: {}\nAnswer:", item.question)
-    } else {
-        format!("Context: {context}\nQuestion: {}\nAnswer:", item.question)
-    }
+/// The prompt of an item and the text that goes before each choice: plain, the user's turn and
+/// "\nAnswer:" with a space before the choice; with a chat template, the user's turn rendered with the
+/// assistant's prompt, the choice straight after it.
+fn prompt(
+    item: &McItem,
+    context: &str,
+    chat: Option<&ChatTemplate>,
+) -> Result<(String, &'static str)> {
+    let user = strata_data::domain::mc_user_turn(&item.question, context);
+    let Some(tmpl) = chat else {
+        return Ok((format!("{user}\nAnswer:"), " "));
+    };
+    let turn = ChatMessage {
+        role: "user".into(),
+        content: user,
+    };
+    let text = tmpl
+        .render(&[turn], true)
+        .map_err(|e| TrainError::Data(format!("chat template: {e}")))?;
+    Ok((text, ""))
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -129,16 +146,18 @@ pub(crate) fn log_softmax_at(logits: &[f32], id: u32) -> f64 {
     f64::from(logits[id as usize] - m) - s.ln()
 }
 
-/// Log-likelihood of each choice after the item's prompt. A context too long for the model's window is cut
-/// from its start (the question and answer are kept).
+/// Log-likelihood of each choice after the item's prompt (plain, or with `chat`'s template). A context too
+/// long for the model's window is cut from its start (the question and answer are kept).
 ///
 /// # Errors
-/// On a tokenizer or engine failure, or a question that does not fit the window even without context.
+/// On a tokenizer, template or engine failure, or a question that does not fit the window even without
+/// context.
 pub fn choice_logprobs(
     model: &CpuModel,
     td: &TokenizerDir,
     cache: &mut CpuCache,
     item: &McItem,
+    chat: Option<&ChatTemplate>,
 ) -> Result<Vec<f64>> {
     let enc = |s: &str, special: bool| -> Result<Vec<u32>> {
         Ok(td
@@ -148,15 +167,16 @@ pub fn choice_logprobs(
             .get_ids()
             .to_vec())
     };
+    let (text, before) = prompt(item, &item.context, chat)?;
     let choices: Vec<Vec<u32>> = item
         .choices
         .iter()
-        .map(|c| enc(&format!(" {c}"), false))
+        .map(|c| enc(&format!("{before}{c}"), false))
         .collect::<Result<_>>()?;
     let longest = choices.iter().map(Vec::len).max().unwrap_or(0);
     let room = cache.capacity().saturating_sub(longest);
     let mut context: &str = &item.context;
-    let mut ids = enc(&prompt(item, context), true)?;
+    let mut ids = enc(&text, true)?;
     while ids.len() > room {
         if context.is_empty() {
             return Err(TrainError::Data(format!(
@@ -172,7 +192,7 @@ pub fn choice_logprobs(
             .find(|&i| i >= context.len() / 4)
             .unwrap_or(context.len());
         context = &context[cut.max(1).min(context.len())..];
-        ids = enc(&prompt(item, context), true)?;
+        ids = enc(&prompt(item, context, chat)?.0, true)?;
     }
     cache.reset();
     let last = model.forward(&ids, cache, false)?;
@@ -197,7 +217,8 @@ pub fn choice_logprobs(
     Ok(out)
 }
 
-/// Scores every item; `progress` is called after each with (done, total).
+/// Scores every item (plain prompts, or with `chat`'s template); `progress` is called after each with
+/// (done, total).
 ///
 /// # Errors
 /// As [`choice_logprobs`].
@@ -205,13 +226,14 @@ pub fn score(
     model: &CpuModel,
     td: &TokenizerDir,
     items: &[McItem],
+    chat: Option<&ChatTemplate>,
     progress: &dyn Fn(usize, usize),
 ) -> Result<McScore> {
     let mut cache = CpuCache::new(model, model.config().max_position_embeddings);
     let mut correct = Vec::with_capacity(items.len());
     let mut correct_norm = 0usize;
     for (i, item) in items.iter().enumerate() {
-        let lps = choice_logprobs(model, td, &mut cache, item)?;
+        let lps = choice_logprobs(model, td, &mut cache, item, chat)?;
         let argmax = |f: &dyn Fn(usize) -> f64| {
             (0..lps.len())
                 .max_by(|&a, &b| f(a).total_cmp(&f(b)).then(b.cmp(&a)))
@@ -280,8 +302,20 @@ mod tests {
         assert_eq!((items[0].answer, items[1].answer), (1, 1));
         assert_eq!(items[1].context, "");
         assert_eq!(
-            prompt(&items[0], "Some text."),
-            "Context: Some text.\nQuestion: Is it?\nAnswer:"
+            prompt(&items[0], "Some text.", None).unwrap(),
+            (
+                "Context: Some text.\nQuestion: Is it?\nAnswer:".to_string(),
+                " "
+            )
+        );
+        // through ChatML: the user's turn rendered with the assistant's prompt, the choice straight after
+        let chatml = ChatTemplate::new(strata_tokenize::CHATML_TEMPLATE).unwrap();
+        assert_eq!(
+            prompt(&items[1], "", Some(&chatml)).unwrap(),
+            (
+                "<|im_start|>user\nQuestion: Which?<|im_end|>\n<|im_start|>assistant\n".to_string(),
+                ""
+            )
         );
         for (line, needle) in [
             (

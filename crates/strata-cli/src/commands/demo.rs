@@ -32,7 +32,8 @@ pub fn run(store: &Store, a: &DemoArgs) -> anyhow::Result<ExitCode> {
     let rows = super::eval::table(store, &demo.models, &demo.eval, demo.max_windows, None)?;
     super::eval::print_table(&demo.eval, &rows);
     println!();
-    // Each fine-tuned model against its parent, on its own domain.
+    // Each fine-tuned model against its parent, on its own domain, and on the first (general) data: what
+    // it gained and what it forgot.
     for (i, (model, row)) in rows.iter().enumerate().skip(1) {
         let (parent, prow) = &rows[i - 1];
         if let Some(col) = demo.eval.iter().position(|d| d == model) {
@@ -44,6 +45,18 @@ pub fn run(store: &Store, a: &DemoArgs) -> anyhow::Result<ExitCode> {
             };
             println!(
                 "{model} vs {parent} on {model}: {before:.2} → {after:.2} ({:+.1}%, {verdict})",
+                (after / before - 1.0) * 100.0
+            );
+        }
+        if let Some(general) = demo.eval.first().filter(|d| *d != model) {
+            let (before, after) = (prow[0], row[0]);
+            let what = if after > before {
+                "forgetting"
+            } else {
+                "nothing forgotten"
+            };
+            println!(
+                "{model} vs {parent} on {general}: {before:.2} → {after:.2} ({:+.1}%, {what})",
                 (after / before - 1.0) * 100.0
             );
         }

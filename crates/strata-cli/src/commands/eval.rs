@@ -125,6 +125,14 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
         // one engine per model for its perplexities and its tasks
         let (engine, td, kind, sha) = strata_train::parent::load_engine(store, m, want)?;
         let art = (kind, sha);
+        // the template the server renders requests with (ChatML when the tokenizer has none)
+        let chat = if a.apply_chat_template && !tasks.is_empty() {
+            Some(strata_tokenize::ChatTemplate::from_tokenizer_config(
+                &td.dir.join("tokenizer_config.json"),
+            )?)
+        } else {
+            None
+        };
         let mut row = Vec::new();
         for d in &a.datasets {
             let v = perplexity(store, &engine, &td, d, a.max_windows)?;
@@ -144,19 +152,24 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
             if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
-            let s = strata_train::tasks::score(&engine, &td, items, &|done, _| {
+            let s = strata_train::tasks::score(&engine, &td, items, chat.as_ref(), &|done, _| {
                 bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();
+            let label = if chat.is_some() {
+                format!("{name}+chat")
+            } else {
+                name.clone()
+            };
             task_lines.push(format!(
-                "{m:<14}{name:<16}{:>7.3}{:>18}{:>10.3}{:>8.3}{:>6}",
+                "{m:<14}{label:<16}{:>7.3}{:>18}{:>10.3}{:>8.3}{:>6}",
                 s.acc,
                 format!("[{:.3}, {:.3}]", s.lo, s.hi),
                 s.acc_norm,
                 s.chance,
                 s.n
             ));
-            let eval = format!("task:{name}");
+            let eval = format!("task:{label}");
             record(
                 store,
                 &art,
