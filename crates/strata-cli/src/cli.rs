@@ -31,7 +31,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Read raw files (txt/md, jsonl, jsonl.zst; files, folders or globs) into a dataset.
+    /// Read raw files into a dataset: txt/md, jsonl (.gz/.zst; text or chat `messages` records), Parquet,
+    /// CSV/TSV, HTML and WARC (main content), and URL lists fetched politely; files, folders or globs.
     Acquire(AcquireArgs),
     /// Normalise, filter and deduplicate a dataset into a new one.
     Preprocess(PreprocessArgs),
@@ -181,7 +182,9 @@ pub struct PreprocessArgs {
     #[arg(long)]
     pub parquet: bool,
     /// Run as independent tasks exchanging files (for a Slurm array or a Kubernetes indexed Job): the
-    /// phase of this invocation: filter, buckets, cluster, write or publish. See the README, "Data sources and preprocessing at scale".
+    /// phase of this invocation: filter (tasks i/N over the input's shards), buckets (MinHash bands b/B),
+    /// cluster (one task), write (tasks i/N), publish (one task), run in that order; a task whose
+    /// completion marker exists is skipped, so a rerun after kill -9 redoes only unfinished tasks.
     #[arg(long)]
     pub phase: Option<String>,
     /// With --phase filter/buckets/write: this task, as I/N (0-based), e.g. $SLURM_ARRAY_TASK_ID/8.

@@ -62,7 +62,8 @@ fn run(args: &cli::Cli) -> anyhow::Result<ExitCode> {
     commands::dispatch(args)
 }
 
-/// Measured on 2 vCPUs (see README, "Threads"): both cores help the matmul-bound steps of these models.
+/// Measured on 2 vCPUs (README, "Using it step by step", on `--threads`): both cores help the matmul-bound
+/// steps of these models.
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }

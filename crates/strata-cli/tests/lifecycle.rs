@@ -155,6 +155,37 @@ async fn call(app: axum::Router, body: &str) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Concurrent first requests for one model load it once (check and insert under one slot's lock); an
+/// unknown name fails each time and leaves nothing behind.
+#[test]
+fn concurrent_first_requests_load_a_model_once() {
+    let (dir, _) = quick_demo();
+    let state = Arc::new(strata_serve::AppState::new(
+        strata_store::Store::open(dir).unwrap(),
+        None,
+    ));
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let engines: Vec<_> = (0..4)
+        .map(|_| {
+            let (state, barrier) = (state.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                state.engine("base").unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(state.loads(), 1);
+    assert!(engines.iter().all(|e| Arc::ptr_eq(e, &engines[0])));
+    for _ in 0..2 {
+        assert!(state.engine("no-such-model").is_err());
+    }
+    assert_eq!(state.loads(), 1);
+    assert!(Arc::ptr_eq(&state.engine("base").unwrap(), &engines[0]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_completions_plain_streaming_and_errors() {
     let (dir, _) = quick_demo();

@@ -189,18 +189,39 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
-/// Undoes llama.cpp's Q/K permutation: rows (n, 2, hd/2) → (n, hd/2, 2) order back to HF's.
+/// llama.cpp's Q/K permutation for its interleaved RoPE as a row order (`out[r] = w[order[r]]`), for a
+/// matrix of `rows` rows in `n_head` heads. `to_hf`: GGUF's rows (n, hd/2, 2) back to HF's (n, 2, hd/2);
+/// otherwise HF's to GGUF's, as llama.cpp's converter writes them. The one definition of the permutation:
+/// the importer, the engine's loader and the exporter all take their order from here.
+pub(crate) fn qk_row_order(rows: usize, n_head: usize, to_hf: bool) -> Vec<usize> {
+    let hd = rows / n_head.max(1);
+    let half = hd / 2;
+    (0..rows)
+        .map(|r| {
+            let (h, j) = (r / hd, r % hd);
+            if to_hf {
+                h * hd + (j % half) * 2 + j / half
+            } else {
+                h * hd + (j % 2) * half + j / 2
+            }
+        })
+        .collect()
+}
+
+/// The rows of `w` in `order`.
+pub(crate) fn reorder_rows(w: &Tensor, order: &[usize]) -> Result<Tensor> {
+    let ids: Vec<u32> = order
+        .iter()
+        .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+        .collect();
+    let ids = Tensor::from_vec(ids, order.len(), w.device()).ctx("row order")?;
+    w.index_select(&ids, 0).ctx("reorder rows")
+}
+
+/// Undoes llama.cpp's Q/K permutation: rows (n, hd/2, 2) → (n, 2, hd/2), HF's order.
 pub(crate) fn unpermute(w: &Tensor, n_head: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2().ctx("unpermute")?;
-    let hd = rows / n_head;
-    w.reshape((n_head, hd / 2, 2, cols))
-        .ctx("unpermute reshape")? // (n, hd/2, 2, D): GGUF row order
-        .transpose(1, 2)
-        .ctx("unpermute transpose")? // (n, 2, hd/2, D): HF row order
-        .contiguous()
-        .ctx("unpermute contiguous")?
-        .reshape((rows, cols))
-        .ctx("unpermute back")
+    let (rows, _) = w.dims2().ctx("unpermute")?;
+    reorder_rows(w, &qk_row_order(rows, n_head, true))
 }
 
 /// Opens a GGUF file and reads its header (metadata and tensor directory).

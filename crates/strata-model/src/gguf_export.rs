@@ -78,16 +78,8 @@ fn gguf_name(hf: &str) -> Option<String> {
 
 /// llama.cpp's `permute`: HF rows (n, 2, hd/2) → (n, hd/2, 2).
 fn permute(w: &Tensor, n_head: usize) -> Result<Tensor> {
-    let (rows, cols) = w.dims2().ctx("permute")?;
-    let hd = rows / n_head;
-    w.reshape((n_head, 2, hd / 2, cols))
-        .ctx("permute reshape")?
-        .transpose(1, 2)
-        .ctx("permute transpose")?
-        .contiguous()
-        .ctx("permute contiguous")?
-        .reshape((rows, cols))
-        .ctx("permute back")
+    let (rows, _) = w.dims2().ctx("permute")?;
+    crate::gguf::reorder_rows(w, &crate::gguf::qk_row_order(rows, n_head, false))
 }
 
 fn u32v(x: usize) -> Value {
@@ -376,6 +368,11 @@ mod tests {
             .unwrap(); // 3 heads of hd 4
         let back = crate::gguf::unpermute(&permute(&w, 3).unwrap(), 3).unwrap();
         assert_eq!(w.to_vec2::<f32>().unwrap(), back.to_vec2::<f32>().unwrap());
+        // by hand, as llama.cpp's converter: w.reshape(n, 2, hd/2, D).swapaxes(1, 2); one head of hd 4, rows
+        // [a0 a1 b0 b1] (the two rotary halves) become [a0 b0 a1 b1]
+        let hf = Tensor::new(&[[0f32], [1.], [10.], [11.]], &Device::Cpu).unwrap();
+        let g: Vec<Vec<f32>> = permute(&hf, 1).unwrap().to_vec2().unwrap();
+        assert_eq!(g, vec![vec![0.], vec![10.], vec![1.], vec![11.]]);
         for hf in [
             "model.embed_tokens.weight",
             "lm_head.weight",

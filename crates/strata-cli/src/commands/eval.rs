@@ -49,17 +49,28 @@ pub fn table(
     Ok(rows)
 }
 
+/// Width of a text column: its longest entry and two spaces, at least `min`.
+fn width<'a>(min: usize, entries: impl Iterator<Item = &'a str>) -> usize {
+    entries.map(|e| e.chars().count() + 2).fold(min, usize::max)
+}
+
 pub fn print_table(datasets: &[String], rows: &[(String, Vec<f64>)]) {
-    let mut header = format!("{:<12}", "model");
-    for d in datasets {
-        let _ = write!(header, "{:>18}", format!("ppl {d}"));
+    let mw = width(12, rows.iter().map(|(m, _)| m.as_str()));
+    let heads: Vec<String> = datasets.iter().map(|d| format!("ppl {d}")).collect();
+    let cw: Vec<usize> = heads
+        .iter()
+        .map(|h| width(18, std::iter::once(h.as_str())))
+        .collect();
+    let mut header = format!("{:<mw$}", "model");
+    for (h, w) in heads.iter().zip(&cw) {
+        let _ = write!(header, "{h:>w$}");
     }
     println!("{header}");
-    println!("{}", "-".repeat(header.len()));
+    println!("{}", "-".repeat(header.chars().count()));
     for (m, row) in rows {
-        let mut line = format!("{m:<12}");
-        for v in row {
-            let _ = write!(line, "{v:>18.2}");
+        let mut line = format!("{m:<mw$}");
+        for (v, w) in row.iter().zip(&cw) {
+            let _ = write!(line, "{v:>w$.2}");
         }
         println!("{line}");
     }
@@ -161,15 +172,8 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
             } else {
                 name.clone()
             };
-            task_lines.push(format!(
-                "{m:<14}{label:<16}{:>7.3}{:>18}{:>10.3}{:>8.3}{:>6}",
-                s.acc,
-                format!("[{:.3}, {:.3}]", s.lo, s.hi),
-                s.acc_norm,
-                s.chance,
-                s.n
-            ));
             let eval = format!("task:{label}");
+            task_lines.push((m.clone(), label, s.clone()));
             record(
                 store,
                 &art,
@@ -193,12 +197,21 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
         print_table(&a.datasets, &rows);
     }
     if !tasks.is_empty() {
+        let mw = width(14, task_lines.iter().map(|(m, _, _)| m.as_str()));
+        let tw = width(16, task_lines.iter().map(|(_, t, _)| t.as_str()));
         println!(
-            "{:<14}{:<16}{:>7}{:>18}{:>10}{:>8}{:>6}",
+            "{:<mw$}{:<tw$}{:>7}{:>18}{:>10}{:>8}{:>6}",
             "model", "task", "acc", "95% interval", "acc_norm", "chance", "n"
         );
-        for l in &task_lines {
-            println!("{l}");
+        for (m, label, s) in &task_lines {
+            println!(
+                "{m:<mw$}{label:<tw$}{:>7.3}{:>18}{:>10.3}{:>8.3}{:>6}",
+                s.acc,
+                format!("[{:.3}, {:.3}]", s.lo, s.hi),
+                s.acc_norm,
+                s.chance,
+                s.n
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

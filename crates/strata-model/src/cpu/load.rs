@@ -207,14 +207,7 @@ fn unpermute_qk(
             format!("tensor {name}: {rows} rows for {heads} heads"),
         ));
     }
-    let hd = rows / heads;
-    let order: Vec<usize> = (0..rows)
-        .map(|r| {
-            let (h, s, i) = (r / hd, (r % hd) / (hd / 2), r % (hd / 2));
-            h * hd + i * 2 + s
-        })
-        .collect();
-    *m = m.permute_rows(&order);
+    *m = m.permute_rows(&crate::gguf::qk_row_order(rows, heads, true));
     Ok(())
 }
 

@@ -4,7 +4,8 @@ mod chat;
 mod error;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -21,8 +22,14 @@ pub struct AppState {
     pub default_model: Option<String>,
     /// Weight type every model is quantised to at load (None = f32).
     pub quant: Option<strata_model::cpu::WeightType>,
-    engines: Mutex<HashMap<String, Arc<Engine>>>,
+    /// One slot per model name: the map's lock is held only to find the slot; the slot's lock is held while
+    /// its model loads, so concurrent first requests for one model wait for one load (and different models
+    /// load side by side).
+    engines: Mutex<HashMap<String, Slot>>,
+    loads: AtomicUsize,
 }
+
+type Slot = Arc<Mutex<Option<Arc<Engine>>>>;
 
 impl AppState {
     #[must_use]
@@ -32,7 +39,14 @@ impl AppState {
             default_model,
             quant: None,
             engines: Mutex::new(HashMap::new()),
+            loads: AtomicUsize::new(0),
         }
+    }
+
+    /// How many times a model was loaded from the store since the server started.
+    #[must_use]
+    pub fn loads(&self) -> usize {
+        self.loads.load(Ordering::Relaxed)
     }
 
     /// The engine of a model in the store, loading it on first use.
@@ -40,21 +54,40 @@ impl AppState {
     /// # Errors
     /// When the model is not in the store or fails to load.
     pub fn engine(&self, name: &str) -> Result<Arc<Engine>> {
-        if let Some(e) = self
+        let slot: Slot = self
             .engines
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(name)
-        {
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let mut loaded = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = loaded.as_ref() {
             return Ok(e.clone());
         }
-        let dir = self.store.require(Kind::Model, name)?;
-        let engine = Arc::new(Engine::load_quantized(name, &dir, self.quant)?);
-        self.engines
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(name.to_string(), engine.clone());
-        Ok(engine)
+        let engine = self
+            .store
+            .require(Kind::Model, name)
+            .map_err(crate::ServeError::from)
+            .and_then(|dir| Engine::load_quantized(name, &dir, self.quant));
+        match engine {
+            Ok(e) => {
+                self.loads.fetch_add(1, Ordering::Relaxed);
+                let e = Arc::new(e);
+                *loaded = Some(e.clone());
+                Ok(e)
+            }
+            Err(err) => {
+                // an unknown or broken name leaves no slot behind (requests naming garbage cannot grow
+                // the map); a request waiting on this slot tries the load itself
+                drop(loaded);
+                let mut map = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+                if map.get(name).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    map.remove(name);
+                }
+                Err(err)
+            }
+        }
     }
 }
 
