@@ -150,11 +150,13 @@ fn assert_polite(log_a: &Log, log_b: &Log) {
         b_log.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
         vec!["/robots.txt"]
     );
-    // one request at a time per host, at least the configured pause apart
+    // one request at a time per host, the configured pause (200 ms) apart. The server stamps a request when
+    // its thread gets to it: on a loaded machine a late stamp shortens the next gap by tens of ms (seen:
+    // 172 ms), so the bound is 150 ms — a client that did not pause would show gaps of a few ms.
     for w in a_log.windows(2) {
         let gap = w[1].1.duration_since(w[0].1);
         assert!(
-            gap >= Duration::from_millis(190),
+            gap >= Duration::from_millis(150),
             "{} then {} after {gap:?}",
             w[0].0,
             w[1].0

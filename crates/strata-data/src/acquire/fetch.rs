@@ -93,14 +93,20 @@ pub fn parse_list(text: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
+/// The scheme and authority (host, and the port when not the scheme's default) a URL is fetched politely by;
+/// None when it is not an http(s) URL with a host. Parsed by the `url` crate (WHATWG rules: case, IDNA,
+/// user info and default ports are dealt with as browsers do).
 fn host_of(url: &str) -> Option<(String, String)> {
-    let (scheme, rest) = url.split_once("://")?;
-    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
+    let u = url::Url::parse(url).ok()?;
+    if !matches!(u.scheme(), "http" | "https") {
         return None;
     }
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    (!host.is_empty()).then(|| (scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
+    let host = u.host_str().filter(|h| !h.is_empty())?;
+    let authority = match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    Some((u.scheme().to_string(), authority))
 }
 
 enum Robots {
@@ -502,4 +508,26 @@ pub(crate) fn acquire_list(
         }
     }
     Ok((urls.len(), ok, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn hosts_by_hand() {
+        let h = |u: &str| host_of(u).map(|(s, a)| format!("{s} {a}"));
+        assert_eq!(
+            h("HTTP://Example.COM:8080/a?b#c").as_deref(),
+            Some("http example.com:8080")
+        );
+        assert_eq!(
+            h("https://user:pw@host.org/x").as_deref(),
+            Some("https host.org")
+        );
+        assert_eq!(h("http://host.org:80/").as_deref(), Some("http host.org"));
+        assert_eq!(h("ftp://host.org/file"), None);
+        assert_eq!(h("host.org/page"), None);
+        assert_eq!(h("http://"), None);
+    }
 }

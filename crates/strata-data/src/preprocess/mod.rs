@@ -18,7 +18,7 @@ mod repetition;
 mod spacy_en;
 pub mod words;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use strata_store::{Kind, Manifest, Store};
@@ -352,31 +352,44 @@ fn threads() -> usize {
         })
 }
 
-/// `f` on every element, `threads` contiguous chunks at a time, results in input order.
+/// `f` on every element on `threads` rayon workers, results in input order (rayon's indexed collect).
+/// The global pool serves when it has that many threads (main sizes it from `--threads`); another count
+/// gets a pool of its own, built once.
 fn par_map<T: Send, U: Send>(items: Vec<T>, threads: usize, f: &(dyn Fn(T) -> U + Sync)) -> Vec<U> {
+    use rayon::prelude::*;
+    static POOLS: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<usize, std::sync::Arc<rayon::ThreadPool>>>,
+    > = std::sync::OnceLock::new();
     if threads <= 1 || items.len() < 64 {
         return items.into_iter().map(f).collect();
     }
-    let per = items.len().div_ceil(threads);
-    let mut chunks: Vec<Vec<T>> = Vec::new();
-    let mut it = items.into_iter();
-    loop {
-        let c: Vec<T> = it.by_ref().take(per).collect();
-        if c.is_empty() {
-            break;
-        }
-        chunks.push(c);
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<U>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+    // a few chunks per worker: documents vary in cost, so stealing evens the load
+    let min_len = items.len() / (threads * 4);
+    let run = move || {
+        items
+            .into_par_iter()
+            .with_min_len(min_len.max(1))
+            .map(f)
             .collect()
-    })
+    };
+    if threads == rayon::current_num_threads() {
+        return run();
+    }
+    let pool = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(threads)
+        .or_insert_with(|| {
+            std::sync::Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap_or_else(|e| panic!("a pool of {threads} threads: {e}")),
+            )
+        })
+        .clone();
+    pool.install(run)
 }
 
 /// One batch through every stage: runs of pure stages in parallel, stateful stages in input order after
