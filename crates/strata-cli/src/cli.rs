@@ -431,7 +431,7 @@ pub enum PipelineCommand {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Toy sizes on the small fixtures in the repository: offline, about a minute.
+    /// Toy sizes on the small fixtures in the repository: offline, about 5 s from a release build.
     #[arg(long)]
     pub quick: bool,
     /// Use this pipeline file instead of the built-in demo config.
