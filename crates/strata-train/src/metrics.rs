@@ -135,7 +135,42 @@ mod tests {
         );
         let png = d.path().join("loss.png");
         crate::plot_loss(&p, &png).unwrap();
-        let bytes = std::fs::read(&png).unwrap();
-        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        // decoded: the train curve (blue) falls left to right, the two val points (red) lie below it
+        let mut reader = png::Decoder::new(std::fs::File::open(&png).unwrap())
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (800, 500));
+        let ch = info.line_size / info.width as usize;
+        // the plot area (margins: 30 top, 40 bottom, 80 left, 30 right), below the legend
+        let pixels = |rgb: [u8; 3]| -> Vec<(usize, usize)> {
+            (30..460usize)
+                .flat_map(|y| (80..770usize).map(move |x| (x, y)))
+                .filter(|&(x, y)| {
+                    let i = y * info.line_size + x * ch;
+                    buf[i..i + 3] == rgb
+                })
+                .collect()
+        };
+        let mean_y = |px: &[(usize, usize)]| {
+            px.iter().map(|p| p.1 as f64).sum::<f64>() / px.len().max(1) as f64
+        };
+        let blue = pixels([0, 0, 255]);
+        let red = pixels([255, 0, 0]);
+        assert!(
+            blue.len() > 300 && red.len() > 20,
+            "{} {}",
+            blue.len(),
+            red.len()
+        );
+        let (left, right): (Vec<_>, Vec<_>) = blue.iter().partition(|p| p.0 < 425);
+        assert!(
+            mean_y(&left) + 50.0 < mean_y(&right),
+            "{} {}",
+            mean_y(&left),
+            mean_y(&right)
+        );
+        assert!(mean_y(&red) > mean_y(&blue) + 100.0);
     }
 }
