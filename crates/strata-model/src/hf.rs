@@ -444,7 +444,6 @@ pub fn check_folder(dir: &Path) -> Result<FolderCheck> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_nn::VarMap;
 
     #[test]
     fn save_then_load_gives_identical_logits_and_bad_files_are_named() {
@@ -460,12 +459,7 @@ mod tests {
         }
         .to_config(20, 0)
         .unwrap();
-        let vm = VarMap::new();
-        let model = Llama::load(
-            &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
-            &cfg,
-        )
-        .unwrap();
+        let (vm, model) = crate::test_util::new_model(&cfg);
         let d = tempfile::tempdir().unwrap();
         let tensors: HashMap<String, Tensor> = vm
             .data()
@@ -478,20 +472,10 @@ mod tests {
         write_hf_config(d.path(), &cfg).unwrap();
         let loaded = load_model(d.path(), &Device::Cpu).unwrap();
         let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
-        let a: Vec<f32> = model
-            .forward(&ids)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f32> = loaded
-            .forward(&ids)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (a, b) = (
+            crate::test_util::logits(&model, &ids),
+            crate::test_util::logits(&loaded, &ids),
+        );
         assert_eq!(a, b);
 
         // truncated weights

@@ -1,8 +1,6 @@
 //! The Llama decoder. Reads top to bottom like nanoGPT; every reshape carries its shape.
 //! Weight names follow Hugging Face (`model.layers.{i}.self_attn.q_proj.weight`, …) through `vb.pp`.
 
-#[cfg(test)]
-use candle_core::DType;
 use candle_core::{Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
@@ -569,7 +567,6 @@ pub fn next_token_loss_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor,
 mod tests {
     use super::*;
     use crate::test_util::tiny;
-    use candle_nn::VarMap;
 
     #[test]
     fn cached_decode_matches_full_forward() {
@@ -588,12 +585,7 @@ mod tests {
     #[test]
     fn a_detached_model_gives_the_same_logits_without_a_graph() {
         let cfg = tiny();
-        let vm = VarMap::new();
-        let model = Llama::load(
-            &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
-            &cfg,
-        )
-        .unwrap();
+        let (vm, model) = crate::test_util::new_model(&cfg);
         let ids = Tensor::new(&[[3u32, 7, 1, 9, 4]], &Device::Cpu).unwrap();
         let tracked = model.forward(&ids).unwrap();
         let detached = model.detached().forward(&ids).unwrap();
@@ -614,21 +606,12 @@ mod tests {
             .map(|(n, v)| (n.clone(), v.clone()))
             .unwrap();
         var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
-        let after: Vec<f32> = model
-            .detached()
-            .forward(&ids)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let after = crate::test_util::logits(&model.detached(), &ids);
         assert!(after.iter().all(|&v| v == 0.0), "{name}");
     }
 
     fn assert_cached_matches_full(cfg: &LlamaConfig) {
-        let vm = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let model = Llama::load(&vb, cfg).unwrap();
+        let (vm, model) = crate::test_util::new_model(cfg);
         for (name, var) in vm.data().lock().unwrap().iter() {
             if name.ends_with(".bias") {
                 var.set(&Tensor::randn(0f32, 0.5, var.as_tensor().shape(), &Device::Cpu).unwrap())
@@ -684,12 +667,7 @@ mod tests {
     #[test]
     fn causality_future_tokens_do_not_change_past_logits() {
         let cfg = tiny();
-        let vm = VarMap::new();
-        let model = Llama::load(
-            &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
-            &cfg,
-        )
-        .unwrap();
+        let (_, model) = crate::test_util::new_model(&cfg);
         let a = model
             .forward(&Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu).unwrap())
             .unwrap();
@@ -720,12 +698,7 @@ mod tests {
     fn seeded_init_is_reproducible_and_has_the_intended_scale() {
         let cfg = tiny();
         let init = |seed| {
-            let vm = VarMap::new();
-            let _ = Llama::load(
-                &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
-                &cfg,
-            )
-            .unwrap();
+            let (vm, _) = crate::test_util::new_model(&cfg);
             let vars = vm.data().lock().unwrap().clone();
             seeded_init(&vars, &cfg, seed).unwrap();
             let get = |n: &str| {
@@ -757,12 +730,7 @@ mod tests {
     fn every_parameter_gets_a_gradient() {
         // candle's fused norm/softmax/rope stop gradients silently (STACK.md trap 1); this catches a regression.
         let cfg = tiny();
-        let vm = VarMap::new();
-        let model = Llama::load(
-            &VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
-            &cfg,
-        )
-        .unwrap();
+        let (vm, model) = crate::test_util::new_model(&cfg);
         let ids = Tensor::new(&[[1u32, 5, 9, 2, 7, 3]], &Device::Cpu).unwrap();
         let logits = model.forward(&ids.narrow(1, 0, 5).unwrap()).unwrap();
         let loss = next_token_loss(&logits, &ids.narrow(1, 1, 5).unwrap()).unwrap();

@@ -485,7 +485,7 @@ pub fn merge(weights: &mut HashMap<String, Tensor>, adapter: &Adapter, dtype: DT
 mod tests {
     use super::*;
     use crate::test_util::{max_abs_diff, randn, tiny};
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_nn::VarBuilder;
 
     fn lora(targets: &[&str]) -> LoraConfig {
         LoraConfig {
@@ -499,8 +499,7 @@ mod tests {
 
     /// Base weights of a seeded tiny model, as constants.
     fn base(cfg: &crate::LlamaConfig) -> HashMap<String, Tensor> {
-        let vm = VarMap::new();
-        crate::Llama::load(&VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), cfg).unwrap();
+        let (vm, _) = crate::test_util::new_model(cfg);
         let vars = vm.data().lock().unwrap().clone();
         crate::seeded_init(&vars, cfg, 3).unwrap();
         vars.iter()

@@ -36,3 +36,20 @@ pub fn tiny() -> crate::LlamaConfig {
     .to_config(50, 0)
     .expect("config")
 }
+
+/// A model of `cfg` with f32 weights on the CPU, freshly initialised, and the variables that hold them.
+pub fn new_model(cfg: &crate::LlamaConfig) -> (candle_nn::VarMap, crate::Llama) {
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+    let model = crate::Llama::load(&vb, cfg).expect("model");
+    (vm, model)
+}
+
+/// The model's logits for `ids`, flattened.
+pub fn logits(model: &crate::Llama, ids: &Tensor) -> Vec<f32> {
+    let logits = model.forward(ids).expect("forward");
+    logits
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .expect("logits")
+}

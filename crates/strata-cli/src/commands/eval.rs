@@ -40,13 +40,26 @@ pub fn table(
     let mut rows = Vec::new();
     for m in models {
         let (engine, tk, _, _) = strata_train::parent::load_engine(store, m, want)?;
-        let mut row = Vec::new();
-        for d in datasets {
-            row.push(perplexity(store, &engine, &tk, d, max_windows)?);
-        }
-        rows.push((m.clone(), row));
+        rows.push((
+            m.clone(),
+            perplexities(store, &engine, &tk, datasets, max_windows)?,
+        ));
     }
     Ok(rows)
+}
+
+/// One model's perplexity on each dataset, in order.
+fn perplexities(
+    store: &Store,
+    model: &strata_model::cpu::CpuModel,
+    tokenizer: &strata_tokenize::TokenizerDir,
+    datasets: &[String],
+    max_windows: usize,
+) -> anyhow::Result<Vec<f64>> {
+    datasets
+        .iter()
+        .map(|d| perplexity(store, model, tokenizer, d, max_windows))
+        .collect()
 }
 
 /// Width of a text column: its longest entry and two spaces, at least `min`.
@@ -144,9 +157,8 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
         } else {
             None
         };
-        let mut row = Vec::new();
-        for d in &a.datasets {
-            let v = perplexity(store, &engine, &td, d, a.max_windows)?;
+        let row = perplexities(store, &engine, &td, &a.datasets, a.max_windows)?;
+        for (d, &v) in a.datasets.iter().zip(&row) {
             record(
                 store,
                 &art,
@@ -155,7 +167,6 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
                 "ppl",
                 (v, None, None, a.max_windows),
             )?;
-            row.push(v);
         }
         rows.push((m.clone(), row));
         for (name, items) in &tasks {
