@@ -10,11 +10,13 @@
 
 mod kernels;
 mod load;
+pub mod lora;
 mod pool;
 mod quant;
 
 pub use kernels::Isa;
 pub use load::GGUF_IN_FOLDER;
+pub use lora::{LoraStack, Proj, RuntimeAdapter};
 pub use quant::{Matrix, WeightType};
 
 use crate::{LlamaConfig, ModelError, Result};
@@ -263,30 +265,62 @@ impl CpuModel {
     ///
     /// # Errors
     /// When the cache cannot hold the new positions or an id is outside the vocabulary.
-    #[allow(clippy::too_many_lines)]
     pub fn forward(&self, ids: &[u32], cache: &mut CpuCache, all: bool) -> Result<Vec<f32>> {
-        let t = ids.len();
-        let pos0 = cache.len;
-        if t == 0 {
-            return Err(ModelError::Invalid("forward of no tokens".into()));
-        }
-        if pos0 + t > cache.cap {
-            return Err(ModelError::TooLong {
-                needed: pos0 + t,
-                max: cache.cap,
-            });
-        }
         let mut work = std::mem::take(&mut cache.work);
-        let result = self.run(ids, cache, all, &mut work);
+        let result = self.run(&mut [Seq::new(ids, cache)], all, &mut work);
         cache.work = work;
         result
     }
 
+    /// One forward over several sequences, each with its own cache and new tokens (a decode step's one
+    /// token, or a chunk of a prompt): every projection runs once over all their rows, so the weights are
+    /// read once for the whole batch; attention runs per sequence on its own cache. Returns the logits of
+    /// each sequence's last new position, concatenated (B × V). A sequence's `delta` adds its adapters'
+    /// low-rank updates to its rows.
+    ///
+    /// # Errors
+    /// As [`CpuModel::forward`], for any sequence; then no cache has advanced.
+    pub fn forward_batch(&self, seqs: &mut [Seq<'_>], work: &mut BatchWork) -> Result<Vec<f32>> {
+        self.run(seqs, false, &mut work.0)
+    }
+
+    fn check(&self, seqs: &[Seq<'_>]) -> Result<()> {
+        if seqs.is_empty() {
+            return Err(ModelError::Invalid("forward of no sequences".into()));
+        }
+        for s in seqs {
+            let (t, pos0) = (s.ids.len(), s.cache.len);
+            if t == 0 {
+                return Err(ModelError::Invalid("forward of no tokens".into()));
+            }
+            if pos0 + t > s.cache.cap {
+                return Err(ModelError::TooLong {
+                    needed: pos0 + t,
+                    max: s.cache.cap,
+                });
+            }
+            if let Some(&id) = s.ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+                return Err(ModelError::Invalid(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    self.cfg.vocab_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Logits of the last row of every sequence (or of every row of a single sequence when `all`).
     #[allow(clippy::too_many_lines)]
-    fn run(&self, ids: &[u32], cache: &mut CpuCache, all: bool, w: &mut Work) -> Result<Vec<f32>> {
+    fn run(&self, seqs: &mut [Seq<'_>], all: bool, w: &mut Work) -> Result<Vec<f32>> {
+        self.check(seqs)?;
         let cfg = &self.cfg;
-        let t = ids.len();
-        let pos0 = cache.len;
+        // row offset of each sequence's first new token in the batch
+        let mut offs = Vec::with_capacity(seqs.len() + 1);
+        offs.push(0);
+        for s in seqs.iter() {
+            offs.push(offs[offs.len() - 1] + s.ids.len());
+        }
+        let t = offs[seqs.len()];
         let (d, nh, nkv, hd) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -300,28 +334,27 @@ impl CpuModel {
         let eps = cfg.rms_norm_eps as f32;
         let x = &mut w.x;
         x.clear();
-        for &id in ids {
-            let i = id as usize;
-            if i >= cfg.vocab_size {
-                return Err(ModelError::Invalid(format!(
-                    "token id {id} is outside the vocabulary of {}",
-                    cfg.vocab_size
-                )));
+        for s in seqs.iter() {
+            for &id in s.ids {
+                let i = id as usize;
+                x.extend_from_slice(&self.embed[i * d..(i + 1) * d]);
             }
-            x.extend_from_slice(&self.embed[i * d..(i + 1) * d]);
         }
-        // cos/sin of every new position
+        // cos/sin of every new row at its own position
         let half = hd / 2;
         let cos = zeroed(&mut w.cos, t * half);
         let sin = zeroed(&mut w.sin, t * half);
-        for i in 0..t {
-            for (j, fr) in self.inv_freq.iter().enumerate() {
-                #[allow(clippy::cast_precision_loss)]
-                let a = (pos0 + i) as f64 * fr;
-                #[allow(clippy::cast_possible_truncation)]
-                {
-                    cos[i * half + j] = a.cos() as f32;
-                    sin[i * half + j] = a.sin() as f32;
+        for (si, s) in seqs.iter().enumerate() {
+            for i in 0..s.ids.len() {
+                let row = offs[si] + i;
+                for (j, fr) in self.inv_freq.iter().enumerate() {
+                    #[allow(clippy::cast_precision_loss)]
+                    let a = (s.cache.len + i) as f64 * fr;
+                    #[allow(clippy::cast_possible_truncation)]
+                    {
+                        cos[row * half + j] = a.cos() as f32;
+                        sin[row * half + j] = a.sin() as f32;
+                    }
                 }
             }
         }
@@ -337,46 +370,74 @@ impl CpuModel {
         let window = cfg.window();
         let rep = nh / nkv;
         let isa = self.isa;
+        // (sequence, head, first row, end row) of every attention task
+        let mut tasks = Vec::new();
+        for (si, s) in seqs.iter().enumerate() {
+            let st = s.ids.len();
+            let tok_chunk = if st >= 64 { 16 } else { st };
+            for c in 0..st.div_ceil(tok_chunk) {
+                for head in 0..nh {
+                    tasks.push((si, head, c * tok_chunk, ((c + 1) * tok_chunk).min(st)));
+                }
+            }
+        }
+        let serial_attention = tasks.len() == 1 || (t == 1 && seqs[0].cache.len < 64);
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(x, &layer.attn_norm, eps, h);
             matmul(isa, &layer.qkv, h, t, qkv, scratch);
-            for (i, row) in qkv.chunks_exact_mut(qkv_w).enumerate() {
-                if let Some(b) = &layer.qkv_bias {
-                    row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            self.add_deltas(seqs, &offs, li, Proj::Qkv, h, qkv, qkv_w, scratch);
+            for (si, s) in seqs.iter_mut().enumerate() {
+                let pos0 = s.cache.len;
+                for i in 0..s.ids.len() {
+                    let row = offs[si] + i;
+                    let r = &mut qkv[row * qkv_w..(row + 1) * qkv_w];
+                    if let Some(b) = &layer.qkv_bias {
+                        r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+                    }
+                    let (c, sn) = (
+                        &cos[row * half..(row + 1) * half],
+                        &sin[row * half..(row + 1) * half],
+                    );
+                    for head in r[..qd + kvd].chunks_exact_mut(hd) {
+                        rope(head, c, sn);
+                    }
+                    s.cache
+                        .store(li, pos0 + i, &r[qd..qd + kvd], &r[qd + kvd..]);
                 }
-                let (c, s) = (
-                    &cos[i * half..(i + 1) * half],
-                    &sin[i * half..(i + 1) * half],
-                );
-                for head in row[..qd + kvd].chunks_exact_mut(hd) {
-                    rope(head, c, s);
-                }
-                cache.store(li, pos0 + i, &row[qd..qd + kvd], &row[qd + kvd..]);
             }
-            // attention: tasks of (head, a run of tokens), each writing its own slices of `att`
-            let (kc, vc, cap) = (&cache.k[li], &cache.v[li], cache.cap);
+            // attention: each task writes its own (rows, head) slices of `att`
+            let views: Vec<(&[f32], &[f32], usize, usize)> = seqs
+                .iter()
+                .map(|s| {
+                    (
+                        &s.cache.k[li][..],
+                        &s.cache.v[li][..],
+                        s.cache.cap,
+                        s.cache.len,
+                    )
+                })
+                .collect();
             let out = OutPtr(att.as_mut_ptr());
-            let tok_chunk = if t >= 64 { 16 } else { t };
-            let tasks = nh * t.div_ceil(tok_chunk);
             let qkv_ref: &[f32] = qkv;
-            let task = |task: usize| {
-                let head = task % nh;
-                let c0 = (task / nh) * tok_chunk;
-                let c1 = (c0 + tok_chunk).min(t);
+            let (tasks_ref, offs_ref) = (&tasks, &offs);
+            let task = |ti: usize| {
+                let (si, head, c0, c1) = tasks_ref[ti];
+                let (kc, vc, cap, pos0) = views[si];
+                let base = offs_ref[si];
                 let kvh = head / rep;
                 let kt = &kc[kvh * hd * cap..(kvh + 1) * hd * cap];
                 let vbase = &vc[kvh * cap * hd..(kvh + 1) * cap * hd];
-                let mut scores = Vec::with_capacity(QB * (pos0 + t));
+                let mut scores = Vec::with_capacity(QB * (pos0 + c1));
                 let mut i = c0;
                 while i < c1 {
                     let nq = (c1 - i).min(QB);
                     let q: [&[f32]; QB] = std::array::from_fn(|u| {
-                        &qkv_ref[(i + u.min(nq - 1)) * qkv_w + head * hd..][..hd]
+                        &qkv_ref[(base + i + u.min(nq - 1)) * qkv_w + head * hd..][..hd]
                     });
-                    // SAFETY: (token i + u, head) is written by this task only.
+                    // SAFETY: (row base + i + u, head) is written by this task only.
                     let mut o: [&mut [f32]; QB] = std::array::from_fn(|u| unsafe {
                         std::slice::from_raw_parts_mut(
-                            out.at((i + u.min(nq - 1)) * qd + head * hd),
+                            out.at((base + i + u.min(nq - 1)) * qd + head * hd),
                             hd,
                         )
                     });
@@ -395,12 +456,13 @@ impl CpuModel {
                     i += nq;
                 }
             };
-            if tasks == 1 || (t == 1 && pos0 < 64) {
-                (0..tasks).for_each(task);
+            if serial_attention {
+                (0..tasks.len()).for_each(task);
             } else {
-                pool::global().run(tasks, &task);
+                pool::global().run(tasks.len(), &task);
             }
             matmul(isa, &layer.o, att, t, proj, scratch);
+            self.add_deltas(seqs, &offs, li, Proj::O, att, proj, d, scratch);
             for (xr, pr) in x.chunks_exact_mut(d).zip(proj.chunks_exact(d)) {
                 match &layer.o_bias {
                     Some(b) => xr
@@ -413,6 +475,7 @@ impl CpuModel {
             }
             rms_norm(x, &layer.ffn_norm, eps, h);
             matmul(isa, &layer.gate_up, h, t, gu, scratch);
+            self.add_deltas(seqs, &offs, li, Proj::GateUp, h, gu, 2 * f, scratch);
             let gu_ref: &[f32] = gu;
             for_rows(act, f, &|i, a| {
                 let (gate, up) = gu_ref[i * 2 * f..(i + 1) * 2 * f].split_at(f);
@@ -421,18 +484,85 @@ impl CpuModel {
                 }
             });
             matmul(isa, &layer.down, act, t, proj, scratch);
+            self.add_deltas(seqs, &offs, li, Proj::Down, act, proj, d, scratch);
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
         }
-        cache.len += t;
-        let rows = if all { t } else { 1 };
-        let last = &x[(t - rows) * d..];
-        let normed = zeroed(&mut w.normed, rows * d);
+        for s in seqs.iter_mut() {
+            s.cache.len += s.ids.len();
+        }
+        // the rows whose logits are wanted: every row of a single sequence, or each sequence's last
+        let rows: Vec<usize> = if all && seqs.len() == 1 {
+            (0..t).collect()
+        } else {
+            offs[1..].iter().map(|&o| o - 1).collect()
+        };
+        let last = zeroed(&mut w.h, rows.len() * d);
+        for (k, &r) in rows.iter().enumerate() {
+            last[k * d..(k + 1) * d].copy_from_slice(&x[r * d..(r + 1) * d]);
+        }
+        let normed = zeroed(&mut w.normed, rows.len() * d);
         rms_norm(last, &self.norm, eps, normed);
-        let mut logits = vec![0f32; rows * cfg.vocab_size];
-        matmul(isa, &self.lm_head, normed, rows, &mut logits, scratch);
+        let mut logits = vec![0f32; rows.len() * cfg.vocab_size];
+        matmul(isa, &self.lm_head, normed, rows.len(), &mut logits, scratch);
         Ok(logits)
     }
+
+    /// Adds `y[rows] += Σ s·B·(A·x[rows])` of every adapter of every sequence to its rows of one projection's
+    /// output (the adapted modules of `proj`, each in its own columns of `y`).
+    #[allow(clippy::too_many_arguments)]
+    fn add_deltas(
+        &self,
+        seqs: &[Seq<'_>],
+        offs: &[usize],
+        layer: usize,
+        proj: Proj,
+        x: &[f32],
+        y: &mut [f32],
+        width: usize,
+        scratch: &mut Scratch,
+    ) {
+        let in_w = x.len() / offs[seqs.len()];
+        for (si, s) in seqs.iter().enumerate() {
+            let Some(stack) = s.delta else { continue };
+            let (r0, r1) = (offs[si], offs[si + 1]);
+            let xs = &x[r0 * in_w..r1 * in_w];
+            for ad in &stack.adapters {
+                for m in ad.layers[layer].iter().filter(|m| m.proj == proj) {
+                    m.apply(
+                        self.isa,
+                        xs,
+                        r1 - r0,
+                        &mut y[r0 * width..r1 * width],
+                        width,
+                        scratch,
+                    );
+                }
+            }
+        }
+    }
 }
+
+/// One sequence of a batched forward: its new tokens, its cache, and the adapters on its rows.
+pub struct Seq<'a> {
+    pub ids: &'a [u32],
+    pub cache: &'a mut CpuCache,
+    pub delta: Option<&'a lora::LoraStack>,
+}
+
+impl<'a> Seq<'a> {
+    #[must_use]
+    pub fn new(ids: &'a [u32], cache: &'a mut CpuCache) -> Self {
+        Self {
+            ids,
+            cache,
+            delta: None,
+        }
+    }
+}
+
+/// The buffers of a batched forward, kept between steps.
+#[derive(Default)]
+pub struct BatchWork(Work);
 
 #[cfg(test)]
 mod tests {
@@ -441,6 +571,8 @@ mod tests {
 
     use candle_core::{DType, Device, Tensor};
     use candle_nn::{VarBuilder, VarMap};
+
+    use std::sync::Arc;
 
     use super::*;
     use crate::{KvCache, Llama};
@@ -637,5 +769,144 @@ mod tests {
             assert_eq!(a, b, "step {step}");
         }
         assert_eq!(cache.len(), 12);
+    }
+
+    /// Every projection of every layer adapted, rank 3 (tails of the kernels' tiles), random A and B.
+    fn random_adapter(cfg: &LlamaConfig, seed: u64) -> crate::lora::Adapter {
+        use rand::{Rng, SeedableRng};
+        let config = crate::lora::LoraConfig {
+            r: 3,
+            lora_alpha: 6.0,
+            target_modules: crate::lora::TARGETS[..7]
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect(),
+            ..crate::lora::LoraConfig::default()
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let tensors = crate::lora::adapter_shapes(cfg, &config)
+            .into_iter()
+            .map(|(name, (r, c))| {
+                let v: Vec<f32> = (0..r * c).map(|_| rng.random_range(-0.2f32..0.2)).collect();
+                (name, Tensor::from_vec(v, (r, c), &Device::Cpu).unwrap())
+            })
+            .collect();
+        crate::lora::Adapter {
+            config,
+            tensors,
+            base: "random".into(),
+        }
+    }
+
+    /// A batch of three sequences at different points (a prompt's first chunk, a decode step deep in its
+    /// cache, a prompt's second chunk), one with two stacked adapters, one with one, one with none, gives
+    /// each the logits it gets alone — and an adapter applied at run time gives the logits of the model
+    /// with it merged (candle's merge, the one `strata merge` writes).
+    #[test]
+    fn batched_forward_with_adapters_matches_each_sequence_alone_and_merged_weights() {
+        let cfg = tiny();
+        let (_, tensors) = random_model(&cfg, 5);
+        let (a1, a2) = (random_adapter(&cfg, 6), random_adapter(&cfg, 7));
+        for ty in [None, Some(WeightType::Q8_0)] {
+            let base =
+                CpuModel::from_tensors(Path::new("mem"), cfg.clone(), tensors.clone(), ty).unwrap();
+            let merged_with = |ads: &[&crate::lora::Adapter]| {
+                let mut w = tensors.clone();
+                for a in ads {
+                    crate::lora::merge(&mut w, a, DType::F32).unwrap();
+                }
+                CpuModel::from_tensors(Path::new("mem"), cfg.clone(), w, ty).unwrap()
+            };
+            let (m1, m12) = (merged_with(&[&a1]), merged_with(&[&a1, &a2]));
+            let r1 = Arc::new(RuntimeAdapter::new("a1", &a1, &cfg).unwrap());
+            let r2 = Arc::new(RuntimeAdapter::new("a2", &a2, &cfg).unwrap());
+            let one = LoraStack {
+                adapters: vec![r1.clone()],
+            };
+            let two = LoraStack {
+                adapters: vec![r1, r2],
+            };
+            // alone: (model, adapters, history already in the cache, new tokens)
+            let alone = |m: &CpuModel, delta: Option<&LoraStack>, hist: &[u32], new: &[u32]| {
+                let mut c = CpuCache::new(m, 32);
+                let mut w = BatchWork::default();
+                for ids in [hist, new].into_iter().filter(|x| !x.is_empty()) {
+                    let mut one = [Seq {
+                        ids,
+                        cache: &mut c,
+                        delta,
+                    }];
+                    let out = m.forward_batch(&mut one, &mut w).unwrap();
+                    if ids == new {
+                        return out;
+                    }
+                }
+                unreachable!()
+            };
+            let want = [
+                alone(&base, Some(&two), &[], &IDS[..5]),
+                alone(&base, Some(&one), &IDS[..8], &IDS[8..]),
+                alone(&base, None, &IDS[..4], &IDS[4..7]),
+            ];
+            if ty.is_none() {
+                // unmerged = merged (a quantised base quantises W + s·BA when merged, W alone when not)
+                let merged = [
+                    alone(&m12, None, &[], &IDS[..5]),
+                    alone(&m1, None, &IDS[..8], &IDS[8..]),
+                ];
+                for (k, m) in merged.iter().enumerate() {
+                    let err = max_rel_err(&want[k], m);
+                    assert!(err < 1e-5, "merged vs unmerged, sequence {k}: {err}");
+                }
+            }
+            let mut caches: Vec<CpuCache> = (0..3).map(|_| CpuCache::new(&base, 32)).collect();
+            let mut work = BatchWork::default();
+            {
+                let [c0, c1, c2] = &mut caches[..] else {
+                    unreachable!()
+                };
+                // histories through the batch too, with their adapters
+                let mut seqs = [
+                    Seq {
+                        ids: &IDS[..8],
+                        cache: c1,
+                        delta: Some(&one),
+                    },
+                    Seq::new(&IDS[..4], c2),
+                ];
+                base.forward_batch(&mut seqs, &mut work).unwrap();
+                let mut seqs = [
+                    Seq {
+                        ids: &IDS[..5],
+                        cache: c0,
+                        delta: Some(&two),
+                    },
+                    Seq {
+                        ids: &IDS[8..],
+                        cache: c1,
+                        delta: Some(&one),
+                    },
+                    Seq::new(&IDS[4..7], c2),
+                ];
+                let got = base.forward_batch(&mut seqs, &mut work).unwrap();
+                let v = cfg.vocab_size;
+                for (k, w) in want.iter().enumerate() {
+                    let err = max_rel_err(&got[k * v..(k + 1) * v], w);
+                    assert!(err < 1e-5, "{ty:?} sequence {k}: {err}");
+                }
+            }
+            assert_eq!(
+                caches.iter().map(CpuCache::len).collect::<Vec<_>>(),
+                [5, 9, 7]
+            );
+            // one bad sequence fails the batch before any cache moves
+            let mut full = CpuCache::new(&base, 2);
+            let mut seqs = [
+                Seq::new(&IDS[..2], &mut caches[0]),
+                Seq::new(&IDS[..3], &mut full),
+            ];
+            assert!(base.forward_batch(&mut seqs, &mut work).is_err());
+            assert_eq!(caches[0].len(), 5);
+        }
     }
 }
