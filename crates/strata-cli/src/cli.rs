@@ -49,7 +49,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Generate a completion from a model.
     Generate(GenerateArgs),
-    /// Serve models over an OpenAI-compatible HTTP API.
+    /// Serve the store's models and adapters over an OpenAI-compatible HTTP API (chat and text completions,
+    /// streaming, continuous batching; adapters share their base's batches), with a chat page at / to compare
+    /// models side by side, Prometheus metrics at /metrics, and graceful shutdown on SIGTERM.
     Serve(ServeArgs),
     /// Run the steps of a pipeline file in order (skipping steps whose inputs and config are unchanged).
     #[command(subcommand)]
@@ -421,6 +423,31 @@ pub struct ServeArgs {
     /// for GGUF), f32, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "auto")]
     pub quant: String,
+    /// API key file: one `KEY model1,model2` (or `KEY *`) per line. Without it the server takes requests
+    /// without a key: keep it on loopback then.
+    #[arg(long)]
+    pub api_keys: Option<std::path::PathBuf>,
+    /// Adapters to load at start (besides those loaded on first request or by POST /v1/adapters).
+    #[arg(long = "adapter", num_args = 1..)]
+    pub adapters: Vec<String>,
+    /// Sequences decoded together in one batch, per model.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch: usize,
+    /// Requests waiting for a place in the batch; beyond it the server answers 429 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Prompt tokens prefilled per step, so a long prompt does not stall the streams already running.
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// KV-cache memory all running sequences of a model may hold, MiB.
+    #[arg(long, default_value_t = 4096)]
+    pub kv_budget_mib: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens_limit: usize,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,8 +3,9 @@
 
 pub mod engine;
 pub mod http;
+pub mod metrics;
 
-pub use engine::{Engine, FinishReason, GenParams, Generation, Sampling};
+pub use engine::{BatchConfig, Engine, FinishReason, GenParams, Generation, Sampling, Scheduler};
 pub use http::{app, AppState};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,8 @@ pub enum ServeError {
     Store(#[from] strata_store::StoreError),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 pub type Result<T, E = ServeError> = std::result::Result<T, E>;

@@ -5,12 +5,14 @@
 //! records what it was made from, so `strata lineage NAME` can walk back to the raw files.
 
 mod atomic;
+mod chain;
 mod hash;
 mod layout;
 mod manifest;
 mod registry;
 
 pub use atomic::{write_atomic, write_json_atomic, AtomicFile};
+pub use chain::Chain;
 pub use hash::{sha256_bytes, sha256_dir, sha256_file};
 pub use layout::validate_name;
 pub use layout::{Kind, Store};
@@ -46,6 +48,9 @@ pub enum StoreError {
         root: std::path::PathBuf,
         known: String,
     },
+    /// An adapter whose chain cannot be followed (no base named, or a base that changed since).
+    #[error("{0}")]
+    Chain(String),
     #[error("invalid artifact name {0:?}: use letters, digits, '-', '_' and '.' only")]
     BadName(String),
 }

@@ -16,7 +16,7 @@ pub use shards::{
     encode_dataset, encode_heldout, read_tokens, train_shards, write_tokens, EncodeConfig,
     TokenShard,
 };
-pub use special::{special_ids, SpecialIds, TokenizerDir};
+pub use special::{special_ids, stop_ids, SpecialIds, TokenizerDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {

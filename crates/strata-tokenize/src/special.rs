@@ -105,6 +105,47 @@ pub fn special_ids(dir: &Path, tk: &tokenizers::Tokenizer) -> Result<SpecialIds>
     Ok(SpecialIds { eos, pad, bos })
 }
 
+/// Every id of `config.json`'s / `generation_config.json`'s `key` (a number or a list of numbers).
+fn config_ids(cfg: Option<&Value>, key: &str) -> Vec<u32> {
+    let Some(v) = cfg.and_then(|c| c.get(key)) else {
+        return Vec::new();
+    };
+    let list = v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
+    list.iter()
+        .filter_map(|x| u32::try_from(x.as_u64()?).ok())
+        .collect()
+}
+
+/// The ids that end a generation: every `eos_token_id` of `generation_config.json` and `config.json` (Llama 3
+/// lists `<|eot_id|>` and `<|end_of_text|>`), `tokenizer_config.json`'s `eos_token`, and the end-of-text and
+/// end-of-turn tokens Strata's own tokenizers use (`<|endoftext|>`, `<|im_end|>`) when the vocabulary has
+/// them. Sorted, without repeats.
+///
+/// # Errors
+/// When a config file is malformed or the named `eos_token` is not in the vocabulary.
+pub fn stop_ids(dir: &Path, tk: &tokenizers::Tokenizer) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for f in ["generation_config.json", "config.json"] {
+        ids.extend(config_ids(
+            read_json(&dir.join(f))?.as_ref(),
+            "eos_token_id",
+        ));
+    }
+    let tc_path = dir.join("tokenizer_config.json");
+    if let Some(t) = named_token(read_json(&tc_path)?.as_ref(), "eos_token") {
+        ids.push(tk.token_to_id(&t).ok_or_else(|| {
+            TokenizeError::Tokenizer(format!(
+                "{}: eos_token {t:?} is not in the vocabulary",
+                tc_path.display()
+            ))
+        })?);
+    }
+    ids.extend(SPECIAL_TOKENS.iter().filter_map(|t| tk.token_to_id(t)));
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +206,39 @@ mod tests {
         let e = special_ids(d.path(), &tk).unwrap_err().to_string();
         assert!(
             e.contains("eos_token \"<eot>\" is not in the vocabulary"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn stop_ids_gather_every_declared_end() {
+        let d = tempfile::tempdir().unwrap();
+        let tk = tokenizer(
+            d.path(),
+            &["<unk>", "<s>", "</s>", "<|eot_id|>", "<|im_end|>", "x"],
+        );
+        // <|im_end|> is always a stop when the vocabulary has it
+        assert_eq!(stop_ids(d.path(), &tk).unwrap(), [4]);
+        std::fs::write(d.path().join("config.json"), r#"{"eos_token_id": 2}"#).unwrap();
+        std::fs::write(
+            d.path().join("generation_config.json"),
+            r#"{"eos_token_id": [3, 2]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("tokenizer_config.json"),
+            r#"{"eos_token": {"content": "x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(stop_ids(d.path(), &tk).unwrap(), [2, 3, 4, 5]);
+        std::fs::write(
+            d.path().join("tokenizer_config.json"),
+            r#"{"eos_token": "</nope>"}"#,
+        )
+        .unwrap();
+        let e = stop_ids(d.path(), &tk).unwrap_err().to_string();
+        assert!(
+            e.contains("</nope>") && e.contains("tokenizer_config.json"),
             "{e}"
         );
     }

@@ -25,58 +25,19 @@ pub struct Parent {
 }
 
 impl Parent {
-    /// Looks `name` up as a model, else as an adapter (then follows its chain down to its base).
+    /// Looks `name` up as a model, else as an adapter (then follows its chain down to its base:
+    /// [`Store::chain`]).
     ///
     /// # Errors
     /// When nothing of that name exists, or an adapter's base is missing or has changed.
     pub fn resolve(store: &Store, name: &str) -> Result<Self> {
-        let (base, chain) = if kind_of(store, name) == Kind::Model {
-            (name.to_string(), Vec::new())
-        } else {
-            let m = store.manifest(Kind::Adapter, name)?;
-            let base = m
-                .counts
-                .get("base")
-                .and_then(|v| v.as_str())
-                .ok_or_else(|| {
-                    TrainError::Config(format!("adapter {name:?} does not name its base model"))
-                })?
-                .to_string();
-            let mut chain: Vec<String> = m
-                .counts
-                .get("adapters")
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
-            chain.push(name.to_string());
-            (base, chain)
-        };
-        let base_dir = store.require(Kind::Model, &base)?;
-        let base_sha256 = store.manifest(Kind::Model, &base)?.sha256;
-        let mut adapters = Vec::new();
-        for a in chain {
-            let m = store.manifest(Kind::Adapter, &a)?;
-            let want = m.counts.get("base_sha256").and_then(|v| v.as_str());
-            if want != Some(base_sha256.as_str()) {
-                return Err(TrainError::Config(format!(
-                    "adapter {a:?} was trained on a base {base:?} with sha256 {}, but the store's {base:?} \
-                     has {}: retrain the adapter on this base (or restore the base it was trained on)",
-                    short(want.unwrap_or("(none)")),
-                    short(&base_sha256)
-                )));
-            }
-            adapters.push((a.clone(), store.require(Kind::Adapter, &a)?));
-        }
-        let cfg = strata_model::read_config(&base_dir.join("config.json"))?;
+        let c = store.chain(name)?;
+        let cfg = strata_model::read_config(&c.base_dir.join("config.json"))?;
         Ok(Self {
-            base,
-            base_dir,
-            base_sha256,
-            adapters,
+            base: c.base,
+            base_dir: c.base_dir,
+            base_sha256: c.base_sha256,
+            adapters: c.adapters,
             cfg,
         })
     }
@@ -118,17 +79,6 @@ impl Parent {
     }
 }
 
-/// Whether `name` is a model or an adapter of the store (a model when it is neither, so that the error
-/// that follows names a missing model).
-#[must_use]
-pub fn kind_of(store: &Store, name: &str) -> Kind {
-    if store.exists(Kind::Adapter, name) && !store.exists(Kind::Model, name) {
-        Kind::Adapter
-    } else {
-        Kind::Model
-    }
-}
-
 /// The files of a model folder that carry its tokenizer (and chat template).
 pub(crate) const TOKENIZER_FILES: [&str; 3] = [
     "tokenizer.json",
@@ -149,10 +99,6 @@ pub(crate) fn copy_present(
         }
     }
     Ok(())
-}
-
-fn short(h: &str) -> &str {
-    &h[..h.len().min(12)]
 }
 
 /// A model or adapter of the store as a model ready to score: the base with the adapter chain merged,

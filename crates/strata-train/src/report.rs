@@ -21,7 +21,7 @@ pub struct Step {
 }
 
 fn manifest_of(store: &Store, name: &str) -> Result<Manifest> {
-    Ok(store.manifest(crate::parent::kind_of(store, name), name)?)
+    Ok(store.manifest(store.kind_of(name), name)?)
 }
 
 /// The step a manifest was made from: the parent of a fine-tuning, the adapter a merged model came from.

@@ -10,7 +10,7 @@ use strata_tokenize::ChatMessage;
 use crate::cli::GenerateArgs;
 
 pub fn run(store: &Store, a: &GenerateArgs) -> anyhow::Result<ExitCode> {
-    if strata_train::parent::kind_of(store, &a.model) == Kind::Adapter {
+    if store.kind_of(&a.model) == Kind::Adapter {
         anyhow::bail!(
             "{0:?} is a LoRA adapter: fold it into its base first (`strata merge {0} --name {0}-merged`), \
              then generate from {0}-merged",

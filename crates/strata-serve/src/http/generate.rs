@@ -1,0 +1,254 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`: decode, check the key's access, render the prompt,
+//! queue one sequence per choice on the model's scheduler, and answer with one JSON object or, with
+//! `"stream": true`, with server-sent events ending in `data: [DONE]` (with
+//! `stream_options.include_usage`, a last chunk carrying the usage). Usage is in every non-streamed answer.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+
+use super::request::{decode, Decoded, Prompt, Route};
+use super::{read_body, Access, ApiError, AppState};
+use crate::engine::{Event, Job, Rejected, TokenLogprob};
+use crate::{FinishReason, Generation};
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub async fn chat(state: State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    handle(state, req, Route::Chat).await
+}
+
+pub async fn completions(state: State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    handle(state, req, Route::Completions).await
+}
+
+fn bytes_of(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+/// `logprobs` of one streamed piece or one whole choice, in the route's shape.
+fn logprobs_json(route: Route, lps: &[TokenLogprob], start: usize) -> Value {
+    match route {
+        Route::Chat => json!({"content": lps.iter().map(|l| json!({
+            "token": l.token, "logprob": l.logprob, "bytes": bytes_of(&l.token),
+            "top_logprobs": l.top.iter().map(|(t, p)| json!({"token": t, "logprob": p, "bytes": bytes_of(t)})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>()}),
+        Route::Completions => {
+            let mut offset = start;
+            let mut text_offset = Vec::with_capacity(lps.len());
+            for l in lps {
+                text_offset.push(offset);
+                offset += l.token.len();
+            }
+            json!({
+                "tokens": lps.iter().map(|l| &l.token).collect::<Vec<_>>(),
+                "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+                "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+                "text_offset": text_offset,
+            })
+        }
+    }
+}
+
+fn usage(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+#[allow(clippy::too_many_lines)]
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    route: Route,
+) -> Result<Response, ApiError> {
+    let access = req.extensions().get::<Access>().cloned();
+    let body = read_body(req, state.config.max_body).await?;
+    let d: Decoded = decode(route, &body, state.config.max_tokens)?;
+    let model = d
+        .model
+        .clone()
+        .or_else(|| state.default_model.clone())
+        .ok_or_else(|| ApiError::bad_request("model is required", Some("model")))?;
+    if let Some(a) = &access {
+        a.check(&model)?;
+    }
+    let target = {
+        let (state, model) = (state.clone(), model.clone());
+        tokio::task::spawn_blocking(move || state.target(&model))
+            .await
+            .map_err(|e| ApiError::internal(&e.to_string()))??
+    };
+    let engine = target.scheduler.engine().clone();
+    let (text, echo) = match &d.prompt {
+        Prompt::Chat(m) => (engine.render_chat(m)?, None),
+        Prompt::Text(t) => (t.clone(), d.echo.then(|| t.clone())),
+    };
+    let ids = engine.encode(&text, d.params.add_special_tokens)?;
+    let max_tokens = engine.fit(ids.len(), d.max_tokens)?;
+    let mut receivers = Vec::with_capacity(d.n);
+    for i in 0..d.n {
+        let mut params = d.params.clone();
+        params.max_tokens = max_tokens;
+        params.seed = params.seed.wrapping_add(i as u64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let job = Job {
+            seq: engine.sequence(ids.clone(), params)?,
+            adapters: target.adapters.clone(),
+            events: tx,
+        };
+        target.scheduler.submit(job).map_err(|r| match r {
+            Rejected::QueueFull => ApiError::busy(),
+            Rejected::ShuttingDown => ApiError::unavailable(),
+            Rejected::TooBig => ApiError::bad_request(
+                "the prompt and max_tokens need more KV cache than the server holds: lower max_tokens",
+                Some("max_tokens"),
+            ),
+        })?;
+        receivers.push(rx);
+    }
+    let (prefix, object) = match route {
+        Route::Chat => ("chatcmpl", "chat.completion"),
+        Route::Completions => ("cmpl", "text_completion"),
+    };
+    let id = format!("{prefix}-{:016x}", rand::random::<u64>());
+    let created = now();
+    let want_logprobs = d.params.logprobs.is_some();
+
+    if !d.stream {
+        let mut choices = Vec::with_capacity(d.n);
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        for (i, mut rx) in receivers.into_iter().enumerate() {
+            let g: Generation = loop {
+                match rx.recv().await {
+                    Some(Event::Done(g)) => break g,
+                    Some(Event::Piece(_)) => {}
+                    Some(Event::Error(e)) => return Err(ApiError::internal(&e)),
+                    None => return Err(ApiError::internal("the scheduler stopped")),
+                }
+            };
+            prompt_tokens = g.prompt_tokens;
+            completion_tokens += g.completion_tokens;
+            let echo_len = echo.as_ref().map_or(0, String::len);
+            let logprobs = if want_logprobs {
+                logprobs_json(route, &g.logprobs, echo_len)
+            } else {
+                Value::Null
+            };
+            choices.push(match route {
+                Route::Chat => json!({"index": i, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs, "finish_reason": g.finish}),
+                Route::Completions => json!({"index": i, "text": format!("{}{}", echo.as_deref().unwrap_or(""), g.text), "logprobs": logprobs, "finish_reason": g.finish}),
+            });
+        }
+        return Ok(Json(json!({
+            "id": id, "object": object, "created": created, "model": model,
+            "system_fingerprint": null,
+            "choices": choices,
+            "usage": usage(prompt_tokens, completion_tokens),
+        }))
+        .into_response());
+    }
+
+    // streaming: one task merges the choices' events into chunks; when the client goes away the SSE stream
+    // is dropped, the task's sends fail, it drops the receivers, and the scheduler drops the sequences
+    let object = format!(
+        "{object}{}",
+        if route == Route::Chat { ".chunk" } else { "" }
+    );
+    let (tx, rx) = mpsc::channel::<Value>(64);
+    let include_usage = d.include_usage;
+    let n = d.n;
+    tokio::spawn(async move {
+        let chunk = |choice: Value| {
+            let mut c = json!({"id": id, "object": object, "created": created, "model": model, "system_fingerprint": null, "choices": [choice]});
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        if route == Route::Chat {
+            for i in 0..n {
+                let first = chunk(
+                    json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
+                );
+                if tx.send(first).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if let Some(e) = &echo {
+            for i in 0..n {
+                let c =
+                    chunk(json!({"index": i, "text": e, "logprobs": null, "finish_reason": null}));
+                if tx.send(c).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let mut merged = futures::stream::select_all(
+            receivers
+                .into_iter()
+                .enumerate()
+                .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |e| (i, e))),
+        );
+        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+        let mut offsets = vec![echo.as_ref().map_or(0, String::len); n];
+        while let Some((i, ev)) = merged.next().await {
+            let c = match ev {
+                Event::Piece(p) => {
+                    let lp = p.logprobs.as_ref().map_or(Value::Null, |l| {
+                        logprobs_json(route, std::slice::from_ref(l), offsets[i])
+                    });
+                    offsets[i] += p.text.len();
+                    let finish: Option<FinishReason> = p.finish;
+                    match route {
+                        Route::Chat => {
+                            let delta = if p.text.is_empty() && finish.is_some() {
+                                json!({})
+                            } else {
+                                json!({"content": p.text})
+                            };
+                            chunk(
+                                json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}),
+                            )
+                        }
+                        Route::Completions => chunk(
+                            json!({"index": i, "text": p.text, "logprobs": lp, "finish_reason": finish}),
+                        ),
+                    }
+                }
+                Event::Done(g) => {
+                    prompt_tokens = g.prompt_tokens;
+                    completion_tokens += g.completion_tokens;
+                    continue;
+                }
+                Event::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
+            };
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+        if include_usage {
+            let mut c = chunk(Value::Null);
+            c["choices"] = json!([]);
+            c["usage"] = usage(prompt_tokens, completion_tokens);
+            let _ = tx.send(c).await;
+        }
+    });
+    let events = ReceiverStream::new(rx)
+        .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
+        .chain(futures::stream::once(async {
+            Ok(SseEvent::default().data("[DONE]"))
+        }));
+    Ok(Sse::new(events).into_response())
+}
