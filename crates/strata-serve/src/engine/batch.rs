@@ -68,6 +68,7 @@ pub enum Rejected {
 struct Queue {
     waiting: VecDeque<(Job, Instant)>,
     stopping: bool,
+    paused: bool,
     running: usize,
 }
 
@@ -102,6 +103,7 @@ impl Scheduler {
             queue: Mutex::new(Queue {
                 waiting: VecDeque::new(),
                 stopping: false,
+                paused: false,
                 running: 0,
             }),
             wake: Condvar::new(),
@@ -162,6 +164,17 @@ impl Scheduler {
         (q.waiting.len(), q.running)
     }
 
+    /// While paused, queued jobs wait and running ones go on (maintenance; tests use it to fill the queue
+    /// deterministically).
+    pub fn pause_admission(&self, paused: bool) {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .paused = paused;
+        self.shared.wake.notify_all();
+    }
+
     /// Refuses new jobs; the queued and running ones finish.
     pub fn stop(&self) {
         self.shared
@@ -196,7 +209,7 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
             let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
             loop {
                 // admit in order while the batch and the KV budget have room
-                while running.len() < cfg.max_batch {
+                while running.len() < cfg.max_batch && !q.paused {
                     let Some((job, _)) = q.waiting.front() else {
                         break;
                     };

@@ -27,6 +27,9 @@ pub struct GenParams {
     pub frequency_penalty: f32,
     /// Log-probabilities of each chosen token and of this many alternatives (None: off).
     pub logprobs: Option<usize>,
+    /// Generate past the model's end-of-sequence ids (vLLM's and llama-server's `ignore_eos`, for
+    /// benchmarks of a fixed length); `stop_token_ids` still stop.
+    pub ignore_eos: bool,
     /// Constrain the output to one JSON object (OpenAI's `response_format: {"type": "json_object"}`).
     pub json: bool,
     /// Let the tokenizer add its special tokens (Llama 3's BOS) around the prompt, as transformers'
@@ -48,6 +51,7 @@ impl GenParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logprobs: None,
+            ignore_eos: false,
             json: false,
             add_special_tokens: true,
         }
@@ -201,7 +205,8 @@ impl Sequence {
             mask_json(j, logits, eng);
         }
         let next = self.sampler.sample(logits);
-        let is_stop = eng.stop_ids().contains(&next) || p.stop_token_ids.contains(&next);
+        let is_stop =
+            (!p.ignore_eos && eng.stop_ids().contains(&next)) || p.stop_token_ids.contains(&next);
         let mut out = Output::default();
         if let Some(top) = p.logprobs {
             out.logprobs = Some(logprob_of(logits, next, top, eng));

@@ -81,6 +81,14 @@ async fn handle(
         .or_else(|| state.default_model.clone())
         .ok_or_else(|| ApiError::bad_request("model is required", Some("model")))?;
     if let Some(a) = &access {
+        // an unknown name is a 404 for every key; a known one the key may not use, a 403
+        if !state.store.exists(strata_store::Kind::Model, &model)
+            && !state.store.exists(strata_store::Kind::Adapter, &model)
+        {
+            return Err(ApiError::not_found(&format!(
+                "the model {model:?} does not exist or you do not have access to it"
+            )));
+        }
         a.check(&model)?;
     }
     let target = {
@@ -203,7 +211,14 @@ async fn handle(
         );
         let (mut prompt_tokens, mut completion_tokens) = (0, 0);
         let mut offsets = vec![echo.as_ref().map_or(0, String::len); n];
-        while let Some((i, ev)) = merged.next().await {
+        loop {
+            // a client that goes away is noticed at once, not at the next send: the receivers drop and
+            // the scheduler drops the sequences (queued ones before they run)
+            let next = tokio::select! {
+                next = merged.next() => next,
+                () = tx.closed() => return,
+            };
+            let Some((i, ev)) = next else { break };
             let c = match ev {
                 Event::Piece(p) => {
                     let lp = p.logprobs.as_ref().map_or(Value::Null, |l| {

@@ -64,6 +64,7 @@ struct Raw {
     top_k: Option<i64>,
     min_p: Option<f32>,
     repetition_penalty: Option<f32>,
+    ignore_eos: Option<bool>,
 }
 
 fn bad(message: &str, param: &'static str) -> ApiError {
@@ -296,6 +297,7 @@ pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Deco
     params.frequency_penalty = frequency;
     params.logprobs = logprobs;
     params.json = json;
+    params.ignore_eos = raw.ignore_eos.unwrap_or(false);
     // a chat template writes the special tokens itself (as transformers' apply_chat_template); a plain
     // prompt gets the tokenizer's (Llama 3's BOS), as transformers' encode
     params.add_special_tokens = route == Route::Completions;

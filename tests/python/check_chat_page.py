@@ -1,0 +1,63 @@
+"""The chat page of a running `strata serve` (argv[1]) in headless Chromium (Debian's chromium and
+chromium-driver, driven by selenium): the key entered, two models picked, a prompt sent, both answers
+stream in. Prints OK."""
+import sys
+import time
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+opts = webdriver.ChromeOptions()
+opts.binary_location = "/usr/bin/chromium"
+for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+    opts.add_argument(a)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+try:
+    driver.get(sys.argv[1] + "/")
+    key = driver.find_element(By.ID, "key")
+    key.clear()
+    key.send_keys("sk-clinic")
+    driver.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
+    deadline = time.time() + 20
+    boxes = []
+    while time.time() < deadline:
+        boxes = driver.find_elements(By.CSS_SELECTOR, "input.model")
+        if len(boxes) == 3:
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)  # the list may be redrawn once the key is taken
+    ids = [b.get_attribute("value") for b in driver.find_elements(By.CSS_SELECTOR, "input.model")]
+    assert sorted(ids) == ["base", "med-lora", "us-lora"], ids
+    # pick base and us-lora (clicking the labels a user would click); the list is redrawn when the key
+    # changes, so a click may hit an element that was just replaced: try again
+    from selenium.common.exceptions import StaleElementReferenceException
+    for _ in range(50):
+        try:
+            for label in driver.find_elements(By.CSS_SELECTOR, "#models label"):
+                box = label.find_element(By.CSS_SELECTOR, "input.model")
+                if box.is_selected() != (box.get_attribute("value") in ("base", "us-lora")):
+                    label.click()
+            picked = sorted(b.get_attribute("value") for b in driver.find_elements(By.CSS_SELECTOR, "input.model:checked"))
+            if picked == ["base", "us-lora"]:
+                break
+        except StaleElementReferenceException:
+            pass
+        time.sleep(0.1)
+    driver.find_element(By.ID, "prompt").send_keys("Describe the liver.")
+    driver.find_element(By.ID, "max").clear()
+    driver.find_element(By.ID, "max").send_keys("16")
+    driver.find_element(By.ID, "send").click()
+    answers = {}
+    while time.time() < deadline + 20:
+        cards = driver.find_elements(By.CSS_SELECTOR, ".answer")
+        answers = {c.get_attribute("data-model"): c.find_element(By.CSS_SELECTOR, ".text").text for c in cards}
+        metas = [c.find_element(By.CSS_SELECTOR, ".meta").text for c in cards]
+        if len(cards) == 2 and all("tokens in" in m for m in metas):
+            break
+        time.sleep(0.1)
+    assert sorted(answers) == ["base", "us-lora"], answers
+    assert all(t.strip() for t in answers.values()), answers
+    print("OK", answers)
+finally:
+    driver.quit()
