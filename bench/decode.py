@@ -18,39 +18,10 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.path.join(ROOT, "target", "llama.cpp")
-SDIST = "llama-cpp-python==0.3.36"
-
-
-def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw).stdout
-
-
-def llama_bench():
-    if os.environ.get("LLAMA_BENCH"):
-        return os.environ["LLAMA_BENCH"]
-    exe = os.path.join(CACHE, "src", "build", "bin", "llama-bench")
-    if os.path.exists(exe):
-        return exe
-    os.makedirs(CACHE, exist_ok=True)
-    venv = os.path.join(CACHE, "venv")
-    if not os.path.exists(venv):
-        sh([sys.executable, "-m", "venv", venv])
-        sh([f"{venv}/bin/pip", "install", "-q", "cmake", "ninja"])
-    sh([f"{venv}/bin/pip", "download", "-q", "--no-deps", "--no-binary", "llama-cpp-python", SDIST, "-d", CACHE])
-    tar = next(f for f in os.listdir(CACHE) if f.endswith(".tar.gz"))
-    with tarfile.open(os.path.join(CACHE, tar)) as t:
-        t.extractall(CACHE, filter="data")
-    src_root = os.path.join(CACHE, tar[: -len(".tar.gz")], "vendor", "llama.cpp")
-    os.symlink(src_root, os.path.join(CACHE, "src"))
-    env = dict(os.environ, PATH=f"{venv}/bin:" + os.environ["PATH"])
-    print("building llama-bench (about 10 minutes on 2 vCPUs) ...", file=sys.stderr)
-    sh(["cmake", "-B", "build", "-G", "Ninja", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DCMAKE_BUILD_TYPE=Release"], cwd=src_root, env=env)
-    sh(["cmake", "--build", "build", "--target", "llama-bench", "-j2"], cwd=src_root, env=env)
-    return exe
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from llamacpp import sh, tool  # noqa: E402
 
 
 def strata(*args):
@@ -84,7 +55,7 @@ def main():
     a = ap.parse_args()
     sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=ROOT)
     gguf_q41 = sh(["bash", os.path.join(ROOT, "scripts", "fetch-model.sh"), os.path.join(ROOT, "data")]).strip()
-    exe = llama_bench()
+    exe = tool("llama-bench")
     strata("import", gguf_q41, "--name", "smollm2")
     files = {"q4_1": gguf_q41}
     for ty in ("f32", "q8_0"):

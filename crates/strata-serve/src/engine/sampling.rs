@@ -132,6 +132,26 @@ impl Sampler {
             return argmax();
         };
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if top_k == 0 && top_p >= 1.0 && min_p <= 0.0 {
+            // no filter: draw from the whole distribution in id order (no sort of the vocabulary)
+            let total: f32 = logits
+                .iter()
+                .map(|&l| ((l - max) / temperature).exp())
+                .sum();
+            let mut r = self.rng.random::<f32>() * total;
+            let mut last = 0;
+            for (i, &l) in logits.iter().enumerate() {
+                let p = ((l - max) / temperature).exp();
+                if p > 0.0 {
+                    last = i;
+                    r -= p;
+                    if r <= 0.0 {
+                        return i as u32;
+                    }
+                }
+            }
+            return last as u32;
+        }
         self.probs.clear();
         for (i, &l) in logits.iter().enumerate() {
             self.probs.push((((l - max) / temperature).exp(), i as u32));
