@@ -600,6 +600,11 @@ pub struct BenchDecodeArgs {
     /// Weight type: auto (as stored), f32, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "auto")]
     pub quant: String,
+    /// Also time batched decoding: B sequences (after a 64-token prompt each) each generating --gen-tokens
+    /// tokens in steps of one batched forward, as the server's scheduler runs them (comma-separated sizes;
+    /// reported as aggregate tokens/s, "tg128x8").
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
 }
 
 #[derive(Debug, Args)]

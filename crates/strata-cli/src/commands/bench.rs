@@ -83,6 +83,37 @@ pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     let tg_rate = tg as f64 / secs;
+    for &b in &a.batch {
+        let prompts: Vec<Vec<u32>> = (0..b).map(|k| ids(64 + k).split_off(k)).collect();
+        let mut work = strata_model::cpu::BatchWork::default();
+        let mut caches: Vec<CpuCache> = (0..b).map(|_| CpuCache::new(&model, 64 + tg)).collect();
+        let mut times = Vec::with_capacity(a.reps);
+        for _ in 0..a.reps.max(1) {
+            // the prompts are read first, untimed
+            for (c, p) in caches.iter_mut().zip(&prompts) {
+                c.reset();
+                model.forward(p, c, false)?;
+            }
+            let mut next = vec![1u32; b];
+            let t0 = std::time::Instant::now();
+            for _ in 0..tg {
+                let mut batch: Vec<strata_model::cpu::Seq<'_>> = caches
+                    .iter_mut()
+                    .zip(&next)
+                    .map(|(c, id)| strata_model::cpu::Seq::new(std::slice::from_ref(id), c))
+                    .collect();
+                let logits = model.forward_batch(&mut batch, &mut work)?;
+                drop(batch);
+                for (n, l) in next.iter_mut().zip(logits.chunks_exact(cfg.vocab_size)) {
+                    *n = argmax(l);
+                }
+            }
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let secs = times[times.len() / 2];
+        rows.push(serde_json::json!({"test": format!("tg{tg}x{b}"), "tokens_per_s": (tg * b) as f64 / secs}));
+    }
     // Bytes read per decoded token: every projection and the output head (the embedding is a lookup).
     let weight_bytes = model.weight_bytes_per_token() as f64;
     let bandwidth = copy_bandwidth(model.threads());
