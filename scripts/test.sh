@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script):
 # format check, clippy with warnings as errors, then every test of the workspace. Tests that compare against
-# Python references create .venv themselves (scripts/python-venv.sh, pinned tests/python/requirements.txt).
+# Python references use .venv (scripts/python-venv.sh, pinned tests/python/requirements.txt); the chat-page test
+# drives Debian's chromium (scripts/ensure-chromium.sh). Both are fetched while the workspace builds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # One build from scratch: incremental caches would only double what the build leaves on disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all --check
+mkdir -p target
+bash scripts/python-venv.sh > target/python-venv.log 2>&1 &
+venv=$!
+bash scripts/ensure-chromium.sh > target/ensure-chromium.log 2>&1 &
+chromium=$!
 cargo clippy --workspace --all-targets --locked -- -D warnings
-bash scripts/python-venv.sh >/dev/null
+wait "$venv" || { cat target/python-venv.log; exit 1; }
+wait "$chromium" || { cat target/ensure-chromium.log; exit 1; }
 cargo test --workspace --locked
