@@ -91,6 +91,24 @@ def rotate_half(x):
     return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
 
 
+def layer_windows(c):
+    """Each layer's attention window (None: full), as transformers' configuration classes decide it, written
+    from their source rather than from Strata's reading: Qwen2Config sets
+    `sliding_window = sliding_window if use_sliding_window else None` (defaults 4096 and False) and, without
+    `layer_types`, makes layer i "sliding_attention" when the window is set and i >= max_window_layers (default
+    28); MistralAttention uses config.sliding_window on every layer; Llama has no window."""
+    n = c["num_hidden_layers"]
+    arch = c["architectures"][0]
+    if arch == "Qwen2ForCausalLM":
+        sw = c.get("sliding_window", 4096) if c.get("use_sliding_window", False) else None
+        types = c.get("layer_types") or ["sliding_attention" if sw is not None and i >= c.get("max_window_layers", 28)
+                                         else "full_attention" for i in range(n)]
+        return [sw if ty == "sliding_attention" else None for ty in types]
+    if arch == "MistralForCausalLM":
+        return [c.get("sliding_window")] * n
+    return [None] * n
+
+
 def forward(c, w, ids):
     """Reference Llama forward in float64 (HF LlamaForCausalLM semantics)."""
     d, nh = c["hidden_size"], c["num_attention_heads"]
@@ -100,10 +118,8 @@ def forward(c, w, ids):
     inv = inv_freq(c, hd)
     ang = np.outer(np.arange(t, dtype=np.float64), inv)
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
-    mask = np.triu(np.full((t, t), -np.inf), 1)
-    window = c.get("sliding_window") if c.get("use_sliding_window", True) else None
-    if window:
-        mask = mask + np.tril(np.full((t, t), -np.inf), -window)  # key j hidden when i - j >= window
+    causal = np.triu(np.full((t, t), -np.inf), 1)
+    windows = layer_windows(c)
 
     def b(name):
         return w.get(name, 0.0)
@@ -116,6 +132,9 @@ def forward(c, w, ids):
         v = (h @ w[p + "self_attn.v_proj.weight"].T + b(p + "self_attn.v_proj.bias")).reshape(t, nkv, hd).transpose(1, 0, 2)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
+        mask = causal
+        if windows[i]:
+            mask = causal + np.tril(np.full((t, t), -np.inf), -windows[i])  # key j hidden when i - j >= window
         a = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
         a = np.exp(a - a.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)

@@ -508,6 +508,16 @@ fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
             candle_core::DType::F16,
             2,
         ),
+        // Qwen2 with its window switched on: 3 layers, the first max_window_layers = 2 in full, the third
+        // within a window of 3 (the reference follows transformers' Qwen2Config, not Strata)
+        (
+            "qwen2-window",
+            with(
+                serde_json::json!({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "num_hidden_layers": 3, "sliding_window": 3, "use_sliding_window": true, "max_window_layers": 2}),
+            ),
+            candle_core::DType::F32,
+            1,
+        ),
         // Mistral: sliding window of 3 (shorter than the text), explicit head_dim 16 ≠ 32 / 4
         (
             "mistral",

@@ -48,6 +48,12 @@ pub struct LlamaConfig {
     pub sliding_window: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_sliding_window: Option<bool>,
+    /// Qwen2: the first `max_window_layers` layers attend in full, the rest within the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
+    /// Per layer, `full_attention` or `sliding_attention` (newer transformers configs; overrides the above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
 }
 
 /// A token id, or several, as HF configs write `eos_token_id`.
@@ -189,6 +195,23 @@ impl LlamaConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
+        if let Some(types) = &self.layer_types {
+            if types.len() != self.num_hidden_layers {
+                return bad(format!(
+                    "layer_types lists {} layers, the model has {}",
+                    types.len(),
+                    self.num_hidden_layers
+                ));
+            }
+            if let Some(t) = types
+                .iter()
+                .find(|t| !matches!(t.as_str(), "full_attention" | "sliding_attention"))
+            {
+                return bad(format!(
+                    "layer_types entry {t:?} is not supported (full_attention, sliding_attention)"
+                ));
+            }
+        }
         if !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "head_dim ({}) must be even for RoPE",
@@ -254,13 +277,32 @@ impl LlamaConfig {
         self.attention_bias && !self.architectures.iter().any(|a| a == "Qwen2ForCausalLM")
     }
 
-    /// The attention window, when the model limits it.
+    /// The attention window of layer `layer`, when the model limits it, as transformers decides it:
+    /// `layer_types` when the config lists them; for Qwen2 (`Qwen2Config`), only with `use_sliding_window`
+    /// (default false), of `sliding_window` (default 4096) on the layers from `max_window_layers` (default 28)
+    /// on; for Mistral, `sliding_window` on every layer; Llama has none.
     #[must_use]
-    pub fn window(&self) -> Option<usize> {
-        match (self.sliding_window, self.use_sliding_window) {
-            (Some(w), None | Some(true)) if w > 0 => Some(w),
-            _ => None,
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        let qwen2 = self.architectures.iter().any(|a| a == "Qwen2ForCausalLM");
+        let size = if qwen2 {
+            if self.use_sliding_window != Some(true) {
+                return None;
+            }
+            self.sliding_window.unwrap_or(4096)
+        } else {
+            self.sliding_window?
+        };
+        if size == 0 {
+            return None;
         }
+        if let Some(types) = &self.layer_types {
+            return (types.get(layer).map(String::as_str) == Some("sliding_attention"))
+                .then_some(size);
+        }
+        if qwen2 {
+            return (layer >= self.max_window_layers.unwrap_or(28)).then_some(size);
+        }
+        (self.use_sliding_window != Some(false)).then_some(size)
     }
 
     /// The RoPE inverse frequencies (head_dim / 2 of them), after any `rope_scaling`.
@@ -362,6 +404,8 @@ impl ModelSpec {
             rope_scaling: None,
             sliding_window: None,
             use_sliding_window: None,
+            max_window_layers: None,
+            layer_types: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -400,5 +444,45 @@ mod tests {
         s.kv_heads = 3;
         let err = s.to_config(100, 0).unwrap_err().to_string();
         assert!(err.contains("num_key_value_heads (3)"), "{err}");
+    }
+
+    /// Which layers attend within the window, read off transformers' `Qwen2Config.__init__` (the window
+    /// only with `use_sliding_window`, from layer `max_window_layers` on, defaults 4096 and 28),
+    /// `layer_types`, and Mistral's every-layer window.
+    #[test]
+    fn sliding_window_per_layer_as_transformers_configs_decide_it() {
+        let mut c = spec().to_config(100, 0).unwrap();
+        c.num_hidden_layers = 4;
+        let windows = |c: &LlamaConfig| (0..4).map(|i| c.window(i)).collect::<Vec<_>>();
+        assert_eq!(windows(&c), [None; 4]); // Llama, no window field
+        c.sliding_window = Some(8);
+        assert_eq!(windows(&c), [Some(8); 4]); // Mistral semantics: every layer
+        c.architectures = vec!["Qwen2ForCausalLM".into()];
+        assert_eq!(windows(&c), [None; 4]); // Qwen2: use_sliding_window defaults to false
+        c.use_sliding_window = Some(true);
+        assert_eq!(windows(&c), [None; 4]); // max_window_layers defaults to 28
+        c.max_window_layers = Some(2);
+        assert_eq!(windows(&c), [None, None, Some(8), Some(8)]);
+        c.sliding_window = None;
+        assert_eq!(windows(&c), [None, None, Some(4096), Some(4096)]);
+        c.sliding_window = Some(8);
+        c.layer_types = Some(
+            [
+                "sliding_attention",
+                "full_attention",
+                "sliding_attention",
+                "full_attention",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        assert_eq!(windows(&c), [Some(8), None, Some(8), None]);
+        assert!(c.validate().is_ok());
+        c.layer_types = Some(vec!["chunked_attention".into(); 4]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("chunked_attention"), "{e}");
+        c.layer_types = Some(vec!["full_attention".into(); 3]);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("layer_types lists 3 layers"), "{e}");
     }
 }

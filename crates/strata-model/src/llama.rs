@@ -170,7 +170,12 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: &VarBuilder, cfg: &LlamaConfig, lora: Option<&LoraWeights>) -> Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        cfg: &LlamaConfig,
+        layer: usize,
+        lora: Option<&LoraWeights>,
+    ) -> Result<Self> {
         let (d, nh, nkv, hd) = (
             cfg.hidden_size,
             cfg.num_attention_heads,
@@ -182,7 +187,7 @@ impl Attention {
             k_proj: linear(vb, "k_proj", (nkv * hd, d), cfg, cfg.qkv_bias(), lora)?,
             v_proj: linear(vb, "v_proj", (nkv * hd, d), cfg, cfg.qkv_bias(), lora)?,
             o_proj: linear(vb, "o_proj", (d, nh * hd), cfg, cfg.o_bias(), lora)?,
-            window: cfg.window(),
+            window: cfg.window(layer),
             n_head: nh,
             n_kv: nkv,
             head_dim: hd,
@@ -422,7 +427,7 @@ impl Llama {
             let l = m.pp(format!("layers.{i}"));
             layers.push(Block {
                 input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), d, cfg.rms_norm_eps)?,
-                self_attn: Attention::load(&l.pp("self_attn"), cfg, lora)?,
+                self_attn: Attention::load(&l.pp("self_attn"), cfg, i, lora)?,
                 post_attention_layernorm: RmsNorm::load(
                     &l.pp("post_attention_layernorm"),
                     d,

@@ -367,7 +367,6 @@ impl CpuModel {
         let act = zeroed(&mut w.act, t * f);
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f32).sqrt();
-        let window = cfg.window();
         let rep = nh / nkv;
         let isa = self.isa;
         // (sequence, head, first row, end row) of every attention task
@@ -383,6 +382,7 @@ impl CpuModel {
         }
         let serial_attention = tasks.len() == 1 || (t == 1 && seqs[0].cache.len < 64);
         for (li, layer) in self.layers.iter().enumerate() {
+            let window = cfg.window(li);
             rms_norm(x, &layer.attn_norm, eps, h);
             matmul(isa, &layer.qkv, h, t, qkv, scratch);
             self.add_deltas(seqs, &offs, li, Proj::Qkv, h, qkv, qkv_w, scratch);
@@ -659,6 +659,7 @@ mod tests {
         c.architectures = vec!["Qwen2ForCausalLM".into()];
         c.sliding_window = Some(3);
         c.use_sliding_window = Some(true);
+        c.max_window_layers = Some(1); // layer 0 in full, layer 1 within the window
         out.push(("qwen2 bias + window", c));
         let mut c = tiny();
         c.attention_bias = true;
