@@ -3,6 +3,7 @@
 //! u8 q[16]} (x = d·nibble + m); nibble j of a block is the low half of byte j for j < 16 and the high half of
 //! byte j − 16 otherwise. Rows of a GGUF file in these types are used as they are, without dequantising.
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
 /// Elements per quantisation block.
@@ -160,22 +161,28 @@ impl Matrix {
         Self::from_blocks(self.rows, self.cols, self.ty, bytes)
     }
 
-    /// Quantises an f32 matrix to `ty` (rows whose length is not a multiple of 32 stay f32).
+    /// Quantises an f32 matrix to `ty` (rows whose length is not a multiple of 32 stay f32), with candle's
+    /// ggml quantisers — the same ones `strata export` writes GGUF files with, so a model quantised at load
+    /// and a model exported then loaded hold the same blocks.
+    ///
+    /// # Panics
+    /// When `data` does not hold rows × cols values.
     #[must_use]
     pub fn quantized(rows: usize, cols: usize, data: &[f32], ty: WeightType) -> Self {
-        if ty == WeightType::F32 || !cols.is_multiple_of(QK) {
+        let ggml = match ty {
+            _ if !cols.is_multiple_of(QK) => None,
+            WeightType::F32 => None,
+            WeightType::Q8_0 => Some(GgmlDType::Q8_0),
+            WeightType::Q4_0 => Some(GgmlDType::Q4_0),
+            WeightType::Q4_1 => Some(GgmlDType::Q4_1),
+        };
+        let Some(ggml) = ggml else {
             return Self::dense(rows, cols, data.to_vec());
-        }
-        let mut bytes = Vec::with_capacity(rows * cols / QK * ty.block_bytes());
-        for block in data.chunks_exact(QK) {
-            let block: &[f32; QK] = block.try_into().unwrap_or(&[0.0; QK]);
-            match ty {
-                WeightType::Q8_0 => quantize_q8_0(block, &mut bytes),
-                WeightType::Q4_0 => quantize_q4_0(block, &mut bytes),
-                WeightType::Q4_1 => quantize_q4_1(block, &mut bytes),
-                WeightType::F32 => unreachable!(),
-            }
-        }
+        };
+        let bytes = candle_core::Tensor::from_slice(data, (rows, cols), &candle_core::Device::Cpu)
+            .and_then(|t| QTensor::quantize(&t, ggml))
+            .and_then(|q| q.data().map(std::borrow::Cow::into_owned))
+            .expect("whole blocks of f32 values quantise");
         Self::from_blocks(rows, cols, ty, bytes)
     }
 
@@ -257,49 +264,8 @@ impl Matrix {
     }
 }
 
-fn put_f16(out: &mut Vec<u8>, x: f32) {
-    out.extend_from_slice(&f16::from_f32(x).to_bits().to_le_bytes());
-}
-
 pub(crate) fn get_f16(b: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
-}
-
-/// ggml's `quantize_row_q8_0_ref`: d = max|x| / 127, q = round(x / d).
-#[allow(clippy::cast_possible_truncation)]
-fn quantize_q8_0(x: &[f32; QK], out: &mut Vec<u8>) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    put_f16(out, d);
-    out.extend(x.iter().map(|v| ((v * id).round() as i8).cast_unsigned()));
-}
-
-/// ggml's `quantize_row_q4_0_ref`: d = (value of largest magnitude) / −8, q = min(15, trunc(x/d + 8.5)).
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-fn quantize_q4_0(x: &[f32; QK], out: &mut Vec<u8>) {
-    let max = x
-        .iter()
-        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let d = max / -8.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    put_f16(out, d);
-    let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
-    out.extend((0..QK / 2).map(|j| q(x[j]) | (q(x[j + QK / 2]) << 4)));
-}
-
-/// ggml's `quantize_row_q4_1_ref`: d = (max − min) / 15, m = min, q = min(15, trunc((x − m)/d + 0.5)).
-#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-fn quantize_q4_1(x: &[f32; QK], out: &mut Vec<u8>) {
-    let (min, max) = x
-        .iter()
-        .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let d = (max - min) / 15.0;
-    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-    put_f16(out, d);
-    put_f16(out, min);
-    let q = |v: f32| (((v - min) * id + 0.5) as i8).min(15) as u8;
-    out.extend((0..QK / 2).map(|j| q(x[j]) | (q(x[j + QK / 2]) << 4)));
 }
 
 fn dequantize_block(ty: WeightType, b: &[u8], out: &mut Vec<f32>) {
@@ -486,6 +452,32 @@ mod tests {
                 assert!(err <= amax / steps * 1.01, "{ty:?}: {err} vs {amax}");
             }
         }
+    }
+
+    /// Q8_0 by hand (ggml's reference: d = max|x| / 127 stored as f16, q = round(x / d)) for x = 0, 1, …, 31;
+    /// Q4_1 (d = (max − min) / 15, m = min, q = trunc((x − m)/d + 0.5), low nibbles = first half).
+    #[test]
+    fn blocks_as_ggml_writes_them() {
+        let x: Vec<f32> = (0..32u8).map(f32::from).collect();
+        let q8 = Matrix::quantized(1, 32, &x, WeightType::Q8_0);
+        let d = f16::from_f32(31.0 / 127.0);
+        assert_eq!(q8.bytes[..2], d.to_bits().to_le_bytes());
+        #[allow(clippy::cast_possible_truncation)]
+        let want: Vec<u8> = (0..32u8)
+            .map(|i| (f32::from(i) * 127.0 / 31.0).round() as u8)
+            .collect();
+        assert_eq!(q8.bytes[2..], want[..]);
+        assert_eq!((want[1], want[31]), (4, 127));
+        let q41 = Matrix::quantized(1, 32, &x, WeightType::Q4_1);
+        assert_eq!(
+            q41.bytes[..2],
+            f16::from_f32(31.0 / 15.0).to_bits().to_le_bytes()
+        );
+        assert_eq!(q41.bytes[2..4], [0, 0]); // m = 0
+                                             // byte j holds x = j (low nibble) and x = j + 16 (high): x = 1 → 1 / 2.0667 + 0.5 = 0.98 → 0,
+                                             // x = 17 → 8.73 → 8; x = 15 → 7.76 → 7, x = 31 → 15.5 → 15
+        assert_eq!(q41.bytes[4 + 1], 0x80);
+        assert_eq!(q41.bytes[4 + 15], 7 | (15 << 4));
     }
 
     #[test]
