@@ -167,6 +167,8 @@ pub struct TrainStep {
     pub tokens: Tokens,
     pub tokenizer: String,
     pub model: ModelSpec,
+    /// Over the pretraining defaults (`strata_train::TrainConfig::defaults`).
+    #[serde(deserialize_with = "strata_train::pretrain_table")]
     pub train: TrainConfig,
 }
 
@@ -176,6 +178,8 @@ pub struct FinetuneStep {
     pub name: String,
     pub parent: String,
     pub tokens: Tokens,
+    /// Over the fine-tuning defaults (`strata_train::TrainConfig::defaults`).
+    #[serde(deserialize_with = "strata_train::finetune_table")]
     pub train: TrainConfig,
 }
 

@@ -83,14 +83,17 @@ fn d_decay_fraction() -> f64 {
     0.2
 }
 
+// Every training default lives in this file: the per-field defaults below (those of pretraining) and
+// [`TrainConfig::defaults`] for what fine-tuning changes. `strata train`, `strata finetune`, their `--config`
+// files and the pipeline's steps all start from them.
 fn d_lr() -> f64 {
-    1e-3
+    2e-3
 }
 fn d_min_lr() -> f64 {
-    1e-4
+    2e-4
 }
 fn d_warmup() -> usize {
-    20
+    30
 }
 fn d_wd() -> f64 {
     0.1
@@ -105,13 +108,20 @@ fn d_clip() -> f64 {
     1.0
 }
 fn d_eval_every() -> usize {
-    50
+    100
 }
 fn d_eval_windows() -> usize {
     16
 }
 fn d_ckpt() -> usize {
     25
+}
+
+/// What a run's defaults are for: training from scratch, or continuing from a parent's weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Pretrain,
+    Finetune,
 }
 
 impl TrainConfig {
@@ -121,6 +131,36 @@ impl TrainConfig {
         let v = serde_json::json!({"steps": steps, "batch_size": batch_size, "seq_len": seq_len});
         serde_json::from_value(v)
             .unwrap_or_else(|_| unreachable!("every other field has a default"))
+    }
+
+    /// The defaults of a stage: 500 steps of 16 × 128 tokens at lr 2e-3 → 2e-4 from scratch; a fine-tuning
+    /// run starts from trained weights, so it takes 200 steps at a quarter of that (5e-4 → 5e-5) with a
+    /// shorter warm-up.
+    #[must_use]
+    pub fn defaults(stage: Stage) -> Self {
+        let mut c = Self::new(500, 16, 128);
+        if stage == Stage::Finetune {
+            c.steps = 200;
+            c.lr = 5e-4;
+            c.min_lr = 5e-5;
+            c.warmup_steps = 10;
+        }
+        c
+    }
+
+    /// A `[train]` table over the stage's defaults: the fields it names replace them.
+    ///
+    /// # Errors
+    /// [`TrainError::Config`] for an unknown field or a value of the wrong type, named.
+    pub fn from_table(stage: Stage, table: &toml::Table) -> Result<Self> {
+        let mut merged = toml::Table::try_from(Self::defaults(stage))
+            .map_err(|e| TrainError::Config(format!("defaults: {e}")))?;
+        for (k, v) in table {
+            merged.insert(k.clone(), v.clone());
+        }
+        merged
+            .try_into()
+            .map_err(|e: toml::de::Error| TrainError::Config(format!("[train]: {}", e.message())))
     }
 
     /// # Errors
@@ -200,6 +240,24 @@ pub fn get_lr(step: usize, cfg: &TrainConfig) -> f64 {
     cfg.min_lr + coeff * (cfg.lr - cfg.min_lr)
 }
 
+/// `#[serde(deserialize_with)]` of a pretraining step's `train` table: over [`Stage::Pretrain`]'s defaults.
+///
+/// # Errors
+/// As [`TrainConfig::from_table`].
+pub fn pretrain_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrainConfig, D::Error> {
+    let t = toml::Table::deserialize(d)?;
+    TrainConfig::from_table(Stage::Pretrain, &t).map_err(serde::de::Error::custom)
+}
+
+/// `#[serde(deserialize_with)]` of a fine-tuning step's `train` table: over [`Stage::Finetune`]'s defaults.
+///
+/// # Errors
+/// As [`TrainConfig::from_table`].
+pub fn finetune_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrainConfig, D::Error> {
+    let t = toml::Table::deserialize(d)?;
+    TrainConfig::from_table(Stage::Finetune, &t).map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +305,33 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("seq_len (8) exceeds"));
+    }
+
+    /// One set of defaults: a table fills the fields it leaves out from its stage's defaults, whoever reads
+    /// it (a `--config` file, a pipeline step); unknown fields are named.
+    #[test]
+    #[allow(clippy::float_cmp)] // values copied, not computed
+    fn tables_fill_in_from_their_stage_defaults() {
+        let t: toml::Table = toml::from_str("steps = 7\nlora = { r = 4 }").unwrap();
+        let ft = TrainConfig::from_table(Stage::Finetune, &t).unwrap();
+        assert_eq!(
+            (ft.steps, ft.lr, ft.min_lr, ft.warmup_steps),
+            (7, 5e-4, 5e-5, 10)
+        );
+        assert_eq!(ft.lora.as_ref().map(|l| l.r), Some(4));
+        let pt = TrainConfig::from_table(Stage::Pretrain, &t).unwrap();
+        assert_eq!(
+            (pt.steps, pt.lr, pt.batch_size, pt.seq_len),
+            (7, 2e-3, 16, 128)
+        );
+        assert_eq!(
+            TrainConfig::from_table(Stage::Pretrain, &toml::Table::new()).unwrap(),
+            TrainConfig::defaults(Stage::Pretrain)
+        );
+        let bad: toml::Table = toml::from_str("stpes = 7").unwrap();
+        let e = TrainConfig::from_table(Stage::Finetune, &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stpes"), "{e}");
     }
 }

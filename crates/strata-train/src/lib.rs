@@ -17,7 +17,7 @@ pub mod report;
 pub mod tasks;
 mod trainer;
 
-pub use config::{get_lr, Schedule, TrainConfig};
+pub use config::{finetune_table, get_lr, pretrain_table, Schedule, Stage, TrainConfig};
 pub use data::{Component, Mixture, Sampling};
 pub use eval::{engine_perplexity, eval_window, perplexity, Perplexity};
 pub use metrics::{peak_rss_bytes, StepMetrics};

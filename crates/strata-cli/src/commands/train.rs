@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use strata_model::ModelSpec;
 use strata_store::Store;
 
-use strata_train::{Init, TokenMix, TrainConfig, TrainJob};
+use strata_train::{Init, Stage, TokenMix, TrainConfig, TrainJob};
 
 use crate::cli::{FinetuneArgs, TrainArgs, TrainOverrides};
 
@@ -19,7 +19,8 @@ use crate::cli::{FinetuneArgs, TrainArgs, TrainOverrides};
 #[serde(deny_unknown_fields)]
 struct TrainFile {
     model: Option<ModelSpec>,
-    train: Option<TrainConfig>,
+    /// Over the stage's defaults (`TrainConfig::defaults`).
+    train: Option<toml::Table>,
 }
 
 fn default_spec() -> ModelSpec {
@@ -33,15 +34,6 @@ fn default_spec() -> ModelSpec {
         rope_theta: 10_000.0,
         tie_word_embeddings: false,
     }
-}
-
-fn default_train() -> TrainConfig {
-    let mut c = TrainConfig::new(500, 16, 128);
-    c.lr = 2e-3;
-    c.min_lr = 2e-4;
-    c.warmup_steps = 30;
-    c.eval_every = 100;
-    c
 }
 
 /// `90`, `90s`, `30m`, `2h` → seconds.
@@ -65,18 +57,24 @@ fn parse_duration(s: &str) -> anyhow::Result<f64> {
     Ok(n * mult)
 }
 
-fn load_file(path: Option<&Path>) -> anyhow::Result<TrainFile> {
-    match path {
-        None => Ok(TrainFile {
-            model: None,
-            train: None,
-        }),
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read config {}", p.display()))?;
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
-        }
-    }
+/// A `--config` file's `[model]`, and its `[train]` over the stage's defaults (`TrainConfig::defaults`).
+fn load_file(
+    path: Option<&Path>,
+    stage: Stage,
+) -> anyhow::Result<(Option<ModelSpec>, TrainConfig)> {
+    let Some(p) = path else {
+        return Ok((None, TrainConfig::defaults(stage)));
+    };
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("cannot read config {}", p.display()))?;
+    let file: TrainFile =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let train = match &file.train {
+        None => TrainConfig::defaults(stage),
+        Some(t) => TrainConfig::from_table(stage, t)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+    };
+    Ok((file.model, train))
 }
 
 fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> anyhow::Result<TrainConfig> {
@@ -165,9 +163,9 @@ fn apply_lora(mut cfg: TrainConfig, a: &crate::cli::LoraArgs) -> TrainConfig {
 }
 
 pub fn run_train(store: &Store, a: &TrainArgs) -> anyhow::Result<ExitCode> {
-    let file = load_file(a.config.as_deref())?;
+    let (model, train) = load_file(a.config.as_deref(), Stage::Pretrain)?;
     let init = Init::Scratch {
-        spec: file.model.unwrap_or_else(default_spec),
+        spec: model.unwrap_or_else(default_spec),
         tokenizer: a.tokenizer.clone(),
     };
     run_job(
@@ -175,28 +173,22 @@ pub fn run_train(store: &Store, a: &TrainArgs) -> anyhow::Result<ExitCode> {
         &a.name,
         &a.tokens,
         init,
-        apply(file.train.unwrap_or_else(default_train), &a.overrides)?,
+        apply(train, &a.overrides)?,
         true,
     )?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode> {
-    let file = load_file(a.config.as_deref())?;
+    let (model, train) = load_file(a.config.as_deref(), Stage::Finetune)?;
     anyhow::ensure!(
-        file.model.is_none(),
+        model.is_none(),
         "finetune takes its architecture from the parent model: remove [model] from the config"
     );
-    let mut base = default_train();
-    base.steps = 200;
-    base.lr = 5e-4;
-    base.min_lr = 5e-5;
-    base.warmup_steps = 10;
-    base.eval_every = 100;
     let init = Init::From {
         parent: a.parent.clone(),
     };
-    let mut cfg = apply_lora(apply(file.train.unwrap_or(base), &a.overrides)?, &a.lora);
+    let mut cfg = apply_lora(apply(train, &a.overrides)?, &a.lora);
     if let Some(d) = &a.guard_dataset {
         let mut g = cfg
             .guard

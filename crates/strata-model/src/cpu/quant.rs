@@ -462,7 +462,7 @@ mod tests {
         let q8 = Matrix::quantized(1, 32, &x, WeightType::Q8_0);
         let d = f16::from_f32(31.0 / 127.0);
         assert_eq!(q8.bytes[..2], d.to_bits().to_le_bytes());
-        #[allow(clippy::cast_possible_truncation)]
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 0 ..= 127
         let want: Vec<u8> = (0..32u8)
             .map(|i| (f32::from(i) * 127.0 / 31.0).round() as u8)
             .collect();
