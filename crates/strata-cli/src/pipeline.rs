@@ -313,7 +313,7 @@ fn fetch_if_missing(file: &PipelineFile) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(kind: &str, name: &str, r: &strata_data::acquire::StepReport) {
+fn report(kind: &str, name: &str, r: &strata_data::tasks::StepReport) {
     let counts: Vec<String> = r
         .manifest
         .counts

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod io;
 pub mod preprocess;
 pub mod split;
+pub mod tasks;
 
 pub use doc::Doc;
 

@@ -12,7 +12,7 @@ use tokenizers::{
 };
 
 use crate::{Result, TokenizeError, CHATML_TEMPLATE};
-use strata_data::acquire::StepReport;
+use strata_data::tasks::StepReport;
 
 /// `<|endoftext|>` ends every document (and is BOS/EOS/PAD); the other two delimit chat turns.
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];

@@ -11,7 +11,7 @@
 //! cut) to `max_len + 1` tokens, so that a training row of `seq_len = max_len` is exactly one example.
 
 use serde::{Deserialize, Serialize};
-use strata_data::acquire::StepReport;
+use strata_data::tasks::StepReport;
 use strata_store::{Kind, Manifest, Store};
 
 use crate::{ChatMessage, ChatTemplate, Result, TokenizeError, TokenizerDir};

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use strata_data::acquire::StepReport;
+use strata_data::tasks::StepReport;
 use strata_store::{Kind, Manifest, Store};
 
 use crate::{io_err, Result, TokenizeError, TokenizerDir};

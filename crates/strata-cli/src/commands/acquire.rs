@@ -6,7 +6,7 @@ use strata_data::acquire::{
     acquire, acquire_publish, acquire_task, acquire_tasks, quarantine_path, AcquireConfig,
     FetchConfig,
 };
-use strata_data::preprocess::distributed::Task;
+use strata_data::tasks::Task;
 use strata_store::{Kind, Store};
 
 use crate::cli::AcquireArgs;

@@ -2,11 +2,12 @@
 
 use std::process::ExitCode;
 
-use strata_data::preprocess::distributed::{self, Phase, Task};
+use strata_data::preprocess::distributed::{self, Phase};
 use strata_data::preprocess::{
     preprocess, C4Quality, CharQuality, DecontamConfig, EvalSet, FineWebQuality, GopherQuality,
     GopherRepetition, LanguageFilter, MinHashConfig, PiiRedact, PreprocessConfig, StageConfig,
 };
+use strata_data::tasks::Task;
 use strata_store::Store;
 
 use crate::cli::PreprocessArgs;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use strata_store::{InputRef, Kind, Manifest, Store};
 
 use crate::io::{Quarantine, ShardWriter};
+use crate::tasks::StepReport;
 use crate::Result;
 
 pub use fetch::{fetch_all, parse_list, FetchConfig, Fetched, Outcome};
@@ -46,14 +47,6 @@ fn default_docs_per_shard() -> usize {
     10_000
 }
 
-/// What a finished (or skipped) step reports.
-#[derive(Debug, Clone)]
-pub struct StepReport {
-    pub manifest: Manifest,
-    /// True when an identical artifact existed and the step was skipped.
-    pub skipped: bool,
-}
-
 /// Reads every input into the dataset `name`.
 ///
 /// # Errors
@@ -74,7 +67,7 @@ pub fn acquire(
 
     let staging = store.staging(Kind::Dataset, name)?;
     // fetched pages are cached here until the dataset is published, so a killed run resumes
-    let cache = crate::preprocess::distributed::work_folder(store, "fetch", name, &manifest);
+    let cache = crate::tasks::work_folder(store, "fetch", name, &manifest);
     let counts = read_files(&files, cfg, &staging, &cache)?;
     let mut manifest = manifest;
     counts.record(&mut manifest, files.len());

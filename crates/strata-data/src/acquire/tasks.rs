@@ -8,9 +8,10 @@ use std::path::Path;
 
 use strata_store::{Kind, Store};
 
-use super::{plan, read_files, AcquireConfig, Counts, StepReport};
-use crate::preprocess::distributed::{
-    complete, finished, link_shards, marker, read_marker, task_dirs, work_folder, Task, TaskReport,
+use super::{plan, read_files, AcquireConfig, Counts};
+use crate::tasks::{
+    complete, finished, link_shards, marker, read_marker, task_dirs, work_folder, StepReport, Task,
+    TaskReport,
 };
 use crate::{io_err, Result};
 

@@ -23,8 +23,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use strata_store::{Kind, Manifest, Store};
 
-use crate::acquire::StepReport;
 use crate::io::{read_dataset, ShardWriter};
+use crate::tasks::StepReport;
 use crate::{Doc, Result};
 
 pub use c4::{count_sentences, C4Quality};
