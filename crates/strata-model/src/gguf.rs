@@ -371,6 +371,38 @@ pub(crate) fn config_of(path: &Path, content: &Content) -> Result<LlamaConfig> {
     Ok(cfg)
 }
 
+/// A tensor's (rows, cols, elements), checked before anything multiplies the shape out or reads by it
+/// (the shape comes from the file): a matrix or a vector, no empty dimension, at most 2^40 values.
+///
+/// # Errors
+/// Naming the tensor and its shape.
+pub(crate) fn checked_shape(
+    path: &Path,
+    name: &str,
+    info: &candle_core::quantized::gguf_file::TensorInfo,
+) -> Result<(usize, usize, usize)> {
+    let dims = info.shape.dims();
+    let (rows, cols) = match dims {
+        [r, c] => (*r, *c),
+        [c] => (1, *c),
+        _ => {
+            return Err(bad(
+                path,
+                format!("tensor {name}: shape {dims:?} (a matrix or a vector expected)"),
+            ))
+        }
+    };
+    rows.checked_mul(cols)
+        .filter(|&n| n <= 1 << 40 && rows > 0 && cols > 0)
+        .map(|elems| (rows, cols, elems))
+        .ok_or_else(|| {
+            bad(
+                path,
+                format!("tensor {name}: shape {dims:?} is empty or too large"),
+            )
+        })
+}
+
 /// Reads the GGUF at `path` and writes an HF folder into `out` (which must exist).
 ///
 /// # Errors
@@ -383,6 +415,7 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
         md: &content.metadata,
     };
     let mut cfg = config_from(&meta)?;
+    cfg.validate().map_err(|e| bad(path, e.to_string()))?;
     refuse_rope_freqs(path, &content)?;
     let device = Device::Cpu;
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -396,6 +429,7 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
             continue;
         };
         let info = &content.tensor_infos[name];
+        checked_shape(path, name, info)?;
         *types.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
         let q = content
             .tensor(&mut reader, name, &device)

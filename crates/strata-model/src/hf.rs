@@ -294,71 +294,53 @@ struct Header {
     shape: Vec<usize>,
 }
 
-/// Reads the JSON header of a safetensors file and checks that every tensor's bytes lie inside the file,
-/// without reading the tensors.
+/// Reads the header of a safetensors file with the `safetensors` crate (over a memory map, so nothing but
+/// the header is paged in) — which checks that the tensors' offsets are in order, fit their dtype and shape,
+/// and cover the data to the end of the file — and keeps the tensors the model can load (F32, F16, BF16).
 fn read_header(path: &Path) -> Result<HashMap<String, Header>> {
-    use std::io::Read as _;
     let err = |reason: String| ModelError::Weights {
         path: path.into(),
         reason,
     };
-    let io = |source| ModelError::Io {
+    let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
         path: path.into(),
         source,
-    };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    let mut n = [0u8; 8];
-    f.read_exact(&mut n)
-        .map_err(|_| err("truncated: shorter than the 8-byte header length".into()))?;
-    let n = u64::from_le_bytes(n);
-    if n > 100 << 20 || 8 + n > len {
-        return Err(err(format!(
-            "header length {n} does not fit the file ({len} bytes)"
-        )));
-    }
-    let mut json = vec![0u8; usize::try_from(n).unwrap_or(usize::MAX)];
-    f.read_exact(&mut json).map_err(io)?;
-    let v: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&json).map_err(|e| err(format!("header is not JSON: {e}")))?;
-    let data = len - 8 - n;
+    })?;
+    // SAFETY: the map is read only while this function runs; a file changed meanwhile by another process
+    // can only make the parse fail (the crate bounds every read by the map's length).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+        err(match e {
+            safetensors::SafeTensorError::MetadataIncompleteBuffer
+            | safetensors::SafeTensorError::InvalidHeaderLength
+            | safetensors::SafeTensorError::HeaderTooSmall => {
+                format!("{e} (truncated file?)")
+            }
+            other => other.to_string(),
+        })
+    })?;
     let mut out = HashMap::new();
-    for (name, t) in v {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype = t["dtype"].as_str().unwrap_or_default().to_string();
-        let width: u64 = match dtype.as_str() {
-            "F32" => 4,
-            "F16" | "BF16" => 2,
+    for (name, info) in meta.tensors() {
+        let dtype = match info.dtype {
+            safetensors::Dtype::F32 => "F32",
+            safetensors::Dtype::F16 => "F16",
+            safetensors::Dtype::BF16 => "BF16",
             other => {
                 return Err(err(format!(
                     "{name}: dtype {other:?} is not supported (F32, F16, BF16)"
                 )))
             }
         };
-        let shape: Option<Vec<usize>> = t["shape"].as_array().and_then(|a| {
-            a.iter()
-                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                .collect()
-        });
-        let offsets: Option<Vec<u64>> = t["data_offsets"]
-            .as_array()
-            .and_then(|a| a.iter().map(serde_json::Value::as_u64).collect());
-        let (Some(shape), Some([start, end])) = (shape, offsets.as_deref()) else {
-            return Err(err(format!("{name}: malformed shape or data_offsets")));
-        };
-        let elems = shape
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
-            .and_then(|e| e.checked_mul(width));
-        if start > end || *end > data || elems != Some(end - start) {
-            return Err(err(format!(
-                "{name}: data_offsets [{start}, {end}] do not hold a {dtype} tensor of shape {shape:?} \
-                 inside the {data} data bytes (truncated file?)"
-            )));
-        }
-        out.insert(name, Header { dtype, shape });
+        out.insert(
+            name,
+            Header {
+                dtype: dtype.to_string(),
+                shape: info.shape.clone(),
+            },
+        );
     }
     Ok(out)
 }

@@ -118,27 +118,8 @@ impl CpuModel {
             let Some(hf) = crate::gguf::hf_name(name) else {
                 continue;
             };
-            // The shape comes from the file: check it before anything multiplies it out.
+            let (rows, cols, elems) = crate::gguf::checked_shape(path, name, info)?;
             let dims = info.shape.dims().to_vec();
-            let (rows, cols) = match dims[..] {
-                [r, c] => (r, c),
-                [c] => (1, c),
-                _ => {
-                    return Err(crate::gguf::bad(
-                        path,
-                        format!("tensor {name}: shape {dims:?} (a matrix or a vector expected)"),
-                    ))
-                }
-            };
-            let Some(elems) = rows
-                .checked_mul(cols)
-                .filter(|&n| n <= 1 << 40 && rows > 0 && cols > 0)
-            else {
-                return Err(crate::gguf::bad(
-                    path,
-                    format!("tensor {name}: shape {dims:?} is empty or too large"),
-                ));
-            };
             let q = content
                 .tensor(&mut reader, name, &Device::Cpu)
                 .map_err(|e| bad(name, &e))?;
