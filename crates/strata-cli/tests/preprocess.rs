@@ -561,3 +561,83 @@ fn kill_9_during_a_task_run_then_the_same_command_gives_byte_identical_output() 
     assert!(a.iter().filter(|(n, _)| n.ends_with(".jsonl.zst")).count() >= 4);
     assert_eq!(a, dataset_files(&whole.join("datasets/clean")));
 }
+
+/// Parity with datatrove inside the suite: the synthetic filter corpus (tests/python/make_filter_corpus.py,
+/// regenerated here and checked by hash) through Gopher quality → Gopher repetition, C4 quality, and FineWeb
+/// quality, each stage's kept count and removals by reason equal to what datatrove 0.10.1 itself counted
+/// (tests/data/filter-corpus.datatrove.json, made by tests/python/datatrove_counts.py). A changed threshold,
+/// word split or rule order shows up here.
+#[test]
+fn filters_remove_what_datatrove_removes_on_the_filter_corpus() {
+    let root = common::repo_root();
+    let expected: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("tests/data/filter-corpus.datatrove.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = fresh_dir("preprocess-datatrove-parity");
+    let corpus = dir.join("corpus.jsonl");
+    let out = std::process::Command::new(common::venv_python())
+        .arg(root.join("tests/python/make_filter_corpus.py"))
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        strata_store::sha256_file(&corpus).unwrap(),
+        expected["corpus"]["sha256"].as_str().unwrap(),
+        "the generator no longer makes the corpus datatrove counted: rerun tests/python/datatrove_counts.py"
+    );
+    let store = dir.join("store");
+    acquire_raw(&store, &corpus);
+    let mut pipeline = String::new();
+    let runs = expected["runs"].as_object().unwrap();
+    for (name, stages) in runs {
+        let list: Vec<String> = stages
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| format!("{{ type = \"{}\" }}", s["stage"].as_str().unwrap()))
+            .collect();
+        pipeline.push_str(&format!(
+            "[[step]]\ntype = \"preprocess\"\nname = \"{name}\"\ninput = \"raw\"\nstages = [{}]\n\n",
+            list.join(", ")
+        ));
+    }
+    let cfg = dir.join("parity.toml");
+    std::fs::write(&cfg, pipeline).unwrap();
+    let r = run(strata(&store).args(["pipeline", "run"]).arg(&cfg));
+    assert!(r.ok, "{}", r.stderr);
+    let mut compared = 0;
+    for (name, stages) in runs {
+        let stats = dataset_stats(&store, name);
+        for want in stages.as_array().unwrap() {
+            let stage = want["stage"].as_str().unwrap();
+            let got = stage_stats(&stats, stage);
+            let got_removed: std::collections::BTreeMap<String, u64> = got["removed"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .filter(|(_, v)| *v > 0)
+                .collect();
+            let want_removed: std::collections::BTreeMap<String, u64> = want["removed"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+                .collect();
+            assert_eq!(
+                got_removed, want_removed,
+                "{name}/{stage}: removals by reason"
+            );
+            assert_eq!(got["kept"], want["kept"], "{name}/{stage}: kept");
+            compared += want_removed.len();
+        }
+    }
+    // the corpus reaches most rules (the test is only as good as what it exercises)
+    assert!(compared >= 20, "only {compared} reasons compared");
+}
