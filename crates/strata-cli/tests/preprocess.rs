@@ -641,3 +641,43 @@ fn filters_remove_what_datatrove_removes_on_the_filter_corpus() {
     // the corpus reaches most rules (the test is only as good as what it exercises)
     assert!(compared >= 20, "only {compared} reasons compared");
 }
+
+/// Strata's spaCy-rule tokenizer against spaCy itself (pinned in the test venv) on 400 seeded, varied lines:
+/// URLs, e-mails, contractions, abbreviations, emoticons, numbers with units, hyphens, quotes, Chinese
+/// (tests/python/spacy_tokens.py). Every line must split into the same tokens.
+#[test]
+fn spacy_rule_tokenizer_equals_spacy_on_varied_lines() {
+    let dir = fresh_dir("spacy-parity");
+    let out = dir.join("spacy.json");
+    let r = std::process::Command::new(common::venv_python())
+        .arg(common::repo_root().join("tests/python/spacy_tokens.py"))
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert!(rows.len() >= 300);
+    let mut differ = Vec::new();
+    for row in rows {
+        let line = row["line"].as_str().unwrap();
+        let want: Vec<&str> = row["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let got = strata_data::preprocess::words::spacy_tokens(line);
+        if got != want {
+            differ.push(format!("{line:?}\n  spacy:  {want:?}\n  strata: {got:?}"));
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "{} of {} lines split differently from spaCy {}:\n{}",
+        differ.len(),
+        rows.len(),
+        v["spacy"],
+        differ[..differ.len().min(8)].join("\n")
+    );
+}

@@ -218,41 +218,67 @@ fn infixes(s: &str, mut f: impl FnMut(usize, usize)) {
     }
 }
 
-/// spaCy's `URL_MATCH`, simplified: a scheme (`https://…`), or a host name with a dot and a top-level domain
-/// of two or more lower-case letters, optionally after `user@` and before a path.
+/// spaCy's `URL_MATCH` (spacy/lang/tokenizer_exceptions.py, after Diego Perini's URL regex): an optional
+/// scheme of two or more word characters, dots, `+` or `-`; optional `user[:pass]@`; a public dotted IPv4
+/// address or host labels ending in a top-level domain of 2–63 lower-case letters (spaCy's `ALPHA_LOWER`,
+/// where letters of uncased scripts count); an optional port of 2–5 digits; an optional path. The `regex` crate
+/// has no look-ahead, so spaCy's exclusion of private and loopback addresses, and the TLD's letter class,
+/// are checked on the captured parts.
 fn is_url(s: &str) -> bool {
-    if let Some(k) = s.find("://") {
-        return k > 0
-            && s[..k]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '+')
-            && s.len() > k + 3;
-    }
-    let s = s
-        .rsplit_once('@')
-        .map_or(s, |(user, host)| if user.is_empty() { s } else { host });
-    let host = s.split(['/', '?', '#']).next().unwrap_or("");
-    let host = host.split_once(':').map_or(host, |(h, port)| {
-        if port.chars().all(|c| c.is_ascii_digit()) {
-            h
-        } else {
-            ""
-        }
+    static RE: OnceLock<regex::Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(concat!(
+            r"^(?:(?:[\w\+\-\.]{2,})://)?",
+            r"(?:\S+(?::\S*)?@)?",
+            r"(?P<host>",
+            r"(?P<ip>(?:[1-9]\d?|1\d\d|2[01]\d|22[0-3])(?:\.(?:1?\d{1,2}|2[0-4]\d|25[0-5])){2}(?:\.(?:[1-9]\d?|1\d\d|2[0-4]\d|25[0-4])))",
+            r"|",
+            r"(?:(?:[A-Za-z0-9\x{a1}-\x{ffff}][A-Za-z0-9\x{a1}-\x{ffff}_-]{0,62})?[A-Za-z0-9\x{a1}-\x{ffff}]\.)+(?P<tld>\w{2,63})",
+            r")",
+            r"(?::\d{2,5})?",
+            r"(?:[/?#]\S*)?$",
+        ))
+        .expect("the URL pattern compiles")
     });
-    let mut labels = host.split('.');
-    let Some(tld) = host.rsplit('.').next() else {
+    let Some(c) = re.captures(s) else {
         return false;
     };
-    host.contains('.')
-        && tld.chars().count() >= 2
-        && tld
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || (c >= '\u{a1}' && c.is_alphabetic()))
-        && labels.all(|l| {
-            !l.is_empty()
-                && l.chars()
-                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+    let host = c.name("host").map_or("", |m| &s[m.start()..]);
+    // (?!(?:10|127)(?:\.\d{1,3}){3}) (?!(?:169\.254|192\.168)(?:\.\d{1,3}){2}) (?!172\.(?:1[6-9]|2\d|3[0-1])(?:\.\d{1,3}){2})
+    // `n` groups of 1–3 digits after the prefix; the last needs only to start with a digit (a look-ahead
+    // matches a prefix of what follows)
+    let octets = |h: &str, n: usize| -> bool {
+        let mut parts = h.split('.');
+        (0..n).all(|i| {
+            parts.next().is_some_and(|p| {
+                if i + 1 < n {
+                    (1..=3).contains(&p.len()) && p.chars().all(|c| c.is_ascii_digit())
+                } else {
+                    p.starts_with(|c: char| c.is_ascii_digit())
+                }
+            })
         })
+    };
+    let private = |h: &str| {
+        let after = |prefix: &str| h.strip_prefix(prefix).and_then(|r| r.strip_prefix('.'));
+        ["10", "127"]
+            .iter()
+            .any(|p| after(p).is_some_and(|r| octets(r, 3)))
+            || ["169.254", "192.168"]
+                .iter()
+                .any(|p| after(p).is_some_and(|r| octets(r, 2)))
+            || (16..=31).any(|k| after(&format!("172.{k}")).is_some_and(|r| octets(r, 2)))
+    };
+    if private(host) {
+        return false;
+    }
+    match c.name("tld") {
+        Some(t) => t
+            .as_str()
+            .chars()
+            .all(|ch| ch.is_alphabetic() && is_lower(ch)),
+        None => c.name("ip").is_some(),
+    }
 }
 
 /// Special cases: the text of each maps to the byte lengths of its pieces (one piece: kept whole).
@@ -337,7 +363,7 @@ fn build_specials() -> Specials {
     ];
     // spellings without the apostrophe that are ordinary words are left alone
     let words = [
-        "ill", "hell", "shell", "shed", "well", "its", "whore", "were", "wholl", "whore", "thisll",
+        "ill", "hell", "shell", "shed", "well", "its", "whore", "were",
     ];
     for (p, tails) in pronouns {
         for t in *tails {
@@ -383,7 +409,11 @@ fn build_specials() -> Specials {
         Conn. D.C. Del. Fla. Ga. Ia. Id. Ill. Ind. Kan. Kans. Ky. La. Md. Mass. Mich. Minn. Miss. Mo. \
         Mont. N.C. N.D. N.H. N.J. N.M. N.Y. Neb. Nebr. Nev. Okla. Ore. Pa. S.C. Tenn. Va. Wash. Wis. \
         ä. ö. ü. C++ :) :( :-) :-( ;) ;-) :D :P :p :/ :-/ :| :o :O :] :[ =) =( =] =[ :3 <3 </3 :* ;D \
-        (: ): (-: )-: (= =3 8) 8-) XD xD ^_^ -_- o.O O.o o_o O_O ._. @_@ >.< :'( :') :-D :-P :-O :-| :-* :-p :-o";
+        (: ): (-: )-: (= =3 8) 8-) XD xD ^_^ -_- o.O O.o o_o O_O ._. @_@ >.< :'( :') :-D :-P :-O :-| :-* :-p :-o \
+        'Cause 'Cos 'Coz 'Cuz Ol' ol’ Ol’ 8-D :'-( :'-) :(( :((( :() :)) :))) :-(( :-((( :-)) :-))) :-0 :-3 :-> \
+        :-X :-] :-x :-} :0 :1 :> :X :o) :x :} :’( :’) :’-( :’-) ;-D ;_; <.< <33 <333 <space> =/ =D =| >.> >:( \
+        >:o ><(((*> [-: [: [= \\\") ]= (*_*) (-8 (-; (-_-) (._.) (; (>_<) (^_^) (o: (¬_¬) (ಠ_ಠ) (╯°□°）╯︵┻━┻ \
+        ’s ’S ‘s ‘S ’d";
     for w in whole.split(' ').filter(|w| !w.is_empty()) {
         add(&mut m, &[w]);
         if let Some(rest) = w.strip_prefix('\'') {
@@ -394,6 +424,7 @@ fn build_specials() -> Specials {
         if w.ends_with("in'") {
             add(&mut m, &[&w.replace('\'', "’")]);
             add(&mut m, &[&capitalise(w)]);
+            add(&mut m, &[&capitalise(&w.replace('\'', "’"))]);
         } else if w.ends_with("in") && !w.contains('.') {
             add(&mut m, &[&capitalise(w)]);
         }
@@ -401,10 +432,13 @@ fn build_specials() -> Specials {
     for c in 'a'..='z' {
         add(&mut m, &[&format!("{c}.")]);
     }
+    for unit in ["C", "F", "K", "c", "f", "k"] {
+        add(&mut m, &["°", unit, "."]);
+    }
     m
 }
 
-const MAX_SPECIAL: usize = 16;
+const MAX_SPECIAL: usize = 32;
 
 fn special(s: &str) -> Option<&'static [usize]> {
     if s.len() > MAX_SPECIAL {
@@ -443,12 +477,14 @@ pub fn split_piece<'a>(piece: &'a str, scratch: &mut Scratch<'a>, f: &mut impl F
         return;
     }
     scratch.toks.clear();
-    affixes_and_infixes(piece, &mut scratch.suffixes, &mut scratch.toks);
+    affixes_and_infixes(piece, true, &mut scratch.suffixes, &mut scratch.toks);
     merge_specials(piece, &scratch.toks, f);
 }
 
 /// spaCy's last pass: runs of adjacent tokens that together spell a special case (an emoticon such as "):"
-/// after "(see above", "s." after "A.") become that special case.
+/// after "(see above", "s." after "A.") become that special case — when they are the tokens the special case's
+/// text splits into without special cases (spaCy matches each special case by that token pattern): ":-" then
+/// "(" is not ":-(", whose own split is ":", "-", "(".
 fn merge_specials<'a>(piece: &'a str, toks: &[&'a str], f: &mut impl FnMut(&'a str)) {
     if toks.len() < 2 {
         for t in toks {
@@ -461,10 +497,20 @@ fn merge_specials<'a>(piece: &'a str, toks: &[&'a str], f: &mut impl FnMut(&'a s
     while i < toks.len() {
         let start = off(toks[i]);
         let mut merged = false;
-        for j in (i + 2..=toks.len().min(i + 4)).rev() {
+        // the longest run whose text can still be a special case (`MAX_SPECIAL` bytes)
+        let mut top = i + 1;
+        while top < toks.len() && off(toks[top]) + toks[top].len() - start <= MAX_SPECIAL {
+            top += 1;
+        }
+        for j in (i + 2..=top).rev() {
             let end = off(toks[j - 1]) + toks[j - 1].len();
             let text = &piece[start..end];
             if let Some(lens) = special(text) {
+                let (mut sfx, mut plain) = (Vec::new(), Vec::new());
+                affixes_and_infixes(text, false, &mut sfx, &mut plain);
+                if plain[..] != toks[i..j] {
+                    continue;
+                }
                 emit_special(text, lens, f);
                 i = j;
                 merged = true;
@@ -478,7 +524,13 @@ fn merge_specials<'a>(piece: &'a str, toks: &[&'a str], f: &mut impl FnMut(&'a s
     }
 }
 
-fn affixes_and_infixes<'a>(piece: &'a str, suffixes: &mut Vec<&'a str>, out: &mut Vec<&'a str>) {
+fn affixes_and_infixes<'a>(
+    piece: &'a str,
+    with_specials: bool,
+    suffixes: &mut Vec<&'a str>,
+    out: &mut Vec<&'a str>,
+) {
+    let special = |t: &str| special(t).filter(|_| with_specials);
     let mut f = |t: &'a str| out.push(t);
     suffixes.clear();
     let mut s = piece;

@@ -47,6 +47,18 @@ pub fn for_each_token<'a>(text: &'a str, mut f: impl FnMut(&'a str)) {
     }
 }
 
+/// The tokens of `text` by spaCy's English rules alone (`spacy.blank("en")`, as datatrove splits words),
+/// without the per-character split of CJK runs that [`tokens`] adds.
+#[must_use]
+pub fn spacy_tokens(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut scratch = Scratch::default();
+    for piece in text.split(char::is_whitespace).filter(|p| !p.is_empty()) {
+        split_piece(piece, &mut scratch, &mut |t| out.push(t));
+    }
+    out
+}
+
 /// The tokens of `text`, in order.
 #[must_use]
 pub fn tokens(text: &str) -> Vec<&str> {
