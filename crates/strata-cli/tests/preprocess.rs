@@ -569,6 +569,7 @@ fn kill_9_during_a_task_run_then_the_same_command_gives_byte_identical_output() 
 /// word split or rule order shows up here.
 #[test]
 fn filters_remove_what_datatrove_removes_on_the_filter_corpus() {
+    use std::fmt::Write as _;
     let root = common::repo_root();
     let expected: serde_json::Value = serde_json::from_slice(
         &std::fs::read(root.join("tests/data/filter-corpus.datatrove.json")).unwrap(),
@@ -593,8 +594,8 @@ fn filters_remove_what_datatrove_removes_on_the_filter_corpus() {
     );
     let store = dir.join("store");
     acquire_raw(&store, &corpus);
-    let mut pipeline = String::new();
     let runs = expected["runs"].as_object().unwrap();
+    let mut pipeline = String::new();
     for (name, stages) in runs {
         let list: Vec<String> = stages
             .as_array()
@@ -602,10 +603,11 @@ fn filters_remove_what_datatrove_removes_on_the_filter_corpus() {
             .iter()
             .map(|s| format!("{{ type = \"{}\" }}", s["stage"].as_str().unwrap()))
             .collect();
-        pipeline.push_str(&format!(
+        let _ = write!(
+            pipeline,
             "[[step]]\ntype = \"preprocess\"\nname = \"{name}\"\ninput = \"raw\"\nstages = [{}]\n\n",
             list.join(", ")
-        ));
+        );
     }
     let cfg = dir.join("parity.toml");
     std::fs::write(&cfg, pipeline).unwrap();
