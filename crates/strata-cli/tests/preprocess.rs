@@ -577,16 +577,7 @@ fn filters_remove_what_datatrove_removes_on_the_filter_corpus() {
     .unwrap();
     let dir = fresh_dir("preprocess-datatrove-parity");
     let corpus = dir.join("corpus.jsonl");
-    let out = std::process::Command::new(common::venv_python())
-        .arg(root.join("tests/python/make_filter_corpus.py"))
-        .arg(&corpus)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python_check("make_filter_corpus.py", &[corpus.as_os_str()]);
     assert_eq!(
         strata_store::sha256_file(&corpus).unwrap(),
         expected["corpus"]["sha256"].as_str().unwrap(),
@@ -651,12 +642,7 @@ fn filters_remove_what_datatrove_removes_on_the_filter_corpus() {
 fn spacy_rule_tokenizer_equals_spacy_on_varied_lines() {
     let dir = fresh_dir("spacy-parity");
     let out = dir.join("spacy.json");
-    let r = std::process::Command::new(common::venv_python())
-        .arg(common::repo_root().join("tests/python/spacy_tokens.py"))
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    common::python_check("spacy_tokens.py", &[out.as_os_str()]);
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
     assert!(rows.len() >= 300);
