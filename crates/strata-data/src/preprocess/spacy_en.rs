@@ -226,6 +226,11 @@ fn infixes(s: &str, mut f: impl FnMut(usize, usize)) {
 /// are checked on the captured parts.
 fn is_url(s: &str) -> bool {
     static RE: OnceLock<regex::Regex> = OnceLock::new();
+    // Every match has a dot (host labels end in one, an IPv4 address has three): most pieces (plain words after
+    // their punctuation is peeled) are answered here, without running the regex.
+    if !s.contains('.') {
+        return false;
+    }
     let re = RE.get_or_init(|| {
         regex::Regex::new(concat!(
             r"^(?:(?:[\w\+\-\.]{2,})://)?",
