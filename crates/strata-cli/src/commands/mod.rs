@@ -8,6 +8,7 @@ use crate::cli::{BenchCommand, Cli, Command, DomainCommand, PipelineCommand};
 
 mod acquire;
 mod bench;
+mod deid;
 pub mod demo;
 pub mod eval;
 mod export;
@@ -44,6 +45,7 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(a) => demo::run(&store, a),
         Command::Import(a) => import::run(&store, a),
+        Command::Deid(c) => deid::run(c),
         Command::Bench(BenchCommand::Decode(a)) => bench::run(&store, a),
         Command::Bench(BenchCommand::Logits(a)) => bench::logits(&store, a),
         Command::Export(a) => export::run(&store, a),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use strata_data::preprocess::distributed::{self, Phase};
 use strata_data::preprocess::{
     preprocess, C4Quality, CharQuality, DecontamConfig, EvalSet, FineWebQuality, GopherQuality,
-    GopherRepetition, LanguageFilter, MinHashConfig, PiiRedact, PreprocessConfig, StageConfig,
+    GopherRepetition, LanguageFilter, MinHashConfig, PreprocessConfig, StageConfig,
 };
 use strata_data::tasks::Task;
 use strata_store::Store;
@@ -56,8 +56,11 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
             n: 13,
         }));
     }
-    if a.pii {
-        stages.push(StageConfig::PiiRedact(PiiRedact::default()));
+    if let Some(mode) = a.pii {
+        stages.push(StageConfig::PiiRedact(super::deid::pii_config(
+            mode,
+            &a.pii_lexicon,
+        )));
     }
     stages.push(StageConfig::ExactDedup);
     if a.minhash {
@@ -106,5 +109,6 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!("{stats}");
+    super::deid::print_found(&stats);
     Ok(ExitCode::SUCCESS)
 }

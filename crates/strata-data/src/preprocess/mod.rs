@@ -6,6 +6,8 @@ mod c4;
 mod chars;
 mod decontam;
 mod dedup;
+mod deid;
+pub mod deid_eval;
 pub mod distributed;
 mod filter;
 mod fineweb;
@@ -16,6 +18,7 @@ mod pii;
 mod quality;
 mod repetition;
 mod spacy_en;
+mod surrogate;
 pub mod words;
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,14 +34,16 @@ pub use c4::{count_sentences, C4Quality};
 pub use chars::CharQuality;
 pub use decontam::{DecontamConfig, Decontaminate, EvalSet};
 pub use dedup::ExactDedup;
+pub use deid::Lexicon;
 pub use filter::MinLength;
 pub use fineweb::FineWebQuality;
 pub use language::LanguageFilter;
 pub use minhash::{MinHashConfig, MinHashDedup};
 pub use normalize::Normalize;
-pub use pii::PiiRedact;
+pub use pii::{Deid, PiiKind, PiiMode, PiiRedact, PiiSpan};
 pub use quality::GopherQuality;
 pub use repetition::GopherRepetition;
+pub use surrogate::{shift_date, Surrogates};
 
 /// What a stage decides for one document.
 pub enum Verdict {
@@ -72,6 +77,10 @@ pub trait Stage: Send + Sync {
     fn apply(&self, doc: Doc) -> Verdict {
         Verdict::Keep(doc)
     }
+    /// What this stage found in a document it kept, by kind, for `stats.json` (PII counts).
+    fn tally(&self, _doc: &Doc) -> Vec<(String, usize)> {
+        Vec::new()
+    }
     /// Per-document work of a stateful stage that can run in parallel (e.g. a MinHash signature).
     fn prepare(&self, _doc: &Doc) -> Prepared {
         Prepared::None
@@ -104,7 +113,8 @@ pub enum StageConfig {
     GopherRepetition(GopherRepetition),
     /// MinHash LSH near-duplicate removal (keeps the first of each cluster).
     MinhashDedup(MinHashConfig),
-    /// PII replaced by typed placeholders (e-mails, phones, IPs, national IDs, MRNs, birth dates, names).
+    /// PII replaced by typed placeholders or consistent surrogates (e-mails, phones, IPs, national IDs, MRNs,
+    /// birth dates; in prose: names, locations, dates, ages over 89).
     PiiRedact(PiiRedact),
     /// Keep the listed languages (ISO 639-3) detected with enough confidence; label every kept document.
     Language(LanguageFilter),
@@ -134,7 +144,7 @@ impl StageConfig {
             StageConfig::GopherQuality(g) => Box::new(g.clone()),
             StageConfig::GopherRepetition(g) => Box::new(g.clone()),
             StageConfig::MinhashDedup(c) => Box::new(MinHashDedup::new(c.clone())),
-            StageConfig::PiiRedact(p) => Box::new(p.clone()),
+            StageConfig::PiiRedact(p) => Box::new(Deid::new(p)?),
             StageConfig::Language(l) => Box::new(l.clone()),
             StageConfig::C4Quality(c) => Box::new(c.clone()),
             StageConfig::FinewebQuality(f) => Box::new(f.clone()),
@@ -184,6 +194,9 @@ pub struct StageStats {
     pub input: usize,
     pub kept: usize,
     pub removed: BTreeMap<String, usize>,
+    /// What a stage that changes text found, by kind (PII redaction: `name`, `date`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub found: BTreeMap<String, usize>,
 }
 
 /// Runs the stages over dataset `input`, writing dataset `output`.
@@ -410,16 +423,25 @@ fn run_batch(
             let run: &[Box<dyn Stage>] = &stages[i..j];
             // each document walks the run; the result says where it stopped and why
             let results = par_map(docs, threads, &|mut doc: Doc| {
+                let mut found = Vec::new();
                 for (k, st) in run.iter().enumerate() {
                     match st.apply(doc) {
-                        Verdict::Keep(d) => doc = d,
-                        Verdict::Drop(reason) => return Err((k, reason)),
+                        Verdict::Keep(d) => {
+                            for (kind, n) in st.tally(&d) {
+                                found.push((k, kind, n));
+                            }
+                            doc = d;
+                        }
+                        Verdict::Drop(reason) => return (Err((k, reason)), found),
                     }
                 }
-                Ok(doc)
+                (Ok(doc), found)
             });
             docs = Vec::with_capacity(results.len());
-            for r in results {
+            for (r, found) in results {
+                for (k, kind, n) in found {
+                    *stats[i + k].found.entry(kind).or_default() += n;
+                }
                 let stop = r.as_ref().err().map_or(j - i, |e| e.0);
                 for st in &mut stats[i..i + stop] {
                     st.input += 1;

@@ -1,21 +1,41 @@
-//! PII redaction: personal data replaced by typed placeholders (`<EMAIL>`, `<PHONE>`, `<IP>`, `<ID>`,
-//! `<MRN>`, `<DOB>`, `<NAME>`), in English and Chinese clinical text. Matched: e-mail addresses; phone
-//! numbers (North American and international formats, Chinese mobiles and landlines); IPv4 addresses; US
-//! social security numbers and Chinese resident identity numbers (checksum and birth date verified);
-//! medical record numbers, dates of birth and patient names after their field labels (`MRN:`, `DOB:`,
-//! `Patient:`, `病历号：`, `出生日期：`, `姓名：` …). Numbers that are not behind a label and do not have
-//! the shape of a phone or an identity number (doses, measurements, lab values, codes) are left alone.
+//! PII redaction: personal data found in English and Chinese clinical text and replaced, either by typed
+//! placeholders (`<EMAIL>`, `<PHONE>`, `<IP>`, `<ID>`, `<MRN>`, `<DOB>`, `<NAME>`, `<LOCATION>`, `<DATE>`,
+//! `<AGE>`) or by consistent surrogates (`mode = "surrogate"`: the same person keeps one fake name through a
+//! document, and dates move by one offset per document; see [`super::surrogate`]).
+//!
+//! Found by pattern: e-mail addresses; phone numbers (North American and international formats, Chinese mobiles
+//! and landlines); IPv4 addresses; US social security numbers and Chinese resident identity numbers (checksum
+//! and birth date verified); medical record numbers, dates of birth and patient names after their field labels
+//! (`MRN:`, `DOB:`, `Patient:`, `病历号：`, `出生日期：`, `姓名：` …). Found in prose ([`super::deid`]): person
+//! names (titles, relations, full names, first names, earlier mentions; Chinese names by surname and context),
+//! street addresses and towns, dates, and ages over 89. Medicine is protected: eponyms from the terminologies
+//! (Paget disease, Bell's palsy) are never names. Numbers that are not behind a label and do not have the shape
+//! of a phone, an identity number or a date (doses, measurements, lab values, codes) are left alone.
 //! Each document's counts go to its metadata as `pii: {kind: n}`.
 
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
-use regex::{Captures, Regex};
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use super::deid::{self, Lexicon};
+use super::surrogate::Surrogates;
 use super::{Stage, Verdict};
 use crate::Doc;
 
-/// Which kinds to redact (all by default).
+/// How found PII is replaced.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiMode {
+    /// `<NAME>`, `<DATE>`, … (the default).
+    #[default]
+    Placeholder,
+    /// Fake names, places and shifted dates, consistent within a document.
+    Surrogate,
+}
+
+/// Which kinds to redact (all by default), how, and where the name lexicon is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 #[allow(clippy::struct_excessive_bools)]
@@ -27,6 +47,17 @@ pub struct PiiRedact {
     pub medical_record_numbers: bool,
     pub dates_of_birth: bool,
     pub names: bool,
+    /// Street addresses, towns and cities (anything smaller than a state).
+    pub locations: bool,
+    /// Dates with a day or a month (a bare year stays).
+    pub dates: bool,
+    /// Ages over 89.
+    pub ages: bool,
+    pub mode: PiiMode,
+    /// The lexicon folder built by `scripts/fetch-data.sh` (`data/lexicon/deid`): name lists, places and the
+    /// protected medical vocabulary. Without it only titles, relations, labels and patterns find names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lexicon: Option<PathBuf>,
 }
 
 impl Default for PiiRedact {
@@ -39,7 +70,77 @@ impl Default for PiiRedact {
             medical_record_numbers: true,
             dates_of_birth: true,
             names: true,
+            locations: true,
+            dates: true,
+            ages: true,
+            mode: PiiMode::Placeholder,
+            lexicon: None,
         }
+    }
+}
+
+/// What a span is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PiiKind {
+    Email,
+    Phone,
+    Ip,
+    Id,
+    Mrn,
+    Dob,
+    Name,
+    Location,
+    Date,
+    Age,
+}
+
+impl PiiKind {
+    /// The placeholder's word (`NAME` in `<NAME>`).
+    #[must_use]
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::Email => "EMAIL",
+            Self::Phone => "PHONE",
+            Self::Ip => "IP",
+            Self::Id => "ID",
+            Self::Mrn => "MRN",
+            Self::Dob => "DOB",
+            Self::Name => "NAME",
+            Self::Location => "LOCATION",
+            Self::Date => "DATE",
+            Self::Age => "AGE",
+        }
+    }
+}
+
+/// One found piece of PII: byte offsets into the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PiiSpan {
+    pub start: usize,
+    pub end: usize,
+    pub kind: PiiKind,
+}
+
+/// Non-overlapping spans; the first claim on a stretch of text wins, so detectors run in priority order.
+#[derive(Debug, Default)]
+pub(crate) struct Spans(pub(crate) Vec<PiiSpan>);
+
+impl Spans {
+    /// Adds `[start, end)` unless it is empty or overlaps a span already there. Whether it was added.
+    pub(crate) fn add(&mut self, start: usize, end: usize, kind: PiiKind) -> bool {
+        if start >= end || self.overlaps(start, end) {
+            return false;
+        }
+        self.0.push(PiiSpan { start, end, kind });
+        true
+    }
+    pub(crate) fn overlaps(&self, start: usize, end: usize) -> bool {
+        self.0.iter().any(|s| s.start < end && start < s.end)
+    }
+    fn sorted(mut self) -> Vec<PiiSpan> {
+        self.0.sort_by_key(|s| s.start);
+        self.0
     }
 }
 
@@ -118,78 +219,166 @@ fn valid_cn_id(id: &str) -> bool {
     b[17].to_ascii_uppercase() == check
 }
 
-impl PiiRedact {
-    /// The text with PII replaced, and how many of each kind.
+/// A redactor ready to run: the configuration and its lexicon, loaded once.
+#[derive(Clone)]
+pub struct Deid {
+    cfg: PiiRedact,
+    lexicon: Option<Arc<Lexicon>>,
+}
+
+impl std::fmt::Debug for Deid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deid")
+            .field("cfg", &self.cfg)
+            .field("lexicon", &self.lexicon.is_some())
+            .finish()
+    }
+}
+
+impl Deid {
+    /// Loads the configured lexicon.
+    ///
+    /// # Errors
+    /// When the lexicon folder is missing or a list in it cannot be read.
+    pub fn new(cfg: &PiiRedact) -> crate::Result<Self> {
+        let lexicon = match &cfg.lexicon {
+            Some(dir) => Some(Arc::new(Lexicon::load(dir)?)),
+            None => None,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            lexicon,
+        })
+    }
+
+    /// Without a lexicon: labels, patterns, titles, relations, addresses, dates and ages only.
     #[must_use]
-    pub fn redact(&self, text: &str) -> (String, Vec<(&'static str, usize)>) {
+    pub fn without_lexicon(cfg: &PiiRedact) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            lexicon: None,
+        }
+    }
+
+    /// With a lexicon already in memory.
+    #[must_use]
+    pub fn with_lexicon(cfg: &PiiRedact, lexicon: Lexicon) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            lexicon: Some(Arc::new(lexicon)),
+        }
+    }
+
+    #[must_use]
+    pub fn lexicon(&self) -> Option<&Lexicon> {
+        self.lexicon.as_deref()
+    }
+
+    /// Every piece of PII in `text`, in text order, not overlapping.
+    #[must_use]
+    pub fn find(&self, text: &str) -> Vec<PiiSpan> {
+        let c = &self.cfg;
         let p = patterns();
-        let mut counts: Vec<(&'static str, usize)> = Vec::new();
-        let mut out = text.to_string();
-        let mut apply = |out: &mut String,
-                         on: bool,
-                         re: &Regex,
-                         kind: &'static str,
-                         keep: &dyn Fn(&str) -> bool| {
+        let mut spans = Spans::default();
+        let mut pattern = |on: bool, re: &Regex, kind: PiiKind, keep: &dyn Fn(&str) -> bool| {
             if !on {
                 return;
             }
-            let mut n = 0;
-            // the group is replaced; what the guards matched around it stays
-            let replaced = re.replace_all(out, |c: &Captures<'_>| {
-                let whole = c.get(0).map_or("", |m| m.as_str());
-                let Some(g) = c.get(1).or_else(|| c.get(0)) else {
-                    return whole.to_string();
-                };
-                if !keep(g.as_str()) {
-                    return whole.to_string();
+            for m in re.captures_iter(text) {
+                if let Some(g) = m.get(1).or_else(|| m.get(0)) {
+                    if keep(g.as_str()) {
+                        spans.add(g.start(), g.end(), kind);
+                    }
                 }
-                n += 1;
-                let start = g.start() - c.get(0).map_or(0, |m| m.start());
-                let end = start + g.as_str().len();
-                format!("{}<{kind}>{}", &whole[..start], &whole[end..])
-            });
-            *out = replaced.into_owned();
-            if n > 0 {
-                counts.push((kind, n));
             }
         };
         let any = |_: &str| true;
         // labelled fields first, so that "MRN: 12345678" is an MRN and not a phone
-        apply(&mut out, self.medical_record_numbers, &p.mrn, "MRN", &any);
-        apply(&mut out, self.dates_of_birth, &p.dob, "DOB", &any);
-        apply(&mut out, self.emails, &p.email, "EMAIL", &any);
-        apply(&mut out, self.national_ids, &p.cn_id, "ID", &valid_cn_id);
-        apply(&mut out, self.national_ids, &p.ssn, "ID", &any);
-        apply(&mut out, self.phones, &p.cn_mobile, "PHONE", &any);
-        apply(&mut out, self.phones, &p.phone, "PHONE", &any);
-        apply(&mut out, self.phones, &p.cn_landline, "PHONE", &any);
-        apply(&mut out, self.ips, &p.ipv4, "IP", &any);
+        pattern(c.medical_record_numbers, &p.mrn, PiiKind::Mrn, &any);
+        pattern(c.dates_of_birth, &p.dob, PiiKind::Dob, &any);
+        pattern(c.emails, &p.email, PiiKind::Email, &any);
+        pattern(c.national_ids, &p.cn_id, PiiKind::Id, &valid_cn_id);
+        pattern(c.national_ids, &p.ssn, PiiKind::Id, &any);
+        pattern(c.phones, &p.cn_mobile, PiiKind::Phone, &any);
+        pattern(c.phones, &p.phone, PiiKind::Phone, &any);
+        pattern(c.phones, &p.cn_landline, PiiKind::Phone, &any);
+        pattern(c.ips, &p.ipv4, PiiKind::Ip, &any);
         let is_name = |s: &str| {
             !NOT_NAMES
                 .iter()
                 .any(|w| s == *w || s.starts_with(&format!("{w} ")))
         };
-        apply(&mut out, self.names, &p.name, "NAME", &is_name);
-        apply(&mut out, self.names, &p.cn_name, "NAME", &any);
+        pattern(c.names, &p.name, PiiKind::Name, &is_name);
+        pattern(c.names, &p.cn_name, PiiKind::Name, &any);
+        deid::find_prose(text, c, self.lexicon.as_deref(), &mut spans);
+        spans.sorted()
+    }
+
+    /// The text with PII replaced, and how many of each kind. `key` seeds the surrogates (the document id).
+    #[must_use]
+    pub fn redact_keyed(&self, text: &str, key: &str) -> (String, Vec<(PiiKind, usize)>) {
+        let spans = self.find(text);
+        let mut counts: Vec<(PiiKind, usize)> = Vec::new();
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        let mut surrogates = (self.cfg.mode == PiiMode::Surrogate)
+            .then(|| Surrogates::new(key, self.lexicon.as_deref()));
+        for s in &spans {
+            out.push_str(&text[at..s.start]);
+            let found = &text[s.start..s.end];
+            if let Some(sur) = &mut surrogates {
+                out.push_str(&sur.replace(found, s.kind));
+            } else {
+                out.push('<');
+                out.push_str(s.kind.tag());
+                out.push('>');
+            }
+            at = s.end;
+            match counts.iter_mut().find(|(k, _)| *k == s.kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s.kind, 1)),
+            }
+        }
+        out.push_str(&text[at..]);
         (out, counts)
     }
 }
 
-impl Stage for PiiRedact {
+impl PiiRedact {
+    /// The text with PII replaced (placeholders, no lexicon), and how many of each kind.
+    #[must_use]
+    pub fn redact(&self, text: &str) -> (String, Vec<(&'static str, usize)>) {
+        let (out, counts) = Deid::without_lexicon(self).redact_keyed(text, "");
+        (out, counts.into_iter().map(|(k, n)| (k.tag(), n)).collect())
+    }
+}
+
+impl Stage for Deid {
     fn name(&self) -> &'static str {
         "pii_redact"
     }
     fn apply(&self, mut doc: Doc) -> Verdict {
-        let (text, counts) = self.redact(&doc.text);
+        let (text, counts) = self.redact_keyed(&doc.text, &doc.id);
         if !counts.is_empty() {
             let m: serde_json::Map<String, serde_json::Value> = counts
                 .into_iter()
-                .map(|(k, n)| (k.to_ascii_lowercase(), n.into()))
+                .map(|(k, n)| (k.tag().to_ascii_lowercase(), n.into()))
                 .collect();
             doc.meta.insert("pii".into(), m.into());
             doc.text = text;
         }
         Verdict::Keep(doc)
+    }
+    fn tally(&self, doc: &Doc) -> Vec<(String, usize)> {
+        doc.meta
+            .get("pii")
+            .and_then(|v| v.as_object())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), usize::try_from(v.as_u64()?).ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -362,6 +551,6 @@ mod tests {
         #[allow(clippy::cast_precision_loss)]
         let recall = found as f64 / planted as f64;
         eprintln!("PII recall {found}/{planted} = {recall:.4}");
-        assert!(recall >= 0.99, "recall {recall}: missed {missed:?}");
+        assert!(missed.is_empty(), "recall {recall}: missed {missed:?}");
     }
 }

@@ -1,0 +1,125 @@
+//! `strata deid`: score the de-identification stage on labelled notes, or redact one text.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+
+use strata_data::preprocess::deid_eval::{evaluate, read_notes, DeidReport};
+use strata_data::preprocess::{Deid, PiiMode, PiiRedact};
+
+use crate::cli::{DeidCommand, PiiModeArg};
+
+/// The PII stage for `--pii MODE --pii-lexicon DIR`: without the lexicon folder, a warning and the
+/// lexicon-free rules.
+pub fn pii_config(mode: PiiModeArg, lexicon: &Path) -> PiiRedact {
+    let lexicon = if lexicon.is_dir() {
+        Some(lexicon.to_path_buf())
+    } else {
+        eprintln!(
+            "warning: no PII lexicon at {} (build it with scripts/fetch-data.sh --lexicon): names in prose are \
+             found only after titles, relations and labels",
+            lexicon.display()
+        );
+        None
+    };
+    PiiRedact {
+        mode: match mode {
+            PiiModeArg::Placeholder => PiiMode::Placeholder,
+            PiiModeArg::Surrogate => PiiMode::Surrogate,
+        },
+        lexicon,
+        ..PiiRedact::default()
+    }
+}
+
+/// One line per PII type from a dataset's stats.json: `pii: name 1204, date 311, …`.
+pub fn print_found(stats_json: &str) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(stats_json) else {
+        return;
+    };
+    let stages = v
+        .get("stages")
+        .and_then(|s| s.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for st in stages {
+        if let Some(found) = st.get("found").and_then(|f| f.as_object()) {
+            let mut parts: Vec<(String, u64)> = found
+                .iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                .collect();
+            parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let line: Vec<String> = parts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            println!(
+                "{}: {}",
+                st.get("stage").and_then(|s| s.as_str()).unwrap_or("stage"),
+                line.join(", ")
+            );
+        }
+    }
+}
+
+fn lexicon_or_fail(dir: &Path) -> anyhow::Result<Deid> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "no PII lexicon at {} (build it with scripts/fetch-data.sh --lexicon, or pass --lexicon DIR)",
+            dir.display()
+        );
+    }
+    Ok(Deid::new(&PiiRedact {
+        lexicon: Some(dir.to_path_buf()),
+        ..PiiRedact::default()
+    })?)
+}
+
+pub fn run(c: &DeidCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        DeidCommand::Eval {
+            notes,
+            lexicon,
+            json,
+            show,
+        } => {
+            let deid = lexicon_or_fail(lexicon)?;
+            let notes = read_notes(notes)?;
+            let r: DeidReport = evaluate(&deid, &notes);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", r.table());
+                for m in r.missed.iter().take(*show) {
+                    println!("missed {m}");
+                }
+                for l in r.lost.iter().take(*show) {
+                    println!("lost   {l}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeidCommand::Redact {
+            lexicon,
+            surrogate,
+            id,
+        } => {
+            let mut cfg = PiiRedact {
+                lexicon: Some(lexicon.clone()),
+                ..PiiRedact::default()
+            };
+            if *surrogate {
+                cfg.mode = PiiMode::Surrogate;
+            }
+            if !lexicon.is_dir() {
+                anyhow::bail!(
+                    "no PII lexicon at {} (build it with scripts/fetch-data.sh --lexicon)",
+                    lexicon.display()
+                );
+            }
+            let deid = Deid::new(&cfg)?;
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            let (out, _) = deid.redact_keyed(&text, id);
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
