@@ -137,36 +137,36 @@ fn prose() -> &'static Prose {
         let seq = format!(r"{CAP}(?:[ \t]+(?:\p{{Lu}}\.[ \t]+)?{CAP}){{0,2}}");
         Prose {
             title: re(&format!(
-                r"\b(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Professor|Nurse|Sister|Rev|Doctor)\.?[ \t]+((?:\p{{Lu}}\.[ \t]*)?{seq})"
+                r"(?-u:\b)(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Professor|Nurse|Sister|Rev|Doctor)\.?[ \t]+((?:\p{{Lu}}\.[ \t]*)?{seq})"
             )),
             relation: re(&format!(
-                r"\b(?:son|daughter|husband|wife|brother|sister|mother|father|niece|nephew|grandson|granddaughter|grandmother|grandfather|neighbou?r|partner|friend|carer|caregiver|spouse|fianc[ée]e?|cousin|aunt|uncle|named|called)(?:-in-law)?,?[ \t]+({seq})"
+                r"(?-u:\b)(?:son|daughter|husband|wife|brother|sister|mother|father|niece|nephew|grandson|granddaughter|grandmother|grandfather|neighbou?r|partner|friend|carer|caregiver|spouse|fianc[ée]e?|cousin|aunt|uncle|named|called)(?:-in-law)?,?[ \t]+({seq})"
             )),
             word: re(r"\p{L}(?:\p{L}|\p{M})*(?:['’-](?:\p{L}|\p{M})+)*"),
             address: re(&format!(
-                r"\b\d{{1,5}}[A-Za-z]?[ \t]+(?:[NSEW]\.?[ \t]+)?(?:{CAP}[ \t]+){{1,3}}(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Court|Ct|Boulevard|Blvd|Way|Place|Pl|Terrace|Close|Crescent|Circle|Parkway|Pkwy|Highway|Hwy|Square|Row|Trail|Grove|Gardens|Walk|Alley)\b\.?(?:,?[ \t]+(?:Apt|Apartment|Unit|Suite|Flat|#)\.?[ \t]*[\w-]+)?"
+                r"(?-u:\b)\d{{1,5}}[A-Za-z]?[ \t]+(?:[NSEW]\.?[ \t]+)?(?:{CAP}[ \t]+){{1,3}}(?:Street|St|Road|Rd|Avenue|Ave|Lane|Ln|Drive|Dr|Court|Ct|Boulevard|Blvd|Way|Place|Pl|Terrace|Close|Crescent|Circle|Parkway|Pkwy|Highway|Hwy|Square|Row|Trail|Grove|Gardens|Walk|Alley)(?-u:\b)\.?(?:,?[ \t]+(?:Apt|Apartment|Unit|Suite|Flat|#)\.?[ \t]*[\w-]+)?"
             )),
             after_address: re(&format!(
                 r"^,?[ \t]+({CAP}(?:[ \t]+{CAP}){{0,2}})(?:,?[ \t]+[A-Z]{{2}}(?:[ \t]+\d{{5}}(?:-\d{{4}})?)?)?"
             )),
             live_in: re(&format!(
-                r"\b(?:live[sd]?|living|resides?|resided|residing|moved|relocated|returned|born|grew up|home|travell?ed|originally|hometown)\b[^.;\n]{{0,24}}?\b(?:in|from|to|at|near)[ \t]+({CAP}(?:[ \t]+{CAP}){{0,2}})"
+                r"(?-u:\b)(?:live[sd]?|living|resides?|resided|residing|moved|relocated|returned|born|grew up|home|travell?ed|originally|hometown)(?-u:\b)[^.;\n]{{0,24}}?(?-u:\b)(?:in|from|to|at|near)[ \t]+({CAP}(?:[ \t]+{CAP}){{0,2}})"
             )),
             place_prep: re(&format!(
-                r"\b(?:in|from|to|near|at|of)[ \t]+({CAP}(?:[ \t]+{CAP}){{0,2}})"
+                r"(?-u:\b)(?:in|from|to|near|at|of)[ \t]+({CAP}(?:[ \t]+{CAP}){{0,2}})"
             )),
             date_words: re(&format!(
-                r"\b(?:{MONTH}[ \t]+\d{{1,2}}(?:st|nd|rd|th)?(?:,?[ \t]+\d{{4}})?|\d{{1,2}}(?:st|nd|rd|th)?(?:[ \t]+of)?[ \t]+{MONTH}(?:,?[ \t]+\d{{4}})?|{MONTH},?[ \t]+\d{{4}})\b"
+                r"(?-u:\b)(?:{MONTH}[ \t]+\d{{1,2}}(?:st|nd|rd|th)?(?:,?[ \t]+\d{{4}})?|\d{{1,2}}(?:st|nd|rd|th)?(?:[ \t]+of)?[ \t]+{MONTH}(?:,?[ \t]+\d{{4}})?|{MONTH},?[ \t]+\d{{4}})(?-u:\b)"
             )),
             date_numeric: re(r"(?:^|[^\d./-])((\d{1,2})([/.-])(\d{1,2})([/.-])(\d{4}|\d{2}))(?:[^\d./-]|[./-]\D|[./-]?$)"),
             date_iso: re(r"(?:^|[^\d./-])((\d{4})([/.-])(\d{1,2})([/.-])(\d{1,2}))(?:[^\d./-]|[./-]\D|[./-]?$)"),
             date_cn: re(r"\d{4}年\d{1,2}月(?:\d{1,2}[日号])?|\d{1,2}月\d{1,2}[日号]"),
-            age: re(r"(?i)\b(?:(?:9\d|1[01]\d)[ \t-]*(?:years?|yrs?|y)[ \t-]*old|(?:9\d|1[01]\d)[ \t]*(?:yo|y/o|y\.o\.)|(?:aged?|age:)[ \t]+(?:9\d|1[01]\d))\b"),
+            age: re(r"(?i)(?-u:\b)(?:(?:9\d|1[01]\d)[ \t-]*(?:years?|yrs?|y)[ \t-]*old|(?:9\d|1[01]\d)[ \t]*(?:yo|y/o|y\.o\.)|(?:aged?|age:)[ \t]+(?:9\d|1[01]\d))(?-u:\b)"),
             age_cn: re(r"(?:9\d|1[01]\d)(?:周岁|岁)"),
-            comma_age: re(r"^,[ \t]*((?:9\d|1[01]\d))\b"),
-            name_age: re(r"^,[ \t]*\d{1,3}(?:[ \t]*(?:y|yo|yrs?|years?))?[ \t]*(?:,|\(|[MF]\b)"),
+            comma_age: re(r"^,[ \t]*((?:9\d|1[01]\d))(?-u:\b)"),
+            name_age: re(r"^,[ \t]*\d{1,3}(?:[ \t]*(?:y|yo|yrs?|years?))?[ \t]*(?:,|\(|[MF](?-u:\b))"),
             told: re(&format!(
-                r"\b(?:phone|phoned|call|called|ring|rang|text|texted|tell|told|ask|asked|inform|informed|contact|contacted|notify|notified|update|updated|reassure|reassured|thank|thanked|meet|met|accompanied by|seen by|reviewed by|referred by|examined by|discussed with|spoke (?:to|with)|spoken (?:to|with)|per)[ \t]+({CAP}(?:[ \t]+{CAP})?)\b"
+                r"(?-u:\b)(?:phone|phoned|call|called|ring|rang|text|texted|tell|told|ask|asked|inform|informed|contact|contacted|notify|notified|update|updated|reassure|reassured|thank|thanked|meet|met|accompanied by|seen by|reviewed by|referred by|examined by|discussed with|spoke (?:to|with)|spoken (?:to|with)|per)[ \t]+({CAP}(?:[ \t]+{CAP})?)(?-u:\b)"
             )),
             cn_address: re(r"(?:\p{Han}{2,7}?(?:省|自治区))?(?:\p{Han}{2,7}?市)?(?:\p{Han}{1,7}?(?:区|县|旗))?(?:\p{Han}{1,10}?(?:镇|乡|街道))?\p{Han}{1,10}?(?:大街|大道|路|街|巷|胡同|弄)\d+号(?:\d+(?:栋|幢|号楼))?(?:\d+单元)?(?:\d+室)?"),
         }
