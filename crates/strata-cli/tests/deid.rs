@@ -7,6 +7,7 @@
 mod common;
 
 use common::{deid_lexicon, fresh_dir, repo_root, run, strata};
+use strata_data::preprocess::{shift_date, Surrogates};
 
 fn notes(dir: &std::path::Path, count: usize, seed: u64) -> std::path::PathBuf {
     let out = dir.join(format!("notes-{seed}.jsonl"));
@@ -108,11 +109,23 @@ fn surrogates_through_preprocess_replace_every_identifier_consistently() {
     let mut checked = 0;
     for (doc, note) in docs.iter().zip(&labelled) {
         assert_eq!(doc.meta["lang"], note["lang"]);
+        // the document's one date offset, from its id as the stage seeds it
+        let shift = Surrogates::new(&doc.id, None).shift_days();
         for s in note["spans"].as_array().unwrap() {
             let t = s["text"].as_str().unwrap();
-            // a short given name may come back by chance inside another word; whole identifiers must not. An
-            // age over 89 becomes 90 (HIPAA's "90 or older"), so an age of 90 stays 90.
-            if t.chars().count() >= 4 && s["type"] != "AGE" {
+            if s["type"] == "DATE" {
+                // every date is there moved by the offset (a moved date may equal another original one, so
+                // "the original is gone" is not the test)
+                let moved = shift_date(t, shift).unwrap_or_else(|| panic!("{t:?} is not a date"));
+                assert!(
+                    doc.text.contains(&moved),
+                    "{t:?} + {shift} days = {moved:?} not in {}",
+                    doc.text
+                );
+                checked += 1;
+            } else if t.chars().count() >= 4 && s["type"] != "AGE" {
+                // a short given name may come back by chance inside another word; whole identifiers must not.
+                // An age over 89 becomes 90 (HIPAA's "90 or older"), so an age of 90 stays 90.
                 assert!(!doc.text.contains(t), "{t:?} survived in {}", doc.text);
                 checked += 1;
             }

@@ -124,6 +124,7 @@ struct Prose {
     name_age: Regex,
     told: Regex,
     cn_address: Regex,
+    cn_place: Regex,
 }
 
 const MONTH: &str = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)\.?";
@@ -169,6 +170,7 @@ fn prose() -> &'static Prose {
                 r"(?-u:\b)(?:phone|phoned|call|called|ring|rang|text|texted|tell|told|ask|asked|inform|informed|contact|contacted|notify|notified|update|updated|reassure|reassured|thank|thanked|meet|met|accompanied by|seen by|reviewed by|referred by|examined by|discussed with|spoke (?:to|with)|spoken (?:to|with)|per)[ \t]+({CAP}(?:[ \t]+{CAP})?)(?-u:\b)"
             )),
             cn_address: re(r"(?:\p{Han}{2,7}?(?:省|自治区))?(?:\p{Han}{2,7}?市)?(?:\p{Han}{1,7}?(?:区|县|旗))?(?:\p{Han}{1,10}?(?:镇|乡|街道))?\p{Han}{1,10}?(?:大街|大道|路|街|巷|胡同|弄)\d+号(?:\d+(?:栋|幢|号楼))?(?:\d+单元)?(?:\d+室)?"),
+            cn_place: re(r"(?:家住|住在|现住|居住于|居住在|来自|籍贯|户籍|住址[:：]?|地址[:：]?|迁居|搬到)((?:\p{Han}{1,8}?(?:省|自治区|市|区|县|镇|乡|村|路|街|大街|大道|小区))+)"),
         }
     })
 }
@@ -278,6 +280,12 @@ fn addresses(text: &str, p: &Prose, spans: &mut Spans) {
             }
         }
         spans.add(start, m.end(), PiiKind::Location);
+    }
+    // 家住北京市海淀区, 来自四川省成都市: places after living or coming from, without a house number
+    for c in p.cn_place.captures_iter(text) {
+        if let Some(g) = c.get(1) {
+            spans.add(g.start(), g.end(), PiiKind::Location);
+        }
     }
 }
 
@@ -771,6 +779,10 @@ mod tests {
                 "患者<NAME>，<AGE>，马凡综合征。",
             ),
             ("因墨菲征阳性复诊。", "因墨菲征阳性复诊。"),
+            (
+                "患者来自四川省成都市，家住武侯区。",
+                "患者来自<LOCATION>，家住<LOCATION>。",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(redact(text), want, "{text}");
