@@ -14,7 +14,7 @@ into target/bench-store and given to both servers as the same file. llama-server
 llama-cpp-python sdist (bench/llamacpp.py; LLAMA_SERVER=path skips the build). TTFT ratio = llama.cpp's p50 /
 Strata's (> 1: Strata answers sooner).
 
-usage: bench/serve.py [--threads 2] [--seconds 20] [--levels 1,8,32] [--types q8_0,q4_1]
+usage: bench/serve.py [--threads 2] [--seconds 20] [--levels 1,8,32] [--types q8_0,q4_1] [--strata-args '…']
 """
 import argparse
 import os
@@ -91,6 +91,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--types", default="q8_0,q4_1")
+    ap.add_argument("--strata-args", default="", help="more flags for strata serve, e.g. '--prefix-cache-mib 0'")
     a = ap.parse_args()
     levels = [int(x) for x in a.levels.split(",")]
     sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=ROOT)
@@ -115,7 +116,7 @@ def run_type(ty, gguf, model, server, levels, a):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = dict(os.environ, STRATA_THREADS=str(a.threads))
     strata = subprocess.Popen([STRATA, "--workdir", STORE, "serve", "--port", "18082", "--model", model,
-                               "--max-batch", str(max(top, 64))], env=env,
+                               "--max-batch", str(max(top, 64)), *a.strata_args.split()], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(18081, llama, "llama-server")

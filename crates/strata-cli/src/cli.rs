@@ -459,6 +459,10 @@ pub struct ServeArgs {
     /// KV-cache memory all running sequences of a model may hold, MiB.
     #[arg(long, default_value_t = 4096)]
     pub kv_budget_mib: usize,
+    /// Memory for the KV of recent prompts, MiB, per model: a prompt that begins as one of them (the chat
+    /// template's system turn, earlier turns of the same chat) is prefilled only from where they part. 0: off.
+    #[arg(long, default_value_t = 64)]
+    pub prefix_cache_mib: usize,
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 4096)]
     pub max_tokens_limit: usize,

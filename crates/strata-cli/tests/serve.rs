@@ -131,6 +131,49 @@ async fn batched_requests_over_three_adapters_equal_each_request_alone() {
     assert_eq!(st.loads(), 1, "the adapters share the base's one copy");
 }
 
+/// Prompts that begin alike reuse the KV of the first (the prefix cache): every text equals that of a server
+/// without the cache, over the base and a stacked adapter (whose KV differs), and /metrics counts the prompt
+/// tokens spared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_prompt_prefix_is_prefilled_once_and_changes_no_text() {
+    let off = state(strata_serve::http::ServeConfig {
+        batch: strata_serve::BatchConfig {
+            prefix_cache: 0,
+            ..strata_serve::BatchConfig::default()
+        },
+        ..strata_serve::http::ServeConfig::default()
+    });
+    let on = state(strata_serve::http::ServeConfig::default());
+    let (off_app, on_app) = (
+        strata_serve::app(off.clone()),
+        strata_serve::app(on.clone()),
+    );
+    let head = "The liver is normal and the duct is"; // the tiny model reads 64 tokens
+    let mut spared_at_least = 0;
+    for model in ["base", "us-lora", "base"] {
+        for (i, tail) in [" normal", " distended", " absent"].iter().enumerate() {
+            let t = if i == 1 { 0.8 } else { 0.0 };
+            let b = body(model, &format!("{head}{tail}"), i as u64, t);
+            let (s1, a) = post(&off_app, "/v1/completions", &b).await;
+            let (s2, c) = post(&on_app, "/v1/completions", &b).await;
+            assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{a} {c}");
+            assert_eq!(text_of(&a), text_of(&c), "{model}{tail}");
+            if i > 0 {
+                spared_at_least += 10; // the head is well over 10 tokens
+            }
+        }
+    }
+    let count = |st: &Arc<strata_serve::AppState>| -> usize {
+        let m = st.metrics.encode();
+        m.lines()
+            .filter(|l| l.starts_with("strata_prompt_tokens_cached_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .sum()
+    };
+    assert_eq!(count(&off), 0);
+    assert!(count(&on) >= spared_at_least, "{}", on.metrics.encode());
+}
+
 /// A full queue answers 429 with Retry-After; clients that go away free their places.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_queue_is_a_429_and_a_gone_client_frees_its_place() {

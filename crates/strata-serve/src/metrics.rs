@@ -17,6 +17,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
     prompt_tokens: Family<Labels, Counter>,
+    prompt_tokens_cached: Family<Labels, Counter>,
     completion_tokens: Family<Labels, Counter>,
     cancelled: Family<Labels, Counter>,
     waiting: Family<Labels, Gauge>,
@@ -35,6 +36,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("strata");
         let requests = Family::<Labels, Counter>::default();
         let prompt_tokens = Family::<Labels, Counter>::default();
+        let prompt_tokens_cached = Family::<Labels, Counter>::default();
         let completion_tokens = Family::<Labels, Counter>::default();
         let cancelled = Family::<Labels, Counter>::default();
         let waiting = Family::<Labels, Gauge>::default();
@@ -56,6 +58,11 @@ impl Default for Metrics {
             "prompt_tokens",
             "Prompt tokens processed",
             prompt_tokens.clone(),
+        );
+        registry.register(
+            "prompt_tokens_cached",
+            "Prompt tokens taken from the prefix cache instead of being prefilled",
+            prompt_tokens_cached.clone(),
         );
         registry.register(
             "completion_tokens",
@@ -96,6 +103,7 @@ impl Default for Metrics {
             registry,
             requests,
             prompt_tokens,
+            prompt_tokens_cached,
             completion_tokens,
             cancelled,
             waiting,
@@ -137,6 +145,11 @@ impl Metrics {
         self.completion_tokens
             .get_or_create(&model(m))
             .inc_by(completion as u64);
+    }
+    pub fn prompt_cached(&self, m: &str, n: usize) {
+        self.prompt_tokens_cached
+            .get_or_create(&model(m))
+            .inc_by(n as u64);
     }
     pub fn set_adapters(&self, n: usize) {
         self.adapters.set(n as i64);

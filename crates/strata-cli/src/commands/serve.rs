@@ -50,6 +50,7 @@ pub fn run(store: Store, a: &ServeArgs) -> anyhow::Result<ExitCode> {
             max_queue: a.max_queue,
             prefill_chunk: a.prefill_chunk,
             kv_budget: a.kv_budget_mib << 20,
+            prefix_cache: a.prefix_cache_mib << 20,
         },
         max_body: a.max_body_bytes,
         max_tokens: a.max_tokens_limit,

@@ -124,6 +124,43 @@ impl CpuCache {
         self.len = self.len.min(len);
     }
 
+    /// Takes the first `n` positions of `src` (a cache of the same model whose tokens begin as this one's
+    /// will): keys and values are copied, and this cache then holds exactly those `n` positions. A prompt
+    /// that starts like an earlier one (a chat template's system turn, an earlier turn of the same chat) is
+    /// then prefilled from position `n` on.
+    ///
+    /// # Panics
+    /// When `src` holds fewer than `n` positions, this cache has room for fewer, or the caches are of models
+    /// of different shapes.
+    pub fn copy_prefix(&mut self, src: &CpuCache, n: usize) {
+        assert!(
+            n <= src.len && n <= self.cap,
+            "prefix of {n} positions: source holds {}, room for {}",
+            src.len,
+            self.cap
+        );
+        assert!(
+            self.hd == src.hd && self.k.len() == src.k.len(),
+            "caches of different models"
+        );
+        let (hd, cs, cd) = (self.hd, src.cap, self.cap);
+        for (layer, (kd, vd)) in self.k.iter_mut().zip(self.v.iter_mut()).enumerate() {
+            let (ks, vs) = (&src.k[layer], &src.v[layer]);
+            let heads = ks.len() / (hd * cs);
+            for h in 0..heads {
+                // keys transposed: one run of n positions per (head, dimension)
+                for d in 0..hd {
+                    let (a, b) = ((h * hd + d) * cs, (h * hd + d) * cd);
+                    kd[b..b + n].copy_from_slice(&ks[a..a + n]);
+                }
+                // values by position: one run of n · hd per head
+                let (a, b) = (h * cs * hd, h * cd * hd);
+                vd[b..b + n * hd].copy_from_slice(&vs[a..a + n * hd]);
+            }
+        }
+        self.len = n;
+    }
+
     /// Keys are kept transposed (per kv head, row d = dimension d of every position), so that attention
     /// scores many positions per vector; values by position.
     fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
@@ -673,6 +710,32 @@ mod tests {
         });
         out.push(("llama3 rope, o bias, head_dim", c));
         out
+    }
+
+    #[test]
+    fn a_copied_prefix_continues_exactly_as_the_prompt_run_whole() {
+        for (what, cfg) in variants() {
+            let (_, tensors) = random_model(&cfg, 3);
+            let m = CpuModel::from_tensors(Path::new("mem"), cfg, tensors, None).unwrap();
+            // another prompt that shares the first 5 tokens, in a cache of another capacity
+            let mut first = CpuCache::new(&m, 20);
+            m.forward(&[3, 7, 1, 9, 4, 8, 8], &mut first, false)
+                .unwrap();
+            let mut whole = CpuCache::new(&m, 32);
+            let want = m.forward(&IDS, &mut whole, true).unwrap();
+            let mut reused = CpuCache::new(&m, 32);
+            reused.copy_prefix(&first, 5);
+            assert_eq!(reused.len(), 5);
+            let got = m.forward(&IDS[5..], &mut reused, true).unwrap();
+            let v = want.len() / IDS.len();
+            assert_eq!(got, want[5 * v..], "{what}");
+            // and on, one token at a time
+            assert_eq!(
+                m.forward(&[5], &mut reused, false).unwrap(),
+                m.forward(&[5], &mut whole, false).unwrap(),
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use strata_model::cpu::{BatchWork, LoraStack, Seq};
+
+use super::prefix::PrefixCache;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::sequence::{Generation, Output, Sequence};
@@ -28,6 +30,8 @@ pub struct BatchConfig {
     pub prefill_chunk: usize,
     /// Bytes of KV cache all running sequences may hold together.
     pub kv_budget: usize,
+    /// Bytes of recent prompts' KV kept to spare the prefill of prompts that begin the same way (0: off).
+    pub prefix_cache: usize,
 }
 
 impl Default for BatchConfig {
@@ -37,6 +41,7 @@ impl Default for BatchConfig {
             max_queue: 256,
             prefill_chunk: 256,
             kv_budget: 4 << 30,
+            prefix_cache: 64 << 20,
         }
     }
 }
@@ -204,6 +209,7 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
     let mut running: Vec<Running> = Vec::new();
     let mut kv_used = 0usize;
     let mut work = BatchWork::default();
+    let mut prefix = PrefixCache::new(cfg.prefix_cache);
     loop {
         {
             let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -217,7 +223,11 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
                     if kv_used + kv > cfg.kv_budget && !running.is_empty() {
                         break;
                     }
-                    let (job, submitted) = q.waiting.pop_front().expect("front exists");
+                    let (mut job, submitted) = q.waiting.pop_front().expect("front exists");
+                    let cached = prefix.reuse(&mut job.seq, job.adapters.as_ref());
+                    if cached > 0 {
+                        metrics.prompt_cached(&engine.name, cached);
+                    }
                     kv_used += kv;
                     running.push(Running {
                         job,
@@ -302,6 +312,9 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
                 .advance(ids.len(), &mut logits[k * v..(k + 1) * v], engine);
             if prefilling && r.job.seq.is_prefilling() {
                 continue; // more prompt to go
+            }
+            if prefilling {
+                prefix.insert(&engine.model, &r.job.seq, r.job.adapters.as_ref());
             }
             match r.last {
                 None => metrics.first_token(&engine.name, now - r.submitted),

@@ -5,6 +5,7 @@
 mod batch;
 mod generate;
 mod json;
+mod prefix;
 mod sampling;
 mod sequence;
 

@@ -149,6 +149,27 @@ impl Sequence {
     }
 
     #[must_use]
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+
+    /// Starts from the first `n` positions of `src`, a cache whose tokens begin as this prompt does (the
+    /// scheduler's prefix cache): the prompt is then prefilled from token `n` on. Only before any prefill,
+    /// and always leaving at least the prompt's last token to run (its logits choose the first token).
+    pub fn reuse_prefix(&mut self, src: &CpuCache, n: usize) {
+        if self.fed == 0 && self.cache.is_empty() && n > 0 && n < self.prompt.len() {
+            self.cache.copy_prefix(src, n);
+            self.fed = n;
+        }
+    }
+
+    /// Prompt tokens taken from the prefix cache instead of being prefilled.
+    #[must_use]
+    pub fn fed(&self) -> usize {
+        self.fed
+    }
+
+    #[must_use]
     pub fn completion_tokens(&self) -> usize {
         self.out.len()
     }
