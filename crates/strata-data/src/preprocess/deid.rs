@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 
 use super::pii::{PiiKind, PiiRedact, Spans};
+use super::surrogate::MONTHS;
 use crate::{DataError, Result};
 
 /// The lists of `scripts/deid_lexicon.py`.
@@ -530,19 +531,7 @@ fn propagate(
 }
 
 fn is_month_or_day(w: &str) -> bool {
-    const NAMES: [&str; 19] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
+    const DAYS: [&str; 7] = [
         "Monday",
         "Tuesday",
         "Wednesday",
@@ -551,10 +540,10 @@ fn is_month_or_day(w: &str) -> bool {
         "Saturday",
         "Sunday",
     ];
-    NAMES.contains(&w)
+    MONTHS.contains(&w) || DAYS.contains(&w)
 }
 
-fn is_han(c: char) -> bool {
+pub(crate) fn is_han(c: char) -> bool {
     ('\u{4e00}'..='\u{9fff}').contains(&c) || ('\u{3400}'..='\u{4dbf}').contains(&c)
 }
 

@@ -172,6 +172,29 @@ pub fn evaluate(deid: &Deid, notes: &[LabelledNote]) -> DeidReport {
     r
 }
 
+/// One block of the table: a header, a line per kind, and all kinds together.
+fn section(s: &mut String, head: [&str; 3], map: &BTreeMap<String, Tally>) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "{:<12} {:>7} {:>7} {:>8}",
+        head[0], "total", head[1], head[2]
+    );
+    let all = DeidReport::overall(map);
+    for (k, t) in map
+        .iter()
+        .chain(std::iter::once((&"all".to_string(), &all)))
+    {
+        let _ = writeln!(
+            s,
+            "{k:<12} {:>7} {:>7} {:>7.2}%",
+            t.total,
+            t.hit,
+            100.0 * t.share()
+        );
+    }
+}
+
 impl DeidReport {
     /// All types together.
     #[must_use]
@@ -195,52 +218,8 @@ impl DeidReport {
             self.seconds,
             self.mb_per_s
         );
-        let _ = writeln!(
-            s,
-            "{:<12} {:>7} {:>7} {:>8}",
-            "identifier", "total", "found", "recall"
-        );
-        for (k, t) in &self.recall {
-            let _ = writeln!(
-                s,
-                "{k:<12} {:>7} {:>7} {:>7.2}%",
-                t.total,
-                t.hit,
-                100.0 * t.share()
-            );
-        }
-        let all = Self::overall(&self.recall);
-        let _ = writeln!(
-            s,
-            "{:<12} {:>7} {:>7} {:>7.2}%",
-            "all",
-            all.total,
-            all.hit,
-            100.0 * all.share()
-        );
-        let _ = writeln!(
-            s,
-            "{:<12} {:>7} {:>7} {:>8}",
-            "decoy", "total", "kept", "kept"
-        );
-        for (k, t) in &self.decoys_kept {
-            let _ = writeln!(
-                s,
-                "{k:<12} {:>7} {:>7} {:>7.2}%",
-                t.total,
-                t.hit,
-                100.0 * t.share()
-            );
-        }
-        let all = Self::overall(&self.decoys_kept);
-        let _ = writeln!(
-            s,
-            "{:<12} {:>7} {:>7} {:>7.2}%",
-            "all",
-            all.total,
-            all.hit,
-            100.0 * all.share()
-        );
+        section(&mut s, ["identifier", "found", "recall"], &self.recall);
+        section(&mut s, ["decoy", "kept", "kept"], &self.decoys_kept);
         s
     }
 }

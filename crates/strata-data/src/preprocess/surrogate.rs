@@ -12,11 +12,11 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, Duration, NaiveDate};
 
-use super::deid::Lexicon;
+use super::deid::{is_han, Lexicon};
 use super::pii::PiiKind;
 use super::words::hash_bytes;
 
-const MONTHS: [&str; 12] = [
+pub(crate) const MONTHS: [&str; 12] = [
     "January",
     "February",
     "March",
@@ -201,10 +201,6 @@ impl<'a> Surrogates<'a> {
         self.names.insert(found.to_string(), out.clone());
         out
     }
-}
-
-fn is_han(c: char) -> bool {
-    ('\u{4e00}'..='\u{9fff}').contains(&c)
 }
 
 /// Every run of digits replaced by `with`.
