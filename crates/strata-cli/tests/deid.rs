@@ -163,9 +163,12 @@ fn labelled_notes_with_bad_offsets_are_refused_by_file_and_line() {
         "{}",
         r.stderr
     );
-    let r = run(strata(&dir)
+    // no store is created for de-identification
+    let nowhere = dir.join("no-store");
+    let r = run(strata(&nowhere)
         .args(["deid", "eval", "--lexicon", "/nonexistent"])
         .arg(&path));
+    assert!(!nowhere.exists());
     assert!(
         !r.ok && r.stderr.contains("fetch-data.sh --lexicon"),
         "{}",

@@ -28,6 +28,10 @@ pub fn open_store(args: &Cli) -> anyhow::Result<Store> {
 }
 
 pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
+    // de-identification reads and writes plain files: no store is opened (or created)
+    if let Command::Deid(c) = &args.command {
+        return deid::run(c);
+    }
     let store = open_store(args)?;
     match &args.command {
         Command::Acquire(a) => acquire::run(&store, a),
