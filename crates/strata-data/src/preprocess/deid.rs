@@ -206,11 +206,13 @@ const CN_BEFORE: [&str; 27] = [
     "主治医师",
     "同事",
 ];
-/// Words after a Chinese name that say it is one.
-const CN_AFTER: [&str; 24] = [
-    "医生", "医师", "大夫", "护士", "主任", "教授", "先生", "女士", "同志", "于", "在", "陪同",
-    "审阅", "签字", "签名", "复诊", "就诊", "入院", "出院", "自述", "诉", "已", "因", "的",
+/// Words after a Chinese name that say it is one, even with no context before it (医生, 审阅, 陪同 …).
+const CN_STRONG_AFTER: [&str; 18] = [
+    "医生", "医师", "大夫", "护士", "主任", "教授", "先生", "女士", "同志", "陪同", "审阅", "签字",
+    "签名", "复诊", "就诊", "入院", "出院", "自述",
 ];
+/// Words after a Chinese name that say it is one after a context before it.
+const CN_WEAK_AFTER: [&str; 6] = ["于", "在", "诉", "已", "因", "的"];
 /// What after a Chinese "name" makes it medicine (川崎病, 唐氏综合征).
 const CN_MEDICAL: [&str; 12] = [
     "病",
@@ -597,18 +599,14 @@ fn chinese_names(text: &str, lex: &Lexicon, spans: &mut Spans) {
                     choice = None;
                     break;
                 }
-                let ctx_after = CN_AFTER.iter().any(|a| after.starts_with(a))
-                    || after.starts_with(|c: char| !is_han(c));
-                // strong words after, enough without a context before: 医生, 审阅, 陪同 …, and 于 before a date
-                let strong_after = CN_AFTER[..9].iter().any(|a| after.starts_with(a))
-                    || [
-                        "陪同", "审阅", "签字", "签名", "复诊", "就诊", "入院", "出院", "自述",
-                    ]
-                    .iter()
-                    .any(|a| after.starts_with(a))
+                // strong words after are enough without a context before, and so is 于 before a date
+                let strong_after = CN_STRONG_AFTER.iter().any(|a| after.starts_with(a))
                     || after
                         .strip_prefix('于')
                         .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()));
+                let ctx_after = strong_after
+                    || CN_WEAK_AFTER.iter().any(|a| after.starts_with(a))
+                    || after.starts_with(|c: char| !is_han(c));
                 if ctx_after && (ctx_before || strong_after) {
                     choice = Some(end);
                     break;

@@ -122,7 +122,7 @@ fn covered(text: &str, found: &[PiiSpan], start: usize, end: usize) -> bool {
         })
 }
 
-/// Scores `deid` on `notes`. Time is that of finding and replacing (what the preprocessing stage does).
+/// Scores `deid` on `notes`. Time is that of finding and replacing once (what the preprocessing stage does).
 #[must_use]
 pub fn evaluate(deid: &Deid, notes: &[LabelledNote]) -> DeidReport {
     let mut r = DeidReport {
@@ -132,12 +132,14 @@ pub fn evaluate(deid: &Deid, notes: &[LabelledNote]) -> DeidReport {
     // the patterns compile on first use: not part of the rate
     std::hint::black_box(deid.find("Mrs. Warm, 91, seen on 1/2/2024 in Up. 患者王磊复诊。"));
     let t = Instant::now();
+    let mut found_all: Vec<Vec<PiiSpan>> = Vec::with_capacity(notes.len());
     for n in notes {
-        std::hint::black_box(deid.redact_keyed(&n.text, &n.id));
+        let found = deid.find(&n.text);
+        std::hint::black_box(deid.replace(&n.text, &found, &n.id));
         r.bytes += n.text.len();
+        found_all.push(found);
     }
     r.seconds = t.elapsed().as_secs_f64();
-    let found_all: Vec<Vec<PiiSpan>> = notes.iter().map(|n| deid.find(&n.text)).collect();
     #[allow(clippy::cast_precision_loss)]
     {
         r.mb_per_s = r.bytes as f64 / 1e6 / r.seconds.max(1e-9);

@@ -317,13 +317,23 @@ impl Deid {
     /// The text with PII replaced, and how many of each kind. `key` seeds the surrogates (the document id).
     #[must_use]
     pub fn redact_keyed(&self, text: &str, key: &str) -> (String, Vec<(PiiKind, usize)>) {
-        let spans = self.find(text);
+        self.replace(text, &self.find(text), key)
+    }
+
+    /// `text` with `spans` (from [`Deid::find`]) replaced as configured, and how many of each kind.
+    #[must_use]
+    pub fn replace(
+        &self,
+        text: &str,
+        spans: &[PiiSpan],
+        key: &str,
+    ) -> (String, Vec<(PiiKind, usize)>) {
         let mut counts: Vec<(PiiKind, usize)> = Vec::new();
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
         let mut surrogates = (self.cfg.mode == PiiMode::Surrogate)
             .then(|| Surrogates::new(key, self.lexicon.as_deref()));
-        for s in &spans {
+        for s in spans {
             out.push_str(&text[at..s.start]);
             let found = &text[s.start..s.end];
             if let Some(sur) = &mut surrogates {
