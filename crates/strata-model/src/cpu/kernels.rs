@@ -4,7 +4,7 @@
 //! (VNNI for 8-bit dot products where the CPU has it), chosen at run time; other CPUs run the portable
 //! versions, which are also the reference the SIMD ones are tested against.
 
-use super::quant::{get_f16, Matrix, QuantActs, WeightType, PACKED_BLOCK, QK};
+use super::quant::{get_f16, Matrix, QuantActs, WeightType, QK};
 
 /// Instruction sets the kernels can use, detected once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +272,7 @@ unsafe fn quant_rows<const R: usize>(
     }
 }
 
-/// Rows `r0..r1` (multiples of 8) of a packed Q8_0 matrix against tokens `t0..t1`: each group of 8 rows
+/// Rows `r0..r1` (multiples of 8) of a packed matrix against tokens `t0..t1`: each group of 8 rows
 /// against up to TT tokens at a time, the 8 results of a token stored side by side.
 #[allow(clippy::too_many_arguments)]
 unsafe fn packed_rows(
@@ -287,29 +287,20 @@ unsafe fn packed_rows(
     out: Out,
 ) {
     let nb = acts.blocks;
-    let gb = nb * PACKED_BLOCK;
+    let gb = nb * w.ty.packed_block_bytes();
     for g in r0 / 8..r1 / 8 {
         let grp = &w.bytes[g * gb..(g + 1) * gb];
         let mut t = t0;
         while t < t1 {
             let nt = (t1 - t).min(TT);
-            let acc: [[f32; 8]; TT] = match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Vnni if nt == 1 => {
-                    let one = x86::q8_0_packed_vnni::<1>(grp, acts, nb, &[t]);
-                    std::array::from_fn(|_| one[0])
-                }
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2Vnni => {
-                    let toks: [usize; TT] = std::array::from_fn(|j| t + j.min(nt - 1));
-                    x86::q8_0_packed_vnni::<TT>(grp, acts, nb, &toks)
-                }
-                _ => std::array::from_fn(|j| {
-                    std::array::from_fn(|r| {
-                        dot_q8_packed_portable(grp, r, acts, nb, t + j.min(nt - 1))
-                    })
-                }),
-            };
+            let mut acc = [[0f32; 8]; TT];
+            // (a tile of 1, 2, 3 or 4 tokens: decode batches are often small)
+            match nt {
+                1 => packed_tile::<1>(isa, w.ty, grp, acts, nb, t, &mut acc),
+                2 => packed_tile::<2>(isa, w.ty, grp, acts, nb, t, &mut acc),
+                3 => packed_tile::<3>(isa, w.ty, grp, acts, nb, t, &mut acc),
+                _ => packed_tile::<TT>(isa, w.ty, grp, acts, nb, t, &mut acc),
+            }
             for (j, row) in acc.iter().enumerate().take(nt) {
                 std::ptr::copy_nonoverlapping(row.as_ptr(), out.0.add((t + j) * n + g * 8), 8);
             }
@@ -318,30 +309,71 @@ unsafe fn packed_rows(
     }
 }
 
-/// Row `r` (0..8) of a packed group against token `tok`: Σ_blocks d_w·d_x·Σ (u − 128)·q_x.
+/// One packed group against tokens `t..t + N`, into `acc[..N]`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_tile<const N: usize>(
+    isa: Isa,
+    ty: WeightType,
+    grp: &[u8],
+    acts: &QuantActs,
+    nb: usize,
+    t: usize,
+    acc: &mut [[f32; 8]; TT],
+) {
+    let toks: [usize; N] = std::array::from_fn(|j| t + j);
+    let res: [[f32; 8]; N] = match (isa, ty) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2Vnni, WeightType::Q8_0) => x86::q8_0_packed_vnni::<N>(grp, acts, nb, &toks),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2Vnni, WeightType::Q4_0 | WeightType::Q4_1) => {
+            x86::q4_packed_vnni::<N>(ty == WeightType::Q4_1, grp, acts, nb, &toks)
+        }
+        _ => std::array::from_fn(|j| {
+            std::array::from_fn(|r| dot_packed_portable(ty, grp, r, acts, nb, toks[j]))
+        }),
+    };
+    acc[..N].copy_from_slice(&res);
+}
+
+/// Row `r` (0..8) of a packed group against token `tok`: Σ_blocks d_w·d_x·Σ q_w·q_x (Q8_0's stored
+/// q_w offset by 128 taken back out; Q4 as in [`dot_quant_portable`]).
 #[must_use]
-pub fn dot_q8_packed_portable(
+pub fn dot_packed_portable(
+    ty: WeightType,
     grp: &[u8],
     r: usize,
     acts: &QuantActs,
     nb: usize,
     tok: usize,
 ) -> f32 {
+    let (pb, qa) = (ty.packed_block_bytes(), ty.packed_quants_at());
     let mut sum = 0f32;
     for b in 0..nb {
-        let blk = &grp[b * PACKED_BLOCK..(b + 1) * PACKED_BLOCK];
+        let blk = &grp[b * pb..(b + 1) * pb];
         let ai = tok * nb + b;
         let xq = &acts.qs[ai * QK..(ai + 1) * QK];
-        let p: i32 = (0..QK)
-            .map(|k| {
-                let u = blk[16 + (k / 4) * 32 + r * 4 + k % 4];
-                (i32::from(u) - 128) * i32::from(xq[k])
-            })
-            .sum();
+        let dw = get_f16(&blk[2 * r..]);
+        // byte j of the row's quants in this block
+        let q = |j: usize| blk[qa + (j / 4) * 32 + r * 4 + j % 4];
+        let p: i32 = if ty == WeightType::Q8_0 {
+            (0..QK)
+                .map(|k| (i32::from(q(k)) - 128) * i32::from(xq[k]))
+                .sum()
+        } else {
+            (0..16)
+                .map(|j| {
+                    i32::from(q(j) & 15) * i32::from(xq[j])
+                        + i32::from(q(j) >> 4) * i32::from(xq[j + 16])
+                })
+                .sum()
+        };
         #[allow(clippy::cast_precision_loss)]
-        {
-            sum += get_f16(&blk[2 * r..]) * acts.d[ai] * p as f32;
-        }
+        let p = dw * acts.d[ai] * p as f32;
+        sum += match ty {
+            WeightType::Q4_1 => p + get_f16(&blk[16 + 2 * r..]) * acts.s[ai],
+            WeightType::Q4_0 => p - 8.0 * dw * acts.s[ai],
+            _ => p,
+        };
     }
     sum
 }
@@ -587,19 +619,19 @@ pub fn dot_quant_portable(
 #[allow(clippy::cast_ptr_alignment)] // every load below is an unaligned load
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_andnot_ps,
-        _mm256_broadcast_ss, _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
-        _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_dpbusd_epi32, _mm256_extractf128_ps,
-        _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
-        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16,
-        _mm256_packs_epi32, _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16,
-        _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32,
-        _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_ps,
-        _mm256_storeu_si256, _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32, _mm_add_ps,
-        _mm_add_ss, _mm_and_si128, _mm_cvtph_ps, _mm_cvtsi128_si32, _mm_cvtsi32_si128,
-        _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_set1_epi8,
-        _mm_shuffle_epi32, _mm_shuffle_ps, _mm_srli_epi16, _MM_FROUND_NO_EXC,
-        _MM_FROUND_TO_NEAREST_INT,
+        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256,
+        _mm256_andnot_ps, _mm256_broadcast_ss, _mm256_castps256_ps128, _mm256_castsi256_si128,
+        _mm256_cvtepi32_ps, _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_dpbusd_epi32,
+        _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps,
+        _mm256_packs_epi16, _mm256_packs_epi32, _mm256_permutevar8x32_epi32, _mm256_round_ps,
+        _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i,
+        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
+        _mm256_srli_epi16, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32,
+        _mm256_xor_si256, _mm_add_epi32, _mm_add_ps, _mm_add_ss, _mm_and_si128, _mm_cvtph_ps,
+        _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps,
+        _mm_max_ss, _mm_movehl_ps, _mm_set1_epi8, _mm_shuffle_epi32, _mm_shuffle_ps,
+        _mm_srli_epi16, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT,
     };
 
     use super::{QuantActs, FR, QK};
@@ -1075,7 +1107,7 @@ mod x86 {
         let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
         let g = grp.as_ptr();
         for b in 0..nb {
-            let blk = g.add(b * super::PACKED_BLOCK);
+            let blk = g.add(b * super::WeightType::Q8_0.packed_block_bytes());
             let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.cast::<__m128i>()));
             let w: [__m256i; 8] =
                 std::array::from_fn(|c| _mm256_loadu_si256(blk.add(16 + 32 * c).cast::<__m256i>()));
@@ -1095,6 +1127,69 @@ mod x86 {
                 a1 = _mm256_dpbusd_epi32(a1, w[7], x(7));
                 let d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*ds.add(base[j] + b)));
                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, a1)), d, acc[j]);
+            }
+        }
+        let mut out = [[0f32; 8]; N];
+        for j in 0..N {
+            _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
+        }
+        out
+    }
+
+    /// A packed Q4_0 (q1 = false) or Q4_1 (q1 = true) group (8 rows) against N tokens: out[j][r] = row
+    /// r · token j. Each packed 32-byte vector holds 4 bytes of every row; its low nibbles are values
+    /// 4c..4c + 4 of the block and its high nibbles values 16 + 4c.., so the two halves are one `vpdpbusd`
+    /// each (nibbles are unsigned already). The offset (Q4_0: −8·d) or minimum (Q4_1: m) term is one FMA
+    /// with Σx per block.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn q4_packed_vnni<const N: usize>(
+        q1: bool,
+        grp: &[u8],
+        acts: &QuantActs,
+        nb: usize,
+        toks: &[usize; N],
+    ) -> [[f32; 8]; N] {
+        let ty = if q1 {
+            super::WeightType::Q4_1
+        } else {
+            super::WeightType::Q4_0
+        };
+        let (pb, qa) = (ty.packed_block_bytes(), ty.packed_quants_at());
+        let mut acc = [_mm256_setzero_ps(); N];
+        let qs = acts.qs.as_ptr();
+        let ds = acts.d.as_ptr();
+        let ss = acts.s.as_ptr();
+        let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
+        let m4 = _mm256_set1_epi8(15);
+        let g = grp.as_ptr();
+        for b in 0..nb {
+            let blk = g.add(b * pb);
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.cast::<__m128i>()));
+            let mw = if q1 {
+                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16).cast::<__m128i>()))
+            } else {
+                _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
+            };
+            let raw: [__m256i; 4] =
+                std::array::from_fn(|c| _mm256_loadu_si256(blk.add(qa + 32 * c).cast::<__m256i>()));
+            let lo: [__m256i; 4] = std::array::from_fn(|c| _mm256_and_si256(raw[c], m4));
+            let hi: [__m256i; 4] =
+                std::array::from_fn(|c| _mm256_and_si256(_mm256_srli_epi16(raw[c], 4), m4));
+            for j in 0..N {
+                let xb = qs.add((base[j] + b) * QK).cast::<i32>();
+                let x = |c: usize| _mm256_set1_epi32(xb.add(c).read_unaligned());
+                // two chains, so that the eight dependent products overlap
+                let mut a0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo[0], x(0));
+                let mut a1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo[1], x(1));
+                a0 = _mm256_dpbusd_epi32(a0, lo[2], x(2));
+                a1 = _mm256_dpbusd_epi32(a1, lo[3], x(3));
+                a0 = _mm256_dpbusd_epi32(a0, hi[0], x(4));
+                a1 = _mm256_dpbusd_epi32(a1, hi[1], x(5));
+                a0 = _mm256_dpbusd_epi32(a0, hi[2], x(6));
+                a1 = _mm256_dpbusd_epi32(a1, hi[3], x(7));
+                let d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*ds.add(base[j] + b)));
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, a1)), d, acc[j]);
+                acc[j] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&*ss.add(base[j] + b)), acc[j]);
             }
         }
         let mut out = [[0f32; 8]; N];
@@ -1267,42 +1362,60 @@ mod tests {
             }
             // f32 rows whose length is not a multiple of 8
             check(isa, WeightType::F32, 5, 13, 2);
-            // Q8_0 packed 8 rows at a time (the VNNI layout; other ISAs run its portable version)
-            for (n, k, t) in [
-                (8, 32, 1),
-                (16, 64, 3),
-                (40, 96, 5),
-                (136, 256, 70),
-                (1024, 576, 9),
-            ] {
-                let w = Matrix::quantized(n, k, &sample(n * k, 3), WeightType::Q8_0);
-                let p = w.pack_q8_0().unwrap();
-                assert_eq!(p.bytes.len(), w.bytes.len());
-                assert_eq!(p.unpacked().bytes, w.bytes, "pack → unpack");
-                check_matrix(isa, &p, t);
+            // packed 8 rows at a time (the VNNI layout; other ISAs run its portable version); 2 and 3
+            // tokens are tiles of their own
+            for ty in [WeightType::Q8_0, WeightType::Q4_0, WeightType::Q4_1] {
+                for (n, k, t) in [
+                    (8, 32, 1),
+                    (16, 64, 2),
+                    (16, 64, 3),
+                    (40, 96, 5),
+                    (136, 256, 70),
+                    (1024, 576, 9),
+                ] {
+                    let w = Matrix::quantized(n, k, &sample(n * k, 3), ty);
+                    let p = w.pack().unwrap();
+                    assert_eq!(p.bytes.len(), w.bytes.len());
+                    assert_eq!(p.unpacked().bytes, w.bytes, "pack → unpack");
+                    check_matrix(isa, &p, t);
+                }
             }
         }
     }
 
     #[test]
-    fn packing_takes_only_q8_0_in_groups_of_8_rows() {
+    fn packing_takes_quantised_matrices_in_groups_of_8_rows() {
         let x = sample(12 * 64, 4);
         assert!(Matrix::quantized(12, 64, &x, WeightType::Q8_0)
-            .pack_q8_0()
+            .pack()
             .is_none());
         let x8 = &x[..8 * 64];
-        assert!(Matrix::quantized(8, 64, x8, WeightType::Q4_1)
-            .pack_q8_0()
+        assert!(Matrix::quantized(8, 64, x8, WeightType::F32)
+            .pack()
             .is_none());
-        let p = Matrix::quantized(8, 64, x8, WeightType::Q8_0)
-            .pack_q8_0()
-            .unwrap();
-        assert!(p.pack_q8_0().is_none());
-        // the values survive: dequantising the packed matrix gives the row layout's values
-        assert_eq!(
-            p.dequantize(),
-            Matrix::quantized(8, 64, x8, WeightType::Q8_0).dequantize()
-        );
+        for ty in [WeightType::Q8_0, WeightType::Q4_0, WeightType::Q4_1] {
+            let p = Matrix::quantized(8, 64, x8, ty).pack().unwrap();
+            assert!(p.pack().is_none());
+            // the values survive: dequantising the packed matrix gives the row layout's values
+            assert_eq!(
+                p.dequantize(),
+                Matrix::quantized(8, 64, x8, ty).dequantize()
+            );
+        }
+        // Q4_1 by hand: row r's scale, then its minimum, then its 16 quant bytes 4 at a time
+        let w = Matrix::quantized(8, 32, &x8[..8 * 32], WeightType::Q4_1);
+        let p = w.pack().unwrap();
+        for r in 0..8 {
+            let row = &w.bytes[r * 20..(r + 1) * 20];
+            assert_eq!(p.bytes[2 * r..2 * r + 2], row[..2]);
+            assert_eq!(p.bytes[16 + 2 * r..18 + 2 * r], row[2..4]);
+            for c in 0..4 {
+                assert_eq!(
+                    p.bytes[32 + 32 * c + 4 * r..][..4],
+                    row[4 + 4 * c..8 + 4 * c]
+                );
+            }
+        }
     }
 
     #[test]

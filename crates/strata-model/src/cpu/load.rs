@@ -296,11 +296,11 @@ fn build(
     })
 }
 
-/// With VNNI, Q8_0 projections are repacked 8 rows at a time for its 8-lane products (same size).
+/// With VNNI, quantised projections are repacked 8 rows at a time for its 8-lane products (same size).
 fn pack_for(isa: Isa, layers: Vec<Layer>, lm_head: Matrix) -> (Vec<Layer>, Matrix) {
     let pack = |m: Matrix| -> Matrix {
         if isa == Isa::Avx2Vnni {
-            m.pack_q8_0().unwrap_or(m)
+            m.pack().unwrap_or(m)
         } else {
             m
         }

@@ -51,14 +51,38 @@ pub struct Matrix {
     /// F32: the values; quantised: ggml blocks, row after row (or, when `packed`, see [`Matrix::packed`]).
     pub f32: Vec<f32>,
     pub bytes: Vec<u8>,
-    /// Q8_0 repacked for VNNI prompt processing ([`Matrix::pack_q8_0`]): per group of 8 rows and block of
-    /// 32 columns, the 8 f16 scales, then the 8 rows' quants interleaved 4 bytes at a time and offset by 128
-    /// (unsigned), so that one `vpdpbusd` gives 8 rows' partial dot products in its 8 lanes.
+    /// Repacked for VNNI ([`Matrix::pack`]): per group of 8 rows and block of 32 columns, the 8 rows'
+    /// f16 scales (Q4_1: then their 8 f16 minima), then their quants interleaved 4 bytes at a time —
+    /// Q8_0 offset by 128 (unsigned), Q4 as stored (byte j holds values j and j + 16) — so that one
+    /// `vpdpbusd` gives 8 rows' partial dot products in its 8 lanes.
     pub packed: bool,
 }
 
-/// Bytes of one packed group block: 8 f16 scales + 8 × 32 quants.
-pub const PACKED_BLOCK: usize = 16 + 8 * QK;
+impl WeightType {
+    /// Bytes of one packed group block (8 rows × 32 columns): the same as 8 of ggml's blocks.
+    #[must_use]
+    pub fn packed_block_bytes(self) -> usize {
+        8 * self.block_bytes()
+    }
+
+    /// Where the quants start in a packed group block (after the scales, and Q4_1's minima).
+    #[must_use]
+    pub fn packed_quants_at(self) -> usize {
+        match self {
+            Self::Q4_1 => 32,
+            _ => 16,
+        }
+    }
+
+    /// Where the quants start in one of ggml's blocks.
+    #[must_use]
+    pub fn quants_at(self) -> usize {
+        match self {
+            Self::Q4_1 => 4,
+            _ => 2,
+        }
+    }
+}
 
 impl Matrix {
     /// An f32 matrix.
@@ -103,24 +127,33 @@ impl Matrix {
         }
     }
 
-    /// This Q8_0 matrix in the packed layout (rows a multiple of 8), or None when it does not qualify.
+    /// This quantised matrix in the packed layout (rows a multiple of 8), or None when it does not qualify.
     #[must_use]
-    pub fn pack_q8_0(&self) -> Option<Self> {
-        if self.ty != WeightType::Q8_0 || self.packed || !self.rows.is_multiple_of(8) {
+    pub fn pack(&self) -> Option<Self> {
+        if self.ty == WeightType::F32 || self.packed || !self.rows.is_multiple_of(8) {
             return None;
         }
+        let (bb, qa) = (self.ty.block_bytes(), self.ty.quants_at());
+        // quants per row and block, 4 at a time; Q8_0's become unsigned
+        let (chunks, flip) = if self.ty == WeightType::Q8_0 {
+            (QK / 4, 0x80)
+        } else {
+            (QK / 8, 0)
+        };
         let nb = self.cols / QK;
         let rb = self.row_bytes();
         let mut bytes = Vec::with_capacity(self.bytes.len());
         for g in 0..self.rows / 8 {
             for b in 0..nb {
-                let blk = |r: usize| &self.bytes[(g * 8 + r) * rb + b * 34..][..34];
-                for r in 0..8 {
-                    bytes.extend_from_slice(&blk(r)[..2]);
-                }
-                for c in 0..QK / 4 {
+                let blk = |r: usize| &self.bytes[(g * 8 + r) * rb + b * bb..][..bb];
+                for head in (0..qa).step_by(2) {
                     for r in 0..8 {
-                        bytes.extend(blk(r)[2 + 4 * c..2 + 4 * c + 4].iter().map(|q| q ^ 0x80));
+                        bytes.extend_from_slice(&blk(r)[head..head + 2]);
+                    }
+                }
+                for c in 0..chunks {
+                    for r in 0..8 {
+                        bytes.extend(blk(r)[qa + 4 * c..qa + 4 * c + 4].iter().map(|q| q ^ flip));
                     }
                 }
             }
@@ -141,19 +174,22 @@ impl Matrix {
         if !self.packed {
             return self.clone();
         }
+        let (bb, qa) = (self.ty.block_bytes(), self.ty.quants_at());
+        let (pb, pqa) = (self.ty.packed_block_bytes(), self.ty.packed_quants_at());
+        let flip = if self.ty == WeightType::Q8_0 { 0x80 } else { 0 };
         let nb = self.cols / QK;
         let rb = self.row_bytes();
         let mut bytes = vec![0u8; self.bytes.len()];
         for g in 0..self.rows / 8 {
             for b in 0..nb {
-                let src = &self.bytes[(g * nb + b) * PACKED_BLOCK..][..PACKED_BLOCK];
+                let src = &self.bytes[(g * nb + b) * pb..][..pb];
                 for r in 0..8 {
-                    let dst = &mut bytes[(g * 8 + r) * rb + b * 34..][..34];
-                    dst[..2].copy_from_slice(&src[2 * r..2 * r + 2]);
-                    for c in 0..QK / 4 {
-                        for k in 0..4 {
-                            dst[2 + 4 * c + k] = src[16 + c * 32 + r * 4 + k] ^ 0x80;
-                        }
+                    let dst = &mut bytes[(g * 8 + r) * rb + b * bb..][..bb];
+                    for head in (0..qa).step_by(2) {
+                        dst[head..head + 2].copy_from_slice(&src[8 * head + 2 * r..][..2]);
+                    }
+                    for (j, q) in dst[qa..].iter_mut().enumerate() {
+                        *q = src[pqa + (j / 4) * 32 + r * 4 + j % 4] ^ flip;
                     }
                 }
             }
