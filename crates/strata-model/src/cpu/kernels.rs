@@ -288,8 +288,48 @@ unsafe fn packed_rows(
 ) {
     let nb = acts.blocks;
     let gb = nb * w.ty.packed_block_bytes();
-    for g in r0 / 8..r1 / 8 {
+    let (g0, g1) = (r0 / 8, r1 / 8);
+    let mut g = g0;
+    while g < g1 {
         let grp = &w.bytes[g * gb..(g + 1) * gb];
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx2Vnni && g + 1 < g1 {
+            // two groups at a time in 512-bit registers
+            let grp1 = &w.bytes[(g + 1) * gb..(g + 2) * gb];
+            let mut t = t0;
+            while t < t1 {
+                let nt = (t1 - t).min(8);
+                let mut acc = [[0f32; 16]; 8];
+                let q1 = w.ty == WeightType::Q4_1;
+                macro_rules! tile {
+                    ($n:literal) => {{
+                        let toks: [usize; $n] = std::array::from_fn(|j| t + j);
+                        let r = if w.ty == WeightType::Q8_0 {
+                            x86::q8_0_packed2_vnni::<$n>(grp, grp1, acts, nb, &toks)
+                        } else {
+                            x86::q4_packed2_vnni::<$n>(q1, grp, grp1, acts, nb, &toks)
+                        };
+                        acc[..$n].copy_from_slice(&r);
+                    }};
+                }
+                match nt {
+                    1 => tile!(1),
+                    2 => tile!(2),
+                    3 => tile!(3),
+                    4 => tile!(4),
+                    5 => tile!(5),
+                    6 => tile!(6),
+                    7 => tile!(7),
+                    _ => tile!(8),
+                }
+                for (j, row) in acc.iter().enumerate().take(nt) {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), out.0.add((t + j) * n + g * 8), 16);
+                }
+                t += nt;
+            }
+            g += 2;
+            continue;
+        }
         let mut t = t0;
         while t < t1 {
             let nt = (t1 - t).min(TT);
@@ -306,6 +346,7 @@ unsafe fn packed_rows(
             }
             t += nt;
         }
+        g += 1;
     }
 }
 
@@ -424,13 +465,15 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     dot_f32_portable(a, b)
 }
 
-/// Queries per attention block: consecutive tokens of one head share every key and value they load.
+/// Queries per attention block: consecutive tokens of one head, or the heads of one token that share a kv
+/// head, share every key and value they load.
 pub const QB: usize = 4;
 
-/// Attention of up to [`QB`] consecutive queries of one head. `kt` holds this kv head's keys transposed (row
+/// Attention of up to [`QB`] queries against one kv head. `kt` holds this kv head's keys transposed (row
 /// `d` = dimension d of positions 0..`cap`), `v` its values (row p = position p). Query u is at position
-/// `p0 + u` and attends keys `lo..=p0 + u`, lo = 0 or, with a sliding `window`, `p0 + u + 1 − window`;
-/// `out[u]` receives its softmax-weighted sum of values.
+/// `p0 + u·step` (step 1: consecutive tokens of one head; step 0: heads of one token) and attends keys
+/// `lo..=p0 + u·step`, lo = 0 or, with a sliding `window`, `p0 + u·step + 1 − window`; `out[u]` receives its
+/// softmax-weighted sum of values.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_block(
     isa: Isa,
@@ -439,15 +482,16 @@ pub fn attend_block(
     v: &[f32],
     cap: usize,
     p0: usize,
+    step: usize,
     window: Option<usize>,
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [&mut [f32]],
 ) {
     let (nq, hd) = (q.len(), q[0].len());
-    let lo = |u: usize| window.map_or(0, |w| (p0 + u + 1).saturating_sub(w));
+    let lo = |u: usize| window.map_or(0, |w| (p0 + u * step + 1).saturating_sub(w));
     let lo0 = lo(0);
-    let n = p0 + nq - lo0;
+    let n = p0 + (nq - 1) * step + 1 - lo0;
     scores.clear();
     scores.resize(nq * n, 0.0);
     #[cfg(target_arch = "x86_64")]
@@ -469,13 +513,9 @@ pub fn attend_block(
     scores_generic(q, kt, cap, lo0, n, scale, scores);
     for u in 0..nq {
         let s = &mut scores[u * n..(u + 1) * n];
-        let (a, b) = (lo(u) - lo0, p0 + u + 1 - lo0);
+        let (a, b) = (lo(u) - lo0, p0 + u * step + 1 - lo0);
         let max = s[a..b].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in &mut s[a..b] {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
+        let sum = exp_shifted(isa, &mut s[a..b], max);
         let inv = 1.0 / sum;
         s[a..b].iter_mut().for_each(|x| *x *= inv);
         s[..a].fill(0.0);
@@ -491,6 +531,36 @@ pub fn attend_block(
     }
     #[cfg(not(target_arch = "x86_64"))]
     values_generic(scores, n, v, lo0, hd, out);
+}
+
+/// x ← exp(x − shift) for every element; returns their sum. AVX-512 where available (a Cephes-style
+/// polynomial, within 2 ulp of `f32::exp`), else `f32::exp`.
+pub fn exp_shifted(isa: Isa, x: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Vnni {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { x86::exp_shifted_512(x, shift) };
+    }
+    let _ = isa;
+    let mut sum = 0f32;
+    for v in x {
+        *v = (*v - shift).exp();
+        sum += *v;
+    }
+    sum
+}
+
+/// out = silu(gate) · up = gate / (1 + exp(−gate)) · up, element by element.
+pub fn silu_mul(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Vnni {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { x86::silu_mul_512(gate, up, out) };
+    }
+    let _ = isa;
+    for ((a, g), u) in out.iter_mut().zip(gate).zip(up) {
+        *a = g / (1.0 + (-g).exp()) * u;
+    }
 }
 
 /// s[u][j] = scale · q_u · key (lo0 + j), from transposed keys (vectorised by the compiler per ISA).
@@ -970,6 +1040,83 @@ mod x86 {
         }
     }
 
+    /// exp of 16 lanes: 2^n · p(r) with x = n·ln2 + r, |r| ≤ ln2/2 (Cephes' expf polynomial). Above 88.7
+    /// it is +inf, as f32 exp; below −87.3 (where f32 exp leaves the normal range) it stays at exp(−87.3).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    fn exp_512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::{
+            _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps,
+            _mm512_roundscale_ps, _mm512_scalef_ps, _mm512_set1_ps,
+        };
+        let x = _mm512_max_ps(
+            _mm512_min_ps(x, _mm512_set1_ps(89.0)),
+            _mm512_set1_ps(-87.33),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r);
+        _mm512_scalef_ps(std::arch::x86_64::_mm512_add_ps(y, _mm512_set1_ps(1.0)), n)
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub unsafe fn exp_shifted_512(x: &mut [f32], shift: f32) -> f32 {
+        use std::arch::x86_64::{
+            _mm512_add_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps, _mm512_maskz_mov_ps,
+            _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_sub_ps,
+        };
+        let (n, p) = (x.len(), x.as_mut_ptr());
+        let s = _mm512_set1_ps(shift);
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i < n {
+            let m: u16 = if n - i >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << (n - i)) - 1
+            };
+            let e = _mm512_maskz_mov_ps(
+                m,
+                exp_512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), s)),
+            );
+            _mm512_mask_storeu_ps(p.add(i), m, e);
+            acc = _mm512_add_ps(acc, e);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub unsafe fn silu_mul_512(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        use std::arch::x86_64::{
+            _mm512_add_ps, _mm512_div_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
+            _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_sub_ps,
+        };
+        let n = out.len().min(gate.len()).min(up.len());
+        let one = _mm512_set1_ps(1.0);
+        let mut i = 0;
+        while i < n {
+            let m: u16 = if n - i >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << (n - i)) - 1
+            };
+            let g = _mm512_maskz_loadu_ps(m, gate.as_ptr().add(i));
+            let u = _mm512_maskz_loadu_ps(m, up.as_ptr().add(i));
+            let e = exp_512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let a = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u);
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, a);
+            i += 16;
+        }
+    }
+
     /// Σ over 32 bytes of u·s (u unsigned, s signed) in eight i32 lanes.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -1195,6 +1342,141 @@ mod x86 {
         let mut out = [[0f32; 8]; N];
         for j in 0..N {
             _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
+        }
+        out
+    }
+
+    /// Two consecutive packed Q8_0 groups (16 rows) against N tokens in 512-bit registers: rows of the first
+    /// group in lanes 0..8, of the second in lanes 8..16; otherwise as [`q8_0_packed_vnni`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+    pub unsafe fn q8_0_packed2_vnni<const N: usize>(
+        grp0: &[u8],
+        grp1: &[u8],
+        acts: &QuantActs,
+        nb: usize,
+        toks: &[usize; N],
+    ) -> [[f32; 16]; N] {
+        use std::arch::x86_64::{
+            __m512, __m512i, _mm256_castsi128_si256, _mm256_inserti128_si256, _mm512_add_epi32,
+            _mm512_castsi256_si512, _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_dpbusd_epi32,
+            _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps,
+            _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_ps,
+        };
+        let pb = super::WeightType::Q8_0.packed_block_bytes();
+        let mut acc: [__m512; N] = [_mm512_setzero_ps(); N];
+        let qs = acts.qs.as_ptr();
+        let ds = acts.d.as_ptr();
+        let cs = acts.c128.as_ptr();
+        let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
+        let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
+        for b in 0..nb {
+            let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
+            let dw = _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
+                _mm256_castsi128_si256(_mm_loadu_si128(b0.cast::<__m128i>())),
+                _mm_loadu_si128(b1.cast::<__m128i>()),
+            ));
+            let w: [__m512i; 8] = std::array::from_fn(|c| {
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(16 + 32 * c).cast())),
+                    _mm256_loadu_si256(b1.add(16 + 32 * c).cast()),
+                )
+            });
+            for j in 0..N {
+                let xb = qs.add((base[j] + b) * QK).cast::<i32>();
+                let x = |c: usize| _mm512_set1_epi32(xb.add(c).read_unaligned());
+                let mut a0 =
+                    _mm512_dpbusd_epi32(_mm512_set1_epi32(*cs.add(base[j] + b)), w[0], x(0));
+                let mut a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], x(1));
+                a0 = _mm512_dpbusd_epi32(a0, w[2], x(2));
+                a1 = _mm512_dpbusd_epi32(a1, w[3], x(3));
+                a0 = _mm512_dpbusd_epi32(a0, w[4], x(4));
+                a1 = _mm512_dpbusd_epi32(a1, w[5], x(5));
+                a0 = _mm512_dpbusd_epi32(a0, w[6], x(6));
+                a1 = _mm512_dpbusd_epi32(a1, w[7], x(7));
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(*ds.add(base[j] + b)));
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), d, acc[j]);
+            }
+        }
+        let mut out = [[0f32; 16]; N];
+        for j in 0..N {
+            _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]);
+        }
+        out
+    }
+
+    /// Two consecutive packed Q4 groups (16 rows) against N tokens in 512-bit registers: rows of the first
+    /// group in lanes 0..8, of the second in lanes 8..16; otherwise as [`q4_packed_vnni`].
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
+    pub unsafe fn q4_packed2_vnni<const N: usize>(
+        q1: bool,
+        grp0: &[u8],
+        grp1: &[u8],
+        acts: &QuantActs,
+        nb: usize,
+        toks: &[usize; N],
+    ) -> [[f32; 16]; N] {
+        use std::arch::x86_64::{
+            __m512, __m512i, _mm256_castsi128_si256, _mm256_inserti128_si256, _mm512_add_epi32,
+            _mm512_and_si512, _mm512_castsi256_si512, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
+            _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_mul_ps,
+            _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
+            _mm512_setzero_si512, _mm512_srli_epi32, _mm512_storeu_ps,
+        };
+        let ty = if q1 {
+            super::WeightType::Q4_1
+        } else {
+            super::WeightType::Q4_0
+        };
+        let (pb, qa) = (ty.packed_block_bytes(), ty.packed_quants_at());
+        let mut acc: [__m512; N] = [_mm512_setzero_ps(); N];
+        let qs = acts.qs.as_ptr();
+        let ds = acts.d.as_ptr();
+        let ss = acts.s.as_ptr();
+        let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
+        let m4 = _mm512_set1_epi8(15);
+        let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
+        for b in 0..nb {
+            let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
+            let halves = |off: usize| {
+                _mm256_inserti128_si256::<1>(
+                    _mm256_castsi128_si256(_mm_loadu_si128(b0.add(off).cast::<__m128i>())),
+                    _mm_loadu_si128(b1.add(off).cast::<__m128i>()),
+                )
+            };
+            let dw = _mm512_cvtph_ps(halves(0));
+            let mw = if q1 {
+                _mm512_cvtph_ps(halves(16))
+            } else {
+                _mm512_mul_ps(dw, _mm512_set1_ps(-8.0))
+            };
+            let raw: [__m512i; 4] = std::array::from_fn(|c| {
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(qa + 32 * c).cast())),
+                    _mm256_loadu_si256(b1.add(qa + 32 * c).cast()),
+                )
+            });
+            let lo: [__m512i; 4] = std::array::from_fn(|c| _mm512_and_si512(raw[c], m4));
+            let hi: [__m512i; 4] =
+                std::array::from_fn(|c| _mm512_and_si512(_mm512_srli_epi32::<4>(raw[c]), m4));
+            for j in 0..N {
+                let xb = qs.add((base[j] + b) * QK).cast::<i32>();
+                let x = |c: usize| _mm512_set1_epi32(xb.add(c).read_unaligned());
+                let mut a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], x(0));
+                let mut a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[1], x(1));
+                a0 = _mm512_dpbusd_epi32(a0, lo[2], x(2));
+                a1 = _mm512_dpbusd_epi32(a1, lo[3], x(3));
+                a0 = _mm512_dpbusd_epi32(a0, hi[0], x(4));
+                a1 = _mm512_dpbusd_epi32(a1, hi[1], x(5));
+                a0 = _mm512_dpbusd_epi32(a0, hi[2], x(6));
+                a1 = _mm512_dpbusd_epi32(a1, hi[3], x(7));
+                let d = _mm512_mul_ps(dw, _mm512_set1_ps(*ds.add(base[j] + b)));
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), d, acc[j]);
+                acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*ss.add(base[j] + b)), acc[j]);
+            }
+        }
+        let mut out = [[0f32; 16]; N];
+        for j in 0..N {
+            _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]);
         }
         out
     }
@@ -1471,7 +1753,8 @@ mod tests {
                 if Isa::detect() == Isa::Avx2Vnni {
                     isas.push(Isa::Avx2);
                 }
-                for isa in isas {
+                // step 1: consecutive tokens of one head; step 0: heads of one token
+                for (isa, step) in isas.into_iter().flat_map(|i| [(i, 1), (i, 0)]) {
                     let mut outs = vec![vec![0f32; hd]; nq];
                     let mut o: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
                     attend_block(
@@ -1481,13 +1764,14 @@ mod tests {
                         &v,
                         cap,
                         p0,
+                        step,
                         window,
                         0.3,
                         &mut Vec::new(),
                         &mut o,
                     );
                     for u in 0..nq {
-                        let p = p0 + u;
+                        let p = p0 + u * step;
                         let lo = window.map_or(0, |w: usize| (p + 1).saturating_sub(w));
                         let s: Vec<f64> = (lo..=p)
                             .map(|j| {
@@ -1504,11 +1788,64 @@ mod tests {
                                 .sum();
                             assert!(
                                 (f64::from(outs[u][c]) - want).abs() < 1e-5,
-                                "{isa:?} hd={hd} p0={p0} nq={nq} {window:?} u={u} c={c}: {} vs {want}",
+                                "{isa:?} hd={hd} p0={p0} nq={nq} step={step} {window:?} u={u} c={c}: {} vs {want}",
                                 outs[u][c]
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_exp_and_silu_match_f64() {
+        // lengths on and off the 16-lane width; values across the range softmax and SiLU see, and past
+        // where f32 exp overflows or underflows
+        let mut x: Vec<f32> = sample(37, 40).iter().map(|v| v * 30.0).collect();
+        x.extend([
+            0.0, -0.0, 1e-8, -1e-8, 88.0, -87.0, 100.0, -100.0, -1e30, 1e30,
+        ]);
+        for isa in [Isa::Portable, Isa::detect()] {
+            for n in [1, 16, 17, x.len()] {
+                let mut e = x[..n].to_vec();
+                let sum = exp_shifted(isa, &mut e, 2.5);
+                let mut want_sum = 0f64;
+                for (got, &v) in e.iter().zip(&x[..n]) {
+                    let y = v - 2.5;
+                    want_sum += f64::from(*got);
+                    if y.exp().is_infinite() {
+                        assert!(got.is_infinite(), "{isa:?} exp({y}) = {got}");
+                    } else if y < -87.0 {
+                        assert!((0.0..=1.2e-38).contains(got), "{isa:?} exp({y}) = {got}");
+                    } else {
+                        let want = f64::from(y).exp();
+                        let tol = 4.0 * f64::from(f32::EPSILON) * want;
+                        assert!(
+                            (f64::from(*got) - want).abs() <= tol,
+                            "{isa:?} exp({y}) = {got}, want {want}"
+                        );
+                    }
+                }
+                if want_sum.is_finite() {
+                    assert!(
+                        (f64::from(sum) - want_sum).abs() <= 1e-6 * want_sum,
+                        "{isa:?} sum"
+                    );
+                } else {
+                    assert!(sum.is_infinite(), "{isa:?} sum");
+                }
+                let up = sample(n, 41);
+                let mut out = vec![0f32; n];
+                silu_mul(isa, &x[..n], &up, &mut out);
+                for ((o, &g), &u) in out.iter().zip(&x[..n]).zip(&up) {
+                    let (g, u) = (f64::from(g), f64::from(u));
+                    let want = g / (1.0 + (-g).exp()) * u;
+                    let tol = 1e-6 * want.abs() + 1e-30;
+                    assert!(
+                        (f64::from(*o) - want).abs() <= tol,
+                        "{isa:?} silu({g})·{u} = {o}, want {want}"
+                    );
                 }
             }
         }

@@ -20,7 +20,7 @@ pub use lora::{LoraStack, Proj, RuntimeAdapter};
 pub use quant::{Matrix, WeightType};
 
 use crate::{LlamaConfig, ModelError, Result};
-use kernels::{attend_block, matmul, Scratch, QB};
+use kernels::{attend_block, matmul, silu_mul, Scratch, QB};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -406,14 +406,24 @@ impl CpuModel {
         let scale = 1.0 / (hd as f32).sqrt();
         let rep = nh / nkv;
         let isa = self.isa;
-        // (sequence, head, first row, end row) of every attention task
+        // (sequence, first head, heads, first row, end row) of every attention task: a decoded token's
+        // heads that share a kv head go together (they read its keys and values once); a prompt's rows go
+        // head by head
         let mut tasks = Vec::new();
         for (si, s) in seqs.iter().enumerate() {
             let st = s.ids.len();
+            if st == 1 {
+                for kvh in 0..nkv {
+                    for h0 in (kvh * rep..(kvh + 1) * rep).step_by(QB) {
+                        tasks.push((si, h0, QB.min((kvh + 1) * rep - h0), 0, 1));
+                    }
+                }
+                continue;
+            }
             let tok_chunk = if st >= 64 { 16 } else { st };
             for c in 0..st.div_ceil(tok_chunk) {
                 for head in 0..nh {
-                    tasks.push((si, head, c * tok_chunk, ((c + 1) * tok_chunk).min(st)));
+                    tasks.push((si, head, 1, c * tok_chunk, ((c + 1) * tok_chunk).min(st)));
                 }
             }
         }
@@ -458,13 +468,41 @@ impl CpuModel {
             let qkv_ref: &[f32] = qkv;
             let (tasks_ref, offs_ref) = (&tasks, &offs);
             let task = |ti: usize| {
-                let (si, head, c0, c1) = tasks_ref[ti];
+                let (si, head, heads, c0, c1) = tasks_ref[ti];
                 let (kc, vc, cap, pos0) = views[si];
                 let base = offs_ref[si];
                 let kvh = head / rep;
                 let kt = &kc[kvh * hd * cap..(kvh + 1) * hd * cap];
                 let vbase = &vc[kvh * cap * hd..(kvh + 1) * cap * hd];
                 let mut scores = Vec::with_capacity(QB * (pos0 + c1));
+                if heads > 1 {
+                    // one token, `heads` heads of kv head `kvh`
+                    let row = base + c0;
+                    let q: [&[f32]; QB] = std::array::from_fn(|u| {
+                        &qkv_ref[row * qkv_w + (head + u.min(heads - 1)) * hd..][..hd]
+                    });
+                    // SAFETY: (row, head + u) is written by this task only.
+                    let mut o: [&mut [f32]; QB] = std::array::from_fn(|u| unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.at(row * qd + (head + u.min(heads - 1)) * hd),
+                            hd,
+                        )
+                    });
+                    attend_block(
+                        isa,
+                        &q[..heads],
+                        kt,
+                        vbase,
+                        cap,
+                        pos0 + c0,
+                        0,
+                        window,
+                        scale,
+                        &mut scores,
+                        &mut o[..heads],
+                    );
+                    return;
+                }
                 let mut i = c0;
                 while i < c1 {
                     let nq = (c1 - i).min(QB);
@@ -485,6 +523,7 @@ impl CpuModel {
                         vbase,
                         cap,
                         pos0 + i,
+                        1,
                         window,
                         scale,
                         &mut scores,
@@ -516,9 +555,7 @@ impl CpuModel {
             let gu_ref: &[f32] = gu;
             for_rows(act, f, &|i, a| {
                 let (gate, up) = gu_ref[i * 2 * f..(i + 1) * 2 * f].split_at(f);
-                for ((a, g), u) in a.iter_mut().zip(gate).zip(up) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
+                silu_mul(isa, gate, up, a);
             });
             matmul(isa, &layer.down, act, t, proj, scratch);
             self.add_deltas(seqs, &offs, li, Proj::Down, act, proj, d, scratch);
@@ -709,6 +746,12 @@ mod tests {
             original_max_position_embeddings: Some(8),
         });
         out.push(("llama3 rope, o bias, head_dim", c));
+        // 6 query heads per kv head: a decoded token's heads go to attention in groups of 4 and 2
+        let mut c = tiny();
+        c.num_attention_heads = 12;
+        c.num_key_value_heads = Some(2);
+        c.head_dim = Some(16);
+        out.push(("12 heads on 2 kv heads", c));
         out
     }
 
