@@ -184,9 +184,11 @@ unsafe fn f32_rows<const TN: usize>(
             // Tiles at the edges repeat their last row/token and drop the extra results.
             let wp: [&[f32]; FR] = std::array::from_fn(|i| &w.f32[(r + i.min(nr - 1)) * k..][..k]);
             if nt == 1 {
-                // decode: one weight row streamed at a time
-                for (i, row) in wp.iter().enumerate().take(nr) {
-                    *out.0.add(t * n + r + i) = dot(isa, row, &x[t * k..][..k]);
+                // decode: a tile of one token, which adds in the same order as a wider tile, so that a
+                // token's result does not depend on the tokens batched with it
+                let acc = dot_f32_tile(isa, &wp, &[&x[t * k..][..k]]);
+                for (i, row) in acc.iter().enumerate().take(nr) {
+                    *out.0.add(t * n + r + i) = row[0];
                 }
             } else {
                 let xp: [&[f32]; TN] = std::array::from_fn(|j| &x[(t + j.min(nt - 1)) * k..][..k]);
@@ -252,10 +254,10 @@ unsafe fn quant_rows<const R: usize>(
         while t < t1 {
             let nt = (t1 - t).min(TT);
             if nt == 1 {
-                // decode: one row at a time
-                for (i, wrow) in wrows.iter().enumerate().take(nr) {
-                    *out.0.add(t * n + r + i) =
-                        dot_quant_tile(isa, w.ty, &[*wrow], acts, nb, &[t])[0][0];
+                // decode: a tile of one token (the same sums, in the same order, as a wider tile)
+                let acc = dot_quant_tile(isa, w.ty, &wrows, acts, nb, &[t]);
+                for (i, row) in acc.iter().enumerate().take(nr) {
+                    *out.0.add(t * n + r + i) = row[0];
                 }
             } else {
                 let toks: [usize; TT] = std::array::from_fn(|j| t + j.min(nt - 1));
@@ -451,18 +453,6 @@ pub fn dot_f32_portable(w: &[f32], x: &[f32]) -> f32 {
         s += a * b;
     }
     s
-}
-
-/// f32 dot product (attention), SIMD where available.
-#[must_use]
-pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
-        // SAFETY: AVX2 and FMA were detected.
-        return unsafe { x86::dot_f32(a, b) };
-    }
-    let _ = isa;
-    dot_f32_portable(a, b)
 }
 
 /// Queries per attention block: consecutive tokens of one head, or the heads of one token that share a kv
@@ -689,19 +679,19 @@ pub fn dot_quant_portable(
 #[allow(clippy::cast_ptr_alignment)] // every load below is an unaligned load
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_add_ps, _mm256_and_si256,
-        _mm256_andnot_ps, _mm256_broadcast_ss, _mm256_castps256_ps128, _mm256_castsi256_si128,
-        _mm256_cvtepi32_ps, _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_dpbusd_epi32,
-        _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_loadu_ps,
-        _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps,
-        _mm256_packs_epi16, _mm256_packs_epi32, _mm256_permutevar8x32_epi32, _mm256_round_ps,
-        _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i,
-        _mm256_setr_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8,
-        _mm256_srli_epi16, _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32,
-        _mm256_xor_si256, _mm_add_epi32, _mm_add_ps, _mm_add_ss, _mm_and_si128, _mm_cvtph_ps,
-        _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps,
-        _mm_max_ss, _mm_movehl_ps, _mm_set1_epi8, _mm_shuffle_epi32, _mm_shuffle_ps,
-        _mm_srli_epi16, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT,
+        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_and_si256, _mm256_andnot_ps,
+        _mm256_broadcast_ss, _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
+        _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_dpbusd_epi32, _mm256_extractf128_ps,
+        _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
+        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16,
+        _mm256_packs_epi32, _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16,
+        _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32,
+        _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_srli_epi16,
+        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32,
+        _mm_add_ps, _mm_add_ss, _mm_and_si128, _mm_cvtph_ps, _mm_cvtsi128_si32, _mm_cvtsi32_si128,
+        _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_set1_epi8,
+        _mm_shuffle_epi32, _mm_shuffle_ps, _mm_srli_epi16, _MM_FROUND_NO_EXC,
+        _MM_FROUND_TO_NEAREST_INT,
     };
 
     use super::{QuantActs, FR, QK};
@@ -838,38 +828,6 @@ mod x86 {
             }
         }
         out
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let k = a.len().min(b.len());
-        let k8 = k / 8 * 8;
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut c = 0;
-        while c + 32 <= k8 {
-            for (u, a) in acc.iter_mut().enumerate() {
-                let o = c + 8 * u;
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(o)), _mm256_loadu_ps(pb.add(o)), *a);
-            }
-            c += 32;
-        }
-        while c < k8 {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(c)),
-                _mm256_loadu_ps(pb.add(c)),
-                acc[0],
-            );
-            c += 8;
-        }
-        let mut s = hsum(_mm256_add_ps(
-            _mm256_add_ps(acc[0], acc[1]),
-            _mm256_add_ps(acc[2], acc[3]),
-        ));
-        for e in k8..k {
-            s += a[e] * b[e];
-        }
-        s
     }
 
     /// [`super::scores_generic`] compiled for AVX2 + FMA.
@@ -1158,32 +1116,6 @@ mod x86 {
                 let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
                 let qs = acts.qs.as_ptr();
                 let ds = acts.d.as_ptr();
-                if R == 1 && N == 1 {
-                    // decode: two accumulators, so consecutive blocks do not wait on each other's FMA
-                    let w = wrows[0].as_ptr();
-                    let x0 = base[0];
-                    let block = |b: usize, acc: __m256| {
-                        let blk = w.add(b * 34);
-                        let wq = _mm256_loadu_si256(blk.add(2).cast::<__m256i>());
-                        let xq = _mm256_loadu_si256(qs.add((x0 + b) * QK).cast::<__m256i>());
-                        let p = $udot(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-                        let d = _mm256_set1_ps(f16_at(blk) * *ds.add(x0 + b));
-                        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
-                    };
-                    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                    let mut b = 0;
-                    while b + 1 < nb {
-                        a0 = block(b, a0);
-                        a1 = block(b + 1, a1);
-                        b += 2;
-                    }
-                    if b < nb {
-                        a0 = block(b, a0);
-                    }
-                    let mut out = [[0f32; N]; R];
-                    out[0][0] = hsum(_mm256_add_ps(a0, a1));
-                    return out;
-                }
                 for b in 0..nb {
                     let xq: [__m256i; N] = std::array::from_fn(|j| {
                         _mm256_loadu_si256(qs.add((base[j] + b) * QK).cast::<__m256i>())
@@ -1500,43 +1432,6 @@ mod x86 {
                 let m4 = _mm_set1_epi8(15);
                 let qs = acts.qs.as_ptr();
                 let ds = acts.d.as_ptr();
-                if R == 1 && N == 1 {
-                    // decode: two accumulators, so consecutive blocks do not wait on each other's FMA
-                    let w = wrows[0].as_ptr();
-                    let x0 = base[0];
-                    // returns the new accumulator and the block's offset/minimum term
-                    let block = |b: usize, acc: __m256| {
-                        let blk = w.add(b * bb);
-                        let dws = f16_at(blk);
-                        let c = if q1 { f16_at(blk.add(2)) } else { -8.0 * dws };
-                        let raw = _mm_loadu_si128(blk.add(qoff).cast());
-                        let lo = _mm_and_si128(raw, m4);
-                        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
-                        let xq = _mm256_loadu_si256(qs.add((x0 + b) * QK).cast::<__m256i>());
-                        let p = $udot(_mm256_set_m128i(hi, lo), xq);
-                        let d = _mm256_set1_ps(dws * *ds.add(x0 + b));
-                        (
-                            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc),
-                            c * *acts.s.get_unchecked(x0 + b),
-                        )
-                    };
-                    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                    let (mut c0, mut c1) = (0f32, 0f32);
-                    let mut b = 0;
-                    while b + 1 < nb {
-                        let (n0, e0) = block(b, a0);
-                        let (n1, e1) = block(b + 1, a1);
-                        (a0, a1, c0, c1) = (n0, n1, c0 + e0, c1 + e1);
-                        b += 2;
-                    }
-                    if b < nb {
-                        let (n0, e0) = block(b, a0);
-                        (a0, c0) = (n0, c0 + e0);
-                    }
-                    let mut out = [[0f32; N]; R];
-                    out[0][0] = hsum(_mm256_add_ps(a0, a1)) + c0 + c1;
-                    return out;
-                }
                 for b in 0..nb {
                     let xq: [__m256i; N] = std::array::from_fn(|j| {
                         _mm256_loadu_si256(qs.add((base[j] + b) * QK).cast::<__m256i>())
@@ -1848,16 +1743,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    #[test]
-    fn dot_matches_a_scalar_loop() {
-        let a = sample(70, 8);
-        let b = sample(70, 9);
-        for isa in [Isa::Portable, Isa::detect()] {
-            let d: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot(isa, &a, &b) - d).abs() < 1e-4, "{isa:?}");
         }
     }
 }
