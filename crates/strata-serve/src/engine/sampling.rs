@@ -73,7 +73,11 @@ impl Sampling {
 
 /// The CTRL/transformers repetition penalty: each token already in the context has its logit divided by
 /// `penalty` when positive, multiplied when negative, so it becomes less likely either way.
-pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f32) {
+pub fn apply_repetition_penalty<'a>(
+    logits: &mut [f32],
+    context: impl IntoIterator<Item = &'a u32>,
+    penalty: f32,
+) {
     if (penalty - 1.0).abs() < f32::EPSILON {
         return;
     }
@@ -88,6 +92,11 @@ pub fn apply_repetition_penalty(logits: &mut [f32], context: &[u32], penalty: f3
             *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
         }
     }
+}
+
+/// The largest probability (1 for the most likely token, as probabilities are taken relative to it).
+fn max_prob(probs: &[(f32, u32)]) -> f32 {
+    probs.iter().fold(0f32, |m, p| m.max(p.0))
 }
 
 pub struct Sampler {
@@ -153,17 +162,43 @@ impl Sampler {
             return last as u32;
         }
         self.probs.clear();
+        let mut all = 0f32;
         for (i, &l) in logits.iter().enumerate() {
-            self.probs.push((((l - max) / temperature).exp(), i as u32));
+            let p = ((l - max) / temperature).exp();
+            all += p;
+            self.probs.push((p, i as u32));
         }
-        self.probs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        let mut kept = if top_k > 0 {
-            top_k.min(self.probs.len())
-        } else {
-            self.probs.len()
+        // Only the most likely tokens need sorting: the top k, or enough of the head that top-p's or min-p's
+        // cut falls inside it (a few hundred of a vocabulary of tens of thousands, as a rule).
+        let n = self.probs.len();
+        let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
+        let floor = max_prob(&self.probs) * min_p;
+        let mut m = if top_k > 0 { top_k.min(n) } else { n.min(256) };
+        let k_mass = loop {
+            if m < n {
+                self.probs.select_nth_unstable_by(m - 1, desc);
+            }
+            self.probs[..m].sort_unstable_by(desc);
+            // the mass top-p is measured against: the top k's, or everything
+            let k_mass: f32 = if top_k > 0 {
+                self.probs[..m].iter().map(|p| p.0).sum()
+            } else {
+                all
+            };
+            let p_cut = top_p < 1.0 && {
+                let mut mass = 0f32;
+                self.probs[..m].iter().any(|&(p, _)| {
+                    mass += p / k_mass;
+                    mass >= top_p
+                })
+            };
+            if top_k > 0 || m == n || p_cut || self.probs[m - 1].0 < floor {
+                break k_mass;
+            }
+            m = (m * 8).min(n);
         };
+        let mut kept = m;
         // top-p: the smallest prefix whose mass (renormalised after top-k) reaches top_p
-        let k_mass: f32 = self.probs[..kept].iter().map(|p| p.0).sum();
         let mut mass = 0f32;
         for (i, &(p, _)) in self.probs[..kept].iter().enumerate() {
             mass += p / k_mass;
@@ -173,7 +208,6 @@ impl Sampler {
             }
         }
         // min-p: relative to the most likely token (probs are sorted, so a prefix)
-        let floor = self.probs[0].0 * min_p;
         kept = self.probs[..kept]
             .iter()
             .take_while(|p| p.0 >= floor)
@@ -247,6 +281,34 @@ mod tests {
         // temperature 0.5 sharpens: p ∝ e^[4, 2, 0] → 0.867 for id 0
         let c = counts(Sampling::from_params(0.5, 1.0), &[2.0, 1.0, 0.0], 4000);
         assert!((3350..3580).contains(&c[0]), "{c:?}"); // 4000 * 0.867 = 3468, sd 21
+    }
+
+    #[test]
+    fn filters_that_keep_more_than_the_first_sorted_head_cut_where_a_full_sort_does() {
+        // 20,000 tokens, logits falling slowly with the id, so the kept set is thousands of tokens: the
+        // sampler must sort past its first head of 256. The boundary c by hand, with p_i ∝ e^(−a·i),
+        // a = 2.5e-4: min-p keeps i ≤ ln(1/min_p)/a; top-p keeps the smallest prefix of mass top_p, i < c
+        // with (1 − e^(−ac)) = top_p·(1 − e^(−a·N)), N the tokens top-k left. 200 draws reach above 0.85·c
+        // unless the cut is wrong (P(all below) < 0.85^200 = 8e-15).
+        let n = 20_000;
+        #[allow(clippy::cast_precision_loss)]
+        let logits: Vec<f32> = (0..n).map(|i| -2.5e-4 * i as f32).collect();
+        let drawn_max = |s: Sampling| {
+            let mut sampler = Sampler::new(s, 3);
+            (0..200).map(|_| sampler.sample(&logits)).max().unwrap()
+        };
+        // min-p 0.5: c = ln 2 / a = 2772.6
+        let m = drawn_max(Sampling::from_params(1.0, 1.0).with_min_p(0.5));
+        assert!((2357..=2772).contains(&m), "min-p: {m}");
+        // top-p 0.3: c = −ln(1 − 0.3·(1 − e^(−5)))/a = 1415.2
+        let m = drawn_max(Sampling::from_params(1.0, 0.3));
+        assert!((1203..=1415).contains(&m), "top-p: {m}");
+        // top-k 1000
+        let m = drawn_max(Sampling::from_params(1.0, 1.0).with_top_k(1000));
+        assert!((850..1000).contains(&m), "top-k: {m}");
+        // top-p 0.3 of the top 5000's mass: c = −ln(1 − 0.3·(1 − e^(−1.25)))/a = 963.4
+        let m = drawn_max(Sampling::from_params(1.0, 0.3).with_top_k(5000));
+        assert!((819..=963).contains(&m), "top-k + top-p: {m}");
     }
 
     #[test]

@@ -210,8 +210,11 @@ impl Sequence {
     fn choose(&mut self, logits: &mut [f32], eng: &Engine) -> Output {
         let p = &self.params;
         if (p.repetition_penalty - 1.0).abs() > f32::EPSILON {
-            let ctx: Vec<u32> = self.prompt.iter().chain(&self.out).copied().collect();
-            super::apply_repetition_penalty(logits, &ctx, p.repetition_penalty);
+            super::apply_repetition_penalty(
+                logits,
+                self.prompt.iter().chain(&self.out),
+                p.repetition_penalty,
+            );
         }
         if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
             for (&id, &c) in &self.counts {
@@ -370,25 +373,38 @@ fn logprob_of(logits: &[f32], chosen: u32, top: usize, eng: &Engine) -> TokenLog
 /// Keeps only tokens that extend the output as a valid JSON prefix (and the end of sequence once the object
 /// is complete). Candidates are tried from the most likely down, so the cost is a few checks per step.
 fn mask_json(j: &JsonPrefix, logits: &mut [f32], eng: &Engine) {
-    let mut order: Vec<u32> = (0..u32::try_from(logits.len()).unwrap_or(u32::MAX)).collect();
-    order.sort_unstable_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
-    let mut keep = vec![false; logits.len()];
+    let n = logits.len();
+    let mut order: Vec<u32> = (0..u32::try_from(n).unwrap_or(u32::MAX)).collect();
+    let desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+    let mut keep = vec![false; n];
     let mut kept = 0;
-    for &id in &order {
-        let ok = if eng.stop_ids().contains(&id) {
-            j.complete()
-        } else {
-            let piece = &eng.pieces()[id as usize];
-            !piece.is_empty() && j.clone().push_str(piece)
-        };
-        if ok {
-            keep[id as usize] = true;
-            kept += 1;
+    // the most likely first, a growing head at a time (no sort of the whole vocabulary)
+    let (mut done, mut m) = (0, n.min(256));
+    while done < m {
+        if m < n {
+            order[done..].select_nth_unstable_by(m - done - 1, desc);
+        }
+        order[done..m].sort_unstable_by(desc);
+        for &id in &order[done..m] {
+            let ok = if eng.stop_ids().contains(&id) {
+                j.complete()
+            } else {
+                let piece = &eng.pieces()[id as usize];
+                !piece.is_empty() && j.clone().push_str(piece)
+            };
+            if ok {
+                keep[id as usize] = true;
+                kept += 1;
+            }
             // enough candidates for top-k/top-p sampling among likely tokens
             if kept >= 64 {
                 break;
             }
         }
+        if kept >= 64 {
+            break;
+        }
+        (done, m) = (m, (m * 8).min(n));
     }
     if kept == 0 {
         return;
