@@ -689,9 +689,9 @@ mod x86 {
         _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_srli_epi16,
         _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32,
         _mm_add_ps, _mm_add_ss, _mm_and_si128, _mm_cvtph_ps, _mm_cvtsi128_si32, _mm_cvtsi32_si128,
-        _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_set1_epi8,
-        _mm_shuffle_epi32, _mm_shuffle_ps, _mm_srli_epi16, _MM_FROUND_NO_EXC,
-        _MM_FROUND_TO_NEAREST_INT,
+        _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_prefetch,
+        _mm_set1_epi8, _mm_shuffle_epi32, _mm_shuffle_ps, _mm_srli_epi16, _MM_FROUND_NO_EXC,
+        _MM_FROUND_TO_NEAREST_INT, _MM_HINT_T0,
     };
 
     use super::{QuantActs, FR, QK};
@@ -1303,6 +1303,10 @@ mod x86 {
         let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
         for b in 0..nb {
             let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
+            for l in (0..pb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PREFETCH * pb + l).cast());
+                _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(PREFETCH * pb + l).cast());
+            }
             let dw = _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
                 _mm256_castsi128_si256(_mm_loadu_si128(b0.cast::<__m128i>())),
                 _mm_loadu_si128(b1.cast::<__m128i>()),
@@ -1369,6 +1373,11 @@ mod x86 {
         let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
         for b in 0..nb {
             let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
+            // the weights stream from memory: ask for the blocks a few iterations ahead
+            for l in (0..pb).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PREFETCH * pb + l).cast());
+                _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(PREFETCH * pb + l).cast());
+            }
             let halves = |off: usize| {
                 _mm256_inserti128_si256::<1>(
                     _mm256_castsi128_si256(_mm_loadu_si128(b0.add(off).cast::<__m128i>())),
@@ -1412,6 +1421,9 @@ mod x86 {
         }
         out
     }
+
+    /// How many blocks ahead the packed kernels prefetch their weights.
+    const PREFETCH: usize = 4;
 
     macro_rules! q4_tile {
         ($name:ident, $features:literal, $udot:ident) => {
