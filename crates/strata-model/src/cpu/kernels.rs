@@ -274,8 +274,9 @@ unsafe fn quant_rows<const R: usize>(
     }
 }
 
-/// Rows `r0..r1` (multiples of 8) of a packed matrix against tokens `t0..t1`: each group of 8 rows
-/// against up to TT tokens at a time, the 8 results of a token stored side by side.
+/// Rows `r0..r1` (multiples of 8) of a packed matrix against tokens `t0..t1`. With VNNI, two groups of 8 rows
+/// at a time in 512-bit registers (a lone last group paired with itself) against up to 8 tokens, the 16
+/// results of a token stored side by side; otherwise the portable product row by row.
 #[allow(clippy::too_many_arguments)]
 unsafe fn packed_rows(
     isa: Isa,
@@ -291,25 +292,45 @@ unsafe fn packed_rows(
     let nb = acts.blocks;
     let gb = nb * w.ty.packed_block_bytes();
     let (g0, g1) = (r0 / 8, r1 / 8);
-    let mut g = g0;
-    while g < g1 {
-        let grp = &w.bytes[g * gb..(g + 1) * gb];
-        #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx2Vnni && g + 1 < g1 {
-            // two groups at a time in 512-bit registers
-            let grp1 = &w.bytes[(g + 1) * gb..(g + 2) * gb];
+    let group = |g: usize| &w.bytes[g * gb..(g + 1) * gb];
+    if isa != Isa::Avx2Vnni {
+        for g in g0..g1 {
+            for t in t0..t1 {
+                for r in 0..8 {
+                    *out.0.add(t * n + g * 8 + r) =
+                        dot_packed_portable(w.ty, group(g), r, acts, nb, t);
+                }
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut g = g0;
+        while g < g1 {
+            let pair = (g + 1 < g1).then_some(g + 1);
+            let (grp, grp1) = (group(g), group(pair.unwrap_or(g)));
+            let rows = if pair.is_some() { 16 } else { 8 };
             let mut t = t0;
             while t < t1 {
+                // tiles of 1 to 8 tokens: decode batches are often small
                 let nt = (t1 - t).min(8);
                 let mut acc = [[0f32; 16]; 8];
-                let q1 = w.ty == WeightType::Q4_1;
                 macro_rules! tile {
                     ($n:literal) => {{
                         let toks: [usize; $n] = std::array::from_fn(|j| t + j);
-                        let r = if w.ty == WeightType::Q8_0 {
-                            x86::q8_0_packed2_vnni::<$n>(grp, grp1, acts, nb, &toks)
-                        } else {
-                            x86::q4_packed2_vnni::<$n>(q1, grp, grp1, acts, nb, &toks)
+                        let r = match w.ty {
+                            WeightType::Q8_0 => {
+                                x86::q8_0_packed2_vnni::<$n>(grp, grp1, acts, nb, &toks)
+                            }
+                            ty => x86::q4_packed2_vnni::<$n>(
+                                ty == WeightType::Q4_1,
+                                grp,
+                                grp1,
+                                acts,
+                                nb,
+                                &toks,
+                            ),
                         };
                         acc[..$n].copy_from_slice(&r);
                     }};
@@ -325,57 +346,17 @@ unsafe fn packed_rows(
                     _ => tile!(8),
                 }
                 for (j, row) in acc.iter().enumerate().take(nt) {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), out.0.add((t + j) * n + g * 8), 16);
+                    std::ptr::copy_nonoverlapping(
+                        row.as_ptr(),
+                        out.0.add((t + j) * n + g * 8),
+                        rows,
+                    );
                 }
                 t += nt;
             }
-            g += 2;
-            continue;
+            g += if pair.is_some() { 2 } else { 1 };
         }
-        let mut t = t0;
-        while t < t1 {
-            let nt = (t1 - t).min(TT);
-            let mut acc = [[0f32; 8]; TT];
-            // (a tile of 1, 2, 3 or 4 tokens: decode batches are often small)
-            match nt {
-                1 => packed_tile::<1>(isa, w.ty, grp, acts, nb, t, &mut acc),
-                2 => packed_tile::<2>(isa, w.ty, grp, acts, nb, t, &mut acc),
-                3 => packed_tile::<3>(isa, w.ty, grp, acts, nb, t, &mut acc),
-                _ => packed_tile::<TT>(isa, w.ty, grp, acts, nb, t, &mut acc),
-            }
-            for (j, row) in acc.iter().enumerate().take(nt) {
-                std::ptr::copy_nonoverlapping(row.as_ptr(), out.0.add((t + j) * n + g * 8), 8);
-            }
-            t += nt;
-        }
-        g += 1;
     }
-}
-
-/// One packed group against tokens `t..t + N`, into `acc[..N]`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn packed_tile<const N: usize>(
-    isa: Isa,
-    ty: WeightType,
-    grp: &[u8],
-    acts: &QuantActs,
-    nb: usize,
-    t: usize,
-    acc: &mut [[f32; 8]; TT],
-) {
-    let toks: [usize; N] = std::array::from_fn(|j| t + j);
-    let res: [[f32; 8]; N] = match (isa, ty) {
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2Vnni, WeightType::Q8_0) => x86::q8_0_packed_vnni::<N>(grp, acts, nb, &toks),
-        #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2Vnni, WeightType::Q4_0 | WeightType::Q4_1) => {
-            x86::q4_packed_vnni::<N>(ty == WeightType::Q4_1, grp, acts, nb, &toks)
-        }
-        _ => std::array::from_fn(|j| {
-            std::array::from_fn(|r| dot_packed_portable(ty, grp, r, acts, nb, toks[j]))
-        }),
-    };
-    acc[..N].copy_from_slice(&res);
 }
 
 /// Row `r` (0..8) of a packed group against token `tok`: Σ_blocks d_w·d_x·Σ q_w·q_x (Q8_0's stored
@@ -679,19 +660,18 @@ pub fn dot_quant_portable(
 #[allow(clippy::cast_ptr_alignment)] // every load below is an unaligned load
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_and_si256, _mm256_andnot_ps,
-        _mm256_broadcast_ss, _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps,
-        _mm256_cvtph_ps, _mm256_cvtps_epi32, _mm256_dpbusd_epi32, _mm256_extractf128_ps,
-        _mm256_extracti128_si256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256,
-        _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16,
-        _mm256_packs_epi32, _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16,
-        _mm256_set1_epi32, _mm256_set1_epi8, _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32,
-        _mm256_setzero_ps, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_srli_epi16,
-        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32, _mm256_xor_si256, _mm_add_epi32,
-        _mm_add_ps, _mm_add_ss, _mm_and_si128, _mm_cvtph_ps, _mm_cvtsi128_si32, _mm_cvtsi32_si128,
-        _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps, _mm_max_ss, _mm_movehl_ps, _mm_prefetch,
-        _mm_set1_epi8, _mm_shuffle_epi32, _mm_shuffle_ps, _mm_srli_epi16, _MM_FROUND_NO_EXC,
-        _MM_FROUND_TO_NEAREST_INT, _MM_HINT_T0,
+        __m128i, __m256, __m256i, _mm256_add_epi32, _mm256_andnot_ps, _mm256_broadcast_ss,
+        _mm256_castps256_ps128, _mm256_castsi256_si128, _mm256_cvtepi32_ps, _mm256_cvtps_epi32,
+        _mm256_dpbusd_epi32, _mm256_extractf128_ps, _mm256_extracti128_si256, _mm256_fmadd_ps,
+        _mm256_loadu_ps, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16,
+        _mm256_max_ps, _mm256_mul_ps, _mm256_packs_epi16, _mm256_packs_epi32,
+        _mm256_permutevar8x32_epi32, _mm256_round_ps, _mm256_set1_epi16, _mm256_set1_epi8,
+        _mm256_set1_ps, _mm256_set_m128i, _mm256_setr_epi32, _mm256_setzero_ps,
+        _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_si256, _mm256_sub_epi32,
+        _mm256_xor_si256, _mm_add_epi32, _mm_add_ps, _mm_add_ss, _mm_and_si128, _mm_cvtph_ps,
+        _mm_cvtsi128_si32, _mm_cvtsi32_si128, _mm_cvtss_f32, _mm_loadu_si128, _mm_max_ps,
+        _mm_max_ss, _mm_movehl_ps, _mm_prefetch, _mm_set1_epi8, _mm_shuffle_epi32, _mm_shuffle_ps,
+        _mm_srli_epi16, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT, _MM_HINT_T0,
     };
 
     use super::{QuantActs, FR, QK};
@@ -1024,6 +1004,15 @@ mod x86 {
         _mm512_scalef_ps(std::arch::x86_64::_mm512_add_ps(y, _mm512_set1_ps(1.0)), n)
     }
 
+    /// The mask of the first min(rem, 16) lanes.
+    fn lanes(rem: usize) -> u16 {
+        if rem >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << rem) - 1
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,avx512f")]
     pub unsafe fn exp_shifted_512(x: &mut [f32], shift: f32) -> f32 {
         use std::arch::x86_64::{
@@ -1035,11 +1024,7 @@ mod x86 {
         let mut acc = _mm512_setzero_ps();
         let mut i = 0;
         while i < n {
-            let m: u16 = if n - i >= 16 {
-                u16::MAX
-            } else {
-                (1u16 << (n - i)) - 1
-            };
+            let m = lanes(n - i);
             let e = _mm512_maskz_mov_ps(
                 m,
                 exp_512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), s)),
@@ -1061,11 +1046,7 @@ mod x86 {
         let one = _mm512_set1_ps(1.0);
         let mut i = 0;
         while i < n {
-            let m: u16 = if n - i >= 16 {
-                u16::MAX
-            } else {
-                (1u16 << (n - i)) - 1
-            };
+            let m = lanes(n - i);
             let g = _mm512_maskz_loadu_ps(m, gate.as_ptr().add(i));
             let u = _mm512_maskz_loadu_ps(m, up.as_ptr().add(i));
             let e = exp_512(_mm512_sub_ps(_mm512_setzero_ps(), g));
@@ -1169,117 +1150,62 @@ mod x86 {
         udot_vnni_from
     );
 
-    /// A packed Q8_0 group (8 rows) against N tokens: out[j][r] = row r · token j. Weights are unsigned
-    /// (q + 128) and activations signed, so each 4-byte chunk is one `vpdpbusd` for all 8 rows, started from
-    /// −128·Σq_x to take the offset back out.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub unsafe fn q8_0_packed_vnni<const N: usize>(
-        grp: &[u8],
-        acts: &QuantActs,
-        nb: usize,
-        toks: &[usize; N],
-    ) -> [[f32; 8]; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let qs = acts.qs.as_ptr();
-        let ds = acts.d.as_ptr();
-        let cs = acts.c128.as_ptr();
-        let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
-        let g = grp.as_ptr();
-        for b in 0..nb {
-            let blk = g.add(b * super::WeightType::Q8_0.packed_block_bytes());
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.cast::<__m128i>()));
-            let w: [__m256i; 8] =
-                std::array::from_fn(|c| _mm256_loadu_si256(blk.add(16 + 32 * c).cast::<__m256i>()));
-            for j in 0..N {
-                let xb = qs.add((base[j] + b) * QK).cast::<i32>();
-                let x = |c: usize| _mm256_set1_epi32(xb.add(c).read_unaligned());
-                // two chains, so that the eight dependent products overlap
-                let mut a0 = _mm256_set1_epi32(*cs.add(base[j] + b));
-                let mut a1 = _mm256_setzero_si256();
-                a0 = _mm256_dpbusd_epi32(a0, w[0], x(0));
-                a1 = _mm256_dpbusd_epi32(a1, w[1], x(1));
-                a0 = _mm256_dpbusd_epi32(a0, w[2], x(2));
-                a1 = _mm256_dpbusd_epi32(a1, w[3], x(3));
-                a0 = _mm256_dpbusd_epi32(a0, w[4], x(4));
-                a1 = _mm256_dpbusd_epi32(a1, w[5], x(5));
-                a0 = _mm256_dpbusd_epi32(a0, w[6], x(6));
-                a1 = _mm256_dpbusd_epi32(a1, w[7], x(7));
-                let d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*ds.add(base[j] + b)));
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, a1)), d, acc[j]);
-            }
+    /// Asks for the blocks of both groups `PREFETCH` blocks of `pb` bytes ahead: the weights stream from memory.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn prefetch_ahead(b0: *const u8, b1: *const u8, pb: usize) {
+        for l in (0..pb).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PREFETCH * pb + l).cast());
+            _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(PREFETCH * pb + l).cast());
         }
-        let mut out = [[0f32; 8]; N];
-        for j in 0..N {
-            _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
-        }
-        out
     }
 
-    /// A packed Q4_0 (q1 = false) or Q4_1 (q1 = true) group (8 rows) against N tokens: out[j][r] = row
-    /// r · token j. Each packed 32-byte vector holds 4 bytes of every row; its low nibbles are values
-    /// 4c..4c + 4 of the block and its high nibbles values 16 + 4c.., so the two halves are one `vpdpbusd`
-    /// each (nibbles are unsigned already). The offset (Q4_0: −8·d) or minimum (Q4_1: m) term is one FMA
-    /// with Σx per block.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub unsafe fn q4_packed_vnni<const N: usize>(
-        q1: bool,
-        grp: &[u8],
-        acts: &QuantActs,
-        nb: usize,
-        toks: &[usize; N],
-    ) -> [[f32; 8]; N] {
-        let ty = if q1 {
-            super::WeightType::Q4_1
-        } else {
-            super::WeightType::Q4_0
+    /// 16 bytes at `off` of each group's block, the first group's in the low half.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pair128(b0: *const u8, b1: *const u8, off: usize) -> __m256i {
+        use std::arch::x86_64::{_mm256_castsi128_si256, _mm256_inserti128_si256};
+        _mm256_inserti128_si256::<1>(
+            _mm256_castsi128_si256(_mm_loadu_si128(b0.add(off).cast::<__m128i>())),
+            _mm_loadu_si128(b1.add(off).cast::<__m128i>()),
+        )
+    }
+
+    /// 32 bytes at `off` of each group's block, the first group's in the low half.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn pair256(b0: *const u8, b1: *const u8, off: usize) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::{_mm512_castsi256_si512, _mm512_inserti64x4};
+        _mm512_inserti64x4::<1>(
+            _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(off).cast())),
+            _mm256_loadu_si256(b1.add(off).cast()),
+        )
+    }
+
+    /// start + Σ_c w[c]·x[c], c over the 8 four-byte chunks of a block of 32 activations (each broadcast to
+    /// all 16 lanes): 16 rows' dot products over one block, in two chains so that the products overlap.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn dot_block_512(
+        start: std::arch::x86_64::__m512i,
+        w: &[std::arch::x86_64::__m512i; 8],
+        xb: *const i32,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::{
+            _mm512_add_epi32, _mm512_dpbusd_epi32, _mm512_set1_epi32, _mm512_setzero_si512,
         };
-        let (pb, qa) = (ty.packed_block_bytes(), ty.packed_quants_at());
-        let mut acc = [_mm256_setzero_ps(); N];
-        let qs = acts.qs.as_ptr();
-        let ds = acts.d.as_ptr();
-        let ss = acts.s.as_ptr();
-        let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
-        let m4 = _mm256_set1_epi8(15);
-        let g = grp.as_ptr();
-        for b in 0..nb {
-            let blk = g.add(b * pb);
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk.cast::<__m128i>()));
-            let mw = if q1 {
-                _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16).cast::<__m128i>()))
-            } else {
-                _mm256_mul_ps(dw, _mm256_set1_ps(-8.0))
-            };
-            let raw: [__m256i; 4] =
-                std::array::from_fn(|c| _mm256_loadu_si256(blk.add(qa + 32 * c).cast::<__m256i>()));
-            let lo: [__m256i; 4] = std::array::from_fn(|c| _mm256_and_si256(raw[c], m4));
-            let hi: [__m256i; 4] =
-                std::array::from_fn(|c| _mm256_and_si256(_mm256_srli_epi16(raw[c], 4), m4));
-            for j in 0..N {
-                let xb = qs.add((base[j] + b) * QK).cast::<i32>();
-                let x = |c: usize| _mm256_set1_epi32(xb.add(c).read_unaligned());
-                // two chains, so that the eight dependent products overlap
-                let mut a0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo[0], x(0));
-                let mut a1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo[1], x(1));
-                a0 = _mm256_dpbusd_epi32(a0, lo[2], x(2));
-                a1 = _mm256_dpbusd_epi32(a1, lo[3], x(3));
-                a0 = _mm256_dpbusd_epi32(a0, hi[0], x(4));
-                a1 = _mm256_dpbusd_epi32(a1, hi[1], x(5));
-                a0 = _mm256_dpbusd_epi32(a0, hi[2], x(6));
-                a1 = _mm256_dpbusd_epi32(a1, hi[3], x(7));
-                let d = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*ds.add(base[j] + b)));
-                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a0, a1)), d, acc[j]);
-                acc[j] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(&*ss.add(base[j] + b)), acc[j]);
-            }
+        let x = |c: usize| _mm512_set1_epi32(xb.add(c).read_unaligned());
+        let (mut a0, mut a1) = (start, _mm512_setzero_si512());
+        for c in (0..8).step_by(2) {
+            a0 = _mm512_dpbusd_epi32(a0, w[c], x(c));
+            a1 = _mm512_dpbusd_epi32(a1, w[c + 1], x(c + 1));
         }
-        let mut out = [[0f32; 8]; N];
-        for j in 0..N {
-            _mm256_storeu_ps(out[j].as_mut_ptr(), acc[j]);
-        }
-        out
+        _mm512_add_epi32(a0, a1)
     }
 
     /// Two consecutive packed Q8_0 groups (16 rows) against N tokens in 512-bit registers: rows of the first
-    /// group in lanes 0..8, of the second in lanes 8..16; otherwise as [`q8_0_packed_vnni`].
+    /// group in lanes 0..8, of the second in lanes 8..16; otherwise as the packed layout's doc says
+    /// ([`super::Matrix::packed`]): weights offset by 128, each product started from −128·Σq_x.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
     pub unsafe fn q8_0_packed2_vnni<const N: usize>(
         grp0: &[u8],
@@ -1289,10 +1215,8 @@ mod x86 {
         toks: &[usize; N],
     ) -> [[f32; 16]; N] {
         use std::arch::x86_64::{
-            __m512, __m512i, _mm256_castsi128_si256, _mm256_inserti128_si256, _mm512_add_epi32,
-            _mm512_castsi256_si512, _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_dpbusd_epi32,
-            _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_ps,
-            _mm512_setzero_ps, _mm512_setzero_si512, _mm512_storeu_ps,
+            __m512, __m512i, _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_fmadd_ps, _mm512_mul_ps,
+            _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
         };
         let pb = super::WeightType::Q8_0.packed_block_bytes();
         let mut acc: [__m512; N] = [_mm512_setzero_ps(); N];
@@ -1303,34 +1227,14 @@ mod x86 {
         let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
         for b in 0..nb {
             let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
-            for l in (0..pb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PREFETCH * pb + l).cast());
-                _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(PREFETCH * pb + l).cast());
-            }
-            let dw = _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(
-                _mm256_castsi128_si256(_mm_loadu_si128(b0.cast::<__m128i>())),
-                _mm_loadu_si128(b1.cast::<__m128i>()),
-            ));
-            let w: [__m512i; 8] = std::array::from_fn(|c| {
-                _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(16 + 32 * c).cast())),
-                    _mm256_loadu_si256(b1.add(16 + 32 * c).cast()),
-                )
-            });
+            prefetch_ahead(b0, b1, pb);
+            let dw = _mm512_cvtph_ps(pair128(b0, b1, 0));
+            let w: [__m512i; 8] = std::array::from_fn(|c| pair256(b0, b1, 16 + 32 * c));
             for j in 0..N {
                 let xb = qs.add((base[j] + b) * QK).cast::<i32>();
-                let x = |c: usize| _mm512_set1_epi32(xb.add(c).read_unaligned());
-                let mut a0 =
-                    _mm512_dpbusd_epi32(_mm512_set1_epi32(*cs.add(base[j] + b)), w[0], x(0));
-                let mut a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], x(1));
-                a0 = _mm512_dpbusd_epi32(a0, w[2], x(2));
-                a1 = _mm512_dpbusd_epi32(a1, w[3], x(3));
-                a0 = _mm512_dpbusd_epi32(a0, w[4], x(4));
-                a1 = _mm512_dpbusd_epi32(a1, w[5], x(5));
-                a0 = _mm512_dpbusd_epi32(a0, w[6], x(6));
-                a1 = _mm512_dpbusd_epi32(a1, w[7], x(7));
+                let p = dot_block_512(_mm512_set1_epi32(*cs.add(base[j] + b)), &w, xb);
                 let d = _mm512_mul_ps(dw, _mm512_set1_ps(*ds.add(base[j] + b)));
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), d, acc[j]);
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[j]);
             }
         }
         let mut out = [[0f32; 16]; N];
@@ -1340,8 +1244,11 @@ mod x86 {
         out
     }
 
-    /// Two consecutive packed Q4 groups (16 rows) against N tokens in 512-bit registers: rows of the first
-    /// group in lanes 0..8, of the second in lanes 8..16; otherwise as [`q4_packed_vnni`].
+    /// Two consecutive packed Q4_0 (q1 = false) or Q4_1 (q1 = true) groups (16 rows) against N tokens in
+    /// 512-bit registers: rows of the first group in lanes 0..8, of the second in lanes 8..16. Each packed
+    /// 32-byte vector holds 4 bytes of every row of a group; its low nibbles are values 4c..4c + 4 of the block
+    /// and its high nibbles values 16 + 4c.., so the two halves are one `vpdpbusd` each (nibbles are unsigned
+    /// already). The offset (Q4_0: −8·d) or minimum (Q4_1: m) term is one FMA with Σx per block.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
     pub unsafe fn q4_packed2_vnni<const N: usize>(
         q1: bool,
@@ -1352,10 +1259,8 @@ mod x86 {
         toks: &[usize; N],
     ) -> [[f32; 16]; N] {
         use std::arch::x86_64::{
-            __m512, __m512i, _mm256_castsi128_si256, _mm256_inserti128_si256, _mm512_add_epi32,
-            _mm512_and_si512, _mm512_castsi256_si512, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
-            _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_mul_ps,
-            _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
+            __m512, __m512i, _mm512_and_si512, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
+            _mm512_fmadd_ps, _mm512_mul_ps, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
             _mm512_setzero_si512, _mm512_srli_epi32, _mm512_storeu_ps,
         };
         let ty = if q1 {
@@ -1373,45 +1278,27 @@ mod x86 {
         let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
         for b in 0..nb {
             let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
-            // the weights stream from memory: ask for the blocks a few iterations ahead
-            for l in (0..pb).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(b0.wrapping_add(PREFETCH * pb + l).cast());
-                _mm_prefetch::<_MM_HINT_T0>(b1.wrapping_add(PREFETCH * pb + l).cast());
-            }
-            let halves = |off: usize| {
-                _mm256_inserti128_si256::<1>(
-                    _mm256_castsi128_si256(_mm_loadu_si128(b0.add(off).cast::<__m128i>())),
-                    _mm_loadu_si128(b1.add(off).cast::<__m128i>()),
-                )
-            };
-            let dw = _mm512_cvtph_ps(halves(0));
+            prefetch_ahead(b0, b1, pb);
+            let dw = _mm512_cvtph_ps(pair128(b0, b1, 0));
             let mw = if q1 {
-                _mm512_cvtph_ps(halves(16))
+                _mm512_cvtph_ps(pair128(b0, b1, 16))
             } else {
                 _mm512_mul_ps(dw, _mm512_set1_ps(-8.0))
             };
-            let raw: [__m512i; 4] = std::array::from_fn(|c| {
-                _mm512_inserti64x4::<1>(
-                    _mm512_castsi256_si512(_mm256_loadu_si256(b0.add(qa + 32 * c).cast())),
-                    _mm256_loadu_si256(b1.add(qa + 32 * c).cast()),
-                )
+            let raw: [__m512i; 4] = std::array::from_fn(|c| pair256(b0, b1, qa + 32 * c));
+            // values 4c.. of the block (low nibbles) for c < 4, values 16 + 4(c − 4).. (high nibbles) after
+            let w: [__m512i; 8] = std::array::from_fn(|c| {
+                if c < 4 {
+                    _mm512_and_si512(raw[c], m4)
+                } else {
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(raw[c - 4]), m4)
+                }
             });
-            let lo: [__m512i; 4] = std::array::from_fn(|c| _mm512_and_si512(raw[c], m4));
-            let hi: [__m512i; 4] =
-                std::array::from_fn(|c| _mm512_and_si512(_mm512_srli_epi32::<4>(raw[c]), m4));
             for j in 0..N {
                 let xb = qs.add((base[j] + b) * QK).cast::<i32>();
-                let x = |c: usize| _mm512_set1_epi32(xb.add(c).read_unaligned());
-                let mut a0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[0], x(0));
-                let mut a1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[1], x(1));
-                a0 = _mm512_dpbusd_epi32(a0, lo[2], x(2));
-                a1 = _mm512_dpbusd_epi32(a1, lo[3], x(3));
-                a0 = _mm512_dpbusd_epi32(a0, hi[0], x(4));
-                a1 = _mm512_dpbusd_epi32(a1, hi[1], x(5));
-                a0 = _mm512_dpbusd_epi32(a0, hi[2], x(6));
-                a1 = _mm512_dpbusd_epi32(a1, hi[3], x(7));
+                let p = dot_block_512(_mm512_setzero_si512(), &w, xb);
                 let d = _mm512_mul_ps(dw, _mm512_set1_ps(*ds.add(base[j] + b)));
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a0, a1)), d, acc[j]);
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[j]);
                 acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(*ss.add(base[j] + b)), acc[j]);
             }
         }
