@@ -371,33 +371,20 @@ pub fn dot_packed_portable(
     tok: usize,
 ) -> f32 {
     let (pb, qa) = (ty.packed_block_bytes(), ty.packed_quants_at());
+    // Q8_0's quants are stored offset by 128: flip them back to ggml's bytes
+    let flip = if ty == WeightType::Q8_0 { 0x80 } else { 0 };
     let mut sum = 0f32;
     for b in 0..nb {
         let blk = &grp[b * pb..(b + 1) * pb];
         let ai = tok * nb + b;
-        let xq = &acts.qs[ai * QK..(ai + 1) * QK];
-        let dw = get_f16(&blk[2 * r..]);
-        // byte j of the row's quants in this block
-        let q = |j: usize| blk[qa + (j / 4) * 32 + r * 4 + j % 4];
-        let p: i32 = if ty == WeightType::Q8_0 {
-            (0..QK)
-                .map(|k| (i32::from(q(k)) - 128) * i32::from(xq[k]))
-                .sum()
+        let m = if ty == WeightType::Q4_1 {
+            get_f16(&blk[16 + 2 * r..])
         } else {
-            (0..16)
-                .map(|j| {
-                    i32::from(q(j) & 15) * i32::from(xq[j])
-                        + i32::from(q(j) >> 4) * i32::from(xq[j + 16])
-                })
-                .sum()
+            0.0
         };
-        #[allow(clippy::cast_precision_loss)]
-        let p = dw * acts.d[ai] * p as f32;
-        sum += match ty {
-            WeightType::Q4_1 => p + get_f16(&blk[16 + 2 * r..]) * acts.s[ai],
-            WeightType::Q4_0 => p - 8.0 * dw * acts.s[ai],
-            _ => p,
-        };
+        // byte j of the row's quants in this block
+        let q = |j: usize| blk[qa + (j / 4) * 32 + r * 4 + j % 4] ^ flip;
+        sum += block_dot(ty, q, get_f16(&blk[2 * r..]), m, acts, ai);
     }
     sum
 }
@@ -610,50 +597,52 @@ pub fn dot_quant_portable(
     nb: usize,
     tok: usize,
 ) -> f32 {
-    let bb = ty.block_bytes();
+    let (bb, qa) = (ty.block_bytes(), ty.quants_at());
     let mut sum = 0f32;
     for b in 0..nb {
         let blk = &wrow[b * bb..(b + 1) * bb];
-        let ai = tok * nb + b;
-        let xq = &acts.qs[ai * QK..(ai + 1) * QK];
-        let (dx, sx) = (acts.d[ai], acts.s[ai]);
-        let dw = get_f16(blk);
-        match ty {
-            WeightType::Q8_0 => {
-                let p: i32 = blk[2..34]
-                    .iter()
-                    .zip(xq)
-                    .map(|(&w, &x)| i32::from(w.cast_signed()) * i32::from(x))
-                    .sum();
-                #[allow(clippy::cast_precision_loss)]
-                {
-                    sum += dw * dx * p as f32;
-                }
-            }
-            WeightType::Q4_0 | WeightType::Q4_1 => {
-                let qs = if ty == WeightType::Q4_1 {
-                    &blk[4..20]
-                } else {
-                    &blk[2..18]
-                };
-                let p: i32 = (0..16)
-                    .map(|j| {
-                        i32::from(qs[j] & 15) * i32::from(xq[j])
-                            + i32::from(qs[j] >> 4) * i32::from(xq[j + 16])
-                    })
-                    .sum();
-                #[allow(clippy::cast_precision_loss)]
-                let p = dw * dx * p as f32;
-                sum += if ty == WeightType::Q4_1 {
-                    p + get_f16(&blk[2..]) * sx
-                } else {
-                    p - 8.0 * dw * sx
-                };
-            }
-            WeightType::F32 => {}
-        }
+        let m = if ty == WeightType::Q4_1 {
+            get_f16(&blk[2..])
+        } else {
+            0.0
+        };
+        sum += block_dot(ty, |j| blk[qa + j], get_f16(blk), m, acts, tok * nb + b);
     }
     sum
+}
+
+/// Block `ai` of the activations against one block of weights: d_w·d_x·Σ q_w·q_x, plus Q4_1's m·Σx, or
+/// minus Q4_0's 8·d_w·Σx (its nibbles are stored with +8). `q(j)` is byte j of the block's quants as ggml
+/// stores them (Q8_0: signed; Q4: values j and j + 16 in the low and high nibble).
+fn block_dot(
+    ty: WeightType,
+    q: impl Fn(usize) -> u8,
+    dw: f32,
+    m: f32,
+    acts: &QuantActs,
+    ai: usize,
+) -> f32 {
+    let xq = &acts.qs[ai * QK..(ai + 1) * QK];
+    let (dx, sx) = (acts.d[ai], acts.s[ai]);
+    let p: i32 = if ty == WeightType::Q8_0 {
+        (0..QK)
+            .map(|k| i32::from(q(k).cast_signed()) * i32::from(xq[k]))
+            .sum()
+    } else {
+        (0..16)
+            .map(|j| {
+                i32::from(q(j) & 15) * i32::from(xq[j])
+                    + i32::from(q(j) >> 4) * i32::from(xq[j + 16])
+            })
+            .sum()
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let p = dw * dx * p as f32;
+    match ty {
+        WeightType::Q4_1 => p + m * sx,
+        WeightType::Q4_0 => p - 8.0 * dw * sx,
+        _ => p,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -475,46 +475,20 @@ impl CpuModel {
                 let kt = &kc[kvh * hd * cap..(kvh + 1) * hd * cap];
                 let vbase = &vc[kvh * cap * hd..(kvh + 1) * cap * hd];
                 let mut scores = Vec::with_capacity(QB * (pos0 + c1));
-                if heads > 1 {
-                    // one token, `heads` heads of kv head `kvh`
-                    let row = base + c0;
+                // query u: one token's heads head.. (step 0) or one head's tokens c0.. (step 1)
+                let (count, step) = if heads > 1 { (heads, 0) } else { (c1 - c0, 1) };
+                let at = |u: usize| (base + c0 + u * step, head + u * (1 - step));
+                let mut i = 0;
+                while i < count {
+                    let nq = (count - i).min(QB);
                     let q: [&[f32]; QB] = std::array::from_fn(|u| {
-                        &qkv_ref[row * qkv_w + (head + u.min(heads - 1)) * hd..][..hd]
+                        let (row, h) = at(i + u.min(nq - 1));
+                        &qkv_ref[row * qkv_w + h * hd..][..hd]
                     });
-                    // SAFETY: (row, head + u) is written by this task only.
+                    // SAFETY: (row, head) of each query is written by this task only.
                     let mut o: [&mut [f32]; QB] = std::array::from_fn(|u| unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out.at(row * qd + (head + u.min(heads - 1)) * hd),
-                            hd,
-                        )
-                    });
-                    attend_block(
-                        isa,
-                        &q[..heads],
-                        kt,
-                        vbase,
-                        cap,
-                        pos0 + c0,
-                        0,
-                        window,
-                        scale,
-                        &mut scores,
-                        &mut o[..heads],
-                    );
-                    return;
-                }
-                let mut i = c0;
-                while i < c1 {
-                    let nq = (c1 - i).min(QB);
-                    let q: [&[f32]; QB] = std::array::from_fn(|u| {
-                        &qkv_ref[(base + i + u.min(nq - 1)) * qkv_w + head * hd..][..hd]
-                    });
-                    // SAFETY: (row base + i + u, head) is written by this task only.
-                    let mut o: [&mut [f32]; QB] = std::array::from_fn(|u| unsafe {
-                        std::slice::from_raw_parts_mut(
-                            out.at((base + i + u.min(nq - 1)) * qd + head * hd),
-                            hd,
-                        )
+                        let (row, h) = at(i + u.min(nq - 1));
+                        std::slice::from_raw_parts_mut(out.at(row * qd + h * hd), hd)
                     });
                     attend_block(
                         isa,
@@ -522,8 +496,8 @@ impl CpuModel {
                         kt,
                         vbase,
                         cap,
-                        pos0 + i,
-                        1,
+                        pos0 + c0 + i * step,
+                        step,
                         window,
                         scale,
                         &mut scores,

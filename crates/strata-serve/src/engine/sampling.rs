@@ -94,11 +94,6 @@ pub fn apply_repetition_penalty<'a>(
     }
 }
 
-/// The largest probability (1 for the most likely token, as probabilities are taken relative to it).
-fn max_prob(probs: &[(f32, u32)]) -> f32 {
-    probs.iter().fold(0f32, |m, p| m.max(p.0))
-}
-
 pub struct Sampler {
     sampling: Sampling,
     rng: rand::rngs::StdRng,
@@ -172,9 +167,10 @@ impl Sampler {
         // cut falls inside it (a few hundred of a vocabulary of tens of thousands, as a rule).
         let n = self.probs.len();
         let desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0);
-        let floor = max_prob(&self.probs) * min_p;
+        // min-p's floor: probabilities are relative to the most likely token's, exp(0) = 1
+        let floor = min_p;
         let mut m = if top_k > 0 { top_k.min(n) } else { n.min(256) };
-        let k_mass = loop {
+        let kept = loop {
             if m < n {
                 self.probs.select_nth_unstable_by(m - 1, desc);
             }
@@ -185,30 +181,19 @@ impl Sampler {
             } else {
                 all
             };
-            let p_cut = top_p < 1.0 && {
-                let mut mass = 0f32;
-                self.probs[..m].iter().any(|&(p, _)| {
-                    mass += p / k_mass;
-                    mass >= top_p
-                })
-            };
-            if top_k > 0 || m == n || p_cut || self.probs[m - 1].0 < floor {
-                break k_mass;
+            // top-p: the smallest prefix whose mass (renormalised after top-k) reaches top_p
+            let mut mass = 0f32;
+            let p_cut = self.probs[..m].iter().position(|&(p, _)| {
+                mass += p / k_mass;
+                mass >= top_p
+            });
+            if top_k > 0 || m == n || p_cut.is_some() || self.probs[m - 1].0 < floor {
+                break p_cut.map_or(m, |i| i + 1);
             }
             m = (m * 8).min(n);
         };
-        let mut kept = m;
-        // top-p: the smallest prefix whose mass (renormalised after top-k) reaches top_p
-        let mut mass = 0f32;
-        for (i, &(p, _)) in self.probs[..kept].iter().enumerate() {
-            mass += p / k_mass;
-            if mass >= top_p {
-                kept = i + 1;
-                break;
-            }
-        }
-        // min-p: relative to the most likely token (probs are sorted, so a prefix)
-        kept = self.probs[..kept]
+        // min-p: probs are sorted, so a prefix
+        let kept = self.probs[..kept]
             .iter()
             .take_while(|p| p.0 >= floor)
             .count()
