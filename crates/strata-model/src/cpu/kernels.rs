@@ -319,19 +319,7 @@ unsafe fn packed_rows(
                 macro_rules! tile {
                     ($n:literal) => {{
                         let toks: [usize; $n] = std::array::from_fn(|j| t + j);
-                        let r = match w.ty {
-                            WeightType::Q8_0 => {
-                                x86::q8_0_packed2_vnni::<$n>(grp, grp1, acts, nb, &toks)
-                            }
-                            ty => x86::q4_packed2_vnni::<$n>(
-                                ty == WeightType::Q4_1,
-                                grp,
-                                grp1,
-                                acts,
-                                nb,
-                                &toks,
-                            ),
-                        };
+                        let r = x86::packed2_vnni::<$n>(w.ty, grp, grp1, acts, nb, &toks);
                         acc[..$n].copy_from_slice(&r);
                     }};
                 }
@@ -1192,76 +1180,33 @@ mod x86 {
         _mm512_add_epi32(a0, a1)
     }
 
-    /// Two consecutive packed Q8_0 groups (16 rows) against N tokens in 512-bit registers: rows of the first
-    /// group in lanes 0..8, of the second in lanes 8..16; otherwise as the packed layout's doc says
-    /// ([`super::Matrix::packed`]): weights offset by 128, each product started from −128·Σq_x.
+    /// Two consecutive packed groups (16 rows) of type `ty` against N tokens in 512-bit registers: rows of
+    /// the first group in lanes 0..8, of the second in lanes 8..16 (layout: [`super::Matrix::packed`]).
+    /// Q8_0's weights are offset by 128, so each block's product starts from −128·Σq_x. Q4's 32-byte
+    /// vectors hold low nibbles (values 4c..4c + 4 of the block) and high nibbles (values 16 + 4c..), each
+    /// half one `vpdpbusd` (nibbles are unsigned already); the offset (Q4_0: −8·d) or minimum (Q4_1: m)
+    /// term is one FMA with Σx per block.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
-    pub unsafe fn q8_0_packed2_vnni<const N: usize>(
+    pub unsafe fn packed2_vnni<const N: usize>(
+        ty: super::WeightType,
         grp0: &[u8],
         grp1: &[u8],
         acts: &QuantActs,
         nb: usize,
         toks: &[usize; N],
     ) -> [[f32; 16]; N] {
-        use std::arch::x86_64::{
-            __m512, __m512i, _mm512_cvtepi32_ps, _mm512_cvtph_ps, _mm512_fmadd_ps, _mm512_mul_ps,
-            _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
-        };
-        let pb = super::WeightType::Q8_0.packed_block_bytes();
-        let mut acc: [__m512; N] = [_mm512_setzero_ps(); N];
-        let qs = acts.qs.as_ptr();
-        let ds = acts.d.as_ptr();
-        let cs = acts.c128.as_ptr();
-        let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
-        let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
-        for b in 0..nb {
-            let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
-            prefetch_ahead(b0, b1, pb);
-            let dw = _mm512_cvtph_ps(pair128(b0, b1, 0));
-            let w: [__m512i; 8] = std::array::from_fn(|c| pair256(b0, b1, 16 + 32 * c));
-            for j in 0..N {
-                let xb = qs.add((base[j] + b) * QK).cast::<i32>();
-                let p = dot_block_512(_mm512_set1_epi32(*cs.add(base[j] + b)), &w, xb);
-                let d = _mm512_mul_ps(dw, _mm512_set1_ps(*ds.add(base[j] + b)));
-                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[j]);
-            }
-        }
-        let mut out = [[0f32; 16]; N];
-        for j in 0..N {
-            _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]);
-        }
-        out
-    }
-
-    /// Two consecutive packed Q4_0 (q1 = false) or Q4_1 (q1 = true) groups (16 rows) against N tokens in
-    /// 512-bit registers: rows of the first group in lanes 0..8, of the second in lanes 8..16. Each packed
-    /// 32-byte vector holds 4 bytes of every row of a group; its low nibbles are values 4c..4c + 4 of the block
-    /// and its high nibbles values 16 + 4c.., so the two halves are one `vpdpbusd` each (nibbles are unsigned
-    /// already). The offset (Q4_0: −8·d) or minimum (Q4_1: m) term is one FMA with Σx per block.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vnni,avx512vl")]
-    pub unsafe fn q4_packed2_vnni<const N: usize>(
-        q1: bool,
-        grp0: &[u8],
-        grp1: &[u8],
-        acts: &QuantActs,
-        nb: usize,
-        toks: &[usize; N],
-    ) -> [[f32; 16]; N] {
+        use super::WeightType;
         use std::arch::x86_64::{
             __m512, __m512i, _mm512_and_si512, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
-            _mm512_fmadd_ps, _mm512_mul_ps, _mm512_set1_epi8, _mm512_set1_ps, _mm512_setzero_ps,
-            _mm512_setzero_si512, _mm512_srli_epi32, _mm512_storeu_ps,
-        };
-        let ty = if q1 {
-            super::WeightType::Q4_1
-        } else {
-            super::WeightType::Q4_0
+            _mm512_fmadd_ps, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps,
+            _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi32, _mm512_storeu_ps,
         };
         let (pb, qa) = (ty.packed_block_bytes(), ty.packed_quants_at());
         let mut acc: [__m512; N] = [_mm512_setzero_ps(); N];
         let qs = acts.qs.as_ptr();
         let ds = acts.d.as_ptr();
         let ss = acts.s.as_ptr();
+        let cs = acts.c128.as_ptr();
         let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
         let m4 = _mm512_set1_epi8(15);
         let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
@@ -1269,7 +1214,17 @@ mod x86 {
             let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
             prefetch_ahead(b0, b1, pb);
             let dw = _mm512_cvtph_ps(pair128(b0, b1, 0));
-            let mw = if q1 {
+            if ty == WeightType::Q8_0 {
+                let w: [__m512i; 8] = std::array::from_fn(|c| pair256(b0, b1, qa + 32 * c));
+                for j in 0..N {
+                    let xb = qs.add((base[j] + b) * QK).cast::<i32>();
+                    let p = dot_block_512(_mm512_set1_epi32(*cs.add(base[j] + b)), &w, xb);
+                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(*ds.add(base[j] + b)));
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[j]);
+                }
+                continue;
+            }
+            let mw = if ty == WeightType::Q4_1 {
                 _mm512_cvtph_ps(pair128(b0, b1, 16))
             } else {
                 _mm512_mul_ps(dw, _mm512_set1_ps(-8.0))
