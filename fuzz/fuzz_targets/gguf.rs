@@ -6,5 +6,5 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = strata_model::cpu::CpuModel::from_gguf_bytes(Path::new("fuzz.gguf"), data, None);
+    let _ = strata_engine::CpuModel::from_gguf_bytes(Path::new("fuzz.gguf"), data, None);
 });

@@ -429,17 +429,17 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
             let out = Path::new(&s.out);
             match (s.source.as_str(), &s.dataset) {
                 ("pubmedqa", None) => {
-                    strata_data::domain::build_pubmedqa(out)?;
+                    strata_domain::build_pubmedqa(out)?;
                 }
                 ("terms", Some(d)) => {
                     let dir = store.require(strata_store::Kind::Dataset, d)?;
                     let prefix = s.prefix.as_deref().unwrap_or("terms");
-                    strata_data::domain::build_terminology_pairs(&dir, out, prefix)?;
+                    strata_domain::build_terminology_pairs(&dir, out, prefix)?;
                 }
                 ("reports", Some(d)) => {
                     let dir = store.require(strata_store::Kind::Dataset, d)?;
                     let prefix = s.prefix.as_deref().unwrap_or("ultrasound");
-                    strata_data::domain::build_report_task(&dir, out, prefix, s.seed)?;
+                    strata_domain::build_report_task(&dir, out, prefix, s.seed)?;
                 }
                 (other, _) => anyhow::bail!(
                     "step domain: source {other:?} (with dataset {:?}): expected \"pubmedqa\", or \"reports\" \
@@ -472,10 +472,10 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
             crate::commands::eval::run(store, &a).context("step eval")?;
         }
         Step::Report(s) => {
-            let steps = strata_train::report::chain(store, &s.name)?;
-            print!("{}", strata_train::report::table(&steps));
+            let steps = strata_eval::report::chain(store, &s.name)?;
+            print!("{}", strata_eval::report::table(&steps));
             if let Some(png) = &s.png {
-                strata_train::report::plot(&steps, Path::new(png))?;
+                strata_eval::report::plot(&steps, Path::new(png))?;
                 eprintln!("report     {:<20} drawn to {png}", s.name);
             }
         }

@@ -79,7 +79,7 @@ fn smollm2_imports_chats_and_matches_the_numpy_reference() {
         assert!(ids.len() > 5, "{ids:?}");
         // the candle model (training, eval), the CPU engine in f32 (generation, serving), and the engine
         // straight from the GGUF with its Q4_1/Q8_0 blocks as stored (8-bit activations: looser bounds)
-        let f32_engine = Some(strata_model::cpu::WeightType::F32);
+        let f32_engine = Some(strata_engine::WeightType::F32);
         for (what, logits, tol, agree) in [
             ("candle", common::logits_of(&mdir, &ids), 1e-4, 1.0),
             (

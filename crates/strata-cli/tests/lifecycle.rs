@@ -931,7 +931,7 @@ fn qwen2_gguf_imports_unpermuted_with_biases_and_its_pre_tokenizer() {
         std::fs::write(
             &expect,
             serde_json::json!({"ids": ids, "what": "engine on qwen2 GGUF",
-                "logits": engine_logits(&gguf, Some(strata_model::cpu::WeightType::F32), &ids)})
+                "logits": engine_logits(&gguf, Some(strata_engine::WeightType::F32), &ids)})
             .to_string(),
         )
         .unwrap();
@@ -1005,7 +1005,7 @@ fn sentencepiece_gguf_tokenizes_as_llama_cpp_and_llama_weights_unpermute() {
         "{}",
         r.stderr
     );
-    let err = strata_model::cpu::CpuModel::load(&freqs, None)
+    let err = strata_engine::CpuModel::load(&freqs, None)
         .err()
         .unwrap()
         .to_string();
@@ -1268,24 +1268,24 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
     let (demo, _) = quick_demo();
     let dir = demo.join("models/base");
     let items = [
-        strata_train::tasks::McItem {
+        strata_eval::tasks::McItem {
             question: "Is it an organ?".into(),
             context: "The liver.".into(),
             choices: vec!["yes".into(), "no".into(), "maybe not".into()],
             answer: 0,
         },
-        strata_train::tasks::McItem {
+        strata_eval::tasks::McItem {
             question: "Which side is the spleen on?".into(),
             context: String::new(),
             choices: vec!["left upper".into(), "right".into()],
             answer: 0,
         },
     ];
-    let engine = strata_model::cpu::CpuModel::load(&dir, None).unwrap();
+    let engine = strata_engine::CpuModel::load(&dir, None).unwrap();
     let td = strata_tokenize::TokenizerDir::open(&dir).unwrap();
     let model = strata_model::load_model(&dir, &candle_core::Device::Cpu).unwrap();
     let cap = engine.config().max_position_embeddings.min(256);
-    let mut cache = strata_model::cpu::CpuCache::new(&engine, cap);
+    let mut cache = strata_engine::CpuCache::new(&engine, cap);
     // the server's template (ChatML when the tokenizer has none); rendering is checked against jinja2 in
     // chat_template.rs, the turn and the choices' spelling by hand here
     let tmpl =
@@ -1298,7 +1298,7 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
     for chat in [None, Some(&tmpl)] {
         for (item, user) in items.iter().zip(user_turns) {
             let got =
-                strata_train::tasks::choice_logprobs(&engine, &td, &mut cache, item, chat).unwrap();
+                strata_eval::tasks::choice_logprobs(&engine, &td, &mut cache, item, chat).unwrap();
             let (p, before) = match chat {
                 None => (format!("{user}\nAnswer:"), " "),
                 Some(t) => {
@@ -1351,7 +1351,7 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
     }
     // perplexity on the engine (as served) equals the training forward's on f32 weights
     let ids: Vec<u32> = (0..200u32).map(|i| (i * 37 + 11) % 384).collect();
-    let served = strata_train::engine_perplexity(&engine, &ids, 64, None).unwrap();
+    let served = strata_eval::engine_perplexity(&engine, &ids, 64, None).unwrap();
     let trained = strata_train::perplexity(&model, &ids, 64, None).unwrap();
     assert_eq!(served.tokens, trained.tokens);
     assert!(

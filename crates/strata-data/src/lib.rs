@@ -2,14 +2,11 @@
 //! (normalise, filter, deduplicate), counting and quarantining what is dropped or broken.
 
 pub mod acquire;
-pub mod doc;
-pub mod domain;
 pub mod io;
 pub mod preprocess;
-pub mod split;
 pub mod tasks;
 
-pub use doc::Doc;
+pub use strata_records::{doc, split, Doc};
 
 /// Errors of the data stages; each names the file (and line) involved.
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +29,10 @@ pub enum DataError {
     },
     #[error("invalid glob {pattern:?}: {reason}")]
     Glob { pattern: String, reason: String },
-    #[error("PII lexicon {path}: {reason} (build it with scripts/fetch-data.sh --lexicon)")]
-    Lexicon {
-        path: std::path::PathBuf,
-        reason: String,
-    },
+    #[error(transparent)]
+    Deid(#[from] strata_deid::DeidError),
+    #[error(transparent)]
+    Records(#[from] strata_records::RecordsError),
     #[error(transparent)]
     Store(#[from] strata_store::StoreError),
 }

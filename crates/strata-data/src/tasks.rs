@@ -12,13 +12,7 @@ use strata_store::{Manifest, Store};
 
 use crate::{io_err, DataError, Result};
 
-/// What a finished (or skipped) step reports.
-#[derive(Debug, Clone)]
-pub struct StepReport {
-    pub manifest: Manifest,
-    /// True when an identical artifact existed and the step was skipped.
-    pub skipped: bool,
-}
+pub use strata_records::StepReport;
 
 /// Task `index` of `count` (`--task 3/8`; 0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,7 +29,7 @@ pub struct GgufImport {
     pub tokenizer_meta: serde_json::Map<String, serde_json::Value>,
 }
 
-pub(crate) fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
+pub fn bad(path: &Path, reason: impl Into<String>) -> ModelError {
     ModelError::Weights {
         path: path.into(),
         reason: reason.into(),
@@ -152,12 +152,14 @@ fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
 
 /// Whether llama.cpp stored Q and K permuted for its interleaved RoPE: it does for `llama` (whose HF
 /// weights rotate halves), not for `qwen2` (run with the NEOX rotation, the HF layout as it is).
-pub(crate) fn qk_permuted(cfg: &LlamaConfig) -> bool {
+#[must_use]
+pub fn qk_permuted(cfg: &LlamaConfig) -> bool {
     cfg.architectures.iter().any(|a| a == "LlamaForCausalLM")
 }
 
 /// GGUF tensor name → Hugging Face name.
-pub(crate) fn hf_name(gguf: &str) -> Option<String> {
+#[must_use]
+pub fn hf_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -193,7 +195,8 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
 /// matrix of `rows` rows in `n_head` heads. `to_hf`: GGUF's rows (n, hd/2, 2) back to HF's (n, 2, hd/2);
 /// otherwise HF's to GGUF's, as llama.cpp's converter writes them. The one definition of the permutation:
 /// the importer, the engine's loader and the exporter all take their order from here.
-pub(crate) fn qk_row_order(rows: usize, n_head: usize, to_hf: bool) -> Vec<usize> {
+#[must_use]
+pub fn qk_row_order(rows: usize, n_head: usize, to_hf: bool) -> Vec<usize> {
     let hd = rows / n_head.max(1);
     let half = hd / 2;
     (0..rows)
@@ -225,7 +228,10 @@ pub(crate) fn unpermute(w: &Tensor, n_head: usize) -> Result<Tensor> {
 }
 
 /// Opens a GGUF file and reads its header (metadata and tensor directory).
-pub(crate) fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
+///
+/// # Errors
+/// When the file cannot be read or is not a well-formed GGUF of a supported model (the message names it).
+pub fn open(path: &Path) -> Result<(Content, BufReader<File>)> {
     let file = File::open(path).map_err(|source| ModelError::Io {
         path: path.into(),
         source,
@@ -328,7 +334,10 @@ fn check_alignment<R: std::io::Read + std::io::Seek>(r: &mut R) -> std::io::Resu
 }
 
 /// Reads the header of a GGUF stream; `path` names it in errors.
-pub(crate) fn read_header<R: std::io::Read + std::io::Seek>(
+///
+/// # Errors
+/// When the file cannot be read or is not a well-formed GGUF of a supported model (the message names it).
+pub fn read_header<R: std::io::Read + std::io::Seek>(
     path: &Path,
     reader: &mut R,
 ) -> Result<Content> {
@@ -361,7 +370,10 @@ fn refuse_rope_freqs(path: &Path, content: &Content) -> Result<()> {
 }
 
 /// The model config of an opened GGUF file (`tie_word_embeddings` from the presence of `output.weight`).
-pub(crate) fn config_of(path: &Path, content: &Content) -> Result<LlamaConfig> {
+///
+/// # Errors
+/// When the file cannot be read or is not a well-formed GGUF of a supported model (the message names it).
+pub fn config_of(path: &Path, content: &Content) -> Result<LlamaConfig> {
     let mut cfg = config_from(&Meta {
         path,
         md: &content.metadata,
@@ -376,7 +388,10 @@ pub(crate) fn config_of(path: &Path, content: &Content) -> Result<LlamaConfig> {
 ///
 /// # Errors
 /// Naming the tensor and its shape.
-pub(crate) fn checked_shape(
+///
+/// # Errors
+/// When the file cannot be read or is not a well-formed GGUF of a supported model (the message names it).
+pub fn checked_shape(
     path: &Path,
     name: &str,
     info: &candle_core::quantized::gguf_file::TensorInfo,

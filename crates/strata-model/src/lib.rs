@@ -7,9 +7,8 @@
 
 pub mod attention;
 mod config;
-pub mod cpu;
 pub mod fused;
-mod gguf;
+pub mod gguf;
 mod gguf_export;
 mod hf;
 mod kv_cache;

@@ -12,7 +12,7 @@ use tokenizers::{
 };
 
 use crate::{Result, TokenizeError, CHATML_TEMPLATE};
-use strata_data::tasks::StepReport;
+use strata_records::StepReport;
 
 /// `<|endoftext|>` ends every document (and is BOS/EOS/PAD); the other two delimit chat turns.
 pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -33,7 +33,7 @@ fn default_min_frequency() -> u64 {
 }
 #[must_use]
 pub fn default_val_fraction() -> f64 {
-    strata_data::split::DEFAULT_VAL_FRACTION
+    strata_records::split::DEFAULT_VAL_FRACTION
 }
 
 /// Trains a tokenizer on the training split of `datasets`, saved as tokenizer artifact `name`.
@@ -61,9 +61,9 @@ pub fn train_tokenizer(
     }
     let mut texts = Vec::new();
     for d in datasets {
-        for doc in strata_data::io::read_dataset(&store.dir(Kind::Dataset, d))? {
+        for doc in strata_records::read_dataset(&store.dir(Kind::Dataset, d))? {
             let doc = doc?;
-            if !strata_data::split::is_heldout(&doc.text, cfg.val_fraction) {
+            if !strata_records::split::is_heldout(&doc.text, cfg.val_fraction) {
                 texts.push(doc.text);
             }
         }

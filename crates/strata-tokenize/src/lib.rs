@@ -38,7 +38,7 @@ pub enum TokenizeError {
     #[error("dataset {0:?} has no documents to train on")]
     Empty(String),
     #[error(transparent)]
-    Data(#[from] strata_data::DataError),
+    Records(#[from] strata_records::RecordsError),
     #[error(transparent)]
     Store(#[from] strata_store::StoreError),
 }

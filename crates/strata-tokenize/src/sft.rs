@@ -11,7 +11,7 @@
 //! cut) to `max_len + 1` tokens, so that a training row of `seq_len = max_len` is exactly one example.
 
 use serde::{Deserialize, Serialize};
-use strata_data::tasks::StepReport;
+use strata_records::StepReport;
 use strata_store::{Kind, Manifest, Store};
 
 use crate::{ChatMessage, ChatTemplate, Result, TokenizeError, TokenizerDir};
@@ -97,7 +97,7 @@ pub fn encode_chat(
         .collect())
 }
 
-fn messages_of(doc: &strata_data::doc::Doc) -> std::result::Result<Vec<ChatMessage>, String> {
+fn messages_of(doc: &strata_records::Doc) -> std::result::Result<Vec<ChatMessage>, String> {
     let v = doc.meta.get("messages").ok_or(
         "no \"messages\" field (a chat record is {\"messages\": [{\"role\", \"content\"}, …]})",
     )?;
@@ -145,7 +145,7 @@ pub fn encode_chat_dataset(
     let (mut train, mut val) = (Vec::new(), Vec::new());
     let (mut n_train, mut n_val, mut cut, mut trained_tokens) = (0usize, 0usize, 0usize, 0usize);
     let mut quarantine = String::new();
-    for doc in strata_data::io::read_dataset(&store.dir(Kind::Dataset, dataset))? {
+    for doc in strata_records::read_dataset(&store.dir(Kind::Dataset, dataset))? {
         let doc = doc?;
         let ids = messages_of(&doc)
             .map_err(TokenizeError::Template)
@@ -174,7 +174,7 @@ pub fn encode_chat_dataset(
             ids.resize(row, pad);
         }
         trained_tokens += ids.iter().filter(|&&i| i & NO_LOSS == 0).count();
-        if strata_data::split::is_heldout(&doc.text, cfg.val_fraction) {
+        if strata_records::split::is_heldout(&doc.text, cfg.val_fraction) {
             val.extend_from_slice(&ids);
             n_val += 1;
         } else {

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use strata_data::tasks::StepReport;
+use strata_records::StepReport;
 use strata_store::{Kind, Manifest, Store};
 
 use crate::{io_err, Result, TokenizeError, TokenizerDir};
@@ -67,7 +67,7 @@ pub fn encode_dataset(
     let (tk, eos) = (&td.tokenizer, td.special.eos);
     let (mut train, mut val) = (vec![Vec::new()], Vec::new());
     let (mut train_docs, mut val_docs) = (0usize, 0usize);
-    let texts: Vec<String> = strata_data::io::read_dataset(&store.dir(Kind::Dataset, dataset))?
+    let texts: Vec<String> = strata_records::read_dataset(&store.dir(Kind::Dataset, dataset))?
         .map(|d| d.map(|d| d.text))
         .collect::<std::result::Result<_, _>>()?;
     // with the tokenizer's own special tokens (BOS where its post-processor adds one, as HF's encode does)
@@ -75,7 +75,7 @@ pub fn encode_dataset(
         .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
         .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
     for (text, enc) in texts.iter().zip(encodings) {
-        let (out, n) = if strata_data::split::is_heldout(text, cfg.val_fraction) {
+        let (out, n) = if strata_records::split::is_heldout(text, cfg.val_fraction) {
             (&mut val, &mut val_docs)
         } else {
             if train
@@ -296,9 +296,9 @@ pub fn encode_heldout(
     let dir = store.require(Kind::Dataset, dataset)?;
     let (tk, eos) = (&td.tokenizer, td.special.eos);
     let mut ids = Vec::new();
-    for doc in strata_data::io::read_dataset(&dir)? {
+    for doc in strata_records::read_dataset(&dir)? {
         let doc = doc?;
-        if strata_data::split::is_heldout(&doc.text, val_fraction) {
+        if strata_records::split::is_heldout(&doc.text, val_fraction) {
             let enc = tk
                 .encode(doc.text.as_str(), true)
                 .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;

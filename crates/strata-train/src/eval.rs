@@ -70,7 +70,10 @@ pub fn perplexity(
 
 /// The starts of non-overlapping windows of `seq_len` over `n` tokens, at most `max_windows` of them,
 /// evenly spread.
-fn window_starts(n: usize, seq_len: usize, max_windows: Option<usize>) -> Result<Vec<usize>> {
+///
+/// # Errors
+/// When there are fewer than two tokens.
+pub fn window_starts(n: usize, seq_len: usize, max_windows: Option<usize>) -> Result<Vec<usize>> {
     if n < 2 {
         return Err(TrainError::Data(
             "need at least 2 tokens to evaluate perplexity".into(),
@@ -84,7 +87,10 @@ fn window_starts(n: usize, seq_len: usize, max_windows: Option<usize>) -> Result
 }
 
 /// Perplexity from the summed negative log-likelihood of `count` counted positions.
-fn summary(total: f64, count: usize) -> Result<Perplexity> {
+///
+/// # Errors
+/// When no position counted.
+pub fn summary(total: f64, count: usize) -> Result<Perplexity> {
     if count == 0 {
         return Err(TrainError::Data(
             "no position counts toward the loss (SFT data without assistant tokens?)".into(),
@@ -97,33 +103,6 @@ fn summary(total: f64, count: usize) -> Result<Perplexity> {
         tokens: count,
         ppl: nll.exp(),
     })
-}
-
-/// [`perplexity`] on the inference engine, as the model is served (its weight type: a GGUF import's
-/// blocks, or quantised on load): each window from an empty cache, every position's logits.
-///
-/// # Errors
-/// When there are fewer than two tokens, or on an engine failure.
-pub fn engine_perplexity(
-    model: &strata_model::cpu::CpuModel,
-    tokens: &[u32],
-    seq_len: usize,
-    max_windows: Option<usize>,
-) -> Result<Perplexity> {
-    let v = model.config().vocab_size;
-    let seq_len = seq_len.min(model.config().max_position_embeddings);
-    let mut cache = strata_model::cpu::CpuCache::new(model, seq_len);
-    let (mut total, mut count) = (0f64, 0usize);
-    for s in window_starts(tokens.len(), seq_len, max_windows)? {
-        let len = seq_len.min(tokens.len() - 1 - s);
-        cache.reset();
-        let logits = model.forward(&tokens[s..s + len], &mut cache, true)?;
-        for (row, &target) in logits.chunks_exact(v).zip(&tokens[s + 1..=s + len]) {
-            total -= crate::tasks::log_softmax_at(row, target);
-            count += 1;
-        }
-    }
-    summary(total, count)
 }
 
 /// Summed loss and number of counted targets of one batch of windows. Ids from SFT shards carry the

@@ -1,25 +1,24 @@
 //! Stages 3b–4: one training loop for pretraining and continued pretraining (full weights) of any model in
 //! the store: a memory-mapped loader mixing token artifacts by weight, gradient accumulation normalised by
 //! target tokens, AdamW, warmup + cosine/linear/WSD schedules, clipping, early stopping, a time budget,
-//! checkpoints that survive `kill -9` and SIGINT/SIGTERM, metrics as jsonl, a loss-curve PNG, and
-//! held-out perplexity.
+//! checkpoints that survive `kill -9` and SIGINT/SIGTERM, metrics as jsonl, a loss-curve PNG, validation
+//! perplexity and the forgetting guard. Evaluation of finished models (on the inference engine) and the chain
+//! report are in `strata-eval`.
 
 mod checkpoint;
 mod config;
 mod data;
-mod eval;
+pub mod eval;
 pub mod guard;
 mod metrics;
 mod optim;
 pub mod parent;
-mod plot;
-pub mod report;
-pub mod tasks;
+pub mod plot;
 mod trainer;
 
 pub use config::{finetune_table, get_lr, pretrain_table, Schedule, Stage, TrainConfig};
 pub use data::{Component, Mixture, Sampling};
-pub use eval::{engine_perplexity, eval_window, perplexity, Perplexity};
+pub use eval::{eval_window, perplexity, Perplexity};
 pub use metrics::{peak_rss_bytes, StepMetrics};
 pub use optim::AdamW;
 pub use optim::Grads;
@@ -60,9 +59,8 @@ pub enum TrainError {
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
-pub(crate) fn io_err(
-    path: impl Into<std::path::PathBuf>,
-) -> impl FnOnce(std::io::Error) -> TrainError {
+/// Maps an I/O error to [`TrainError::Io`] naming `path`.
+pub fn io_err(path: impl Into<std::path::PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.into();
     move |source| TrainError::Io { path, source }
 }

@@ -218,9 +218,9 @@ pub fn import_adapter(
 pub fn load_engine(
     store: &Store,
     name: &str,
-    want: Option<strata_model::cpu::WeightType>,
+    want: Option<strata_engine::WeightType>,
 ) -> Result<(
-    strata_model::cpu::CpuModel,
+    strata_engine::CpuModel,
     strata_tokenize::TokenizerDir,
     Kind,
     String,
@@ -228,11 +228,11 @@ pub fn load_engine(
     let p = Parent::resolve(store, name)?;
     let td = strata_tokenize::TokenizerDir::open(&p.base_dir)?;
     if p.adapters.is_empty() {
-        let m = strata_model::cpu::CpuModel::load(&p.base_dir, want)?;
+        let m = strata_engine::CpuModel::load(&p.base_dir, want)?;
         return Ok((m, td, Kind::Model, p.base_sha256));
     }
     let sha = store.manifest(Kind::Adapter, name)?.sha256;
     let weights = p.weights(&Device::Cpu)?;
-    let m = strata_model::cpu::CpuModel::from_tensors(&p.base_dir, p.cfg.clone(), weights, want)?;
+    let m = strata_engine::CpuModel::from_tensors(&p.base_dir, p.cfg.clone(), weights, want)?;
     Ok((m, td, Kind::Adapter, sha))
 }

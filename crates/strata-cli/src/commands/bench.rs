@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use strata_model::cpu::{CpuCache, CpuModel};
+use strata_engine::{CpuCache, CpuModel};
 use strata_store::{Kind, Store};
 
 use crate::cli::BenchDecodeArgs;
@@ -45,7 +45,7 @@ fn copy_bandwidth(threads: usize) -> f64 {
 }
 
 pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
-    let want = strata_model::cpu::parse_weight_type(&a.quant)?;
+    let want = strata_engine::parse_weight_type(&a.quant)?;
     let (label, path) = match (&a.model, &a.gguf) {
         (_, Some(file)) => (file.display().to_string(), file.clone()),
         (Some(name), None) => (name.clone(), store.require(Kind::Model, name)?),
@@ -85,7 +85,7 @@ pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     let tg_rate = tg as f64 / secs;
     for &b in &a.batch {
         let prompts: Vec<Vec<u32>> = (0..b).map(|k| ids(64 + k).split_off(k)).collect();
-        let mut work = strata_model::cpu::BatchWork::default();
+        let mut work = strata_engine::BatchWork::default();
         let mut caches: Vec<CpuCache> = (0..b).map(|_| CpuCache::new(&model, 64 + tg)).collect();
         let mut times = Vec::with_capacity(a.reps);
         for _ in 0..a.reps.max(1) {
@@ -97,10 +97,10 @@ pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
             let mut next = vec![1u32; b];
             let t0 = std::time::Instant::now();
             for _ in 0..tg {
-                let mut batch: Vec<strata_model::cpu::Seq<'_>> = caches
+                let mut batch: Vec<strata_engine::Seq<'_>> = caches
                     .iter_mut()
                     .zip(&next)
-                    .map(|(c, id)| strata_model::cpu::Seq::new(std::slice::from_ref(id), c))
+                    .map(|(c, id)| strata_engine::Seq::new(std::slice::from_ref(id), c))
                     .collect();
                 let logits = model.forward_batch(&mut batch, &mut work)?;
                 drop(batch);

@@ -12,7 +12,7 @@ use crate::cli::EvalArgs;
 /// the inference engine (the weight type it is served with).
 pub fn perplexity(
     store: &Store,
-    model: &strata_model::cpu::CpuModel,
+    model: &strata_engine::CpuModel,
     tokenizer: &strata_tokenize::TokenizerDir,
     dataset: &str,
     max_windows: usize,
@@ -24,7 +24,7 @@ pub fn perplexity(
         strata_tokenize::default_val_fraction(),
     )?;
     let ctx = strata_train::eval_window(model.config());
-    let p = strata_train::engine_perplexity(model, &ids, ctx, Some(max_windows))?;
+    let p = strata_eval::engine_perplexity(model, &ids, ctx, Some(max_windows))?;
     Ok(p.ppl)
 }
 
@@ -35,7 +35,7 @@ pub fn table(
     models: &[String],
     datasets: &[String],
     max_windows: usize,
-    want: Option<strata_model::cpu::WeightType>,
+    want: Option<strata_engine::WeightType>,
 ) -> anyhow::Result<Vec<(String, Vec<f64>)>> {
     let mut rows = Vec::new();
     for m in models {
@@ -51,7 +51,7 @@ pub fn table(
 /// One model's perplexity on each dataset, in order.
 fn perplexities(
     store: &Store,
-    model: &strata_model::cpu::CpuModel,
+    model: &strata_engine::CpuModel,
     tokenizer: &strata_tokenize::TokenizerDir,
     datasets: &[String],
     max_windows: usize,
@@ -130,14 +130,14 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
         !a.datasets.is_empty() || !a.tasks.is_empty(),
         "nothing to evaluate: give --dataset NAME and/or --task FILE.jsonl"
     );
-    let want = strata_model::cpu::parse_weight_type(&a.quant)?;
+    let want = strata_engine::parse_weight_type(&a.quant)?;
     // every task file is read (and checked) before any model is loaded
-    let tasks: Vec<(String, Vec<strata_train::tasks::McItem>)> = a
+    let tasks: Vec<(String, Vec<strata_eval::tasks::McItem>)> = a
         .tasks
         .iter()
         .map(|t| {
             let (name, path) = task_arg(t);
-            let mut items = strata_train::tasks::read_task(&path)?;
+            let mut items = strata_eval::tasks::read_task(&path)?;
             if let Some(n) = a.max_items {
                 items.truncate(n);
             }
@@ -174,7 +174,7 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
             if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
-            let s = strata_train::tasks::score(&engine, &td, items, chat.as_ref(), &|done, _| {
+            let s = strata_eval::tasks::score(&engine, &td, items, chat.as_ref(), &|done, _| {
                 bar.set_position(done as u64);
             })?;
             bar.finish_and_clear();

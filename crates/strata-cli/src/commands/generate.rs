@@ -18,11 +18,8 @@ pub fn run(store: &Store, a: &GenerateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let dir = store.require(Kind::Model, &a.model)?;
-    let engine = Engine::load_quantized(
-        &a.model,
-        &dir,
-        strata_model::cpu::parse_weight_type(&a.quant)?,
-    )?;
+    let engine =
+        Engine::load_quantized(&a.model, &dir, strata_engine::parse_weight_type(&a.quant)?)?;
     let prompt = if a.chat {
         engine.render_chat(&[ChatMessage {
             role: "user".into(),

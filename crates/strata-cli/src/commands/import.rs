@@ -80,7 +80,7 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
     strata_tokenize::write_gguf_tokenizer(&vocab, &staging)
         .with_context(|| format!("importing {}", a.file.display()))?;
     // a copy, not a link: artifacts in the store never change under their manifest
-    copy_synced(&a.file, &staging.join(strata_model::cpu::GGUF_IN_FOLDER))?;
+    copy_synced(&a.file, &staging.join(strata_engine::GGUF_IN_FOLDER))?;
     let mut manifest = manifest;
     manifest
         .counts

@@ -55,10 +55,10 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         Command::Export(a) => export::run(&store, a),
         Command::Merge(a) => merge::run(&store, a),
         Command::Report(a) => {
-            let steps = strata_train::report::chain(&store, &a.name)?;
-            print!("{}", strata_train::report::table(&steps));
+            let steps = strata_eval::report::chain(&store, &a.name)?;
+            print!("{}", strata_eval::report::table(&steps));
             if let Some(png) = &a.png {
-                strata_train::report::plot(&steps, png)?;
+                strata_eval::report::plot(&steps, png)?;
                 println!("report drawn to {}", png.display());
             }
             Ok(ExitCode::SUCCESS)
@@ -70,7 +70,7 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
             seed,
         }) => {
             let dir = store.require(strata_store::Kind::Dataset, dataset)?;
-            let c = strata_data::domain::build_report_task(&dir, out, prefix, *seed)?;
+            let c = strata_domain::build_report_task(&dir, out, prefix, *seed)?;
             println!(
                 "{dataset} → {}: {} held-out reports as a 4-choice task, {} training reports as chat pairs, \
                  {} without FINDINGS/IMPRESSION skipped",
@@ -87,12 +87,12 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
             prefix,
         }) => {
             let dir = store.require(strata_store::Kind::Dataset, dataset)?;
-            let n = strata_data::domain::build_terminology_pairs(&dir, out, prefix)?;
+            let n = strata_domain::build_terminology_pairs(&dir, out, prefix)?;
             println!("{dataset} → {}: {n} terminology pairs", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Domain(DomainCommand::Pubmedqa { out }) => {
-            let c = strata_data::domain::build_pubmedqa(out)?;
+            let c = strata_domain::build_pubmedqa(out)?;
             println!(
                 "pubmedqa → {}: {} test questions (task + abstracts), {} training items (documents + chat)",
                 out.display(),

@@ -59,7 +59,7 @@ pub fn run(store: Store, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     let mut names = store.list(Kind::Model)?;
     names.extend(store.list(Kind::Adapter)?);
     let mut state = AppState::with_config(store, a.model.clone(), config);
-    state.quant = strata_model::cpu::parse_weight_type(&a.quant)?;
+    state.quant = strata_engine::parse_weight_type(&a.quant)?;
     let state = Arc::new(state);
     for ad in &a.adapters {
         anyhow::ensure!(

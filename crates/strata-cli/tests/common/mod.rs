@@ -100,11 +100,11 @@ pub fn logits_of(dir: &Path, ids: &[u32]) -> Vec<Vec<f32>> {
 /// Logits at every position from the CPU inference engine (`path`: a model folder or a GGUF file).
 pub fn engine_logits(
     path: &Path,
-    want: Option<strata_model::cpu::WeightType>,
+    want: Option<strata_engine::WeightType>,
     ids: &[u32],
 ) -> Vec<Vec<f32>> {
-    let m = strata_model::cpu::CpuModel::load(path, want).expect("load engine");
-    let mut cache = strata_model::cpu::CpuCache::new(&m, ids.len());
+    let m = strata_engine::CpuModel::load(path, want).expect("load engine");
+    let mut cache = strata_engine::CpuCache::new(&m, ids.len());
     let flat = m.forward(ids, &mut cache, true).expect("forward");
     flat.chunks(m.config().vocab_size)
         .map(<[f32]>::to_vec)

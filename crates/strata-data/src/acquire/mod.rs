@@ -167,7 +167,7 @@ fn read_files(
         let bytes = &mut counts.bytes;
         let mut emit = |doc: crate::Doc| {
             *bytes += doc.text.len() as u64;
-            writer.write(&doc)
+            writer.write(&doc).map_err(crate::DataError::from)
         };
         if *format == SourceFormat::UrlList {
             if log.is_none() {

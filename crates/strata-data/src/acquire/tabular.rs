@@ -69,22 +69,26 @@ pub(crate) fn read_csv(
     let headers = match reader.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
-            return quarantine.add(record(
-                &source,
-                1,
-                format!("unreadable header row: {e}"),
-                String::new(),
-            ));
+            return quarantine
+                .add(record(
+                    &source,
+                    1,
+                    format!("unreadable header row: {e}"),
+                    String::new(),
+                ))
+                .map_err(Into::into);
         }
     };
     let Some(col) = headers.iter().position(|h| h == text_column) else {
         let names: Vec<&str> = headers.iter().collect();
-        return quarantine.add(record(
-            &source,
-            1,
-            format!("no column {text_column:?} (columns: {})", names.join(", ")),
-            String::new(),
-        ));
+        return quarantine
+            .add(record(
+                &source,
+                1,
+                format!("no column {text_column:?} (columns: {})", names.join(", ")),
+                String::new(),
+            ))
+            .map_err(Into::into);
     };
     let mut row = csv::ByteRecord::new();
     loop {
@@ -95,12 +99,14 @@ pub(crate) fn read_csv(
             Err(e) => {
                 let line = e.position().map_or(line, |p| line_no(p.line()));
                 if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                    return quarantine.add(record(
-                        &source,
-                        line,
-                        format!("read error, rest of file skipped: {e}"),
-                        String::new(),
-                    ));
+                    return quarantine
+                        .add(record(
+                            &source,
+                            line,
+                            format!("read error, rest of file skipped: {e}"),
+                            String::new(),
+                        ))
+                        .map_err(Into::into);
                 }
                 quarantine.add(record(
                     &source,
@@ -168,12 +174,14 @@ pub(crate) fn read_parquet(
     {
         Ok(r) => r,
         Err(e) => {
-            return quarantine.add(record(
-                &source,
-                0,
-                format!("not a readable Parquet file: {e}"),
-                String::new(),
-            ));
+            return quarantine
+                .add(record(
+                    &source,
+                    0,
+                    format!("not a readable Parquet file: {e}"),
+                    String::new(),
+                ))
+                .map_err(Into::into);
         }
     };
     let mut row_no = 0usize;
@@ -181,12 +189,14 @@ pub(crate) fn read_parquet(
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                return quarantine.add(record(
-                    &source,
-                    row_no + 1,
-                    format!("read error, rest of file skipped: {e}"),
-                    String::new(),
-                ));
+                return quarantine
+                    .add(record(
+                        &source,
+                        row_no + 1,
+                        format!("read error, rest of file skipped: {e}"),
+                        String::new(),
+                    ))
+                    .map_err(Into::into);
             }
         };
         let Some(col) = batch.schema().index_of(text_column).ok() else {
@@ -196,22 +206,26 @@ pub(crate) fn read_parquet(
                 .iter()
                 .map(|f| f.name().clone())
                 .collect();
-            return quarantine.add(record(
-                &source,
-                0,
-                format!("no column {text_column:?} (columns: {})", names.join(", ")),
-                String::new(),
-            ));
+            return quarantine
+                .add(record(
+                    &source,
+                    0,
+                    format!("no column {text_column:?} (columns: {})", names.join(", ")),
+                    String::new(),
+                ))
+                .map_err(Into::into);
         };
         let texts = match string_column(batch.column(col).as_ref()) {
             Ok(t) => t,
             Err(kind) => {
-                return quarantine.add(record(
-                    &source,
-                    0,
-                    format!("column {text_column:?} holds {kind}, not strings"),
-                    String::new(),
-                ));
+                return quarantine
+                    .add(record(
+                        &source,
+                        0,
+                        format!("column {text_column:?} holds {kind}, not strings"),
+                        String::new(),
+                    ))
+                    .map_err(Into::into);
             }
         };
         for (i, text) in texts.into_iter().enumerate() {

@@ -84,7 +84,9 @@ pub(crate) fn read_html(
                 meta,
             })
         }
-        Err(reason) => quarantine.add(quarantined(&source, 0, reason)),
+        Err(reason) => quarantine
+            .add(quarantined(&source, 0, reason))
+            .map_err(Into::into),
     }
 }
 
@@ -110,11 +112,13 @@ pub(crate) fn read_warc(
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
-                return quarantine.add(quarantined(
-                    &source,
-                    n,
-                    format!("malformed WARC record, rest of file skipped: {e}"),
-                ));
+                return quarantine
+                    .add(quarantined(
+                        &source,
+                        n,
+                        format!("malformed WARC record, rest of file skipped: {e}"),
+                    ))
+                    .map_err(Into::into);
             }
         };
         if rec.warc_type() != &warc::RecordType::Response {

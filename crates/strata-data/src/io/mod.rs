@@ -1,9 +1,8 @@
-//! Readers and writers of dataset shards (`part-00000.jsonl.zst`) and of the quarantine file.
+//! Readers and writers of dataset shards (`part-00000.jsonl.zst`, from `strata-records`) and their Parquet copies.
 
-mod jsonl;
 mod parquet;
 
-pub use jsonl::{
+pub use parquet::{parquet_copy, write_parquet};
+pub use strata_records::shards::{
     read_dataset, read_shards, shard_paths, Quarantine, QuarantineRecord, ShardWriter,
 };
-pub use parquet::write_parquet;

@@ -10,7 +10,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::{io_err, Doc, Result};
+use strata_records::{io_err, Doc, Result};
 
 /// Writes `docs` as one Parquet file at `path`, atomically.
 ///
@@ -39,4 +39,15 @@ pub fn write_parquet(path: &Path, docs: &[Doc]) -> Result<()> {
     let file = w.into_inner().map_err(err)?;
     file.commit()?;
     Ok(())
+}
+
+/// A [`strata_records::ShardCopy`] that writes each closed shard as `part-00000.parquet` beside its jsonl,
+/// when `on`.
+#[must_use]
+pub fn parquet_copy(on: bool) -> Option<strata_records::ShardCopy> {
+    on.then(|| -> strata_records::ShardCopy {
+        Box::new(|dir: &Path, shard: usize, docs: &[Doc]| {
+            write_parquet(&dir.join(format!("part-{shard:05}.parquet")), docs)
+        })
+    })
 }

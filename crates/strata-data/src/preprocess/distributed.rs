@@ -302,7 +302,10 @@ fn filter(
     let mut docs = read_shards(shards[lo..hi].to_vec());
     let bar = progress_bar(&format!("{output} filter {}/{}", t.index, t.count), 0);
     loop {
-        let batch: Vec<Doc> = docs.by_ref().take(BATCH).collect::<Result<_>>()?;
+        let batch: Vec<Doc> = docs
+            .by_ref()
+            .take(BATCH)
+            .collect::<strata_records::Result<_>>()?;
         if batch.is_empty() {
             break;
         }
@@ -553,7 +556,8 @@ fn write(cfg: &PreprocessConfig, work: &Path, t: Task) -> Result<TaskReport> {
         removed.insert(k);
     }
     let (tmp, dest) = task_dirs(&work.join("write"), t)?;
-    let mut writer = ShardWriter::new(&tmp, cfg.docs_per_shard).with_parquet(cfg.parquet);
+    let mut writer =
+        ShardWriter::new(&tmp, cfg.docs_per_shard).with_copy(crate::io::parquet_copy(cfg.parquet));
     let src = work
         .join("filter")
         .join(format!("task-{:05}", t.index))

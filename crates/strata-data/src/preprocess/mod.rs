@@ -6,8 +6,6 @@ mod c4;
 mod chars;
 mod decontam;
 mod dedup;
-mod deid;
-pub mod deid_eval;
 pub mod distributed;
 mod filter;
 mod fineweb;
@@ -18,7 +16,6 @@ mod pii;
 mod quality;
 mod repetition;
 mod spacy_en;
-mod surrogate;
 pub mod words;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,16 +31,16 @@ pub use c4::{count_sentences, C4Quality};
 pub use chars::CharQuality;
 pub use decontam::{DecontamConfig, Decontaminate, EvalSet};
 pub use dedup::ExactDedup;
-pub use deid::Lexicon;
 pub use filter::MinLength;
 pub use fineweb::FineWebQuality;
 pub use language::LanguageFilter;
 pub use minhash::{MinHashConfig, MinHashDedup};
 pub use normalize::Normalize;
-pub use pii::{Deid, PiiKind, PiiMode, PiiRedact, PiiSpan};
 pub use quality::GopherQuality;
 pub use repetition::GopherRepetition;
-pub use surrogate::{shift_date, Surrogates};
+pub use strata_deid::{
+    eval as deid_eval, shift_date, Deid, Lexicon, PiiKind, PiiMode, PiiRedact, PiiSpan, Surrogates,
+};
 
 /// What a stage decides for one document.
 pub enum Verdict {
@@ -224,7 +221,8 @@ pub fn preprocess(
         .collect::<Result<_>>()?;
     let mut stats = empty_stats(&stages);
     let staging = store.staging(Kind::Dataset, output)?;
-    let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard).with_parquet(cfg.parquet);
+    let mut writer = ShardWriter::new(&staging, cfg.docs_per_shard)
+        .with_copy(crate::io::parquet_copy(cfg.parquet));
     let mut total = 0usize;
     let threads = threads();
     let expected = store

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
-use strata_model::cpu::{BatchWork, LoraStack, Seq};
+use strata_engine::{BatchWork, LoraStack, Seq};
 
 use super::prefix::PrefixCache;
 use tokio::sync::mpsc::UnboundedSender;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use strata_model::cpu::{CpuModel, WeightType};
+use strata_engine::{CpuModel, WeightType};
 use strata_tokenize::{ChatMessage, ChatTemplate};
 
 use super::sequence::{GenParams, Generation, Sequence};

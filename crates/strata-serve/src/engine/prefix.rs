@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use strata_model::cpu::{CpuCache, CpuModel, LoraStack};
+use strata_engine::{CpuCache, CpuModel, LoraStack};
 
 use super::sequence::Sequence;
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use strata_model::cpu::{CpuCache, CpuModel};
+use strata_engine::{CpuCache, CpuModel};
 
 use super::json::JsonPrefix;
 use super::Engine;

@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use strata_model::cpu::{LoraStack, RuntimeAdapter};
+use strata_engine::{LoraStack, RuntimeAdapter};
 use strata_store::{Kind, Store};
 
 use crate::engine::{BatchConfig, Scheduler};
@@ -59,7 +59,7 @@ pub struct AppState {
     /// Used when a request names no model.
     pub default_model: Option<String>,
     /// Weight type every model is quantised to at load (None = as stored).
-    pub quant: Option<strata_model::cpu::WeightType>,
+    pub quant: Option<strata_engine::WeightType>,
     pub config: ServeConfig,
     pub metrics: Arc<Metrics>,
     /// One slot per base model: the map's lock is held only to find the slot; the slot's lock is held while

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use strata_store::{EvalRecord, Kind, Manifest, Store};
 
-use crate::Result;
+use strata_train::Result;
 
 /// One step of a chain.
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ pub fn table(steps: &[Step]) -> String {
 /// When the PNG cannot be written.
 pub fn plot(steps: &[Step], out: &Path) -> Result<()> {
     let cols = columns(steps);
-    let series: Vec<crate::plot::Series> = cols
+    let series: Vec<strata_train::plot::Series> = cols
         .iter()
         .map(|c| {
             let label = format!(
@@ -157,7 +157,7 @@ pub fn plot(steps: &[Step], out: &Path) -> Result<()> {
             _ => s.name.clone(),
         })
         .collect();
-    crate::plot::plot_panels(&series, &names, out)
+    strata_train::plot::plot_panels(&series, &names, out)
 }
 
 #[cfg(test)]

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{io_err, DataError, Doc, Result};
+use crate::{io_err, Doc, RecordsError, Result};
+
+/// Writes a closed shard's documents in another format: `(folder, shard number, documents)`.
+pub type ShardCopy = Box<dyn FnMut(&Path, usize, &[Doc]) -> Result<()> + Send>;
 
 /// Writes documents into numbered shards inside a (staging) directory.
 pub struct ShardWriter {
@@ -15,8 +18,8 @@ pub struct ShardWriter {
     shard: usize,
     in_shard: usize,
     current: Option<zstd::Encoder<'static, strata_store::AtomicFile>>,
-    /// The current shard's documents, kept for its Parquet copy when one is wanted.
-    parquet: Option<Vec<Doc>>,
+    /// The current shard's documents, kept for its copy in another format when one is wanted.
+    copy: Option<(ShardCopy, Vec<Doc>)>,
     pub docs: usize,
 }
 
@@ -29,36 +32,35 @@ impl ShardWriter {
             shard: 0,
             in_shard: 0,
             current: None,
-            parquet: None,
+            copy: None,
             docs: 0,
         }
     }
 
-    /// Also writes each shard as Parquet (`part-00000.parquet`).
+    /// Also hands each closed shard's documents to `copy` (which writes them in another format, e.g. Parquet).
     #[must_use]
-    pub fn with_parquet(mut self, on: bool) -> Self {
-        self.parquet = on.then(Vec::new);
+    pub fn with_copy(mut self, copy: Option<ShardCopy>) -> Self {
+        self.copy = copy.map(|c| (c, Vec::new()));
         self
     }
 
     /// # Errors
     /// On an I/O failure.
     pub fn write(&mut self, doc: &Doc) -> Result<()> {
-        if self.current.is_none() {
-            let path = self.dir.join(format!("part-{:05}.jsonl.zst", self.shard));
-            let file = strata_store::AtomicFile::create(&path)?;
-            self.current = Some(zstd::Encoder::new(file, 3).map_err(io_err(&path))?);
-        }
+        let enc = match &mut self.current {
+            Some(enc) => enc,
+            open @ None => {
+                let path = self.dir.join(format!("part-{:05}.jsonl.zst", self.shard));
+                let file = strata_store::AtomicFile::create(&path)?;
+                open.insert(zstd::Encoder::new(file, 3).map_err(io_err(&path))?)
+            }
+        };
         let path = &self.dir;
-        let enc = self
-            .current
-            .as_mut()
-            .ok_or_else(|| DataError::Missing(path.clone()))?;
         let mut line = serde_json::to_vec(doc).map_err(|e| io_err(path)(e.into()))?;
         line.push(b'\n');
         enc.write_all(&line).map_err(io_err(path))?;
-        if let Some(p) = self.parquet.as_mut() {
-            p.push(doc.clone());
+        if let Some((_, docs)) = self.copy.as_mut() {
+            docs.push(doc.clone());
         }
         self.docs += 1;
         self.in_shard += 1;
@@ -72,9 +74,8 @@ impl ShardWriter {
         if let Some(enc) = self.current.take() {
             let file = enc.finish().map_err(io_err(&self.dir))?;
             file.commit()?;
-            if let Some(docs) = self.parquet.as_mut() {
-                let path = self.dir.join(format!("part-{:05}.parquet", self.shard));
-                super::write_parquet(&path, docs)?;
+            if let Some((copy, docs)) = self.copy.as_mut() {
+                copy(&self.dir, self.shard, docs)?;
                 docs.clear();
             }
             self.shard += 1;
@@ -139,7 +140,7 @@ pub fn read_shards(shards: Vec<PathBuf>) -> impl Iterator<Item = Result<Doc>> {
                     .enumerate()
                     .map(move |(i, line)| {
                         let line = line.map_err(io_err(&path))?;
-                        serde_json::from_str(&line).map_err(|e| DataError::Record {
+                        serde_json::from_str(&line).map_err(|e| RecordsError::Record {
                             path: path.clone(),
                             line: i + 1,
                             reason: e.to_string(),

@@ -1,4 +1,4 @@
-//! The CPU inference engine: the same Llama/Qwen2/Mistral forward as [`crate::Llama`], written directly on
+//! The CPU inference engine: the same Llama/Qwen2/Mistral forward as [`strata_model::Llama`], written directly on
 //! flat buffers with the hand-written kernels of [`kernels`], for generation and serving on CPUs.
 //!
 //! Why not candle here: a decode step of a small model is hundreds of tiny operations, and candle's
@@ -19,8 +19,8 @@ pub use load::GGUF_IN_FOLDER;
 pub use lora::{LoraStack, Proj, RuntimeAdapter};
 pub use quant::{Matrix, WeightType};
 
-use crate::{LlamaConfig, ModelError, Result};
 use kernels::{attend_block, matmul, silu_mul, Scratch, QB};
+use strata_model::{LlamaConfig, ModelError, Result};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -623,10 +623,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{KvCache, Llama};
+    use strata_model::{KvCache, Llama};
 
     fn tiny() -> LlamaConfig {
-        crate::ModelSpec {
+        strata_model::ModelSpec {
             hidden_size: 64,
             intermediate_size: 96,
             layers: 2,
@@ -712,7 +712,7 @@ mod tests {
         let mut c = tiny();
         c.attention_bias = true;
         c.head_dim = Some(32);
-        c.rope_scaling = Some(crate::RopeScaling {
+        c.rope_scaling = Some(strata_model::RopeScaling {
             rope_type: "llama3".into(),
             factor: 8.0,
             low_freq_factor: Some(1.0),
@@ -853,26 +853,26 @@ mod tests {
     }
 
     /// Every projection of every layer adapted, rank 3 (tails of the kernels' tiles), random A and B.
-    fn random_adapter(cfg: &LlamaConfig, seed: u64) -> crate::lora::Adapter {
+    fn random_adapter(cfg: &LlamaConfig, seed: u64) -> strata_model::lora::Adapter {
         use rand::{Rng, SeedableRng};
-        let config = crate::lora::LoraConfig {
+        let config = strata_model::lora::LoraConfig {
             r: 3,
             lora_alpha: 6.0,
-            target_modules: crate::lora::TARGETS[..7]
+            target_modules: strata_model::lora::TARGETS[..7]
                 .iter()
                 .map(|s| (*s).to_string())
                 .collect(),
-            ..crate::lora::LoraConfig::default()
+            ..strata_model::lora::LoraConfig::default()
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let tensors = crate::lora::adapter_shapes(cfg, &config)
+        let tensors = strata_model::lora::adapter_shapes(cfg, &config)
             .into_iter()
             .map(|(name, (r, c))| {
                 let v: Vec<f32> = (0..r * c).map(|_| rng.random_range(-0.2f32..0.2)).collect();
                 (name, Tensor::from_vec(v, (r, c), &Device::Cpu).unwrap())
             })
             .collect();
-        crate::lora::Adapter {
+        strata_model::lora::Adapter {
             config,
             tensors,
             base: "random".into(),
@@ -897,10 +897,10 @@ mod tests {
         ] {
             let base =
                 CpuModel::from_tensors(Path::new("mem"), cfg.clone(), tensors.clone(), ty).unwrap();
-            let merged_with = |ads: &[&crate::lora::Adapter]| {
+            let merged_with = |ads: &[&strata_model::lora::Adapter]| {
                 let mut w = tensors.clone();
                 for a in ads {
-                    crate::lora::merge(&mut w, a, DType::F32).unwrap();
+                    strata_model::lora::merge(&mut w, a, DType::F32).unwrap();
                 }
                 CpuModel::from_tensors(Path::new("mem"), cfg.clone(), w, ty).unwrap()
             };

@@ -70,7 +70,7 @@ fn every_regression_input_is_exercised_and_is_an_error() {
         let path = dir.join(name);
         let bytes = std::fs::read(&path).unwrap();
         if name.starts_with("gguf-") {
-            let r = strata_model::cpu::CpuModel::from_gguf_bytes(&path, &bytes, None);
+            let r = strata_engine::CpuModel::from_gguf_bytes(&path, &bytes, None);
             assert!(r.is_err(), "{name} ({what}): the engine read it");
             let out = tmp.path().join(name);
             std::fs::create_dir_all(&out).unwrap();

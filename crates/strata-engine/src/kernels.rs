@@ -1313,7 +1313,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::quant::sample;
+    use crate::quant::sample;
 
     /// y = x·Wᵀ in f64 from the dequantised weights and the dequantised activations.
     fn reference(w: &Matrix, x: &[f32], t: usize, quantize_x: bool) -> Vec<f64> {

@@ -12,24 +12,11 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, Duration, NaiveDate};
 
-use super::deid::{is_han, Lexicon};
-use super::pii::PiiKind;
-use super::words::hash_bytes;
+use strata_records::hash::hash_bytes;
 
-pub(crate) const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
+use crate::lexicon::{is_han, Lexicon, MONTHS};
+use crate::span::PiiKind;
+
 const SYLLABLES: [&str; 16] = [
     "ka", "lo", "ver", "min", "dra", "sel", "tho", "ru", "nen", "bri", "gor", "mar", "dun", "fel",
     "tor", "wen",

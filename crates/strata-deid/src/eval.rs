@@ -14,8 +14,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::pii::{Deid, PiiSpan};
-use crate::{io_err, DataError, Result};
+use crate::{io_err, Deid, DeidError, PiiSpan, Result};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LabelledSpan {
@@ -48,7 +47,7 @@ pub fn read_notes(path: &Path) -> Result<Vec<LabelledNote>> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |reason: String| DataError::Record {
+        let bad = |reason: String| DeidError::Record {
             path: path.to_path_buf(),
             line: i + 1,
             reason,

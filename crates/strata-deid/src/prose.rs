@@ -1,4 +1,4 @@
-//! De-identification of free prose, English and Chinese: the part of [`super::pii`] that finds identifiers
+//! De-identification of free prose, English and Chinese: the part of the de-identifier that finds identifiers
 //! without a field label in front of them.
 //!
 //! - **Names.** After a title (`Mrs. Lindgren`, `Dr. Ferreira`) or a relation (`her son Tomas`); a first name
@@ -18,94 +18,13 @@
 //! - **Ages over 89**: `92-year-old`, `aged 94`, `93 y/o`, `Lindgren, 91,`, `95岁`.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::OnceLock;
 
 use regex::Regex;
 
-use super::pii::{PiiKind, PiiRedact, Spans};
-use super::surrogate::MONTHS;
-use crate::{DataError, Result};
-
-/// The lists of `scripts/deid_lexicon.py`.
-#[derive(Debug, Default)]
-pub struct Lexicon {
-    pub first_names: HashSet<String>,
-    pub surnames: HashSet<String>,
-    pub cn_surnames: HashSet<String>,
-    pub places: HashSet<String>,
-    /// Lower-case everyday words: a name that is one needs more evidence.
-    pub common: HashSet<String>,
-    /// `"paget disease"`: an eponym and the word after it, lower case.
-    pub eponyms: HashSet<String>,
-    /// Nouns eponyms name (`syndrome`, `sign`).
-    pub eponym_heads: HashSet<String>,
-    /// Sorted pools the surrogates draw from: first names, surnames and places that are no everyday word.
-    pub first_pool: Vec<String>,
-    pub surname_pool: Vec<String>,
-    pub place_pool: Vec<String>,
-}
-
-const LISTS: [&str; 7] = [
-    "first_names.txt",
-    "surnames.txt",
-    "cn_surnames.txt",
-    "places.txt",
-    "common_words.txt",
-    "eponyms.txt",
-    "eponym_heads.txt",
-];
-
-impl Lexicon {
-    /// Reads the lists of `dir`.
-    ///
-    /// # Errors
-    /// A missing folder or list, named, with the command that builds it.
-    pub fn load(dir: &Path) -> Result<Self> {
-        let read = |name: &str| -> Result<HashSet<String>> {
-            let path = dir.join(name);
-            let text = std::fs::read_to_string(&path).map_err(|e| DataError::Lexicon {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            Ok(text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(str::to_string)
-                .collect())
-        };
-        let mut sets = LISTS.iter().map(|n| read(n)).collect::<Result<Vec<_>>>()?;
-        let mut take = || sets.remove(0);
-        let mut lex = Self {
-            first_names: take(),
-            surnames: take(),
-            cn_surnames: take(),
-            places: take(),
-            common: take(),
-            eponyms: take(),
-            eponym_heads: take(),
-            ..Self::default()
-        };
-        let pool = |set: &HashSet<String>, lex: &Self| {
-            let mut v: Vec<String> = set
-                .iter()
-                .filter(|w| w.len() >= 4 && w.chars().all(char::is_alphabetic) && !lex.is_common(w))
-                .cloned()
-                .collect();
-            v.sort();
-            v
-        };
-        lex.first_pool = pool(&lex.first_names, &lex);
-        lex.surname_pool = pool(&lex.surnames, &lex);
-        lex.place_pool = pool(&lex.places, &lex);
-        Ok(lex)
-    }
-
-    fn is_common(&self, word: &str) -> bool {
-        self.common.contains(&word.to_lowercase())
-    }
-}
+use crate::lexicon::{is_han, Lexicon, MONTHS};
+use crate::span::{PiiKind, Spans};
+use crate::PiiRedact;
 
 struct Prose {
     title: Regex,
@@ -545,10 +464,6 @@ fn is_month_or_day(w: &str) -> bool {
     MONTHS.contains(&w) || DAYS.contains(&w)
 }
 
-pub(crate) fn is_han(c: char) -> bool {
-    ('\u{4e00}'..='\u{9fff}').contains(&c) || ('\u{3400}'..='\u{4dbf}').contains(&c)
-}
-
 fn chinese_names(text: &str, lex: &Lexicon, spans: &mut Spans) {
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     let byte = |i: usize| chars.get(i).map_or(text.len(), |c| c.0);
@@ -690,7 +605,8 @@ fn places(text: &str, p: &Prose, lex: Option<&Lexicon>, spans: &mut Spans) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::preprocess::pii::{Deid, PiiMode};
+    use crate::{Deid, PiiMode};
+    use std::path::Path;
 
     fn set(words: &[&str]) -> HashSet<String> {
         words.iter().map(|w| (*w).to_string()).collect()

@@ -2,7 +2,7 @@
 //! continuation of the prompt, and the model picks the one it gives the highest log-probability (`acc`), or
 //! the highest per byte (`acc_norm`). Accuracy comes with a bootstrap 95% interval and the chance level.
 //!
-//! Scoring runs the inference engine ([`strata_model::cpu::CpuModel`]) with the weight type it serves with:
+//! Scoring runs the inference engine ([`strata_engine::CpuModel`]) with the weight type it serves with:
 //! the prompt once, then each choice after it in the KV cache, rolled back between choices.
 //!
 //! Two prompt forms, as lm-evaluation-harness has them: plain (`Context: …\nQuestion: …\nAnswer:`, each
@@ -15,10 +15,10 @@
 
 use std::path::Path;
 
-use strata_model::cpu::{CpuCache, CpuModel};
+use strata_engine::{CpuCache, CpuModel};
 use strata_tokenize::{ChatMessage, ChatTemplate, TokenizerDir};
 
-use crate::{Result, TrainError};
+use strata_train::{Result, TrainError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct McItem {
@@ -34,7 +34,7 @@ pub struct McItem {
 /// # Errors
 /// On an unreadable file or a malformed line.
 pub fn read_task(path: &Path) -> Result<Vec<McItem>> {
-    let text = std::fs::read_to_string(path).map_err(crate::io_err(path))?;
+    let text = std::fs::read_to_string(path).map_err(strata_train::io_err(path))?;
     let mut items = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -87,7 +87,7 @@ fn prompt(
     context: &str,
     chat: Option<&ChatTemplate>,
 ) -> Result<(String, &'static str)> {
-    let user = strata_data::domain::mc_user_turn(&item.question, context);
+    let user = strata_domain::mc_user_turn(&item.question, context);
     let Some(tmpl) = chat else {
         return Ok((format!("{user}\nAnswer:"), " "));
     };

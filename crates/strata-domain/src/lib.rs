@@ -18,7 +18,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::{DataError, Result};
+use strata_records::{RecordsError as DataError, Result};
 
 const PQAL: &[u8] = include_bytes!("../../../datasets/pubmedqa/ori_pqal.json.zst");
 const TEST_IDS: &str = include_str!("../../../datasets/pubmedqa/test_ground_truth.json");
@@ -150,7 +150,7 @@ pub struct ReportTaskCounts {
 }
 
 /// From a dataset of reports (`FINDINGS:` … `IMPRESSION:` …): the held-out reports (the split training
-/// never sees, [`crate::split::is_heldout`]) as a 4-choice task — which impression belongs to these
+/// never sees, [`strata_records::split::is_heldout`]) as a 4-choice task — which impression belongs to these
 /// findings, the three others drawn (seeded) from impressions that differ from the right one — in
 /// `<prefix>-test.jsonl`, and the training reports as chat pairs (findings → impression) in
 /// `<prefix>-train-chat.jsonl`.
@@ -166,12 +166,15 @@ pub fn build_report_task(
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
     let (mut test, mut train, mut skipped) = (Vec::new(), Vec::new(), 0usize);
-    for doc in crate::io::read_dataset(dataset_dir)? {
+    for doc in strata_records::read_dataset(dataset_dir)? {
         let doc = doc?;
         match findings_and_impression(&doc.text) {
             None => skipped += 1,
             Some(pair)
-                if crate::split::is_heldout(&doc.text, crate::split::DEFAULT_VAL_FRACTION) =>
+                if strata_records::split::is_heldout(
+                    &doc.text,
+                    strata_records::split::DEFAULT_VAL_FRACTION,
+                ) =>
             {
                 test.push((doc.id, pair));
             }
@@ -279,9 +282,12 @@ pub fn terminology_pairs(text: &str) -> Vec<serde_json::Value> {
 /// When the dataset cannot be read or the file cannot be written.
 pub fn build_terminology_pairs(dataset_dir: &Path, out: &Path, prefix: &str) -> Result<usize> {
     let mut rows = Vec::new();
-    for doc in crate::io::read_dataset(dataset_dir)? {
+    for doc in strata_records::read_dataset(dataset_dir)? {
         let doc = doc?;
-        if !crate::split::is_heldout(&doc.text, crate::split::DEFAULT_VAL_FRACTION) {
+        if !strata_records::split::is_heldout(
+            &doc.text,
+            strata_records::split::DEFAULT_VAL_FRACTION,
+        ) {
             rows.extend(terminology_pairs(&doc.text));
         }
     }

@@ -1,15 +1,15 @@
 //! LoRA adapters applied at run time, unmerged, so one base model in memory serves many adapters: a
 //! sequence's rows of each adapted projection get `s·B·(A·x)` added after the base product (the way S-LoRA
 //! and vLLM serve many adapters over one batch). A and B stay f32 (rank × in and out × rank: a few MB), the
-//! base keeps its own weight type; the same update [`crate::lora::merge`] folds into W, so merged and unmerged
+//! base keeps its own weight type; the same update [`strata_model::lora::merge`] folds into W, so merged and unmerged
 //! models agree to rounding (tested).
 
 use std::sync::Arc;
 
 use super::kernels::{matmul, Isa, Scratch};
 use super::Matrix;
-use crate::lora::Adapter;
-use crate::{LlamaConfig, ModelError, Result};
+use strata_model::lora::Adapter;
+use strata_model::{LlamaConfig, ModelError, Result};
 
 /// Which stacked projection of a layer an update lands in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,7 @@ fn to_matrix(t: &candle_core::Tensor, what: &str, scale: f32) -> Result<Matrix> 
 }
 
 impl RuntimeAdapter {
-    /// The runtime form of an adapter read by [`crate::lora::read_adapter`] (which checked every shape
+    /// The runtime form of an adapter read by [`strata_model::lora::read_adapter`] (which checked every shape
     /// against `cfg`).
     ///
     /// # Errors

@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use super::kernels::Isa;
 use super::quant::{Matrix, WeightType, QK};
 use super::{CpuModel, Layer};
-use crate::{Context, LlamaConfig, ModelError, Result};
+use strata_model::{Context, LlamaConfig, ModelError, Result};
 
 /// A tensor as read: f32 values or ggml blocks, and whether it was a type the engine does not run (K-quants
 /// and others, dequantised on reading).
@@ -48,8 +48,8 @@ impl CpuModel {
     }
 
     fn from_hf(dir: &Path, want: Option<WeightType>) -> Result<Self> {
-        let cfg = crate::read_config(&dir.join("config.json"))?;
-        let tensors = crate::read_weights(dir, &Device::Cpu)?;
+        let cfg = strata_model::read_config(&dir.join("config.json"))?;
+        let tensors = strata_model::read_weights(dir, &Device::Cpu)?;
         Self::from_tensors(dir, cfg, tensors, want)
     }
 
@@ -89,7 +89,7 @@ impl CpuModel {
     }
 
     fn from_gguf(path: &Path, want: Option<WeightType>) -> Result<Self> {
-        let (_, reader) = crate::gguf::open(path)?;
+        let (_, reader) = strata_model::gguf::open(path)?;
         Self::from_gguf_reader(path, reader, want)
     }
 
@@ -106,19 +106,22 @@ impl CpuModel {
         mut reader: R,
         want: Option<WeightType>,
     ) -> Result<Self> {
-        let content = crate::gguf::read_header(path, &mut reader)?;
-        let cfg = crate::gguf::config_of(path, &content)?;
+        let content = strata_model::gguf::read_header(path, &mut reader)?;
+        let cfg = strata_model::gguf::config_of(path, &content)?;
         cfg.validate()
-            .map_err(|e| crate::gguf::bad(path, e.to_string()))?;
+            .map_err(|e| strata_model::gguf::bad(path, e.to_string()))?;
         let bad = |name: &str, e: &candle_core::Error| {
-            crate::gguf::bad(path, format!("tensor {name}: {}", crate::candle_msg(e)))
+            strata_model::gguf::bad(
+                path,
+                format!("tensor {name}: {}", strata_model::candle_msg(e)),
+            )
         };
         let mut stored = HashMap::new();
         for (name, info) in &content.tensor_infos {
-            let Some(hf) = crate::gguf::hf_name(name) else {
+            let Some(hf) = strata_model::gguf::hf_name(name) else {
                 continue;
             };
-            let (rows, cols, elems) = crate::gguf::checked_shape(path, name, info)?;
+            let (rows, cols, elems) = strata_model::gguf::checked_shape(path, name, info)?;
             let dims = info.shape.dims().to_vec();
             let q = content
                 .tensor(&mut reader, name, &Device::Cpu)
@@ -127,7 +130,7 @@ impl CpuModel {
                 Some(ty) if cols % QK == 0 => {
                     let bytes = q.data().map_err(|e| bad(name, &e))?.into_owned();
                     if bytes.len() != elems / QK * ty.block_bytes() {
-                        return Err(crate::gguf::bad(
+                        return Err(strata_model::gguf::bad(
                             path,
                             format!("tensor {name}: truncated blocks"),
                         ));
@@ -144,7 +147,7 @@ impl CpuModel {
                         .and_then(|t| t.to_vec1())
                         .map_err(|e| bad(name, &e))?;
                     if data.len() != elems {
-                        return Err(crate::gguf::bad(
+                        return Err(strata_model::gguf::bad(
                             path,
                             format!("tensor {name}: {} values for shape {dims:?}", data.len()),
                         ));
@@ -173,7 +176,7 @@ fn unpermute_qk(
     hf: &str,
     m: &mut Matrix,
 ) -> Result<()> {
-    let permuted = crate::gguf::qk_permuted(cfg);
+    let permuted = strata_model::gguf::qk_permuted(cfg);
     let heads = if permuted && hf.ends_with("q_proj.weight") {
         cfg.num_attention_heads
     } else if permuted && hf.ends_with("k_proj.weight") {
@@ -183,12 +186,12 @@ fn unpermute_qk(
     };
     let rows = m.rows;
     if heads == 0 || rows != heads * cfg.head_dim() || !(rows / heads).is_multiple_of(2) {
-        return Err(crate::gguf::bad(
+        return Err(strata_model::gguf::bad(
             path,
             format!("tensor {name}: {rows} rows for {heads} heads"),
         ));
     }
-    *m = m.permute_rows(&crate::gguf::qk_row_order(rows, heads, true));
+    *m = m.permute_rows(&strata_model::gguf::qk_row_order(rows, heads, true));
     Ok(())
 }
 
