@@ -46,19 +46,20 @@ fn run(args: &cli::Cli) -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
-    // candle's CPU matmul and rayon read RAYON_NUM_THREADS, the engine and preprocess STRATA_THREADS: set
-    // both before any pool starts, so `--threads` (or STRATA_THREADS) reaches every command that computes.
+    // One thread setting (`--threads`, or STRATA_THREADS through clap), passed as a value to each pool that
+    // computes: rayon's global pool (preprocessing, the training kernels' gemm calls) and the inference
+    // engine's own. candle reads its matmul's thread count only from RAYON_NUM_THREADS, so that one variable
+    // is set for it, before any of its work starts.
     let threads = args
         .threads
         .filter(|&n| n > 0)
-        .or_else(|| {
-            std::env::var("RAYON_NUM_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-        })
         .unwrap_or_else(default_threads);
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    std::env::set_var("STRATA_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("starting {threads} worker threads: {e}"))?;
+    strata_engine::set_threads(threads);
     commands::dispatch(args)
 }
 

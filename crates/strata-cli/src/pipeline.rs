@@ -298,20 +298,51 @@ fn fetch_if_missing(file: &PipelineFile) -> anyhow::Result<()> {
     if !missing {
         return Ok(());
     }
-    let script = Path::new("scripts/fetch-data.sh");
-    anyhow::ensure!(
-        script.is_file(),
-        "demo data is missing and {} is not here: run strata from the repository root",
-        script.display()
-    );
-    eprintln!("fetching demo data with {} …", script.display());
+    // the repository's script when run from a checkout; else the copy built into the binary, written to a
+    // temporary folder, so an installed `strata demo` fetches its own data from any directory (into ./data)
+    let local = Path::new("scripts/fetch-data.sh");
+    let tmp;
+    let script = if local.is_file() {
+        local.to_path_buf()
+    } else {
+        tmp = std::env::temp_dir().join(format!("strata-fetch-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        for (name, text) in FETCH_SCRIPTS {
+            strata_store::write_atomic(tmp.join(name), text.as_bytes())?;
+        }
+        tmp.join("fetch-data.sh")
+    };
+    eprintln!("fetching demo data with {} into ./data …", script.display());
     let status = std::process::Command::new("bash")
-        .arg(script)
+        .arg(&script)
         .status()
         .context("running scripts/fetch-data.sh")?;
+    if !local.is_file() {
+        let _ = script.parent().map(std::fs::remove_dir_all);
+    }
     anyhow::ensure!(status.success(), "scripts/fetch-data.sh failed ({status})");
     Ok(())
 }
+
+/// The data fetch script and the converters it calls, built into the binary (the demo needs no checkout).
+const FETCH_SCRIPTS: [(&str, &str); 4] = [
+    (
+        "fetch-data.sh",
+        include_str!("../../../scripts/fetch-data.sh"),
+    ),
+    (
+        "deid_lexicon.py",
+        include_str!("../../../scripts/deid_lexicon.py"),
+    ),
+    (
+        "convert_corpora.py",
+        include_str!("../../../scripts/convert_corpora.py"),
+    ),
+    (
+        "ultrasound_reports.py",
+        include_str!("../../../scripts/ultrasound_reports.py"),
+    ),
+];
 
 fn report(kind: &str, name: &str, r: &strata_data::tasks::StepReport) {
     let counts: Vec<String> = r

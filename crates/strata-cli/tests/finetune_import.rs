@@ -435,6 +435,38 @@ fn early_stop_and_time_budget_end_a_run_and_publish_it() {
     let m = manifest(&store, "models", "early");
     assert_eq!(m["counts"]["steps"], 2, "{m}");
     assert_eq!(m["counts"]["stopped"], "early_stop");
+    // the published weights are the best validation's (step 1), not the last step's, and it says so
+    assert!(
+        r.stderr.contains("publishing the weights of step 1"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(m["counts"]["best_step"], 1, "{m}");
+    let metrics = std::fs::read_to_string(
+        store
+            .join("runs")
+            .join(m["counts"]["run"].as_str().unwrap())
+            .join("metrics.jsonl"),
+    )
+    .unwrap();
+    let val: Vec<f64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(val.len(), 2, "{metrics}");
+    let published = m["counts"]["val_loss"].as_f64().unwrap();
+    assert!(
+        (published - val[0]).abs() < 1e-5 * val[0],
+        "{published} vs {val:?}"
+    );
+    assert!(
+        (published - val[1]).abs() > 1e-7,
+        "steps 1 and 2 validate alike: {val:?}"
+    );
     // a budget shorter than one step: one step, then the model is published
     ok(
         &store,

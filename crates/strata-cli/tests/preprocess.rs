@@ -166,9 +166,35 @@ fn pii_flag_redacts_and_counts_in_metadata() {
     .unwrap();
     let store = dir.join("store");
     acquire_raw(&store, &input);
-    let r =
-        run(strata(&store).args(["preprocess", "--input", "raw", "--output", "clean", "--pii"]));
+    // no lexicon at the default path (the test's working directory has none): the privacy stage refuses to
+    // run degraded, names the command that builds the lexicon and the explicit rule-only mode, publishes nothing
+    let pii = ["preprocess", "--input", "raw", "--output", "clean", "--pii"];
+    let r = run(strata(&store).current_dir(&dir).args(pii));
+    assert!(!r.ok, "ran without its lexicon: {}", r.stdout);
+    assert!(
+        r.stderr.contains("scripts/fetch-data.sh --lexicon")
+            && r.stderr.contains("--pii-lexicon none"),
+        "{}",
+        r.stderr
+    );
+    assert!(!store.join("datasets/clean").exists());
+    // a lexicon path that does not exist is named
+    let r = run(strata(&store)
+        .args(pii)
+        .args(["--pii-lexicon", "no/such/lexicon"]));
+    assert!(
+        !r.ok && r.stderr.contains("no/such/lexicon"),
+        "{}",
+        r.stderr
+    );
+    // the rule-only mode, chosen explicitly, runs and is recorded in the dataset's manifest
+    let r = run(strata(&store).args(pii).args(["--pii-lexicon", "none"]));
     assert!(r.ok, "{}", r.stderr);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("datasets/clean/manifest.json")).unwrap())
+            .unwrap();
+    let text = manifest.to_string();
+    assert!(text.contains("\"rules_only\":true"), "{text}");
     let docs = read_clean(&store);
     assert_eq!(docs.len(), 1);
     assert_eq!(
@@ -237,6 +263,8 @@ fn kill_9_during_preprocess_then_the_same_command_gives_byte_identical_output() 
         "--gopher",
         "--minhash",
         "--pii",
+        "--pii-lexicon",
+        "none",
     ];
     let (killed, whole) = (dir.join("killed"), dir.join("whole"));
     acquire_raw(&killed, &input);

@@ -17,6 +17,7 @@ mod quant;
 pub use kernels::Isa;
 pub use load::GGUF_IN_FOLDER;
 pub use lora::{LoraStack, Proj, RuntimeAdapter};
+pub use pool::set_threads;
 pub use quant::{Matrix, WeightType};
 
 use kernels::{attend_block, matmul, silu_mul, Scratch, QB};
@@ -260,7 +261,7 @@ impl CpuModel {
         &self.cfg
     }
 
-    /// Threads the engine's loops run on (`STRATA_THREADS`, else `RAYON_NUM_THREADS`, else all CPUs).
+    /// Threads the engine's loops run on ([`set_threads`], else all CPUs).
     #[must_use]
     pub fn threads(&self) -> usize {
         pool::global().threads()

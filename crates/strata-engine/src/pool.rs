@@ -199,17 +199,22 @@ fn worker(s: &Shared) {
     }
 }
 
-/// The engine's pool: `STRATA_THREADS`, else `RAYON_NUM_THREADS`, else the number of CPUs.
+static GLOBAL: OnceLock<Pool> = OnceLock::new();
+
+/// Sizes the engine's pool: the program's one thread setting (`strata --threads`), passed once, before the
+/// first forward. Returns false when the pool was already running (it keeps its size).
+pub fn set_threads(n: usize) -> bool {
+    let mut fresh = false;
+    GLOBAL.get_or_init(|| {
+        fresh = true;
+        Pool::new(n.max(1))
+    });
+    fresh
+}
+
+/// The engine's pool: as [`set_threads`] sized it, else one thread per CPU.
 pub fn global() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        let n = ["STRATA_THREADS", "RAYON_NUM_THREADS"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-        Pool::new(n)
-    })
+    GLOBAL.get_or_init(|| Pool::new(std::thread::available_parallelism().map_or(1, usize::from)))
 }
 
 #[cfg(test)]

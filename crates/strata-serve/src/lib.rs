@@ -5,7 +5,9 @@ pub mod engine;
 pub mod http;
 pub mod metrics;
 
-pub use engine::{BatchConfig, Engine, FinishReason, GenParams, Generation, Sampling, Scheduler};
+pub use engine::{
+    load_target, BatchConfig, Engine, FinishReason, GenParams, Generation, Sampling, Scheduler,
+};
 pub use http::{app, AppState};
 
 #[derive(Debug, thiserror::Error)]

@@ -13,12 +13,56 @@ const PREFIX: &str = "checkpoint-";
 const SUFFIX: &str = ".safetensors";
 
 /// What a run needs besides the tensors to continue exactly.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RunState {
     pub step: usize,
-    /// Best validation loss so far and evaluations since it improved (early stopping).
+    /// Best validation loss so far, the step it was measured after, and evaluations since it improved
+    /// (early stopping).
     pub best_val: Option<f64>,
+    pub best_step: Option<usize>,
     pub stale_evals: usize,
+}
+
+const BEST: &str = "best.safetensors";
+
+/// Keeps the weights of the best validation so far (`best.safetensors` in `dir`, atomically), for early
+/// stopping to publish them rather than the last ones.
+///
+/// # Errors
+/// On an I/O failure.
+pub fn save_best(
+    dir: &Path,
+    weights: &HashMap<String, Tensor>,
+    step: usize,
+    val: f64,
+) -> Result<()> {
+    let meta = [("step", step.to_string()), ("val_loss", format!("{val:e}"))];
+    strata_model::save_safetensors(weights, &dir.join(BEST), &meta)?;
+    Ok(())
+}
+
+/// The best weights: (step, validation loss, weights by name).
+pub type Best = (usize, f64, HashMap<String, Tensor>);
+
+/// The weights [`save_best`] kept, with their step and validation loss, if any.
+///
+/// # Errors
+/// When the file exists but cannot be read.
+pub fn load_best(dir: &Path, device: &Device) -> Result<Option<Best>> {
+    let path = dir.join(BEST);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let (weights, meta) = strata_model::read_safetensors(&path, device)?;
+    let field = |k: &str| meta.get(k).and_then(|s| s.parse::<f64>().ok());
+    match (field("step"), field("val_loss")) {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        (Some(step), Some(val)) => Ok(Some((step as usize, val, weights))),
+        _ => Err(TrainError::Checkpoint {
+            path,
+            reason: "no step or val_loss in metadata".into(),
+        }),
+    }
 }
 
 /// The checkpoint files in `dir`, oldest first.
@@ -66,6 +110,10 @@ pub fn save(
                 .map_or_else(String::new, |v| format!("{v:e}")),
         ),
         ("stale_evals", state.stale_evals.to_string()),
+        (
+            "best_step",
+            state.best_step.map_or_else(String::new, |s| s.to_string()),
+        ),
     ];
     let path = dir.join(format!("{PREFIX}{:08}{SUFFIX}", state.step));
     strata_model::save_safetensors(&all, &path, &meta)?;
@@ -79,8 +127,9 @@ pub fn save(
     Ok(())
 }
 
-/// Removes every checkpoint (once the model is published).
+/// Removes every checkpoint and the best weights (once the model is published).
 pub fn clear(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(BEST));
     for (_, p) in files(dir) {
         let _ = std::fs::remove_file(p);
     }
@@ -109,6 +158,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
             reason: "no step in metadata".into(),
         })?;
     let best_val = meta.get("best_val").and_then(|s| s.parse().ok());
+    let best_step = meta.get("best_step").and_then(|s| s.parse().ok());
     let stale_evals = meta
         .get("stale_evals")
         .and_then(|s| s.parse().ok())
@@ -126,6 +176,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
         state: RunState {
             step,
             best_val,
+            best_step,
             stale_evals,
         },
         weights,
@@ -148,6 +199,7 @@ mod tests {
             let state = RunState {
                 step,
                 best_val: (step > 5).then_some(2.5),
+                best_step: (step > 5).then_some(10),
                 stale_evals: step / 5,
             };
             save(d.path(), &w, HashMap::new(), state, 2).unwrap();
@@ -160,11 +212,18 @@ mod tests {
             RunState {
                 step: 20,
                 best_val: Some(2.5),
+                best_step: Some(10),
                 stale_evals: 4
             }
         );
         assert!(l.weights.contains_key("w"));
+        // the best weights round-trip with their step and loss, and go with the checkpoints
+        save_best(d.path(), &w, 10, 2.5).unwrap();
+        let (step, val, best) = load_best(d.path(), &Device::Cpu).unwrap().unwrap();
+        assert_eq!((step, val), (10, 2.5));
+        assert_eq!(best["w"].to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
         clear(d.path());
         assert!(load(d.path(), &Device::Cpu).unwrap().is_none());
+        assert!(load_best(d.path(), &Device::Cpu).unwrap().is_none());
     }
 }

@@ -273,14 +273,20 @@ fn build_model(
     Ok((model, vars))
 }
 
-/// Trains (or resumes, or skips when up to date) and publishes model `job.name`.
-///
-/// # Errors
-/// On a missing input, an invalid config, divergence, an interruption (after writing a checkpoint), or an
-/// I/O failure. Nothing is written before the inputs and the config have been checked.
-#[allow(clippy::too_many_lines)]
-pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
-    let device = Device::Cpu;
+/// What a run was set up with: the model's config and tokenizer, its parent, the kind it publishes, and
+/// the manifest (inputs and fingerprint) it publishes under.
+struct Setup {
+    cfg: LlamaConfig,
+    td: TokenizerDir,
+    parent: Option<Parent>,
+    kind: Kind,
+    manifest: Manifest,
+    run_id: String,
+}
+
+/// Checks the job (mixture, LoRA, tokens against the tokenizer, the config against the model) and builds the
+/// manifest it would publish; nothing is written.
+fn setup(store: &Store, job: &TrainJob<'_>) -> Result<Setup> {
     if job.tokens.is_empty() {
         return Err(TrainError::Config("no token artifacts to train on".into()));
     }
@@ -328,30 +334,35 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     };
     check_tokens(store, job.tokens, &td)?;
     job.cfg.validate(cfg.max_position_embeddings)?;
-    let resolved = |train: &TrainConfig| {
-        serde_json::to_value(Resolved {
-            init: &job.init,
-            tokens: job.tokens,
-            train,
-            model: &cfg,
-        })
-        .unwrap_or_default()
-    };
     let manifest = Manifest::new(kind, job.name, job.created_by)
-        .with_config(inputs, resolved(&fingerprinted(&job.cfg)));
+        .with_config(inputs, resolved(job, &cfg, &fingerprinted(&job.cfg)));
     let run_id = format!("{}-{}", job.name, &manifest.fingerprint[..12]);
-    let run_dir = store.run_dir(&run_id);
-    if let Some(existing) = store.up_to_date(kind, job.name, &manifest.fingerprint) {
-        return Ok(TrainOutcome {
-            manifest: existing,
-            skipped: true,
-            resumed_from: None,
-            run_dir,
-            stopped: None,
-            guard: None,
-        });
-    }
-    // the training data, memory-mapped, before anything is written
+    Ok(Setup {
+        cfg,
+        td,
+        parent,
+        kind,
+        manifest,
+        run_id,
+    })
+}
+
+/// The resolved config of a run, as saved beside it and fingerprinted.
+fn resolved(job: &TrainJob<'_>, cfg: &LlamaConfig, train: &TrainConfig) -> serde_json::Value {
+    serde_json::to_value(Resolved {
+        init: &job.init,
+        tokens: job.tokens,
+        train,
+        model: cfg,
+    })
+    .unwrap_or_default()
+}
+
+/// The training mixture and each component's validation tokens (name, ids).
+type Data = (Mixture, Vec<(String, Vec<u32>)>);
+
+/// The training mixture and each component's validation tokens, memory-mapped.
+fn open_data(store: &Store, job: &TrainJob<'_>) -> Result<Data> {
     let mut components = Vec::new();
     let mut val_sets = Vec::new();
     for t in job.tokens {
@@ -375,44 +386,13 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             strata_tokenize::read_tokens(&dir.join("val-00000.bin"))?,
         ));
     }
-    let mixture = Mixture::new(components, job.cfg.seq_len, job.cfg.sampling)?;
+    Ok((
+        Mixture::new(components, job.cfg.seq_len, job.cfg.sampling)?,
+        val_sets,
+    ))
+}
 
-    let ckpt_dir = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
-    strata_store::write_json_atomic(run_dir.join("config.json"), &resolved(&job.cfg))?;
-
-    // Model and optimizer: fresh, from the parent, or from the checkpoint. With LoRA the parent's weights
-    // are constants and the adapter's A/B the only variables.
-    let lora_state = Arc::new(LoraState::default());
-    let (model, vars) = build_model(&cfg, &job.cfg, parent.as_ref(), &lora_state)?;
-    let mut opt = crate::AdamW::new(&vars, job.cfg.beta1, job.cfg.beta2, job.cfg.weight_decay)?;
-    let mut state = RunState {
-        step: 0,
-        best_val: None,
-        stale_evals: 0,
-    };
-    let mut resumed_from = None;
-    if let Some(ck) = checkpoint::load(&ckpt_dir, &device)? {
-        for (name, t) in &ck.weights {
-            let var = vars.get(name).ok_or_else(|| TrainError::Checkpoint {
-                path: ckpt_dir.clone(),
-                reason: format!("{name} is not a variable of this run"),
-            })?;
-            var.set(t).ctx(&format!("checkpoint tensor {name}"))?;
-        }
-        opt.load_state(&ck.optim, ck.state.step)?;
-        state = ck.state;
-        resumed_from = Some(state.step);
-        tracing::info!(
-            "{}: resuming from checkpoint at step {}",
-            job.name,
-            state.step
-        );
-    }
-    let start = state.step;
-
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut log = MetricsLog::open(&metrics_path, start)?;
+fn progress_bar(job: &TrainJob<'_>, start: usize) -> ProgressBar {
     let bar = if job.progress {
         ProgressBar::new(job.cfg.steps as u64)
     } else {
@@ -426,133 +406,258 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     );
     bar.set_prefix(job.name.to_string());
     bar.set_position(start as u64);
+    bar
+}
+
+/// The model, its variables and optimizer, as the run starts: fresh, from the parent, or from the last
+/// checkpoint (then also the run's state and the step it resumed from).
+struct Model {
+    model: Llama,
+    vars: HashMap<String, Var>,
+    opt: crate::AdamW,
+    lora_state: Arc<LoraState>,
+    state: RunState,
+    resumed_from: Option<usize>,
+}
+
+fn start_model(job: &TrainJob<'_>, s: &Setup, ckpt_dir: &std::path::Path) -> Result<Model> {
+    // With LoRA the parent's weights are constants and the adapter's A/B the only variables.
+    let lora_state = Arc::new(LoraState::default());
+    let (model, vars) = build_model(&s.cfg, &job.cfg, s.parent.as_ref(), &lora_state)?;
+    let mut opt = crate::AdamW::new(&vars, job.cfg.beta1, job.cfg.beta2, job.cfg.weight_decay)?;
+    let mut state = RunState::default();
+    let mut resumed_from = None;
+    if let Some(ck) = checkpoint::load(ckpt_dir, &Device::Cpu)? {
+        set_vars(&vars, &ck.weights, ckpt_dir)?;
+        opt.load_state(&ck.optim, ck.state.step)?;
+        state = ck.state;
+        resumed_from = Some(state.step);
+        tracing::info!(
+            "{}: resuming from checkpoint at step {}",
+            job.name,
+            state.step
+        );
+    }
+    Ok(Model {
+        model,
+        vars,
+        opt,
+        lora_state,
+        state,
+        resumed_from,
+    })
+}
+
+fn set_vars(
+    vars: &HashMap<String, Var>,
+    weights: &HashMap<String, Tensor>,
+    from: &std::path::Path,
+) -> Result<()> {
+    for (name, t) in weights {
+        let var = vars.get(name).ok_or_else(|| TrainError::Checkpoint {
+            path: from.to_path_buf(),
+            reason: format!("{name} is not a variable of this run"),
+        })?;
+        var.set(t).ctx(&format!("checkpoint tensor {name}"))?;
+    }
+    Ok(())
+}
+
+/// One optimizer step: K micro-batches accumulated, clipped, applied. The loss and gradient norm.
+fn optimizer_step(
+    job: &TrainJob<'_>,
+    m: &mut Model,
+    mixture: &Mixture,
+    step: usize,
+    rows_seen: &mut [usize],
+) -> Result<(f32, f64)> {
+    let (b, k) = (job.cfg.batch_size, job.cfg.grad_accum);
+    let mut micro = Vec::with_capacity(k);
+    for i in 0..k as u64 {
+        let first = (step as u64 * k as u64 + i) * b as u64;
+        let batch = mixture.batch(job.cfg.seed, first, b, &Device::Cpu)?;
+        for (seen, r) in rows_seen.iter_mut().zip(&batch.rows) {
+            *seen += r;
+        }
+        micro.push((batch.x, batch.y));
+    }
+    let seed = job.cfg.seed;
+    let lora_state = &m.lora_state;
+    let (loss_value, grads) = accumulate_with(&m.model, &m.opt, &micro, &|i| {
+        // dropout masks: a function of (seed, step, micro-batch) alone, so resume stays exact
+        lora_state.set_training(
+            true,
+            seed ^ ((step * k + i) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        );
+    })?;
+    lora_state.set_training(false, 0);
+    if !loss_value.is_finite() {
+        return Err(TrainError::Diverged {
+            step,
+            value: loss_value,
+        });
+    }
+    let norm = m.opt.grad_norm(&grads)?;
+    let scale = if norm > job.cfg.grad_clip {
+        job.cfg.grad_clip / norm
+    } else {
+        1.0
+    };
+    m.opt.step(&grads, get_lr(step, &job.cfg), scale)?;
+    Ok((loss_value, norm))
+}
+
+/// Validation after step `done`: every component's held-out loss; the first one's drives early stopping.
+/// With early stopping on, weights that improve on the best so far are kept (`best.safetensors` beside the
+/// checkpoints) so that the best, not the last, is published.
+fn validate(
+    job: &TrainJob<'_>,
+    m: &mut Model,
+    val_sets: &[(String, Vec<u32>)],
+    done: usize,
+    ckpt_dir: &std::path::Path,
+) -> Result<(Option<crate::Perplexity>, BTreeMap<String, f32>)> {
+    let t = job.cfg.seq_len;
+    let mut first = None;
+    let mut val_losses = BTreeMap::new();
+    for (i, (name, ids)) in val_sets.iter().enumerate() {
+        if ids.len() <= t {
+            continue;
+        }
+        let p = perplexity(&m.model, ids, t, Some(job.cfg.eval_windows))?;
+        #[allow(clippy::cast_possible_truncation)]
+        val_losses.insert(name.clone(), p.nll as f32);
+        if i > 0 {
+            continue;
+        }
+        tracing::info!(
+            "{} step {done}/{}: val loss {:.3} (ppl {:.1})",
+            job.name,
+            job.cfg.steps,
+            p.nll,
+            p.ppl
+        );
+        let improved = m
+            .state
+            .best_val
+            .is_none_or(|best| p.nll < best - job.cfg.early_stop_min_delta);
+        if improved {
+            m.state.best_val = Some(p.nll);
+            m.state.best_step = Some(done);
+            m.state.stale_evals = 0;
+            if job.cfg.early_stop_patience.is_some() {
+                checkpoint::save_best(ckpt_dir, &named(&m.vars), done, p.nll)?;
+            }
+        } else {
+            m.state.stale_evals += 1;
+        }
+        first = Some(p);
+    }
+    Ok((first, val_losses))
+}
+
+/// Each component's tokens seen and share of them (empty for a single component).
+fn mixture_stats(
+    mixture: &Mixture,
+    rows_seen: &[usize],
+    t: usize,
+) -> BTreeMap<String, ComponentStat> {
+    if mixture.components().len() < 2 {
+        return BTreeMap::new();
+    }
+    let tokens_seen: usize = rows_seen.iter().sum::<usize>() * t;
+    #[allow(clippy::cast_precision_loss)]
+    mixture
+        .components()
+        .iter()
+        .zip(rows_seen)
+        .map(|(c, &r)| {
+            let component = ComponentStat {
+                tokens: r * t,
+                share: (r * t) as f64 / tokens_seen.max(1) as f64,
+            };
+            (c.name.clone(), component)
+        })
+        .collect()
+}
+
+/// How the loop ended.
+struct LoopEnd {
+    done: usize,
+    stopped: Option<&'static str>,
+    last_val: Option<crate::Perplexity>,
+    rows_seen: Vec<usize>,
+}
+
+/// The training loop from the run's current step: steps, validation, metrics, checkpoints, and the stop
+/// conditions (steps done, early stopping, the time budget, a signal).
+fn run_loop(
+    job: &TrainJob<'_>,
+    m: &mut Model,
+    data: &Data,
+    run_dir: &std::path::Path,
+) -> Result<LoopEnd> {
+    let (mixture, val_sets) = data;
+    let ckpt_dir = run_dir.join("checkpoints");
+    let start = m.state.step;
+    let mut log = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
+    let bar = progress_bar(job, start);
     let (b, k, t) = (job.cfg.batch_size, job.cfg.grad_accum, job.cfg.seq_len);
-    let rows_per_step = (b * k) as u64;
-    let mut rows_seen = mixture.rows_before(job.cfg.seed, start as u64 * rows_per_step);
+    let mut rows_seen = mixture.rows_before(job.cfg.seed, start as u64 * (b * k) as u64);
     let began = Instant::now();
-    let mut last_val = None;
-    let mut stopped = None;
-    let mut done = start;
+    let mut end = LoopEnd {
+        done: start,
+        stopped: None,
+        last_val: None,
+        rows_seen: Vec::new(),
+    };
     for step in start..job.cfg.steps {
         let t0 = Instant::now();
-        let lr = get_lr(step, &job.cfg);
-        let mut micro = Vec::with_capacity(k);
-        for m in 0..k as u64 {
-            let first = (step as u64 * k as u64 + m) * b as u64;
-            let batch = mixture.batch(job.cfg.seed, first, b, &device)?;
-            for (seen, r) in rows_seen.iter_mut().zip(&batch.rows) {
-                *seen += r;
-            }
-            micro.push((batch.x, batch.y));
-        }
-        let seed = job.cfg.seed;
-        let (loss_value, grads) = accumulate_with(&model, &opt, &micro, &|m| {
-            // dropout masks: a function of (seed, step, micro-batch) alone, so resume stays exact
-            lora_state.set_training(
-                true,
-                seed ^ ((step * k + m) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
-            );
-        })?;
-        lora_state.set_training(false, 0);
-        if !loss_value.is_finite() {
-            return Err(TrainError::Diverged {
-                step,
-                value: loss_value,
-            });
-        }
-        let norm = opt.grad_norm(&grads)?;
-        let scale = if norm > job.cfg.grad_clip {
-            job.cfg.grad_clip / norm
-        } else {
-            1.0
-        };
-        opt.step(&grads, lr, scale)?;
-        drop(grads);
+        let (loss, grad_norm) = optimizer_step(job, m, mixture, step, &mut rows_seen)?;
         #[allow(clippy::cast_precision_loss)]
         let tps = (b * k * t) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        done = step + 1;
+        let done = step + 1;
+        end.done = done;
         let out_of_time = job
             .cfg
             .max_time_s
             .is_some_and(|s| began.elapsed().as_secs_f64() >= s);
-        let mut val_loss = None;
-        let mut val_losses = BTreeMap::new();
+        let (mut val_loss, mut val_losses) = (None, BTreeMap::new());
         if done.is_multiple_of(job.cfg.eval_every) || done == job.cfg.steps || out_of_time {
-            for (i, (name, ids)) in val_sets.iter().enumerate() {
-                if ids.len() <= t {
-                    continue;
-                }
-                let p = perplexity(&model, ids, t, Some(job.cfg.eval_windows))?;
-                #[allow(clippy::cast_possible_truncation)]
-                val_losses.insert(name.clone(), p.nll as f32);
-                if i == 0 {
-                    tracing::info!("{} step {done}/{}: train loss {loss_value:.3}, val loss {:.3} (ppl {:.1}), {tps:.0} tok/s", job.name, job.cfg.steps, p.nll, p.ppl);
-                    #[allow(clippy::cast_possible_truncation)]
-                    let v = p.nll as f32;
-                    val_loss = Some(v);
-                    if state
-                        .best_val
-                        .is_none_or(|best| p.nll < best - job.cfg.early_stop_min_delta)
-                    {
-                        state.best_val = Some(p.nll);
-                        state.stale_evals = 0;
-                    } else {
-                        state.stale_evals += 1;
-                    }
-                    last_val = Some(p);
-                }
+            let (first, all) = validate(job, m, val_sets, done, &ckpt_dir)?;
+            #[allow(clippy::cast_possible_truncation)]
+            if let Some(p) = first {
+                val_loss = Some(p.nll as f32);
+                end.last_val = Some(p);
             }
+            val_losses = all;
         }
-        let tokens_seen: usize = rows_seen.iter().sum::<usize>() * t;
-        #[allow(clippy::cast_precision_loss)]
-        let mix = if mixture.components().len() > 1 {
-            mixture
-                .components()
-                .iter()
-                .zip(&rows_seen)
-                .map(|(c, &r)| {
-                    let component = ComponentStat {
-                        tokens: r * t,
-                        share: (r * t) as f64 / tokens_seen.max(1) as f64,
-                    };
-                    (c.name.clone(), component)
-                })
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
         #[allow(clippy::cast_precision_loss)]
         log.append(&StepMetrics {
             step: done,
-            loss: loss_value,
-            lr,
-            grad_norm: norm,
+            loss,
+            lr: get_lr(step, &job.cfg),
+            grad_norm,
             tokens_per_s: tps,
             val_loss,
             val_losses,
-            tokens_seen,
-            mixture: mix,
+            tokens_seen: rows_seen.iter().sum::<usize>() * t,
+            mixture: mixture_stats(mixture, &rows_seen, t),
             peak_rss_mib: peak_rss_bytes() as f64 / 1_048_576.0,
         })?;
-        bar.set_message(format!("loss {loss_value:.3}  {tps:.0} tok/s"));
+        bar.set_message(format!("loss {loss:.3}  {tps:.0} tok/s"));
         bar.inc(1);
-        state.step = done;
+        m.state.step = done;
         let early = job
             .cfg
             .early_stop_patience
-            .is_some_and(|p| state.stale_evals >= p);
-        let interrupted = job.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+            .is_some_and(|p| m.state.stale_evals >= p);
         let save = |state| {
-            checkpoint::save(
-                &ckpt_dir,
-                &named(&vars),
-                opt.state(),
-                state,
-                job.cfg.keep_checkpoints,
-            )
+            let keep = job.cfg.keep_checkpoints;
+            checkpoint::save(&ckpt_dir, &named(&m.vars), m.opt.state(), state, keep)
         };
-        if interrupted {
-            save(state)?;
+        if job.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            save(m.state)?;
             bar.abandon();
             return Err(TrainError::Interrupted {
                 step: done,
@@ -560,80 +665,153 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             });
         }
         if early || out_of_time {
-            stopped = Some(if early { "early_stop" } else { "max_time" });
-            tracing::info!(
-                "{}: stopping at step {done} ({})",
-                job.name,
-                stopped.unwrap_or_default()
-            );
+            let why = if early { "early_stop" } else { "max_time" };
+            tracing::info!("{}: stopping at step {done} ({why})", job.name);
+            end.stopped = Some(why);
             break;
         }
         if done.is_multiple_of(job.cfg.checkpoint_every) && done < job.cfg.steps {
-            save(state)?;
+            save(m.state)?;
         }
     }
     bar.finish_and_clear();
-    crate::plot_loss(&metrics_path, &run_dir.join("loss.png"))?;
-    // the forgetting guard: the trained model (as it stands in memory) against its parent
+    end.rows_seen = rows_seen;
+    Ok(end)
+}
+
+/// With early stopping on, the best validated weights replace the last ones before publishing (when they
+/// differ): the step they are from, and their validation loss.
+fn restore_best(
+    job: &TrainJob<'_>,
+    m: &Model,
+    end: &LoopEnd,
+    ckpt_dir: &std::path::Path,
+) -> Result<Option<(usize, f64)>> {
+    if job.cfg.early_stop_patience.is_none() {
+        return Ok(None);
+    }
+    let Some((step, val, weights)) = checkpoint::load_best(ckpt_dir, &Device::Cpu)? else {
+        return Ok(None);
+    };
+    if step != end.done {
+        set_vars(&m.vars, &weights, ckpt_dir)?;
+        tracing::info!(
+            "{}: publishing the weights of step {step} (best validation loss {val:.4}), not of the last step {}",
+            job.name,
+            end.done
+        );
+    }
+    Ok(Some((step, val)))
+}
+
+/// Trains (or resumes, or skips when up to date) and publishes model `job.name`.
+///
+/// # Errors
+/// On a missing input, an invalid config, divergence, an interruption (after writing a checkpoint), or an
+/// I/O failure. Nothing is written before the inputs and the config have been checked.
+pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
+    let s = setup(store, job)?;
+    let run_dir = store.run_dir(&s.run_id);
+    if let Some(existing) = store.up_to_date(s.kind, job.name, &s.manifest.fingerprint) {
+        return Ok(TrainOutcome {
+            manifest: existing,
+            skipped: true,
+            resumed_from: None,
+            run_dir,
+            stopped: None,
+            guard: None,
+        });
+    }
+    // the training data, memory-mapped, before anything is written
+    let data = open_data(store, job)?;
+    let ckpt_dir = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
+    strata_store::write_json_atomic(
+        run_dir.join("config.json"),
+        &resolved(job, &s.cfg, &job.cfg),
+    )?;
+    let mut m = start_model(job, &s, &ckpt_dir)?;
+    let end = run_loop(job, &mut m, &data, &run_dir)?;
+    crate::plot_loss(&run_dir.join("metrics.jsonl"), &run_dir.join("loss.png"))?;
+    let best = restore_best(job, &m, &end, &ckpt_dir)?;
+    // the forgetting guard: the model to be published (as it stands in memory) against its parent
     let guard = match (&job.cfg.guard, &job.init) {
         (Some(g), Init::From { parent }) => {
-            lora_state.set_training(false, 0);
-            Some(crate::guard::verdict(store, g, parent, &model, &td)?)
+            m.lora_state.set_training(false, 0);
+            Some(crate::guard::verdict(store, g, parent, &m.model, &s.td)?)
         }
         _ => None,
     };
+    let manifest = publish(store, job, &s, &m, &end, best, guard.as_ref())?;
+    checkpoint::clear(&ckpt_dir);
+    Ok(TrainOutcome {
+        manifest,
+        skipped: false,
+        resumed_from: m.resumed_from,
+        run_dir,
+        stopped: end.stopped,
+        guard,
+    })
+}
 
-    let staging = store.staging(kind, job.name)?;
-    if let (Some(lc), Some(p)) = (&job.cfg.lora, &parent) {
-        strata_model::lora::write_adapter(&staging, lc, &named(&vars), &p.base)?;
+/// Writes the model (or adapter) with its tokenizer files and publishes it with the run's counts.
+fn publish(
+    store: &Store,
+    job: &TrainJob<'_>,
+    s: &Setup,
+    m: &Model,
+    end: &LoopEnd,
+    best: Option<(usize, f64)>,
+    guard: Option<&crate::guard::GuardVerdict>,
+) -> Result<Manifest> {
+    let staging = store.staging(s.kind, job.name)?;
+    if let (Some(lc), Some(p)) = (&job.cfg.lora, &s.parent) {
+        strata_model::lora::write_adapter(&staging, lc, &named(&m.vars), &p.base)?;
     } else {
-        strata_model::save_safetensors(&named(&vars), &staging.join("model.safetensors"), &[])?;
-        strata_model::write_hf_config(&staging, &cfg)?;
+        strata_model::save_safetensors(&named(&m.vars), &staging.join("model.safetensors"), &[])?;
+        strata_model::write_hf_config(&staging, &s.cfg)?;
     }
-    crate::parent::copy_present(&td.dir, &staging, &crate::parent::TOKENIZER_FILES)?;
-    crate::parent::copy_present(&td.dir, &staging, &["generation_config.json"])?;
-    let mut manifest = manifest;
-    manifest.created_by = format!("{} (run {run_id})", job.created_by);
+    crate::parent::copy_present(&s.td.dir, &staging, &crate::parent::TOKENIZER_FILES)?;
+    crate::parent::copy_present(&s.td.dir, &staging, &["generation_config.json"])?;
+    let mut manifest = s.manifest.clone();
+    manifest.created_by = format!("{} (run {})", job.created_by, s.run_id);
     let counts = &mut manifest.counts;
-    if let (Some(lc), Some(p)) = (&job.cfg.lora, &parent) {
-        let trainable: usize = vars.values().map(|v| v.as_tensor().elem_count()).sum();
+    if let (Some(lc), Some(p)) = (&job.cfg.lora, &s.parent) {
+        let trainable: usize = m.vars.values().map(|v| v.as_tensor().elem_count()).sum();
         counts.insert("parameters".into(), trainable.into());
-        counts.insert("base_parameters".into(), cfg.num_parameters().into());
+        counts.insert("base_parameters".into(), s.cfg.num_parameters().into());
         counts.insert("base".into(), p.base.clone().into());
         counts.insert("base_sha256".into(), p.base_sha256.clone().into());
         counts.insert("adapters".into(), p.adapter_names().into());
         counts.insert("lora_r".into(), lc.r.into());
     } else {
-        counts.insert("parameters".into(), cfg.num_parameters().into());
+        counts.insert("parameters".into(), s.cfg.num_parameters().into());
     }
-    counts.insert("steps".into(), done.into());
+    counts.insert("steps".into(), end.done.into());
     counts.insert(
         "tokens_seen".into(),
-        (rows_seen.iter().sum::<usize>() * t).into(),
+        (end.rows_seen.iter().sum::<usize>() * job.cfg.seq_len).into(),
     );
-    if let Some(s) = stopped {
-        counts.insert("stopped".into(), s.into());
+    if let Some(why) = end.stopped {
+        counts.insert("stopped".into(), why.into());
     }
-    if let Some(p) = last_val {
+    if let Some(p) = end.last_val {
         counts.insert("val_loss".into(), p.nll.into());
         counts.insert("val_ppl".into(), p.ppl.into());
     }
-    counts.insert("run".into(), run_id.clone().into());
-    if let Some(v) = &guard {
+    if let Some((step, val)) = best {
+        // the published weights are those of the best validation, which may be an earlier step
+        counts.insert("best_step".into(), step.into());
+        counts.insert("val_loss".into(), val.into());
+        counts.insert("val_ppl".into(), val.exp().into());
+    }
+    counts.insert("run".into(), s.run_id.clone().into());
+    if let Some(v) = guard {
         counts.insert("guard".into(), serde_json::to_value(v).unwrap_or_default());
     }
-    // the threads the tensor math ran on (`--threads`, through RAYON_NUM_THREADS)
+    // the threads the tensor math ran on (`--threads`)
     counts.insert("threads".into(), rayon::current_num_threads().into());
-    let manifest = store.publish(&staging, manifest)?;
-    checkpoint::clear(&ckpt_dir);
-    Ok(TrainOutcome {
-        manifest,
-        skipped: false,
-        resumed_from,
-        run_dir,
-        stopped,
-        guard,
-    })
+    Ok(store.publish(&staging, manifest)?)
 }
 
 fn named(vars: &HashMap<String, Var>) -> HashMap<String, Tensor> {

@@ -9,25 +9,18 @@ use strata_data::preprocess::{Deid, PiiMode, PiiRedact};
 
 use crate::cli::{DeidCommand, PiiModeArg};
 
-/// The PII stage for `--pii MODE --pii-lexicon DIR`: without the lexicon folder, a warning and the
-/// lexicon-free rules.
+/// The PII stage for `--pii MODE --pii-lexicon DIR|none`. A missing lexicon folder is not quietly replaced by
+/// the rule-only mode: the stage then fails (naming the command that builds it) when the pipeline starts;
+/// `none` chooses the rule-only mode explicitly, and the dataset's manifest records it (`rules_only`).
 pub fn pii_config(mode: PiiModeArg, lexicon: &Path) -> PiiRedact {
-    let lexicon = if lexicon.is_dir() {
-        Some(lexicon.to_path_buf())
-    } else {
-        eprintln!(
-            "warning: no PII lexicon at {} (build it with scripts/fetch-data.sh --lexicon): names in prose are \
-             found only after titles, relations and labels",
-            lexicon.display()
-        );
-        None
-    };
+    let rules_only = lexicon.as_os_str() == "none";
     PiiRedact {
         mode: match mode {
             PiiModeArg::Placeholder => PiiMode::Placeholder,
             PiiModeArg::Surrogate => PiiMode::Surrogate,
         },
-        lexicon,
+        lexicon: (!rules_only).then(|| lexicon.to_path_buf()),
+        rules_only,
         ..PiiRedact::default()
     }
 }

@@ -14,11 +14,65 @@ use crate::pipeline::PipelineFile;
 pub const DEMO: &str = include_str!("../../../../configs/demo.toml");
 pub const QUICK: &str = include_str!("../../../../configs/demo-quick.toml");
 
+/// The quick demo's fixtures, built into the binary: `(path under fixtures/quick, content)`.
+const FIXTURES: [(&str, &str); 6] = [
+    (
+        "general/sentences.jsonl",
+        include_str!("../../../../fixtures/quick/general/sentences.jsonl"),
+    ),
+    (
+        "general/story-0.txt",
+        include_str!("../../../../fixtures/quick/general/story-0.txt"),
+    ),
+    (
+        "general/story-1.txt",
+        include_str!("../../../../fixtures/quick/general/story-1.txt"),
+    ),
+    (
+        "general/story-2.txt",
+        include_str!("../../../../fixtures/quick/general/story-2.txt"),
+    ),
+    (
+        "medical/notes.jsonl",
+        include_str!("../../../../fixtures/quick/medical/notes.jsonl"),
+    ),
+    (
+        "ultrasound/reports.jsonl",
+        include_str!("../../../../fixtures/quick/ultrasound/reports.jsonl"),
+    ),
+];
+
+/// Outside a checkout (no `fixtures/quick` here), the built-in fixtures are written into the store's folder
+/// and the quick pipeline reads them from there: `strata demo --quick` runs from any directory.
+fn with_fixtures(store: &Store, mut pipeline: PipelineFile) -> anyhow::Result<PipelineFile> {
+    const HERE: &str = "fixtures/quick/";
+    if std::path::Path::new(HERE).is_dir() {
+        return Ok(pipeline);
+    }
+    let dir = store.root().join("demo-fixtures");
+    for (path, text) in FIXTURES {
+        strata_store::write_atomic(dir.join(path), text.as_bytes())?;
+    }
+    for step in &mut pipeline.steps {
+        if let crate::pipeline::Step::Acquire(a) = step {
+            for input in &mut a.inputs {
+                if let Some(rest) = input.strip_prefix(HERE) {
+                    *input = dir.join(rest).display().to_string();
+                }
+            }
+        }
+    }
+    Ok(pipeline)
+}
+
 pub fn run(store: &Store, a: &DemoArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let pipeline = match (&a.config, a.quick) {
         (Some(path), _) => PipelineFile::load(path)?,
-        (None, true) => PipelineFile::parse(QUICK, "configs/demo-quick.toml")?,
+        (None, true) => with_fixtures(
+            store,
+            PipelineFile::parse(QUICK, "configs/demo-quick.toml")?,
+        )?,
         (None, false) => PipelineFile::parse(DEMO, "configs/demo.toml")?,
     };
     let demo = pipeline

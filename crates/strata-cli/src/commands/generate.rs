@@ -4,22 +4,16 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use strata_serve::{Engine, GenParams, Sampling};
-use strata_store::{Kind, Store};
+use strata_store::Store;
 use strata_tokenize::ChatMessage;
 
 use crate::cli::GenerateArgs;
 
 pub fn run(store: &Store, a: &GenerateArgs) -> anyhow::Result<ExitCode> {
-    if store.kind_of(&a.model) == Kind::Adapter {
-        anyhow::bail!(
-            "{0:?} is a LoRA adapter: fold it into its base first (`strata merge {0} --name {0}-merged`), \
-             then generate from {0}-merged",
-            a.model
-        );
-    }
-    let dir = store.require(Kind::Model, &a.model)?;
-    let engine =
-        Engine::load_quantized(&a.model, &dir, strata_engine::parse_weight_type(&a.quant)?)?;
+    // an adapter runs unmerged on its base, as the server runs it (one base in memory, the chain's low-rank
+    // updates added to the sequence's rows)
+    let (engine, adapters) =
+        strata_serve::load_target(store, &a.model, strata_engine::parse_weight_type(&a.quant)?)?;
     let prompt = if a.chat {
         engine.render_chat(&[ChatMessage {
             role: "user".into(),
@@ -39,7 +33,7 @@ pub fn run(store: &Store, a: &GenerateArgs) -> anyhow::Result<ExitCode> {
     if !a.chat {
         write!(out, "{}", a.prompt)?;
     }
-    engine.generate(&prompt, &params, &mut |piece| {
+    engine.generate_with(&prompt, &params, adapters.as_ref(), &mut |piece| {
         let _ = write!(out, "{piece}");
         let _ = out.flush();
         true

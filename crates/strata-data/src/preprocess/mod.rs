@@ -352,15 +352,10 @@ fn empty_stats(stages: &[Box<dyn Stage>]) -> Vec<StageStats> {
 /// Documents read and decided together; the pure stages split a batch between threads.
 const BATCH: usize = 4096;
 
-/// Worker threads: `STRATA_THREADS`, else all CPUs.
+/// Worker threads: those of rayon's global pool, which the program sizes once from its thread setting
+/// (`strata --threads`).
 fn threads() -> usize {
-    std::env::var("STRATA_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        })
+    rayon::current_num_threads()
 }
 
 /// `f` on every element on `threads` rayon workers, results in input order (rayon's indexed collect).

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use strata_engine::{CpuModel, WeightType};
+use std::sync::Arc;
+
+use strata_engine::{BatchWork, CpuModel, LoraStack, RuntimeAdapter, Seq, WeightType};
 use strata_tokenize::{ChatMessage, ChatTemplate};
 
 use super::sequence::{GenParams, Generation, Sequence};
@@ -139,11 +141,34 @@ impl Engine {
         params: &GenParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
+        self.generate_with(prompt, params, None, on_text)
+    }
+
+    /// [`Engine::generate`] with an adapter chain applied unmerged to the sequence's rows (`y += s·B·(A·x)`),
+    /// as the server's scheduler runs a request for an adapter.
+    ///
+    /// # Errors
+    /// As [`Engine::generate`].
+    pub fn generate_with(
+        &self,
+        prompt: &str,
+        params: &GenParams,
+        adapters: Option<&LoraStack>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
         let ids = self.encode(prompt, params.add_special_tokens)?;
         let mut seq = self.sequence(ids, params.clone())?;
+        let mut work = BatchWork::default();
         while seq.finished().is_none() {
             let input = seq.next_input(usize::MAX).to_vec();
-            let mut logits = self.model.forward(&input, &mut seq.cache, false)?;
+            let mut logits = self.model.forward_batch(
+                &mut [Seq {
+                    ids: &input,
+                    cache: &mut seq.cache,
+                    delta: adapters,
+                }],
+                &mut work,
+            )?;
             let out = seq.advance(input.len(), &mut logits, self);
             if !out.text.is_empty() && !on_text(&out.text) {
                 seq.cancel();
@@ -151,4 +176,36 @@ impl Engine {
         }
         Ok(seq.generation())
     }
+}
+
+/// An adapter read from its folder into the engine's runtime form, checked against the base's config.
+///
+/// # Errors
+/// When its files are missing or do not fit the base.
+pub fn load_adapter(name: &str, dir: &Path, engine: &Engine) -> Result<Arc<RuntimeAdapter>> {
+    let cfg = engine.model.config();
+    let a = strata_model::lora::read_adapter(dir, cfg, &candle_core::Device::Cpu)?;
+    Ok(Arc::new(RuntimeAdapter::new(name, &a, cfg)?))
+}
+
+/// A model of the store, or an adapter's base with the adapter chain to apply unmerged (base first).
+///
+/// # Errors
+/// When nothing of that name is in the store, or it fails to load.
+pub fn load_target(
+    store: &strata_store::Store,
+    name: &str,
+    quant: Option<WeightType>,
+) -> Result<(Engine, Option<LoraStack>)> {
+    let chain = store.chain(name)?;
+    let engine = Engine::load_quantized(&chain.base, &chain.base_dir, quant)?;
+    if chain.adapters.is_empty() {
+        return Ok((engine, None));
+    }
+    let adapters = chain
+        .adapters
+        .iter()
+        .map(|(a, dir)| load_adapter(a, dir, &engine))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((engine, Some(LoraStack { adapters })))
 }

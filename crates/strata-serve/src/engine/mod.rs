@@ -10,7 +10,7 @@ mod sampling;
 mod sequence;
 
 pub use batch::{BatchConfig, Event, Job, Rejected, Scheduler};
-pub use generate::Engine;
+pub use generate::{load_adapter, load_target, Engine};
 pub use json::JsonPrefix;
 pub use sampling::{apply_repetition_penalty, Sampler, Sampling};
 pub use sequence::{FinishReason, GenParams, Generation, Output, Sequence, TokenLogprob};

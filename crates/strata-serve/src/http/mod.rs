@@ -180,9 +180,7 @@ impl AppState {
         {
             return Ok(a.clone());
         }
-        let cfg = engine.model.config();
-        let a = strata_model::lora::read_adapter(dir, cfg, &candle_core::Device::Cpu)?;
-        let a = Arc::new(RuntimeAdapter::new(name, &a, cfg)?);
+        let a = crate::engine::load_adapter(name, dir, engine)?;
         let mut map = self.adapters.lock().unwrap_or_else(PoisonError::into_inner);
         let a = map.entry(name.to_string()).or_insert(a).clone();
         self.metrics.set_adapters(map.len());
