@@ -488,7 +488,10 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
     /// Run a pipeline file.
-    Run { file: PathBuf },
+    Run {
+        /// The pipeline TOML file (named steps: acquire, preprocess, tokenizer, encode, train, finetune, …).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -564,6 +567,7 @@ pub enum DeidCommand {
     },
     /// Redact the text on standard input and print it (one document).
     Redact {
+        /// The lexicon folder (scripts/fetch-data.sh --lexicon).
         #[arg(long, default_value = "data/lexicon/deid")]
         lexicon: PathBuf,
         /// Write surrogates instead of placeholders.

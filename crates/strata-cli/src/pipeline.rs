@@ -355,161 +355,19 @@ fn report(kind: &str, name: &str, r: &strata_data::tasks::StepReport) {
     eprintln!("{kind:<10} {name:<20} {how:<10} {}", counts.join(" "));
 }
 
-// one arm per step type, each a call into the library: long only because there are many kinds
-#[allow(clippy::too_many_lines)]
+/// Runs one step: each kind is a call into the library (below, one function each).
 fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
     let by = "strata pipeline";
     match step {
-        Step::Acquire(s) => {
-            let cfg = strata_data::acquire::AcquireConfig {
-                inputs: s.inputs.clone(),
-                text_field: s.text_field.clone().unwrap_or_else(|| "text".into()),
-                docs_per_shard: 10_000,
-                fetch: s.fetch.clone(),
-            };
-            let r = strata_data::acquire::acquire(store, &s.name, &cfg, by)
-                .with_context(|| format!("step acquire {:?}", s.name))?;
-            report("acquire", &s.name, &r);
-        }
-        Step::Preprocess(s) => {
-            let mut cfg = strata_data::preprocess::PreprocessConfig::default();
-            if let Some(stages) = &s.stages {
-                cfg.stages.clone_from(stages);
-            }
-            cfg.parquet = s.parquet;
-            let r = match s.tasks {
-                Some(n) => strata_data::preprocess::distributed::run_all(
-                    store, &s.input, &s.name, &cfg, by, n,
-                ),
-                None => strata_data::preprocess::preprocess(store, &s.input, &s.name, &cfg, by),
-            }
-            .with_context(|| format!("step preprocess {:?}", s.name))?;
-            report("preprocess", &s.name, &r);
-        }
-        Step::Tokenizer(s) => {
-            let cfg = strata_tokenize::TokenizerConfig {
-                vocab_size: s.vocab_size,
-                min_frequency: s.min_frequency.unwrap_or(2),
-                val_fraction: strata_tokenize::default_val_fraction(),
-            };
-            let r = strata_tokenize::train_tokenizer(store, &s.name, &s.datasets, &cfg, by)
-                .with_context(|| format!("step tokenizer {:?}", s.name))?;
-            report("tokenizer", &s.name, &r);
-        }
-        Step::Encode(s) => {
-            let r = if s.chat {
-                let mut cfg = strata_tokenize::ChatEncodeConfig {
-                    pack: s.pack,
-                    ..Default::default()
-                };
-                if let Some(n) = s.max_len {
-                    cfg.max_len = n;
-                }
-                strata_tokenize::encode_chat_dataset(
-                    store,
-                    &s.name,
-                    &s.dataset,
-                    &s.tokenizer,
-                    &cfg,
-                    by,
-                )
-            } else {
-                strata_tokenize::encode_dataset(
-                    store,
-                    &s.name,
-                    &s.dataset,
-                    &s.tokenizer,
-                    &strata_tokenize::EncodeConfig::default(),
-                    by,
-                )
-            }
-            .with_context(|| format!("step encode {:?}", s.name))?;
-            report("encode", &s.name, &r);
-        }
-        Step::Import(s) => {
-            let file = match (&s.path, s.fetch.as_deref()) {
-                (Some(p), None) => std::path::PathBuf::from(p),
-                (None, Some("smollm2")) => {
-                    let out = std::process::Command::new("bash")
-                        .args(["scripts/fetch-model.sh", "data"])
-                        .output()
-                        .context(
-                            "running scripts/fetch-model.sh (run strata from the repository root)",
-                        )?;
-                    anyhow::ensure!(
-                        out.status.success(),
-                        "scripts/fetch-model.sh failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-                }
-                _ => anyhow::bail!(
-                    "step import {:?}: give either path = \"…\" or fetch = \"smollm2\"",
-                    s.name
-                ),
-            };
-            let a = crate::cli::ImportArgs {
-                file,
-                name: s.name.clone(),
-                base: None,
-            };
-            crate::commands::import::run(store, &a)
-                .with_context(|| format!("step import {:?}", s.name))?;
-        }
-        Step::Domain(s) => {
-            let out = Path::new(&s.out);
-            match (s.source.as_str(), &s.dataset) {
-                ("pubmedqa", None) => {
-                    strata_domain::build_pubmedqa(out)?;
-                }
-                ("terms", Some(d)) => {
-                    let dir = store.require(strata_store::Kind::Dataset, d)?;
-                    let prefix = s.prefix.as_deref().unwrap_or("terms");
-                    strata_domain::build_terminology_pairs(&dir, out, prefix)?;
-                }
-                ("reports", Some(d)) => {
-                    let dir = store.require(strata_store::Kind::Dataset, d)?;
-                    let prefix = s.prefix.as_deref().unwrap_or("ultrasound");
-                    strata_domain::build_report_task(&dir, out, prefix, s.seed)?;
-                }
-                (other, _) => anyhow::bail!(
-                    "step domain: source {other:?} (with dataset {:?}): expected \"pubmedqa\", or \"reports\" \
-                     or \"terms\" with a dataset",
-                    s.dataset
-                ),
-            }
-            eprintln!("domain     {:<20} done       out={}", s.source, s.out);
-        }
-        Step::Merge(s) => {
-            let dtype = match s.dtype.as_deref().unwrap_or("f32") {
-                "f16" => candle_core::DType::F16,
-                "bf16" => candle_core::DType::BF16,
-                _ => candle_core::DType::F32,
-            };
-            strata_train::parent::merge_adapter(store, &s.adapter, &s.name, dtype, by)
-                .with_context(|| format!("step merge {:?}", s.name))?;
-            eprintln!("merge      {:<20} done       adapter={}", s.name, s.adapter);
-        }
-        Step::Eval(s) => {
-            let a = crate::cli::EvalArgs {
-                models: s.models.clone(),
-                datasets: s.datasets.clone(),
-                tasks: s.tasks.clone(),
-                max_windows: s.max_windows.unwrap_or(64),
-                quant: s.quant.clone().unwrap_or_else(|| "auto".into()),
-                max_items: s.max_items,
-                apply_chat_template: s.apply_chat_template,
-            };
-            crate::commands::eval::run(store, &a).context("step eval")?;
-        }
-        Step::Report(s) => {
-            let steps = strata_eval::report::chain(store, &s.name)?;
-            print!("{}", strata_eval::report::table(&steps));
-            if let Some(png) = &s.png {
-                strata_eval::report::plot(&steps, Path::new(png))?;
-                eprintln!("report     {:<20} drawn to {png}", s.name);
-            }
-        }
+        Step::Acquire(s) => step_acquire(store, s, by),
+        Step::Preprocess(s) => step_preprocess(store, s, by),
+        Step::Tokenizer(s) => step_tokenizer(store, s, by),
+        Step::Encode(s) => step_encode(store, s, by),
+        Step::Import(s) => step_import(store, s),
+        Step::Domain(s) => step_domain(store, s),
+        Step::Merge(s) => step_merge(store, s, by),
+        Step::Eval(s) => step_eval(store, s),
+        Step::Report(s) => step_report(store, s),
         Step::Train(s) => {
             let init = strata_train::Init::Scratch {
                 spec: s.model.clone(),
@@ -522,7 +380,7 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 init,
                 s.train.clone(),
                 progress,
-            )?;
+            )
         }
         Step::Finetune(s) => {
             let init = strata_train::Init::From {
@@ -535,8 +393,165 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
                 init,
                 s.train.clone(),
                 progress,
-            )?;
+            )
         }
+    }
+}
+
+fn step_acquire(store: &Store, s: &AcquireStep, by: &str) -> anyhow::Result<()> {
+    let cfg = strata_data::acquire::AcquireConfig {
+        inputs: s.inputs.clone(),
+        text_field: s.text_field.clone().unwrap_or_else(|| "text".into()),
+        docs_per_shard: 10_000,
+        fetch: s.fetch.clone(),
+    };
+    let r = strata_data::acquire::acquire(store, &s.name, &cfg, by)
+        .with_context(|| format!("step acquire {:?}", s.name))?;
+    report("acquire", &s.name, &r);
+    Ok(())
+}
+
+fn step_preprocess(store: &Store, s: &PreprocessStep, by: &str) -> anyhow::Result<()> {
+    let mut cfg = strata_data::preprocess::PreprocessConfig::default();
+    if let Some(stages) = &s.stages {
+        cfg.stages.clone_from(stages);
+    }
+    cfg.parquet = s.parquet;
+    let r = match s.tasks {
+        Some(n) => {
+            strata_data::preprocess::distributed::run_all(store, &s.input, &s.name, &cfg, by, n)
+        }
+        None => strata_data::preprocess::preprocess(store, &s.input, &s.name, &cfg, by),
+    }
+    .with_context(|| format!("step preprocess {:?}", s.name))?;
+    report("preprocess", &s.name, &r);
+    Ok(())
+}
+
+fn step_tokenizer(store: &Store, s: &TokenizerStep, by: &str) -> anyhow::Result<()> {
+    let cfg = strata_tokenize::TokenizerConfig {
+        vocab_size: s.vocab_size,
+        min_frequency: s.min_frequency.unwrap_or(2),
+        val_fraction: strata_tokenize::default_val_fraction(),
+    };
+    let r = strata_tokenize::train_tokenizer(store, &s.name, &s.datasets, &cfg, by)
+        .with_context(|| format!("step tokenizer {:?}", s.name))?;
+    report("tokenizer", &s.name, &r);
+    Ok(())
+}
+
+fn step_encode(store: &Store, s: &EncodeStep, by: &str) -> anyhow::Result<()> {
+    let r = if s.chat {
+        let mut cfg = strata_tokenize::ChatEncodeConfig {
+            pack: s.pack,
+            ..Default::default()
+        };
+        if let Some(n) = s.max_len {
+            cfg.max_len = n;
+        }
+        strata_tokenize::encode_chat_dataset(store, &s.name, &s.dataset, &s.tokenizer, &cfg, by)
+    } else {
+        strata_tokenize::encode_dataset(
+            store,
+            &s.name,
+            &s.dataset,
+            &s.tokenizer,
+            &strata_tokenize::EncodeConfig::default(),
+            by,
+        )
+    }
+    .with_context(|| format!("step encode {:?}", s.name))?;
+    report("encode", &s.name, &r);
+    Ok(())
+}
+
+fn step_import(store: &Store, s: &ImportStep) -> anyhow::Result<()> {
+    let file = match (&s.path, s.fetch.as_deref()) {
+        (Some(p), None) => std::path::PathBuf::from(p),
+        (None, Some("smollm2")) => {
+            let out = std::process::Command::new("bash")
+                .args(["scripts/fetch-model.sh", "data"])
+                .output()
+                .context("running scripts/fetch-model.sh (run strata from the repository root)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "scripts/fetch-model.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        }
+        _ => anyhow::bail!(
+            "step import {:?}: give either path = \"…\" or fetch = \"smollm2\"",
+            s.name
+        ),
+    };
+    let a = crate::cli::ImportArgs {
+        file,
+        name: s.name.clone(),
+        base: None,
+    };
+    crate::commands::import::run(store, &a).with_context(|| format!("step import {:?}", s.name))?;
+    Ok(())
+}
+
+fn step_domain(store: &Store, s: &DomainStep) -> anyhow::Result<()> {
+    let out = Path::new(&s.out);
+    match (s.source.as_str(), &s.dataset) {
+        ("pubmedqa", None) => {
+            strata_domain::build_pubmedqa(out)?;
+        }
+        ("terms", Some(d)) => {
+            let dir = store.require(strata_store::Kind::Dataset, d)?;
+            let prefix = s.prefix.as_deref().unwrap_or("terms");
+            strata_domain::build_terminology_pairs(&dir, out, prefix)?;
+        }
+        ("reports", Some(d)) => {
+            let dir = store.require(strata_store::Kind::Dataset, d)?;
+            let prefix = s.prefix.as_deref().unwrap_or("ultrasound");
+            strata_domain::build_report_task(&dir, out, prefix, s.seed)?;
+        }
+        (other, _) => anyhow::bail!(
+            "step domain: source {other:?} (with dataset {:?}): expected \"pubmedqa\", or \"reports\" \
+             or \"terms\" with a dataset",
+            s.dataset
+        ),
+    }
+    eprintln!("domain     {:<20} done       out={}", s.source, s.out);
+    Ok(())
+}
+
+fn step_merge(store: &Store, s: &MergeStep, by: &str) -> anyhow::Result<()> {
+    let dtype = match s.dtype.as_deref().unwrap_or("f32") {
+        "f16" => candle_core::DType::F16,
+        "bf16" => candle_core::DType::BF16,
+        _ => candle_core::DType::F32,
+    };
+    strata_train::parent::merge_adapter(store, &s.adapter, &s.name, dtype, by)
+        .with_context(|| format!("step merge {:?}", s.name))?;
+    eprintln!("merge      {:<20} done       adapter={}", s.name, s.adapter);
+    Ok(())
+}
+
+fn step_eval(store: &Store, s: &EvalStep) -> anyhow::Result<()> {
+    let a = crate::cli::EvalArgs {
+        models: s.models.clone(),
+        datasets: s.datasets.clone(),
+        tasks: s.tasks.clone(),
+        max_windows: s.max_windows.unwrap_or(64),
+        quant: s.quant.clone().unwrap_or_else(|| "auto".into()),
+        max_items: s.max_items,
+        apply_chat_template: s.apply_chat_template,
+    };
+    crate::commands::eval::run(store, &a).context("step eval")?;
+    Ok(())
+}
+
+fn step_report(store: &Store, s: &ReportStep) -> anyhow::Result<()> {
+    let steps = strata_eval::report::chain(store, &s.name)?;
+    print!("{}", strata_eval::report::table(&steps));
+    if let Some(png) = &s.png {
+        strata_eval::report::plot(&steps, Path::new(png))?;
+        eprintln!("report     {:<20} drawn to {png}", s.name);
     }
     Ok(())
 }

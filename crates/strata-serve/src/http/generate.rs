@@ -66,7 +66,6 @@ fn usage(prompt: usize, completion: usize) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-#[allow(clippy::too_many_lines)]
 async fn handle(
     State(state): State<Arc<AppState>>,
     req: Request,
@@ -75,13 +74,39 @@ async fn handle(
     let access = req.extensions().get::<Access>().cloned();
     let body = read_body(req, state.config.max_body).await?;
     let d: Decoded = decode(route, &body, state.config.max_tokens)?;
+    let model = model_of(&state, access.as_ref(), &d)?;
+    let (receivers, echo) = submit(&state, &model, &d).await?;
+    let (prefix, object) = match route {
+        Route::Chat => ("chatcmpl", "chat.completion"),
+        Route::Completions => ("cmpl", "text_completion"),
+    };
+    let reply = Reply {
+        id: format!("{prefix}-{:016x}", rand::random::<u64>()),
+        object,
+        created: now(),
+        model,
+        route,
+        echo,
+        want_logprobs: d.params.logprobs.is_some(),
+        n: d.n,
+        include_usage: d.include_usage,
+    };
+    if d.stream {
+        Ok(stream(reply, receivers))
+    } else {
+        whole(reply, receivers).await
+    }
+}
+
+/// The model a request runs on (its own, or the server's default) after the key's access is checked: an
+/// unknown name is a 404 for every key; a known one the key may not use, a 403.
+fn model_of(state: &AppState, access: Option<&Access>, d: &Decoded) -> Result<String, ApiError> {
     let model = d
         .model
         .clone()
         .or_else(|| state.default_model.clone())
         .ok_or_else(|| ApiError::bad_request("model is required", Some("model")))?;
-    if let Some(a) = &access {
-        // an unknown name is a 404 for every key; a known one the key may not use, a 403
+    if let Some(a) = access {
         if !state.store.exists(strata_store::Kind::Model, &model)
             && !state.store.exists(strata_store::Kind::Adapter, &model)
         {
@@ -91,8 +116,20 @@ async fn handle(
         }
         a.check(&model)?;
     }
+    Ok(model)
+}
+
+type Receivers = Vec<mpsc::UnboundedReceiver<Event>>;
+
+/// Renders and encodes the prompt, then queues one sequence per choice on the model's scheduler (with the
+/// adapter chain the name asks for). Each choice's event receiver, and the prompt text to echo.
+async fn submit(
+    state: &Arc<AppState>,
+    model: &str,
+    d: &Decoded,
+) -> Result<(Receivers, Option<String>), ApiError> {
     let target = {
-        let (state, model) = (state.clone(), model.clone());
+        let (state, model) = (state.clone(), model.to_string());
         tokio::task::spawn_blocking(move || state.target(&model))
             .await
             .map_err(|e| ApiError::internal(&e.to_string()))??
@@ -125,145 +162,165 @@ async fn handle(
         })?;
         receivers.push(rx);
     }
-    let (prefix, object) = match route {
-        Route::Chat => ("chatcmpl", "chat.completion"),
-        Route::Completions => ("cmpl", "text_completion"),
-    };
-    let id = format!("{prefix}-{:016x}", rand::random::<u64>());
-    let created = now();
-    let want_logprobs = d.params.logprobs.is_some();
+    Ok((receivers, echo))
+}
 
-    if !d.stream {
-        let mut choices = Vec::with_capacity(d.n);
-        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-        for (i, mut rx) in receivers.into_iter().enumerate() {
-            let g: Generation = loop {
-                match rx.recv().await {
-                    Some(Event::Done(g)) => break g,
-                    Some(Event::Piece(_)) => {}
-                    Some(Event::Error(e)) => return Err(ApiError::internal(&e)),
-                    None => return Err(ApiError::internal("the scheduler stopped")),
-                }
-            };
-            prompt_tokens = g.prompt_tokens;
-            completion_tokens += g.completion_tokens;
-            let echo_len = echo.as_ref().map_or(0, String::len);
-            let logprobs = if want_logprobs {
-                logprobs_json(route, &g.logprobs, echo_len)
-            } else {
-                Value::Null
-            };
-            choices.push(match route {
-                Route::Chat => json!({"index": i, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs, "finish_reason": g.finish}),
-                Route::Completions => json!({"index": i, "text": format!("{}{}", echo.as_deref().unwrap_or(""), g.text), "logprobs": logprobs, "finish_reason": g.finish}),
-            });
-        }
-        return Ok(Json(json!({
-            "id": id, "object": object, "created": created, "model": model,
-            "system_fingerprint": null,
-            "choices": choices,
-            "usage": usage(prompt_tokens, completion_tokens),
-        }))
-        .into_response());
-    }
+/// What every answer to one request shares.
+struct Reply {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+    route: Route,
+    echo: Option<String>,
+    want_logprobs: bool,
+    n: usize,
+    include_usage: bool,
+}
 
-    // streaming: one task merges the choices' events into chunks; when the client goes away the SSE stream
-    // is dropped, the task's sends fail, it drops the receivers, and the scheduler drops the sequences
-    let object = format!(
-        "{object}{}",
-        if route == Route::Chat { ".chunk" } else { "" }
-    );
-    let (tx, rx) = mpsc::channel::<Value>(64);
-    let include_usage = d.include_usage;
-    let n = d.n;
-    tokio::spawn(async move {
-        let chunk = |choice: Value| {
-            let mut c = json!({"id": id, "object": object, "created": created, "model": model, "system_fingerprint": null, "choices": [choice]});
-            if include_usage {
-                c["usage"] = Value::Null;
+/// The answer as one JSON object, once every choice is done.
+async fn whole(r: Reply, receivers: Receivers) -> Result<Response, ApiError> {
+    let mut choices = Vec::with_capacity(r.n);
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    for (i, mut rx) in receivers.into_iter().enumerate() {
+        let g: Generation = loop {
+            match rx.recv().await {
+                Some(Event::Done(g)) => break g,
+                Some(Event::Piece(_)) => {}
+                Some(Event::Error(e)) => return Err(ApiError::internal(&e)),
+                None => return Err(ApiError::internal("the scheduler stopped")),
             }
-            c
         };
-        if route == Route::Chat {
-            for i in 0..n {
-                let first = chunk(
-                    json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}),
-                );
-                if tx.send(first).await.is_err() {
-                    return;
-                }
-            }
-        }
-        if let Some(e) = &echo {
-            for i in 0..n {
-                let c =
-                    chunk(json!({"index": i, "text": e, "logprobs": null, "finish_reason": null}));
-                if tx.send(c).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let mut merged = futures::stream::select_all(
-            receivers
-                .into_iter()
-                .enumerate()
-                .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |e| (i, e))),
-        );
-        let (mut prompt_tokens, mut completion_tokens) = (0, 0);
-        let mut offsets = vec![echo.as_ref().map_or(0, String::len); n];
-        loop {
-            // a client that goes away is noticed at once, not at the next send: the receivers drop and
-            // the scheduler drops the sequences (queued ones before they run)
-            let next = tokio::select! {
-                next = merged.next() => next,
-                () = tx.closed() => return,
-            };
-            let Some((i, ev)) = next else { break };
-            let c = match ev {
-                Event::Piece(p) => {
-                    let lp = p.logprobs.as_ref().map_or(Value::Null, |l| {
-                        logprobs_json(route, std::slice::from_ref(l), offsets[i])
-                    });
-                    offsets[i] += p.text.len();
-                    let finish: Option<FinishReason> = p.finish;
-                    match route {
-                        Route::Chat => {
-                            let delta = if p.text.is_empty() && finish.is_some() {
-                                json!({})
-                            } else {
-                                json!({"content": p.text})
-                            };
-                            chunk(
-                                json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}),
-                            )
-                        }
-                        Route::Completions => chunk(
-                            json!({"index": i, "text": p.text, "logprobs": lp, "finish_reason": finish}),
-                        ),
-                    }
-                }
-                Event::Done(g) => {
-                    prompt_tokens = g.prompt_tokens;
-                    completion_tokens += g.completion_tokens;
-                    continue;
-                }
-                Event::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
-            };
-            if tx.send(c).await.is_err() {
-                return;
-            }
-        }
-        if include_usage {
-            let mut c = chunk(Value::Null);
-            c["choices"] = json!([]);
-            c["usage"] = usage(prompt_tokens, completion_tokens);
-            let _ = tx.send(c).await;
-        }
-    });
+        prompt_tokens = g.prompt_tokens;
+        completion_tokens += g.completion_tokens;
+        let echo_len = r.echo.as_ref().map_or(0, String::len);
+        let logprobs = if r.want_logprobs {
+            logprobs_json(r.route, &g.logprobs, echo_len)
+        } else {
+            Value::Null
+        };
+        choices.push(match r.route {
+            Route::Chat => json!({"index": i, "message": {"role": "assistant", "content": g.text}, "logprobs": logprobs, "finish_reason": g.finish}),
+            Route::Completions => json!({"index": i, "text": format!("{}{}", r.echo.as_deref().unwrap_or(""), g.text), "logprobs": logprobs, "finish_reason": g.finish}),
+        });
+    }
+    Ok(Json(json!({
+        "id": r.id, "object": r.object, "created": r.created, "model": r.model,
+        "system_fingerprint": null,
+        "choices": choices,
+        "usage": usage(prompt_tokens, completion_tokens),
+    }))
+    .into_response())
+}
+
+/// The answer as server-sent events: one task merges the choices' events into chunks; when the client goes
+/// away the SSE stream is dropped, the task's sends fail, it drops the receivers, and the scheduler drops
+/// the sequences.
+fn stream(r: Reply, receivers: Receivers) -> Response {
+    let (tx, rx) = mpsc::channel::<Value>(64);
+    tokio::spawn(stream_chunks(r, receivers, tx));
     let events = ReceiverStream::new(rx)
         .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
         .chain(futures::stream::once(async {
             Ok(SseEvent::default().data("[DONE]"))
         }));
-    Ok(Sse::new(events).into_response())
+    Sse::new(events).into_response()
+}
+
+impl Reply {
+    /// A streamed chunk holding one choice.
+    fn chunk(&self, choice: &Value) -> Value {
+        let object = if self.route == Route::Chat {
+            "chat.completion.chunk"
+        } else {
+            self.object
+        };
+        let mut c = json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "system_fingerprint": null, "choices": [choice]});
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        c
+    }
+
+    /// The chunk of one streamed piece of choice `i`, whose text so far ends at byte `offset`.
+    fn piece_chunk(&self, i: usize, p: &crate::engine::Output, offset: usize) -> Value {
+        let lp = p.logprobs.as_ref().map_or(Value::Null, |l| {
+            logprobs_json(self.route, std::slice::from_ref(l), offset)
+        });
+        let finish: Option<FinishReason> = p.finish;
+        match self.route {
+            Route::Chat => {
+                let delta = if p.text.is_empty() && finish.is_some() {
+                    json!({})
+                } else {
+                    json!({"content": p.text})
+                };
+                self.chunk(
+                    &json!({"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}),
+                )
+            }
+            Route::Completions => self.chunk(
+                &json!({"index": i, "text": p.text, "logprobs": lp, "finish_reason": finish}),
+            ),
+        }
+    }
+}
+
+/// Sends the stream's chunks: the chat role (or the echoed prompt) first, then every piece as it comes,
+/// then the usage when asked for. Returns early when the client has gone.
+async fn stream_chunks(r: Reply, receivers: Receivers, tx: mpsc::Sender<Value>) {
+    let n = r.n;
+    let firsts: Vec<Value> = match (r.route, &r.echo) {
+        (Route::Chat, _) => (0..n)
+            .map(|i| r.chunk(&json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})))
+            .collect(),
+        (Route::Completions, Some(e)) => (0..n)
+            .map(|i| r.chunk(&json!({"index": i, "text": e, "logprobs": null, "finish_reason": null})))
+            .collect(),
+        (Route::Completions, None) => Vec::new(),
+    };
+    for c in firsts {
+        if tx.send(c).await.is_err() {
+            return;
+        }
+    }
+    let mut merged = futures::stream::select_all(
+        receivers
+            .into_iter()
+            .enumerate()
+            .map(|(i, rx)| UnboundedReceiverStream::new(rx).map(move |e| (i, e))),
+    );
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    let mut offsets = vec![r.echo.as_ref().map_or(0, String::len); n];
+    loop {
+        // a client that goes away is noticed at once, not at the next send: the receivers drop and
+        // the scheduler drops the sequences (queued ones before they run)
+        let next = tokio::select! {
+            next = merged.next() => next,
+            () = tx.closed() => return,
+        };
+        let Some((i, ev)) = next else { break };
+        let c = match ev {
+            Event::Piece(p) => {
+                let c = r.piece_chunk(i, &p, offsets[i]);
+                offsets[i] += p.text.len();
+                c
+            }
+            Event::Done(g) => {
+                prompt_tokens = g.prompt_tokens;
+                completion_tokens += g.completion_tokens;
+                continue;
+            }
+            Event::Error(e) => json!({"error": {"message": e, "type": "server_error"}}),
+        };
+        if tx.send(c).await.is_err() {
+            return;
+        }
+    }
+    if r.include_usage {
+        let mut c = r.chunk(&Value::Null);
+        c["choices"] = json!([]);
+        c["usage"] = usage(prompt_tokens, completion_tokens);
+        let _ = tx.send(c).await;
+    }
 }
