@@ -104,7 +104,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chatml_renders_as_transformers_does() {
+    fn chatml_renders_the_string_worked_by_hand_from_the_template() {
         let t = ChatTemplate::new(CHATML_TEMPLATE).unwrap();
         let msgs = vec![
             ChatMessage {
@@ -116,7 +116,8 @@ mod tests {
                 content: "Liver size?".into(),
             },
         ];
-        // expected string worked by hand from the template
+        // expected string worked by hand from the template (tests/chat_template.rs compares every template
+        // with Python jinja2 configured as transformers' apply_chat_template)
         assert_eq!(
             t.render(&msgs, true).unwrap(),
             "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nLiver size?<|im_end|>\n<|im_start|>assistant\n"

@@ -273,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn signatures_are_deterministic_and_estimate_jaccard() {
+    fn signatures_are_deterministic_and_insensitive_to_case_and_punctuation() {
         let cfg = MinHashConfig::default();
         let a = "the liver is normal in size and echotexture with no focal lesion and the spleen is normal";
         let s1 = cfg.signature(&cfg.shingles(a));
@@ -286,5 +286,34 @@ mod tests {
         // a short text is one shingle; Chinese characters are words
         assert_eq!(cfg.shingles("two words").len(), 1);
         assert_eq!(cfg.shingles("肝脏大小正常").len(), 2);
+    }
+
+    #[test]
+    fn signatures_of_two_different_texts_estimate_their_true_jaccard() {
+        // Two texts of 200 distinct words sharing the first 150: 5-word shingles 196 each, 146 in common, so
+        // the true Jaccard of the shingle sets is 146 / (196 + 196 - 146) = 146/246 = 0.593. The estimate
+        // from 125 hashes has a standard deviation of sqrt(0.593·0.407/125) = 0.044: within 0.15 is > 3 sd.
+        let words: Vec<String> = (0..250).map(|i| format!("w{i}")).collect();
+        let a = words[..200].join(" ");
+        let b = [&words[..150], &words[200..250]].concat().join(" ");
+        let cfg = MinHashConfig::default();
+        let (sa, sb) = (cfg.shingles(&a), cfg.shingles(&b));
+        let set = |v: &[u64]| {
+            v.iter()
+                .copied()
+                .collect::<std::collections::HashSet<u64>>()
+        };
+        let (ta, tb) = (set(&sa), set(&sb));
+        let truth = ta.intersection(&tb).count() as f64 / ta.union(&tb).count() as f64;
+        assert!((truth - 146.0 / 246.0).abs() < 1e-12, "{truth}");
+        let est = estimate(&cfg.signature(&sa), &cfg.signature(&sb));
+        assert!((est - truth).abs() < 0.15, "estimate {est} vs true {truth}");
+        // and an unrelated text estimates near zero
+        let c: Vec<String> = (0..200).map(|i| format!("x{i}")).collect();
+        let est = estimate(
+            &cfg.signature(&sa),
+            &cfg.signature(&cfg.shingles(&c.join(" "))),
+        );
+        assert!(est < 0.05, "{est}");
     }
 }
