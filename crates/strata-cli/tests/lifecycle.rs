@@ -684,7 +684,6 @@ fn hf_folder_import_checks_shapes_copies_as_is_and_generates() {
 }
 
 #[test]
-#[allow(clippy::too_many_lines)]
 fn imported_sharded_folders_fine_tune_and_export() {
     let (demo, _) = quick_demo();
     let config = tiny_config("Qwen2ForCausalLM");
@@ -761,54 +760,7 @@ fn imported_sharded_folders_fine_tune_and_export() {
         "0",
     ]));
     assert!(g.ok && g.stdout.starts_with("The liver"), "{}", g.stderr);
-    // GGUF export writes llama.cpp's `llama` layout: a Qwen2 model is refused by name, a sharded bf16
-    // Llama folder exports
-    let x = run(strata(demo)
-        .args(["export", "--model", "qwen-train", "--type", "f32", "--gguf"])
-        .arg(demo.join("qwen.gguf")));
-    assert!(
-        !x.ok && x.stderr.contains("Qwen2ForCausalLM is not supported yet"),
-        "{}",
-        x.stderr
-    );
-    let llama = tiny_config("LlamaForCausalLM");
-    let src = demo.join("hf-import/llama-sharded");
-    synthetic_model(&src, &llama, candle_core::DType::BF16, 3);
-    let r = run(strata(demo)
-        .arg("import")
-        .arg(&src)
-        .args(["--name", "llama-sharded"]));
-    assert!(r.ok, "{}", r.stderr);
-    let gguf = demo.join("llama-sharded.f32.gguf");
-    let x = run(strata(demo)
-        .args([
-            "export",
-            "--model",
-            "llama-sharded",
-            "--type",
-            "f32",
-            "--gguf",
-        ])
-        .arg(&gguf));
-    assert!(x.ok && gguf.is_file(), "{}", x.stderr);
-    let ids = [3u32, 17, 42, 99, 7];
-    let want = logits_of(&src, &ids);
-    let r = run(strata(demo)
-        .arg("import")
-        .arg(&gguf)
-        .args(["--name", "llama-back"]));
-    assert!(r.ok, "{}", r.stderr);
-    let back = logits_of(&demo.join("models/llama-back"), &ids);
-    let err = want
-        .iter()
-        .flatten()
-        .zip(back.iter().flatten())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        err < 1e-4,
-        "sharded bf16 → GGUF f32 → back: logits differ by {err}"
-    );
+    export_refuses_qwen2_and_round_trips_a_sharded_llama(demo);
 }
 
 #[test]
@@ -871,6 +823,57 @@ fn hf_folder_import_names_what_is_wrong_and_publishes_nothing() {
         "bad-no-tokenizer",
         &|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap(),
         &["tokenizer.json", "missing"],
+    );
+}
+
+/// GGUF export writes llama.cpp's `llama` layout: a Qwen2 model is refused by name, a sharded bf16 Llama
+/// folder exports, and imports back with the same logits.
+fn export_refuses_qwen2_and_round_trips_a_sharded_llama(demo: &std::path::Path) {
+    let x = run(strata(demo)
+        .args(["export", "--model", "qwen-train", "--type", "f32", "--gguf"])
+        .arg(demo.join("qwen.gguf")));
+    assert!(
+        !x.ok && x.stderr.contains("Qwen2ForCausalLM is not supported yet"),
+        "{}",
+        x.stderr
+    );
+    let llama = tiny_config("LlamaForCausalLM");
+    let src = demo.join("hf-import/llama-sharded");
+    synthetic_model(&src, &llama, candle_core::DType::BF16, 3);
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&src)
+        .args(["--name", "llama-sharded"]));
+    assert!(r.ok, "{}", r.stderr);
+    let gguf = demo.join("llama-sharded.f32.gguf");
+    let x = run(strata(demo)
+        .args([
+            "export",
+            "--model",
+            "llama-sharded",
+            "--type",
+            "f32",
+            "--gguf",
+        ])
+        .arg(&gguf));
+    assert!(x.ok && gguf.is_file(), "{}", x.stderr);
+    let ids = [3u32, 17, 42, 99, 7];
+    let want = logits_of(&src, &ids);
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&gguf)
+        .args(["--name", "llama-back"]));
+    assert!(r.ok, "{}", r.stderr);
+    let back = logits_of(&demo.join("models/llama-back"), &ids);
+    let err = want
+        .iter()
+        .flatten()
+        .zip(back.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        err < 1e-4,
+        "sharded bf16 → GGUF f32 → back: logits differ by {err}"
     );
 }
 
@@ -1058,7 +1061,6 @@ fn lora_args<'a>(name: &'a str, parent: &'a str, extra: &[&'a str]) -> Vec<&'a s
 /// generates; an adapter whose base changed since it was trained is refused by hash, bad LoRA settings
 /// by name.
 #[test]
-#[allow(clippy::too_many_lines)]
 fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
     let (demo, _) = quick_demo();
     let base_weights = std::fs::read(demo.join("models/base/model.safetensors")).unwrap();
@@ -1091,6 +1093,15 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
         "LoRA changed the base's weights"
     );
     let dir = demo.join("adapters/med-lora");
+    check_adapter_files(&dir);
+    peft_folder_imports_onto_its_base(demo, &dir);
+    stacked_adapter_merges_and_generates_unmerged(demo);
+    bad_lora_settings_are_named(demo);
+    an_adapter_on_a_replaced_base_is_refused(demo);
+}
+
+/// The adapter folder in PEFT's layout: its config, its tensors' keys, and a manifest naming its base.
+fn check_adapter_files(dir: &std::path::Path) {
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(cfg["peft_type"], "LORA");
@@ -1114,16 +1125,20 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
         .unwrap()
         .iter()
         .any(|i| i["kind"] == "model" && i["name"] == "base"));
+}
 
+/// An adapter folder as PEFT leaves it imports onto its base (and needs to be told the base); the copy scores
+/// as the original.
+fn peft_folder_imports_onto_its_base(demo: &std::path::Path, dir: &std::path::Path) {
     // an adapter folder as PEFT leaves it imports onto its base (and needs to be told the base)
     let r = run(strata(demo)
         .arg("import")
-        .arg(&dir)
+        .arg(dir)
         .args(["--name", "med-copy"]));
     assert!(!r.ok && r.stderr.contains("--base"), "{}", r.stderr);
     let r = run(strata(demo)
         .arg("import")
-        .arg(&dir)
+        .arg(dir)
         .args(["--name", "med-copy", "--base", "base"]));
     assert!(r.ok && r.stdout.contains("r=4"), "{}{}", r.stdout, r.stderr);
     let e = run(strata(demo).args([
@@ -1146,7 +1161,11 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
         })
         .collect();
     assert!(rows.len() == 2 && rows[0] == rows[1], "{}", e.stdout);
+}
 
+/// The ultrasound adapter trains stacked on base + medical adapter; merged, it scores and generates as the
+/// adapter chain does unmerged.
+fn stacked_adapter_merges_and_generates_unmerged(demo: &std::path::Path) {
     // stacked: the ultrasound adapter trains on base + medical adapter
     let r = run(strata(demo).args(lora_args(
         "us-lora",
@@ -1210,7 +1229,10 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
         g.stdout
     };
     assert_eq!(greedy("us-lora"), greedy("us-merged"));
+}
 
+/// Bad LoRA settings are errors naming the setting; nothing is published.
+fn bad_lora_settings_are_named(demo: &std::path::Path) {
     // bad settings, named; nothing published
     for (flags, needle) in [
         (["--lora-targets", "qkv"], "unknown target module \"qkv\""),
@@ -1231,7 +1253,11 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
         );
         assert!(!demo.join("adapters/bad-lora").exists());
     }
+}
 
+/// An adapter whose base was replaced since (same name, other weights) is refused by hash, for training on
+/// it, evaluating it and merging it.
+fn an_adapter_on_a_replaced_base_is_refused(demo: &std::path::Path) {
     // an adapter whose base was replaced since (same name, other weights) is refused by hash
     let config = tiny_config("LlamaForCausalLM");
     let src = demo.join("hf-import/lora-swap");
@@ -1288,7 +1314,6 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
 /// cache, rolled back between choices) against the training forward over the whole sequence; then
 /// `strata eval --task` through the binary, its figures stored in the registry against the model.
 #[test]
-#[allow(clippy::too_many_lines)]
 fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
     let (demo, _) = quick_demo();
     let dir = demo.join("models/base");
@@ -1352,20 +1377,7 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
                     .unwrap()
                     .get_ids()
                     .to_vec();
-                let all: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
-                let logits = common::logits_of(&dir, &all);
-                let mut want = 0f64;
-                for (i, &t) in cont.iter().enumerate() {
-                    let row = &logits[prompt.len() + i - 1];
-                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let lse = f64::from(m)
-                        + row
-                            .iter()
-                            .map(|&v| f64::from(v - m).exp())
-                            .sum::<f64>()
-                            .ln();
-                    want += f64::from(row[t as usize]) - lse;
-                }
+                let want = full_forward_logprob(&dir, &prompt, &cont);
                 assert!(
                     (lp - want).abs() < 1e-3 * (1.0 + want.abs()),
                     "chat {}: {c}: {lp} vs {want}",
@@ -1385,6 +1397,31 @@ fn task_choices_score_as_the_full_forward_does_and_results_are_stored() {
     );
     drop(model);
 
+    eval_task_results_are_stored(demo);
+}
+
+/// log p(cont | prompt) from the training forward over the whole sequence (no cache).
+fn full_forward_logprob(dir: &std::path::Path, prompt: &[u32], cont: &[u32]) -> f64 {
+    let all: Vec<u32> = prompt.iter().chain(cont).copied().collect();
+    let logits = common::logits_of(dir, &all);
+    let mut want = 0f64;
+    for (i, &t) in cont.iter().enumerate() {
+        let row = &logits[prompt.len() + i - 1];
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let lse = f64::from(m)
+            + row
+                .iter()
+                .map(|&v| f64::from(v - m).exp())
+                .sum::<f64>()
+                .ln();
+        want += f64::from(row[t as usize]) - lse;
+    }
+    want
+}
+
+/// `strata eval --task` through the binary: accuracy and chance printed, figures stored in the registry
+/// against the model (plain and through the chat template, side by side); a malformed task line is named.
+fn eval_task_results_are_stored(demo: &std::path::Path) {
     let task = demo.join("organs.jsonl");
     std::fs::write(
         &task,

@@ -3,7 +3,7 @@
 //! again: it resumes each time from the last checkpoint, and the result is the model an uninterrupted run
 //! makes, bit for bit (windows depend only on seed and row; weights and AdamW moments are restored exactly).
 
-#![allow(clippy::unwrap_used, clippy::too_many_lines)]
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -45,7 +45,37 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
         c
     };
 
-    let mut child = train("resumed")
+    let ckpt = kill_9_at_first_checkpoint(train("resumed"), &store);
+
+    // the same command, stopped by SIGTERM once it has resumed: it checkpoints the step it finished
+    sigterm_after_resuming(train("resumed"), &ckpt);
+
+    let r = run(&mut train("resumed"));
+    assert!(r.ok, "{}", r.stderr);
+    let from: usize = r
+        .stderr
+        .split("resumed from step ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("did not resume:\n{}", r.stderr));
+    // SIGTERM checkpointed the step it had finished, wherever that was
+    assert!((10..1500).contains(&from), "{from}");
+    check_finished_run(ckpt.parent().unwrap(), &ckpt);
+
+    let r = run(&mut train("straight"));
+    assert!(r.ok, "{}", r.stderr);
+    let a = std::fs::read(store.join("models/resumed/model.safetensors")).unwrap();
+    let b = std::fs::read(store.join("models/straight/model.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ from an uninterrupted run");
+}
+
+/// Starts `train`, kills it (SIGKILL) once its first checkpoint is written; the checkpoint folder.
+fn kill_9_at_first_checkpoint(
+    mut train: std::process::Command,
+    store: &std::path::Path,
+) -> std::path::PathBuf {
+    let mut child = train
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -78,15 +108,20 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
         "killed run must not publish a model"
     );
 
-    // the same command, stopped by SIGTERM once it has resumed: it checkpoints the step it finished
-    let mut child = train("resumed")
+    ckpt
+}
+
+/// Starts `train` again, sends SIGTERM once it has written a checkpoint past the one it resumed from: it
+/// stops with a checkpoint and says how to resume.
+fn sigterm_after_resuming(mut train: std::process::Command, ckpt: &std::path::Path) {
+    let mut child = train
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let killed_at = newest(&ckpt);
+    let killed_at = newest(ckpt);
     let t0 = Instant::now();
-    while newest(&ckpt) <= killed_at {
+    while newest(ckpt) <= killed_at {
         assert!(
             t0.elapsed() < Duration::from_secs(100),
             "no new checkpoint after resuming"
@@ -111,23 +146,15 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
         "{err}"
     );
     assert!(
-        checkpoints(&ckpt) <= 2,
+        checkpoints(ckpt) <= 2,
         "more checkpoints than --keep-checkpoints"
     );
+}
 
-    let r = run(&mut train("resumed"));
-    assert!(r.ok, "{}", r.stderr);
-    let from: usize = r
-        .stderr
-        .split("resumed from step ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("did not resume:\n{}", r.stderr));
-    // SIGTERM checkpointed the step it had finished, wherever that was
-    assert!((10..1500).contains(&from), "{from}");
+/// A published run's metrics hold each of its 1,500 steps once, its loss curve is drawn, its checkpoints
+/// are gone, and the mixture's shares ended within 2% of their weights.
+fn check_finished_run(run_dir: &std::path::Path, ckpt: &std::path::Path) {
     // metrics hold each step exactly once
-    let run_dir = ckpt.parent().unwrap();
     let steps: Vec<u64> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -140,7 +167,7 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
     assert_eq!(steps, (1..=1500).collect::<Vec<_>>());
     assert!(run_dir.join("loss.png").is_file());
     assert_eq!(
-        checkpoints(&ckpt),
+        checkpoints(ckpt),
         0,
         "checkpoints are removed once the model is published"
     );
@@ -156,12 +183,6 @@ fn kill_9_then_same_command_resumes_and_matches_an_uninterrupted_run() {
     let share = last["mixture"]["med"]["share"].as_f64().unwrap();
     assert!((share - 0.3).abs() < 0.02, "{last}");
     assert_eq!(last["tokens_seen"].as_u64(), Some(1500 * 2 * 4 * 16));
-
-    let r = run(&mut train("straight"));
-    assert!(r.ok, "{}", r.stderr);
-    let a = std::fs::read(store.join("models/resumed/model.safetensors")).unwrap();
-    let b = std::fs::read(store.join("models/straight/model.safetensors")).unwrap();
-    assert!(a == b, "resumed weights differ from an uninterrupted run");
 }
 
 /// The step of the newest checkpoint in `dir` (0 if none).

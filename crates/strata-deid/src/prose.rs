@@ -295,7 +295,38 @@ fn protected(words: &[Word<'_>], i: usize, text: &str, lex: Option<&Lexicon>) ->
     }
 }
 
-#[allow(clippy::too_many_lines)] // the rules in priority order, each a few lines
+/// The names found so far in one text, over its words.
+struct Names<'t> {
+    text: &'t str,
+    words: Vec<Word<'t>>,
+    lex: Option<&'t Lexicon>,
+    found: Vec<(usize, usize)>,
+}
+
+impl Names<'_> {
+    fn index_at(&self, start: usize) -> Option<usize> {
+        self.words.binary_search_by_key(&start, |w| w.start).ok()
+    }
+
+    /// Claims `[s, e)` as a name; a name never runs into medicine: it is cut before a protected word.
+    fn claim(&mut self, spans: &mut Spans, s: usize, e: usize) {
+        let mut end = e;
+        if let Some(i) = self.index_at(s) {
+            let mut k = i;
+            while k < self.words.len() && self.words[k].end <= e {
+                if protected(&self.words, k, self.text, self.lex) {
+                    end = if k == i { s } else { self.words[k - 1].end };
+                    break;
+                }
+                k += 1;
+            }
+        }
+        if spans.add(s, end, PiiKind::Name) {
+            self.found.push((s, end));
+        }
+    }
+}
+
 fn english_names(text: &str, p: &Prose, lex: Option<&Lexicon>, ages: bool, spans: &mut Spans) {
     let words: Vec<Word<'_>> = p
         .word
@@ -306,30 +337,18 @@ fn english_names(text: &str, p: &Prose, lex: Option<&Lexicon>, ages: bool, spans
             text: m.as_str(),
         })
         .collect();
-    let index_at = |start: usize| words.binary_search_by_key(&start, |w| w.start).ok();
     // names the labelled patterns found ("Patient: John Smith", "Mrs. Brown") are known too
-    let mut names: Vec<(usize, usize)> = spans
+    let found = spans
         .0
         .iter()
         .filter(|s| s.kind == PiiKind::Name)
         .map(|s| (s.start, s.end))
         .collect();
-    let claim = |spans: &mut Spans, s: usize, e: usize, names: &mut Vec<(usize, usize)>| {
-        // a name never runs into medicine: cut it before a protected word
-        let mut end = e;
-        if let Some(i) = index_at(s) {
-            let mut k = i;
-            while k < words.len() && words[k].end <= e {
-                if protected(&words, k, text, lex) {
-                    end = if k == i { s } else { words[k - 1].end };
-                    break;
-                }
-                k += 1;
-            }
-        }
-        if spans.add(s, end, PiiKind::Name) {
-            names.push((s, end));
-        }
+    let mut names = Names {
+        text,
+        words,
+        lex,
+        found,
     };
     // titles and relations
     for re in [&p.title, &p.relation] {
@@ -339,71 +358,17 @@ fn english_names(text: &str, p: &Prose, lex: Option<&Lexicon>, ages: bool, spans
                 if is_month_or_day(g_text.split_whitespace().next().unwrap_or("")) {
                     continue;
                 }
-                claim(spans, g.start(), g.end(), &mut names);
+                names.claim(spans, g.start(), g.end());
             }
         }
     }
     if let Some(lex) = lex {
-        // "will phone Tomas", "reviewed by Ferreira": a capitalised word after talking to or being seen by
-        for c in p.told.captures_iter(text) {
-            let Some(g) = c.get(1) else { continue };
-            let Some(i) = index_at(g.start()) else {
-                continue;
-            };
-            let w = words[i].text;
-            if lex.is_common(w)
-                || is_month_or_day(w)
-                || lex.places.contains(w)
-                || protected(&words, i, text, Some(lex))
-            {
-                continue;
-            }
-            claim(spans, g.start(), g.end(), &mut names);
-        }
-        let mut i = 0;
-        while i < words.len() {
-            let w = &words[i];
-            if !is_cap(w.text)
-                || spans.overlaps(w.start, w.end)
-                || protected(&words, i, text, Some(lex))
-            {
-                i += 1;
-                continue;
-            }
-            let first = lex.first_names.contains(w.text);
-            let common = lex.is_common(w.text);
-            // the capitalised words that follow (a surname, a middle name)
-            let mut j = i + 1;
-            while j < words.len()
-                && j < i + 3
-                && text[words[j - 1].end..words[j].start] == *" "
-                && is_cap(words[j].text)
-                && !lex.is_common(words[j].text)
-                && !is_month_or_day(words[j].text)
-                && !protected(&words, j, text, Some(lex))
-            {
-                j += 1;
-            }
-            let followed = j > i + 1;
-            // a first name that is also a word or a month (Will, May, April) needs a surname after it
-            if first && (!common || followed) && (!is_month_or_day(w.text) || followed) {
-                claim(spans, w.start, words[j - 1].end, &mut names);
-                i = j;
-                continue;
-            }
-            // "Lindgren, 71, was seen": a capitalised word before an age
-            if !common && p.name_age.is_match(&text[words[j - 1].end..]) && !is_month_or_day(w.text)
-            {
-                claim(spans, w.start, words[j - 1].end, &mut names);
-                i = j;
-                continue;
-            }
-            i += 1;
-        }
+        told_names(p, lex, &mut names, spans);
+        lexicon_names(p, lex, &mut names, spans);
     }
     if ages {
         // "Lindgren, 93," — the age after a name, over 89
-        for &(_, e) in &names {
+        for &(_, e) in &names.found {
             if let Some(c) = p.comma_age.captures(&text[e..]) {
                 if let Some(g) = c.get(1) {
                     spans.add(e + g.start(), e + g.end(), PiiKind::Age);
@@ -411,7 +376,69 @@ fn english_names(text: &str, p: &Prose, lex: Option<&Lexicon>, ages: bool, spans
             }
         }
     }
-    propagate(text, p, lex, &words, &names, spans);
+    propagate(text, p, lex, &names.words, &names.found, spans);
+}
+
+/// "will phone Tomas", "reviewed by Ferreira": a capitalised word after talking to or being seen by.
+fn told_names(p: &Prose, lex: &Lexicon, names: &mut Names<'_>, spans: &mut Spans) {
+    let text = names.text;
+    for c in p.told.captures_iter(text) {
+        let Some(g) = c.get(1) else { continue };
+        let Some(i) = names.index_at(g.start()) else {
+            continue;
+        };
+        let w = names.words[i].text;
+        if lex.is_common(w)
+            || is_month_or_day(w)
+            || lex.places.contains(w)
+            || protected(&names.words, i, text, Some(lex))
+        {
+            continue;
+        }
+        names.claim(spans, g.start(), g.end());
+    }
+}
+
+/// First names of the lexicon with the capitalised words after them, and a capitalised word before an age.
+fn lexicon_names(p: &Prose, lex: &Lexicon, names: &mut Names<'_>, spans: &mut Spans) {
+    let text = names.text;
+    let mut i = 0;
+    while i < names.words.len() {
+        let words = &names.words;
+        let w = &words[i];
+        if !is_cap(w.text) || spans.overlaps(w.start, w.end) || protected(words, i, text, Some(lex))
+        {
+            i += 1;
+            continue;
+        }
+        let first = lex.first_names.contains(w.text);
+        let common = lex.is_common(w.text);
+        // the capitalised words that follow (a surname, a middle name)
+        let mut j = i + 1;
+        while j < words.len()
+            && j < i + 3
+            && text[words[j - 1].end..words[j].start] == *" "
+            && is_cap(words[j].text)
+            && !lex.is_common(words[j].text)
+            && !is_month_or_day(words[j].text)
+            && !protected(words, j, text, Some(lex))
+        {
+            j += 1;
+        }
+        let followed = j > i + 1;
+        let (start, end) = (w.start, words[j - 1].end);
+        // a first name that is also a word or a month (Will, May, April) needs a surname after it
+        let is_first = first && (!common || followed) && (!is_month_or_day(w.text) || followed);
+        // "Lindgren, 71, was seen": a capitalised word before an age
+        let before_age =
+            || !common && p.name_age.is_match(&text[end..]) && !is_month_or_day(w.text);
+        if is_first || before_age() {
+            names.claim(spans, start, end);
+            i = j;
+            continue;
+        }
+        i += 1;
+    }
 }
 
 /// Every later (or earlier) mention of a known name's words.

@@ -220,78 +220,93 @@ fn ordinal(d: u32) -> &'static str {
 
 /// The date written in `s` moved by `days`, in the same format; `None` when `s` is not a date this reads.
 #[must_use]
-#[allow(clippy::too_many_lines)] // three formats read and written back in one place
 pub fn shift_date(s: &str, days: i64) -> Option<String> {
     let shift =
         |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d).map(|x| x + Duration::days(days));
-    // Chinese: 2024年2月9日, 2月9日, 2024年2月
     if s.contains('月') {
-        let nums: Vec<u32> = s
-            .split(|c: char| !c.is_ascii_digit())
-            .filter(|x| !x.is_empty())
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let has_year = s.contains('年');
-        let has_day = s.contains('日') || s.contains('号');
-        let (y, m, d) = match (has_year, has_day, nums.as_slice()) {
-            (true, true, [y, m, d]) => (i32::try_from(*y).ok()?, *m, *d),
-            (false, true, [m, d]) => (2001, *m, *d),
-            (true, false, [y, m]) => (i32::try_from(*y).ok()?, *m, 15),
-            _ => return None,
-        };
-        let n = shift(y, m, d)?;
-        let day_mark = if s.contains('号') { '号' } else { '日' };
-        return Some(match (has_year, has_day) {
-            (true, true) => format!("{}年{}月{}{day_mark}", n.year(), n.month(), n.day()),
-            (false, _) => format!("{}月{}{day_mark}", n.month(), n.day()),
-            (true, false) => format!("{}年{}月", n.year(), n.month()),
-        });
+        return shift_chinese(s, &shift);
     }
-    // numeric: y-m-d, m/d/y (d/m/y when the first part is over 12), d.m.y
     let parts: Vec<&str> = s.split(['/', '-', '.']).collect();
     if parts.len() == 3
         && parts
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     {
-        let sep = s[parts[0].len()..].chars().next()?;
-        let n: Vec<u32> = parts.iter().map(|p| p.parse().unwrap_or(0)).collect();
-        let pad = |v: u32, like: &str| format!("{v:0w$}", w = like.len());
-        if parts[0].len() == 4 {
-            let d = shift(i32::try_from(n[0]).ok()?, n[1], n[2])?;
-            return Some(format!(
-                "{}{sep}{}{sep}{}",
-                d.year(),
-                pad(d.month(), parts[1]),
-                pad(d.day(), parts[2])
-            ));
-        }
-        let year = |v: u32, like: &str| if like.len() == 2 { 2000 + v } else { v };
-        let y = i32::try_from(year(n[2], parts[2])).ok()?;
-        let day_first = sep == '.' || n[0] > 12;
-        let (m, d) = if day_first {
-            (n[1], n[0])
-        } else {
-            (n[0], n[1])
-        };
-        let x = shift(y, m, d)?;
-        let yy = if parts[2].len() == 2 {
-            format!("{:02}", x.year() % 100)
-        } else {
-            x.year().to_string()
-        };
-        let (a, b) = if day_first {
-            (x.day(), x.month())
-        } else {
-            (x.month(), x.day())
-        };
+        return shift_numeric(s, &parts, &shift);
+    }
+    shift_written(s, &shift)
+}
+
+/// Moves a date to a new one (None when the fields are no date).
+type Shift<'a> = dyn Fn(i32, u32, u32) -> Option<NaiveDate> + 'a;
+
+/// Chinese: 2024年2月9日, 2月9日, 2024年2月.
+fn shift_chinese(s: &str, shift: &Shift<'_>) -> Option<String> {
+    let nums: Vec<u32> = s
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|x| !x.is_empty())
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let has_year = s.contains('年');
+    let has_day = s.contains('日') || s.contains('号');
+    let (y, m, d) = match (has_year, has_day, nums.as_slice()) {
+        (true, true, [y, m, d]) => (i32::try_from(*y).ok()?, *m, *d),
+        (false, true, [m, d]) => (2001, *m, *d),
+        (true, false, [y, m]) => (i32::try_from(*y).ok()?, *m, 15),
+        _ => return None,
+    };
+    let n = shift(y, m, d)?;
+    let day_mark = if s.contains('号') { '号' } else { '日' };
+    Some(match (has_year, has_day) {
+        (true, true) => format!("{}年{}月{}{day_mark}", n.year(), n.month(), n.day()),
+        (false, _) => format!("{}月{}{day_mark}", n.month(), n.day()),
+        (true, false) => format!("{}年{}月", n.year(), n.month()),
+    })
+}
+
+/// Numeric, in three digit groups: y-m-d, m/d/y (d/m/y when the first part is over 12), d.m.y.
+fn shift_numeric(s: &str, parts: &[&str], shift: &Shift<'_>) -> Option<String> {
+    let sep = s[parts[0].len()..].chars().next()?;
+    let n: Vec<u32> = parts.iter().map(|p| p.parse().unwrap_or(0)).collect();
+    let pad = |v: u32, like: &str| format!("{v:0w$}", w = like.len());
+    if parts[0].len() == 4 {
+        let d = shift(i32::try_from(n[0]).ok()?, n[1], n[2])?;
         return Some(format!(
-            "{}{sep}{}{sep}{yy}",
-            pad(a, parts[0]),
-            pad(b, parts[1])
+            "{}{sep}{}{sep}{}",
+            d.year(),
+            pad(d.month(), parts[1]),
+            pad(d.day(), parts[2])
         ));
     }
-    // written out: February 9, 2024 · 9 February 2024 · Feb 9 · 9th of February · February 2024
+    let year = |v: u32, like: &str| if like.len() == 2 { 2000 + v } else { v };
+    let y = i32::try_from(year(n[2], parts[2])).ok()?;
+    let day_first = sep == '.' || n[0] > 12;
+    let (m, d) = if day_first {
+        (n[1], n[0])
+    } else {
+        (n[0], n[1])
+    };
+    let x = shift(y, m, d)?;
+    let yy = if parts[2].len() == 2 {
+        format!("{:02}", x.year() % 100)
+    } else {
+        x.year().to_string()
+    };
+    let (a, b) = if day_first {
+        (x.day(), x.month())
+    } else {
+        (x.month(), x.day())
+    };
+    Some(format!(
+        "{}{sep}{}{sep}{yy}",
+        pad(a, parts[0]),
+        pad(b, parts[1])
+    ))
+}
+
+/// Written out: February 9, 2024 · 9 February 2024 · Feb 9 · 9th of February · February 2024; rebuilt in
+/// the original order, keeping its separators.
+fn shift_written(s: &str, shift: &Shift<'_>) -> Option<String> {
     let words: Vec<&str> = s
         .split([' ', '\t', ','])
         .filter(|w| !w.is_empty())
@@ -323,7 +338,6 @@ pub fn shift_date(s: &str, days: i64) -> Option<String> {
             if mword.ends_with('.') { "." } else { "" }
         )
     };
-    // rebuild in the original order, keeping its separators
     let mut out = String::new();
     let mut rest = s;
     for w in &words {

@@ -348,10 +348,9 @@ impl CpuModel {
     }
 
     /// Logits of the last row of every sequence (or of every row of a single sequence when `all`).
-    #[allow(clippy::too_many_lines)]
     fn run(&self, seqs: &mut [Seq<'_>], all: bool, w: &mut Work) -> Result<Vec<f32>> {
         self.check(seqs)?;
-        let cfg = &self.cfg;
+        let dims = Dims::of(&self.cfg);
         // row offset of each sequence's first new token in the batch
         let mut offs = Vec::with_capacity(seqs.len() + 1);
         offs.push(0);
@@ -359,159 +358,36 @@ impl CpuModel {
             offs.push(offs[offs.len() - 1] + s.ids.len());
         }
         let t = offs[seqs.len()];
-        let (d, nh, nkv, hd) = (
-            cfg.hidden_size,
-            cfg.num_attention_heads,
-            cfg.kv_heads(),
-            cfg.head_dim(),
-        );
-        let f = cfg.intermediate_size;
-        let (qd, kvd) = (nh * hd, nkv * hd);
-        let qkv_w = qd + 2 * kvd;
-        #[allow(clippy::cast_possible_truncation)]
-        let eps = cfg.rms_norm_eps as f32;
-        let x = &mut w.x;
-        x.clear();
-        for s in seqs.iter() {
-            for &id in s.ids {
-                let i = id as usize;
-                x.extend_from_slice(&self.embed[i * d..(i + 1) * d]);
-            }
-        }
+        self.embed_rows(seqs, &mut w.x);
         // cos/sin of every new row at its own position
-        let half = hd / 2;
-        let cos = zeroed(&mut w.cos, t * half);
-        let sin = zeroed(&mut w.sin, t * half);
-        for (si, s) in seqs.iter().enumerate() {
-            for i in 0..s.ids.len() {
-                let row = offs[si] + i;
-                for (j, fr) in self.inv_freq.iter().enumerate() {
-                    #[allow(clippy::cast_precision_loss)]
-                    let a = (s.cache.len + i) as f64 * fr;
-                    #[allow(clippy::cast_possible_truncation)]
-                    {
-                        cos[row * half + j] = a.cos() as f32;
-                        sin[row * half + j] = a.sin() as f32;
-                    }
-                }
-            }
-        }
-        let scratch = &mut w.scratch;
-        let h = zeroed(&mut w.h, t * d);
-        let qkv = zeroed(&mut w.qkv, t * qkv_w);
-        let att = zeroed(&mut w.att, t * qd);
-        let proj = zeroed(&mut w.proj, t * d);
-        let gu = zeroed(&mut w.gu, t * 2 * f);
-        let act = zeroed(&mut w.act, t * f);
-        #[allow(clippy::cast_precision_loss)]
-        let scale = 1.0 / (hd as f32).sqrt();
-        let rep = nh / nkv;
-        let isa = self.isa;
-        // (sequence, first head, heads, first row, end row) of every attention task: a decoded token's
-        // heads that share a kv head go together (they read its keys and values once); a prompt's rows go
-        // head by head
-        let mut tasks = Vec::new();
-        for (si, s) in seqs.iter().enumerate() {
-            let st = s.ids.len();
-            if st == 1 {
-                for kvh in 0..nkv {
-                    for h0 in (kvh * rep..(kvh + 1) * rep).step_by(QB) {
-                        tasks.push((si, h0, QB.min((kvh + 1) * rep - h0), 0, 1));
-                    }
-                }
-                continue;
-            }
-            let tok_chunk = if st >= 64 { 16 } else { st };
-            for c in 0..st.div_ceil(tok_chunk) {
-                for head in 0..nh {
-                    tasks.push((si, head, 1, c * tok_chunk, ((c + 1) * tok_chunk).min(st)));
-                }
-            }
-        }
+        let cos = zeroed(&mut w.cos, t * dims.half);
+        let sin = zeroed(&mut w.sin, t * dims.half);
+        self.rope_tables(seqs, &offs, cos, sin);
+        let tasks = attention_tasks(seqs, &dims);
         let serial_attention = tasks.len() == 1 || (t == 1 && seqs[0].cache.len < 64);
+        let (x, scratch) = (&mut w.x, &mut w.scratch);
+        let h = zeroed(&mut w.h, t * dims.d);
+        let qkv = zeroed(&mut w.qkv, t * dims.qkv_w);
+        let att = zeroed(&mut w.att, t * dims.qd);
+        let proj = zeroed(&mut w.proj, t * dims.d);
+        let gu = zeroed(&mut w.gu, t * 2 * dims.f);
+        let act = zeroed(&mut w.act, t * dims.f);
+        let (isa, d, f, eps) = (self.isa, dims.d, dims.f, dims.eps);
         for (li, layer) in self.layers.iter().enumerate() {
-            let window = cfg.window(li);
             rms_norm(x, &layer.attn_norm, eps, h);
             matmul(isa, &layer.qkv, h, t, qkv, scratch);
-            self.add_deltas(seqs, &offs, li, Proj::Qkv, h, qkv, qkv_w, scratch);
-            for (si, s) in seqs.iter_mut().enumerate() {
-                let pos0 = s.cache.len;
-                for i in 0..s.ids.len() {
-                    let row = offs[si] + i;
-                    let r = &mut qkv[row * qkv_w..(row + 1) * qkv_w];
-                    if let Some(b) = &layer.qkv_bias {
-                        r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-                    }
-                    let (c, sn) = (
-                        &cos[row * half..(row + 1) * half],
-                        &sin[row * half..(row + 1) * half],
-                    );
-                    for head in r[..qd + kvd].chunks_exact_mut(hd) {
-                        rope(head, c, sn);
-                    }
-                    s.cache
-                        .store(li, pos0 + i, &r[qd..qd + kvd], &r[qd + kvd..]);
-                }
-            }
-            // attention: each task writes its own (rows, head) slices of `att`
-            let views: Vec<(&[f32], &[f32], usize, usize)> = seqs
-                .iter()
-                .map(|s| {
-                    (
-                        &s.cache.k[li][..],
-                        &s.cache.v[li][..],
-                        s.cache.cap,
-                        s.cache.len,
-                    )
-                })
-                .collect();
-            let out = OutPtr(att.as_mut_ptr());
-            let qkv_ref: &[f32] = qkv;
-            let (tasks_ref, offs_ref) = (&tasks, &offs);
-            let task = |ti: usize| {
-                let (si, head, heads, c0, c1) = tasks_ref[ti];
-                let (kc, vc, cap, pos0) = views[si];
-                let base = offs_ref[si];
-                let kvh = head / rep;
-                let kt = &kc[kvh * hd * cap..(kvh + 1) * hd * cap];
-                let vbase = &vc[kvh * cap * hd..(kvh + 1) * cap * hd];
-                let mut scores = Vec::with_capacity(QB * (pos0 + c1));
-                // query u: one token's heads head.. (step 0) or one head's tokens c0.. (step 1)
-                let (count, step) = if heads > 1 { (heads, 0) } else { (c1 - c0, 1) };
-                let at = |u: usize| (base + c0 + u * step, head + u * (1 - step));
-                let mut i = 0;
-                while i < count {
-                    let nq = (count - i).min(QB);
-                    let q: [&[f32]; QB] = std::array::from_fn(|u| {
-                        let (row, h) = at(i + u.min(nq - 1));
-                        &qkv_ref[row * qkv_w + h * hd..][..hd]
-                    });
-                    // SAFETY: (row, head) of each query is written by this task only.
-                    let mut o: [&mut [f32]; QB] = std::array::from_fn(|u| unsafe {
-                        let (row, h) = at(i + u.min(nq - 1));
-                        std::slice::from_raw_parts_mut(out.at(row * qd + h * hd), hd)
-                    });
-                    attend_block(
-                        isa,
-                        &q[..nq],
-                        kt,
-                        vbase,
-                        cap,
-                        pos0 + c0 + i * step,
-                        step,
-                        window,
-                        scale,
-                        &mut scores,
-                        &mut o[..nq],
-                    );
-                    i += nq;
-                }
+            self.add_deltas(seqs, &offs, li, Proj::Qkv, h, qkv, dims.qkv_w, scratch);
+            store_qkv(layer, li, seqs, &offs, &dims, qkv, (cos, sin));
+            let step = AttentionStep {
+                isa,
+                li,
+                window: self.cfg.window(li),
+                dims: &dims,
+                tasks: &tasks,
+                offs: &offs,
+                serial: serial_attention,
             };
-            if serial_attention {
-                (0..tasks.len()).for_each(task);
-            } else {
-                pool::global().run(tasks.len(), &task);
-            }
+            step.run(seqs, qkv, att);
             matmul(isa, &layer.o, att, t, proj, scratch);
             self.add_deltas(seqs, &offs, li, Proj::O, att, proj, d, scratch);
             for (xr, pr) in x.chunks_exact_mut(d).zip(proj.chunks_exact(d)) {
@@ -545,15 +421,59 @@ impl CpuModel {
         } else {
             offs[1..].iter().map(|&o| o - 1).collect()
         };
+        Ok(self.logits(w, &rows, &dims))
+    }
+
+    /// The embedding rows of every sequence's new tokens, one after another, into `x`.
+    fn embed_rows(&self, seqs: &[Seq<'_>], x: &mut Vec<f32>) {
+        let d = self.cfg.hidden_size;
+        x.clear();
+        for s in seqs {
+            for &id in s.ids {
+                let i = id as usize;
+                x.extend_from_slice(&self.embed[i * d..(i + 1) * d]);
+            }
+        }
+    }
+
+    /// cos and sin of RoPE's angles for every new row at its own position (`half` values a row).
+    fn rope_tables(&self, seqs: &[Seq<'_>], offs: &[usize], cos: &mut [f32], sin: &mut [f32]) {
+        let half = self.cfg.head_dim() / 2;
+        for (si, s) in seqs.iter().enumerate() {
+            for i in 0..s.ids.len() {
+                let row = offs[si] + i;
+                for (j, fr) in self.inv_freq.iter().enumerate() {
+                    #[allow(clippy::cast_precision_loss)]
+                    let a = (s.cache.len + i) as f64 * fr;
+                    #[allow(clippy::cast_possible_truncation)]
+                    {
+                        cos[row * half + j] = a.cos() as f32;
+                        sin[row * half + j] = a.sin() as f32;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The logits of `rows` of the final hidden states `w.x`.
+    fn logits(&self, w: &mut Work, rows: &[usize], dims: &Dims) -> Vec<f32> {
+        let d = dims.d;
         let last = zeroed(&mut w.h, rows.len() * d);
         for (k, &r) in rows.iter().enumerate() {
-            last[k * d..(k + 1) * d].copy_from_slice(&x[r * d..(r + 1) * d]);
+            last[k * d..(k + 1) * d].copy_from_slice(&w.x[r * d..(r + 1) * d]);
         }
         let normed = zeroed(&mut w.normed, rows.len() * d);
-        rms_norm(last, &self.norm, eps, normed);
-        let mut logits = vec![0f32; rows.len() * cfg.vocab_size];
-        matmul(isa, &self.lm_head, normed, rows.len(), &mut logits, scratch);
-        Ok(logits)
+        rms_norm(last, &self.norm, dims.eps, normed);
+        let mut logits = vec![0f32; rows.len() * self.cfg.vocab_size];
+        matmul(
+            self.isa,
+            &self.lm_head,
+            normed,
+            rows.len(),
+            &mut logits,
+            &mut w.scratch,
+        );
+        logits
     }
 
     /// Adds `y[rows] += Σ s·B·(A·x[rows])` of every adapter of every sequence to its rows of one projection's
@@ -587,6 +507,198 @@ impl CpuModel {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The sizes one forward works with, from the config.
+#[derive(Clone, Copy)]
+struct Dims {
+    d: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    f: usize,
+    /// Query width (nh·hd) and key/value width (nkv·hd); Q, K and V stacked are `qkv_w` wide.
+    qd: usize,
+    kvd: usize,
+    qkv_w: usize,
+    half: usize,
+    /// Query heads per kv head.
+    rep: usize,
+    scale: f32,
+    eps: f32,
+}
+
+impl Dims {
+    fn of(cfg: &LlamaConfig) -> Self {
+        let (d, nh, nkv, hd) = (
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.kv_heads(),
+            cfg.head_dim(),
+        );
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        Self {
+            d,
+            nh,
+            nkv,
+            hd,
+            f: cfg.intermediate_size,
+            qd,
+            kvd,
+            qkv_w: qd + 2 * kvd,
+            half: hd / 2,
+            rep: nh / nkv,
+            scale: 1.0 / (hd as f32).sqrt(),
+            eps: cfg.rms_norm_eps as f32,
+        }
+    }
+}
+
+/// One attention task: (sequence, first head, heads, first row, end row).
+type AttentionTask = (usize, usize, usize, usize, usize);
+
+/// The attention tasks of a forward: a decoded token's heads that share a kv head go together (they read
+/// its keys and values once); a prompt's rows go head by head, in chunks of 16 tokens.
+fn attention_tasks(seqs: &[Seq<'_>], dims: &Dims) -> Vec<AttentionTask> {
+    let (nh, nkv, rep) = (dims.nh, dims.nkv, dims.rep);
+    let mut tasks = Vec::new();
+    for (si, s) in seqs.iter().enumerate() {
+        let st = s.ids.len();
+        if st == 1 {
+            for kvh in 0..nkv {
+                for h0 in (kvh * rep..(kvh + 1) * rep).step_by(QB) {
+                    tasks.push((si, h0, QB.min((kvh + 1) * rep - h0), 0, 1));
+                }
+            }
+            continue;
+        }
+        let tok_chunk = if st >= 64 { 16 } else { st };
+        for c in 0..st.div_ceil(tok_chunk) {
+            for head in 0..nh {
+                tasks.push((si, head, 1, c * tok_chunk, ((c + 1) * tok_chunk).min(st)));
+            }
+        }
+    }
+    tasks
+}
+
+/// Adds the q/k/v biases, rotates queries and keys, and stores every new row's keys and values in its
+/// sequence's cache (layer `li`).
+fn store_qkv(
+    layer: &Layer,
+    li: usize,
+    seqs: &mut [Seq<'_>],
+    offs: &[usize],
+    dims: &Dims,
+    qkv: &mut [f32],
+    (cos, sin): (&[f32], &[f32]),
+) {
+    let (qd, kvd, hd, half, qkv_w) = (dims.qd, dims.kvd, dims.hd, dims.half, dims.qkv_w);
+    for (si, s) in seqs.iter_mut().enumerate() {
+        let pos0 = s.cache.len;
+        for i in 0..s.ids.len() {
+            let row = offs[si] + i;
+            let r = &mut qkv[row * qkv_w..(row + 1) * qkv_w];
+            if let Some(b) = &layer.qkv_bias {
+                r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            let (c, sn) = (
+                &cos[row * half..(row + 1) * half],
+                &sin[row * half..(row + 1) * half],
+            );
+            for head in r[..qd + kvd].chunks_exact_mut(hd) {
+                rope(head, c, sn);
+            }
+            s.cache
+                .store(li, pos0 + i, &r[qd..qd + kvd], &r[qd + kvd..]);
+        }
+    }
+}
+
+/// The attention of one layer over every sequence's cache, task by task.
+struct AttentionStep<'a> {
+    isa: Isa,
+    li: usize,
+    window: Option<usize>,
+    dims: &'a Dims,
+    tasks: &'a [AttentionTask],
+    offs: &'a [usize],
+    /// Run the tasks on this thread (one task, or a short decode step where waking the pool costs more).
+    serial: bool,
+}
+
+impl AttentionStep<'_> {
+    /// Each task writes its own (rows, head) slices of `att`.
+    fn run(&self, seqs: &[Seq<'_>], qkv: &[f32], att: &mut [f32]) {
+        let li = self.li;
+        let views: Vec<(&[f32], &[f32], usize, usize)> = seqs
+            .iter()
+            .map(|s| {
+                (
+                    &s.cache.k[li][..],
+                    &s.cache.v[li][..],
+                    s.cache.cap,
+                    s.cache.len,
+                )
+            })
+            .collect();
+        let out = OutPtr(att.as_mut_ptr());
+        let task = |ti: usize| self.task(ti, &views, qkv, &out);
+        if self.serial {
+            (0..self.tasks.len()).for_each(task);
+        } else {
+            pool::global().run(self.tasks.len(), &task);
+        }
+    }
+
+    fn task(&self, ti: usize, views: &[(&[f32], &[f32], usize, usize)], qkv: &[f32], out: &OutPtr) {
+        let Dims {
+            hd,
+            qd,
+            qkv_w,
+            rep,
+            scale,
+            ..
+        } = *self.dims;
+        let (si, head, heads, c0, c1) = self.tasks[ti];
+        let (kc, vc, cap, pos0) = views[si];
+        let base = self.offs[si];
+        let kvh = head / rep;
+        let kt = &kc[kvh * hd * cap..(kvh + 1) * hd * cap];
+        let vbase = &vc[kvh * cap * hd..(kvh + 1) * cap * hd];
+        let mut scores = Vec::with_capacity(QB * (pos0 + c1));
+        // query u: one token's heads head.. (step 0) or one head's tokens c0.. (step 1)
+        let (count, step) = if heads > 1 { (heads, 0) } else { (c1 - c0, 1) };
+        let at = |u: usize| (base + c0 + u * step, head + u * (1 - step));
+        let mut i = 0;
+        while i < count {
+            let nq = (count - i).min(QB);
+            let q: [&[f32]; QB] = std::array::from_fn(|u| {
+                let (row, h) = at(i + u.min(nq - 1));
+                &qkv[row * qkv_w + h * hd..][..hd]
+            });
+            // SAFETY: (row, head) of each query is written by this task only.
+            let mut o: [&mut [f32]; QB] = std::array::from_fn(|u| unsafe {
+                let (row, h) = at(i + u.min(nq - 1));
+                std::slice::from_raw_parts_mut(out.at(row * qd + h * hd), hd)
+            });
+            attend_block(
+                self.isa,
+                &q[..nq],
+                kt,
+                vbase,
+                cap,
+                pos0 + c0 + i * step,
+                step,
+                self.window,
+                scale,
+                &mut scores,
+                &mut o[..nq],
+            );
+            i += nq;
         }
     }
 }
@@ -880,12 +992,37 @@ mod tests {
         }
     }
 
+    /// The logits of `new` on `m` with `delta`, after `hist` went through the same cache: a sequence alone.
+    fn alone(m: &CpuModel, delta: Option<&LoraStack>, hist: &[u32], new: &[u32]) -> Vec<f32> {
+        let mut c = CpuCache::new(m, 32);
+        let mut w = BatchWork::default();
+        if !hist.is_empty() {
+            m.forward_batch(
+                &mut [Seq {
+                    ids: hist,
+                    cache: &mut c,
+                    delta,
+                }],
+                &mut w,
+            )
+            .unwrap();
+        }
+        m.forward_batch(
+            &mut [Seq {
+                ids: new,
+                cache: &mut c,
+                delta,
+            }],
+            &mut w,
+        )
+        .unwrap()
+    }
+
     /// A batch of three sequences at different points (a prompt's first chunk, a decode step deep in its
     /// cache, a prompt's second chunk), one with two stacked adapters, one with one, one with none, gives
     /// each the logits it gets alone — and an adapter applied at run time gives the logits of the model
     /// with it merged (candle's merge, the one `strata merge` writes).
     #[test]
-    #[allow(clippy::too_many_lines)]
     fn batched_forward_with_adapters_matches_each_sequence_alone_and_merged_weights() {
         let cfg = tiny();
         let (_, tensors) = random_model(&cfg, 5);
@@ -913,23 +1050,6 @@ mod tests {
             };
             let two = LoraStack {
                 adapters: vec![r1, r2],
-            };
-            // alone: (model, adapters, history already in the cache, new tokens)
-            let alone = |m: &CpuModel, delta: Option<&LoraStack>, hist: &[u32], new: &[u32]| {
-                let mut c = CpuCache::new(m, 32);
-                let mut w = BatchWork::default();
-                for ids in [hist, new].into_iter().filter(|x| !x.is_empty()) {
-                    let mut one = [Seq {
-                        ids,
-                        cache: &mut c,
-                        delta,
-                    }];
-                    let out = m.forward_batch(&mut one, &mut w).unwrap();
-                    if ids == new {
-                        return out;
-                    }
-                }
-                unreachable!()
             };
             let want = [
                 alone(&base, Some(&two), &[], &IDS[..5]),

@@ -188,6 +188,8 @@ impl CustomOp3 for Attention {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
+    // a fused kernel: the backward of RoPE, scores, causal softmax and values in one pass per head, its
+    // loops over plain slices kept together so that each head reads its rows once
     #[allow(clippy::too_many_lines)]
     fn bwd(
         &self,

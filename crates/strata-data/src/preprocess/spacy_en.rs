@@ -326,9 +326,15 @@ fn add_forms(m: &mut Specials, pieces: &[&str]) {
     }
 }
 
-#[allow(clippy::too_many_lines)]
 fn build_specials() -> Specials {
     let mut m = HashMap::new();
+    add_contractions(&mut m);
+    add_kept_whole(&mut m);
+    m
+}
+
+/// Verb + n't, pronoun + 'd/'ll/'re/'s/'ve/'m, modal + 've, and the other split forms of spaCy's exceptions.
+fn add_contractions(m: &mut Specials) {
     // verb + n't (and the spelling without the apostrophe), optionally + 've
     let with_ve = [
         "ca", "could", "did", "does", "do", "had", "may", "might", "must", "need", "ought", "sha",
@@ -338,11 +344,11 @@ fn build_specials() -> Specials {
         .iter()
         .chain(&["ai", "are", "dare", "has", "have", "is", "was", "were"])
     {
-        add_forms(&mut m, &[verb, "n't"]);
-        add_forms(&mut m, &[verb, "nt"]);
+        add_forms(m, &[verb, "n't"]);
+        add_forms(m, &[verb, "nt"]);
         if with_ve.contains(verb) {
-            add_forms(&mut m, &[verb, "n't", "'ve"]);
-            add_forms(&mut m, &[verb, "nt", "ve"]);
+            add_forms(m, &[verb, "n't", "'ve"]);
+            add_forms(m, &[verb, "nt", "ve"]);
         }
     }
     // pronoun + 'd / 'll / 're / 's / 've / 'm
@@ -373,39 +379,42 @@ fn build_specials() -> Specials {
     for (p, tails) in pronouns {
         for t in *tails {
             let ap = format!("'{t}");
-            add_forms(&mut m, &[p, &ap]);
+            add_forms(m, &[p, &ap]);
             if !words.contains(&format!("{p}{t}").as_str()) {
-                add_forms(&mut m, &[p, t]);
+                add_forms(m, &[p, t]);
             }
             if matches!(*t, "d" | "ll") {
-                add_forms(&mut m, &[p, &ap, "'ve"]);
-                add_forms(&mut m, &[p, t, "ve"]);
+                add_forms(m, &[p, &ap, "'ve"]);
+                add_forms(m, &[p, t, "ve"]);
             }
         }
     }
     for modal in ["could", "might", "must", "should", "would"] {
-        add_forms(&mut m, &[modal, "'ve"]);
-        add_forms(&mut m, &[modal, "ve"]);
+        add_forms(m, &[modal, "'ve"]);
+        add_forms(m, &[modal, "ve"]);
     }
-    add_forms(&mut m, &["i", "'m", "a"]);
-    add_forms(&mut m, &["i", "m", "a"]);
-    add_forms(&mut m, &["how", "'d", "'y"]);
-    add_forms(&mut m, &["not", "'ve"]);
-    add_forms(&mut m, &["not", "ve"]);
-    add_forms(&mut m, &["let", "'s"]);
-    add_forms(&mut m, &["can", "not"]);
-    add_forms(&mut m, &["gon", "na"]);
-    add_forms(&mut m, &["got", "ta"]);
-    add_forms(&mut m, &["c'm", "on"]);
-    add_forms(&mut m, &["y'", "all"]);
-    add_forms(&mut m, &["y", "all"]);
+    add_forms(m, &["i", "'m", "a"]);
+    add_forms(m, &["i", "m", "a"]);
+    add_forms(m, &["how", "'d", "'y"]);
+    add_forms(m, &["not", "'ve"]);
+    add_forms(m, &["not", "ve"]);
+    add_forms(m, &["let", "'s"]);
+    add_forms(m, &["can", "not"]);
+    add_forms(m, &["gon", "na"]);
+    add_forms(m, &["got", "ta"]);
+    add_forms(m, &["c'm", "on"]);
+    add_forms(m, &["y'", "all"]);
+    add_forms(m, &["y", "all"]);
     for h in 1..=12 {
         let h = h.to_string();
         for x in ["am", "pm", "a.m.", "p.m."] {
-            add(&mut m, &[&h, x]);
+            add(m, &[&h, x]);
         }
     }
-    // kept whole
+}
+
+/// Abbreviations, emoticons and other strings spaCy keeps as one token.
+fn add_kept_whole(m: &mut Specials) {
     let whole = "'bout 'cause 'cos 'coz 'cuz 'd 'em 'll 'nuff 're 's 'S '' ’’ ma'am ma’am o'clock o’clock \
         doin doin' goin goin' havin havin' lovin lovin' nothin nothin' nuthin nuthin' somethin somethin' \
         ol ol' em ll nuff a.m. p.m. and/or w/o vs. v.s. e.g. i.e. E.g. E.G. I.e. I.E. co. Co. Corp. Inc. \
@@ -420,27 +429,26 @@ fn build_specials() -> Specials {
         >:o ><(((*> [-: [: [= \\\") ]= (*_*) (-8 (-; (-_-) (._.) (; (>_<) (^_^) (o: (¬_¬) (ಠ_ಠ) (╯°□°）╯︵┻━┻ \
         ’s ’S ‘s ‘S ’d";
     for w in whole.split(' ').filter(|w| !w.is_empty()) {
-        add(&mut m, &[w]);
+        add(m, &[w]);
         if let Some(rest) = w.strip_prefix('\'') {
             if rest.len() > 1 {
-                add(&mut m, &[&format!("’{rest}")]);
+                add(m, &[&format!("’{rest}")]);
             }
         }
         if w.ends_with("in'") {
-            add(&mut m, &[&w.replace('\'', "’")]);
-            add(&mut m, &[&capitalise(w)]);
-            add(&mut m, &[&capitalise(&w.replace('\'', "’"))]);
+            add(m, &[&w.replace('\'', "’")]);
+            add(m, &[&capitalise(w)]);
+            add(m, &[&capitalise(&w.replace('\'', "’"))]);
         } else if w.ends_with("in") && !w.contains('.') {
-            add(&mut m, &[&capitalise(w)]);
+            add(m, &[&capitalise(w)]);
         }
     }
     for c in 'a'..='z' {
-        add(&mut m, &[&format!("{c}.")]);
+        add(m, &[&format!("{c}.")]);
     }
     for unit in ["C", "F", "K", "c", "f", "k"] {
-        add(&mut m, &["°", unit, "."]);
+        add(m, &["°", unit, "."]);
     }
-    m
 }
 
 const MAX_SPECIAL: usize = 32;

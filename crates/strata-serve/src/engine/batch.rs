@@ -204,65 +204,105 @@ fn kv_of(engine: &Engine, seq: &Sequence) -> usize {
     Sequence::cache_bytes(&engine.model, seq.prompt_tokens() + seq.params.max_tokens)
 }
 
-#[allow(clippy::too_many_lines)]
+/// The scheduler thread's loop: admit, drop the gone, one batched forward, deliver; until stopped.
 fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
-    let mut running: Vec<Running> = Vec::new();
-    let mut kv_used = 0usize;
-    let mut work = BatchWork::default();
-    let mut prefix = PrefixCache::new(cfg.prefix_cache);
+    let mut b = Batch {
+        engine,
+        cfg,
+        metrics,
+        running: Vec::new(),
+        kv_used: 0,
+        work: BatchWork::default(),
+        prefix: PrefixCache::new(cfg.prefix_cache),
+    };
     loop {
-        {
-            let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            loop {
-                // admit in order while the batch and the KV budget have room
-                while running.len() < cfg.max_batch && !q.paused {
-                    let Some((job, _)) = q.waiting.front() else {
-                        break;
-                    };
-                    let kv = kv_of(engine, &job.seq);
-                    if kv_used + kv > cfg.kv_budget && !running.is_empty() {
-                        break;
-                    }
-                    let (mut job, submitted) = q.waiting.pop_front().expect("front exists");
-                    let cached = prefix.reuse(&mut job.seq, job.adapters.as_ref());
-                    if cached > 0 {
-                        metrics.prompt_cached(&engine.name, cached);
-                    }
-                    kv_used += kv;
-                    running.push(Running {
-                        job,
-                        kv,
-                        submitted,
-                        last: None,
-                    });
-                }
-                q.running = running.len();
-                metrics.set_queue(&engine.name, q.waiting.len(), running.len());
-                if !running.is_empty() {
+        if !b.admit(shared) {
+            return;
+        }
+        b.drop_gone();
+        if b.running.is_empty() {
+            continue;
+        }
+        let inputs = b.inputs();
+        if let Some(logits) = b.forward(&inputs) {
+            b.deliver(&inputs, logits);
+        }
+    }
+}
+
+/// The running sequences of one scheduler and what their steps share.
+struct Batch<'a> {
+    engine: &'a Engine,
+    cfg: BatchConfig,
+    metrics: &'a Metrics,
+    running: Vec<Running>,
+    kv_used: usize,
+    work: BatchWork,
+    prefix: PrefixCache,
+}
+
+impl Batch<'_> {
+    /// Admits waiting jobs in order while the batch and the KV budget have room; waits while there is
+    /// nothing to run. False once stopping with nothing left.
+    fn admit(&mut self, shared: &Shared) -> bool {
+        let name = &self.engine.name;
+        let mut q = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            while self.running.len() < self.cfg.max_batch && !q.paused {
+                let Some((job, _)) = q.waiting.front() else {
+                    break;
+                };
+                let kv = kv_of(self.engine, &job.seq);
+                if self.kv_used + kv > self.cfg.kv_budget && !self.running.is_empty() {
                     break;
                 }
-                if q.stopping && q.waiting.is_empty() {
-                    return;
+                let Some((mut job, submitted)) = q.waiting.pop_front() else {
+                    break;
+                };
+                let cached = self.prefix.reuse(&mut job.seq, job.adapters.as_ref());
+                if cached > 0 {
+                    self.metrics.prompt_cached(name, cached);
                 }
-                q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+                self.kv_used += kv;
+                self.running.push(Running {
+                    job,
+                    kv,
+                    submitted,
+                    last: None,
+                });
             }
+            q.running = self.running.len();
+            self.metrics
+                .set_queue(name, q.waiting.len(), self.running.len());
+            if !self.running.is_empty() {
+                return true;
+            }
+            if q.stopping && q.waiting.is_empty() {
+                return false;
+            }
+            q = shared.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
         }
-        // clients that went away leave now
-        running.retain(|r| {
+    }
+
+    /// Clients that went away leave now.
+    fn drop_gone(&mut self) {
+        let (kv_used, metrics, name) = (&mut self.kv_used, self.metrics, &self.engine.name);
+        self.running.retain(|r| {
             let gone = r.job.events.is_closed();
             if gone {
-                kv_used -= r.kv;
-                metrics.cancelled(&engine.name);
+                *kv_used -= r.kv;
+                metrics.cancelled(name);
             }
             !gone
         });
-        if running.is_empty() {
-            continue;
-        }
-        // decoding sequences take one token each; prefilling ones share the chunk budget, oldest first
-        let mut budget = cfg.prefill_chunk;
-        let mut inputs: Vec<(usize, Vec<u32>)> = Vec::with_capacity(running.len());
-        for (i, r) in running.iter().enumerate() {
+    }
+
+    /// This step's input of each running sequence (index, ids): decoding sequences take one token each;
+    /// prefilling ones share the chunk budget, oldest first.
+    fn inputs(&self) -> Vec<(usize, Vec<u32>)> {
+        let mut budget = self.cfg.prefill_chunk;
+        let mut inputs = Vec::with_capacity(self.running.len());
+        for (i, r) in self.running.iter().enumerate() {
             if r.job.seq.is_prefilling() {
                 if budget == 0 {
                     continue;
@@ -274,9 +314,14 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
                 inputs.push((i, r.job.seq.next_input(1).to_vec()));
             }
         }
+        inputs
+    }
+
+    /// One batched forward of the inputs; on failure every sequence in it ends with the error.
+    fn forward(&mut self, inputs: &[(usize, Vec<u32>)]) -> Option<Vec<f32>> {
         let mut k = 0;
         let mut seqs: Vec<Seq<'_>> = Vec::with_capacity(inputs.len());
-        for (i, r) in running.iter_mut().enumerate() {
+        for (i, r) in self.running.iter_mut().enumerate() {
             if k < inputs.len() && inputs[k].0 == i {
                 seqs.push(Seq {
                     ids: &inputs[k].1,
@@ -286,25 +331,29 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
                 k += 1;
             }
         }
-        let result = engine.model.forward_batch(&mut seqs, &mut work);
+        let result = self.engine.model.forward_batch(&mut seqs, &mut self.work);
         drop(seqs);
-        let logits = match result {
-            Ok(l) => l,
+        match result {
+            Ok(l) => Some(l),
             Err(e) => {
                 for (i, _) in inputs.iter().rev() {
-                    let r = running.remove(*i);
-                    kv_used -= r.kv;
+                    let r = self.running.remove(*i);
+                    self.kv_used -= r.kv;
                     let _ = r.job.events.send(Event::Error(e.to_string()));
                 }
-                continue;
+                None
             }
-        };
+        }
+    }
+
+    /// Advances each sequence by its logits, sends its new piece, and retires the finished ones.
+    fn deliver(&mut self, inputs: &[(usize, Vec<u32>)], mut logits: Vec<f32>) {
+        let (engine, metrics) = (self.engine, self.metrics);
         let v = logits.len() / inputs.len();
         let now = Instant::now();
         let mut done = Vec::new();
-        let mut logits = logits;
         for (k, (i, ids)) in inputs.iter().enumerate() {
-            let r = &mut running[*i];
+            let r = &mut self.running[*i];
             let prefilling = r.job.seq.is_prefilling();
             let out = r
                 .job
@@ -314,7 +363,8 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
                 continue; // more prompt to go
             }
             if prefilling {
-                prefix.insert(&engine.model, &r.job.seq, r.job.adapters.as_ref());
+                self.prefix
+                    .insert(&engine.model, &r.job.seq, r.job.adapters.as_ref());
             }
             match r.last {
                 None => metrics.first_token(&engine.name, now - r.submitted),
@@ -330,8 +380,8 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
             }
         }
         for i in done.into_iter().rev() {
-            let r = running.remove(i);
-            kv_used -= r.kv;
+            let r = self.running.remove(i);
+            self.kv_used -= r.kv;
             let g = r.job.seq.generation();
             metrics.finished(&engine.name, g.prompt_tokens, g.completion_tokens);
             let _ = r.job.events.send(Event::Done(g));

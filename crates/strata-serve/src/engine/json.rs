@@ -132,7 +132,6 @@ impl JsonPrefix {
         true
     }
 
-    #[allow(clippy::too_many_lines)] // one arm per grammar state
     fn push(&mut self, c: char) -> bool {
         let blank = matches!(c, ' ' | '\t' | '\n' | '\r');
         let in_token = matches!(
@@ -182,60 +181,67 @@ impl JsonPrefix {
                 '}' | ']' => self.close(c),
                 _ => false,
             },
-            State::Str { key, escape } => {
-                let next = |escape| State::Str { key, escape };
-                self.state = match (escape, c) {
-                    (0, '"') => {
-                        if key {
-                            State::Colon
-                        } else {
-                            State::After
-                        }
-                    }
-                    (0, '\\') => next(1),
-                    (0, c) if (c as u32) < 0x20 => return false,
-                    (0, _) | (1, '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't') => next(0),
-                    (1, 'u') => next(2),
-                    (2..=5, c) if c.is_ascii_hexdigit() => {
-                        next(if escape == 5 { 0 } else { escape + 1 })
-                    }
-                    _ => return false,
-                };
-                true
-            }
-            State::Literal(rest) => {
-                let mut it = rest.chars();
-                if it.next() != Some(c) {
-                    return false;
-                }
-                let rest = it.as_str();
-                self.state = if rest.is_empty() {
-                    State::After
-                } else {
-                    State::Literal(rest)
-                };
-                true
-            }
-            State::Number(n) => {
-                let next = match (n, c) {
-                    (Num::Minus, '0') => Num::Zero,
-                    (Num::Minus, '1'..='9') | (Num::Int, '0'..='9') => Num::Int,
-                    (Num::Zero | Num::Int, '.') => Num::Dot,
-                    (Num::Dot | Num::Frac, '0'..='9') => Num::Frac,
-                    (Num::Zero | Num::Int | Num::Frac, 'e' | 'E') => Num::E,
-                    (Num::E, '+' | '-') => Num::ESign,
-                    (Num::E | Num::ESign | Num::Exp, '0'..='9') => Num::Exp,
-                    _ if n.can_end() => {
-                        // the number ended: the character belongs to what follows it
-                        self.state = State::After;
-                        return self.push(c);
-                    }
-                    _ => return false,
-                };
-                self.state = State::Number(next);
-                true
-            }
+            State::Str { key, escape } => self.string(key, escape, c),
+            State::Literal(rest) => self.literal(rest, c),
+            State::Number(n) => self.number(n, c),
         }
+    }
+
+    /// Inside a string (a key or a value), `escape` characters into an escape sequence.
+    fn string(&mut self, key: bool, escape: u8, c: char) -> bool {
+        let next = |escape| State::Str { key, escape };
+        self.state = match (escape, c) {
+            (0, '"') => {
+                if key {
+                    State::Colon
+                } else {
+                    State::After
+                }
+            }
+            (0, '\\') => next(1),
+            (0, c) if (c as u32) < 0x20 => return false,
+            (0, _) | (1, '"' | '\\' | '/' | 'b' | 'f' | 'n' | 'r' | 't') => next(0),
+            (1, 'u') => next(2),
+            (2..=5, c) if c.is_ascii_hexdigit() => next(if escape == 5 { 0 } else { escape + 1 }),
+            _ => return false,
+        };
+        true
+    }
+
+    /// Inside `true`, `false` or `null`, `rest` still to come.
+    fn literal(&mut self, rest: &'static str, c: char) -> bool {
+        let mut it = rest.chars();
+        if it.next() != Some(c) {
+            return false;
+        }
+        let rest = it.as_str();
+        self.state = if rest.is_empty() {
+            State::After
+        } else {
+            State::Literal(rest)
+        };
+        true
+    }
+
+    /// Inside a number, in state `n`.
+    fn number(&mut self, n: Num, c: char) -> bool {
+        let next = match (n, c) {
+            (Num::Minus, '0') => Num::Zero,
+            (Num::Minus, '1'..='9') | (Num::Int, '0'..='9') => Num::Int,
+            (Num::Zero | Num::Int, '.') => Num::Dot,
+            (Num::Dot | Num::Frac, '0'..='9') => Num::Frac,
+            (Num::Zero | Num::Int | Num::Frac, 'e' | 'E') => Num::E,
+            (Num::E, '+' | '-') => Num::ESign,
+            (Num::E | Num::ESign | Num::Exp, '0'..='9') => Num::Exp,
+            _ if n.can_end() => {
+                // the number ended: the character belongs to what follows it
+                self.state = State::After;
+                return self.push(c);
+            }
+            _ => return false,
+        };
+        self.state = State::Number(next);
+        true
     }
 }
 

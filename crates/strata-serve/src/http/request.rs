@@ -180,15 +180,9 @@ fn usize_of(v: Option<i64>) -> Option<usize> {
     v.map(|x| usize::try_from(x).unwrap_or(0))
 }
 
-/// Decodes and checks a request body for `route`; `max_tokens_limit` is the server's cap.
-///
-/// # Errors
-/// An OpenAI-shaped 400 naming the field, for anything malformed or out of range.
-#[allow(clippy::too_many_lines)] // one check per field, in the order of OpenAI's reference
-pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Decoded, ApiError> {
-    let raw: Raw = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(&format!("invalid request body: {e}"), None))?;
-    let prompt = match route {
+/// The prompt: chat messages, or a completion's text (each route refuses the other's field).
+fn prompt_of(route: Route, raw: &Raw) -> Result<Prompt, ApiError> {
+    Ok(match route {
         Route::Chat => {
             if raw.prompt.is_some() {
                 return Err(bad("chat completions take messages, not prompt", "prompt"));
@@ -206,29 +200,17 @@ pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Deco
                     "messages",
                 ));
             }
-            Prompt::Text(parse_prompt(raw.prompt)?)
+            Prompt::Text(parse_prompt(raw.prompt.clone())?)
         }
-    };
-    if raw.suffix.as_ref().is_some_and(|s| !s.is_null()) {
-        return Err(bad("suffix is not supported", "suffix"));
-    }
-    let max_tokens = usize_of(range(
-        raw.max_completion_tokens.or(raw.max_tokens),
-        1,
-        i64::try_from(max_tokens_limit).unwrap_or(i64::MAX),
-        "max_tokens",
-    )?);
-    let temperature = range(raw.temperature, 0.0, 2.0, "temperature")?.unwrap_or(1.0);
-    let top_p = range(raw.top_p, 0.0, 1.0, "top_p")?.unwrap_or(1.0);
-    let n = usize_of(range(raw.n, 1, 16, "n")?).unwrap_or(1);
-    let top_k = usize_of(range(raw.top_k, -1, 1 << 20, "top_k")?.map(|k| k.max(0))).unwrap_or(0);
-    let min_p = range(raw.min_p, 0.0, 1.0, "min_p")?.unwrap_or(0.0);
-    let rep = range(raw.repetition_penalty, 0.01, 10.0, "repetition_penalty")?.unwrap_or(1.0);
-    let presence = range(raw.presence_penalty, -2.0, 2.0, "presence_penalty")?.unwrap_or(0.0);
-    let frequency = range(raw.frequency_penalty, -2.0, 2.0, "frequency_penalty")?.unwrap_or(0.0);
-    let logprobs = match route {
+    })
+}
+
+/// Log-probabilities asked for: chat's `logprobs: true` with `top_logprobs` 0..=20, or completions'
+/// `logprobs` 0..=5 (the alternatives per token).
+fn logprobs_of(route: Route, raw: &Raw) -> Result<Option<usize>, ApiError> {
+    Ok(match route {
         // chat: logprobs true/false, top_logprobs 0..=20
-        Route::Chat => match raw.logprobs {
+        Route::Chat => match &raw.logprobs {
             None | Some(Value::Null | Value::Bool(false)) => {
                 if raw.top_logprobs.is_some() {
                     return Err(bad("top_logprobs needs logprobs: true", "top_logprobs"));
@@ -241,30 +223,39 @@ pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Deco
             Some(_) => return Err(bad("logprobs must be true or false", "logprobs")),
         },
         // completions: logprobs = how many alternatives, 0..=5
-        Route::Completions => match raw.logprobs {
+        Route::Completions => match &raw.logprobs {
             None | Some(Value::Null) => None,
             Some(v) => Some(
                 usize_of(range(v.as_i64(), 0, 5, "logprobs")?)
                     .ok_or_else(|| bad("logprobs must be an integer from 0 to 5", "logprobs"))?,
             ),
         },
-    };
-    let json = match raw
-        .response_format
-        .as_ref()
-        .map(|f| f.get("type").and_then(Value::as_str))
-    {
-        None | Some(Some("text")) => false,
-        Some(Some("json_object")) => true,
-        Some(_) => {
-            return Err(bad(
-                "response_format.type must be \"text\" or \"json_object\"",
-                "response_format",
-            ))
-        }
-    };
-    let stream = raw.stream.unwrap_or(false);
-    let include_usage = match &raw.stream_options {
+    })
+}
+
+/// `response_format`: text (the default) or a JSON object.
+fn json_mode(raw: &Raw) -> Result<bool, ApiError> {
+    Ok(
+        match raw
+            .response_format
+            .as_ref()
+            .map(|f| f.get("type").and_then(Value::as_str))
+        {
+            None | Some(Some("text")) => false,
+            Some(Some("json_object")) => true,
+            Some(_) => {
+                return Err(bad(
+                    "response_format.type must be \"text\" or \"json_object\"",
+                    "response_format",
+                ))
+            }
+        },
+    )
+}
+
+/// `stream_options.include_usage` (only with `stream: true`).
+fn include_usage(raw: &Raw, stream: bool) -> Result<bool, ApiError> {
+    Ok(match &raw.stream_options {
         None | Some(Value::Null) => false,
         Some(o) => {
             if !stream {
@@ -284,7 +275,38 @@ pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Deco
                 }
             }
         }
-    };
+    })
+}
+
+/// Decodes and checks a request body for `route`; `max_tokens_limit` is the server's cap.
+///
+/// # Errors
+/// An OpenAI-shaped 400 naming the field, for anything malformed or out of range.
+pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Decoded, ApiError> {
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(&format!("invalid request body: {e}"), None))?;
+    let prompt = prompt_of(route, &raw)?;
+    if raw.suffix.as_ref().is_some_and(|s| !s.is_null()) {
+        return Err(bad("suffix is not supported", "suffix"));
+    }
+    let max_tokens = usize_of(range(
+        raw.max_completion_tokens.or(raw.max_tokens),
+        1,
+        i64::try_from(max_tokens_limit).unwrap_or(i64::MAX),
+        "max_tokens",
+    )?);
+    let temperature = range(raw.temperature, 0.0, 2.0, "temperature")?.unwrap_or(1.0);
+    let top_p = range(raw.top_p, 0.0, 1.0, "top_p")?.unwrap_or(1.0);
+    let n = usize_of(range(raw.n, 1, 16, "n")?).unwrap_or(1);
+    let top_k = usize_of(range(raw.top_k, -1, 1 << 20, "top_k")?.map(|k| k.max(0))).unwrap_or(0);
+    let min_p = range(raw.min_p, 0.0, 1.0, "min_p")?.unwrap_or(0.0);
+    let rep = range(raw.repetition_penalty, 0.01, 10.0, "repetition_penalty")?.unwrap_or(1.0);
+    let presence = range(raw.presence_penalty, -2.0, 2.0, "presence_penalty")?.unwrap_or(0.0);
+    let frequency = range(raw.frequency_penalty, -2.0, 2.0, "frequency_penalty")?.unwrap_or(0.0);
+    let logprobs = logprobs_of(route, &raw)?;
+    let json = json_mode(&raw)?;
+    let stream = raw.stream.unwrap_or(false);
+    let include_usage = include_usage(&raw, stream)?;
     let sampling = Sampling::from_params(temperature, top_p)
         .with_top_k(top_k)
         .with_min_p(min_p);
