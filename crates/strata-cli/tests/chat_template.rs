@@ -42,8 +42,10 @@ fn conversations() -> Vec<Vec<ChatMessage>> {
     ]
 }
 
-#[test]
-fn rendering_matches_python_jinja2() {
+/// Every template × conversation × add_generation_prompt, rendered by Strata and by `tests/python/render_chat.py`
+/// (`flags`: none for jinja2 configured as transformers configures it, `--transformers` for transformers'
+/// own `apply_chat_template`), compared character for character.
+fn compare_with_python(flags: &[&str]) {
     let mut cases = Vec::new();
     let mut ours = Vec::new();
     for (name, source) in TEMPLATES {
@@ -57,11 +59,12 @@ fn rendering_matches_python_jinja2() {
             }
         }
     }
-    let dir = common::fresh_dir("chat-template");
+    let dir = common::fresh_dir(&format!("chat-template{}", flags.join("")));
     let path = dir.join("cases.json");
     std::fs::write(&path, serde_json::to_string(&cases).unwrap()).unwrap();
     let out = std::process::Command::new(common::venv_python())
         .arg(common::repo_root().join("tests/python/render_chat.py"))
+        .args(flags)
         .arg(&path)
         .output()
         .unwrap();
@@ -75,16 +78,28 @@ fn rendering_matches_python_jinja2() {
     let mut errors = 0;
     for ((name, got), want) in ours.iter().zip(&reference) {
         match (got, want) {
-            (Ok(g), serde_json::Value::String(w)) => assert_eq!(g, w, "template {name:?}"),
+            (Ok(g), serde_json::Value::String(w)) => {
+                assert_eq!(g, w, "template {name:?} {flags:?}")
+            }
             (Err(e), serde_json::Value::Object(_)) => {
                 errors += 1;
                 assert!(e.to_string().contains("unknown role tool"), "{e}");
             }
-            (g, w) => panic!("template {name:?}: strata {g:?} vs jinja2 {w}"),
+            (g, w) => panic!("template {name:?}: strata {g:?} vs python {flags:?} {w}"),
         }
     }
     assert_eq!(
         errors, 2,
         "the tool-role conversation raises in the strict template, with and without the prompt"
     );
+}
+
+#[test]
+fn rendering_matches_python_jinja2() {
+    compare_with_python(&[]);
+}
+
+#[test]
+fn chatml_and_every_template_render_as_transformers_apply_chat_template_does() {
+    compare_with_python(&["--transformers"]);
 }
