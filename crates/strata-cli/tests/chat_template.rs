@@ -79,7 +79,7 @@ fn compare_with_python(flags: &[&str]) {
     for ((name, got), want) in ours.iter().zip(&reference) {
         match (got, want) {
             (Ok(g), serde_json::Value::String(w)) => {
-                assert_eq!(g, w, "template {name:?} {flags:?}")
+                assert_eq!(g, w, "template {name:?} {flags:?}");
             }
             (Err(e), serde_json::Value::Object(_)) => {
                 errors += 1;
