@@ -736,7 +736,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use strata_model::{KvCache, Llama};
+    use strata_model::Llama;
 
     fn tiny() -> LlamaConfig {
         strata_model::ModelSpec {
@@ -932,18 +932,29 @@ mod tests {
     }
 
     #[test]
-    fn cached_generation_matches_the_candle_kv_cache() {
+    fn cached_generation_matches_the_full_forward_over_the_whole_prefix() {
+        // the engine decodes token by token from its KV cache; the reference runs candle's training
+        // forward over the whole sequence so far at every step (no cache at all)
         let cfg = tiny();
         let (model, tensors) = random_model(&cfg, 4);
         let m = CpuModel::from_tensors(Path::new("mem"), cfg.clone(), tensors, None).unwrap();
-        let mut kv = KvCache::new(&cfg, 32, &Device::Cpu).unwrap();
         let mut cache = CpuCache::new(&m, 32);
         let (mut a, mut b) = (5u32, 5u32);
+        let mut seq = Vec::new();
         for step in 0..12 {
-            let la: Vec<f32> = model
-                .forward_cached(&Tensor::new(&[[a]], &Device::Cpu).unwrap(), &mut kv)
+            seq.push(a);
+            let full = model
+                .forward(
+                    &Tensor::new(seq.as_slice(), &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                )
+                .unwrap(); // (1, T, V)
+            let la: Vec<f32> = full
+                .get(0)
                 .unwrap()
-                .squeeze(0)
+                .get(seq.len() - 1)
                 .unwrap()
                 .to_vec1()
                 .unwrap();

@@ -1,9 +1,10 @@
-//! The transformer: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query attention) on candle,
-//! with a preallocated KV cache, and its formats (Hugging Face `config.json` + `model.safetensors`).
+//! Model definitions and their formats: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, grouped-query
+//! attention) on candle with LoRA, and the formats models come in and go out as (Hugging Face `config.json` +
+//! `model.safetensors`, GGUF, PEFT adapters).
 //!
-//! The same forward serves training (no cache: the project's fused ops with their own backward — [`fused`],
-//! [`attention`], [`matmul`] — since candle's fused norm/softmax/rope kernels have none) and inference
-//! (with [`KvCache`]).
+//! The forward is the training one (the project's fused ops with their own backward — [`fused`],
+//! [`attention`], [`matmul`] — since candle's fused norm/softmax/rope kernels have none), also used to score
+//! and as the reference the inference engine (`strata-engine`, with its KV cache) is tested against.
 
 pub mod attention;
 mod config;
@@ -11,7 +12,6 @@ pub mod fused;
 pub mod gguf;
 mod gguf_export;
 mod hf;
-mod kv_cache;
 mod llama;
 pub mod lora;
 pub mod matmul;
@@ -25,7 +25,6 @@ pub use hf::{
     check_folder, load_model, read_config, read_safetensors, read_safetensors_bytes, read_weights,
     save_safetensors, write_hf_config, FolderCheck,
 };
-pub use kv_cache::KvCache;
 pub use llama::{init_std, next_token_loss, next_token_loss_sum, seeded_init, Llama, LoraWeights};
 
 #[derive(Debug, thiserror::Error)]

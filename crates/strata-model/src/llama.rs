@@ -4,9 +4,8 @@
 use candle_core::{Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::attention::split_heads;
 use crate::lora::LoraPair;
-use crate::{Context, KvCache, LlamaConfig, Result};
+use crate::{Context, LlamaConfig, Result};
 
 /// RMSNorm by the fused kernel with its own backward (candle's fused `rms_norm` has none).
 struct RmsNorm {
@@ -150,11 +149,6 @@ impl Rope {
             sin: Tensor::from_vec(sin, (max, hd), device).ctx("rope sin")?,
         })
     }
-
-    /// x: (B, nh, T, hd) at positions offset..offset+T.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        crate::fused::rope(x, &self.cos, &self.sin, offset)
-    }
 }
 
 struct Attention {
@@ -194,45 +188,23 @@ impl Attention {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        offset: usize,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
         let (nh, nkv, hd) = (self.n_head, self.n_kv, self.head_dim);
         let q = self.q_proj.forward(x).ctx("q_proj")?; // (B, T, nh*hd)
         let k = self.k_proj.forward(x).ctx("k_proj")?; // (B, T, nkv*hd)
         let v = self.v_proj.forward(x).ctx("v_proj")?;
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f64).sqrt();
-        let y = match cache {
-            // training and scoring: one fused op (RoPE, scores, causal softmax, values, its own backward)
-            None => crate::attention::causal_attention(
-                &q,
-                &k,
-                &v,
-                (&rope.cos, &rope.sin),
-                (nh, nkv, hd),
-                scale,
-                self.window,
-            )?,
-            Some((cache, layer)) => {
-                let q = rope.apply(&split_heads(&q, nh, hd).ctx("split q")?, offset)?;
-                let k = rope.apply(&split_heads(&k, nkv, hd).ctx("split k")?, offset)?;
-                let v = split_heads(&v, nkv, hd).ctx("split v")?;
-                let (k, v) = cache.append(layer, &k, &v)?; // (1, nkv, S, hd), S = offset + T
-                crate::attention::attend(
-                    &q,
-                    &k,
-                    &v,
-                    scale,
-                    self.window,
-                    crate::fused::causal_softmax,
-                )?
-            }
-        }; // (B, T, nh*hd)
+        // one fused op: RoPE, scores, causal softmax, values, with its own backward
+        let y = crate::attention::causal_attention(
+            &q,
+            &k,
+            &v,
+            (&rope.cos, &rope.sin),
+            (nh, nkv, hd),
+            scale,
+            self.window,
+        )?; // (B, T, nh*hd)
         self.o_proj.forward(&y).ctx("o_proj")
     }
 }
@@ -488,30 +460,14 @@ impl Llama {
     /// # Errors
     /// When T exceeds the context or on a shape error.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.run(ids, None)
+        self.run(ids)
     }
 
-    /// Inference forward with the cache: ids (1, T) appended after what is cached → logits of the last
-    /// position (1, V).
-    ///
-    /// # Errors
-    /// When the cache is full or on a shape error.
-    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let t = ids.dim(1).ctx("ids")?;
-        let logits = self.run(ids, Some(cache))?; // (1, T, V)
-        logits
-            .narrow(1, t - 1, 1)
-            .ctx("last")?
-            .squeeze(1)
-            .ctx("squeeze") // (1, V)
-    }
-
-    fn run(&self, ids: &Tensor, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    fn run(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2().ctx("ids must be (B, T)")?;
-        let offset = cache.as_ref().map_or(0, |c| c.len());
-        if offset + t > self.cfg.max_position_embeddings {
+        if t > self.cfg.max_position_embeddings {
             return Err(crate::ModelError::TooLong {
-                needed: offset + t,
+                needed: t,
                 max: self.cfg.max_position_embeddings,
             });
         }
@@ -522,20 +478,14 @@ impl Llama {
         x = x
             .reshape((b, t, self.cfg.hidden_size))
             .ctx("embed reshape")?; // (B, T, D)
-        for (i, block) in self.layers.iter().enumerate() {
+        for block in &self.layers {
             let h = block.input_layernorm.forward(&x)?;
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            let h = block
-                .self_attn
-                .forward(&h, &self.rope, offset, layer_cache)?;
+            let h = block.self_attn.forward(&h, &self.rope)?;
             x = (x + h).ctx("residual attn")?;
             let h = block
                 .mlp
                 .forward(&block.post_attention_layernorm.forward(&x)?)?;
             x = (x + h).ctx("residual mlp")?;
-        }
-        if let Some(c) = cache {
-            c.advance(t);
         }
         let x = self.norm.forward(&x)?; // (B, T, D)
         self.lm_head.forward(&x).ctx("lm_head") // (B, T, V)
@@ -574,20 +524,6 @@ mod tests {
     use crate::test_util::tiny;
 
     #[test]
-    fn cached_decode_matches_full_forward() {
-        assert_cached_matches_full(&tiny());
-    }
-
-    #[test]
-    fn cached_decode_matches_full_forward_with_a_sliding_window_and_biases() {
-        let mut cfg = tiny();
-        cfg.sliding_window = Some(3);
-        cfg.architectures = vec!["Qwen2ForCausalLM".into()];
-        cfg.use_sliding_window = Some(true);
-        assert_cached_matches_full(&cfg);
-    }
-
-    #[test]
     fn a_detached_model_gives_the_same_logits_without_a_graph() {
         let cfg = tiny();
         let (vm, model) = crate::test_util::new_model(&cfg);
@@ -613,60 +549,6 @@ mod tests {
         var.set(&var.as_tensor().zeros_like().unwrap()).unwrap();
         let after = crate::test_util::logits(&model.detached(), &ids);
         assert!(after.iter().all(|&v| v == 0.0), "{name}");
-    }
-
-    fn assert_cached_matches_full(cfg: &LlamaConfig) {
-        let (vm, model) = crate::test_util::new_model(cfg);
-        for (name, var) in vm.data().lock().unwrap().iter() {
-            if name.ends_with(".bias") {
-                var.set(&Tensor::randn(0f32, 0.5, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-            }
-        }
-        let ids: Vec<u32> = vec![3, 7, 1, 9, 4, 4, 2];
-        let full = model
-            .forward(
-                &Tensor::new(ids.as_slice(), &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-            )
-            .unwrap(); // (1, 7, V)
-        let mut cache = KvCache::new(cfg, 16, &Device::Cpu).unwrap();
-        // prompt of 4, then 3 single tokens
-        let mut rows = vec![model
-            .forward_cached(
-                &Tensor::new(&ids[..4], &Device::Cpu)
-                    .unwrap()
-                    .unsqueeze(0)
-                    .unwrap(),
-                &mut cache,
-            )
-            .unwrap()];
-        for &id in &ids[4..] {
-            rows.push(
-                model
-                    .forward_cached(
-                        &Tensor::new(&[id], &Device::Cpu)
-                            .unwrap()
-                            .unsqueeze(0)
-                            .unwrap(),
-                        &mut cache,
-                    )
-                    .unwrap(),
-            );
-        }
-        for (k, pos) in [3usize, 4, 5, 6].iter().enumerate() {
-            let want: Vec<f32> = full.get(0).unwrap().get(*pos).unwrap().to_vec1().unwrap();
-            let got: Vec<f32> = rows[k].get(0).unwrap().to_vec1().unwrap();
-            let err = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(err < 1e-4, "position {pos}: max abs err {err}");
-        }
-        assert_eq!(cache.len(), 7);
     }
 
     #[test]
