@@ -4,6 +4,10 @@
 //!
 //! Bad records never stop the run: a line that is not JSON, a record without the text field, or a file that
 //! is not UTF-8 goes to the quarantine with its file, line and reason, and is counted.
+//!
+//! One file per kind of source (`sources.rs` text, `tabular.rs` tables, `web.rs` HTML and WARC, `fetch.rs`
+//! URL lists); image folders and DICOM studies come in as sources of their own beside them, writing image
+//! datasets through the same store and quarantine.
 
 mod fetch;
 mod sources;

@@ -1,6 +1,8 @@
 //! Stage 2: a pipeline of small stages over a dataset. Each stage is a one-method trait in its own file,
 //! and [`StageConfig`] (a serde-tagged enum) lets the whole pipeline be written in TOML and saved with the
-//! artifact. Per-stage kept/removed counts go to `stats.json`.
+//! artifact. Per-stage kept/removed counts go to `stats.json`. De-identification itself lives in
+//! `strata-deid` (`pii.rs` is the stage that runs it); image stages (de-identification of pixels, perceptual
+//! dedup, patient-level splits) go beside these text stages, one file each.
 
 mod c4;
 mod chars;
