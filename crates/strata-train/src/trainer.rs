@@ -530,13 +530,6 @@ fn validate(
         if i > 0 {
             continue;
         }
-        tracing::info!(
-            "{} step {done}/{}: val loss {:.3} (ppl {:.1})",
-            job.name,
-            job.cfg.steps,
-            p.nll,
-            p.ppl
-        );
         let improved = m
             .state
             .best_val
@@ -627,6 +620,13 @@ fn run_loop(
             let (first, all) = validate(job, m, val_sets, done, &ckpt_dir)?;
             #[allow(clippy::cast_possible_truncation)]
             if let Some(p) = first {
+                tracing::info!(
+                    "{} step {done}/{}: train loss {loss:.3}, val loss {:.3} (ppl {:.1}), {tps:.0} tok/s",
+                    job.name,
+                    job.cfg.steps,
+                    p.nll,
+                    p.ppl
+                );
                 val_loss = Some(p.nll as f32);
                 end.last_val = Some(p);
             }
