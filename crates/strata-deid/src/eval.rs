@@ -14,7 +14,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{io_err, Deid, DeidError, PiiSpan, Result};
+use strata_records::{io_err, RecordsError};
+
+use crate::{Deid, PiiSpan, Result};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LabelledSpan {
@@ -47,7 +49,7 @@ pub fn read_notes(path: &Path) -> Result<Vec<LabelledNote>> {
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |reason: String| DeidError::Record {
+        let bad = |reason: String| RecordsError::Record {
             path: path.to_path_buf(),
             line: i + 1,
             reason,
@@ -63,7 +65,8 @@ pub fn read_notes(path: &Path) -> Result<Vec<LabelledNote>> {
             return Err(bad(format!(
                 "span {}..{} ({}) is outside the text's {n} characters or empty",
                 s.start, s.end, s.label
-            )));
+            ))
+            .into());
         }
         out.push(note);
     }

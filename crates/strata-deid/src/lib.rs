@@ -37,18 +37,9 @@ pub use surrogate::{shift_date, Surrogates};
 /// Errors of de-identification; each names the file (and line) involved and, for the lexicon, how to get it.
 #[derive(Debug, thiserror::Error)]
 pub enum DeidError {
-    #[error("{path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}:{line}: {reason}")]
-    Record {
-        path: std::path::PathBuf,
-        line: usize,
-        reason: String,
-    },
+    /// A file of labelled notes that cannot be read, or a line of it that is not a note.
+    #[error(transparent)]
+    Records(#[from] strata_records::RecordsError),
     #[error(
         "PII lexicon {path}: {reason} (build it with `scripts/fetch-data.sh --lexicon`, or choose the \
          rule-only mode explicitly with `--pii-lexicon none`)"
@@ -67,10 +58,3 @@ pub enum DeidError {
 }
 
 pub type Result<T, E = DeidError> = std::result::Result<T, E>;
-
-pub(crate) fn io_err(
-    path: impl Into<std::path::PathBuf>,
-) -> impl FnOnce(std::io::Error) -> DeidError {
-    let path = path.into();
-    move |source| DeidError::Io { path, source }
-}
