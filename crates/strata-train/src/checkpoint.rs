@@ -16,10 +16,9 @@ const SUFFIX: &str = ".safetensors";
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RunState {
     pub step: usize,
-    /// Best validation loss so far, the step it was measured after, and evaluations since it improved
-    /// (early stopping).
+    /// Best validation loss so far and evaluations since it improved (early stopping; the best weights and
+    /// their step are in `best.safetensors`, see [`save_best`]).
     pub best_val: Option<f64>,
-    pub best_step: Option<usize>,
     pub stale_evals: usize,
 }
 
@@ -110,10 +109,6 @@ pub fn save(
                 .map_or_else(String::new, |v| format!("{v:e}")),
         ),
         ("stale_evals", state.stale_evals.to_string()),
-        (
-            "best_step",
-            state.best_step.map_or_else(String::new, |s| s.to_string()),
-        ),
     ];
     let path = dir.join(format!("{PREFIX}{:08}{SUFFIX}", state.step));
     strata_model::save_safetensors(&all, &path, &meta)?;
@@ -158,7 +153,6 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
             reason: "no step in metadata".into(),
         })?;
     let best_val = meta.get("best_val").and_then(|s| s.parse().ok());
-    let best_step = meta.get("best_step").and_then(|s| s.parse().ok());
     let stale_evals = meta
         .get("stale_evals")
         .and_then(|s| s.parse().ok())
@@ -176,7 +170,6 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
         state: RunState {
             step,
             best_val,
-            best_step,
             stale_evals,
         },
         weights,
@@ -199,7 +192,6 @@ mod tests {
             let state = RunState {
                 step,
                 best_val: (step > 5).then_some(2.5),
-                best_step: (step > 5).then_some(10),
                 stale_evals: step / 5,
             };
             save(d.path(), &w, HashMap::new(), state, 2).unwrap();
@@ -212,7 +204,6 @@ mod tests {
             RunState {
                 step: 20,
                 best_val: Some(2.5),
-                best_step: Some(10),
                 stale_evals: 4
             }
         );

@@ -536,7 +536,6 @@ fn validate(
             .is_none_or(|best| p.nll < best - job.cfg.early_stop_min_delta);
         if improved {
             m.state.best_val = Some(p.nll);
-            m.state.best_step = Some(done);
             m.state.stale_evals = 0;
             if job.cfg.early_stop_patience.is_some() {
                 checkpoint::save_best(ckpt_dir, &named(&m.vars), done, p.nll)?;
@@ -795,13 +794,15 @@ fn publish(
     if let Some(why) = end.stopped {
         counts.insert("stopped".into(), why.into());
     }
-    if let Some(p) = end.last_val {
-        counts.insert("val_loss".into(), p.nll.into());
-        counts.insert("val_ppl".into(), p.ppl.into());
-    }
-    if let Some((step, val)) = best {
-        // the published weights are those of the best validation, which may be an earlier step
-        counts.insert("best_step".into(), step.into());
+    // the published weights' validation loss: the best validation's (maybe an earlier step), else the last
+    let val = match best {
+        Some((step, val)) => {
+            counts.insert("best_step".into(), step.into());
+            Some(val)
+        }
+        None => end.last_val.map(|p| p.nll),
+    };
+    if let Some(val) = val {
         counts.insert("val_loss".into(), val.into());
         counts.insert("val_ppl".into(), val.exp().into());
     }

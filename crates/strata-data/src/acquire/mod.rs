@@ -20,9 +20,26 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use strata_store::{InputRef, Kind, Manifest, Store};
 
-use crate::io::{Quarantine, ShardWriter};
+use crate::io::{Quarantine, QuarantineRecord, ShardWriter};
 use crate::tasks::StepReport;
 use crate::Result;
+
+/// Quarantines what is left of a file that cannot be read further (its line, the reason, no raw content) and
+/// ends that file's reading; the run goes on with the next file.
+pub(crate) fn skip_rest(
+    quarantine: &mut Quarantine,
+    source: &str,
+    line: usize,
+    reason: String,
+) -> Result<()> {
+    quarantine.add(QuarantineRecord {
+        source: source.to_string(),
+        line,
+        reason,
+        raw: String::new(),
+    })?;
+    Ok(())
+}
 
 pub use fetch::{fetch_all, parse_list, FetchConfig, Fetched, Outcome};
 pub use sources::{resolve_inputs, SourceFormat};

@@ -209,14 +209,12 @@ fn read_lines(
             Ok(_) => {}
             Err(e) => {
                 // A truncated or corrupt compressed stream: keep what was read, record the failure.
-                return quarantine
-                    .add(QuarantineRecord {
-                        source: source.to_string(),
-                        line: line_no + 1,
-                        reason: format!("read error, rest of file skipped: {e}"),
-                        raw: String::new(),
-                    })
-                    .map_err(Into::into);
+                return super::skip_rest(
+                    quarantine,
+                    source,
+                    line_no + 1,
+                    format!("read error, rest of file skipped: {e}"),
+                );
             }
         }
         line_no += 1;

@@ -69,26 +69,22 @@ pub(crate) fn read_csv(
     let headers = match reader.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
-            return quarantine
-                .add(record(
-                    &source,
-                    1,
-                    format!("unreadable header row: {e}"),
-                    String::new(),
-                ))
-                .map_err(Into::into);
+            return super::skip_rest(
+                quarantine,
+                &source,
+                1,
+                format!("unreadable header row: {e}"),
+            );
         }
     };
     let Some(col) = headers.iter().position(|h| h == text_column) else {
         let names: Vec<&str> = headers.iter().collect();
-        return quarantine
-            .add(record(
-                &source,
-                1,
-                format!("no column {text_column:?} (columns: {})", names.join(", ")),
-                String::new(),
-            ))
-            .map_err(Into::into);
+        return super::skip_rest(
+            quarantine,
+            &source,
+            1,
+            format!("no column {text_column:?} (columns: {})", names.join(", ")),
+        );
     };
     let mut row = csv::ByteRecord::new();
     loop {
@@ -99,14 +95,12 @@ pub(crate) fn read_csv(
             Err(e) => {
                 let line = e.position().map_or(line, |p| line_no(p.line()));
                 if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                    return quarantine
-                        .add(record(
-                            &source,
-                            line,
-                            format!("read error, rest of file skipped: {e}"),
-                            String::new(),
-                        ))
-                        .map_err(Into::into);
+                    return super::skip_rest(
+                        quarantine,
+                        &source,
+                        line,
+                        format!("read error, rest of file skipped: {e}"),
+                    );
                 }
                 quarantine.add(record(
                     &source,
@@ -174,14 +168,12 @@ pub(crate) fn read_parquet(
     {
         Ok(r) => r,
         Err(e) => {
-            return quarantine
-                .add(record(
-                    &source,
-                    0,
-                    format!("not a readable Parquet file: {e}"),
-                    String::new(),
-                ))
-                .map_err(Into::into);
+            return super::skip_rest(
+                quarantine,
+                &source,
+                0,
+                format!("not a readable Parquet file: {e}"),
+            );
         }
     };
     let mut row_no = 0usize;
@@ -189,14 +181,12 @@ pub(crate) fn read_parquet(
         let batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                return quarantine
-                    .add(record(
-                        &source,
-                        row_no + 1,
-                        format!("read error, rest of file skipped: {e}"),
-                        String::new(),
-                    ))
-                    .map_err(Into::into);
+                return super::skip_rest(
+                    quarantine,
+                    &source,
+                    row_no + 1,
+                    format!("read error, rest of file skipped: {e}"),
+                );
             }
         };
         let Some(col) = batch.schema().index_of(text_column).ok() else {
@@ -206,26 +196,22 @@ pub(crate) fn read_parquet(
                 .iter()
                 .map(|f| f.name().clone())
                 .collect();
-            return quarantine
-                .add(record(
-                    &source,
-                    0,
-                    format!("no column {text_column:?} (columns: {})", names.join(", ")),
-                    String::new(),
-                ))
-                .map_err(Into::into);
+            return super::skip_rest(
+                quarantine,
+                &source,
+                0,
+                format!("no column {text_column:?} (columns: {})", names.join(", ")),
+            );
         };
         let texts = match string_column(batch.column(col).as_ref()) {
             Ok(t) => t,
             Err(kind) => {
-                return quarantine
-                    .add(record(
-                        &source,
-                        0,
-                        format!("column {text_column:?} holds {kind}, not strings"),
-                        String::new(),
-                    ))
-                    .map_err(Into::into);
+                return super::skip_rest(
+                    quarantine,
+                    &source,
+                    0,
+                    format!("column {text_column:?} holds {kind}, not strings"),
+                );
             }
         };
         for (i, text) in texts.into_iter().enumerate() {

@@ -84,9 +84,7 @@ pub(crate) fn read_html(
                 meta,
             })
         }
-        Err(reason) => quarantine
-            .add(quarantined(&source, 0, reason))
-            .map_err(Into::into),
+        Err(reason) => super::skip_rest(quarantine, &source, 0, reason),
     }
 }
 
@@ -112,13 +110,12 @@ pub(crate) fn read_warc(
         let rec = match rec {
             Ok(r) => r,
             Err(e) => {
-                return quarantine
-                    .add(quarantined(
-                        &source,
-                        n,
-                        format!("malformed WARC record, rest of file skipped: {e}"),
-                    ))
-                    .map_err(Into::into);
+                return super::skip_rest(
+                    quarantine,
+                    &source,
+                    n,
+                    format!("malformed WARC record, rest of file skipped: {e}"),
+                );
             }
         };
         if rec.warc_type() != &warc::RecordType::Response {

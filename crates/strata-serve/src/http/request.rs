@@ -181,7 +181,7 @@ fn usize_of(v: Option<i64>) -> Option<usize> {
 }
 
 /// The prompt: chat messages, or a completion's text (each route refuses the other's field).
-fn prompt_of(route: Route, raw: &Raw) -> Result<Prompt, ApiError> {
+fn prompt_of(route: Route, raw: &mut Raw) -> Result<Prompt, ApiError> {
     Ok(match route {
         Route::Chat => {
             if raw.prompt.is_some() {
@@ -200,7 +200,7 @@ fn prompt_of(route: Route, raw: &Raw) -> Result<Prompt, ApiError> {
                     "messages",
                 ));
             }
-            Prompt::Text(parse_prompt(raw.prompt.clone())?)
+            Prompt::Text(parse_prompt(raw.prompt.take())?)
         }
     })
 }
@@ -283,9 +283,9 @@ fn include_usage(raw: &Raw, stream: bool) -> Result<bool, ApiError> {
 /// # Errors
 /// An OpenAI-shaped 400 naming the field, for anything malformed or out of range.
 pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Decoded, ApiError> {
-    let raw: Raw = serde_json::from_slice(body)
+    let mut raw: Raw = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(&format!("invalid request body: {e}"), None))?;
-    let prompt = prompt_of(route, &raw)?;
+    let prompt = prompt_of(route, &mut raw)?;
     if raw.suffix.as_ref().is_some_and(|s| !s.is_null()) {
         return Err(bad("suffix is not supported", "suffix"));
     }
