@@ -33,6 +33,7 @@ pub struct Cli {
 pub enum Command {
     /// Read raw files into a dataset: txt/md, jsonl (.gz/.zst; text or chat `messages` records), Parquet,
     /// CSV/TSV, HTML and WARC (main content), and URL lists fetched politely; files, folders or globs.
+    /// Inputs of images (PNG/JPEG/BMP, DICOM single- or multi-frame) make an image dataset instead.
     Acquire(AcquireArgs),
     /// Normalise, filter and deduplicate a dataset into a new one.
     Preprocess(PreprocessArgs),
@@ -82,6 +83,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// Print what an artifact was made from, back to the raw files, with hashes.
     Lineage(LineageArgs),
+    /// Summarise a dataset (records, labels, splits); with --png, draw a contact sheet of an image dataset.
+    Show(ShowArgs),
     /// List the artifacts in the store.
     Ls,
 }
@@ -131,6 +134,16 @@ pub struct AcquireArgs {
     /// URL lists: largest body accepted, in bytes.
     #[arg(long, default_value_t = 10 << 20)]
     pub max_bytes: u64,
+    /// Images: DICOM cine loops keep every k-th frame (1: all).
+    #[arg(long, default_value_t = 1)]
+    pub frame_step: u32,
+    /// Images: refuse a file declaring more pixels than this (all frames together; decompression bombs).
+    #[arg(long, default_value_t = strata_image::acquire::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Images: the labels sidecar (CSV/JSONL: file, label or labels, optional text, patient, study, split);
+    /// by default labels.csv/labels.jsonl at the top of an input folder, else sub-folder names (ImageFolder).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +219,55 @@ pub struct PreprocessArgs {
     /// Run every phase here as N tasks, one after another (the same files as a cluster run would write).
     #[arg(long)]
     pub tasks: Option<usize>,
+    #[command(flatten)]
+    pub images: ImageStageArgs,
+}
+
+/// Image datasets (`strata preprocess` on one runs these instead of the text stages): decode check, pixel
+/// limit and blank frames always; the rest when asked.
+#[derive(Debug, Args)]
+pub struct ImageStageArgs {
+    /// Images: drop images of more pixels than this.
+    #[arg(long = "image-max-pixels", default_value_t = strata_image::acquire::DEFAULT_MAX_PIXELS)]
+    pub image_max_pixels: u64,
+    /// Images: drop blank and constant frames (luminance standard deviation under this).
+    #[arg(long, default_value_t = 2.0)]
+    pub min_std: f64,
+    /// Images: remove near-duplicates by perceptual hash (the later id of each pair; pairs in
+    /// dedup_pairs.jsonl).
+    #[arg(long)]
+    pub phash_dedup: bool,
+    /// Images: the Hamming distance (of 64 bits) at which two images are near-duplicates, and at which a
+    /// val/test image is a leak of a train image.
+    #[arg(long, default_value_t = 6)]
+    pub phash_distance: u32,
+    /// Images: assign train/val/test by patient pseudonym (all images of a patient in one split).
+    #[arg(long)]
+    pub split_by_patient: bool,
+    /// Images: with --split-by-patient, the share of patients in val.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Images: with --split-by-patient, the share of patients in test.
+    #[arg(long, default_value_t = 0.1)]
+    pub test_fraction: f64,
+    /// Images: resize to fit WxH and pad (letterbox), e.g. 224x224; the original size stays in the record.
+    #[arg(long, value_name = "WxH")]
+    pub resize: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A dataset of the store.
+    pub dataset: String,
+    /// Draw a contact sheet (thumbnails with ids and labels) of an image dataset into this PNG.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    /// Images on the sheet at most (the first by id).
+    #[arg(long, default_value_t = 48)]
+    pub max: usize,
+    /// Thumbnails per row.
+    #[arg(long, default_value_t = 8)]
+    pub cols: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -577,6 +639,39 @@ pub enum DeidCommand {
         #[arg(long, default_value = "stdin")]
         id: String,
     },
+    /// De-identify DICOM files (a file or a folder, relative paths kept) as PS3.15 Annex E defines it: the
+    /// Basic Profile with Retain Longitudinal Temporal Information (Modified Dates) and Clean Descriptors.
+    /// UIDs and pseudonyms are keyed by the secret; dates move by the patient's offset (the one `--pii
+    /// surrogate` uses for notes with that patient_id); burned-in text outside the ultrasound regions is
+    /// blanked. Files that cannot be de-identified are listed in OUT/quarantine.jsonl, not written.
+    Dicom(DeidDicomArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeidDicomArgs {
+    /// A DICOM file or a folder of them.
+    pub input: PathBuf,
+    /// The output folder.
+    pub output: PathBuf,
+    /// The secret that keys new UIDs, pseudonyms and date offsets; keep it to de-identify later files of the
+    /// same patients consistently.
+    #[arg(
+        long,
+        env = "STRATA_DEID_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub secret: String,
+    /// The lexicon for kept descriptors (scripts/fetch-data.sh --lexicon), or `none` for the rule-only mode.
+    #[arg(long, default_value = "data/lexicon/deid", value_name = "DIR|none")]
+    pub lexicon: PathBuf,
+    /// A rectangle X0,Y0,X1,Y1 (inclusive pixels) blanked in every frame, repeatable: for files with burned-in
+    /// text and no Sequence of Ultrasound Regions.
+    #[arg(long = "blank", value_name = "X0,Y0,X1,Y1")]
+    pub blank: Vec<String>,
+    /// Refuse files declaring more pixels than this.
+    #[arg(long, default_value_t = strata_image::acquire::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -619,6 +714,31 @@ pub enum DomainCommand {
         /// Seed of the wrong choices and their order.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Simulated B-mode ultrasound images (no download): speckle from scatterers, attenuation and TGC, log
+    /// compression, linear and sector probes; liver, gallbladder, kidney, thyroid and breast, normal or with
+    /// a cyst, stone, solid mass, hyperechoic lesion, steatosis or hydronephrosis. Writes images/ and
+    /// labels.jsonl (labels, report, patient, ground truth) for `strata acquire`, or with --dicom ultrasound
+    /// DICOM with invented patient data and a burned-in header, and reports.jsonl.
+    UltrasoundImages {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Images to write.
+        #[arg(long, default_value_t = 64)]
+        count: usize,
+        /// Seed (the same seed writes the same bytes).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Width and height of each image, pixels.
+        #[arg(long, default_value_t = 256)]
+        size: u32,
+        /// Write DICOM files instead of PNGs.
+        #[arg(long)]
+        dicom: bool,
+        /// With --dicom: frames per file (a cine loop when over 1).
+        #[arg(long, default_value_t = 1)]
+        frames: usize,
     },
 }
 

@@ -15,6 +15,8 @@ use crate::{PiiMode, PiiRedact};
 pub struct Deid {
     cfg: PiiRedact,
     lexicon: Option<Arc<Lexicon>>,
+    /// Keys the per-patient surrogates (never in a manifest).
+    secret: String,
 }
 
 impl std::fmt::Debug for Deid {
@@ -22,6 +24,7 @@ impl std::fmt::Debug for Deid {
         f.debug_struct("Deid")
             .field("cfg", &self.cfg)
             .field("lexicon", &self.lexicon.is_some())
+            .field("secret", &(!self.secret.is_empty()).then_some("<set>"))
             .finish()
     }
 }
@@ -49,6 +52,7 @@ impl Deid {
         Ok(Self {
             cfg: cfg.clone(),
             lexicon,
+            secret: String::new(),
         })
     }
 
@@ -58,6 +62,7 @@ impl Deid {
         Self {
             cfg: cfg.clone(),
             lexicon: None,
+            secret: String::new(),
         }
     }
 
@@ -67,6 +72,24 @@ impl Deid {
         Self {
             cfg: cfg.clone(),
             lexicon: Some(Arc::new(lexicon)),
+            secret: String::new(),
+        }
+    }
+
+    /// With the secret that keys per-patient surrogates ([`crate::patient_key`]).
+    #[must_use]
+    pub fn with_secret(mut self, secret: &str) -> Self {
+        self.secret = secret.to_string();
+        self
+    }
+
+    /// The surrogate key of a document: its patient's ([`crate::patient_key`]) when it names one, so that
+    /// a patient's notes and images move their dates by one offset; else its id.
+    #[must_use]
+    pub fn doc_key(&self, id: &str, patient: Option<&str>) -> String {
+        match patient {
+            Some(p) if !p.is_empty() => crate::patient_key(&self.secret, p),
+            _ => id.to_string(),
         }
     }
 

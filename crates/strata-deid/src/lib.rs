@@ -32,7 +32,7 @@ pub use config::{PiiMode, PiiRedact};
 pub use deid::Deid;
 pub use lexicon::Lexicon;
 pub use span::{PiiKind, PiiSpan};
-pub use surrogate::{shift_date, Surrogates};
+pub use surrogate::{patient_key, patient_shift_days, shift_date, Surrogates};
 
 /// Errors of de-identification; each names the file (and line) involved and, for the lexicon, how to get it.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,20 @@ const CN_GIVEN: [char; 16] = [
 const CN_CITIES: [&str; 4] = ["江城市", "云州市", "临川市", "海平市"];
 const CN_ROADS: [&str; 4] = ["和平路", "建设路", "文化路", "青年路"];
 
+/// The key of a patient's surrogates: a note with `patient_id` in its metadata and that patient's DICOM
+/// files (`strata deid dicom`) are keyed by it, so their dates move by the same offset. `secret` is the one
+/// the user keeps (STRATA_DEID_SECRET); without it the offset of a known patient ID could be recomputed.
+#[must_use]
+pub fn patient_key(secret: &str, patient: &str) -> String {
+    format!("patient\u{1}{secret}\u{1}{patient}")
+}
+
+/// The days a patient's dates move by, in notes and images alike.
+#[must_use]
+pub fn patient_shift_days(secret: &str, patient: &str) -> i64 {
+    Surrogates::new(&patient_key(secret, patient), None).shift_days()
+}
+
 /// The surrogates of one document.
 pub struct Surrogates<'a> {
     seed: u64,

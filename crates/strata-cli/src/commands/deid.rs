@@ -67,6 +67,7 @@ fn lexicon_or_fail(dir: &Path) -> anyhow::Result<Deid> {
 
 pub fn run(c: &DeidCommand) -> anyhow::Result<ExitCode> {
     match c {
+        DeidCommand::Dicom(a) => super::images::deid_dicom(a),
         DeidCommand::Eval {
             notes,
             lexicon,

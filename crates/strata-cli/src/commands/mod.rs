@@ -13,6 +13,7 @@ pub mod demo;
 pub mod eval;
 mod export;
 mod generate;
+mod images;
 pub mod import;
 mod lineage;
 mod ls;
@@ -32,9 +33,22 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
     if let Command::Deid(c) = &args.command {
         return deid::run(c);
     }
+    if let Command::Domain(c) = &args.command {
+        return domain(args, c);
+    }
     let store = open_store(args)?;
     match &args.command {
+        Command::Acquire(a) if strata_image::acquire::is_image_input(&a.inputs)? => {
+            images::acquire(&store, a)
+        }
         Command::Acquire(a) => acquire::run(&store, a),
+        Command::Preprocess(a)
+            if strata_image::dataset::is_image_dataset(
+                &store.dir(strata_store::Kind::Dataset, &a.input),
+            ) =>
+        {
+            images::preprocess(&store, &a.input, &a.output, &a.images)
+        }
         Command::Preprocess(a) => preprocess::run(&store, a),
         Command::Tokenize(c) => tokenize::run(&store, c),
         Command::Train(a) => train::run_train(&store, a),
@@ -63,13 +77,23 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Domain(DomainCommand::Reports {
+        Command::Lineage(a) => lineage::run(&store, a),
+        Command::Show(a) => images::show(&store, a),
+        Command::Ls => ls::run(&store),
+        Command::Domain(c) => domain(args, c),
+    }
+}
+
+/// `strata domain`: the simulator needs no store (none is created); the others read a dataset of one.
+fn domain(args: &Cli, c: &DomainCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        DomainCommand::Reports {
             dataset,
             out,
             prefix,
             seed,
-        }) => {
-            let dir = store.require(strata_store::Kind::Dataset, dataset)?;
+        } => {
+            let dir = open_store(args)?.require(strata_store::Kind::Dataset, dataset)?;
             let c = strata_domain::build_report_task(&dir, out, prefix, *seed)?;
             println!(
                 "{dataset} → {}: {} held-out reports as a 4-choice task, {} training reports as chat pairs, \
@@ -81,17 +105,17 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Domain(DomainCommand::Terms {
+        DomainCommand::Terms {
             dataset,
             out,
             prefix,
-        }) => {
-            let dir = store.require(strata_store::Kind::Dataset, dataset)?;
+        } => {
+            let dir = open_store(args)?.require(strata_store::Kind::Dataset, dataset)?;
             let n = strata_domain::build_terminology_pairs(&dir, out, prefix)?;
             println!("{dataset} → {}: {n} terminology pairs", out.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Domain(DomainCommand::Pubmedqa { out }) => {
+        DomainCommand::Pubmedqa { out } => {
             let c = strata_domain::build_pubmedqa(out)?;
             println!(
                 "pubmedqa → {}: {} test questions (task + abstracts), {} training items (documents + chat)",
@@ -101,7 +125,13 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lineage(a) => lineage::run(&store, a),
-        Command::Ls => ls::run(&store),
+        DomainCommand::UltrasoundImages {
+            out,
+            count,
+            seed,
+            size,
+            dicom,
+            frames,
+        } => images::simulate(out, *count, *seed, *size, *dicom, *frames),
     }
 }

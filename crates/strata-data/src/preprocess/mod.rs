@@ -143,7 +143,10 @@ impl StageConfig {
             StageConfig::GopherQuality(g) => Box::new(g.clone()),
             StageConfig::GopherRepetition(g) => Box::new(g.clone()),
             StageConfig::MinhashDedup(c) => Box::new(MinHashDedup::new(c.clone())),
-            StageConfig::PiiRedact(p) => Box::new(Deid::new(p)?),
+            // the secret keying per-patient surrogates is the user's, never in a config or manifest
+            StageConfig::PiiRedact(p) => Box::new(
+                Deid::new(p)?.with_secret(&std::env::var("STRATA_DEID_SECRET").unwrap_or_default()),
+            ),
             StageConfig::Language(l) => Box::new(l.clone()),
             StageConfig::C4Quality(c) => Box::new(c.clone()),
             StageConfig::FinewebQuality(f) => Box::new(f.clone()),

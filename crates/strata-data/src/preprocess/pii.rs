@@ -1,5 +1,6 @@
 //! The PII stage of preprocessing: [`strata_deid::Deid`] applied to each document, its counts per kind in
-//! the document's metadata as `pii: {kind: n}`.
+//! the document's metadata as `pii: {kind: n}`. A document whose metadata names its `patient_id` is keyed by
+//! that patient (with the secret of STRATA_DEID_SECRET), so its dates move as the patient's DICOM files do.
 
 use strata_deid::Deid;
 
@@ -11,7 +12,9 @@ impl Stage for Deid {
         "pii_redact"
     }
     fn apply(&self, mut doc: Doc) -> Verdict {
-        let (text, counts) = self.redact_keyed(&doc.text, &doc.id);
+        let patient = doc.meta.get("patient_id").and_then(|v| v.as_str());
+        let key = self.doc_key(&doc.id, patient);
+        let (text, counts) = self.redact_keyed(&doc.text, &key);
         if !counts.is_empty() {
             let m: serde_json::Map<String, serde_json::Value> = counts
                 .into_iter()
