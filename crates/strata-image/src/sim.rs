@@ -858,3 +858,110 @@ pub fn generate(
     strata_store::write_atomic(out.join(name), sidecar.as_bytes())?;
     Ok(counts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scene(organ: &str, finding: &str, size: f64, depth: f64) -> Scene {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut sc = Scene::with_finding(organ, finding, &mut rng);
+        sc.size_mm = size;
+        sc.depth_mm = depth;
+        sc.lateral_mm = 0.0;
+        sc.focus_mm = depth;
+        sc
+    }
+
+    /// Mean envelope over beam lines `l0..l1` and depths `z0..z1` mm.
+    fn mean_env(s: &Simulated, l0: usize, l1: usize, z0: f64, z1: f64) -> f64 {
+        let (mut sum, mut n) = (0.0, 0.0);
+        for l in l0..l1 {
+            for k in 0..s.samples {
+                let z = (k as f64 + 0.5) / s.samples as f64 * s.scene.fov_depth_mm;
+                if z >= z0 && z < z1 {
+                    sum += s.envelope[l * s.samples + k];
+                    n += 1.0;
+                }
+            }
+        }
+        sum / n
+    }
+
+    #[test]
+    fn uniform_tissue_has_rayleigh_speckle() {
+        // a normal thyroid at high resolution; a patch of the lobe, inside one depth band at the focus
+        let mut sc = scene("breast", "normal", 0.0, 30.0);
+        sc.organ = "uniform".into();
+        let s = simulate(&sc, 512, 512);
+        let mut v = Vec::new();
+        for l in 64..448 {
+            for k in 0..s.samples {
+                let z = (k as f64 + 0.5) / s.samples as f64 * sc.fov_depth_mm;
+                if (25.0..35.0).contains(&z) {
+                    v.push(s.envelope[l * s.samples + k]);
+                }
+            }
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let snr = mean / sd;
+        eprintln!("envelope SNR {snr:.3} over {n} samples");
+        // Rayleigh: mean/sd = sqrt(pi / (4 - pi)) = 1.913
+        assert!((snr - 1.913).abs() < 0.08, "SNR {snr:.3} over {n} samples");
+    }
+
+    #[test]
+    fn a_cyst_is_dark_and_brightens_what_lies_behind_it() {
+        let sc = scene("liver", "cyst", 24.0, 70.0);
+        let s = simulate(&sc, 256, 256);
+        let mid = s.lines / 2;
+        let side = s.lines / 2 + s.lines / 5; // beside the cyst, same depths
+        let w = 4;
+        let inside = mean_env(&s, mid - w, mid + w, 64.0, 76.0);
+        let around = mean_env(&s, side - w, side + w, 64.0, 76.0);
+        let behind = mean_env(&s, mid - w, mid + w, 90.0, 120.0);
+        let beside = mean_env(&s, side - w, side + w, 90.0, 120.0);
+        eprintln!("cyst {inside:.3}, tissue {around:.3}, behind {behind:.3}, beside {beside:.3}");
+        assert!(
+            inside < 0.2 * around,
+            "cyst {inside:.3} vs tissue {around:.3}"
+        );
+        assert!(
+            behind > 1.3 * beside,
+            "enhancement: {behind:.3} vs {beside:.3}"
+        );
+    }
+
+    #[test]
+    fn a_stone_shadows_what_lies_behind_it() {
+        let sc = scene("gallbladder", "gallstone", 12.0, 65.0);
+        let s = simulate(&sc, 256, 256);
+        let mid = s.lines / 2;
+        let side = s.lines / 2 + s.lines / 4;
+        let behind = mean_env(&s, mid - 3, mid + 3, 90.0, 110.0);
+        let beside = mean_env(&s, side - 3, side + 3, 90.0, 110.0);
+        assert!(behind < 0.2 * beside, "shadow {behind:.3} vs {beside:.3}");
+    }
+
+    #[test]
+    fn the_same_seed_writes_the_same_bytes() {
+        let d1 = tempfile::tempdir().unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        generate(d1.path(), 5, 11, 64, true, 2).unwrap();
+        generate(d2.path(), 5, 11, 64, true, 2).unwrap();
+        for name in ["dicom/us00000.dcm", "dicom/us00004.dcm", "reports.jsonl"] {
+            assert_eq!(
+                std::fs::read(d1.path().join(name)).unwrap(),
+                std::fs::read(d2.path().join(name)).unwrap()
+            );
+        }
+        let d3 = tempfile::tempdir().unwrap();
+        generate(d3.path(), 5, 12, 64, true, 2).unwrap();
+        assert_ne!(
+            std::fs::read(d1.path().join("dicom/us00000.dcm")).unwrap(),
+            std::fs::read(d3.path().join("dicom/us00000.dcm")).unwrap()
+        );
+    }
+}

@@ -55,7 +55,7 @@ impl Default for ImageStages {
             min_std: 2.0,
             dedup: None,
             split: None,
-            leak_distance: 6,
+            leak_distance: 4,
             resize: None,
         }
     }
