@@ -328,7 +328,64 @@ fn bad_image_input_is_quarantined_line_by_line_and_the_rest_kept() {
         "{}",
         r.stderr
     );
-    // bad arguments
+}
+
+#[test]
+fn wrong_flags_and_arguments_are_one_line_errors() {
+    let dir = fresh_dir("images-bad-args");
+    let store = dir.join("store");
+    let sim = dir.join("sim");
+    let r = run(strata(&store)
+        .args([
+            "domain",
+            "ultrasound-images",
+            "--count",
+            "2",
+            "--size",
+            "64",
+            "--out",
+        ])
+        .arg(&sim));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(&store)
+        .args(["acquire", "--name", "bad", "--input"])
+        .arg(&sim));
+    assert!(r.ok, "{}", r.stderr);
+    let bad = sim.clone();
+    // bad arguments: text stages on images, image stages on text
+    let r =
+        run(strata(&store).args(["preprocess", "--input", "bad", "--output", "x", "--minhash"]));
+    assert!(
+        !r.ok
+            && r.stderr
+                .contains("is an image dataset: --minhash are text stages"),
+        "{}",
+        r.stderr
+    );
+    std::fs::write(
+        dir.join("t.jsonl"),
+        "{\"text\": \"a note long enough to be kept by the length filter\"}\n",
+    )
+    .unwrap();
+    let r = run(strata(&store)
+        .args(["acquire", "--name", "t", "--input"])
+        .arg(dir.join("t.jsonl")));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(&store).args([
+        "preprocess",
+        "--input",
+        "t",
+        "--output",
+        "y",
+        "--phash-dedup",
+    ]));
+    assert!(
+        !r.ok
+            && r.stderr
+                .contains("is a text dataset: --phash-dedup are image stages"),
+        "{}",
+        r.stderr
+    );
     let r = run(strata(&store).args([
         "preprocess",
         "--input",
@@ -553,6 +610,24 @@ fn simulated_dicom_is_deidentified_end_to_end_and_read_back() {
         "{}",
         r.stdout
     );
+    // a rerun (after kill -9, say) leaves what is written and does the rest
+    std::fs::remove_file(out.join("us00002.dcm")).unwrap();
+    let r = run(strata(&store)
+        .args(["deid", "dicom", "--lexicon", "none"])
+        .arg(sim.join("dicom"))
+        .arg(&out)
+        .env("STRATA_DEID_SECRET", "k"));
+    assert!(
+        r.stdout
+            .contains("1 of 4 files de-identified, 3 already there (skipped)"),
+        "{}",
+        r.stdout
+    );
+    assert!(std::fs::read_dir(&out).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("strata-tmp")));
     let r = run(strata(&store)
         .args(["acquire", "--name", "clean", "--input"])
         .arg(&out));

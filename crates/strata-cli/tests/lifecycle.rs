@@ -50,6 +50,21 @@ fn demo_quick_prints_table_and_each_finetune_gains_on_its_domain() {
         out.contains("[base] The patient") && out.contains("[ultrasound] The patient"),
         "{out}"
     );
+    // the image part: simulated scans through the image stages, a contact sheet, de-identified DICOM
+    let sheet = out
+        .lines()
+        .find_map(|l| l.strip_prefix("contact sheet: "))
+        .unwrap_or_else(|| panic!("no contact sheet line:\n{out}"));
+    let sheet = common::repo_root().join(sheet);
+    assert!(
+        strata_image::pixels::Frame::read_png(&sheet).is_ok(),
+        "{}",
+        sheet.display()
+    );
+    assert!(
+        out.contains("ultrasound DICOM: 4 cine loops with invented patients → 4 de-identified"),
+        "{out}"
+    );
 }
 
 #[test]

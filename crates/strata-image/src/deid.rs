@@ -30,7 +30,6 @@ use strata_deid::Deid;
 
 use crate::annex_e::{self, Action};
 use crate::dataset::pseudonym;
-use crate::pixels::Samples;
 use crate::{bad, dicom, io_err, ImageError, Result};
 
 /// A rectangle of pixels, inclusive: x0, y0, x1, y1.
@@ -241,8 +240,9 @@ impl DicomDeid {
         Ok(rep)
     }
 
-    /// Blanks what lies outside the ultrasound regions (and inside the user's rectangles) in every frame;
-    /// the file is then stored uncompressed. Returns how many pixels were blanked.
+    /// Blanks what lies outside the ultrasound regions (and inside the user's rectangles) in every frame, by
+    /// writing zeros over the stored samples row by row. Native pixel data is edited in place; encapsulated
+    /// (RLE, JPEG) is decoded first and the file then stored uncompressed. Returns how many pixels were blanked.
     fn blank_burned_in(&self, path: &Path, obj: &mut DefaultDicomObject) -> Result<u64> {
         if obj.get(tags::PIXEL_DATA).is_none() {
             return Ok(0);
@@ -260,91 +260,192 @@ impl DicomDeid {
             return Ok(0);
         }
         let info = dicom::info(path, obj)?;
-        let frames = dicom::frames(path, obj, &info, 1, self.max_pixels)?;
-        let (w, h) = (info.columns, info.rows);
-        let keep = |x: u32, y: u32| {
-            let inside = regions.is_empty()
-                || regions
-                    .iter()
-                    .any(|r| x >= r[0] && x <= r[2] && y >= r[1] && y <= r[3]);
-            inside
-                && !self
-                    .blank
-                    .iter()
-                    .any(|r| x >= r[0] && x <= r[2] && y >= r[1] && y <= r[3])
-        };
-        let mask: Vec<bool> = (0..h)
-            .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .map(|(x, y)| !keep(x, y))
-            .collect();
-        let blanked_per_frame = mask.iter().filter(|&&m| m).count() as u64;
-        let mut bytes = Vec::new();
-        let mut bits = 8;
-        let mut channels = 1;
-        for (_, f) in &frames {
-            channels = usize::from(f.channels);
-            match &f.samples {
-                Samples::U8(d) => {
-                    for (i, px) in d.chunks_exact(channels).enumerate() {
-                        if mask[i] {
-                            bytes.extend(std::iter::repeat_n(0u8, channels));
-                        } else {
-                            bytes.extend_from_slice(px);
-                        }
-                    }
-                }
-                Samples::U16(d) => {
-                    bits = 16;
-                    let zero = if info.pixel_offset > 0 { 0x8000u16 } else { 0 };
-                    for (i, px) in d.chunks_exact(channels).enumerate() {
-                        for &v in px {
-                            let v = if mask[i] { zero } else { v };
-                            // back to the stored representation (signed: undo the offset)
-                            let stored = if info.pixel_offset > 0 { v ^ 0x8000 } else { v };
-                            bytes.extend_from_slice(&stored.to_le_bytes());
-                        }
-                    }
-                }
-            }
+        let (w, h, n) = (
+            info.columns as usize,
+            info.rows as usize,
+            info.frames as usize,
+        );
+        if u64::from(info.rows) * u64::from(info.columns) * u64::from(info.frames) > self.max_pixels
+        {
+            return Err(bad(
+                path,
+                format!("more pixels than the limit of {}", self.max_pixels),
+            ));
         }
+        let spp = obj
+            .get(tags::SAMPLES_PER_PIXEL)
+            .and_then(|e| e.to_int::<usize>().ok())
+            .unwrap_or(1);
+        let sb = obj
+            .get(tags::BITS_ALLOCATED)
+            .and_then(|e| e.to_int::<usize>().ok())
+            .unwrap_or(8)
+            .div_ceil(8);
+        let (mut bytes, planar, encapsulated) = pixel_bytes(path, obj, spp)?;
+        if bytes.len() < w * h * n * spp * sb {
+            return Err(bad(
+                path,
+                format!(
+                    "{} bytes of pixel data, {} expected",
+                    bytes.len(),
+                    w * h * n * spp * sb
+                ),
+            ));
+        }
+        let g = Layout {
+            w,
+            h,
+            n,
+            spp,
+            sb,
+            planar,
+        };
+        let blanked = zero_outside(&mut bytes, &g, &regions, &self.blank);
         if bytes.len() % 2 == 1 {
             bytes.push(0);
         }
-        let encapsulated = obj
-            .get(tags::PIXEL_DATA)
-            .is_some_and(|e| e.value().fragments().is_some());
+        let vr = if sb == 2 { VR::OW } else { VR::OB };
         obj.put(DataElement::new(
             tags::PIXEL_DATA,
-            if bits == 16 { VR::OW } else { VR::OB },
+            vr,
             PrimitiveValue::U8(bytes.into()),
         ));
-        if encapsulated && channels == 3 {
+        obj.put(DataElement::new(
+            tags::BURNED_IN_ANNOTATION,
+            VR::CS,
+            PrimitiveValue::from("NO"),
+        ));
+        if encapsulated && spp == 3 {
+            // decoded: colour is RGB, interleaved
             obj.put(DataElement::new(
                 tags::PHOTOMETRIC_INTERPRETATION,
                 VR::CS,
                 PrimitiveValue::from("RGB"),
             ));
-        }
-        if channels == 3 {
             obj.put(DataElement::new(
                 tags::PLANAR_CONFIGURATION,
                 VR::US,
                 PrimitiveValue::from(0u16),
             ));
         }
-        obj.put(DataElement::new(
-            tags::BURNED_IN_ANNOTATION,
-            VR::CS,
-            PrimitiveValue::from("NO"),
-        ));
-        obj.remove_element(tags::LOSSY_IMAGE_COMPRESSION_METHOD);
+        // the samples are now little-endian and uncompressed, whatever the file had
         let meta = obj.meta_mut();
         meta.set_transfer_syntax(
             &dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased(),
         );
         meta.update_information_group_length();
-        Ok(blanked_per_frame * frames.len() as u64)
+        Ok(blanked)
     }
+}
+
+/// The stored samples of every frame: native pixel data as it is (and whether it is planar), encapsulated
+/// decoded to interleaved samples. The third value is true for encapsulated data.
+fn pixel_bytes(
+    path: &Path,
+    obj: &mut DefaultDicomObject,
+    spp: usize,
+) -> Result<(Vec<u8>, bool, bool)> {
+    let encapsulated = obj
+        .get(tags::PIXEL_DATA)
+        .is_some_and(|e| e.value().fragments().is_some());
+    if encapsulated {
+        use dicom_pixeldata::PixelDecoder;
+        let dec = obj.decode_pixel_data().map_err(|e| {
+            bad(
+                path,
+                format!("pixel data: {}", dicom::one_line(&e.to_string())),
+            )
+        })?;
+        return Ok((dec.data().to_vec(), false, true));
+    }
+    let planar = spp == 3
+        && obj
+            .get(tags::PLANAR_CONFIGURATION)
+            .and_then(|e| e.to_int::<u16>().ok())
+            == Some(1);
+    // taken, not copied: the element is put back blanked
+    let bytes = match obj.take(tags::PIXEL_DATA).map(DataElement::into_value) {
+        Some(Value::Primitive(PrimitiveValue::U8(v))) => v.into_vec(),
+        Some(Value::Primitive(other)) => other.to_bytes().into_owned(),
+        _ => Vec::new(),
+    };
+    Ok((bytes, planar, false))
+}
+
+/// How frames lie in the pixel bytes.
+struct Layout {
+    w: usize,
+    h: usize,
+    n: usize,
+    spp: usize,
+    /// Bytes per sample.
+    sb: usize,
+    planar: bool,
+}
+
+/// Writes zeros over every sample outside all `regions` (when there are any) or inside a `blank` rectangle,
+/// in every frame, a row's run at a time. Returns how many pixels were blanked.
+fn zero_outside(bytes: &mut [u8], g: &Layout, regions: &[Rect], blank: &[Rect]) -> u64 {
+    let mut blanked = 0u64;
+    // rows covered by the same rectangles have the same runs: computed once per set
+    let mut cache: std::collections::HashMap<(u64, u64), Vec<(usize, usize)>> =
+        std::collections::HashMap::new();
+    let covers = |rects: &[Rect], y: u32| {
+        rects
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| y >= r[1] && y <= r[3])
+            .fold(0u64, |m, (i, _)| m | (1 << (i % 64)))
+    };
+    for y in 0..g.h {
+        let yy = u32::try_from(y).unwrap_or(u32::MAX);
+        let key = (covers(regions, yy), covers(blank, yy));
+        let runs = cache.entry(key).or_insert_with(|| {
+            let row: Vec<bool> = (0..g.w)
+                .map(|x| {
+                    let xx = u32::try_from(x).unwrap_or(u32::MAX);
+                    let within = |r: &Rect| xx >= r[0] && xx <= r[2] && yy >= r[1] && yy <= r[3];
+                    !(regions.is_empty() || regions.iter().any(within)) || blank.iter().any(within)
+                })
+                .collect();
+            runs(&row)
+        });
+        for &(x0, x1) in runs.iter() {
+            blanked += ((x1 - x0) * g.n) as u64;
+            for f in 0..g.n {
+                if g.planar {
+                    for p in 0..g.spp {
+                        let start = (((f * g.spp + p) * g.h + y) * g.w + x0) * g.sb;
+                        bytes[start..start + (x1 - x0) * g.sb].fill(0);
+                    }
+                } else {
+                    let start = ((f * g.h + y) * g.w + x0) * g.spp * g.sb;
+                    bytes[start..start + (x1 - x0) * g.spp * g.sb].fill(0);
+                }
+            }
+        }
+    }
+    blanked
+}
+
+/// The runs of `true` in `row`, as half-open ranges.
+fn runs(row: &[bool]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    for (i, &b) in row.iter().enumerate() {
+        match (b, start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                out.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, row.len()));
+    }
+    out
 }
 
 /// The imaging regions a file declares (Sequence of Ultrasound Regions), inclusive pixel rectangles.
@@ -553,6 +654,8 @@ pub fn shift_dicom_date(value: &str, days: i64, vr: VR) -> String {
 pub struct RunReport {
     pub files: usize,
     pub written: usize,
+    /// Outputs already there (a rerun), left as they are.
+    pub skipped: usize,
     pub quarantined: usize,
     pub removed: usize,
     pub replaced: usize,
@@ -565,9 +668,14 @@ pub struct RunReport {
 /// De-identifies every DICOM file under `input` (a file or a folder) into `output`, keeping relative paths.
 /// A file that cannot be de-identified is listed in `output/quarantine.jsonl` with its reason and not written.
 ///
+/// Files are written in batches: each batch's files go to temporary names, the file system is flushed once
+/// (syncfs), then they are renamed into place, so an output file is either complete and on disk or absent.
+/// A rerun (after kill -9, say) skips outputs that already exist.
+///
 /// # Errors
 /// When `input` does not exist or `output` cannot be written.
 pub fn deid_tree(cfg: &DicomDeid, input: &Path, output: &Path) -> Result<RunReport> {
+    const BATCH: usize = 512;
     let files: Vec<PathBuf> = if input.is_file() {
         vec![input.to_path_buf()]
     } else if input.is_dir() {
@@ -578,62 +686,84 @@ pub fn deid_tree(cfg: &DicomDeid, input: &Path, output: &Path) -> Result<RunRepo
         return Err(bad(input, "no such file or folder"));
     };
     std::fs::create_dir_all(output).map_err(io_err(output))?;
-    let bar = crate::acquire::progress_bar(files.len());
-    let results: Vec<(PathBuf, Result<FileReport>)> = files
-        .par_iter()
-        .map(|f| {
-            let rel = if input.is_file() {
-                PathBuf::from(f.file_name().unwrap_or_default())
-            } else {
-                f.strip_prefix(input).unwrap_or(f).to_path_buf()
-            };
-            let r = (|| {
-                let mut obj = dicom::open(f)?;
-                let rep = cfg.apply(f, &mut obj)?;
-                let mut buf = Vec::new();
-                obj.write_all(&mut buf).map_err(|e| {
-                    bad(
-                        f,
-                        format!("cannot write: {}", dicom::one_line(&e.to_string())),
-                    )
-                })?;
-                let out = output.join(&rel);
-                if let Some(p) = out.parent() {
-                    std::fs::create_dir_all(p).map_err(io_err(p))?;
-                }
-                strata_store::write_atomic(&out, &buf)?;
-                Ok(rep)
-            })();
-            bar.inc(1);
-            (f.clone(), r)
-        })
-        .collect();
-    bar.finish_and_clear();
+    let rel = |f: &Path| {
+        if input.is_file() {
+            PathBuf::from(f.file_name().unwrap_or_default())
+        } else {
+            f.strip_prefix(input).unwrap_or(f).to_path_buf()
+        }
+    };
     let mut run = RunReport {
         files: files.len(),
         ..RunReport::default()
     };
     let mut quarantine = String::new();
-    for (f, r) in results {
-        match r {
-            Ok(rep) => {
-                run.written += 1;
-                run.removed += rep.removed;
-                run.replaced += rep.replaced;
-                run.uids += rep.uids;
-                run.dates += rep.dates;
-                run.private += rep.private;
-                run.pixels_blanked += rep.pixels_blanked;
-            }
-            Err(e) => {
-                run.quarantined += 1;
-                let line =
-                    serde_json::json!({"source": f.display().to_string(), "reason": e.to_string()});
-                quarantine.push_str(&line.to_string());
-                quarantine.push('\n');
+    let bar = crate::acquire::progress_bar(files.len());
+    let todo: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| {
+            let done = output.join(rel(f)).exists();
+            run.skipped += usize::from(done);
+            !done
+        })
+        .collect();
+    let tmp_name = |out: &Path| out.with_extension(format!("strata-tmp-{}", std::process::id()));
+    for batch in todo.chunks(BATCH) {
+        let results: Vec<(&PathBuf, Result<FileReport>)> = batch
+            .par_iter()
+            .map(|f| {
+                let r = (|| {
+                    let mut obj = dicom::open(f)?;
+                    let rep = cfg.apply(f, &mut obj)?;
+                    let out = output.join(rel(f));
+                    if let Some(p) = out.parent() {
+                        std::fs::create_dir_all(p).map_err(io_err(p))?;
+                    }
+                    let tmp = tmp_name(&out);
+                    let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 16, file);
+                    obj.write_all(&mut w).map_err(|e| {
+                        bad(
+                            f,
+                            format!("cannot write: {}", dicom::one_line(&e.to_string())),
+                        )
+                    })?;
+                    std::io::Write::flush(&mut w).map_err(io_err(&tmp))?;
+                    Ok(rep)
+                })();
+                bar.inc(1);
+                (*f, r)
+            })
+            .collect();
+        // one flush of the file system for the whole batch, then the renames
+        let dir = std::fs::File::open(output).map_err(io_err(output))?;
+        rustix::fs::syncfs(&dir).map_err(|e| io_err(output)(e.into()))?;
+        for (f, r) in results {
+            match r {
+                Ok(rep) => {
+                    let out = output.join(rel(f));
+                    std::fs::rename(tmp_name(&out), &out).map_err(io_err(&out))?;
+                    run.written += 1;
+                    run.removed += rep.removed;
+                    run.replaced += rep.replaced;
+                    run.uids += rep.uids;
+                    run.dates += rep.dates;
+                    run.private += rep.private;
+                    run.pixels_blanked += rep.pixels_blanked;
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(tmp_name(&output.join(rel(f))));
+                    run.quarantined += 1;
+                    let line = serde_json::json!({"source": f.display().to_string(), "reason": e.to_string()});
+                    quarantine.push_str(&line.to_string());
+                    quarantine.push('\n');
+                }
             }
         }
     }
+    bar.finish_and_clear();
+    let dir = std::fs::File::open(output).map_err(io_err(output))?;
+    rustix::fs::syncfs(&dir).map_err(|e| io_err(output)(e.into()))?;
     if !quarantine.is_empty() {
         strata_store::write_atomic(output.join("quarantine.jsonl"), quarantine.as_bytes())?;
     }

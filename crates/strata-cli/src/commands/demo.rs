@@ -1,6 +1,7 @@
 //! `strata demo`: fetch the data if missing, run the demo pipeline (general corpus → tokenizer → base
 //! model → medical → ultrasound), then print held-out perplexity of every model on every domain and a
-//! sample completion from each.
+//! sample completion from each; then the image part: simulated ultrasound scans through the image stages to a
+//! contact sheet, and simulated ultrasound DICOM de-identified.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -131,6 +132,8 @@ pub fn run(store: &Store, a: &DemoArgs) -> anyhow::Result<ExitCode> {
         )?;
         println!("  [{model}] {}{}", demo.prompt, text.replace('\n', " ⏎ "));
     }
+    println!();
+    super::images::demo(store, a.quick && a.config.is_none())?;
     println!();
     println!(
         "demo finished in {:.1}s; artifacts in {} (try `strata lineage {}`)",

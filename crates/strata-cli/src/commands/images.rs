@@ -8,7 +8,7 @@ use strata_image::deid::{deid_tree, DicomDeid, Rect};
 use strata_image::stages::{preprocess_images, ImageStages};
 use strata_store::{Kind, Store};
 
-use crate::cli::{AcquireArgs, DeidDicomArgs, ImageStageArgs, ShowArgs};
+use crate::cli::{AcquireArgs, DeidDicomArgs, ImageStageArgs, PreprocessArgs, ShowArgs};
 
 fn secret() -> String {
     std::env::var("STRATA_DEID_SECRET").unwrap_or_default()
@@ -53,12 +53,51 @@ fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
     Ok((w, h))
 }
 
-pub fn preprocess(
-    store: &Store,
-    input: &str,
-    output: &str,
-    a: &ImageStageArgs,
-) -> anyhow::Result<ExitCode> {
+/// The text stages asked for on an image dataset (they would do nothing to it).
+fn text_flags(p: &PreprocessArgs) -> Vec<&'static str> {
+    [
+        (p.gopher, "--gopher"),
+        (p.minhash, "--minhash"),
+        (p.pii.is_some(), "--pii"),
+        (!p.languages.is_empty(), "--languages"),
+        (p.c4, "--c4"),
+        (p.fineweb, "--fineweb"),
+        (p.char_quality, "--char-quality"),
+        (!p.eval_sets.is_empty(), "--eval-set"),
+        (p.parquet, "--parquet"),
+        (
+            p.phase.is_some() || p.task.is_some() || p.tasks.is_some(),
+            "--phase/--task/--tasks",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(on, flag)| on.then_some(flag))
+    .collect()
+}
+
+/// The image stages asked for on a text dataset.
+pub fn image_flags(a: &ImageStageArgs) -> Vec<&'static str> {
+    [
+        (a.phash_dedup, "--phash-dedup"),
+        (a.split_by_patient, "--split-by-patient"),
+        (a.resize.is_some(), "--resize"),
+    ]
+    .into_iter()
+    .filter_map(|(on, flag)| on.then_some(flag))
+    .collect()
+}
+
+pub fn preprocess(store: &Store, p: &PreprocessArgs) -> anyhow::Result<ExitCode> {
+    let text = text_flags(p);
+    if !text.is_empty() {
+        anyhow::bail!(
+            "{} is an image dataset: {} are text stages (images take --phash-dedup, --split-by-patient, --resize, \
+             --image-max-pixels, --min-std)",
+            p.input,
+            text.join(", ")
+        );
+    }
+    let (input, output, a) = (&p.input, &p.output, &p.images);
     let cfg = ImageStages {
         max_pixels: a.image_max_pixels,
         min_std: a.min_std,
@@ -136,13 +175,14 @@ pub fn deid_dicom(a: &DeidDicomArgs) -> anyhow::Result<ExitCode> {
     let r = deid_tree(&cfg, &a.input, &a.output)?;
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "{} → {}: {} of {} files de-identified ({:.0} files/s); {} attributes removed, {} replaced, {} UIDs, \
+        "{} → {}: {} of {} files de-identified{} ({:.0} files/s); {} attributes removed, {} replaced, {} UIDs, \
          {} dates moved, {} private/overlay removed, {} pixels blanked; {} quarantined",
         a.input.display(),
         a.output.display(),
         r.written,
         r.files,
-        r.files as f64 / secs.max(1e-9),
+        if r.skipped > 0 { format!(", {} already there (skipped)", r.skipped) } else { String::new() },
+        r.written as f64 / secs.max(1e-9),
         r.removed,
         r.replaced,
         r.uids,
@@ -234,4 +274,73 @@ pub fn show(store: &Store, a: &ShowArgs) -> anyhow::Result<ExitCode> {
         println!("contact sheet of {n} images: {}", png.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's image part: simulated B-mode scans → image dataset → dedup and split by patient → contact
+/// sheet; simulated ultrasound DICOM → de-identified DICOM. Prints what it did and where the sheet is.
+pub fn demo(store: &Store, quick: bool) -> anyhow::Result<()> {
+    let (count, size) = if quick { (16, 96) } else { (96, 256) };
+    let root = store.root().join("demo-images");
+    let png_dir = root.join("scans");
+    let c = strata_image::sim::generate(&png_dir, count, 0, size, false, 1)?;
+    let cfg = ImageAcquireConfig {
+        inputs: vec![png_dir.display().to_string()],
+        secret: secret(),
+        ..ImageAcquireConfig::default()
+    };
+    let (_, a) = acquire_images(store, "us-images", &cfg, "strata demo")?;
+    let stages = ImageStages {
+        dedup: Some(4),
+        split: Some((0.1, 0.1)),
+        ..ImageStages::default()
+    };
+    let (_, s) = preprocess_images(
+        store,
+        "us-images",
+        "us-images-clean",
+        &stages,
+        "strata demo",
+    )?;
+    let sheet = store.root().join("us-images.png");
+    let dir = store.require(Kind::Dataset, "us-images-clean")?;
+    strata_image::sheet::contact_sheet(&dir, &sheet, 48, 8)?;
+    let mut splits: Vec<_> = s.splits.iter().collect();
+    splits.sort();
+    let splits: Vec<String> = splits.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "ultrasound images: {} simulated B-mode scans of {} patients → dataset us-images ({} images) → \
+         us-images-clean ({} kept, {} near-duplicates, split by patient: {})",
+        c.images,
+        c.patients,
+        a.images,
+        s.output,
+        s.near_duplicates,
+        splits.join(", ")
+    );
+    println!("contact sheet: {}", sheet.display());
+    let dcm = root.join("dicom");
+    strata_image::sim::generate(&dcm, if quick { 4 } else { 16 }, 1, size, true, 3)?;
+    let text = strata_deid::Deid::new(&strata_deid::PiiRedact {
+        mode: strata_deid::PiiMode::Surrogate,
+        rules_only: true,
+        ..strata_deid::PiiRedact::default()
+    })?;
+    let cfg = DicomDeid {
+        secret: secret(),
+        text,
+        blank: Vec::new(),
+        max_pixels: strata_image::acquire::DEFAULT_MAX_PIXELS,
+    };
+    let out = root.join("dicom-deid");
+    let r = deid_tree(&cfg, &dcm.join("dicom"), &out)?;
+    println!(
+        "ultrasound DICOM: {} cine loops with invented patients → {} de-identified (PS3.15 Annex E; {} UIDs \
+         replaced, {} dates moved, burned-in header blanked) in {}",
+        r.files,
+        r.written,
+        r.uids,
+        r.dates,
+        out.display()
+    );
+    Ok(())
 }

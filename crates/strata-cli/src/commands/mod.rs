@@ -47,9 +47,19 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
                 &store.dir(strata_store::Kind::Dataset, &a.input),
             ) =>
         {
-            images::preprocess(&store, &a.input, &a.output, &a.images)
+            images::preprocess(&store, a)
         }
-        Command::Preprocess(a) => preprocess::run(&store, a),
+        Command::Preprocess(a) => {
+            let image = images::image_flags(&a.images);
+            if !image.is_empty() {
+                anyhow::bail!(
+                    "{} is a text dataset: {} are image stages",
+                    a.input,
+                    image.join(", ")
+                );
+            }
+            preprocess::run(&store, a)
+        }
         Command::Tokenize(c) => tokenize::run(&store, c),
         Command::Train(a) => train::run_train(&store, a),
         Command::Finetune(a) => train::run_finetune(&store, a),
