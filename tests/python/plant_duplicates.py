@@ -1,9 +1,18 @@
 """Plants three near-duplicates into a folder written by `strata domain ultrasound-images`: us00000 re-encoded as
 JPEG (quality 70), us00005 resized to 3/4, us00010 brightened by 25 levels; each as another patient in the test split (the
-originals carry no split: train), appended to labels.jsonl. Pillow is the independent encoder."""
+originals carry no split: train), appended to labels.jsonl. Pillow is the independent encoder. `convert PNG` rewrites one picture as BMP and JPEG."""
 import json, pathlib, sys
 
 from PIL import Image
+
+if sys.argv[1] == "convert":
+    # `convert PNG`: the picture also as BMP and JPEG beside it (the PNG removed)
+    src = pathlib.Path(sys.argv[2])
+    im = Image.open(src)
+    im.save(src.with_suffix(".bmp"))
+    im.save(src.with_suffix(".jpg"), quality=90)
+    src.unlink()
+    sys.exit(0)
 
 root = pathlib.Path(sys.argv[1])
 recs = {json.loads(l)["file"]: json.loads(l) for l in (root / "labels.jsonl").read_text().splitlines()}

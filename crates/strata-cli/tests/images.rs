@@ -661,3 +661,86 @@ fn simulated_dicom_is_deidentified_end_to_end_and_read_back() {
     assert!(f.luma8()[..band].iter().all(|&v| v == 0));
     assert!(f.luma8()[band..].iter().any(|&v| v > 0));
 }
+
+#[test]
+fn an_image_folder_takes_its_labels_from_sub_folder_names() {
+    let dir = fresh_dir("images-folder");
+    let store = dir.join("store");
+    let sim = dir.join("sim");
+    let r = run(strata(&store)
+        .args([
+            "domain",
+            "ultrasound-images",
+            "--count",
+            "3",
+            "--size",
+            "48",
+            "--out",
+        ])
+        .arg(&sim));
+    assert!(r.ok, "{}", r.stderr);
+    // cyst/ and normal/ sub-folders, one picture saved as BMP and one as JPEG by Pillow
+    let folder = dir.join("folder");
+    for (sub, src) in [
+        ("cyst", "us00000"),
+        ("normal", "us00001"),
+        ("normal", "us00002"),
+    ] {
+        std::fs::create_dir_all(folder.join(sub)).unwrap();
+        std::fs::copy(
+            sim.join("images").join(format!("{src}.png")),
+            folder.join(sub).join(format!("{src}.png")),
+        )
+        .unwrap();
+    }
+    python_check(
+        "plant_duplicates.py",
+        &[
+            "convert".as_ref(),
+            folder.join("normal/us00002.png").as_os_str(),
+        ],
+    );
+    let r = run(strata(&store)
+        .args(["acquire", "--name", "folder", "--input"])
+        .arg(&folder));
+    assert!(r.ok, "{}", r.stderr);
+    let recs = records(&store, "folder");
+    let mut labels: Vec<(String, String)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["source"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+                r["labels"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        vec![
+            ("us00000.png".to_string(), "cyst".to_string()),
+            ("us00001.png".to_string(), "normal".to_string()),
+            ("us00002.bmp".to_string(), "normal".to_string()),
+            ("us00002.jpg".to_string(), "normal".to_string()),
+        ]
+    );
+    // the BMP is lossless: the same pixels as the PNG it was made from
+    let png = strata_image::pixels::Frame::read_png(&sim.join("images/us00002.png")).unwrap();
+    let bmp = recs
+        .iter()
+        .find(|r| r["source"].as_str().unwrap().ends_with(".bmp"))
+        .unwrap();
+    let got = strata_image::pixels::Frame::read_png(
+        &store
+            .join("datasets/folder")
+            .join(bmp["file"].as_str().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(got.luma8(), png.luma8());
+}

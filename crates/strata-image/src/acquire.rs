@@ -281,6 +281,8 @@ fn read_sidecar(path: &Path) -> Result<BTreeMap<PathBuf, SideRow>> {
     Ok(out)
 }
 
+/// A record id: the file's stem and 10 hex digits of a hash of its path and content, so that two copies of
+/// one picture in two folders (or one name in two folders) are two records.
 fn safe_id(path: &Path, sha: &str) -> String {
     let stem: String = path
         .file_stem()
@@ -296,7 +298,8 @@ fn safe_id(path: &Path, sha: &str) -> String {
         })
         .take(40)
         .collect();
-    format!("{stem}-{}", &sha[..10])
+    let key = strata_store::sha256_bytes(format!("{}\u{0}{sha}", path.display()).as_bytes());
+    format!("{stem}-{}", &key[..10])
 }
 
 /// Reads one plain picture: the header's size checked against the limit before any pixel is decoded.
