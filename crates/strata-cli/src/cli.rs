@@ -167,7 +167,9 @@ pub struct PreprocessArgs {
     /// Also de-identify: e-mails, phones, IPs, national IDs, record numbers, birth dates, and in prose names,
     /// addresses and towns, dates and ages over 89 (English and Chinese). `--pii` writes typed placeholders
     /// (<NAME>, <DATE>, …); `--pii surrogate` writes consistent fake names and places and shifts every date of a
-    /// document by one offset. Per-type counts go to each document's metadata and to stats.json.
+    /// document by one offset (for a document whose metadata names its `patient_id`: that patient's offset,
+    /// keyed by STRATA_DEID_SECRET, the one `strata deid dicom` moves the patient's images by). Per-type counts
+    /// go to each document's metadata and to stats.json.
     #[arg(long, num_args = 0..=1, default_missing_value = "placeholder", value_name = "MODE")]
     pub pii: Option<PiiModeArg>,
     /// The de-identification lexicon (name lists, places, protected medical vocabulary), built by

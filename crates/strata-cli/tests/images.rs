@@ -243,6 +243,17 @@ fn burned_in_text_without_regions_is_refused_unless_rectangles_are_given() {
         q.contains("Burned In Annotation is YES") && q.lines().count() == 1,
         "{q}"
     );
+    // an output folder with its quarantine file still acquires as images
+    std::fs::copy(dir.join("phi/a1.dcm"), dir.join("n-out/a1.dcm")).unwrap();
+    let r = run(strata(&store)
+        .args(["acquire", "--name", "nout", "--input"])
+        .arg(dir.join("n-out")));
+    assert!(
+        r.ok && r.stdout.contains("1 images from 1 files"),
+        "{}\n{}",
+        r.stdout,
+        r.stderr
+    );
     let r = run(strata(&store)
         .args(["deid", "dicom", "--lexicon", "none", "--blank", "0,0,63,9"])
         .arg(&noregion)
@@ -628,9 +639,13 @@ fn simulated_dicom_is_deidentified_end_to_end_and_read_back() {
         .file_name()
         .to_string_lossy()
         .contains("strata-tmp")));
+    // scanners' names: no extension, or dots and digits
+    std::fs::rename(out.join("us00000.dcm"), out.join("IM0001")).unwrap();
+    std::fs::rename(out.join("us00001.dcm"), out.join("1.3.12.2.1107.5.2")).unwrap();
     let r = run(strata(&store)
         .args(["acquire", "--name", "clean", "--input"])
         .arg(&out));
+    assert!(r.stdout.contains("(4 DICOM)"), "{}", r.stdout);
     assert!(r.ok, "{}", r.stderr);
     let recs = records(&store, "clean");
     assert_eq!(recs.len(), 12, "4 loops of 3 frames");

@@ -53,6 +53,7 @@ enum FileKind {
     Sidecar,
     Text,
     Other,
+    Skip,
 }
 
 fn kind_of(path: &Path) -> FileKind {
@@ -61,6 +62,9 @@ fn kind_of(path: &Path) -> FileKind {
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     let ext = name.rsplit_once('.').map_or("", |(_, e)| e);
+    if name == "quarantine.jsonl" {
+        return FileKind::Skip; // what `strata deid dicom` wrote beside its output
+    }
     match ext {
         "png" | "jpg" | "jpeg" | "bmp" => FileKind::Picture,
         "csv" | "tsv" | "jsonl" if name.starts_with("labels") => FileKind::Sidecar,
@@ -492,7 +496,7 @@ pub fn acquire_images(
     let mut w = DatasetWriter::new(&staging)?;
     let usable: Vec<&Found> = found
         .iter()
-        .filter(|f| Some(&f.path) != sidecar.as_ref())
+        .filter(|f| Some(&f.path) != sidecar.as_ref() && f.kind != FileKind::Skip)
         .collect();
     let results = read_all(&usable, &side, cfg, &staging);
     let mut counts = AcquireCounts {

@@ -37,7 +37,8 @@ pub struct DicomInfo {
     pub text: String,
 }
 
-/// True for `.dcm`/`.dicom` files and for files with the DICOM preamble (`DICM` at byte 128).
+/// True for `.dcm`/`.dicom` files and for any other file with the DICOM preamble (`DICM` at byte 128), whatever
+/// its name.
 #[must_use]
 pub fn is_dicom(path: &Path) -> bool {
     let ext = path
@@ -47,7 +48,11 @@ pub fn is_dicom(path: &Path) -> bool {
     if ext == "dcm" || ext == "dicom" {
         return true;
     }
-    if !ext.is_empty() {
+    // scanners name files IM0001, 1.3.12.2.1107.5.2.…, I0000012.IMA: the preamble tells
+    if matches!(
+        ext.as_str(),
+        "png" | "jpg" | "jpeg" | "bmp" | "txt" | "json" | "jsonl" | "csv" | "pdf"
+    ) {
         return false;
     }
     let mut head = [0u8; 132];
