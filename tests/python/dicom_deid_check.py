@@ -71,6 +71,7 @@ def make_file(rows, path, patient, study_uid, seed):
             item = Dataset()
             item.PatientName = "DOE^JANE"
             item.ReferencedSOPInstanceUID = f"1.2.826.0.1.3680043.10.999.{tag}"
+            item.TextValue = "Seen by JANE DOE"  # not in the table: a sequence to replace must not keep it
             ds.add_new(tag, "SQ", Sequence([item]))
             held.append({"tag": tag, "keyword": kw, "vr": "SQ", "action": action, "value": "nested"})
     ds.PatientID = patient
@@ -165,7 +166,8 @@ def check(tab, src, out):
                     # a replaced sequence: nothing of the item's PHI may remain
                     for item in el.value:
                         if str(item.get("PatientName", "")) == "DOE^JANE" or \
-                                str(item.get("ReferencedSOPInstanceUID", "")) == f"1.2.826.0.1.3680043.10.999.{tag}":
+                                str(item.get("ReferencedSOPInstanceUID", "")) == f"1.2.826.0.1.3680043.10.999.{tag}" or \
+                                "JANE" in str(item.get("TextValue", "")):
                             report["violations"].append({"file": name, "keyword": h["keyword"], "nested": True})
                     continue
                 if str(el.value) == h["value"]:

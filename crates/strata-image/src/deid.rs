@@ -499,6 +499,13 @@ fn clean(obj: &mut InMemDicomObject, ctx: &Ctx<'_>, rep: &mut FileReport) {
         }
         let key = (u32::from(tag.group()) << 16) | u32::from(tag.element());
         let action = table.get(&key).map_or(Action::Keep, annex_e::Rule::action);
+        // a sequence to replace (D, as Content Sequence) is emptied: its items' text (Text Value, which the
+        // table does not list) would otherwise survive; the Clean Structured Content option is not implemented
+        let action = if vr == VR::SQ && action == Action::Dummy {
+            Action::Empty
+        } else {
+            action
+        };
         match action {
             Action::Remove => {
                 obj.remove_element(tag);
@@ -516,7 +523,7 @@ fn clean(obj: &mut InMemDicomObject, ctx: &Ctx<'_>, rep: &mut FileReport) {
                 obj.put(DataElement::new(tag, vr, v));
                 rep.replaced += 1;
             }
-            Action::Dummy | Action::Keep if vr == VR::SQ => recurse(obj, tag, ctx, rep),
+            Action::Keep if vr == VR::SQ => recurse(obj, tag, ctx, rep),
             Action::Dummy => {
                 obj.put(DataElement::new(tag, vr, dummy(vr)));
                 rep.replaced += 1;
