@@ -616,7 +616,8 @@ pub enum PiiModeArg {
 #[derive(Debug, Subcommand)]
 pub enum DeidCommand {
     /// Score de-identification on labelled notes (jsonl: text, spans [{start, end, type}], decoys [{start, end,
-    /// kind}], offsets in characters): recall per identifier type, decoys kept, MB/s.
+    /// kind}], offsets in characters): recall per identifier type, precision per type found, decoys kept, the
+    /// share of notes with an identifier left, MB/s.
     Eval {
         /// The labelled notes (e.g. from tests/python/make_deid_notes.py).
         notes: PathBuf,

@@ -5,7 +5,9 @@
 //! [{"start", "end", "kind"}]}` with offsets in Unicode characters (Python's `str` indices, as the generator
 //! `tests/python/make_deid_notes.py` and most annotation tools write them). An identifier counts as found when
 //! every non-space character of it is inside found spans (of any type: what matters is that it is gone); a
-//! decoy is kept when no found span touches it.
+//! decoy is kept when no found span touches it. A note *leaks* when at least one of its identifiers is not
+//! found (the share a privacy officer asks for first); a found span is *correct* when it overlaps a labelled
+//! identifier, and precision per found type is the share of its spans that are.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -102,6 +104,12 @@ pub struct DeidReport {
     pub recall: BTreeMap<String, Tally>,
     /// Per decoy kind: how many, how many kept.
     pub decoys_kept: BTreeMap<String, Tally>,
+    /// Per type found (the detector's tag): how many spans, how many overlap a labelled identifier.
+    #[serde(default)]
+    pub precision: BTreeMap<String, Tally>,
+    /// Notes with at least one identifier, and how many of them have every identifier found.
+    #[serde(default)]
+    pub notes_clean: Tally,
     /// Up to 50 identifiers missed and decoys lost: `note id: TYPE "text"`.
     pub missed: Vec<String>,
     pub lost: Vec<String>,
@@ -148,16 +156,33 @@ pub fn evaluate(deid: &Deid, notes: &[LabelledNote]) -> DeidReport {
     }
     for (n, found) in notes.iter().zip(&found_all) {
         let at = char_to_byte(&n.text);
+        let mut leaked = false;
         for s in &n.spans {
             let (a, b) = (at[s.start], at[s.end]);
             let t = r.recall.entry(s.label.clone()).or_default();
             t.total += 1;
             if covered(&n.text, found, a, b) {
                 t.hit += 1;
-            } else if r.missed.len() < 50 {
-                r.missed
-                    .push(format!("{}: {} {:?}", n.id, s.label, &n.text[a..b]));
+            } else {
+                leaked = true;
+                if r.missed.len() < 50 {
+                    r.missed
+                        .push(format!("{}: {} {:?}", n.id, s.label, &n.text[a..b]));
+                }
             }
+        }
+        if !n.spans.is_empty() {
+            r.notes_clean.total += 1;
+            r.notes_clean.hit += usize::from(!leaked);
+        }
+        for f in found {
+            let t = r.precision.entry(f.kind.tag().to_string()).or_default();
+            t.total += 1;
+            let right = n
+                .spans
+                .iter()
+                .any(|s| at[s.start] < f.end && f.start < at[s.end]);
+            t.hit += usize::from(right);
         }
         for d in &n.decoys {
             let (a, b) = (at[d.start], at[d.end]);
@@ -223,7 +248,69 @@ impl DeidReport {
             self.mb_per_s
         );
         section(&mut s, ["identifier", "found", "recall"], &self.recall);
+        section(
+            &mut s,
+            ["found as", "correct", "precision"],
+            &self.precision,
+        );
         section(&mut s, ["decoy", "kept", "kept"], &self.decoys_kept);
+        let leaked = self.notes_clean.total - self.notes_clean.hit;
+        let _ = writeln!(
+            s,
+            "notes with an identifier left: {leaked} of {} ({:.2}%)",
+            self.notes_clean.total,
+            100.0 * (1.0 - self.notes_clean.share())
+        );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PiiRedact;
+
+    fn note(id: &str, text: &str, spans: &[(usize, usize, &str)]) -> LabelledNote {
+        LabelledNote {
+            id: id.into(),
+            text: text.into(),
+            spans: spans
+                .iter()
+                .map(|&(start, end, label)| LabelledSpan {
+                    start,
+                    end,
+                    label: label.into(),
+                })
+                .collect(),
+            decoys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn leaked_notes_and_precision_by_hand() {
+        let deid = Deid::without_lexicon(&PiiRedact::default());
+        let notes = [
+            // found: the note is clean
+            note("n1", "Write to ann@mail.org today.", &[(9, 21, "EMAIL")]),
+            // a bare unusual name no rule finds: the note leaks; its e-mail is found
+            note(
+                "n2",
+                "Call Zqxv tomorrow, or mail cy@dot.org.",
+                &[(5, 9, "NAME"), (28, 38, "EMAIL")],
+            ),
+            // an IP that is not labelled: found, but not an identifier of the note; no identifiers, not counted
+            note("n3", "Dose 5 mg; router 10.0.0.1 was down.", &[]),
+        ];
+        let r = evaluate(&deid, &notes);
+        assert_eq!(r.recall["EMAIL"], Tally { total: 2, hit: 2 });
+        assert_eq!(r.recall["NAME"], Tally { total: 1, hit: 0 });
+        assert_eq!(r.notes_clean, Tally { total: 2, hit: 1 });
+        assert_eq!(r.precision["EMAIL"], Tally { total: 2, hit: 2 });
+        assert_eq!(r.precision["IP"], Tally { total: 1, hit: 0 });
+        let table = r.table();
+        assert!(
+            table.contains("notes with an identifier left: 1 of 2 (50.00%)"),
+            "{table}"
+        );
     }
 }
