@@ -103,7 +103,7 @@ fn resolve(inputs: &[String]) -> Result<Vec<Found>> {
                 });
             }
         } else if path.is_dir() {
-            walk(&path, &path, &mut out)?;
+            walk(&path, &mut out)?;
         } else if path.is_file() {
             let kind = kind_of(&path);
             out.push(Found {
@@ -124,29 +124,14 @@ fn resolve(inputs: &[String]) -> Result<Vec<Found>> {
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<Found>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(std::result::Result::ok)
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
-            continue;
-        }
-        if p.is_dir() {
-            walk(root, &p, out)?;
-        } else {
-            let kind = kind_of(&p);
-            out.push(Found {
-                path: p,
-                root: Some(root.to_path_buf()),
-                kind,
-            });
-        }
+fn walk(root: &Path, out: &mut Vec<Found>) -> Result<()> {
+    for path in strata_records::files_under(root, true)? {
+        let kind = kind_of(&path);
+        out.push(Found {
+            path,
+            root: Some(root.to_path_buf()),
+            kind,
+        });
     }
     Ok(())
 }

@@ -686,9 +686,10 @@ pub fn deid_tree(cfg: &DicomDeid, input: &Path, output: &Path) -> Result<RunRepo
     let files: Vec<PathBuf> = if input.is_file() {
         vec![input.to_path_buf()]
     } else if input.is_dir() {
-        let mut v = Vec::new();
-        collect(input, &mut v)?;
-        v
+        strata_records::files_under(input, false)?
+            .into_iter()
+            .filter(|p| dicom::is_dicom(p))
+            .collect()
     } else {
         return Err(bad(input, "no such file or folder"));
     };
@@ -775,23 +776,6 @@ pub fn deid_tree(cfg: &DicomDeid, input: &Path, output: &Path) -> Result<RunRepo
         strata_store::write_atomic(output.join("quarantine.jsonl"), quarantine.as_bytes())?;
     }
     Ok(run)
-}
-
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(std::result::Result::ok)
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            collect(&p, out)?;
-        } else if dicom::is_dicom(&p) {
-            out.push(p);
-        }
-    }
-    Ok(())
 }
 
 impl From<dicom_object::WriteError> for ImageError {

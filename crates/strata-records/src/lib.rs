@@ -4,11 +4,13 @@
 //! below all three: what tokenizes (and what serves) links none of the readers of Parquet, WARC or HTML.
 
 pub mod doc;
+pub mod files;
 pub mod hash;
 pub mod shards;
 pub mod split;
 
 pub use doc::Doc;
+pub use files::files_under;
 pub use shards::{
     read_dataset, read_shards, shard_paths, Quarantine, QuarantineRecord, ShardCopy, ShardWriter,
 };

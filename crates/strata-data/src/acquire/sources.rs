@@ -109,21 +109,8 @@ pub fn resolve_inputs(inputs: &[String]) -> Result<Vec<(PathBuf, SourceFormat)>>
 }
 
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, SourceFormat)>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(std::result::Result::ok)
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        {
-            continue;
-        }
-        if p.is_dir() {
-            walk(&p, out)?;
-        } else if let Some(f) = SourceFormat::of(&p) {
+    for p in strata_records::files_under(dir, true)? {
+        if let Some(f) = SourceFormat::of(&p) {
             out.push((p, f));
         }
     }
