@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use strata_store::{InputRef, Kind, Manifest, Store};
 
-use crate::dataset::{pseudonym, DatasetWriter, ImageRecord};
+use crate::dataset::{pseudonym, write_image, DatasetWriter, ImageRecord};
 use crate::pixels::Frame;
 use crate::{bad, dicom, io_err, ImageError, Result};
 
@@ -419,13 +419,7 @@ fn read_all(
                 let got = read_one(f, &sha, side.get(&f.path), cfg)?;
                 let mut recs = Vec::with_capacity(got.len());
                 for (mut rec, frame) in got {
-                    rec.file = format!("images/{}.png", rec.id);
-                    let path = staging.join(&rec.file);
-                    std::fs::write(&path, frame.to_png()?).map_err(io_err(&path))?;
-                    rec.width = frame.width;
-                    rec.height = frame.height;
-                    rec.channels = frame.channels;
-                    rec.bits = frame.bits();
+                    write_image(staging, &mut rec, &frame)?;
                     recs.push(rec);
                 }
                 Ok((sha, recs))
@@ -504,7 +498,7 @@ pub fn acquire_images(
                 });
                 counts.images += recs.len();
                 for r in recs {
-                    w.add_existing(r);
+                    w.add(r);
                 }
             }
             Err(e) => w.reject(&f.path.display().to_string(), 0, &e.to_string())?,

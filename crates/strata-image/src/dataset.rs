@@ -109,7 +109,23 @@ pub fn read_records(dir: &Path) -> Result<Vec<ImageRecord>> {
         .collect()
 }
 
-/// Builds an image dataset in a staging folder: PNGs as they come, records sorted by id at the end.
+/// Writes `frame` as `images/<id>.png` under `dir` and fills in the record's `file`, size and depth: the one
+/// way an image enters a dataset (acquisition and every image stage, each from its own worker threads).
+///
+/// # Errors
+/// On an I/O failure.
+pub fn write_image(dir: &Path, rec: &mut ImageRecord, frame: &Frame) -> Result<()> {
+    rec.file = format!("images/{}.png", rec.id);
+    rec.width = frame.width;
+    rec.height = frame.height;
+    rec.channels = frame.channels;
+    rec.bits = frame.bits();
+    let path = dir.join(&rec.file);
+    std::fs::write(&path, frame.to_png()?).map_err(io_err(&path))
+}
+
+/// Builds an image dataset in a staging folder: PNGs as they come ([`write_image`]), records sorted by id at
+/// the end.
 pub struct DatasetWriter {
     dir: PathBuf,
     records: Vec<ImageRecord>,
@@ -129,31 +145,9 @@ impl DatasetWriter {
         })
     }
 
-    /// Writes the frame as `images/<id>.png` and keeps its record (`file`, size and depth filled in).
-    ///
-    /// # Errors
-    /// On an I/O failure.
-    pub fn add(&mut self, mut rec: ImageRecord, frame: &Frame) -> Result<()> {
-        rec.file = format!("images/{}.png", rec.id);
-        rec.width = frame.width;
-        rec.height = frame.height;
-        rec.channels = frame.channels;
-        rec.bits = frame.bits();
-        let path = self.dir.join(&rec.file);
-        std::fs::write(&path, frame.to_png()?).map_err(io_err(&path))?;
+    /// Keeps a record whose PNG is in place ([`write_image`]).
+    pub fn add(&mut self, rec: ImageRecord) {
         self.records.push(rec);
-        Ok(())
-    }
-
-    /// Keeps a record whose PNG is already in place (copied by a stage).
-    pub fn add_existing(&mut self, rec: ImageRecord) {
-        self.records.push(rec);
-    }
-
-    /// The folder being built.
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Quarantines `source` with a one-line reason.

@@ -18,8 +18,14 @@ const N: usize = 32;
 /// The 64-bit pHash of a frame.
 #[must_use]
 pub fn phash(frame: &Frame) -> u64 {
-    let luma = frame.luma8();
-    let small = resize_area(&luma, frame.width as usize, frame.height as usize, N, N);
+    phash_luma(&frame.luma8(), frame.width, frame.height)
+}
+
+/// The pHash of a `width` × `height` 8-bit luminance plane (a frame's [`Frame::luma8`], when the caller
+/// already has it).
+#[must_use]
+pub fn phash_luma(luma: &[u8], width: u32, height: u32) -> u64 {
+    let small = resize_area(luma, width as usize, height as usize, N, N);
     let dct = dct2(&small);
     let mut coeffs = Vec::with_capacity(64);
     for v in 0..8 {

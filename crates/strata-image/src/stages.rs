@@ -28,10 +28,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use strata_store::{Kind, Manifest, Store};
 
-use crate::dataset::{read_records, DatasetWriter, ImageRecord};
-use crate::phash::{distance, phash};
+use crate::dataset::{read_records, write_image, DatasetWriter, ImageRecord};
+use crate::phash::{distance, phash_luma};
 use crate::pixels::{Frame, Samples};
-use crate::{io_err, Result};
+use crate::Result;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageStages {
@@ -87,8 +87,7 @@ fn split_of(key: &str, val: f64, test: f64) -> &'static str {
     }
 }
 
-fn luma_std(f: &Frame) -> f64 {
-    let l = f.luma8();
+fn luma_std(l: &[u8]) -> f64 {
     let n = l.len().max(1) as f64;
     let mean = l.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
     (l.iter()
@@ -111,44 +110,49 @@ fn close_pairs(hashes: &[u64], d: u32) -> Vec<(usize, usize, u32)> {
         .collect()
 }
 
-fn resize_pad(f: &Frame, w: u32, h: u32) -> Frame {
-    let scale = (f64::from(w) / f64::from(f.width)).min(f64::from(h) / f64::from(f.height));
-    let nw = ((f64::from(f.width) * scale).round() as u32).clamp(1, w);
-    let nh = ((f64::from(f.height) * scale).round() as u32).clamp(1, h);
+/// `src` resized to fit `w` × `h` (Lanczos) and centred on a black canvas of that size.
+fn letterbox<P>(src: &image::ImageBuffer<P, Vec<P::Subpixel>>, w: u32, h: u32) -> Vec<P::Subpixel>
+where
+    P: image::Pixel + 'static,
+{
+    let scale = (f64::from(w) / f64::from(src.width())).min(f64::from(h) / f64::from(src.height()));
+    let nw = ((f64::from(src.width()) * scale).round() as u32).clamp(1, w);
+    let nh = ((f64::from(src.height()) * scale).round() as u32).clamp(1, h);
     let (ox, oy) = (i64::from((w - nw) / 2), i64::from((h - nh) / 2));
-    let filter = imageops::FilterType::Lanczos3;
-    match (&f.samples, f.channels) {
+    let mut canvas = image::ImageBuffer::<P, Vec<P::Subpixel>>::new(w, h);
+    imageops::overlay(
+        &mut canvas,
+        &imageops::resize(src, nw, nh, imageops::FilterType::Lanczos3),
+        ox,
+        oy,
+    );
+    canvas.into_raw()
+}
+
+fn resize_pad(f: &Frame, w: u32, h: u32) -> Frame {
+    let (width, height) = (f.width, f.height);
+    let (channels, samples) = match (&f.samples, f.channels) {
         (Samples::U8(d), 3) => {
-            let img = image::RgbImage::from_raw(f.width, f.height, d.clone()).unwrap_or_default();
-            let mut canvas = image::RgbImage::new(w, h);
-            imageops::overlay(&mut canvas, &imageops::resize(&img, nw, nh, filter), ox, oy);
-            Frame {
-                width: w,
-                height: h,
-                channels: 3,
-                samples: Samples::U8(canvas.into_raw()),
-            }
+            let img = image::RgbImage::from_raw(width, height, d.clone()).unwrap_or_default();
+            (3, Samples::U8(letterbox(&img, w, h)))
         }
         (Samples::U8(d), _) => {
-            let img = image::GrayImage::from_raw(f.width, f.height, d.clone()).unwrap_or_default();
-            let mut canvas = image::GrayImage::new(w, h);
-            imageops::overlay(&mut canvas, &imageops::resize(&img, nw, nh, filter), ox, oy);
-            Frame::gray8(w, h, canvas.into_raw())
+            let img = image::GrayImage::from_raw(width, height, d.clone()).unwrap_or_default();
+            (1, Samples::U8(letterbox(&img, w, h)))
         }
-        (Samples::U16(d), _) => {
-            let gray: Vec<u16> = d.iter().step_by(usize::from(f.channels)).copied().collect();
+        (Samples::U16(d), c) => {
+            let gray: Vec<u16> = d.iter().step_by(usize::from(c)).copied().collect();
             let img =
-                image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(f.width, f.height, gray)
+                image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_raw(width, height, gray)
                     .unwrap_or_default();
-            let mut canvas = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::new(w, h);
-            imageops::overlay(&mut canvas, &imageops::resize(&img, nw, nh, filter), ox, oy);
-            Frame {
-                width: w,
-                height: h,
-                channels: 1,
-                samples: Samples::U16(canvas.into_raw()),
-            }
+            (1, Samples::U16(letterbox(&img, w, h)))
         }
+    };
+    Frame {
+        width: w,
+        height: h,
+        channels,
+        samples,
     }
 }
 
@@ -217,10 +221,9 @@ pub fn preprocess_images(
                     "resized_from".into(),
                     serde_json::json!([f.width, f.height]),
                 );
-                let f = resize_pad(&f, rw, rh);
-                write_png(&staging, &mut rec, &f)?;
+                write_image(&staging, &mut rec, &resize_pad(&f, rw, rh))?;
             } else {
-                write_png(&staging, &mut rec, &f)?;
+                write_image(&staging, &mut rec, &f)?;
             }
             Ok(rec)
         })
@@ -236,7 +239,7 @@ pub fn preprocess_images(
                     .insert(s.clone());
             }
         }
-        w.add_existing(rec);
+        w.add(rec);
     }
     c.patients_in_two_splits = patient_splits.values().filter(|s| s.len() > 1).count();
     for (name, log) in [("dedup_pairs.jsonl", pairs_log), ("leaks.jsonl", leaks_log)] {
@@ -279,7 +282,8 @@ fn check_one(in_dir: &Path, rec: &ImageRecord, cfg: &ImageStages) -> Result<(Fra
             ),
         ));
     }
-    let sd = luma_std(&f);
+    let luma = f.luma8();
+    let sd = luma_std(&luma);
     if sd < cfg.min_std {
         return Err(crate::bad(
             &path,
@@ -289,7 +293,7 @@ fn check_one(in_dir: &Path, rec: &ImageRecord, cfg: &ImageStages) -> Result<(Fra
             ),
         ));
     }
-    let h = phash(&f);
+    let h = phash_luma(&luma, f.width, f.height);
     Ok((f, h))
 }
 
@@ -404,14 +408,4 @@ fn leakage(
         }
     }
     Ok((out, leaks_log))
-}
-
-fn write_png(staging: &Path, rec: &mut ImageRecord, f: &Frame) -> Result<()> {
-    rec.file = format!("images/{}.png", rec.id);
-    rec.width = f.width;
-    rec.height = f.height;
-    rec.channels = f.channels;
-    rec.bits = f.bits();
-    let path = staging.join(&rec.file);
-    std::fs::write(&path, f.to_png()?).map_err(io_err(&path))
 }
