@@ -136,14 +136,20 @@ fn walk(root: &Path, out: &mut Vec<Found>) -> Result<()> {
     Ok(())
 }
 
-/// True when the inputs hold images or DICOM files and no text sources: `strata acquire` then builds an
-/// image dataset. Inputs mixing both are an error (two datasets, one per kind).
+/// The files the inputs name, found and classified once: what [`image_inputs`] hands to [`acquire_images`].
+#[derive(Debug, Clone)]
+pub struct ImageInputs(Vec<Found>);
+
+/// The inputs' files when they hold images or DICOM files and no text sources (`strata acquire` then builds
+/// an image dataset from them); `None` when they hold no image, or when an input is missing or a pattern is
+/// malformed (the text readers report those). Inputs mixing both kinds are an error (two datasets, one per
+/// kind).
 ///
 /// # Errors
-/// When an input is missing, or mixes images with text sources.
-pub fn is_image_input(inputs: &[String]) -> Result<bool> {
+/// When the inputs mix images with text sources.
+pub fn image_inputs(inputs: &[String]) -> Result<Option<ImageInputs>> {
     let Ok(found) = resolve(inputs) else {
-        return Ok(false);
+        return Ok(None);
     };
     let images = found
         .iter()
@@ -151,8 +157,8 @@ pub fn is_image_input(inputs: &[String]) -> Result<bool> {
         .count();
     let text = found.iter().filter(|f| f.kind == FileKind::Text).count();
     match (images, text) {
-        (0, _) => Ok(false),
-        (_, 0) => Ok(true),
+        (0, _) => Ok(None),
+        (_, 0) => Ok(Some(ImageInputs(found))),
         (i, t) => Err(ImageError::Usage(format!(
             "the inputs mix {i} image/DICOM files with {t} text files: acquire them as two datasets"
         ))),
@@ -444,18 +450,19 @@ pub struct AcquireCounts {
     pub quarantined: usize,
 }
 
-/// Reads the inputs into the image dataset `name`, published in the store.
+/// Reads the inputs (`cfg.inputs`, as [`image_inputs`] found them) into the image dataset `name`, published in
+/// the store.
 ///
 /// # Errors
-/// When an input is missing or matches nothing, a sidecar is malformed, or on an I/O failure; bad files
-/// are quarantined instead.
+/// When a sidecar is malformed, or on an I/O failure; bad files are quarantined instead.
 pub fn acquire_images(
     store: &Store,
     name: &str,
     cfg: &ImageAcquireConfig,
+    inputs: &ImageInputs,
     created_by: &str,
 ) -> Result<(Manifest, AcquireCounts)> {
-    let found = resolve(&cfg.inputs)?;
+    let found = &inputs.0;
     let sidecar = cfg.labels.clone().or_else(|| {
         found
             .iter()

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use strata_image::acquire::{acquire_images, ImageAcquireConfig};
+use strata_image::acquire::{acquire_images, image_inputs, ImageAcquireConfig, ImageInputs};
 use strata_image::deid::{deid_tree, DicomDeid, Rect};
 use strata_image::stages::{preprocess_images, ImageStages};
 use strata_store::{Kind, Store};
@@ -14,7 +14,7 @@ fn secret() -> String {
     std::env::var("STRATA_DEID_SECRET").unwrap_or_default()
 }
 
-pub fn acquire(store: &Store, a: &AcquireArgs) -> anyhow::Result<ExitCode> {
+pub fn acquire(store: &Store, a: &AcquireArgs, found: &ImageInputs) -> anyhow::Result<ExitCode> {
     if a.phase.is_some() || a.tasks.is_some() {
         anyhow::bail!("--phase/--tasks are for text sources; an image dataset is read in one run");
     }
@@ -25,7 +25,7 @@ pub fn acquire(store: &Store, a: &AcquireArgs) -> anyhow::Result<ExitCode> {
         labels: a.labels.clone(),
         secret: secret(),
     };
-    let (_, c) = acquire_images(store, &a.name, &cfg, "strata acquire")?;
+    let (_, c) = acquire_images(store, &a.name, &cfg, found, "strata acquire")?;
     println!(
         "dataset {} (images): {} images from {} files ({} DICOM), {} quarantined",
         a.name, c.images, c.files, c.dicom_files, c.quarantined
@@ -139,38 +139,50 @@ fn parse_rect(s: &str) -> anyhow::Result<Rect> {
     }
 }
 
-pub fn deid_dicom(a: &DeidDicomArgs) -> anyhow::Result<ExitCode> {
-    let rules_only = a.lexicon.as_os_str() == "none";
-    if !rules_only && !a.lexicon.is_dir() {
+/// The DICOM de-identifier of `strata deid dicom` and the demo: kept descriptors go through the text
+/// de-identifier in surrogate mode, with the lexicon at `lexicon` or the rule-only mode (`none`).
+fn dicom_deid(
+    lexicon: &std::path::Path,
+    secret: &str,
+    blank: Vec<Rect>,
+    max_pixels: u64,
+) -> anyhow::Result<DicomDeid> {
+    let rules_only = lexicon.as_os_str() == "none";
+    if !rules_only && !lexicon.is_dir() {
         anyhow::bail!(
             "no PII lexicon at {} for the kept descriptors (build it with scripts/fetch-data.sh --lexicon, or \
              pass --lexicon none for the rule-only mode)",
-            a.lexicon.display()
+            lexicon.display()
         );
     }
     let text = strata_deid::Deid::new(&strata_deid::PiiRedact {
         mode: strata_deid::PiiMode::Surrogate,
-        lexicon: (!rules_only).then(|| a.lexicon.clone()),
+        lexicon: (!rules_only).then(|| lexicon.to_path_buf()),
         rules_only,
         ..strata_deid::PiiRedact::default()
     })?
-    .with_secret(&a.secret);
+    .with_secret(secret);
+    Ok(DicomDeid {
+        secret: secret.to_string(),
+        text,
+        blank,
+        max_pixels,
+    })
+}
+
+pub fn deid_dicom(a: &DeidDicomArgs) -> anyhow::Result<ExitCode> {
     if a.secret.is_empty() {
         eprintln!(
             "warning: no secret (--secret or STRATA_DEID_SECRET): new UIDs, pseudonyms and date offsets can be \
              recomputed by anyone who knows the originals"
         );
     }
-    let cfg = DicomDeid {
-        secret: a.secret.clone(),
-        text,
-        blank: a
-            .blank
-            .iter()
-            .map(|s| parse_rect(s))
-            .collect::<anyhow::Result<_>>()?,
-        max_pixels: a.max_pixels,
-    };
+    let blank = a
+        .blank
+        .iter()
+        .map(|s| parse_rect(s))
+        .collect::<anyhow::Result<_>>()?;
+    let cfg = dicom_deid(&a.lexicon, &a.secret, blank, a.max_pixels)?;
     let t = std::time::Instant::now();
     let r = deid_tree(&cfg, &a.input, &a.output)?;
     let secs = t.elapsed().as_secs_f64();
@@ -288,7 +300,9 @@ pub fn demo(store: &Store, quick: bool) -> anyhow::Result<()> {
         secret: secret(),
         ..ImageAcquireConfig::default()
     };
-    let (_, a) = acquire_images(store, "us-images", &cfg, "strata demo")?;
+    let found = image_inputs(&cfg.inputs)?
+        .ok_or_else(|| anyhow::anyhow!("{}: the simulator wrote no images", png_dir.display()))?;
+    let (_, a) = acquire_images(store, "us-images", &cfg, &found, "strata demo")?;
     let stages = ImageStages {
         dedup: Some(4),
         split: Some((0.1, 0.1)),
@@ -320,17 +334,12 @@ pub fn demo(store: &Store, quick: bool) -> anyhow::Result<()> {
     println!("contact sheet: {}", sheet.display());
     let dcm = root.join("dicom");
     strata_image::sim::generate(&dcm, if quick { 4 } else { 16 }, 1, size, true, 3)?;
-    let text = strata_deid::Deid::new(&strata_deid::PiiRedact {
-        mode: strata_deid::PiiMode::Surrogate,
-        rules_only: true,
-        ..strata_deid::PiiRedact::default()
-    })?;
-    let cfg = DicomDeid {
-        secret: secret(),
-        text,
-        blank: Vec::new(),
-        max_pixels: strata_image::acquire::DEFAULT_MAX_PIXELS,
-    };
+    let cfg = dicom_deid(
+        std::path::Path::new("none"),
+        &secret(),
+        Vec::new(),
+        strata_image::acquire::DEFAULT_MAX_PIXELS,
+    )?;
     let out = root.join("dicom-deid");
     let r = deid_tree(&cfg, &dcm.join("dicom"), &out)?;
     println!(

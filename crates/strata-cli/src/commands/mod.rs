@@ -38,10 +38,10 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
     }
     let store = open_store(args)?;
     match &args.command {
-        Command::Acquire(a) if strata_image::acquire::is_image_input(&a.inputs)? => {
-            images::acquire(&store, a)
-        }
-        Command::Acquire(a) => acquire::run(&store, a),
+        Command::Acquire(a) => match strata_image::acquire::image_inputs(&a.inputs)? {
+            Some(found) => images::acquire(&store, a, &found),
+            None => acquire::run(&store, a),
+        },
         Command::Preprocess(a)
             if strata_image::dataset::is_image_dataset(
                 &store.dir(strata_store::Kind::Dataset, &a.input),
