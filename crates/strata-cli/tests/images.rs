@@ -10,6 +10,16 @@ use std::path::Path;
 
 use common::{fresh_dir, python_check, run, strata};
 
+/// `strata domain ultrasound-images ARGS --out OUT`, which must succeed.
+fn simulate(store: &Path, out: &Path, args: &[&str]) {
+    let r = run(strata(store)
+        .args(["domain", "ultrasound-images"])
+        .args(args)
+        .arg("--out")
+        .arg(out));
+    assert!(r.ok, "{}", r.stderr);
+}
+
 fn json_lines(s: &str) -> Vec<serde_json::Value> {
     s.lines()
         .filter(|l| l.trim_start().starts_with('{'))
@@ -277,18 +287,7 @@ fn bad_image_input_is_quarantined_line_by_line_and_the_rest_kept() {
     python_check("dicom_parity.py", &["bad".as_ref(), bad.as_os_str()]);
     // two good images from the simulator
     let sim = dir.join("sim");
-    let r = run(strata(&dir.join("store"))
-        .args([
-            "domain",
-            "ultrasound-images",
-            "--count",
-            "2",
-            "--size",
-            "64",
-            "--out",
-        ])
-        .arg(&sim));
-    assert!(r.ok, "{}", r.stderr);
+    simulate(&dir.join("store"), &sim, &["--count", "2", "--size", "64"]);
     for f in ["us00000.png", "us00001.png"] {
         std::fs::copy(sim.join("images").join(f), bad.join(f)).unwrap();
     }
@@ -346,18 +345,7 @@ fn wrong_flags_and_arguments_are_one_line_errors() {
     let dir = fresh_dir("images-bad-args");
     let store = dir.join("store");
     let sim = dir.join("sim");
-    let r = run(strata(&store)
-        .args([
-            "domain",
-            "ultrasound-images",
-            "--count",
-            "2",
-            "--size",
-            "64",
-            "--out",
-        ])
-        .arg(&sim));
-    assert!(r.ok, "{}", r.stderr);
+    simulate(&store, &sim, &["--count", "2", "--size", "64"]);
     let r = run(strata(&store)
         .args(["acquire", "--name", "bad", "--input"])
         .arg(&sim));
@@ -456,20 +444,11 @@ fn sim_store(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = fresh_dir(name);
     let sim = dir.join("sim");
     let store = dir.join("store");
-    let r = run(strata(&store)
-        .args([
-            "domain",
-            "ultrasound-images",
-            "--count",
-            "30",
-            "--seed",
-            "3",
-            "--size",
-            "96",
-            "--out",
-        ])
-        .arg(&sim));
-    assert!(r.ok, "{}", r.stderr);
+    simulate(
+        &store,
+        &sim,
+        &["--count", "30", "--seed", "3", "--size", "96"],
+    );
     // planted near-duplicates: re-encoded as JPEG, resized, brightened; one of each, other patients
     python_check("plant_duplicates.py", &[sim.as_os_str()]);
     let r = run(strata(&store)
@@ -594,21 +573,11 @@ fn simulated_dicom_is_deidentified_end_to_end_and_read_back() {
     let dir = fresh_dir("images-sim-dicom");
     let sim = dir.join("sim");
     let store = dir.join("store");
-    let r = run(strata(&store)
-        .args([
-            "domain",
-            "ultrasound-images",
-            "--dicom",
-            "--frames",
-            "3",
-            "--count",
-            "4",
-            "--size",
-            "64",
-            "--out",
-        ])
-        .arg(&sim));
-    assert!(r.ok, "{}", r.stderr);
+    simulate(
+        &store,
+        &sim,
+        &["--dicom", "--frames", "3", "--count", "4", "--size", "64"],
+    );
     let out = dir.join("clean");
     let r = run(strata(&store)
         .args(["deid", "dicom", "--lexicon", "none"])
@@ -682,18 +651,7 @@ fn an_image_folder_takes_its_labels_from_sub_folder_names() {
     let dir = fresh_dir("images-folder");
     let store = dir.join("store");
     let sim = dir.join("sim");
-    let r = run(strata(&store)
-        .args([
-            "domain",
-            "ultrasound-images",
-            "--count",
-            "3",
-            "--size",
-            "48",
-            "--out",
-        ])
-        .arg(&sim));
-    assert!(r.ok, "{}", r.stderr);
+    simulate(&store, &sim, &["--count", "3", "--size", "48"]);
     // cyst/ and normal/ sub-folders, one picture saved as BMP and one as JPEG by Pillow
     let folder = dir.join("folder");
     for (sub, src) in [
