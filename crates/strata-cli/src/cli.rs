@@ -241,7 +241,8 @@ pub struct ImageStageArgs {
     pub phash_dedup: bool,
     /// Images: the Hamming distance (of 64 bits) at which two images are near-duplicates, and at which a
     /// val/test image is a leak of a train image. Re-encoded, resized or brightened copies are 0–2 apart;
-    /// distinct simulated scans of one organ 8 or more.
+    /// distinct simulated 96-pixel scans of one organ were 8 or more apart, but 256-pixel scans of one organ
+    /// and finding came as close as 4 (the demo drops 5 of 96): check dedup_pairs.jsonl, lower it if needed.
     #[arg(long, default_value_t = 4)]
     pub phash_distance: u32,
     /// Images: assign train/val/test by patient pseudonym (all images of a patient in one split).
