@@ -181,7 +181,42 @@ def eponyms(names, common):
             pairs.add(f"{x} {y}")
             heads.setdefault(y, set()).add(x)
     head_words = {y for y, xs in heads.items() if len(xs) >= 3 and len(y) >= 3 and y.islower()}
-    return pairs, head_words
+    return pairs, head_words | EXTRA_HEADS
+
+
+# Nouns eponyms name in notes that the terminologies above write too rarely to count (Holter monitor, Glasgow
+# Coma Scale, Valsalva maneuver): chosen here, one word each.
+EXTRA_HEADS = {"monitor", "scale", "score", "maneuver", "manoeuvre", "procedure", "classification", "criteria",
+               "stain", "reflex", "fracture", "cyst", "test", "operation", "incision", "forceps", "tube"}
+
+
+# The learned tagger's training notes (strata-deid's tagger.rs): generated, seed 1 only, so that every other
+# seed measures it on notes it has not seen. Strata trains the tagger from them the first time it loads this
+# lexicon (or `strata deid train`), writing tagger.bin here.
+GENERATORS = ["make_realformat_notes.py", "make_deid_notes.py"]
+
+
+def training_notes(gens):
+    import subprocess
+    import tempfile
+    path = os.path.join(OUT, "train-notes.jsonl")
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        parts = []
+        for gen, args in zip(gens, [["--notes", "600", "--seed", "1", "--formats", "dev"],
+                                    ["--notes", "300", "--seed", "1"]]):
+            out = os.path.join(tmp, os.path.basename(gen) + ".jsonl")
+            subprocess.run([sys.executable, gen, OUT, out, *args], check=True)
+            parts.append(open(out, encoding="utf-8").read())
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write("".join(parts))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".tmp", path)
+    # a tagger trained on other notes is stale
+    stale = os.path.join(OUT, "tagger.bin")
+    if os.path.exists(stale):
+        os.remove(stale)
+    print(f"deid_lexicon: {path}: {len(''.join(parts).splitlines())} training notes", file=sys.stderr)
 
 
 def write(name, items):
@@ -200,7 +235,11 @@ def main():
     missing = [f for f in INPUTS.values() if not os.path.exists(os.path.join(DL, f))]
     if missing:
         raise SystemExit(f"deid_lexicon: missing in {DL}: {', '.join(missing)} (run scripts/fetch-data.sh --lexicon)")
+    # the inputs, this script and the note generators the tagger's training notes come from
+    here = os.path.dirname(os.path.abspath(__file__))
+    gens = [os.path.join(here, "..", "tests", "python", g) for g in GENERATORS]
     sources = "".join(f"{f} {sha(os.path.join(DL, f))}\n" for f in sorted(INPUTS.values()))
+    sources += "".join(f"{os.path.basename(p)} {sha(p)}\n" for p in [os.path.abspath(__file__), *gens])
     stamp = os.path.join(OUT, "SOURCES")
     if os.path.exists(stamp) and open(stamp, encoding="utf-8").read() == sources:
         return
@@ -216,6 +255,7 @@ def main():
     write("common_words.txt", common)
     write("eponyms.txt", pairs)
     write("eponym_heads.txt", heads)
+    training_notes(gens)
     write("SOURCES", sources.splitlines())  # last: its presence says the rest is complete
 
 

@@ -631,6 +631,27 @@ pub enum DeidCommand {
         /// Also list up to this many missed identifiers and lost decoys.
         #[arg(long, default_value_t = 0)]
         show: usize,
+        /// Score the rules alone, without the learned tagger.
+        #[arg(long)]
+        no_tagger: bool,
+    },
+    /// Train the learned tagger (a linear-chain token tagger, averaged structured perceptron) on labelled
+    /// notes — yours, annotated span by span, or generated ones — and write it where the de-identifier reads
+    /// it: LEXICON/tagger.bin unless --out says otherwise. The lexicon build trains one on its own generated
+    /// notes (LEXICON/train-notes.jsonl) the first time the lexicon is loaded.
+    Train {
+        /// Labelled notes, jsonl (the format `strata deid eval` reads); several files are joined.
+        #[arg(required = true)]
+        notes: Vec<PathBuf>,
+        /// The lexicon folder (its lists are features of the tagger).
+        #[arg(long, default_value = "data/lexicon/deid")]
+        lexicon: PathBuf,
+        /// Where to write the tagger (default: LEXICON/tagger.bin).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Passes over the notes.
+        #[arg(long, default_value_t = 5)]
+        epochs: usize,
     },
     /// Redact the text on standard input and print it (one document).
     Redact {

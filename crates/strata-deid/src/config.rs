@@ -35,6 +35,8 @@ pub struct PiiRedact {
     pub dates: bool,
     /// Ages over 89.
     pub ages: bool,
+    /// Hospitals, clinics and other institutions by name (letterheads, `… Medical Center`).
+    pub institutions: bool,
     pub mode: PiiMode,
     /// The lexicon folder built by `scripts/fetch-data.sh --lexicon` (`data/lexicon/deid`): name lists,
     /// places and the protected medical vocabulary. Required unless `rules_only` is set.
@@ -58,6 +60,7 @@ impl Default for PiiRedact {
             locations: true,
             dates: true,
             ages: true,
+            institutions: true,
             mode: PiiMode::Placeholder,
             lexicon: None,
             rules_only: false,
@@ -66,6 +69,25 @@ impl Default for PiiRedact {
 }
 
 impl PiiRedact {
+    /// Whether identifiers of `kind` are to be found.
+    #[must_use]
+    pub fn finds(&self, kind: crate::PiiKind) -> bool {
+        use crate::PiiKind as K;
+        match kind {
+            K::Email => self.emails,
+            K::Phone => self.phones,
+            K::Ip => self.ips,
+            K::Id => self.national_ids,
+            K::Mrn => self.medical_record_numbers,
+            K::Dob => self.dates_of_birth,
+            K::Name => self.names,
+            K::Location => self.locations,
+            K::Date => self.dates,
+            K::Age => self.ages,
+            K::Hospital => self.institutions,
+        }
+    }
+
     /// The text with PII replaced (placeholders, no lexicon), and how many of each kind.
     #[must_use]
     pub fn redact(&self, text: &str) -> (String, Vec<(&'static str, usize)>) {

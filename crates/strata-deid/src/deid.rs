@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::layout::{find_layout, find_layout_late, plausible_name};
 use crate::lexicon::Lexicon;
 use crate::patterns::find_patterns;
-use crate::prose::find_prose;
+use crate::prose::{find_prose, protected_at};
 use crate::span::{PiiKind, PiiSpan, Spans};
 use crate::surrogate::Surrogates;
 use crate::{PiiMode, PiiRedact};
@@ -93,6 +94,15 @@ impl Deid {
         }
     }
 
+    /// The same de-identifier without its learned tagger: the rules alone.
+    #[must_use]
+    pub fn without_tagger(mut self) -> Self {
+        if let Some(l) = &mut self.lexicon {
+            Arc::make_mut(l).tagger = None;
+        }
+        self
+    }
+
     #[must_use]
     pub fn lexicon(&self) -> Option<&Lexicon> {
         self.lexicon.as_deref()
@@ -102,8 +112,33 @@ impl Deid {
     #[must_use]
     pub fn find(&self, text: &str) -> Vec<PiiSpan> {
         let mut spans = Spans::default();
+        let lex = self.lexicon.as_deref();
+        find_layout(text, &self.cfg, lex, &mut spans);
         find_patterns(text, &self.cfg, &mut spans);
-        find_prose(text, &self.cfg, self.lexicon.as_deref(), &mut spans);
+        find_prose(text, &self.cfg, lex, &mut spans);
+        if let (Some(tagger), true) = (lex.and_then(|l| l.tagger.as_ref()), self.cfg.names) {
+            // the learned tagger for names where no rule claimed the text: what has a name's shape and is
+            // neither medicine nor an everyday word (the shapes of numbers and dates are the rules' to judge)
+            for (s, e, kind) in tagger.find(text, lex) {
+                // a word before a colon is a label ("Transcribed by:")
+                let after = text[e..].trim_start_matches([' ', '\t']);
+                let label =
+                    after.starts_with(':') || after.starts_with("by:") || after.starts_with("By:");
+                // no word of it may name medicine (Holter monitor, Glasgow Coma Scale)
+                let medicine =
+                    || words(&text[s..e]).any(|(a, b)| protected_at(text, lex, s + a, s + b));
+                if kind == PiiKind::Name
+                    && !label
+                    && plausible_name(&text[s..e], lex)
+                    && !medicine()
+                {
+                    spans.add(s, e, kind);
+                }
+            }
+        }
+        find_layout_late(text, &self.cfg, lex, &mut spans, &|s, e| {
+            protected_at(text, lex, s, e)
+        });
         spans.sorted()
     }
 
@@ -145,6 +180,24 @@ impl Deid {
         out.push_str(&text[at..]);
         (out, counts)
     }
+}
+
+/// The words of `s` (letters), as byte ranges.
+fn words(s: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+    s.char_indices()
+        .filter(|&(i, c)| {
+            c.is_alphabetic()
+                && s[..i]
+                    .chars()
+                    .next_back()
+                    .is_none_or(|p| !p.is_alphabetic())
+        })
+        .map(move |(i, _)| {
+            let end = s[i..]
+                .find(|c: char| !c.is_alphabetic())
+                .map_or(s.len(), |k| i + k);
+            (i, end)
+        })
 }
 
 #[cfg(test)]

@@ -113,6 +113,9 @@ pub struct DeidReport {
     /// Up to 50 identifiers missed and decoys lost: `note id: TYPE "text"`.
     pub missed: Vec<String>,
     pub lost: Vec<String>,
+    /// Up to 50 found spans that touch no labelled identifier: `note id: TYPE "text"`.
+    #[serde(default)]
+    pub wrong: Vec<String>,
 }
 
 /// Byte offset of every character index (and of the end).
@@ -183,6 +186,14 @@ pub fn evaluate(deid: &Deid, notes: &[LabelledNote]) -> DeidReport {
                 .iter()
                 .any(|s| at[s.start] < f.end && f.start < at[s.end]);
             t.hit += usize::from(right);
+            if !right && r.wrong.len() < 50 {
+                r.wrong.push(format!(
+                    "{}: {} {:?}",
+                    n.id,
+                    f.kind.tag(),
+                    &n.text[f.start..f.end]
+                ));
+            }
         }
         for d in &n.decoys {
             let (a, b) = (at[d.start], at[d.end]);

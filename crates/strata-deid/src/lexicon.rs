@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::{DeidError, Result};
 
 /// The lists of `scripts/deid_lexicon.py`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Lexicon {
     pub first_names: HashSet<String>,
     pub surnames: HashSet<String>,
@@ -23,7 +23,14 @@ pub struct Lexicon {
     pub first_pool: Vec<String>,
     pub surname_pool: Vec<String>,
     pub place_pool: Vec<String>,
+    /// The learned tagger ([`crate::tagger`]): `tagger.bin`, trained on first load from the lexicon's
+    /// `train-notes.jsonl` when it is not there yet.
+    pub tagger: Option<crate::Tagger>,
 }
+
+/// The tagger's file in a lexicon folder, and the labelled notes it is trained from.
+pub const TAGGER_FILE: &str = "tagger.bin";
+pub const TRAIN_NOTES: &str = "train-notes.jsonl";
 
 const LISTS: [&str; 7] = [
     "first_names.txt",
@@ -41,6 +48,16 @@ impl Lexicon {
     /// # Errors
     /// A missing folder or list, named, with the command that builds it.
     pub fn load(dir: &Path) -> Result<Self> {
+        let mut lex = Self::load_lists(dir)?;
+        lex.tagger = Self::tagger(dir, &lex)?;
+        Ok(lex)
+    }
+
+    /// Reads the lists of `dir`, not its tagger.
+    ///
+    /// # Errors
+    /// A missing folder or list, named, with the command that builds it.
+    pub fn load_lists(dir: &Path) -> Result<Self> {
         let read = |name: &str| -> Result<HashSet<String>> {
             let path = dir.join(name);
             let text = std::fs::read_to_string(&path).map_err(|e| DeidError::Lexicon {
@@ -79,6 +96,27 @@ impl Lexicon {
         lex.surname_pool = pool(&lex.surnames, &lex);
         lex.place_pool = pool(&lex.places, &lex);
         Ok(lex)
+    }
+
+    /// The folder's tagger: read, or trained from its notes and written (once), or none without notes.
+    fn tagger(dir: &Path, lex: &Self) -> Result<Option<crate::Tagger>> {
+        let path = dir.join(TAGGER_FILE);
+        if path.exists() {
+            return crate::Tagger::load(&path).map(Some);
+        }
+        let notes = dir.join(TRAIN_NOTES);
+        if !notes.exists() {
+            return Ok(None);
+        }
+        let notes = crate::eval::read_notes(&notes)?;
+        eprintln!(
+            "de-identification: training the tagger on {} labelled notes (once) → {}",
+            notes.len(),
+            path.display()
+        );
+        let t = crate::Tagger::train(&notes, Some(lex), crate::tagger::EPOCHS);
+        t.save(&path)?;
+        Ok(Some(t))
     }
 
     pub(crate) fn is_common(&self, word: &str) -> bool {

@@ -22,17 +22,20 @@
 mod config;
 pub mod deid;
 pub mod eval;
+mod layout;
 pub mod lexicon;
 pub mod patterns;
 pub mod prose;
 pub mod span;
 pub mod surrogate;
+pub mod tagger;
 
 pub use config::{PiiMode, PiiRedact};
 pub use deid::Deid;
 pub use lexicon::Lexicon;
 pub use span::{PiiKind, PiiSpan};
 pub use surrogate::{patient_key, patient_shift_days, shift_date, Surrogates};
+pub use tagger::Tagger;
 
 /// Errors of de-identification; each names the file (and line) involved and, for the lexicon, how to get it.
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,7 @@ pub(crate) fn patterns() -> &'static Patterns {
         // (?:^|\D) … (?:\D|$) guards instead of \b: between a Chinese character and a digit there is no
         // word boundary, and a phone glued to Chinese text must still be found.
         Patterns {
-            email: re(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+            email: re(r"[\p{L}\p{N}._%+-]+@[\p{L}\p{N}-]+(?:\.[\p{L}\p{N}-]+)*\.\p{L}{2,}"),
             ipv4: re(r"(?:^|[^\d.])((?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))(?:[^\d.]|\.\D|\.$|$)"),
             ssn: re(r"(?:^|\D)(\d{3}-\d{2}-\d{4})(?:\D|$)"),
             cn_id: re(r"(?:^|\D)(\d{17}[\dXx])(?:[^\dXx]|$)"),

@@ -87,13 +87,27 @@ fn prose() -> &'static Prose {
             comma_age: re(r"^,[ \t]*((?:9\d|1[01]\d))(?-u:\b)"),
             name_age: re(r"^,[ \t]*\d{1,3}(?:[ \t]*(?:y|yo|yrs?|years?))?[ \t]*(?:,|\(|[MF](?-u:\b))"),
             told: re(&format!(
-                r"(?-u:\b)(?:phone|phoned|call|called|ring|rang|text|texted|tell|told|ask|asked|inform|informed|contact|contacted|notify|notified|update|updated|reassure|reassured|thank|thanked|meet|met|accompanied by|seen by|reviewed by|referred by|examined by|discussed with|spoke (?:to|with)|spoken (?:to|with)|per)[ \t]+({CAP}(?:[ \t]+{CAP})?)(?-u:\b)"
+                r"(?-u:\b)(?:phone|phoned|call|called|ring|rang|text|texted|tell|told|ask|asked|inform|informed|contact|contacted|notify|notified|update|updated|reassure|reassured|thank|thanked|meet|met|accompanied by|seen by|reviewed by|referred by|examined by|discussed with|routed to|forwarded to|sent to|copied to|faxed to|paged|spoke (?:to|with)|spoken (?:to|with)|per)[ \t]+({CAP}(?:[ \t]+{CAP})?)(?-u:\b)"
             )),
             cn_address: re(r"(?:\p{Han}{2,7}?(?:省|自治区))?(?:\p{Han}{2,7}?市)?(?:\p{Han}{1,7}?(?:区|县|旗))?(?:\p{Han}{1,10}?(?:镇|乡|街道))?\p{Han}{1,10}?(?:大街|大道|路|街|巷|胡同|弄)\d+号(?:\d+(?:栋|幢|号楼))?(?:\d+单元)?(?:\d+室)?"),
             cn_place: re(r"(?:家住|住在|现住|居住于|居住在|来自|籍贯|户籍|住址[:：]?|地址[:：]?|迁居|搬到)((?:\p{Han}{1,8}?(?:省|自治区|市|区|县|镇|乡|村|路|街|大街|大道|小区))+)"),
         }
     })
 }
+
+/// Titles, which the told/seen-by detector must step over.
+const TITLES: [&str; 10] = [
+    "Dr",
+    "Mr",
+    "Mrs",
+    "Ms",
+    "Mx",
+    "Miss",
+    "Prof",
+    "Professor",
+    "Doctor",
+    "Nurse",
+];
 
 /// Words before a Chinese name that say it is one.
 const CN_BEFORE: [&str; 27] = [
@@ -295,6 +309,25 @@ fn protected(words: &[Word<'_>], i: usize, text: &str, lex: Option<&Lexicon>) ->
     }
 }
 
+/// Whether the word at `[start, end)` names medicine ([`protected`]), looked up from the text around it.
+pub(crate) fn protected_at(text: &str, lex: Option<&Lexicon>, start: usize, end: usize) -> bool {
+    let p = prose();
+    let next = p.word.find_at(text, end);
+    let mut words = vec![Word {
+        start,
+        end,
+        text: &text[start..end],
+    }];
+    if let Some(n) = next {
+        words.push(Word {
+            start: n.start(),
+            end: n.end(),
+            text: n.as_str(),
+        });
+    }
+    protected(&words, 0, text, lex)
+}
+
 /// The names found so far in one text, over its words.
 struct Names<'t> {
     text: &'t str,
@@ -388,7 +421,9 @@ fn told_names(p: &Prose, lex: &Lexicon, names: &mut Names<'_>, spans: &mut Spans
             continue;
         };
         let w = names.words[i].text;
-        if lex.is_common(w)
+        // "examined by Dr. Wailes": the title is no name (the title detector has the name after it)
+        if TITLES.contains(&w)
+            || lex.is_common(w)
             || is_month_or_day(w)
             || lex.places.contains(w)
             || protected(&names.words, i, text, Some(lex))
@@ -428,7 +463,12 @@ fn lexicon_names(p: &Prose, lex: &Lexicon, names: &mut Names<'_>, spans: &mut Sp
         let followed = j > i + 1;
         let (start, end) = (w.start, words[j - 1].end);
         // a first name that is also a word or a month (Will, May, April) needs a surname after it
-        let is_first = first && (!common || followed) && (!is_month_or_day(w.text) || followed);
+        // so does a two-letter one (Na, Li, Bo: lab rows and abbreviations)
+        let short = w.text.chars().count() < 3;
+        let is_first = first
+            && (!common || followed)
+            && (!short || followed)
+            && (!is_month_or_day(w.text) || followed);
         // "Lindgren, 71, was seen": a capitalised word before an age
         let before_age =
             || !common && p.name_age.is_match(&text[end..]) && !is_month_or_day(w.text);
@@ -654,6 +694,7 @@ mod tests {
             first_pool: vec!["Alma".into(), "Bruno".into()],
             surname_pool: vec!["Okafor".into(), "Varga".into()],
             place_pool: vec!["Eastwick".into()],
+            tagger: None,
         }
     }
 

@@ -16,6 +16,8 @@ pub enum PiiKind {
     Location,
     Date,
     Age,
+    /// A hospital, clinic or other institution's name.
+    Hospital,
 }
 
 impl PiiKind {
@@ -33,6 +35,7 @@ impl PiiKind {
             Self::Location => "LOCATION",
             Self::Date => "DATE",
             Self::Age => "AGE",
+            Self::Hospital => "HOSPITAL",
         }
     }
 }

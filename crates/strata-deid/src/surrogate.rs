@@ -98,7 +98,7 @@ impl<'a> Surrogates<'a> {
             PiiKind::Date | PiiKind::Dob => {
                 shift_date(found, self.shift).unwrap_or_else(|| format!("<{}>", kind.tag()))
             }
-            PiiKind::Location => self.location(found),
+            PiiKind::Location | PiiKind::Hospital => self.location(found),
             PiiKind::Age => replace_digits(found, "90"),
             _ => format!("<{}>", kind.tag()),
         }

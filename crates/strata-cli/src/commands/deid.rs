@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use strata_data::preprocess::deid_eval::{evaluate, read_notes, DeidReport};
 use strata_data::preprocess::{Deid, PiiMode, PiiRedact};
+use strata_deid::lexicon::TAGGER_FILE;
+use strata_deid::tagger::read_training;
+use strata_deid::{Lexicon, Tagger};
 
 use crate::cli::{DeidCommand, PiiModeArg};
 
@@ -73,8 +76,12 @@ pub fn run(c: &DeidCommand) -> anyhow::Result<ExitCode> {
             lexicon,
             json,
             show,
+            no_tagger,
         } => {
-            let deid = lexicon_or_fail(lexicon)?;
+            let mut deid = lexicon_or_fail(lexicon)?;
+            if *no_tagger {
+                deid = deid.without_tagger();
+            }
             let notes = read_notes(notes)?;
             let r: DeidReport = evaluate(&deid, &notes);
             if *json {
@@ -87,7 +94,47 @@ pub fn run(c: &DeidCommand) -> anyhow::Result<ExitCode> {
                 for l in r.lost.iter().take(*show) {
                     println!("lost   {l}");
                 }
+                for w in r.wrong.iter().take(*show) {
+                    println!("wrong  {w}");
+                }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeidCommand::Train {
+            notes,
+            lexicon,
+            out,
+            epochs,
+        } => {
+            if !lexicon.is_dir() {
+                anyhow::bail!(
+                    "no PII lexicon at {} (build it with scripts/fetch-data.sh --lexicon, or pass --lexicon DIR)",
+                    lexicon.display()
+                );
+            }
+            if *epochs == 0 {
+                anyhow::bail!("--epochs must be at least 1");
+            }
+            let lex = Lexicon::load_lists(lexicon)?;
+            let notes = read_training(notes)?;
+            let with_spans = notes.iter().filter(|n| !n.spans.is_empty()).count();
+            if with_spans == 0 {
+                anyhow::bail!(
+                    "none of the {} notes has a labelled identifier: nothing to learn",
+                    notes.len()
+                );
+            }
+            let t = std::time::Instant::now();
+            let tagger = Tagger::train(&notes, Some(&lex), *epochs);
+            let path = out.clone().unwrap_or_else(|| lexicon.join(TAGGER_FILE));
+            tagger.save(&path)?;
+            println!(
+                "tagger: {} notes, {epochs} epochs, {} features, {:.1} s → {}",
+                notes.len(),
+                tagger.feature_count(),
+                t.elapsed().as_secs_f64(),
+                path.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         DeidCommand::Redact {
