@@ -11,7 +11,8 @@ dates and months alone, institution names, clinician lists, tables of results.
 Formats come in two groups. The "dev" formats are the ones the rules were written against (on seed 1's notes);
 the "held-out" formats were added afterwards and are measured only (`--formats held-out`), as are other seeds.
 `--messy` turns a share of the notes into bad input: Windows line endings, tabs, form feeds between pages, a
-very long line, and Chinese sentences between English ones.
+very long line, and Chinese sentences between English ones. `--normalized` writes the notes as `strata
+preprocess` hands them to its PII stage (after its normalize stage), spans moved with the text.
 
 One jsonl record per note: {"id", "format", "text", "spans": [{"start", "end", "type", "text"}],
 "decoys": [{"start", "end", "kind", "text"}]}; offsets count Unicode characters (Python str indices).
@@ -696,7 +697,7 @@ def messy(g, n, rng):
     n.pii(f"{y}年{m}月{d}日", "DATE")
     n.add("复诊。 ")
     # a very long line: clinical sentences without a break, with a name and a date inside it
-    for _ in range(rng.randint(40, 80)):
+    for _ in range(rng.randint(150, 250)):
         g.clinical_sentences(n, 1)
     n.add("Seen again by ")
     n.pii(g.name(g.person(), "First Last"), "NAME")
@@ -704,6 +705,45 @@ def messy(g, n, rng):
     n.pii(g.date(), "DATE")
     n.add(".\t\f")
     n.nl()
+
+
+def normalized(note):
+    """The note as `strata preprocess` hands it to the PII stage (its normalize stage: CR dropped, controls
+    removed, runs of blanks one space, no blanks at line ends or starts, three or more newlines two), spans
+    and decoys moved with it."""
+    text, out, where = note["text"], [], {}
+    newlines, pending = 0, False
+    for i, c in enumerate(text):
+        if c == "\r" or (ord(c) < 32 and c not in "\n\t"):
+            continue
+        if c == "\n":
+            pending, newlines = False, newlines + 1
+        elif c.isspace():
+            pending = True
+        else:
+            if newlines:
+                if out:
+                    out.append("\n\n" if newlines >= 2 else "\n")
+                newlines = 0
+            elif pending and out:
+                out.append(" ")
+            pending = False
+            out.append(c)
+            where[i] = len(out) - 1
+    # `out` holds single characters and newline runs: character offsets of the joined text
+    offset, pos = [], 0
+    for x in out:
+        offset.append(pos)
+        pos += len(x)
+    new = dict(note, text="".join(out))
+    for key in ("spans", "decoys"):
+        moved = []
+        for sp in note[key]:
+            kept = [where[i] for i in range(sp["start"], sp["end"]) if where.get(i) is not None]
+            a, b = offset[kept[0]], offset[kept[-1]] + 1
+            moved.append(dict(sp, start=a, end=b, text=new["text"][a:b]))
+        new[key] = moved
+    return new
 
 
 def main():
@@ -714,6 +754,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--formats", choices=["dev", "held-out", "late", "all"], default="dev")
     ap.add_argument("--messy", type=float, default=0.0)
+    ap.add_argument("--normalized", action="store_true",
+                    help="write the notes as strata preprocess's normalize stage leaves them")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     g = Gen(a.lexicon, rng)
@@ -727,6 +769,8 @@ def main():
             if bad:
                 messy(g, n, rng)
             note = {"id": f"{fmt}-{a.seed}-{i}", "format": fmt, "text": n.text, "spans": n.spans, "decoys": n.decoys}
+            if a.normalized:
+                note = normalized(note)
             for s in note["spans"] + note["decoys"]:
                 assert note["text"][s["start"]:s["end"]] == s["text"], (note["id"], s)
             f.write(json.dumps(note, ensure_ascii=False) + "\n")

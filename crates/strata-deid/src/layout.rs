@@ -99,7 +99,7 @@ fn layout() -> &'static Layout {
                 r"({NW}(?:[ \t]*,[ \t]*{NW}|(?:[ \t]+{NW}){{0,2}}))[ \t]*\((?:son|daughter|wife|husband|mother|father|brother|sister|friend|partner|guardian|niece|nephew|spouse|caregiver|grandson|granddaughter)\)"
             )),
             line_head_name: re(&format!(
-                r"(?m)(?:^|\t)[ ]*({NWC}(?:[ ]?,[ ]?{NWC}|(?:[ ](?:\p{{Lu}}\.|{NWC})){{1,2}}))(?:[ \t]{{2,}}|\t)([A-Z]{{0,3}}\d[\d-]{{3,}}\d)?"
+                r"(?m)(?:(?:^|\t)[ ]*({NWC}(?:[ ](?:\p{{Lu}}\.|{NWC})){{1,2}})|(?-u:\b)({NWC}[ ]?,[ ]?{NWC}(?:[ ]\p{{Lu}}\.?)?))[ \t]+([A-Z]{{0,3}}\d[\d-]{{3,}}\d)(?-u:\b)"
             )),
             title_caps: re(&format!(
                 r"(?-u:\b)(?:Mr|Mrs|Ms|Miss|Dr|Prof|MR|MRS|MS|DR)\.?[ \t]+({NWC}(?:[ \t]+{NWC})?)(?-u:\b)"
@@ -114,7 +114,7 @@ fn layout() -> &'static Layout {
             )),
             signature: re(r"(?m)^[ \t]*([a-z][a-z'’-]{2,})(?:[ \t]*,[ \t]*(?:M\.D\.|MD|DO|NP|RN|PA-C)\.?|[ \t]*/[ \t]*([A-Za-z]{1,4}\d{0,4})|[ \t]+([A-Za-z]{1,4}\d{1,4}))?[ \t]*(?:[ \t]+([A-Za-z]{1,4}\d{1,4}))?(?:[ \t]+\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}(?:[ \t]+\d{1,2}:\d{2}(?:[ \t]*[AaPp]\.?[Mm]?\.?)?)?)?[ \t]*\r?$"),
             role_code: re(&format!(
-                r"(?m)(?:{ROLE}|Signed:[^\r\n]*?)\.?[ \t]{{2,}}([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)|(?-u:\b)(?:Signed|SIGNED):[ \t]+[A-Za-z'’-]+[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)"
+                r"(?m)(?:{ROLE}|Signed:[^\r\n]*?)\.?[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)|(?-u:\b)(?:Signed|SIGNED):[ \t]+[A-Za-z'’-]+[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)"
             )),
             label_mrn: re(r"(?i:\b(?:mrn|med(?:ical)? rec(?:ord)?\.?(?: no\.?| number| #)?|record(?: no\.?| number)?|unit(?: no\.?| number)?|chart(?: no\.?| number)?|hospital(?: no\.?| number)|patient id|pt id|mr))[ \t]*[:#]*[ \t]*#?[ \t]*([A-Za-z]{0,3}\d[\dA-Za-z/-]{2,20})"),
             label_id: re(r"(?m)(?i:\b(?:acct|account|ssn|social security(?: no\.?| number)?|ins(?:urance)?\.? id|member id|policy|plan id|subscriber id|group(?: no\.?| #)|accession|acc|license|lic|dea|npi|job|order|encounter|csn|fin|visit id|visit no|claim|case|transcribed by|transcriptionist|resulted by|entered by|user(?:name)?|device(?: id)?|serial(?: no\.?)?)(?:[ \t]*(?:no\.?|number|#|id))?[ \t]*[:#]+[ \t]*#?[ \t]*|^[ \t]*(?:T|D|TD|DT|JOB)[ \t]*:[ \t]*)([A-Za-z]{0,4}\d[\dA-Za-z/-]{1,20}|[A-Za-z]{1,4}\d{1,4})"),
@@ -531,7 +531,7 @@ fn claim_name(text: &str, s: usize, e: usize, spans: &mut Spans) -> bool {
 fn names(text: &str, l: &Layout, lex: Option<&Lexicon>, codes: bool, spans: &mut Spans) {
     for c in l.line_head_name.captures_iter(text) {
         // the number after a name at the head of a line is the patient's record number
-        if let (Some(g), Some(n)) = (c.get(1), c.get(2)) {
+        if let (Some(g), Some(n)) = (c.get(1).or_else(|| c.get(2)), c.get(3)) {
             if claim_name(text, g.start(), g.end(), spans) && codes && !looks_like_date(n.as_str())
             {
                 spans.add(n.start(), n.end(), PiiKind::Mrn);
@@ -565,9 +565,10 @@ fn names(text: &str, l: &Layout, lex: Option<&Lexicon>, codes: bool, spans: &mut
         let abbreviation = |w: &&str| {
             w.chars().count() <= 3 && w.chars().all(char::is_uppercase) && !first_name(lex, w)
         };
-        if words.iter().all(|w| common(lex, w) || w.ends_with('.'))
-            || words.iter().any(abbreviation)
-        {
+        let everyday = |w: &&str| {
+            common(lex, w) || w.ends_with('.') || GENERIC.contains(&w.to_lowercase().as_str())
+        };
+        if words.iter().all(everyday) || words.iter().any(abbreviation) {
             continue;
         }
         claim_name(text, g.start(), g.end(), spans);
@@ -831,5 +832,93 @@ fn propagate_names(
                 .unwrap_or(t);
             spans.add(s, s + base.len(), PiiKind::Name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Deid, Lexicon, PiiRedact};
+    use std::collections::HashSet;
+
+    fn set(words: &[&str]) -> HashSet<String> {
+        words.iter().map(|w| (*w).to_string()).collect()
+    }
+
+    /// A hand-made lexicon: the rules, not the lists, are under test.
+    fn lexicon() -> Lexicon {
+        Lexicon {
+            first_names: set(&["Dennis", "Ruth", "Delphine", "Fiona", "Hollis", "Anna"]),
+            surnames: set(&[
+                "Marlowe", "Okafor", "Moss", "Quinn", "Crane", "Hartley", "Holter",
+            ]),
+            common: set(&["crane", "will", "may", "march", "monitor", "general"]),
+            eponyms: set(&["glasgow coma", "paget disease"]),
+            eponym_heads: set(&["monitor", "scale", "sign", "syndrome", "disease"]),
+            ..Lexicon::default()
+        }
+    }
+
+    fn redact(text: &str) -> String {
+        Deid::with_lexicon(&PiiRedact::default(), lexicon())
+            .redact_keyed(text, "t")
+            .0
+    }
+
+    /// The issue's shapes, in one note of the i2b2 kind, redacted by hand.
+    #[test]
+    fn real_format_shapes_by_hand() {
+        let note = "MAPLE HOLLOW EMERGENCY DEPT VISIT\n\
+                    MARLOWE,DENNIS   381-22-90-4   VISIT DATE: 11/04/19\n\
+                    Unit No: 5170346   Acct: QT481/20957\n\
+                    Attending: Delphine R. Moss, MD\n\
+                    Mr. MARLOWE was seen with his daughter (Okafor, Ruth). HOLLIS CRANE, RN called.\n\
+                    Smoker since 7/91; colonoscopy 11/04; returns in March. Pain 7/10, strength 4/5, 3/10 lesion.\n\
+                    Call x52731 or pager 41823. Holter monitor and Glasgow Coma Scale 15 at Pine Ridge Clinic.\n\
+                    hartley\n\
+                    DD: 11/06/19\n\
+                    T: HC71\n\
+                    cc: Quinn, Fiona MD; A. Marlowe\n";
+        let want = "<HOSPITAL> EMERGENCY DEPT VISIT\n\
+                    <NAME>   <MRN>   VISIT DATE: <DATE>\n\
+                    Unit No: <MRN>   Acct: <ID>\n\
+                    Attending: <NAME>, MD\n\
+                    Mr. <NAME> was seen with his daughter (<NAME>). <NAME>, RN called.\n\
+                    Smoker since <DATE>; colonoscopy <DATE>; returns in <DATE>. Pain 7/10, strength 4/5, 3/10 lesion.\n\
+                    Call <PHONE> or pager <PHONE>. Holter monitor and Glasgow Coma Scale 15 at <HOSPITAL> Clinic.\n\
+                    <NAME>\n\
+                    DD: <DATE>\n\
+                    T: <ID>\n\
+                    cc: <NAME> MD; <NAME>\n";
+        assert_eq!(redact(note), want);
+    }
+
+    #[test]
+    fn departments_scores_and_headings_stay() {
+        for text in [
+            "Followed in Cardiology Clinic and the Emergency Department since 2019.",
+            "HISTORY OF PRESENT ILLNESS:\nCHEST PAIN. Apgar 8/10, MMSE 24/30, BP 120/80, 2/6 systolic murmur.",
+            "EXAM: CXR PA/LAT\nIMPRESSION: no acute disease.",
+            "Internal Medicine, MD on call.",
+        ] {
+            assert_eq!(redact(text), text);
+        }
+    }
+
+    #[test]
+    fn windows_line_endings_tabs_and_form_feeds_keep_offsets() {
+        let note = "Patient: OKAFOR, RUTH\t(H8754519)\r\nDD: 11/06/19\r\n\x0c\tSeen on 3/4/2020 by Dr. Quinn.\r\n";
+        let deid = Deid::with_lexicon(&PiiRedact::default(), lexicon());
+        let found = deid.find(note);
+        let texts: Vec<&str> = found.iter().map(|s| &note[s.start..s.end]).collect();
+        assert_eq!(
+            texts,
+            ["OKAFOR, RUTH", "H8754519", "11/06/19", "3/4/2020", "Quinn"],
+            "{found:?}"
+        );
+        let out = redact(note);
+        assert_eq!(
+            out,
+            "Patient: <NAME>\t(<MRN>)\r\nDD: <DATE>\r\n\x0c\tSeen on <DATE> by Dr. <NAME>.\r\n"
+        );
     }
 }

@@ -588,3 +588,83 @@ pub fn read_training(paths: &[std::path::PathBuf]) -> Result<Vec<LabelledNote>> 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::LabelledSpan;
+
+    /// Notes where a name follows "routed to" and a department follows "seen in": the tagger must learn the
+    /// context, not the names.
+    fn notes() -> Vec<LabelledNote> {
+        let syl = [
+            "ka", "lo", "ver", "min", "dra", "sel", "tho", "ru", "nen", "bri",
+        ];
+        let word = |i: usize, j: usize| {
+            let s = format!("{}{}", syl[i % syl.len()], syl[j % syl.len()]);
+            let mut c = s.chars();
+            c.next()
+                .map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
+        };
+        (0..60)
+            .map(|i| {
+                let name = format!("{} {}", word(i, i / 3 + 1), word(i + 4, i / 2 + 3));
+                let head = "Seen in Cardiology today. Message routed to ";
+                let text = format!("{head}{name}. Follow up in 2 weeks.");
+                let start = head.chars().count();
+                LabelledNote {
+                    id: format!("n{i}"),
+                    text,
+                    spans: vec![LabelledSpan {
+                        start,
+                        end: start + name.chars().count(),
+                        label: "NAME".into(),
+                    }],
+                    decoys: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn learns_the_context_and_finds_a_name_it_never_saw() {
+        let t = Tagger::train(&notes(), None, 5);
+        let text =
+            "Seen in Cardiology today. Message routed to Zorblat Quenwix. Follow up in 2 weeks.";
+        let found: Vec<(&str, PiiKind)> = t
+            .find(text, None)
+            .into_iter()
+            .map(|(s, e, k)| (&text[s..e], k))
+            .collect();
+        assert_eq!(found, [("Zorblat Quenwix", PiiKind::Name)]);
+    }
+
+    #[test]
+    fn saved_and_loaded_it_finds_the_same_and_bad_files_are_named() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let t = Tagger::train(&notes(), None, 3);
+        let path = dir.path().join("tagger.bin");
+        t.save(&path).unwrap_or_else(|e| panic!("{e}"));
+        let back = Tagger::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.feature_count(), t.feature_count());
+        assert_eq!(back.trans, t.trans);
+        let text = "Message routed to Ulver Rotty. Seen in Cardiology.";
+        assert_eq!(back.find(text, None), t.find(text, None));
+        // a truncated file and a file that is no tagger: errors naming the file
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let cut = dir.path().join("cut.bin");
+        std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap_or_else(|e| panic!("{e}"));
+        let err = Tagger::load(&cut).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains("cut.bin") && err.contains("truncated"),
+            "{err}"
+        );
+        let other = dir.path().join("other.bin");
+        std::fs::write(&other, "hello\n").unwrap_or_else(|e| panic!("{e}"));
+        let err = Tagger::load(&other).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            err.contains("other.bin") && err.contains("not a tagger"),
+            "{err}"
+        );
+    }
+}
