@@ -82,7 +82,7 @@ fn layout() -> &'static Layout {
         );
         Layout {
             label_name: re(&format!(
-                r"(?i:\b(?:attending(?: physician| md)?|pcp|primary care(?: physician| provider)?|referring(?: physician| provider| md| dr\.?)?|ordering(?: physician| provider| md)?|dictated by|electronically signed by|signed by|signed|reviewed by|verified by|approved by|read by|interpreted by|performed by|requested by|resident|fellow|intern|surgeon|assistant|anesthesiologist|consultant|physician|provider|author|primary nurse|nurse|family contact|emergency contact|next of kin|nok|guardian|interpreter|informant|accepting(?: physician| md)?|caller|message from|spoke with))[ \t]*[:#][ \t]*(?:Dr\.?[ \t]+)?({name})"
+                r"(?i:(?-u:\b)(?:attending(?: physician| md)?|pcp|primary care(?: physician| provider)?|referring(?: physician| provider| md| dr\.?)?|ordering(?: physician| provider| md)?|dictated by|electronically signed by|signed by|signed|reviewed by|verified by|approved by|read by|interpreted by|performed by|requested by|resident|fellow|intern|surgeon|assistant|anesthesiologist|consultant|physician|provider|author|primary nurse|nurse|family contact|emergency contact|next of kin|nok|guardian|interpreter|informant|accepting(?: physician| md)?|caller|message from|spoke with))[ \t]*[:#][ \t]*(?:Dr\.?[ \t]+)?({name})"
             )),
             header_name: re(&format!(
                 r"(?m)(?:^|\t|  |;)[ \t]*(?i:patient(?: name)?|pt(?: name)?|name|re|contact|member|subscriber|insured)[ \t]*[:#][ \t]*(?:(?:Mr|Mrs|Ms|Dr)\.?[ \t]+)?({name})"
@@ -92,7 +92,7 @@ fn layout() -> &'static Layout {
                 r"((?:\p{{Lu}}\.[ \t]*)?{NW}(?:[ \t]*,[ \t]*{NW})?(?:[ \t]+(?:\p{{Lu}}\.|{NW})){{0,2}})[ \t]*,?[ \t]+{ROLE}(?:[^\w]|$)"
             )),
             relation_bracket: re(&format!(
-                r"(?i:\b(?:family|wife|husband|son|daughter|mother|father|brother|sister|partner|friend|spouse|caregiver|guardian))[ \t]*\(({NW}(?:[ ]{NW})?)\)"
+                r"(?i:(?-u:\b)(?:family|wife|husband|son|daughter|mother|father|brother|sister|partner|friend|spouse|caregiver|guardian))[ \t]*\(({NW}(?:[ ]{NW})?)\)"
             )),
             id_shape: re(r"(?-u:\b)([A-Za-z]{0,3}\d{6,10}|\d{2,3}-\d{2,3}-\d{2,3}(?:-\d{1,2})?)(?-u:\b)"),
             before_relation: re(&format!(
@@ -110,19 +110,19 @@ fn layout() -> &'static Layout {
             middle_initial: re(&format!(r"({NW})[ \t]+\p{{Lu}}\.[ \t]+({NW})")),
             initial_last: re(&format!(r"(?:^|[ \t,:(])\p{{Lu}}\.[ \t]+({NW})")),
             context_name: re(&format!(
-                r"(?i:\b(?:physician|attending|resident|surgeon|nurse|provider|clinician|colleague|cardiologist|oncologist|radiologist|pcp|partner|dr))\.?[ \t]+({NW}(?:[ \t]+{NW})?)"
+                r"(?i:(?-u:\b)(?:physician|attending|resident|surgeon|nurse|provider|clinician|colleague|cardiologist|oncologist|radiologist|pcp|partner|dr))\.?[ \t]+({NW}(?:[ \t]+{NW})?)"
             )),
             signature: re(r"(?m)^[ \t]*([a-z][a-z'’-]{2,})(?:[ \t]*,[ \t]*(?:M\.D\.|MD|DO|NP|RN|PA-C)\.?|[ \t]*/[ \t]*([A-Za-z]{1,4}\d{0,4})|[ \t]+([A-Za-z]{1,4}\d{1,4}))?[ \t]*(?:[ \t]+([A-Za-z]{1,4}\d{1,4}))?(?:[ \t]+\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}(?:[ \t]+\d{1,2}:\d{2}(?:[ \t]*[AaPp]\.?[Mm]?\.?)?)?)?[ \t]*\r?$"),
             role_code: re(&format!(
                 r"(?m)(?:{ROLE}|Signed:[^\r\n]*?)\.?[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)|(?-u:\b)(?:Signed|SIGNED):[ \t]+[A-Za-z'’-]+[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)"
             )),
-            label_mrn: re(r"(?i:\b(?:mrn|med(?:ical)? rec(?:ord)?\.?(?: no\.?| number| #)?|record(?: no\.?| number)?|unit(?: no\.?| number)?|chart(?: no\.?| number)?|hospital(?: no\.?| number)|patient id|pt id|mr))[ \t]*[:#]*[ \t]*#?[ \t]*([A-Za-z]{0,3}\d[\dA-Za-z/-]{2,20})"),
-            label_id: re(r"(?m)(?i:\b(?:acct|account|ssn|social security(?: no\.?| number)?|ins(?:urance)?\.? id|member id|policy|plan id|subscriber id|group(?: no\.?| #)|accession|acc|license|lic|dea|npi|job|order|encounter|csn|fin|visit id|visit no|claim|case|transcribed by|transcriptionist|resulted by|entered by|user(?:name)?|device(?: id)?|serial(?: no\.?)?)(?:[ \t]*(?:no\.?|number|#|id))?[ \t]*[:#]+[ \t]*#?[ \t]*|^[ \t]*(?:T|D|TD|DT|JOB)[ \t]*:[ \t]*)([A-Za-z]{0,4}\d[\dA-Za-z/-]{1,20}|[A-Za-z]{1,4}\d{1,4})"),
-            label_phone: re(r"(?i:\b(?:pager|beeper|pgr|bpr|page|pg|cell|mobile|tel|phone|fax|ph)\.?)[ \t]*[:#]?[ \t]*(?:#[ \t]*)?(\d[\d-]{2,11}\d)"),
+            label_mrn: re(r"(?i:(?-u:\b)(?:mrn|med(?:ical)? rec(?:ord)?\.?(?: no\.?| number| #)?|record(?: no\.?| number)?|unit(?: no\.?| number)?|chart(?: no\.?| number)?|hospital(?: no\.?| number)|patient id|pt id|mr))[ \t]*[:#]*[ \t]*#?[ \t]*([A-Za-z]{0,3}\d[\dA-Za-z/-]{2,20})"),
+            label_id: re(r"(?m)(?i:(?-u:\b)(?:acct|account|ssn|social security(?: no\.?| number)?|ins(?:urance)?\.? id|member id|policy|plan id|subscriber id|group(?: no\.?| #)|accession|acc|license|lic|dea|npi|job|order|encounter|csn|fin|visit id|visit no|claim|case|transcribed by|transcriptionist|resulted by|entered by|user(?:name)?|device(?: id)?|serial(?: no\.?)?)(?:[ \t]*(?:no\.?|number|#|id))?[ \t]*[:#]+[ \t]*#?[ \t]*|^[ \t]*(?:T|D|TD|DT|JOB)[ \t]*:[ \t]*)([A-Za-z]{0,4}\d[\dA-Za-z/-]{1,20}|[A-Za-z]{1,4}\d{1,4})"),
+            label_phone: re(r"(?i:(?-u:\b)(?:pager|beeper|pgr|bpr|page|pg|cell|mobile|tel|phone|fax|ph)\.?)[ \t]*[:#]?[ \t]*(?:#[ \t]*)?(\d[\d-]{2,11}\d)"),
             extension: re(r"(?:(?-u:\b)(?:ext|EXT|Ext)\.?[ \t]*|(?-u:\b)extension[ \t]+)(\d{2,6})(?-u:\b)|(?:^|[^\w])(x\d{3,6})(?-u:\b)"),
             month_year: re(r"(?:^|[^\d/.\-:])((?:0?[1-9]|1[0-2])/(?:\d{2}|(?:19|20)\d{2}))(?:[^\d/]|$)"),
             month_alone: re(r"(?-u:\b)(January|February|March|April|June|July|August|September|October|November|December|JANUARY|FEBRUARY|MARCH|APRIL|JUNE|JULY|AUGUST|SEPTEMBER|OCTOBER|NOVEMBER|DECEMBER)(?-u:\b)"),
-            may: re(r"(?i:\b(?:in|since|of|during|until|till|by|early|late|mid|last|next|this|from|before|after))[ \t]+(May)(?-u:\b)"),
+            may: re(r"(?i:(?-u:\b)(?:in|since|of|during|until|till|by|early|late|mid|last|next|this|from|before|after))[ \t]+(May)(?-u:\b)"),
             day_mon_year: re(r"(?i)(?-u:\b)\d{1,2}-(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)-(?:\d{4}|\d{2})(?-u:\b)"),
             institution: re(&format!(
                 r"((?:(?i:St|Saint)\.?[ \t]+)?{NW}(?:[ \t]+(?:of[ \t]+)?{NW}){{0,4}})[ \t]+(?i:medical center|medical centre|hospital|clinic|health center|health centre|healthcare|health care|health system|infirmary|hospice|nursing home|rehabilitation (?:center|hospital)|rehab|family practice|medical group|medical associates|emergency dept|emergency department|imaging services|department of radiology|surgical center|cancer center|children's hospital|urgent care|care center|sanatorium|polyclinic)(?-u:\b)"

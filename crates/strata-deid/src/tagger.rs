@@ -28,6 +28,9 @@ use crate::{DeidError, Result};
 
 const MAGIC: &str = "STRATA-TAGGER 1";
 
+/// Tags at most: none and every kind.
+const MAX_TAGS: usize = 16;
+
 /// Passes over the training notes by default.
 pub const EPOCHS: usize = 5;
 
@@ -81,9 +84,131 @@ fn shape(w: &str) -> String {
 pub struct Tagger {
     tags: Vec<PiiKind>,
     /// Feature hash → one weight per tag (index 0 is "no identifier").
-    weights: HashMap<u64, Vec<f32>>,
+    weights: Weights,
+    /// The same weights in one array, for decoding.
+    flat: Flat,
     /// `(prev + 1) * n + tag`, prev = -1 at the start.
     trans: Vec<f32>,
+}
+
+/// FNV-1a over the parts of a feature, a separator between them: no allocation per feature.
+fn fh(parts: &[&[u8]]) -> u64 {
+    const P: u64 = 0x0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (k, part) in parts.iter().enumerate() {
+        if k > 0 {
+            h = (h ^ 0xff).wrapping_mul(P);
+        }
+        for &b in *part {
+            h = (h ^ u64::from(b)).wrapping_mul(P);
+        }
+    }
+    h
+}
+
+/// Keys that are hashes already: the map uses them as they are.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Weights = HashMap<u64, Vec<f32>, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// A feature's weights, one per tag.
+trait Emit {
+    fn row(&self, h: u64) -> Option<&[f32]>;
+}
+
+impl Emit for Weights {
+    fn row(&self, h: u64) -> Option<&[f32]> {
+        self.get(&h).map(Vec::as_slice)
+    }
+}
+
+/// Weights in one array: a feature's row at its index times the tag count.
+#[derive(Debug, Clone, Default)]
+struct Flat {
+    n: usize,
+    index: HashMap<u64, u32, std::hash::BuildHasherDefault<IdHasher>>,
+    data: Vec<f32>,
+}
+
+impl Flat {
+    fn new(w: &Weights, n: usize) -> Self {
+        let mut f = Self {
+            n,
+            index: HashMap::with_capacity_and_hasher(
+                w.len(),
+                std::hash::BuildHasherDefault::default(),
+            ),
+            data: Vec::with_capacity(w.len() * n),
+        };
+        for (h, v) in w {
+            f.index
+                .insert(*h, u32::try_from(f.index.len()).unwrap_or(u32::MAX));
+            f.data.extend_from_slice(v);
+        }
+        f
+    }
+}
+
+impl Emit for Flat {
+    fn row(&self, h: u64) -> Option<&[f32]> {
+        self.index.get(&h).map(|&k| {
+            let k = k as usize * self.n;
+            &self.data[k..k + self.n]
+        })
+    }
+}
+
+/// The line of every token: (first token of its line, tokens on the line), per token.
+fn lines_of(text: &str, toks: &[Tok]) -> Vec<(usize, usize)> {
+    let mut line_of = vec![0usize; toks.len()];
+    let mut lines: Vec<(usize, usize)> = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        if i == 0 || text[toks[i - 1].end..t.start].contains('\n') {
+            lines.push((i, 0));
+        }
+        let l = lines.len() - 1;
+        lines[l].1 += 1;
+        line_of[i] = l;
+    }
+    line_of.into_iter().map(|l| lines[l]).collect()
+}
+
+/// What the lexicon says of a word: first name, surname, everyday word, place (bits 0-3).
+fn lex_bits(w: &str, lower: &str, lex: &Lexicon) -> u8 {
+    let title: String = {
+        let mut cs = w.chars();
+        cs.next().map_or_else(String::new, |f| {
+            f.to_uppercase()
+                .chain(cs.flat_map(char::to_lowercase))
+                .collect()
+        })
+    };
+    u8::from(lex.first_names.contains(&title))
+        | u8::from(lex.surnames.contains(&title)) << 1
+        | u8::from(lex.common.contains(lower)) << 2
+        | u8::from(lex.places.contains(&title)) << 3
+}
+
+/// The word `d` places from `i` (`<none>` past either end).
+fn at(v: &[String], i: usize, d: isize) -> &[u8] {
+    i.checked_add_signed(d)
+        .and_then(|k| v.get(k))
+        .map_or(b"<none>", |s| s.as_bytes())
 }
 
 /// The features of every token, as hashes.
@@ -91,99 +216,76 @@ fn features(text: &str, toks: &[Tok], lex: Option<&Lexicon>) -> Vec<Vec<u64>> {
     let words: Vec<&str> = toks.iter().map(|t| &text[t.start..t.end]).collect();
     let lower: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
     let shapes: Vec<String> = words.iter().map(|w| shape(w)).collect();
-    // the line of every token: its first word and its length in tokens
-    let mut line_of = vec![0usize; toks.len()];
-    let mut lines: Vec<(usize, usize)> = Vec::new(); // (first token, count)
-    for (i, t) in toks.iter().enumerate() {
-        let new_line = i == 0 || text[toks[i - 1].end..t.start].contains('\n');
-        if new_line {
-            lines.push((i, 0));
-        }
-        let l = lines.len() - 1;
-        lines[l].1 += 1;
-        line_of[i] = l;
-    }
-    let h = |parts: &[&str]| hash_bytes(parts.join("\u{1}").as_bytes());
-    let get = |v: &[String], i: isize| -> String {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| v.get(i))
-            .cloned()
-            .unwrap_or_else(|| "<none>".into())
+    let lines = lines_of(text, toks);
+    let bits: Vec<u8> = match lex {
+        Some(l) => words
+            .iter()
+            .zip(&lower)
+            .map(|(w, lw)| lex_bits(w, lw, l))
+            .collect(),
+        None => vec![0; words.len()],
     };
     let mut out = Vec::with_capacity(toks.len());
     for (i, w) in words.iter().enumerate() {
-        let ii = isize::try_from(i).unwrap_or(0);
-        let lw = &lower[i];
-        let (first, count) = lines[line_of[i]];
+        let lw = lower[i].as_bytes();
+        let sh = shapes[i].as_bytes();
+        let (first, count) = lines[i];
         let pos = i - first;
         let gap_before = if i == 0 {
             ""
         } else {
             &text[toks[i - 1].end..toks[i].start]
         };
-        let gap = if gap_before.contains('\t') || gap_before.len() >= 2 {
-            "wide"
+        let gap: &[u8] = if gap_before.contains('\t') || gap_before.len() >= 2 {
+            b"wide"
         } else if gap_before.contains('\n') {
-            "nl"
+            b"nl"
         } else if gap_before.is_empty() {
-            "glued"
+            b"glued"
         } else {
-            "space"
+            b"space"
         };
-        let title: String = {
-            let mut cs = w.chars();
-            cs.next().map_or_else(String::new, |f| {
-                f.to_uppercase()
-                    .chain(cs.flat_map(char::to_lowercase))
-                    .collect()
-            })
-        };
+        let suf_at = lower[i].char_indices().rev().nth(2).map_or(0, |(k, _)| k);
+        let pre_to = lower[i].char_indices().nth(2).map_or(lw.len(), |(k, _)| k);
+        let (p1, p2, n1, n2) = (
+            at(&lower, i, -1),
+            at(&lower, i, -2),
+            at(&lower, i, 1),
+            at(&lower, i, 2),
+        );
+        let small = |x: usize| [u8::try_from(x).unwrap_or(u8::MAX)];
         let mut f = vec![
-            h(&["bias"]),
-            h(&["w", lw]),
-            h(&["shape", &shapes[i]]),
-            h(&["suf3", &lw.chars().rev().take(3).collect::<String>()]),
-            h(&["pre2", &lw.chars().take(2).collect::<String>()]),
-            h(&["p1", &get(&lower, ii - 1)]),
-            h(&["p2", &get(&lower, ii - 2)]),
-            h(&["n1", &get(&lower, ii + 1)]),
-            h(&["n2", &get(&lower, ii + 2)]),
-            h(&["p1s", &get(&shapes, ii - 1)]),
-            h(&["n1s", &get(&shapes, ii + 1)]),
-            h(&["p1w", &get(&lower, ii - 1), lw]),
-            h(&["lead", &lower[first]]),
-            h(&["pos", &pos.min(4).to_string()]),
-            h(&["len", &count.min(8).to_string()]),
-            h(&["last", &(pos + 1 == count).to_string()]),
-            h(&["gap", gap]),
-            h(&["shape+p1", &shapes[i], &get(&lower, ii - 1)]),
-            h(&["shape+n1", &shapes[i], &get(&lower, ii + 1)]),
+            fh(&[b"bias"]),
+            fh(&[b"w", lw]),
+            fh(&[b"shape", sh]),
+            fh(&[b"suf3", &lw[suf_at..]]),
+            fh(&[b"pre2", &lw[..pre_to]]),
+            fh(&[b"p1", p1]),
+            fh(&[b"p2", p2]),
+            fh(&[b"n1", n1]),
+            fh(&[b"n2", n2]),
+            fh(&[b"p1s", at(&shapes, i, -1)]),
+            fh(&[b"n1s", at(&shapes, i, 1)]),
+            fh(&[b"p1w", p1, lw]),
+            fh(&[b"lead", lower[first].as_bytes()]),
+            fh(&[b"pos", &small(pos.min(4))]),
+            fh(&[b"len", &small(count.min(8))]),
+            fh(&[b"last", &small(usize::from(pos + 1 == count))]),
+            fh(&[b"gap", gap]),
+            fh(&[b"shape+p1", sh, p1]),
+            fh(&[b"shape+n1", sh, n1]),
         ];
         if let Some(lex) = lex {
-            let first_name = lex.first_names.contains(&title);
-            let surname = lex.surnames.contains(&title);
-            let common = lex.is_common(w);
-            f.push(h(&[
-                "lex",
-                &format!(
-                    "{first_name}{surname}{common}{}",
-                    lex.places.contains(&title)
-                ),
-            ]));
-            f.push(h(&[
-                "lex+shape",
-                &format!("{first_name}{surname}{common}"),
-                &shapes[i],
-            ]));
-            let eponym = lex.eponym_heads.contains(&get(&lower, ii + 1))
-                || lex
-                    .eponyms
-                    .contains(&format!("{lw} {}", get(&lower, ii + 1)));
-            f.push(h(&["eponym", &eponym.to_string()]));
+            let b = bits[i];
+            f.push(fh(&[b"lex", &[b]]));
+            f.push(fh(&[b"lex+shape", &[b & 7], sh]));
+            let next = std::str::from_utf8(n1).unwrap_or("");
+            let eponym = lex.eponym_heads.contains(next)
+                || lex.eponyms.contains(&format!("{} {next}", lower[i]));
+            f.push(fh(&[b"eponym", &[u8::from(eponym)]]));
         }
         if MONTHS.iter().any(|m| m.eq_ignore_ascii_case(w)) {
-            f.push(h(&["month"]));
+            f.push(fh(&[b"month"]));
         }
         out.push(f);
     }
@@ -199,7 +301,7 @@ impl Tagger {
             return Vec::new();
         }
         let feats = features(text, &toks, lex);
-        let tags = self.viterbi(&feats, &self.weights, &self.trans);
+        let tags = self.viterbi(&feats, &self.flat, &self.trans);
         let mut out: Vec<(usize, usize, PiiKind)> = Vec::new();
         for (i, &t) in tags.iter().enumerate() {
             if t == 0 {
@@ -232,12 +334,12 @@ impl Tagger {
         self.tags.len() + 1
     }
 
-    fn viterbi(&self, feats: &[Vec<u64>], w: &HashMap<u64, Vec<f32>>, trans: &[f32]) -> Vec<usize> {
-        let n = self.n();
+    fn viterbi(&self, feats: &[Vec<u64>], w: &impl Emit, trans: &[f32]) -> Vec<usize> {
+        let n = self.n().min(MAX_TAGS);
         let emit = |f: &[u64]| {
-            let mut s = vec![0f32; n];
-            for h in f {
-                if let Some(v) = w.get(h) {
+            let mut s = [0f32; MAX_TAGS];
+            for &h in f {
+                if let Some(v) = w.row(h) {
                     for (a, b) in s.iter_mut().zip(v) {
                         *a += b;
                     }
@@ -246,31 +348,32 @@ impl Tagger {
             s
         };
         let mut score = emit(&feats[0]);
-        for (t, s) in score.iter_mut().enumerate() {
+        for (t, s) in score.iter_mut().take(n).enumerate() {
             *s += trans[t];
         }
-        let mut back: Vec<Vec<usize>> = Vec::with_capacity(feats.len());
+        // back pointers, n per token after the first
+        let mut back: Vec<u8> = Vec::with_capacity(feats.len() * n);
         for f in &feats[1..] {
             let e = emit(f);
-            let mut next = vec![f32::NEG_INFINITY; n];
-            let mut bp = vec![0usize; n];
-            for (t, nx) in next.iter_mut().enumerate() {
-                for (p, sp) in score.iter().enumerate() {
+            let mut next = [f32::NEG_INFINITY; MAX_TAGS];
+            for t in 0..n {
+                let mut from = 0u8;
+                for (p, sp) in score.iter().take(n).enumerate() {
                     let v = sp + trans[(p + 1) * n + t];
-                    if v > *nx {
-                        *nx = v;
-                        bp[t] = p;
+                    if v > next[t] {
+                        next[t] = v;
+                        from = u8::try_from(p).unwrap_or(0);
                     }
                 }
-                *nx += e[t];
+                next[t] += e[t];
+                back.push(from);
             }
-            back.push(bp);
             score = next;
         }
         let mut best = (0..n).fold(0, |b, t| if score[t] > score[b] { t } else { b });
         let mut path = vec![best; feats.len()];
-        for (i, bp) in back.iter().enumerate().rev() {
-            best = bp[best];
+        for i in (0..feats.len() - 1).rev() {
+            best = usize::from(back[i * n + best]);
             path[i] = best;
         }
         path
@@ -282,7 +385,8 @@ impl Tagger {
         let (tags, data) = gold(notes, lex);
         let mut model = Self {
             tags,
-            weights: HashMap::new(),
+            weights: Weights::default(),
+            flat: Flat::default(),
             trans: Vec::new(),
         };
         let n = model.n();
@@ -327,6 +431,7 @@ impl Tagger {
             }
         }
         (model.weights, model.trans) = avg.finish();
+        model.flat = Flat::new(&model.weights, n);
         model
     }
 
@@ -394,6 +499,12 @@ impl Tagger {
             .as_u64()
             .ok_or_else(|| bad(path, "header has no feature count"))?;
         let n = tags.len() + 1;
+        if n > MAX_TAGS {
+            return Err(bad(
+                path,
+                &format!("{} tags, at most {}", tags.len(), MAX_TAGS - 1),
+            ));
+        }
         let mut rest = Vec::new();
         r.read_to_end(&mut rest)
             .map_err(|e| bad(path, &e.to_string()))?;
@@ -408,7 +519,8 @@ impl Tagger {
             ));
         }
         let f32_at = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let mut weights = HashMap::with_capacity(count);
+        let mut weights =
+            Weights::with_capacity_and_hasher(count, std::hash::BuildHasherDefault::default());
         let rec = 8 + 4 * n;
         for c in rest[..count * rec].chunks_exact(rec) {
             let mut k = [0u8; 8];
@@ -420,6 +532,7 @@ impl Tagger {
         }
         let trans = rest[count * rec..].chunks_exact(4).map(f32_at).collect();
         Ok(Self {
+            flat: Flat::new(&weights, n),
             tags,
             weights,
             trans,
@@ -494,8 +607,8 @@ fn gold(notes: &[LabelledNote], lex: Option<&Lexicon>) -> Gold {
 struct Averaged {
     n: usize,
     step: u64,
-    w: HashMap<u64, Vec<f32>>,
-    total: HashMap<u64, (Vec<f64>, Vec<u64>)>,
+    w: Weights,
+    total: HashMap<u64, (Vec<f64>, Vec<u64>), std::hash::BuildHasherDefault<IdHasher>>,
     trans: Vec<f32>,
     trans_total: Vec<f64>,
     trans_at: Vec<u64>,
@@ -506,8 +619,8 @@ impl Averaged {
         Self {
             n,
             step: 0,
-            w: HashMap::new(),
-            total: HashMap::new(),
+            w: Weights::default(),
+            total: HashMap::default(),
             trans: vec![0.0; (n + 1) * n],
             trans_total: vec![0.0; (n + 1) * n],
             trans_at: vec![0; (n + 1) * n],
@@ -537,10 +650,10 @@ impl Averaged {
 
     /// The averages: weights (zeros dropped) and transitions.
     #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
-    fn finish(self) -> (HashMap<u64, Vec<f32>>, Vec<f32>) {
+    fn finish(self) -> (Weights, Vec<f32>) {
         let step = self.step;
         let steps = step.max(1) as f64;
-        let mut weights = HashMap::new();
+        let mut weights = Weights::default();
         for (h, v) in &self.w {
             let (tot, at) = &self.total[h];
             let avg: Vec<f32> = (0..self.n)
