@@ -25,6 +25,8 @@ import argparse
 import json
 import random
 
+import make_deid_notes  # the prose generator beside this file: its Note and list reader
+
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
 MON3 = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -62,23 +64,18 @@ ROLES = ["MD", "M.D.", "NP", "RN", "PA-C", "DO", "MD, PhD"]
 CN_SENTENCES = ["患者自述胸闷两天。", "肝脏大小正常，胆囊壁光滑。", "建议三个月后复查超声。", "血压控制尚可。"]
 
 
-class Note:
+class Note(make_deid_notes.Note):
+    """A note being written, with its line ending (LF, or CRLF for bad input)."""
+
     def __init__(self, newline="\n"):
-        self.text, self.spans, self.decoys, self.nl_s = "", [], [], newline
+        super().__init__()
+        self.nl_s = newline
 
     def add(self, s):
         self.text += s.replace("\n", self.nl_s)
 
     def nl(self, k=1):
         self.text += self.nl_s * k
-
-    def pii(self, s, kind):
-        self.spans.append({"start": len(self.text), "end": len(self.text) + len(s), "type": kind, "text": s})
-        self.text += s
-
-    def decoy(self, s, kind):
-        self.decoys.append({"start": len(self.text), "end": len(self.text) + len(s), "kind": kind, "text": s})
-        self.text += s
 
     def parts(self, *items):
         """Writes a line from plain strings and (text, TYPE) / (text, "~kind") pairs."""
@@ -91,9 +88,7 @@ class Note:
                 self.pii(*it)
 
 
-def load(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+load = make_deid_notes.load
 
 
 class Person:

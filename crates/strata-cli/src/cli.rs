@@ -164,17 +164,21 @@ pub struct PreprocessArgs {
     /// Also remove near-duplicates by MinHash LSH (5-word shingles, 25 bands × 5 rows, Jaccard ≥ 0.7).
     #[arg(long)]
     pub minhash: bool,
-    /// Also de-identify: e-mails, phones, IPs, national IDs, record numbers, birth dates, and in prose names,
-    /// addresses and towns, dates and ages over 89 (English and Chinese). `--pii` writes typed placeholders
+    /// Also de-identify: e-mails, phones, IPs, national IDs, record numbers, birth dates; in notes as hospital
+    /// systems print them, names in header, signature, dictation and cc lines in any case and order (MARLOWE,
+    /// DENNIS; Okafor, Ruth), labelled account, accession and dictation codes, pagers and extensions,
+    /// month/year dates, hospital and clinic names (<HOSPITAL>); and in prose names (rules, then the lexicon's
+    /// learned tagger), addresses and towns, dates and ages over 89 (English and Chinese). `--pii` writes typed placeholders
     /// (<NAME>, <DATE>, …); `--pii surrogate` writes consistent fake names and places and shifts every date of a
     /// document by one offset (for a document whose metadata names its `patient_id`: that patient's offset,
     /// keyed by STRATA_DEID_SECRET, the one `strata deid dicom` moves the patient's images by). Per-type counts
     /// go to each document's metadata and to stats.json.
     #[arg(long, num_args = 0..=1, default_missing_value = "placeholder", value_name = "MODE")]
     pub pii: Option<PiiModeArg>,
-    /// The de-identification lexicon (name lists, places, protected medical vocabulary), built by
-    /// `scripts/fetch-data.sh --lexicon`; `--pii` fails when it is missing. `none` chooses the rule-only
-    /// mode (labels, titles, relations and patterns only: far fewer names found), recorded in the manifest.
+    /// The de-identification lexicon (name lists, places, protected medical vocabulary, the tagger's training
+    /// notes), built by `scripts/fetch-data.sh --lexicon`; `--pii` fails when it is missing. `none` chooses the
+    /// rule-only mode (labels, layout, titles, relations and patterns only, no tagger: far fewer names found),
+    /// recorded in the manifest.
     #[arg(long, default_value = "data/lexicon/deid", value_name = "DIR|none")]
     pub pii_lexicon: PathBuf,
     /// Keep only these languages (ISO 639-3, comma-separated, e.g. eng,cmn), detected by whatlang.

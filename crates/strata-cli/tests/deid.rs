@@ -69,29 +69,8 @@ fn recall_of_every_type_and_every_decoy_kept_on_600_labelled_notes() {
 fn surrogates_through_preprocess_replace_every_identifier_consistently() {
     let dir = fresh_dir("deid-surrogate");
     let path = notes(&dir, 60, 5);
-    let labelled: Vec<serde_json::Value> = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let store = dir.join("store");
-    let r = run(strata(&store)
-        .args(["acquire", "--name", "raw", "--input"])
-        .arg(&path));
-    assert!(r.ok, "{}", r.stderr);
-    let r = run(strata(&store)
-        .args([
-            "preprocess",
-            "--input",
-            "raw",
-            "--output",
-            "clean",
-            "--pii",
-            "surrogate",
-            "--pii-lexicon",
-        ])
-        .arg(deid_lexicon()));
-    assert!(r.ok, "{}", r.stderr);
+    let labelled = read_jsonl(&path);
+    let (r, docs) = preprocess_pii(&dir, &path, "surrogate");
     // a stats line per type
     let line = r
         .stdout
@@ -101,10 +80,6 @@ fn surrogates_through_preprocess_replace_every_identifier_consistently() {
     for kind in ["name", "date", "location"] {
         assert!(line.contains(kind), "{line}");
     }
-    let docs: Vec<strata_data::Doc> = strata_data::io::read_dataset(&store.join("datasets/clean"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
     assert_eq!(docs.len(), labelled.len());
     let mut checked = 0;
     for (doc, note) in docs.iter().zip(&labelled) {
@@ -198,6 +173,45 @@ fn realformat(
     out
 }
 
+fn read_jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `strata acquire` of `notes` and `strata preprocess --pii MODE` with the lexicon: the run and the documents.
+fn preprocess_pii(
+    dir: &std::path::Path,
+    notes: &std::path::Path,
+    mode: &str,
+) -> (common::Run, Vec<strata_data::Doc>) {
+    let store = dir.join("store");
+    let r = run(strata(&store)
+        .args(["acquire", "--name", "raw", "--input"])
+        .arg(notes));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(&store)
+        .args([
+            "preprocess",
+            "--input",
+            "raw",
+            "--output",
+            "clean",
+            "--pii",
+            mode,
+        ])
+        .arg("--pii-lexicon")
+        .arg(deid_lexicon()));
+    assert!(r.ok, "{}", r.stderr);
+    let docs = strata_data::io::read_dataset(&store.join("datasets/clean"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (r, docs)
+}
+
 fn eval_json(dir: &std::path::Path, notes: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let r = run(strata(dir)
         .args(["deid", "eval", "--json", "--lexicon"])
@@ -281,11 +295,7 @@ fn real_format_notes_on_held_out_seeds_and_formats() {
 fn messy_notes_keep_their_offsets_and_layout_through_preprocess() {
     let dir = fresh_dir("deid-messy");
     let path = realformat(&dir, 40, 11, "all", &["--messy", "1"]);
-    let labelled: Vec<serde_json::Value> = std::fs::read_to_string(&path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let labelled = read_jsonl(&path);
     let texts: Vec<&str> = labelled
         .iter()
         .map(|n| n["text"].as_str().unwrap())
@@ -305,28 +315,7 @@ fn messy_notes_keep_their_offsets_and_layout_through_preprocess() {
             rep["missed"]
         );
     }
-    let store = dir.join("store");
-    let r = run(strata(&store)
-        .args(["acquire", "--name", "raw", "--input"])
-        .arg(&path));
-    assert!(r.ok, "{}", r.stderr);
-    let r = run(strata(&store)
-        .args([
-            "preprocess",
-            "--input",
-            "raw",
-            "--output",
-            "clean",
-            "--pii",
-            "placeholder",
-            "--pii-lexicon",
-        ])
-        .arg(deid_lexicon()));
-    assert!(r.ok, "{}", r.stderr);
-    let docs: Vec<strata_data::Doc> = strata_data::io::read_dataset(&store.join("datasets/clean"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let (_, docs) = preprocess_pii(&dir, &path, "placeholder");
     assert_eq!(docs.len(), labelled.len());
     // preprocess normalises first (CRLF → LF, runs of blanks → one space), then de-identifies
     for (doc, note) in docs.iter().zip(&labelled) {

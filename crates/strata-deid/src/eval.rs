@@ -119,7 +119,7 @@ pub struct DeidReport {
 }
 
 /// Byte offset of every character index (and of the end).
-fn char_to_byte(text: &str) -> Vec<usize> {
+pub(crate) fn char_to_byte(text: &str) -> Vec<usize> {
     let mut v: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
     v.push(text.len());
     v

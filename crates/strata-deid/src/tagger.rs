@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use strata_records::hash::hash_bytes;
 
-use crate::eval::LabelledNote;
+use crate::eval::{char_to_byte, LabelledNote};
 use crate::lexicon::{Lexicon, MONTHS};
 use crate::span::PiiKind;
 use crate::{DeidError, Result};
@@ -562,12 +562,6 @@ fn kind_of(label: &str) -> Option<PiiKind> {
         "IP" => PiiKind::Ip,
         _ => return None,
     })
-}
-
-fn char_to_byte(text: &str) -> Vec<usize> {
-    let mut v: Vec<usize> = text.char_indices().map(|(b, _)| b).collect();
-    v.push(text.len());
-    v
 }
 
 /// Every note's token features and gold tags (0: none; k: the k-th kind met), and the kinds.
