@@ -351,7 +351,7 @@ pub(crate) fn find_layout(text: &str, cfg: &PiiRedact, lex: Option<&Lexicon>, sp
         names(text, l, lex, cfg.national_ids, spans);
     }
     if cfg.institutions {
-        institutions(text, l, lex, spans);
+        institutions(text, l, spans);
     }
     if cfg.locations {
         for c in l.town_zip.captures_iter(text) {
@@ -740,7 +740,7 @@ fn signatures(text: &str, l: &Layout, lex: Option<&Lexicon>, codes: bool, spans:
     }
 }
 
-fn institutions(text: &str, l: &Layout, lex: Option<&Lexicon>, spans: &mut Spans) {
+fn institutions(text: &str, l: &Layout, spans: &mut Spans) {
     let claim = |s: usize, e: usize, spans: &mut Spans| {
         // leading and trailing department words are not the name: "Emergency Department", "Memorial Hospital"
         let words: Vec<(usize, usize)> = l
@@ -759,23 +759,11 @@ fn institutions(text: &str, l: &Layout, lex: Option<&Lexicon>, spans: &mut Spans
         if last == 0 {
             return;
         }
-        // "St. Margene's": the saint's abbreviation is part of the name
-        let start = if text[..first.0].trim_end().ends_with(['.', 't'])
-            && text[s..first.0].to_lowercase().starts_with("st")
-        {
-            s
-        } else {
-            first.0
-        };
-        let name = &text[first.0..keep[last - 1].1];
-        if is_not_name(name)
-            || (lex.is_some_and(|x| x.is_common(name))
-                && !name.contains(' ')
-                && name.chars().all(char::is_lowercase))
-        {
+        // ("St. Margene's": "St" is a word of the name)
+        if is_not_name(&text[first.0..keep[last - 1].1]) {
             return;
         }
-        spans.add(start, keep[last - 1].1, PiiKind::Hospital);
+        spans.add(first.0, keep[last - 1].1, PiiKind::Hospital);
     };
     for c in l.institution.captures_iter(text) {
         if let Some(g) = c.get(1) {
