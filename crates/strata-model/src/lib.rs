@@ -17,6 +17,7 @@ pub mod lora;
 pub mod matmul;
 #[cfg(test)]
 mod test_util;
+pub mod vision;
 
 pub use config::{LlamaConfig, ModelSpec, RopeScaling, TokenIds, ARCHITECTURES};
 pub use gguf::{import_gguf, GgufImport};
@@ -26,6 +27,7 @@ pub use hf::{
     save_safetensors, write_hf_config, FolderCheck,
 };
 pub use llama::{init_std, next_token_loss, next_token_loss_sum, seeded_init, Llama, LoraWeights};
+pub use vision::{VisionConfig, VisionEncoder, VisionOutput};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

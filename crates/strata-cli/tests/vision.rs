@@ -1,0 +1,93 @@
+//! Vision towers (issue 23, first step): a DINOv2 tower in transformers' layout, read from its folder and run
+//! by `strata_model::VisionEncoder`, against the numpy forward of tests/python/vision_reference.py on the same
+//! pixels; and bad towers and pixels refused by name.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{fresh_dir, python_check};
+use strata_model::{read_safetensors, VisionEncoder};
+
+/// The largest difference relative to the reference's largest magnitude.
+fn rel_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+fn check(dir: &std::path::Path, extra: &[&str]) {
+    let mut args: Vec<&std::ffi::OsStr> = vec![dir.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    python_check("vision_reference.py", &args);
+    let dev = candle_core::Device::Cpu;
+    let enc = VisionEncoder::load(dir, &dev).unwrap();
+    let (r, _) = read_safetensors(&dir.join("reference.safetensors"), &dev).unwrap();
+    let out = enc.forward(&r["pixel_values"]).unwrap();
+    assert_eq!(out.hidden_states.len(), 3);
+    for (i, h) in out.hidden_states.iter().enumerate() {
+        let d = rel_diff(h, &r[&format!("hidden_state.{i}")]);
+        assert!(d <= 1e-5, "hidden state {i}: {d}");
+    }
+    let d = rel_diff(&out.last_hidden_state, &r["last_hidden_state"]);
+    assert!(d <= 1e-5, "last hidden state: {d}");
+    let d = rel_diff(&out.pooled, &r["pooler_output"]);
+    assert!(d <= 1e-5, "pooled: {d}");
+}
+
+#[test]
+fn dinov2_tower_matches_the_numpy_forward() {
+    let dir = fresh_dir("vision-dinov2");
+    check(&dir.join("gelu"), &[]);
+    check(&dir.join("swiglu"), &["--swiglu", "--seed", "5"]);
+}
+
+#[test]
+fn bad_towers_and_pixels_are_refused_by_name() {
+    let dir = fresh_dir("vision-bad").join("tower");
+    python_check("vision_reference.py", &[dir.as_os_str()]);
+    let dev = candle_core::Device::Cpu;
+    let enc = VisionEncoder::load(&dir, &dev).unwrap();
+    // pixels of another size and of the wrong channel count
+    let small = candle_core::Tensor::zeros((1, 3, 8, 8), candle_core::DType::F32, &dev).unwrap();
+    let err = enc.forward(&small).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("8x8") && err.contains("16x16"), "{err}");
+    let gray = candle_core::Tensor::zeros((1, 1, 16, 16), candle_core::DType::F32, &dev).unwrap();
+    let err = enc.forward(&gray).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("[1, 1, 16, 16]"), "{err}");
+    // a model type not supported yet, and a missing tensor
+    let cfg_path = dir.join("config.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"dinov2\"", "\"siglip_vision_model\""),
+    )
+    .unwrap();
+    let err = VisionEncoder::load(&dir, &dev)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("siglip_vision_model"),
+        "{err}"
+    );
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
+    )
+    .unwrap();
+    let err = VisionEncoder::load(&dir, &dev)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("encoder.layer.2") && err.contains("missing"),
+        "{err}"
+    );
+}
