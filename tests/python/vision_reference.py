@@ -191,7 +191,7 @@ def main():
     common = {"hidden_size": d, "num_hidden_layers": layers, "num_attention_heads": heads, "layer_norm_eps": eps,
               "image_size": size, "patch_size": patch, "num_channels": ch, "torch_dtype": "float32"}
     cfg = {
-        "dinov2": {"architectures": ["Dinov2Model"], "model_type": "dinov2", "mlp_ratio": inter / d,
+        "dinov2": {"architectures": ["Dinov2Model"], "model_type": "dinov2", "mlp_ratio": inter // d,
                    "hidden_act": "gelu", "qkv_bias": True, "layerscale_value": 1.0, "use_swiglu_ffn": a.swiglu},
         "clip": {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model", "intermediate_size": inter,
                  "hidden_act": "quick_gelu"},

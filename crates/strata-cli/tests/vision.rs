@@ -36,6 +36,10 @@ fn check(dir: &std::path::Path, extra: &[&str]) {
         assert!(d <= 1e-5, "hidden state {i}: {d}");
     }
     let d = rel_diff(&out.last_hidden_state, &r["last_hidden_state"]);
+    eprintln!(
+        "{}: last hidden state within {d:.2e} of the numpy forward",
+        dir.display()
+    );
     assert!(d <= 1e-5, "last hidden state: {d}");
     match (&out.pooled, r.get("pooler_output")) {
         (Some(p), Some(want)) => {
