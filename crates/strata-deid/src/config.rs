@@ -69,25 +69,6 @@ impl Default for PiiRedact {
 }
 
 impl PiiRedact {
-    /// Whether identifiers of `kind` are to be found.
-    #[must_use]
-    pub fn finds(&self, kind: crate::PiiKind) -> bool {
-        use crate::PiiKind as K;
-        match kind {
-            K::Email => self.emails,
-            K::Phone => self.phones,
-            K::Ip => self.ips,
-            K::Id => self.national_ids,
-            K::Mrn => self.medical_record_numbers,
-            K::Dob => self.dates_of_birth,
-            K::Name => self.names,
-            K::Location => self.locations,
-            K::Date => self.dates,
-            K::Age => self.ages,
-            K::Hospital => self.institutions,
-        }
-    }
-
     /// The text with PII replaced (placeholders, no lexicon), and how many of each kind.
     #[must_use]
     pub fn redact(&self, text: &str) -> (String, Vec<(&'static str, usize)>) {

@@ -25,7 +25,8 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use crate::lexicon::{Lexicon, MONTHS};
+use crate::lexicon::{title_case, without_possessive, Lexicon, MONTHS};
+use crate::prose::word_re;
 use crate::span::{PiiKind, Spans};
 use crate::PiiRedact;
 
@@ -33,11 +34,8 @@ use crate::PiiRedact;
 const NW: &str = r"\p{Lu}(?:[\p{L}\p{M}]|['’-]\p{L})+";
 /// A word of a name in capitals only.
 const NWC: &str = r"\p{Lu}(?:\p{Lu}|['’-]\p{Lu})+";
-/// A role after a name.
-const ROLE: &str =
-    r"(?:M\.D\.|MD|D\.O\.|DO|NP|RN|LPN|CNA|PA-C|PhD|RPh|DDS|MBBS|FACP|FACS|CNM|CRNA|MSW|LCSW)";
-
-/// The words of [`ROLE`].
+/// The roles written after a name (`MD`, `RN`, …); with the dotted `M.D.` and `D.O.`, the alternatives of
+/// [`role_re`].
 const ROLES: [&str; 17] = [
     "MD", "DO", "NP", "RN", "LPN", "CNA", "PhD", "RPh", "DDS", "MBBS", "FACP", "FACS", "CNM",
     "CRNA", "MSW", "LCSW", "PA-C",
@@ -70,13 +68,19 @@ struct Layout {
     institution: Regex,
     label_place: Regex,
     town_zip: Regex,
-    word: Regex,
+}
+
+/// A role after a name, as a regex group: the dotted forms, then [`ROLES`] (escaped).
+fn role_re() -> String {
+    let words: Vec<String> = ROLES.iter().map(|r| regex::escape(r)).collect();
+    format!(r"(?:M\.D\.|D\.O\.|{})", words.join("|"))
 }
 
 fn layout() -> &'static Layout {
     static L: OnceLock<Layout> = OnceLock::new();
     L.get_or_init(|| {
         let re = |s: &str| Regex::new(s).unwrap_or_else(|e| panic!("layout pattern {s}: {e}"));
+        let role = role_re();
         let name = format!(
             r"(?:\p{{Lu}}\.[ ]?)?{NW}(?:[ ]?,[ ]?{NW}(?:[ ]\p{{Lu}}\.?)?(?-u:\b)|(?:[ ](?:\p{{Lu}}\.|{NW})){{0,3}})"
         );
@@ -89,7 +93,7 @@ fn layout() -> &'static Layout {
             )),
             cc: re(r"(?m)(?:^|[ \t])(?:cc|CC|Cc|c\.c\.|Care team|CARE TEAM|Team|Copies to|COPIES TO)[ \t]*:[ \t]*([^\r\n]+)"),
             before_role: re(&format!(
-                r"((?:\p{{Lu}}\.[ \t]*)?{NW}(?:[ \t]*,[ \t]*{NW})?(?:[ \t]+(?:\p{{Lu}}\.|{NW})){{0,2}})[ \t]*,?[ \t]+{ROLE}(?:[^\w]|$)"
+                r"((?:\p{{Lu}}\.[ \t]*)?{NW}(?:[ \t]*,[ \t]*{NW})?(?:[ \t]+(?:\p{{Lu}}\.|{NW})){{0,2}})[ \t]*,?[ \t]+{role}(?:[^\w]|$)"
             )),
             relation_bracket: re(&format!(
                 r"(?i:(?-u:\b)(?:family|wife|husband|son|daughter|mother|father|brother|sister|partner|friend|spouse|caregiver|guardian))[ \t]*\(({NW}(?:[ ]{NW})?)\)"
@@ -114,7 +118,7 @@ fn layout() -> &'static Layout {
             )),
             signature: re(r"(?m)^[ \t]*([a-z][a-z'’-]{2,})(?:[ \t]*,[ \t]*(?:M\.D\.|MD|DO|NP|RN|PA-C)\.?|[ \t]*/[ \t]*([A-Za-z]{1,4}\d{0,4})|[ \t]+([A-Za-z]{1,4}\d{1,4}))?[ \t]*(?:[ \t]+([A-Za-z]{1,4}\d{1,4}))?(?:[ \t]+\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}(?:[ \t]+\d{1,2}:\d{2}(?:[ \t]*[AaPp]\.?[Mm]?\.?)?)?)?[ \t]*\r?$"),
             role_code: re(&format!(
-                r"(?m)(?:{ROLE}|Signed:[^\r\n]*?)\.?[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)|(?-u:\b)(?:Signed|SIGNED):[ \t]+[A-Za-z'’-]+[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)"
+                r"(?m)(?:{role}|Signed:[^\r\n]*?)\.?[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)|(?-u:\b)(?:Signed|SIGNED):[ \t]+[A-Za-z'’-]+[ \t]+([A-Za-z]{{1,4}}\d{{1,4}})(?-u:\b)"
             )),
             label_mrn: re(r"(?i:(?-u:\b)(?:mrn|med(?:ical)? rec(?:ord)?\.?(?: no\.?| number| #)?|record(?: no\.?| number)?|unit(?: no\.?| number)?|chart(?: no\.?| number)?|hospital(?: no\.?| number)|patient id|pt id|mr))[ \t]*[:#]*[ \t]*#?[ \t]*([A-Za-z]{0,3}\d[\dA-Za-z/-]{2,20})"),
             label_id: re(r"(?m)(?i:(?-u:\b)(?:acct|account|ssn|social security(?: no\.?| number)?|ins(?:urance)?\.? id|member id|policy|plan id|subscriber id|group(?: no\.?| #)|accession|acc|license|lic|dea|npi|job|order|encounter|csn|fin|visit id|visit no|claim|case|transcribed by|transcriptionist|resulted by|entered by|user(?:name)?|device(?: id)?|serial(?: no\.?)?)(?:[ \t]*(?:no\.?|number|#|id))?[ \t]*[:#]+[ \t]*#?[ \t]*|^[ \t]*(?:T|D|TD|DT|JOB)[ \t]*:[ \t]*)([A-Za-z]{0,4}\d[\dA-Za-z/-]{1,20}|[A-Za-z]{1,4}\d{1,4})"),
@@ -133,7 +137,6 @@ fn layout() -> &'static Layout {
             town_zip: re(&format!(
                 r"({NW}(?:[ \t]+{NW}){{0,2}}),[ \t]+[A-Z]{{2}}[ \t]+(\d{{5}}(?:-\d{{4}})?)(?-u:\b)"
             )),
-            word: re(r"\p{L}(?:\p{L}|\p{M})*(?:['’-](?:\p{L}|\p{M})+)*"),
         }
     })
 }
@@ -400,12 +403,15 @@ fn dates(text: &str, l: &Layout, spans: &mut Spans) {
             .next()
             .unwrap_or("")
             .to_lowercase();
-        let after = text[g.end()..].trim_start().to_lowercase();
+        // a score's noun after it: "2/6 systolic murmur", "4/5 strength"
+        let after = text[g.end()..].trim_start();
         let score = SCORES.contains(&prev.as_str())
             || prev.ends_with("score")
-            || ["systolic", "murmur", "strength", "power", "in ", "of "]
-                .iter()
-                .any(|w| after.starts_with(w) && !w.ends_with(' '));
+            || ["systolic", "murmur", "strength", "power"].iter().any(|w| {
+                after
+                    .get(..w.len())
+                    .is_some_and(|a| a.eq_ignore_ascii_case(w))
+            });
         // 7/91 after "in", "since", "hospitalized"; 11/04, 02/22 and 5/2012 by their shape; 3/10 alone is a ratio
         let v = g.as_str();
         let (m, y) = v.split_once('/').unwrap_or((v, ""));
@@ -453,20 +459,10 @@ fn first_name(lex: Option<&Lexicon>, w: &str) -> bool {
     })
 }
 
-fn title_case(w: &str) -> String {
-    let mut cs = w.chars();
-    cs.next().map_or_else(String::new, |f| {
-        f.to_uppercase()
-            .chain(cs.flat_map(char::to_lowercase))
-            .collect()
-    })
-}
-
 /// Whether a span the tagger calls a name has a name's shape: words of letters (and initials), each
 /// capitalised or (a signature) lower case, not a role, title or month, and not everyday words only.
 pub(crate) fn plausible_name(span: &str, lex: Option<&Lexicon>) -> bool {
-    let l = layout();
-    let words: Vec<&str> = l.word.find_iter(span).map(|m| m.as_str()).collect();
+    let words: Vec<&str> = word_re().find_iter(span).map(|m| m.as_str()).collect();
     let rest_ok = span.chars().all(|c| {
         c.is_alphabetic() || c == ' ' || c == '.' || c == '\'' || c == '’' || c == '-' || c == ','
     });
@@ -650,7 +646,7 @@ fn cc_lines(text: &str, l: &Layout, spans: &mut Spans) {
         let Some(g) = c.get(1) else { continue };
         let mut run: Option<(usize, usize)> = None;
         let line = g.as_str();
-        for w in l.word.find_iter(line) {
+        for w in word_re().find_iter(line) {
             let t = w.as_str();
             let name_like = t.chars().next().is_some_and(char::is_uppercase)
                 && !is_not_name(t)
@@ -743,8 +739,7 @@ fn signatures(text: &str, l: &Layout, lex: Option<&Lexicon>, codes: bool, spans:
 fn institutions(text: &str, l: &Layout, spans: &mut Spans) {
     let claim = |s: usize, e: usize, spans: &mut Spans| {
         // leading and trailing department words are not the name: "Emergency Department", "Memorial Hospital"
-        let words: Vec<(usize, usize)> = l
-            .word
+        let words: Vec<(usize, usize)> = word_re()
             .find_iter(&text[s..e])
             .map(|m| (s + m.start(), s + m.end()))
             .collect();
@@ -785,10 +780,9 @@ fn propagate_names(
     spans: &mut Spans,
     protected: &dyn Fn(usize, usize) -> bool,
 ) {
-    let l = layout();
     let mut known: HashSet<String> = HashSet::new();
     for s in spans.0.iter().filter(|s| s.kind == PiiKind::Name) {
-        for w in l.word.find_iter(&text[s.start..s.end]) {
+        for w in word_re().find_iter(&text[s.start..s.end]) {
             let t = w.as_str();
             if t.chars().count() >= 3 && !common(lex, t) && !is_not_name(t) && t.is_ascii() {
                 known.insert(t.to_lowercase());
@@ -798,26 +792,14 @@ fn propagate_names(
     if known.is_empty() {
         return;
     }
-    let hits: Vec<(usize, usize)> = l
-        .word
+    let hits: Vec<(usize, usize)> = word_re()
         .find_iter(text)
-        .filter(|w| {
-            let t = w.as_str();
-            let t = t
-                .strip_suffix("'s")
-                .or_else(|| t.strip_suffix("’s"))
-                .unwrap_or(t);
-            known.contains(&t.to_lowercase())
-        })
+        .filter(|w| known.contains(&without_possessive(w.as_str()).to_lowercase()))
         .map(|w| (w.start(), w.end()))
         .collect();
     for (s, e) in hits {
         if !protected(s, e) {
-            let t = &text[s..e];
-            let base = t
-                .strip_suffix("'s")
-                .or_else(|| t.strip_suffix("’s"))
-                .unwrap_or(t);
+            let base = without_possessive(&text[s..e]);
             spans.add(s, s + base.len(), PiiKind::Name);
         }
     }

@@ -124,6 +124,23 @@ impl Lexicon {
     }
 }
 
+/// `okafor` / `OKAFOR` → `Okafor`: how the lexicon's name lists write a name.
+pub(crate) fn title_case(w: &str) -> String {
+    let mut cs = w.chars();
+    cs.next().map_or_else(String::new, |f| {
+        f.to_uppercase()
+            .chain(cs.flat_map(char::to_lowercase))
+            .collect()
+    })
+}
+
+/// `Okafor's` → `Okafor` (either apostrophe); any other word as it is.
+pub(crate) fn without_possessive(w: &str) -> &str {
+    w.strip_suffix("'s")
+        .or_else(|| w.strip_suffix("’s"))
+        .unwrap_or(w)
+}
+
 pub(crate) fn is_han(c: char) -> bool {
     ('\u{4e00}'..='\u{9fff}').contains(&c) || ('\u{3400}'..='\u{4dbf}').contains(&c)
 }

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use crate::lexicon::{is_han, Lexicon, MONTHS};
+use crate::lexicon::{is_han, without_possessive, Lexicon, MONTHS};
 use crate::span::{PiiKind, Spans};
 use crate::PiiRedact;
 
@@ -309,6 +309,12 @@ fn protected(words: &[Word<'_>], i: usize, text: &str, lex: Option<&Lexicon>) ->
     }
 }
 
+/// A word of prose (letters, and `'`, `’` or `-` inside it: `Paget's`, `Guillain-Barré`): the one word
+/// pattern of the de-identifier's detectors.
+pub(crate) fn word_re() -> &'static Regex {
+    &prose().word
+}
+
 /// Whether the word at `[start, end)` names medicine ([`protected`]), looked up from the text around it.
 pub(crate) fn protected_at(text: &str, lex: Option<&Lexicon>, start: usize, end: usize) -> bool {
     let p = prose();
@@ -493,11 +499,7 @@ fn propagate(
     let mut known: HashSet<&str> = HashSet::new();
     for &(s, e) in names {
         for w in p.word.find_iter(&text[s..e]) {
-            let t = w.as_str();
-            let t = t
-                .strip_suffix("'s")
-                .or_else(|| t.strip_suffix("’s"))
-                .unwrap_or(t);
+            let t = without_possessive(w.as_str());
             if t.chars().count() >= 2 && is_cap(t) && !lex.is_some_and(|l| l.is_common(t)) {
                 known.insert(t);
             }
@@ -507,11 +509,7 @@ fn propagate(
         return;
     }
     for (i, w) in words.iter().enumerate() {
-        let t = w
-            .text
-            .strip_suffix("'s")
-            .or_else(|| w.text.strip_suffix("’s"))
-            .unwrap_or(w.text);
+        let t = without_possessive(w.text);
         if known.contains(t) && !protected(words, i, text, lex) {
             spans.add(w.start, w.start + t.len(), PiiKind::Name);
         }

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use strata_records::hash::hash_bytes;
 
 use crate::eval::{char_to_byte, LabelledNote};
-use crate::lexicon::{Lexicon, MONTHS};
+use crate::lexicon::{title_case, Lexicon, MONTHS};
 use crate::span::PiiKind;
 use crate::{DeidError, Result};
 
@@ -83,9 +83,7 @@ fn shape(w: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Tagger {
     tags: Vec<PiiKind>,
-    /// Feature hash → one weight per tag (index 0 is "no identifier").
-    weights: Weights,
-    /// The same weights in one array, for decoding.
+    /// Feature hash → one weight per tag (index 0 is "no identifier"), in one array.
     flat: Flat,
     /// `(prev + 1) * n + tag`, prev = -1 at the start.
     trans: Vec<f32>,
@@ -146,19 +144,27 @@ struct Flat {
 }
 
 impl Flat {
-    fn new(w: &Weights, n: usize) -> Self {
-        let mut f = Self {
+    fn with_capacity(count: usize, n: usize) -> Self {
+        Self {
             n,
             index: HashMap::with_capacity_and_hasher(
-                w.len(),
+                count,
                 std::hash::BuildHasherDefault::default(),
             ),
-            data: Vec::with_capacity(w.len() * n),
-        };
+            data: Vec::with_capacity(count * n),
+        }
+    }
+
+    fn push(&mut self, h: u64, row: &[f32]) {
+        self.index
+            .insert(h, u32::try_from(self.index.len()).unwrap_or(u32::MAX));
+        self.data.extend_from_slice(row);
+    }
+
+    fn new(w: &Weights, n: usize) -> Self {
+        let mut f = Self::with_capacity(w.len(), n);
         for (h, v) in w {
-            f.index
-                .insert(*h, u32::try_from(f.index.len()).unwrap_or(u32::MAX));
-            f.data.extend_from_slice(v);
+            f.push(*h, v);
         }
         f
     }
@@ -190,14 +196,7 @@ fn lines_of(text: &str, toks: &[Tok]) -> Vec<(usize, usize)> {
 
 /// What the lexicon says of a word: first name, surname, everyday word, place (bits 0-3).
 fn lex_bits(w: &str, lower: &str, lex: &Lexicon) -> u8 {
-    let title: String = {
-        let mut cs = w.chars();
-        cs.next().map_or_else(String::new, |f| {
-            f.to_uppercase()
-                .chain(cs.flat_map(char::to_lowercase))
-                .collect()
-        })
-    };
+    let title = title_case(w);
     u8::from(lex.first_names.contains(&title))
         | u8::from(lex.surnames.contains(&title)) << 1
         | u8::from(lex.common.contains(lower)) << 2
@@ -327,7 +326,7 @@ impl Tagger {
     /// How many features have a weight.
     #[must_use]
     pub fn feature_count(&self) -> usize {
-        self.weights.len()
+        self.flat.index.len()
     }
 
     fn n(&self) -> usize {
@@ -385,7 +384,6 @@ impl Tagger {
         let (tags, data) = gold(notes, lex);
         let mut model = Self {
             tags,
-            weights: Weights::default(),
             flat: Flat::default(),
             trans: Vec::new(),
         };
@@ -430,8 +428,9 @@ impl Tagger {
                 }
             }
         }
-        (model.weights, model.trans) = avg.finish();
-        model.flat = Flat::new(&model.weights, n);
+        let weights;
+        (weights, model.trans) = avg.finish();
+        model.flat = Flat::new(&weights, n);
         model
     }
 
@@ -444,14 +443,17 @@ impl Tagger {
         out.extend_from_slice(MAGIC.as_bytes());
         out.push(b'\n');
         let tags: Vec<&str> = self.tags.iter().map(|k| k.tag()).collect();
-        let header = serde_json::json!({"tags": tags, "features": self.weights.len()});
+        let header = serde_json::json!({"tags": tags, "features": self.feature_count()});
         out.extend_from_slice(header.to_string().as_bytes());
         out.push(b'\n');
-        let mut keys: Vec<&u64> = self.weights.keys().collect();
-        keys.sort();
-        for k in keys {
+        // by feature hash, so that the same tagger is the same bytes
+        let mut keys: Vec<(&u64, &u32)> = self.flat.index.iter().collect();
+        keys.sort_unstable();
+        let n = self.flat.n;
+        for (k, &row) in keys {
             out.extend_from_slice(&k.to_le_bytes());
-            for x in &self.weights[k] {
+            let at = row as usize * n;
+            for x in &self.flat.data[at..at + n] {
                 out.extend_from_slice(&x.to_le_bytes());
             }
         }
@@ -519,24 +521,18 @@ impl Tagger {
             ));
         }
         let f32_at = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let mut weights =
-            Weights::with_capacity_and_hasher(count, std::hash::BuildHasherDefault::default());
+        let mut flat = Flat::with_capacity(count, n);
         let rec = 8 + 4 * n;
+        let mut row = Vec::with_capacity(n);
         for c in rest[..count * rec].chunks_exact(rec) {
             let mut k = [0u8; 8];
             k.copy_from_slice(&c[..8]);
-            weights.insert(
-                u64::from_le_bytes(k),
-                c[8..].chunks_exact(4).map(f32_at).collect(),
-            );
+            row.clear();
+            row.extend(c[8..].chunks_exact(4).map(f32_at));
+            flat.push(u64::from_le_bytes(k), &row);
         }
         let trans = rest[count * rec..].chunks_exact(4).map(f32_at).collect();
-        Ok(Self {
-            flat: Flat::new(&weights, n),
-            tags,
-            weights,
-            trans,
-        })
+        Ok(Self { tags, flat, trans })
     }
 }
 
