@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::layout::{find_layout, find_layout_late, plausible_name};
 use crate::lexicon::Lexicon;
 use crate::patterns::find_patterns;
-use crate::prose::{find_prose, protected_at};
+use crate::prose::{find_prose, protected_at, word_re};
 use crate::span::{PiiKind, PiiSpan, Spans};
 use crate::surrogate::Surrogates;
 use crate::{PiiMode, PiiRedact};
@@ -125,8 +125,11 @@ impl Deid {
                 let label =
                     after.starts_with(':') || after.starts_with("by:") || after.starts_with("By:");
                 // no word of it may name medicine (Holter monitor, Glasgow Coma Scale)
-                let medicine =
-                    || words(&text[s..e]).any(|(a, b)| protected_at(text, lex, s + a, s + b));
+                let medicine = || {
+                    word_re()
+                        .find_iter(&text[s..e])
+                        .any(|w| protected_at(text, lex, s + w.start(), s + w.end()))
+                };
                 if kind == PiiKind::Name
                     && !label
                     && plausible_name(&text[s..e], lex)
@@ -182,28 +185,60 @@ impl Deid {
     }
 }
 
-/// The words of `s` (letters), as byte ranges.
-fn words(s: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
-    s.char_indices()
-        .filter(|&(i, c)| {
-            c.is_alphabetic()
-                && s[..i]
-                    .chars()
-                    .next_back()
-                    .is_none_or(|p| !p.is_alphabetic())
-        })
-        .map(move |(i, _)| {
-            let end = s[i..]
-                .find(|c: char| !c.is_alphabetic())
-                .map_or(s.len(), |k| i + k);
-            (i, end)
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::{LabelledNote, LabelledSpan};
     use crate::patterns::CN_ID_WEIGHTS;
+
+    /// The tagger learns that what follows "routed to" is a name; an eponym in that place ("Bell's palsy")
+    /// stays: its possessive is one word with the name, and that word with the next names medicine.
+    #[test]
+    fn the_tagger_never_takes_an_eponym_with_its_possessive() {
+        let names = [
+            "Ulver Rotty",
+            "Kabex Gutoski",
+            "Minka Mccalebb",
+            "Nendun Burgey",
+            "Selka Quinwen",
+        ];
+        let head = "Message routed to ";
+        let notes: Vec<LabelledNote> = (0..40)
+            .map(|i| {
+                let name = names[i % names.len()];
+                LabelledNote {
+                    id: format!("n{i}"),
+                    text: format!("{head}{name} today."),
+                    spans: vec![LabelledSpan {
+                        start: head.len(),
+                        end: head.len() + name.len(),
+                        label: "NAME".into(),
+                    }],
+                    decoys: Vec::new(),
+                }
+            })
+            .collect();
+        let mut lex = Lexicon::default();
+        lex.eponyms.insert("bell palsy".into());
+        let tagger = crate::Tagger::train(&notes, Some(&lex), 3);
+        let text = "Message routed to Bell's palsy today.";
+        // the tagger alone calls it a name; the de-identifier keeps the medicine
+        assert!(
+            tagger
+                .find(text, Some(&lex))
+                .iter()
+                .any(|&(s, _, k)| k == PiiKind::Name && text[s..].starts_with("Bell")),
+            "the tagger should propose Bell's here for this test to mean anything"
+        );
+        lex.tagger = Some(tagger);
+        let deid = Deid::with_lexicon(&PiiRedact::default(), lex);
+        assert_eq!(deid.redact_keyed(text, "t").0, text);
+        assert_eq!(
+            deid.redact_keyed("Message routed to Zorblat Quenwix today.", "t")
+                .0,
+            "Message routed to <NAME> today."
+        );
+    }
 
     #[test]
     fn hand_worked_examples() {
