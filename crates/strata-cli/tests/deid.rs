@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{deid_lexicon, fresh_dir, repo_root, run, strata};
+use common::{acquire_raw, dataset_docs, deid_lexicon, fresh_dir, repo_root, run, strata};
 use strata_data::preprocess::{shift_date, Surrogates};
 
 fn notes(dir: &std::path::Path, count: usize, seed: u64) -> std::path::PathBuf {
@@ -188,10 +188,7 @@ fn preprocess_pii(
     mode: &str,
 ) -> (common::Run, Vec<strata_data::Doc>) {
     let store = dir.join("store");
-    let r = run(strata(&store)
-        .args(["acquire", "--name", "raw", "--input"])
-        .arg(notes));
-    assert!(r.ok, "{}", r.stderr);
+    acquire_raw(&store, notes);
     let r = run(strata(&store)
         .args([
             "preprocess",
@@ -205,11 +202,7 @@ fn preprocess_pii(
         .arg("--pii-lexicon")
         .arg(deid_lexicon()));
     assert!(r.ok, "{}", r.stderr);
-    let docs = strata_data::io::read_dataset(&store.join("datasets/clean"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    (r, docs)
+    (r, dataset_docs(&store, "clean"))
 }
 
 fn eval_json(dir: &std::path::Path, notes: &std::path::Path, extra: &[&str]) -> serde_json::Value {

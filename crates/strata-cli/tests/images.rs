@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fresh_dir, python_check, run, strata};
+use common::{dataset_docs, fresh_dir, python_check, run, strata};
 
 /// `strata domain ultrasound-images ARGS --out OUT`, which must succeed.
 fn simulate(store: &Path, out: &Path, args: &[&str]) {
@@ -211,11 +211,7 @@ fn a_note_moves_its_dates_as_its_patients_dicom_files_do() {
         ])
         .env("STRATA_DEID_SECRET", secret));
     assert!(r.ok, "{}", r.stderr);
-    let docs: Vec<strata_data::Doc> =
-        strata_data::io::read_dataset(&store.join("datasets/notes-clean"))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+    let docs = dataset_docs(&store, "notes-clean");
     let moved = strata_deid::shift_date("2024-01-15", p1).unwrap();
     assert!(
         docs[0].text.contains(&moved),

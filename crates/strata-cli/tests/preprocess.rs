@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{dataset_files, dataset_stats, fresh_dir, run, stage_stats, strata};
+use common::{
+    acquire_raw, dataset_docs, dataset_files, dataset_stats, fresh_dir, run, stage_stats, strata,
+};
 
 /// Writes a jsonl file of `{"text": …}` records.
 fn write_texts<T: AsRef<str>>(path: &std::path::Path, texts: impl IntoIterator<Item = T>) {
@@ -14,22 +16,6 @@ fn write_texts<T: AsRef<str>>(path: &std::path::Path, texts: impl IntoIterator<I
         .map(|t| serde_json::json!({ "text": t.as_ref() }).to_string())
         .collect();
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
-}
-
-/// `strata acquire --name raw --input FILE` into `store`.
-fn acquire_raw(store: &std::path::Path, input: &std::path::Path) {
-    let r = run(strata(store)
-        .args(["acquire", "--name", "raw", "--input"])
-        .arg(input));
-    assert!(r.ok, "{}", r.stderr);
-}
-
-/// The documents of dataset `clean`.
-fn read_clean(store: &std::path::Path) -> Vec<strata_data::Doc> {
-    strata_data::io::read_dataset(&store.join("datasets/clean"))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
 }
 
 /// 80 words drawn at random (a fixed generator) from a clinical vocabulary: no repeated phrases.
@@ -195,7 +181,7 @@ fn pii_flag_redacts_and_counts_in_metadata() {
             .unwrap();
     let text = manifest.to_string();
     assert!(text.contains("\"rules_only\":true"), "{text}");
-    let docs = read_clean(&store);
+    let docs = dataset_docs(&store, "clean");
     assert_eq!(docs.len(), 1);
     assert_eq!(
         docs[0].text,
@@ -231,7 +217,7 @@ fn languages_flag_keeps_english_and_chinese_and_labels_them() {
         "10",
     ]));
     assert!(r.ok, "{}", r.stderr);
-    let docs = read_clean(&store);
+    let docs = dataset_docs(&store, "clean");
     let langs: Vec<&str> = docs
         .iter()
         .map(|d| d.meta["language"].as_str().unwrap())
@@ -376,7 +362,7 @@ fn c4_fineweb_and_decontamination_flags() {
         .arg("--eval-set")
         .arg(format!("qa={}", eval.display())));
     assert!(r.ok, "{}", r.stderr);
-    let docs = read_clean(&store);
+    let docs = dataset_docs(&store, "clean");
     assert_eq!(docs.len(), 1, "{docs:?}");
     assert!(docs[0].text.starts_with(&sentences(1)), "{}", docs[0].text);
     let stats = dataset_stats(&store, "clean");
@@ -415,7 +401,7 @@ fn parquet_shards_read_back_by_pyarrow() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let docs = read_clean(&store);
+    let docs = dataset_docs(&store, "clean");
     assert_eq!(from_parquet.len(), docs.len());
     assert_eq!(docs.len(), 25);
     for (p, d) in from_parquet.iter().zip(&docs) {
@@ -528,7 +514,7 @@ fn phased_tasks_match_one_process_and_skip_finished_tasks() {
     // the phased run and `--tasks 3` wrote the same files; the documents equal the single-process run's
     let p_files = dataset_files(&phased.join("datasets/clean"));
     assert_eq!(p_files, dataset_files(&all.join("datasets/clean")));
-    let docs = |s: &std::path::Path| read_clean(s);
+    let docs = |s: &std::path::Path| dataset_docs(s, "clean");
     assert_eq!(docs(&phased), docs(&single));
     // the work folder is gone once published
     let work: Vec<_> = std::fs::read_dir(phased.join("work")).unwrap().collect();

@@ -127,6 +127,22 @@ pub fn python_check(script: &str, args: &[&std::ffi::OsStr]) -> String {
     stdout
 }
 
+/// `strata acquire --name raw --input FILE` into `store`.
+pub fn acquire_raw(store: &Path, input: &Path) {
+    let r = run(strata(store)
+        .args(["acquire", "--name", "raw", "--input"])
+        .arg(input));
+    assert!(r.ok, "{}", r.stderr);
+}
+
+/// The documents of text dataset `name` of `store`.
+pub fn dataset_docs(store: &Path, name: &str) -> Vec<strata_data::Doc> {
+    strata_data::io::read_dataset(&store.join("datasets").join(name))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// The files of a published dataset (manifest aside), by name, with their bytes.
 pub fn dataset_files(d: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
