@@ -195,18 +195,15 @@ struct Norm {
     b: Tensor,
 }
 
+/// Every linear layer of these towers has a bias.
 struct Linear {
     w: Tensor,
-    b: Option<Tensor>,
+    b: Tensor,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.broadcast_matmul(&self.w.t()?)?;
-        match &self.b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
+        x.broadcast_matmul(&self.w.t()?)?.broadcast_add(&self.b)
     }
 }
 
@@ -376,7 +373,7 @@ impl Store<'_> {
     fn linear(&self, pre: &str, out: usize, inp: usize) -> Result<Linear> {
         Ok(Linear {
             w: self.get(&format!("{pre}.weight"), &[out, inp])?,
-            b: Some(self.get(&format!("{pre}.bias"), &[out])?),
+            b: self.get(&format!("{pre}.bias"), &[out])?,
         })
     }
 
@@ -517,7 +514,7 @@ impl VisionEncoder {
         let part = |k: usize| -> Result<Linear> {
             Ok(Linear {
                 w: w.narrow(0, k * d, d).ctx("head in_proj")?,
-                b: Some(b.narrow(0, k * d, d).ctx("head in_proj bias")?),
+                b: b.narrow(0, k * d, d).ctx("head in_proj bias")?,
             })
         };
         Ok(Head {
