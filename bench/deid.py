@@ -2,8 +2,8 @@
 """De-identification side by side: Strata's PII stage against Microsoft Presidio on the same English notes.
 
 Two sets of seeded labelled notes, English only (Presidio's default recognisers are English):
-- "prose": tests/python/make_deid_notes.py, identifiers written in free prose, decoys beside them;
-- "real": tests/python/make_realformat_notes.py, the formats hospital systems print (letterheads, header
+- "prose": scripts/make_deid_notes.py, identifiers written in free prose, decoys beside them;
+- "real": scripts/make_realformat_notes.py, the formats hospital systems print (letterheads, header
   blocks, "LAST, FIRST", signatures, dictation footers, record numbers, partial dates, institutions), on
   seeds and formats the de-identifier was not built on: dev formats of seed 2, held-out formats of seed 3
   and the late formats (written after the rules and the tagger were frozen) of seed 5.
@@ -86,7 +86,7 @@ def score(notes, found):
 
 def generate(a, work, which):
     """The English notes of one set, written to WORK/notes-WHICH.jsonl."""
-    gen = os.path.join(ROOT, "tests", "python")
+    gen = os.path.join(ROOT, "scripts")
     parts = []
     if which == "prose":
         out = os.path.join(work, "prose-all.jsonl")

@@ -237,7 +237,7 @@ def main():
         raise SystemExit(f"deid_lexicon: missing in {DL}: {', '.join(missing)} (run scripts/fetch-data.sh --lexicon)")
     # the inputs, this script and the note generators the tagger's training notes come from
     here = os.path.dirname(os.path.abspath(__file__))
-    gens = [os.path.join(here, "..", "tests", "python", g) for g in GENERATORS]
+    gens = [os.path.join(here, g) for g in GENERATORS]
     sources = "".join(f"{f} {sha(os.path.join(DL, f))}\n" for f in sorted(INPUTS.values()))
     sources += "".join(f"{os.path.basename(p)} {sha(p)}\n" for p in [os.path.abspath(__file__), *gens])
     stamp = os.path.join(OUT, "SOURCES")

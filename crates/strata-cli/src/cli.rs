@@ -624,7 +624,7 @@ pub enum DeidCommand {
     /// kind}], offsets in characters): recall per identifier type, precision per type found, decoys kept, the
     /// share of notes with an identifier left, MB/s.
     Eval {
-        /// The labelled notes (e.g. from tests/python/make_deid_notes.py).
+        /// The labelled notes (e.g. from scripts/make_deid_notes.py).
         notes: PathBuf,
         /// The lexicon folder (scripts/fetch-data.sh --lexicon).
         #[arg(long, default_value = "data/lexicon/deid")]

@@ -325,7 +325,7 @@ fn fetch_if_missing(file: &PipelineFile) -> anyhow::Result<()> {
 }
 
 /// The data fetch script and the converters it calls, built into the binary (the demo needs no checkout).
-const FETCH_SCRIPTS: [(&str, &str); 4] = [
+const FETCH_SCRIPTS: [(&str, &str); 6] = [
     (
         "fetch-data.sh",
         include_str!("../../../scripts/fetch-data.sh"),
@@ -341,6 +341,15 @@ const FETCH_SCRIPTS: [(&str, &str); 4] = [
     (
         "ultrasound_reports.py",
         include_str!("../../../scripts/ultrasound_reports.py"),
+    ),
+    // the lexicon build writes the tagger's training notes with these
+    (
+        "make_deid_notes.py",
+        include_str!("../../../scripts/make_deid_notes.py"),
+    ),
+    (
+        "make_realformat_notes.py",
+        include_str!("../../../scripts/make_realformat_notes.py"),
     ),
 ];
 

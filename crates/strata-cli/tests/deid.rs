@@ -1,4 +1,4 @@
-//! De-identification of free prose (issue 12): the seeded labelled notes of tests/python/make_deid_notes.py
+//! De-identification of free prose (issue 12): the seeded labelled notes of scripts/make_deid_notes.py
 //! (English and Chinese, identifiers in prose, decoys beside them) scored by `strata deid eval` with the lexicon
 //! built from registry packages; `strata preprocess --pii surrogate` end to end; bad labelled input.
 
@@ -12,7 +12,7 @@ use strata_data::preprocess::{shift_date, Surrogates};
 fn notes(dir: &std::path::Path, count: usize, seed: u64) -> std::path::PathBuf {
     let out = dir.join(format!("notes-{seed}.jsonl"));
     let st = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/make_deid_notes.py"))
+        .arg(repo_root().join("scripts/make_deid_notes.py"))
         .arg(deid_lexicon())
         .arg(&out)
         .args(["--notes", &count.to_string(), "--seed", &seed.to_string()])
@@ -151,7 +151,7 @@ fn labelled_notes_with_bad_offsets_are_refused_by_file_and_line() {
     );
 }
 
-/// Notes in the formats hospital systems print (tests/python/make_realformat_notes.py).
+/// Notes in the formats hospital systems print (scripts/make_realformat_notes.py).
 fn realformat(
     dir: &std::path::Path,
     count: usize,
@@ -161,7 +161,7 @@ fn realformat(
 ) -> std::path::PathBuf {
     let out = dir.join(format!("real-{formats}-{seed}.jsonl"));
     let st = std::process::Command::new("python3")
-        .arg(repo_root().join("tests/python/make_realformat_notes.py"))
+        .arg(repo_root().join("scripts/make_realformat_notes.py"))
         .arg(deid_lexicon())
         .arg(&out)
         .args(["--notes", &count.to_string(), "--seed", &seed.to_string()])

@@ -3,7 +3,7 @@
 //!
 //! A labelled note is one jsonl record `{"id", "text", "spans": [{"start", "end", "type"}], "decoys":
 //! [{"start", "end", "kind"}]}` with offsets in Unicode characters (Python's `str` indices, as the generator
-//! `tests/python/make_deid_notes.py` and most annotation tools write them). An identifier counts as found when
+//! `scripts/make_deid_notes.py` and most annotation tools write them). An identifier counts as found when
 //! every non-space character of it is inside found spans (of any type: what matters is that it is gone); a
 //! decoy is kept when no found span touches it. A note *leaks* when at least one of its identifiers is not
 //! found (the share a privacy officer asks for first); a found span is *correct* when it overlaps a labelled

@@ -1,7 +1,7 @@
 """Seeded clinical notes in the formats real hospital systems print, every identifier labelled, with decoys a
 de-identifier must keep. Standard library only; the text is generated here (no third-party text).
 
-Where tests/python/make_deid_notes.py writes identifiers in free prose, this writes what discharge summaries,
+Where scripts/make_deid_notes.py writes identifiers in free prose, this writes what discharge summaries,
 emergency-department visits, clinic letters, result tables and dictated reports look like (the shapes of the
 i2b2 2014 de-identification notes, with invented values): letterheads and header blocks, names in capitals and in
 "Last, First" order, middle initials, lower-case signature lines, record and account numbers in the shapes
