@@ -3,7 +3,7 @@
 tests/python/vision_reference.py writes (transformers' names and config fields) are loaded by transformers
 itself (`AutoModel.from_pretrained`, f32, eager attention) and run on the same pixels with
 `output_hidden_states=True`; every hidden state, the last hidden state and the pooled output are compared with
-the numpy forward stored beside them. The test suite checks Strata's `VisionEncoder` against that same numpy
+the numpy forward stored beside them, at the towers' own image size and at others (positions resampled). The test suite checks Strata's `VisionEncoder` against that same numpy
 forward (crates/strata-cli/tests/vision.rs, <= 1e-5), so the two together say Strata = transformers; this
 script is the half that needs torch (~3 GB of wheels, kept out of the test suite).
 
@@ -27,8 +27,12 @@ from transformers import AutoModel
 d = sys.argv[1]
 ref = load_file(f"{d}/reference.safetensors")
 m = AutoModel.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").eval()
+kw = {}
+if ref["pixel_values"].shape[-1] != m.config.image_size or ref["pixel_values"].shape[-2] != m.config.image_size:
+    if m.config.model_type != "dinov2":  # DINOv2 always resamples its positions; CLIP and SigLIP when asked
+        kw["interpolate_pos_encoding"] = True
 with torch.no_grad():
-    out = m(pixel_values=torch.from_numpy(ref["pixel_values"]), output_hidden_states=True)
+    out = m(pixel_values=torch.from_numpy(ref["pixel_values"]), output_hidden_states=True, **kw)
 def rel(a, b):
     a = a.numpy() if hasattr(a, "numpy") else a
     return float(np.abs(a - b).max() / np.abs(b).max())
@@ -55,7 +59,11 @@ def main():
     for name, args in [("dinov2", []), ("dinov2-swiglu", ["--swiglu", "--seed", "5"]),
                        ("clip", ["--family", "clip", "--seed", "7"]),
                        ("siglip", ["--family", "siglip", "--seed", "9"]),
-                       ("siglip-no-head", ["--family", "siglip", "--no-head"])]:
+                       ("siglip-no-head", ["--family", "siglip", "--no-head"]),
+                       # other image sizes: the position embeddings resampled bicubically
+                       ("dinov2-24x12", ["--pixels", "24", "12", "--seed", "4"]),
+                       ("clip-28x28", ["--family", "clip", "--pixels", "28", "28", "--seed", "6"]),
+                       ("siglip-12x20", ["--family", "siglip", "--pixels", "12", "20", "--seed", "8"])]:
         d = os.path.join(WORK, name)
         subprocess.run([py, os.path.join(ROOT, "tests", "python", "vision_reference.py"), d, *args], check=True)
         out = subprocess.run([py, "-c", CHECK, d], capture_output=True, text=True)

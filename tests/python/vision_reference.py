@@ -5,7 +5,11 @@ computed here with numpy alone: the independent reference Strata's vision encode
 Writes OUT/config.json, OUT/model.safetensors and OUT/reference.safetensors (pixel_values, hidden_state.{i}
 for the embeddings and every block, last_hidden_state, pooler_output).
 
-usage: vision_reference.py OUT [--family dinov2|clip|siglip] [--swiglu] [--no-head] [--seed 3]"""
+With --pixels H W the pixels are of another size than the tower's: the position embeddings are resampled
+bicubically as PyTorch's interpolate(mode="bicubic", align_corners=False) does (Keys' kernel, a = -0.75,
+half-pixel centres, edges repeated), written out here in float64.
+
+usage: vision_reference.py OUT [--family dinov2|clip|siglip] [--swiglu] [--no-head] [--seed 3] [--pixels H W]"""
 import argparse
 import json
 import math
@@ -76,6 +80,34 @@ ACT = {
 }
 
 
+def bicubic(n_in, n_out, a=-0.75):
+    """[n_out, n_in]: 1-D bicubic resampling weights."""
+    def k(x):
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+        if x < 2:
+            return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a
+        return 0.0
+    m = np.zeros((n_out, n_in))
+    for o in range(n_out):
+        src = (o + 0.5) * n_in / n_out - 0.5
+        f = math.floor(src)
+        for i in range(f - 1, f + 3):
+            m[o, min(max(i, 0), n_in - 1)] += k(src - i)
+    return m
+
+
+def positions(pos, first, side, gh, gw):
+    """pos [1, first + side*side, d] resampled to a gh x gw grid."""
+    if (gh, gw) == (side, side):
+        return pos
+    d = pos.shape[-1]
+    grid = pos[0, first:].reshape(side, side, d)
+    g = np.einsum("ai,bj,ijd->abd", bicubic(side, gh), bicubic(side, gw), grid).reshape(1, gh * gw, d)
+    return np.concatenate([pos[:, :first], g], 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -83,6 +115,7 @@ def main():
     ap.add_argument("--swiglu", action="store_true")
     ap.add_argument("--no-head", action="store_true", help="siglip: no attention-pooling head")
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--pixels", type=int, nargs=2, metavar=("H", "W"), help="pixels of another size")
     a = ap.parse_args()
     fam = a.family
     rng = np.random.default_rng(a.seed)
@@ -147,13 +180,19 @@ def main():
             lin(f"{p}.mlp.fc1", inter, d)
             lin(f"{p}.mlp.fc2", d, inter)
     w = {k: v.astype(np.float32) for k, v in w.items()}
-    pixels = rng.standard_normal((2, ch, size, size)).astype(np.float32)
+    ph, pw = a.pixels or (size, size)
+    pixels = rng.standard_normal((2, ch, ph, pw)).astype(np.float32)
 
     # the forward, in float64, on names without the vision_model. prefix
     W = {k.removeprefix("vision_model."): v.astype(np.float64) for k, v in w.items()}
-    b, g = pixels.shape[0], size // patch
-    x = pixels.astype(np.float64)
-    tiles = x.reshape(b, ch, g, patch, g, patch).transpose(0, 2, 4, 1, 3, 5).reshape(b, n, ch * patch * patch)
+    b, side, gh, gw = pixels.shape[0], size // patch, ph // patch, pw // patch
+    x = pixels[:, :, :gh * patch, :gw * patch].astype(np.float64)
+    tiles = x.reshape(b, ch, gh, patch, gw, patch).transpose(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, ch * patch ** 2)
+    if fam == "dinov2":
+        W["embeddings.position_embeddings"] = positions(W["embeddings.position_embeddings"], 1, side, gh, gw)
+    else:
+        pe = W["embeddings.position_embedding.weight"][None]
+        W["embeddings.position_embedding.weight"] = positions(pe, int(fam == "clip"), side, gh, gw)[0]
     if fam == "dinov2":
         emb = tiles @ W["embeddings.patch_embeddings.projection.weight"].reshape(d, -1).T \
             + W["embeddings.patch_embeddings.projection.bias"]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fresh_dir, python_check};
+use common::{fresh_dir, python_check, vit_s_focus};
 use strata_model::{read_safetensors, VisionEncoder};
 
 /// The largest difference relative to the reference's largest magnitude.
@@ -58,6 +58,27 @@ fn dinov2_tower_matches_the_numpy_forward() {
     check(&dir.join("swiglu"), &["--swiglu", "--seed", "5"]);
 }
 
+/// Images of another size than the tower's: the position embeddings resampled bicubically (a larger, a
+/// smaller and a non-square grid, and a side that is not a multiple of the patch, whose rest is dropped as
+/// the patch convolution drops it), for the three families.
+#[test]
+fn position_embeddings_are_resampled_for_other_sizes() {
+    let dir = fresh_dir("vision-resize");
+    check(
+        &dir.join("dinov2"),
+        &["--pixels", "24", "12", "--seed", "4"],
+    );
+    check(&dir.join("dinov2-small"), &["--pixels", "8", "10"]);
+    check(
+        &dir.join("clip"),
+        &["--family", "clip", "--pixels", "28", "28", "--seed", "6"],
+    );
+    check(
+        &dir.join("siglip"),
+        &["--family", "siglip", "--pixels", "12", "20", "--seed", "8"],
+    );
+}
+
 /// CLIP's tower under the `vision_model.` prefix CLIPVisionModel writes: pre-norm, quick-GELU, the pooled
 /// output post-normed.
 #[test]
@@ -76,16 +97,44 @@ fn siglip_tower_matches_the_numpy_forward() {
     check(&dir.join("no-head"), &["--family", "siglip", "--no-head"]);
 }
 
+/// The offline pretrained tower: fetched from its registry package, converted from ONNX by
+/// scripts/vision_from_onnx.py, and run at 224 px (its positions stored for 518 px, so resampled) against ONNX
+/// Runtime on the ONNX model itself.
+#[test]
+fn offline_vit_s_matches_onnx_runtime() {
+    let (tower, onnx) = vit_s_focus();
+    let out = fresh_dir("vision-vit-s");
+    python_check(
+        "onnx_vision_reference.py",
+        &[onnx.as_os_str(), out.as_os_str()],
+    );
+    let dev = candle_core::Device::Cpu;
+    let enc = VisionEncoder::load(&tower, &dev).unwrap();
+    assert_eq!(
+        (
+            enc.config().hidden_size,
+            enc.config().layers,
+            enc.config().image_size
+        ),
+        (384, 12, 518)
+    );
+    let (r, _) = read_safetensors(&out.join("reference.safetensors"), &dev).unwrap();
+    let got = enc.forward(&r["pixel_values"]).unwrap();
+    let d = rel_diff(&got.last_hidden_state, &r["last_hidden_state"]);
+    eprintln!("ViT-S at 224 px: last hidden state within {d:.2e} of ONNX Runtime");
+    assert!(d <= 1e-4, "ViT-S against ONNX Runtime: {d}");
+}
+
 #[test]
 fn bad_towers_and_pixels_are_refused_by_name() {
     let dir = fresh_dir("vision-bad").join("tower");
     python_check("vision_reference.py", &[dir.as_os_str()]);
     let dev = candle_core::Device::Cpu;
     let enc = VisionEncoder::load(&dir, &dev).unwrap();
-    // pixels of another size and of the wrong channel count
-    let small = candle_core::Tensor::zeros((1, 3, 8, 8), candle_core::DType::F32, &dev).unwrap();
+    // pixels smaller than a patch, and of the wrong channel count
+    let small = candle_core::Tensor::zeros((1, 3, 3, 8), candle_core::DType::F32, &dev).unwrap();
     let err = enc.forward(&small).map(|_| ()).unwrap_err().to_string();
-    assert!(err.contains("8x8") && err.contains("16x16"), "{err}");
+    assert!(err.contains("8x3") && err.contains("4x4"), "{err}");
     let gray = candle_core::Tensor::zeros((1, 1, 16, 16), candle_core::DType::F32, &dev).unwrap();
     let err = enc.forward(&gray).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("[1, 1, 16, 16]"), "{err}");

@@ -15,8 +15,9 @@
 //! embeddings (after CLIP's pre-norm) and the output of every block, the last hidden state and the pooled
 //! output, so that a projector can read any layer.
 //!
-//! Position embeddings are used at the size they were trained for: an image of another size is refused with
-//! both sizes named (transformers interpolates them bicubically; that is not done here yet).
+//! Position embeddings are used as stored for images of the size they were trained for, and resampled
+//! bicubically for any other size (height and width multiples of the patch), as transformers'
+//! `interpolate_pos_encoding` does: a DINOv2 tower stored for 518 px runs at 224 px.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -256,6 +257,31 @@ pub struct VisionEncoder {
     blocks: Vec<Block>,
     norm: Norm,
     head: Option<Head>,
+}
+
+/// The `[n_out, n_in]` matrix of 1-D bicubic resampling (Keys' kernel, a = -0.75, half-pixel centres, indices
+/// past the edge clamped to it), as PyTorch's bicubic `interpolate` with `align_corners=False` and a target size.
+#[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+fn bicubic_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
+    const A: f64 = -0.75;
+    let near = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = n_in as f64 / n_out as f64;
+    let mut m = vec![0f32; n_out * n_in];
+    for o in 0..n_out {
+        let src = (o as f64 + 0.5) * scale - 0.5;
+        let f = src.floor();
+        let t = src - f;
+        let w = [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)];
+        for (k, wk) in w.iter().enumerate() {
+            #[allow(clippy::cast_possible_wrap)]
+            let i = (f as i64 + k as i64 - 1).clamp(0, n_in as i64 - 1);
+            #[allow(clippy::cast_sign_loss)]
+            let i = i as usize;
+            m[o * n_in + i] += *wk as f32;
+        }
+    }
+    m
 }
 
 fn layer_norm(x: &Tensor, n: &Norm, eps: f64) -> candle_core::Result<Tensor> {
@@ -551,13 +577,13 @@ impl VisionEncoder {
                 s = cfg.image_size
             )));
         }
-        if dims[2] != cfg.image_size || dims[3] != cfg.image_size {
+        let (gh, gw) = (dims[2] / cfg.patch_size, dims[3] / cfg.patch_size);
+        if gh == 0 || gw == 0 {
             return Err(ModelError::Invalid(format!(
-                "an image of {}x{} pixels: this tower's position embeddings are for {s}x{s} (resizing to it, or \
-                 interpolating the embeddings, is not done here yet)",
+                "an image of {}x{} pixels is smaller than one patch of {p}x{p}",
                 dims[3],
                 dims[2],
-                s = cfg.image_size
+                p = cfg.patch_size
             )));
         }
         let b = dims[0];
@@ -583,7 +609,8 @@ impl VisionEncoder {
             }
             None => x,
         };
-        h = h.broadcast_add(&self.pos).ctx("position embeddings")?;
+        let pos = self.positions(gh, gw).ctx("position embeddings")?;
+        h = h.broadcast_add(&pos).ctx("position embeddings")?;
         if let Some(n) = &self.pre_norm {
             h = layer_norm(&h, n, cfg.layer_norm_eps).ctx("pre-norm")?;
         }
@@ -620,6 +647,36 @@ impl VisionEncoder {
             last_hidden_state,
             pooled,
         })
+    }
+
+    /// The position embeddings for a grid of `gh` x `gw` patches: as stored at the trained size, else the
+    /// patch grid resampled bicubically as transformers' `interpolate_pos_encoding` does (PyTorch's
+    /// `interpolate(mode="bicubic", align_corners=False)`: half-pixel centres, a = -0.75, edges repeated), the
+    /// class position kept. Made of tensor products, so a trained tower's positions get their gradient.
+    fn positions(&self, gh: usize, gw: usize) -> candle_core::Result<Tensor> {
+        let side = self.cfg.image_size / self.cfg.patch_size;
+        if gh == side && gw == side {
+            return Ok(self.pos.clone());
+        }
+        let d = self.cfg.hidden_size;
+        let first = usize::from(self.cls.is_some());
+        let grid = self
+            .pos
+            .narrow(1, first, side * side)?
+            .reshape((side, side * d))?;
+        let dev = self.pos.device();
+        let rows = Tensor::from_vec(bicubic_matrix(side, gh), (gh, side), dev)?;
+        let cols = Tensor::from_vec(bicubic_matrix(side, gw), (gw, side), dev)?;
+        // rows: [gh, side] x [side, side*d]; then columns the same way on the transposed grid
+        let g = rows.matmul(&grid)?.reshape((gh, side, d))?;
+        let g = g.transpose(0, 1)?.contiguous()?.reshape((side, gh * d))?;
+        let g = cols.matmul(&g)?.reshape((gw, gh, d))?.transpose(0, 1)?;
+        let g = g.contiguous()?.reshape((1, gh * gw, d))?;
+        if first == 1 {
+            Tensor::cat(&[&self.pos.narrow(1, 0, 1)?, &g], 1)
+        } else {
+            Ok(g)
+        }
     }
 
     fn pool(&self, head: &Head, last: &Tensor) -> candle_core::Result<Tensor> {

