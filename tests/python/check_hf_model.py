@@ -109,12 +109,15 @@ def layer_windows(c):
     return [None] * n
 
 
-def forward(c, w, ids):
-    """Reference Llama forward in float64 (HF LlamaForCausalLM semantics)."""
+def forward(c, w, ids, x=None):
+    """Reference Llama forward in float64 (HF LlamaForCausalLM semantics); from input embeddings x when
+    given (a LLaVA model's, image features spliced in)."""
     d, nh = c["hidden_size"], c["num_attention_heads"]
     nkv = c.get("num_key_value_heads") or nh
     hd = c.get("head_dim") or d // nh
     eps, t = c["rms_norm_eps"], len(ids)
+    if x is None:
+        x = w["model.embed_tokens.weight"][ids]
     inv = inv_freq(c, hd)
     ang = np.outer(np.arange(t, dtype=np.float64), inv)
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
@@ -123,7 +126,6 @@ def forward(c, w, ids):
 
     def b(name):
         return w.get(name, 0.0)
-    x = w["model.embed_tokens.weight"][ids]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         h = rms_norm(x, w[p + "input_layernorm.weight"], eps)

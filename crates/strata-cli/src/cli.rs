@@ -29,6 +29,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (finetune's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read raw files into a dataset: txt/md, jsonl (.gz/.zst; text or chat `messages` records), Parquet,
@@ -346,8 +348,31 @@ pub struct FinetuneArgs {
     pub parent: String,
     /// Token artifacts encoded with the parent's tokenizer: `NAME` or `NAME=WEIGHT`, repeated to mix the
     /// domain with a share of the parent's data (`--tokens medical=0.8 --tokens general=0.2`).
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "images", num_args = 1..)]
     pub tokens: Vec<String>,
+    /// Train a vision-language (LLaVA) model on this image dataset instead: the parent (a text model or
+    /// adapter) reads the features of a frozen vision tower through a projector. Images of the val split
+    /// are the validation set; records' labels (organ, finding) and text (the report) make the examples.
+    #[arg(long, conflicts_with = "tokens")]
+    pub images: Option<String>,
+    /// With --images: the vision tower, a Hugging Face folder (DINOv2, CLIP or SigLIP; e.g.
+    /// data/models/dinov2-vit-s-focus from `scripts/fetch-model.sh --vision`). Not needed when --parent is
+    /// already a vision-language model (stage 2 continues from stage 1).
+    #[arg(long, requires = "images")]
+    pub vision: Option<PathBuf>,
+    /// With --images: `align` (stage 1: the projector alone on image-report pairs, the decoder frozen) or
+    /// `instruct` (stage 2: projector and a LoRA adapter on the decoder, on questions about each image and
+    /// its report; the adapter is merged into the published model).
+    #[arg(long, default_value = "align", requires = "images")]
+    pub vision_stage: String,
+    /// With --images: the side, in pixels, images are resized to for the tower (its patches are the image
+    /// tokens: 112 px and 14 px patches make 64).
+    #[arg(long, default_value_t = 112, requires = "images")]
+    pub image_size: u32,
+    /// With --images: the tower's hidden state the projector reads (0: the embeddings; negative: from the
+    /// end, -1 the last block), as LLaVA's vision_feature_layer.
+    #[arg(long, default_value_t = -2, allow_hyphen_values = true, requires = "images")]
+    pub vision_layer: i64,
     /// TOML file with a [train] table (and [train.lora] for an adapter).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -466,6 +491,15 @@ pub struct EvalArgs {
     /// lm-evaluation-harness's --apply_chat_template. Results are stored as `task:NAME+chat`.
     #[arg(long)]
     pub apply_chat_template: bool,
+    /// Image datasets (of labelled images, split by patient) to score vision-language models on, repeated:
+    /// the finding question of every image of --split answered by log-likelihood, with a bootstrap 95%
+    /// interval, chance, the majority class and a linear probe on the frozen tower's features, and F1 per
+    /// finding. Stored as `images:NAME`.
+    #[arg(long = "images", num_args = 1..)]
+    pub images: Vec<String>,
+    /// With --images: the split scored (the baselines are fitted on train).
+    #[arg(long, default_value = "test")]
+    pub split: String,
 }
 
 #[derive(Debug, Args)]

@@ -98,6 +98,12 @@ pub struct EvalStep {
     /// Tasks prompted through each model's chat template (`strata eval --apply-chat-template`).
     #[serde(default)]
     pub apply_chat_template: bool,
+    /// Image datasets scored by vision-language models (`strata eval --images`).
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// The split the image task is scored on (default test).
+    #[serde(default)]
+    pub split: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -550,6 +556,8 @@ fn step_eval(store: &Store, s: &EvalStep) -> anyhow::Result<()> {
         quant: s.quant.clone().unwrap_or_else(|| "auto".into()),
         max_items: s.max_items,
         apply_chat_template: s.apply_chat_template,
+        images: s.images.clone(),
+        split: s.split.clone().unwrap_or_else(|| "test".into()),
     };
     crate::commands::eval::run(store, &a).context("step eval")?;
     Ok(())

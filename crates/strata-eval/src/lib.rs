@@ -3,6 +3,7 @@
 //! report of a domain chain (each step × every stored evaluation, changes against its parent, guard verdicts).
 
 pub mod perplexity;
+pub mod probe;
 pub mod report;
 pub mod tasks;
 

@@ -205,4 +205,26 @@ impl Frame {
             ),
         }
     }
+
+    /// The input of a vision tower, `[3, size, size]` row-major: RGB (gray repeated in the three channels),
+    /// resized to `size` x `size` with Catmull-Rom (the bicubic filter, widened when shrinking as PIL's is),
+    /// scaled to [0, 1] and normalised per channel with the tower's `mean` and `std`.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)]
+    pub fn tower_pixels(&self, size: u32, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+        let rgb = self.to_dynamic8().to_rgb8();
+        let rgb = if rgb.width() == size && rgb.height() == size {
+            rgb
+        } else {
+            image::imageops::resize(&rgb, size, size, image::imageops::FilterType::CatmullRom)
+        };
+        let plane = (size * size) as usize;
+        let mut out = vec![0f32; 3 * plane];
+        for (i, px) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (f32::from(px[c]) / 255.0 - mean[c]) / std[c];
+            }
+        }
+        out
+    }
 }

@@ -18,6 +18,16 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig> {
         path: path.into(),
         source,
     })?;
+    if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v["model_type"] == "llava")
+    {
+        return Err(ModelError::Config {
+            path: path.into(),
+            reason: "a vision-language (LLaVA) model, not a text model: `strata eval --images` scores it on \
+                     images, `strata eval --dataset` its decoder on text, `strata finetune --images` trains it \
+                     further"
+                .into(),
+        });
+    }
     let cfg: LlamaConfig = serde_json::from_slice(&bytes).map_err(|e| ModelError::Config {
         path: path.into(),
         reason: e.to_string(),

@@ -13,6 +13,7 @@ pub mod gguf;
 mod gguf_export;
 mod hf;
 mod llama;
+pub mod llava;
 pub mod lora;
 pub mod matmul;
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use hf::{
     save_safetensors, write_hf_config, FolderCheck,
 };
 pub use llama::{init_std, next_token_loss, next_token_loss_sum, seeded_init, Llama, LoraWeights};
+pub use llava::{Llava, LlavaConfig, Projector};
 pub use vision::{VisionConfig, VisionEncoder, VisionOutput};
 
 #[derive(Debug, thiserror::Error)]

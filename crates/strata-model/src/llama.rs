@@ -324,6 +324,29 @@ pub fn init_std(name: &str, cfg: &LlamaConfig) -> Option<f64> {
     }
 }
 
+/// `n` normal values of standard deviation `std` drawn from `seed` and `name` (each tensor its own stream,
+/// so adding a tensor changes no other's values).
+#[must_use]
+pub fn seeded_normal(name: &str, seed: u64, n: usize, std: f64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ h);
+    // Box–Muller: two uniforms → two standard normals
+    let mut v = Vec::with_capacity(n + 1);
+    while v.len() < n {
+        let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let a = std::f64::consts::TAU * u2;
+        #[allow(clippy::cast_possible_truncation)]
+        v.extend([(r * a.cos() * std) as f32, (r * a.sin() * std) as f32]);
+    }
+    v.truncate(n);
+    v
+}
+
 /// Re-initialises every variable from `seed` (candle's CPU generator cannot be seeded), so a training run
 /// is reproducible from its config alone.
 ///
@@ -334,7 +357,6 @@ pub fn seeded_init(
     cfg: &LlamaConfig,
     seed: u64,
 ) -> Result<()> {
-    use rand::{Rng, SeedableRng};
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     for name in names {
@@ -344,22 +366,7 @@ pub fn seeded_init(
             _ if name.ends_with(".bias") => t.zeros_like().ctx("init zeros")?,
             None => t.ones_like().ctx("init ones")?,
             Some(std) => {
-                let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-                });
-                let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ h);
-                let n = t.elem_count();
-                // Box–Muller: two uniforms → two standard normals
-                let mut v = Vec::with_capacity(n + 1);
-                while v.len() < n {
-                    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-                    let u2: f64 = rng.random();
-                    let r = (-2.0 * u1.ln()).sqrt();
-                    let a = std::f64::consts::TAU * u2;
-                    #[allow(clippy::cast_possible_truncation)]
-                    v.extend([(r * a.cos() * std) as f32, (r * a.sin() * std) as f32]);
-                }
-                v.truncate(n);
+                let v = seeded_normal(name, seed, t.elem_count(), std);
                 Tensor::from_vec(v, t.shape(), t.device()).ctx("init randn")?
             }
         };
@@ -464,20 +471,41 @@ impl Llama {
     }
 
     fn run(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward_embeds(&self.embed(ids)?)
+    }
+
+    /// The token embeddings of ids (B, T): (B, T, D).
+    ///
+    /// # Errors
+    /// When T exceeds the context or on a shape error.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2().ctx("ids must be (B, T)")?;
+        self.check_len(t)?;
+        self.embed_tokens
+            .embedding(&ids.flatten_all().ctx("ids flatten")?)
+            .and_then(|x| x.reshape((b, t, self.cfg.hidden_size)))
+            .ctx("embedding")
+    }
+
+    fn check_len(&self, t: usize) -> Result<()> {
         if t > self.cfg.max_position_embeddings {
             return Err(crate::ModelError::TooLong {
                 needed: t,
                 max: self.cfg.max_position_embeddings,
             });
         }
-        let mut x = self
-            .embed_tokens
-            .embedding(&ids.flatten_all().ctx("ids flatten")?)
-            .ctx("embedding")?; // (B*T, D)
-        x = x
-            .reshape((b, t, self.cfg.hidden_size))
-            .ctx("embed reshape")?; // (B, T, D)
+        Ok(())
+    }
+
+    /// The forward from input embeddings (B, T, D) — token embeddings, or a LLaVA model's with image
+    /// features spliced in — to logits (B, T, V).
+    ///
+    /// # Errors
+    /// When T exceeds the context or on a shape error.
+    pub fn forward_embeds(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, t, _) = x.dims3().ctx("embeddings must be (B, T, D)")?;
+        self.check_len(t)?;
+        let mut x = x.clone();
         for block in &self.layers {
             let h = block.input_layernorm.forward(&x)?;
             let h = block.self_attn.forward(&h, &self.rope)?;

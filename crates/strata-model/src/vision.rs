@@ -106,7 +106,7 @@ impl VisionConfig {
         Self::from_json(&v).map_err(bad)
     }
 
-    fn from_json(v: &serde_json::Value) -> Result<Self, String> {
+    pub(crate) fn from_json(v: &serde_json::Value) -> Result<Self, String> {
         let model_type = v["model_type"].as_str().unwrap_or_default().to_string();
         // per family: defaults of transformers' configs (eps, activation, image and patch size)
         let (family, eps, act, image, patch) = match model_type.as_str() {

@@ -225,6 +225,17 @@ pub fn load_engine(
     Kind,
     String,
 )> {
+    let dir = store.dir(Kind::Model, name);
+    if strata_model::llava::is_llava(&dir) {
+        // a vision-language model's decoder, scored on text
+        let cfg = strata_model::LlavaConfig::read(&dir.join("config.json"))?;
+        let parts =
+            strata_model::llava::Parts::split(strata_model::read_weights(&dir, &Device::Cpu)?)?;
+        let td = strata_tokenize::TokenizerDir::open(&dir)?;
+        let m = strata_engine::CpuModel::from_tensors(&dir, cfg.text, parts.decoder, want)?;
+        let sha = store.manifest(Kind::Model, name)?.sha256;
+        return Ok((m, td, Kind::Model, sha));
+    }
     let p = Parent::resolve(store, name)?;
     let td = strata_tokenize::TokenizerDir::open(&p.base_dir)?;
     if p.adapters.is_empty() {

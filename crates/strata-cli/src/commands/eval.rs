@@ -125,10 +125,60 @@ fn record(
     Ok(())
 }
 
+/// Scores model `m` on image dataset `d`, prints the table and stores each figure as `images:<d>`.
+fn image_task(store: &Store, m: &str, d: &str, split: &str) -> anyhow::Result<()> {
+    let s = super::vlm_eval::score(store, m, d, split)?;
+    super::vlm_eval::print(m, d, split, &s);
+    let art = (
+        strata_store::Kind::Model,
+        store.manifest(strata_store::Kind::Model, m)?.sha256,
+    );
+    let eval = format!("images:{d}");
+    record(
+        store,
+        &art,
+        m,
+        &eval,
+        "acc",
+        (s.acc, Some(s.lo), Some(s.hi), s.n),
+    )?;
+    let probe = (s.probe, Some(s.probe_lo), Some(s.probe_hi), s.n);
+    record(store, &art, m, &eval, "probe", probe)?;
+    record(
+        store,
+        &art,
+        m,
+        &eval,
+        "majority",
+        (s.majority, None, None, s.n),
+    )?;
+    record(store, &art, m, &eval, "chance", (s.chance, None, None, s.n))?;
+    Ok(())
+}
+
+fn print_tasks(task_lines: &[(String, String, strata_eval::tasks::McScore)]) {
+    let mw = width(14, task_lines.iter().map(|(m, _, _)| m.as_str()));
+    let tw = width(16, task_lines.iter().map(|(_, t, _)| t.as_str()));
+    println!(
+        "{:<mw$}{:<tw$}{:>7}{:>18}{:>10}{:>8}{:>6}",
+        "model", "task", "acc", "95% interval", "acc_norm", "chance", "n"
+    );
+    for (m, label, s) in task_lines {
+        println!(
+            "{m:<mw$}{label:<tw$}{:>7.3}{:>18}{:>10.3}{:>8.3}{:>6}",
+            s.acc,
+            format!("[{:.3}, {:.3}]", s.lo, s.hi),
+            s.acc_norm,
+            s.chance,
+            s.n
+        );
+    }
+}
+
 pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
-        !a.datasets.is_empty() || !a.tasks.is_empty(),
-        "nothing to evaluate: give --dataset NAME and/or --task FILE.jsonl"
+        !a.datasets.is_empty() || !a.tasks.is_empty() || !a.images.is_empty(),
+        "nothing to evaluate: give --dataset NAME, --task FILE.jsonl and/or --images NAME"
     );
     let want = strata_engine::parse_weight_type(&a.quant)?;
     // every task file is read (and checked) before any model is loaded
@@ -146,6 +196,12 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<_>>()?;
     let (mut rows, mut task_lines) = (Vec::new(), Vec::new());
     for m in &a.models {
+        for d in &a.images {
+            image_task(store, m, d, &a.split)?;
+        }
+        if a.datasets.is_empty() && a.tasks.is_empty() {
+            continue;
+        }
         // one engine per model for its perplexities and its tasks
         let (engine, td, kind, sha) = strata_train::parent::load_engine(store, m, want)?;
         let art = (kind, sha);
@@ -208,22 +264,7 @@ pub fn run(store: &Store, a: &EvalArgs) -> anyhow::Result<ExitCode> {
         print_table(&a.datasets, &rows);
     }
     if !tasks.is_empty() {
-        let mw = width(14, task_lines.iter().map(|(m, _, _)| m.as_str()));
-        let tw = width(16, task_lines.iter().map(|(_, t, _)| t.as_str()));
-        println!(
-            "{:<mw$}{:<tw$}{:>7}{:>18}{:>10}{:>8}{:>6}",
-            "model", "task", "acc", "95% interval", "acc_norm", "chance", "n"
-        );
-        for (m, label, s) in &task_lines {
-            println!(
-                "{m:<mw$}{label:<tw$}{:>7.3}{:>18}{:>10.3}{:>8.3}{:>6}",
-                s.acc,
-                format!("[{:.3}, {:.3}]", s.lo, s.hi),
-                s.acc_norm,
-                s.chance,
-                s.n
-            );
-        }
+        print_tasks(&task_lines);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -22,6 +22,8 @@ mod preprocess;
 mod serve;
 mod tokenize;
 pub mod train;
+pub mod vlm;
+mod vlm_eval;
 
 pub fn open_store(args: &Cli) -> anyhow::Result<Store> {
     Store::open(&args.workdir)

@@ -189,6 +189,9 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
         parent: a.parent.clone(),
     };
     let mut cfg = apply_lora(apply(train, &a.overrides)?, &a.lora);
+    if a.images.is_some() {
+        return super::vlm::run_finetune(store, a, cfg);
+    }
     if let Some(d) = &a.guard_dataset {
         let mut g = cfg
             .guard

@@ -1,0 +1,616 @@
+//! `strata finetune --images DATASET`: a vision-language (LLaVA) model from a text model and a vision tower.
+//!
+//! The frozen tower runs once per image (at `--image-size`, its position embeddings resampled) and the chosen
+//! hidden state of every image is kept in the store's feature cache (`cache/features/<key>.safetensors`, the
+//! key a hash of the tower's weights, the dataset's manifest and the settings): every epoch, every later stage
+//! and every rerun reads it instead of running the tower again. Examples are chat turns rendered with the
+//! parent's chat template, the `<image>` placeholder expanded to one image token per feature row:
+//!
+//! - stage 1 (`align`): "Write the report for this ultrasound image." → the record's text (its report);
+//! - stage 2 (`instruct`): that, plus "Which organ …?" → the organ, and "What is the finding …? Answer with one
+//!   of: …" → the finding (among the organ's, for simulated images; among the dataset's labels otherwise).
+//!
+//! The model is published as transformers' `LlavaForConditionalGeneration` folder
+//! (`strata_model::llava`), with the tokenizer (plus `<image>`) and the tower's preprocessor config.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use candle_core::{DType, Device, Tensor};
+use strata_image::dataset::ImageRecord;
+use strata_model::llava::{FeatureSelect, LlavaConfig, Projector, IMAGE_TOKEN};
+use strata_model::{Llava, VisionConfig, VisionEncoder};
+use strata_store::{InputRef, Kind, Manifest, Store};
+use strata_tokenize::{ChatMessage, ChatTemplate, TokenizerDir, NO_LOSS};
+use strata_train::vlm::{VlmExample, VlmJob};
+use strata_train::TrainConfig;
+
+use crate::cli::FinetuneArgs;
+
+/// The tower's normalisation: `preprocessor_config.json`'s image_mean and image_std, else its family's.
+pub fn tower_norm(dir: &Path, cfg: &VisionConfig) -> ([f32; 3], [f32; 3]) {
+    let family = match cfg.family {
+        strata_model::vision::Family::Dinov2 => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        strata_model::vision::Family::Clip => (
+            [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            [0.268_629_54, 0.261_302_6, 0.275_777_1],
+        ),
+        strata_model::vision::Family::Siglip => ([0.5; 3], [0.5; 3]),
+    };
+    let Ok(text) = std::fs::read_to_string(dir.join("preprocessor_config.json")) else {
+        return family;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let three = |k: &str| -> Option<[f32; 3]> {
+        let a = v.get(k)?.as_array()?;
+        #[allow(clippy::cast_possible_truncation)]
+        let f = |i: usize| {
+            a.get(i)
+                .and_then(serde_json::Value::as_f64)
+                .map(|x| x as f32)
+        };
+        Some([f(0)?, f(1)?, f(2)?])
+    };
+    (
+        three("image_mean").unwrap_or(family.0),
+        three("image_std").unwrap_or(family.1),
+    )
+}
+
+/// The image dataset's records and folder.
+pub fn image_records(store: &Store, name: &str) -> anyhow::Result<(PathBuf, Vec<ImageRecord>)> {
+    let dir = store.require(Kind::Dataset, name)?;
+    anyhow::ensure!(
+        strata_image::dataset::is_image_dataset(&dir),
+        "dataset {name:?} is a text dataset: --images wants an image dataset (strata acquire of PNG/JPEG/DICOM files)"
+    );
+    let recs = strata_image::dataset::read_records(&dir)?;
+    anyhow::ensure!(!recs.is_empty(), "image dataset {name:?} has no images");
+    Ok((dir, recs))
+}
+
+/// Pixels `[n, 3, size, size]` of `recs`, normalised for the tower.
+fn pixels(
+    dir: &Path,
+    recs: &[&ImageRecord],
+    size: u32,
+    norm: ([f32; 3], [f32; 3]),
+) -> anyhow::Result<Tensor> {
+    use rayon::prelude::*;
+    let planes: Vec<Vec<f32>> = recs
+        .par_iter()
+        .map(|r| {
+            let f = strata_image::pixels::Frame::read_png(&dir.join(&r.file))
+                .with_context(|| format!("image {} ({})", r.id, r.file))?;
+            Ok(f.tower_pixels(size, norm.0, norm.1))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let s = size as usize;
+    Ok(Tensor::from_vec(
+        planes.concat(),
+        (recs.len(), 3, s, s),
+        &Device::Cpu,
+    )?)
+}
+
+/// Feature rows `[images, rows, vision hidden]` of every record (in order) and each image's pooled output,
+/// from the store's feature cache or computed by the tower (then cached).
+pub fn features(
+    store: &Store,
+    dataset: &str,
+    tower: &VisionEncoder,
+    tower_dir: &Path,
+    cfg: &LlavaConfig,
+    size: u32,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let (dir, recs) = image_records(store, dataset)?;
+    let manifest = store.input_ref(Kind::Dataset, dataset)?;
+    let weights = strata_store::sha256_dir(tower_dir)?;
+    let key = strata_store::sha256_bytes(
+        format!(
+            "{weights}|{}|{size}|{}|{:?}",
+            manifest.sha256, cfg.feature_layer, cfg.select
+        )
+        .as_bytes(),
+    );
+    let cache = store.root().join("cache").join("features");
+    let path = cache.join(format!("{}.safetensors", &key[..24]));
+    if path.is_file() {
+        let (t, _) = strata_model::read_safetensors(&path, &Device::Cpu)?;
+        if let (Some(f), Some(p)) = (t.get("features"), t.get("pooled")) {
+            eprintln!("features   {dataset:<20} cached     {}", path.display());
+            return Ok((f.clone(), p.clone()));
+        }
+    }
+    std::fs::create_dir_all(&cache).with_context(|| cache.display().to_string())?;
+    let norm = tower_norm(tower_dir, &cfg.vision);
+    let bar = indicatif::ProgressBar::new(recs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "features [{bar:30}] {pos}/{len} images  {per_sec}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut rows, mut pooled) = (Vec::new(), Vec::new());
+    let ordered: Vec<&ImageRecord> = recs.iter().collect();
+    for chunk in ordered.chunks(16) {
+        let px = pixels(&dir, chunk, size, norm)?;
+        let out = tower.forward(&px)?;
+        rows.push(cfg.select(&out)?);
+        let p = match &out.pooled {
+            Some(p) => p.clone(),
+            None => out.last_hidden_state.mean(1)?,
+        };
+        pooled.push(p);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let f = Tensor::cat(&rows, 0)?;
+    let p = Tensor::cat(&pooled, 0)?;
+    let t = HashMap::from([
+        ("features".to_string(), f.clone()),
+        ("pooled".to_string(), p.clone()),
+    ]);
+    strata_model::save_safetensors(&t, &path, &[("dataset", dataset.to_string())])?;
+    Ok((f, p))
+}
+
+/// The organ and the finding of a record: its two labels (simulated images), else no organ and its last
+/// label.
+pub fn organ_finding(r: &ImageRecord) -> (Option<&str>, Option<&str>) {
+    match r.labels.as_slice() {
+        [organ, finding] => (Some(organ.as_str()), Some(finding.as_str())),
+        [.., last] => (None, Some(last.as_str())),
+        [] => (None, None),
+    }
+}
+
+/// The answer choices of the finding question for `r`: the organ's findings for a simulated organ, else
+/// every finding label of the dataset.
+pub fn choices(r: &ImageRecord, all: &BTreeSet<String>) -> Vec<String> {
+    match organ_finding(r) {
+        (Some(o), _) if strata_image::sim::ORGANS.contains(&o) => strata_image::sim::findings_of(o)
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect(),
+        _ => all.iter().cloned().collect(),
+    }
+}
+
+/// A label as words (`solid_mass` → `solid mass`).
+pub fn words(label: &str) -> String {
+    label.replace('_', " ")
+}
+
+pub const REPORT_PROMPT: &str = "Write the report for this ultrasound image.";
+
+/// The finding question for `r` (with its choices as words).
+pub fn finding_question(r: &ImageRecord, choices: &[String]) -> String {
+    let what = match organ_finding(r).0 {
+        Some(o) => format!("this {o} ultrasound image"),
+        None => "this image".into(),
+    };
+    let list: Vec<String> = choices.iter().map(|c| words(c)).collect();
+    format!(
+        "What is the finding in {what}? Answer with one of: {}.",
+        list.join(", ")
+    )
+}
+
+/// The (question, answer) pairs of a record for `stage`.
+fn turns(r: &ImageRecord, stage: &str, all: &BTreeSet<String>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if !r.text.trim().is_empty() {
+        out.push((REPORT_PROMPT.to_string(), r.text.trim().to_string()));
+    }
+    if stage == "instruct" {
+        let (organ, finding) = organ_finding(r);
+        if let Some(o) = organ {
+            out.push((
+                "Which organ does this ultrasound image show?".into(),
+                words(o),
+            ));
+        }
+        if let Some(f) = finding {
+            out.push((finding_question(r, &choices(r, all)), words(f)));
+        }
+    }
+    out
+}
+
+/// The tokenizer with `<image>` (added as a special token when it lacks one) and its id.
+///
+/// # Errors
+/// When the tokenizer refuses the token.
+pub fn with_image_token(td: &mut TokenizerDir) -> anyhow::Result<u32> {
+    if let Some(id) = td.tokenizer.token_to_id(IMAGE_TOKEN) {
+        return Ok(id);
+    }
+    td.tokenizer
+        .add_special_tokens([tokenizers::AddedToken::from(IMAGE_TOKEN, true)])
+        .map_err(|e| anyhow::anyhow!("adding {IMAGE_TOKEN} to the tokenizer: {e}"))?;
+    td.tokenizer
+        .token_to_id(IMAGE_TOKEN)
+        .ok_or_else(|| anyhow::anyhow!("the tokenizer did not take {IMAGE_TOKEN}"))
+}
+
+/// `question` with the image before it, rendered and encoded, `<image>` expanded to `rows` image tokens;
+/// with `answer`, the reply is the only part counted in the loss.
+pub fn encode_turn(
+    td: &TokenizerDir,
+    tmpl: &ChatTemplate,
+    image_id: u32,
+    rows: usize,
+    question: &str,
+    answer: Option<&str>,
+) -> anyhow::Result<Vec<u32>> {
+    let mut msgs = vec![ChatMessage {
+        role: "user".into(),
+        content: format!("{IMAGE_TOKEN}\n{question}"),
+    }];
+    let ids = if let Some(a) = answer {
+        msgs.push(ChatMessage {
+            role: "assistant".into(),
+            content: a.into(),
+        });
+        strata_tokenize::encode_chat(td, tmpl, &msgs)?
+    } else {
+        let text = tmpl.render(&msgs, true)?;
+        let enc = td
+            .tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| anyhow::anyhow!("encoding: {e}"))?;
+        enc.get_ids().iter().map(|&i| i | NO_LOSS).collect()
+    };
+    let n = ids.iter().filter(|&&i| i & !NO_LOSS == image_id).count();
+    anyhow::ensure!(
+        n == 1,
+        "the chat template rendered {n} image placeholders for one image"
+    );
+    let mut out = Vec::with_capacity(ids.len() + rows);
+    for id in ids {
+        if id & !NO_LOSS == image_id {
+            out.extend(std::iter::repeat_n(image_id | NO_LOSS, rows));
+        } else {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// The decoder's weights with room for `<image>`: a vocabulary grown to hold `id`, new rows the mean of the
+/// old (as transformers' `resize_token_embeddings` does), in the embeddings and an untied head.
+fn grow_vocab(
+    w: &mut HashMap<String, Tensor>,
+    cfg: &mut strata_model::LlamaConfig,
+    id: u32,
+) -> anyhow::Result<()> {
+    let need = id as usize + 1;
+    if need <= cfg.vocab_size {
+        return Ok(());
+    }
+    let extra = need - cfg.vocab_size;
+    for name in ["model.embed_tokens.weight", "lm_head.weight"] {
+        let Some(t) = w.get(name) else { continue };
+        let mean = t.mean_keepdim(0)?;
+        let rows = mean.broadcast_as((extra, t.dim(1)?))?;
+        let grown = Tensor::cat(&[t, &rows.contiguous()?], 0)?;
+        w.insert(name.to_string(), grown);
+    }
+    cfg.vocab_size = need;
+    Ok(())
+}
+
+struct Start {
+    cfg: LlavaConfig,
+    tower: VisionEncoder,
+    tower_dir: PathBuf,
+    tower_weights: HashMap<String, Tensor>,
+    decoder: HashMap<String, Tensor>,
+    projector: HashMap<String, Tensor>,
+    td: TokenizerDir,
+    inputs: Vec<InputRef>,
+}
+
+/// The starting point: a text parent with a tower (stage 1), or a LLaVA parent (stage 2 after stage 1).
+fn start(store: &Store, a: &FinetuneArgs, seed: u64) -> anyhow::Result<Start> {
+    let model_dir = store.dir(Kind::Model, &a.parent);
+    if strata_model::llava::is_llava(&model_dir) {
+        let llava = Llava::load(&model_dir, &Device::Cpu)?;
+        let parts = strata_model::llava::Parts::split(strata_model::read_weights(
+            &model_dir,
+            &Device::Cpu,
+        )?)?;
+        return Ok(Start {
+            cfg: llava.cfg,
+            tower: llava.tower,
+            tower_dir: model_dir.clone(),
+            tower_weights: parts.tower,
+            decoder: parts.decoder,
+            projector: parts.projector,
+            td: TokenizerDir::open(&model_dir)?,
+            inputs: vec![store.input_ref(Kind::Model, &a.parent)?],
+        });
+    }
+    let tower_dir = a.vision.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--images with a text parent needs --vision DIR (a vision tower's Hugging Face folder, e.g. from \
+             scripts/fetch-model.sh --vision)"
+        )
+    })?;
+    let vision = VisionConfig::read(&tower_dir.join("config.json"))?;
+    let tower_weights = strata_model::read_weights(&tower_dir, &Device::Cpu)?;
+    let tower = VisionEncoder::from_weights(vision.clone(), &tower_weights, &tower_dir)?;
+    let parent = strata_train::parent::Parent::resolve(store, &a.parent)?;
+    let mut decoder = parent.weights(&Device::Cpu)?;
+    let mut text = parent.cfg.clone();
+    let parent_dir = match parent.adapters.last() {
+        Some((_, d)) => d.clone(),
+        None => parent.base_dir.clone(),
+    };
+    let mut td = TokenizerDir::open(&parent_dir)?;
+    let image_id = with_image_token(&mut td)?;
+    grow_vocab(&mut decoder, &mut text, image_id)?;
+    let vision_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tower_dir.join("config.json"))?)?;
+    let mut cfg = LlavaConfig {
+        text,
+        vision,
+        vision_json,
+        image_token_id: image_id,
+        image_seq_length: 0,
+        feature_layer: a.vision_layer,
+        select: FeatureSelect::Default,
+        projector_bias: true,
+    };
+    cfg.layer_index()
+        .map_err(|e| anyhow::anyhow!("--vision-layer: {e}"))?;
+    let s = a.image_size as usize;
+    cfg.image_seq_length = cfg.tokens_for(s, s);
+    let projector = Projector::init(&cfg, seed, &Device::Cpu)?;
+    let mut inputs = parent.inputs(store)?;
+    inputs.push(InputRef {
+        kind: Kind::Raw,
+        name: tower_dir.display().to_string(),
+        sha256: strata_store::sha256_dir(&tower_dir)?,
+    });
+    Ok(Start {
+        cfg,
+        tower,
+        tower_dir,
+        tower_weights,
+        decoder,
+        projector,
+        td,
+        inputs,
+    })
+}
+
+/// Training and validation examples (train and val splits; a dataset without splits trains on all).
+fn examples(
+    recs: &[ImageRecord],
+    st: &Start,
+    stage: &str,
+) -> anyhow::Result<(Vec<VlmExample>, Vec<VlmExample>)> {
+    let tmpl = ChatTemplate::from_tokenizer_config(&st.td.dir.join("tokenizer_config.json"))?;
+    let all: BTreeSet<String> = recs
+        .iter()
+        .filter_map(|r| organ_finding(r).1.map(str::to_string))
+        .collect();
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    // an example longer than the context loses the end of its reply; one with no reply token left is dropped
+    let keep = st.cfg.text.max_position_embeddings + 1;
+    let (mut cut, mut dropped) = (0usize, 0usize);
+    for (i, r) in recs.iter().enumerate() {
+        let split = r.split.as_deref().unwrap_or("train");
+        if split == "test" {
+            continue;
+        }
+        for (q, ans) in turns(r, stage, &all) {
+            let ids = encode_turn(
+                &st.td,
+                &tmpl,
+                st.cfg.image_token_id,
+                st.cfg.image_seq_length,
+                &q,
+                Some(&ans),
+            )
+            .with_context(|| format!("image {}", r.id))?;
+            let mut ids = ids;
+            if ids.len() > keep {
+                ids.truncate(keep);
+                cut += 1;
+                if ids[1..].iter().all(|&id| id & NO_LOSS != 0) {
+                    dropped += 1;
+                    continue;
+                }
+            }
+            let ex = VlmExample { image: i, ids };
+            if split == "val" {
+                val.push(ex);
+            } else {
+                train.push(ex);
+            }
+        }
+    }
+    if cut > 0 {
+        eprintln!(
+            "finetune   {cut} examples longer than the context of {} were cut ({dropped} left no reply and were dropped)",
+            keep - 1
+        );
+    }
+    anyhow::ensure!(
+        !train.is_empty(),
+        "no training examples: the images have no report text and no labels (or all are in test, or no reply \
+         fits the context of {} after {} image tokens)",
+        keep - 1,
+        st.cfg.image_seq_length
+    );
+    Ok((train, val))
+}
+
+/// `strata finetune --images DATASET …`.
+pub fn run_finetune(store: &Store, a: &FinetuneArgs, cfg: TrainConfig) -> anyhow::Result<ExitCode> {
+    let stage = a.vision_stage.as_str();
+    anyhow::ensure!(
+        matches!(stage, "align" | "instruct"),
+        "--vision-stage {stage:?}: expected align or instruct"
+    );
+    let images = a.images.as_deref().unwrap_or_default();
+    let mut cfg = cfg;
+    if stage == "align" {
+        cfg.lora = None;
+    } else if cfg.lora.is_none() {
+        cfg.lora = Some(strata_model::lora::LoraConfig::default());
+    }
+    let st = start(store, a, cfg.seed)?;
+    let (_, recs) = image_records(store, images)?;
+    let (feats, _) = features(
+        store,
+        images,
+        &st.tower,
+        &st.tower_dir,
+        &st.cfg,
+        a.image_size,
+    )?;
+    anyhow::ensure!(
+        feats.dim(1)? == st.cfg.image_seq_length,
+        "the cached features have {} rows per image, the model {} (a stage-2 run must use stage 1's --image-size)",
+        feats.dim(1)?,
+        st.cfg.image_seq_length
+    );
+    let (train, val) = examples(&recs, &st, stage)?;
+    let mut manifest_inputs = st.inputs.clone();
+    manifest_inputs.push(store.input_ref(Kind::Dataset, images)?);
+    let config = serde_json::json!({
+        "train": cfg, "stage": stage, "image_size": a.image_size, "vision_layer": st.cfg.feature_layer,
+    });
+    let manifest = Manifest::new(Kind::Model, &a.name, "strata finetune --images")
+        .with_config(manifest_inputs, config);
+    let run_id = format!("{}-{}", a.name, &manifest.fingerprint[..12]);
+    let run_dir = store.run_dir(&run_id);
+    std::fs::create_dir_all(&run_dir)?;
+    eprintln!(
+        "finetune   {:<20} {stage}: {} examples ({} val), {} image tokens each, {} steps",
+        a.name,
+        train.len(),
+        val.len(),
+        st.cfg.image_seq_length,
+        cfg.steps
+    );
+    let job = VlmJob {
+        name: &a.name,
+        llava: &st.cfg,
+        decoder: &st.decoder,
+        projector: st.projector.clone(),
+        cfg: &cfg,
+        features: &feats,
+        train: &train,
+        val: &val,
+        pad_id: st.td.special.pad,
+        run_dir: &run_dir,
+        progress: true,
+    };
+    let out = strata_train::vlm::train_vlm(&job)?;
+    let decoder = match &cfg.lora {
+        Some(lc) => {
+            let mut w = st.decoder.clone();
+            let adapter = strata_model::lora::Adapter {
+                config: lc.clone(),
+                tensors: out.adapter.clone(),
+                base: a.parent.clone(),
+            };
+            strata_model::lora::merge(&mut w, &adapter, DType::F32)?;
+            w
+        }
+        None => st.decoder.clone(),
+    };
+    let m = publish(
+        store,
+        a,
+        &st,
+        &out,
+        &decoder,
+        manifest,
+        &run_id,
+        train.len(),
+    )?;
+    strata_train::vlm::clear_checkpoints(&run_dir);
+    println!(
+        "finetune   {:<20} done       stage={stage} steps={} loss={:.4} val_loss={} files={}",
+        a.name,
+        out.steps,
+        out.last_loss,
+        out.val_loss
+            .map_or_else(|| "-".into(), |v| format!("{v:.4}")),
+        m.files.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the LLaVA folder (tower, projector, decoder with the adapter merged, tokenizer with `<image>`,
+/// preprocessor config) and publishes it with the run's counts.
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    store: &Store,
+    a: &FinetuneArgs,
+    st: &Start,
+    out: &strata_train::vlm::VlmOutcome,
+    decoder: &HashMap<String, Tensor>,
+    manifest: Manifest,
+    run_id: &str,
+    examples: usize,
+) -> anyhow::Result<Manifest> {
+    let stage = a.vision_stage.as_str();
+    let staging = store.staging(Kind::Model, &a.name)?;
+    strata_model::llava::write_llava(
+        &staging,
+        &st.cfg,
+        &st.tower_weights,
+        &out.projector,
+        decoder,
+    )?;
+    st.td
+        .tokenizer
+        .save(staging.join("tokenizer.json"), false)
+        .map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+    for f in [
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ] {
+        let src = st.td.dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, staging.join(f))?;
+        }
+    }
+    write_processor(&staging, st, a.image_size)?;
+    let mut manifest = manifest;
+    manifest.created_by = format!("strata finetune --images (run {run_id})");
+    let c = &mut manifest.counts;
+    c.insert("stage".into(), stage.into());
+    c.insert("steps".into(), out.steps.into());
+    c.insert("examples".into(), examples.into());
+    c.insert("image_tokens".into(), st.cfg.image_seq_length.into());
+    c.insert("last_loss".into(), f64::from(out.last_loss).into());
+    if let Some(v) = out.val_loss {
+        c.insert("val_loss".into(), f64::from(v).into());
+    }
+    c.insert("run".into(), run_id.to_string().into());
+    Ok(store.publish(&staging, manifest)?)
+}
+
+/// `preprocessor_config.json` of the published model: the tower's normalisation at the trained image size.
+fn write_processor(dir: &Path, st: &Start, size: u32) -> anyhow::Result<()> {
+    let (mean, std) = tower_norm(&st.tower_dir, &st.cfg.vision);
+    let v = serde_json::json!({
+        "image_processor_type": "BitImageProcessor",
+        "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
+        "do_center_crop": false, "do_rescale": true, "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true, "image_mean": mean, "image_std": std, "do_convert_rgb": true,
+    });
+    strata_store::write_json_atomic(dir.join("preprocessor_config.json"), &v)?;
+    Ok(())
+}

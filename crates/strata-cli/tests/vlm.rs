@@ -1,0 +1,339 @@
+//! Vision-language models (issue 23): `strata finetune --images` joins a text model of the store and a vision
+//! tower into a LLaVA model (stage 1: the projector alone; stage 2: projector + LoRA), published in
+//! transformers' LlavaForConditionalGeneration layout and checked against the numpy forward of
+//! tests/python/check_llava_model.py; `strata eval --images` scores it beside the majority class and a linear
+//! probe; bad input is refused by name.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::{fresh_dir, python_check, run, strata};
+
+fn ok(store: &Path, args: &[&str]) -> common::Run {
+    let r = run(strata(store).args(args));
+    assert!(r.ok, "strata {args:?}: {}{}", r.stdout, r.stderr);
+    r
+}
+
+/// `strata LINE` (words split on spaces) in `store`, which must succeed.
+fn ok_line(store: &Path, line: &str) -> common::Run {
+    ok(store, &line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// A store with a tiny text model (`base`, BPE of 300 over the quick fixtures, context 256), simulated
+/// ultrasound images split by patient (`us`), and a tiny random DINOv2 tower (16 px, 4 px patches) in
+/// `tower/`.
+fn setup(store: &Path) {
+    ok_line(
+        store,
+        "acquire --name gen-raw --input fixtures/quick/general",
+    );
+    ok_line(store, "preprocess --input gen-raw --output general");
+    ok_line(
+        store,
+        "tokenize train --name bpe --dataset general --vocab-size 300",
+    );
+    ok_line(
+        store,
+        "tokenize encode --name general-bpe --dataset general --tokenizer bpe",
+    );
+    let cfg = store.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        "[model]\nhidden_size = 32\nintermediate_size = 64\nlayers = 2\nheads = 2\nkv_heads = 1\ncontext = 256\n\n\
+         [train]\nsteps = 2\nbatch_size = 2\nseq_len = 32\n",
+    )
+    .unwrap();
+    ok_line(
+        store,
+        &format!(
+            "train --name base --tokens general-bpe --tokenizer bpe --config {}",
+            cfg.display()
+        ),
+    );
+    let raw = store.join("raw-us");
+    ok_line(
+        store,
+        &format!(
+            "domain ultrasound-images --out {} --count 48 --size 48 --seed 3",
+            raw.display()
+        ),
+    );
+    ok_line(
+        store,
+        &format!("acquire --name us-raw --input {}", raw.display()),
+    );
+    ok_line(
+        store,
+        "preprocess --input us-raw --output us --split-by-patient --val-fraction 0.15 --test-fraction 0.25",
+    );
+    python_check(
+        "vision_reference.py",
+        &[
+            store.join("tower").as_os_str(),
+            "--seed".as_ref(),
+            "21".as_ref(),
+        ],
+    );
+}
+
+fn finetune(store: &Path, extra: &[&str]) -> common::Run {
+    let mut args = vec![
+        "finetune",
+        "--images",
+        "us",
+        "--image-size",
+        "16",
+        "--batch-size",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    run(strata(store).args(&args))
+}
+
+/// Strata's logits for a prompt with one image, written for check_llava_model.py.
+fn expect_file(store: &Path, model: &str, out: &Path) {
+    let dir = store.join("models").join(model);
+    let dev = candle_core::Device::Cpu;
+    let llava = strata_model::Llava::load(&dir, &dev).unwrap();
+    let recs = strata_image::dataset::read_records(&store.join("datasets/us")).unwrap();
+    let frame =
+        strata_image::pixels::Frame::read_png(&store.join("datasets/us").join(&recs[0].file))
+            .unwrap();
+    let px = frame.tower_pixels(16, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+    let px = candle_core::Tensor::from_vec(px, (1, 3, 16, 16), &dev).unwrap();
+    let rows = llava.cfg.image_seq_length;
+    assert_eq!(rows, 16, "16 px in 4 px patches, the class token dropped");
+    let img = llava.cfg.image_token_id;
+    let mut ids = vec![5u32, 17, 40];
+    ids.extend(std::iter::repeat_n(img, rows));
+    ids.extend([61u32, 7, 99, 12]);
+    let t = ids.len();
+    let x = candle_core::Tensor::from_vec(ids.clone(), (1, t), &dev).unwrap();
+    let logits = llava
+        .logits(&x, &llava.image_features(&px).unwrap())
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    #[allow(clippy::cast_precision_loss)]
+    let ids_f: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
+    let e = std::collections::HashMap::from([
+        (
+            "ids".to_string(),
+            candle_core::Tensor::from_vec(ids_f, t, &dev).unwrap(),
+        ),
+        ("pixel_values".to_string(), px),
+        ("logits".to_string(), logits),
+    ]);
+    strata_model::save_safetensors(&e, out, &[]).unwrap();
+}
+
+/// Stage 1 and stage 2 on simulated images; the published folder is LlavaForConditionalGeneration's and its
+/// forward is the numpy one's; the cached features are reused; the eval prints the model beside its baselines
+/// and stores them; the decoder's text perplexity is scored as a text model's.
+#[test]
+fn vision_language_model_trains_in_two_stages_and_matches_numpy() {
+    let store = fresh_dir("vlm-chain");
+    setup(&store);
+    let tower = store.join("tower");
+    let r = finetune(
+        &store,
+        &[
+            "--parent",
+            "base",
+            "--vision",
+            tower.to_str().unwrap(),
+            "--name",
+            "vlm-align",
+            "--steps",
+            "4",
+            "--lr",
+            "3e-3",
+            "--vision-layer",
+            "-1",
+        ],
+    );
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.contains("stage=align"), "{}", r.stdout);
+    let dir = store.join("models/vlm-align");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "LlavaForConditionalGeneration");
+    assert_eq!(cfg["vision_feature_layer"], -1);
+    assert_eq!(cfg["image_seq_length"], 16);
+    // the tokenizer gained <image> after its 300 entries; the decoder's vocabulary holds it
+    assert!(
+        cfg["image_token_index"].as_u64().unwrap()
+            < cfg["text_config"]["vocab_size"].as_u64().unwrap()
+    );
+    let losses = common::run_losses(&store, "vlm-align");
+    assert_eq!(losses.len(), 4);
+    let cache: Vec<_> = std::fs::read_dir(store.join("cache/features"))
+        .unwrap()
+        .collect();
+    assert_eq!(cache.len(), 1, "one feature file for the tower and dataset");
+
+    // stage 2 from stage 1: projector + LoRA, the adapter merged into the published decoder
+    let r = finetune(
+        &store,
+        &[
+            "--parent",
+            "vlm-align",
+            "--vision-stage",
+            "instruct",
+            "--name",
+            "vlm-instruct",
+            "--steps",
+            "3",
+            "--lr",
+            "3e-3",
+            "--lora-r",
+            "4",
+        ],
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let before = strata_model::read_weights(&dir, &candle_core::Device::Cpu).unwrap();
+    let after = strata_model::read_weights(
+        &store.join("models/vlm-instruct"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let key = "model.language_model.layers.0.self_attn.q_proj.weight";
+    let diff = (&before[key] - &after[key])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(
+        diff.to_scalar::<f32>().unwrap() > 0.0,
+        "the merged adapter changed q_proj"
+    );
+    let key = "model.vision_tower.encoder.layer.0.mlp.fc1.weight";
+    let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(
+        flat(&before[key]) == flat(&after[key]),
+        "the tower stays frozen"
+    );
+    check_and_eval(&store);
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+/// The stage-2 model against the numpy forward; its image task beside the baselines, stored; its decoder
+/// scored on text as any model.
+fn check_and_eval(store: &Path) {
+    let store = store.to_path_buf();
+    // the forward against numpy, in transformers' names and semantics
+    let expect = store.join("expect.safetensors");
+    expect_file(&store, "vlm-instruct", &expect);
+
+    let out = python_check(
+        "check_llava_model.py",
+        &[
+            store.join("models/vlm-instruct").as_os_str(),
+            expect.as_os_str(),
+        ],
+    );
+    assert!(out.contains("OK"), "{out}");
+
+    // the image task beside its baselines, stored; the decoder scored on text as any model
+    let r = ok(
+        &store,
+        &[
+            "eval",
+            "--model",
+            "vlm-instruct",
+            "--images",
+            "us",
+            "--dataset",
+            "general",
+        ],
+    );
+    for want in [
+        "linear probe",
+        "majority class",
+        "chance",
+        "F1 per finding",
+        "ppl general",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {}", r.stdout);
+    }
+    let db = strata_store::Store::open(&store).unwrap();
+    let evals = db
+        .registry()
+        .evals(strata_store::Kind::Model, "vlm-instruct")
+        .unwrap();
+    for metric in ["acc", "probe", "majority", "chance"] {
+        assert!(
+            evals
+                .iter()
+                .any(|e| e.eval == "images:us" && e.metric == metric),
+            "{metric}: {evals:?}"
+        );
+    }
+}
+
+/// Each mistake is one line naming what is wrong, and nothing is published.
+#[test]
+fn bad_vision_language_input_is_refused_by_name() {
+    let store = fresh_dir("vlm-bad");
+    setup(&store);
+    let tower = store.join("tower");
+    let t = tower.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--parent", "base", "--name", "x"], "--vision"),
+        (
+            vec![
+                "--parent",
+                "base",
+                "--vision",
+                t,
+                "--name",
+                "x",
+                "--vision-stage",
+                "pretrain",
+            ],
+            "pretrain",
+        ),
+        (
+            vec![
+                "--parent",
+                "base",
+                "--vision",
+                t,
+                "--name",
+                "x",
+                "--vision-layer",
+                "7",
+            ],
+            "vision_feature_layer 7",
+        ),
+        (
+            vec!["--parent", "nope", "--vision", t, "--name", "x"],
+            "nope",
+        ),
+    ];
+    for (args, want) in cases {
+        let r = finetune(&store, &args);
+        assert!(!r.ok, "{args:?} succeeded");
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+    }
+    // a text dataset given as images
+    let r = run(strata(&store).args([
+        "finetune", "--images", "general", "--parent", "base", "--vision", t, "--name", "x",
+    ]));
+    assert!(!r.ok && r.stderr.contains("text dataset"), "{}", r.stderr);
+    // an image that does not decode, named
+    let recs = strata_image::dataset::read_records(&store.join("datasets/us")).unwrap();
+    std::fs::write(store.join("datasets/us").join(&recs[2].file), b"not a png").unwrap();
+    let r = finetune(&store, &["--parent", "base", "--vision", t, "--name", "x"]);
+    assert!(!r.ok && r.stderr.contains(&recs[2].id), "{}", r.stderr);
+    // a text model scored on images
+    let r = run(strata(&store).args(["eval", "--model", "base", "--images", "us"]));
+    assert!(!r.ok && r.stderr.contains("text model"), "{}", r.stderr);
+    assert!(!store.join("models/x").exists());
+    std::fs::remove_dir_all(&store).unwrap();
+}

@@ -1,0 +1,370 @@
+//! Training a LLaVA model (`strata_model::llava`) on images whose features the frozen tower computed once:
+//! stage 1 (alignment) trains the projector alone on image–caption pairs, the decoder frozen; stage 2
+//! (instructions) trains the projector and a LoRA adapter on the decoder. The loss is on the reply tokens
+//! only (the rest of each example carries [`strata_tokenize::sft::NO_LOSS`]), summed over a batch and divided
+//! by its counted targets, as the token trainer does.
+//!
+//! The order of examples is a function of the seed and the step alone (a shuffle per epoch), so a run resumed
+//! from its checkpoint (`checkpoints/` in the run folder, the projector's and adapter's tensors with AdamW's
+//! moments) continues exactly; metrics go to `metrics.jsonl` and the loss curve to `loss.png` as for every run.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use strata_model::llava::{self, LlavaConfig, Projector};
+use strata_model::lora::LoraState;
+use strata_model::{Llama, LoraWeights};
+
+use crate::checkpoint::{self, RunState};
+use crate::metrics::{MetricsLog, StepMetrics};
+use crate::{get_lr, Context, Result, TrainConfig, TrainError};
+
+/// One training example: the row of its image's features, and its ids (image tokens already expanded to the
+/// image's feature rows; ids outside the reply flagged with `NO_LOSS`).
+#[derive(Debug, Clone)]
+pub struct VlmExample {
+    pub image: usize,
+    pub ids: Vec<u32>,
+}
+
+/// What to train.
+pub struct VlmJob<'a> {
+    pub name: &'a str,
+    pub llava: &'a LlavaConfig,
+    /// The decoder's weights (its own names), f32: constants of the run.
+    pub decoder: &'a HashMap<String, Tensor>,
+    /// The projector's starting tensors (fresh, or a stage-1 model's).
+    pub projector: HashMap<String, Tensor>,
+    /// Steps, batch size, learning rate and schedule, clipping, seed, evaluation and checkpoint intervals;
+    /// `lora` set: stage 2 (projector + adapter), unset: stage 1 (projector alone).
+    pub cfg: &'a TrainConfig,
+    /// `[images, rows, vision hidden]`: the selected hidden state of the frozen tower, per image.
+    pub features: &'a Tensor,
+    pub train: &'a [VlmExample],
+    pub val: &'a [VlmExample],
+    /// Pads the ids of a batch to one length (its targets are ignored).
+    pub pad_id: u32,
+    pub run_dir: &'a Path,
+    pub progress: bool,
+}
+
+/// What a run produced.
+pub struct VlmOutcome {
+    /// The trained projector's tensors.
+    pub projector: HashMap<String, Tensor>,
+    /// The adapter's tensors (stage 2), keyed as `strata_model::lora::adapter_shapes` names them.
+    pub adapter: HashMap<String, Tensor>,
+    pub steps: usize,
+    pub last_loss: f32,
+    /// Mean loss per reply token on the validation examples at the end.
+    pub val_loss: Option<f32>,
+    pub resumed_from: Option<usize>,
+}
+
+struct Run {
+    lm: Llama,
+    vars: HashMap<String, Var>,
+    lora_state: Arc<LoraState>,
+}
+
+fn build(job: &VlmJob<'_>) -> Result<Run> {
+    let device = Device::Cpu;
+    let mut vars = HashMap::new();
+    for (k, t) in &job.projector {
+        vars.insert(k.clone(), Var::from_tensor(t).ctx(k)?);
+    }
+    let lora_state = Arc::new(LoraState::default());
+    let text = &job.llava.text;
+    let vb = VarBuilder::from_tensors(job.decoder.clone(), DType::F32, &device);
+    let lm = match &job.cfg.lora {
+        Some(lc) => {
+            let fresh = strata_model::lora::init_adapter(
+                &strata_model::lora::adapter_shapes(text, lc),
+                job.cfg.seed,
+                &device,
+            )?;
+            let mut tensors = HashMap::new();
+            for (k, t) in fresh {
+                let v = Var::from_tensor(&t).ctx(&k)?;
+                tensors.insert(k.clone(), v.as_tensor().clone());
+                vars.insert(k, v);
+            }
+            let lw = LoraWeights {
+                config: lc,
+                tensors: &tensors,
+                state: Arc::clone(&lora_state),
+            };
+            Llama::load_with_lora(&vb, text, Some(&lw))?
+        }
+        None => Llama::load(&vb, text)?,
+    };
+    Ok(Run {
+        lm,
+        vars,
+        lora_state,
+    })
+}
+
+/// Inputs (B, L), targets (B, L) (ignored outside replies and in padding) and the batch's image rows.
+fn batch(job: &VlmJob<'_>, examples: &[&VlmExample]) -> Result<(Tensor, Tensor, Tensor)> {
+    let len = examples.iter().map(|e| e.ids.len() - 1).max().unwrap_or(0);
+    let mut x = Vec::with_capacity(examples.len() * len);
+    let mut y = Vec::with_capacity(examples.len() * len);
+    for e in examples {
+        let n = e.ids.len() - 1;
+        for i in 0..len {
+            if i < n {
+                x.push(strata_tokenize::split_flag(e.ids[i]).0);
+                let (t, counts) = strata_tokenize::split_flag(e.ids[i + 1]);
+                y.push(if counts {
+                    t
+                } else {
+                    strata_model::fused::IGNORE
+                });
+            } else {
+                x.push(job.pad_id);
+                y.push(strata_model::fused::IGNORE);
+            }
+        }
+    }
+    let device = Device::Cpu;
+    let b = examples.len();
+    let rows: Vec<u32> = examples
+        .iter()
+        .map(|e| u32::try_from(e.image).unwrap_or(u32::MAX))
+        .collect();
+    let images = job
+        .features
+        .index_select(&Tensor::from_vec(rows, b, &device).ctx("rows")?, 0)
+        .ctx("image features")?;
+    Ok((
+        Tensor::from_vec(x, (b, len), &device).ctx("inputs")?,
+        Tensor::from_vec(y, (b, len), &device).ctx("targets")?,
+        images,
+    ))
+}
+
+/// Summed loss and counted targets of one batch.
+fn loss_sum(job: &VlmJob<'_>, run: &Run, examples: &[&VlmExample]) -> Result<(Tensor, usize)> {
+    let (x, y, images) = batch(job, examples)?;
+    let tensors: HashMap<String, Tensor> = run
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let projector = Projector::from_tensors(job.llava, &tensors)?;
+    let logits = llava::forward(
+        &run.lm,
+        &x,
+        job.llava.image_token_id,
+        &projector.forward(&images)?,
+    )?;
+    Ok(strata_model::next_token_loss_sum(&logits, &y)?)
+}
+
+/// The examples of step `step`: a shuffle of the training set per epoch, from the seed.
+fn step_examples<'a>(job: &VlmJob<'a>, step: usize) -> Vec<&'a VlmExample> {
+    let n = job.train.len();
+    let b = job.cfg.batch_size;
+    let mut perm_of = HashMap::new();
+    (step * b..(step + 1) * b)
+        .map(|g| {
+            let epoch = g / n;
+            let perm = perm_of.entry(epoch).or_insert_with(|| {
+                let mut p: Vec<usize> = (0..n).collect();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(
+                    job.cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                p.shuffle(&mut rng);
+                p
+            });
+            &job.train[perm[g % n]]
+        })
+        .collect()
+}
+
+/// Mean loss per reply token over `examples`, in batches, without a graph.
+fn evaluate(job: &VlmJob<'_>, run: &Run, examples: &[VlmExample]) -> Result<Option<f32>> {
+    if examples.is_empty() {
+        return Ok(None);
+    }
+    let (mut sum, mut count) = (0f64, 0usize);
+    for chunk in examples.chunks(job.cfg.batch_size.max(1)) {
+        let refs: Vec<&VlmExample> = chunk.iter().collect();
+        let (s, c) = loss_sum(job, run, &refs)?;
+        sum += f64::from(s.detach().to_scalar::<f32>().ctx("val loss")?);
+        count += c;
+    }
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    Ok((count > 0).then(|| (sum / count as f64) as f32))
+}
+
+fn named(vars: &HashMap<String, Var>) -> HashMap<String, Tensor> {
+    vars.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+fn progress(job: &VlmJob<'_>, start: usize) -> ProgressBar {
+    let bar = if job.progress {
+        ProgressBar::new(job.cfg.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(job.name.to_string());
+    bar.set_position(start as u64);
+    bar
+}
+
+/// Restores the variables and the optimizer from the newest checkpoint; the step it was written after.
+fn resume(run: &Run, opt: &mut crate::AdamW, ckpt_dir: &Path) -> Result<Option<usize>> {
+    let Some(ck) = checkpoint::load(ckpt_dir, &Device::Cpu)? else {
+        return Ok(None);
+    };
+    for (k, t) in &ck.weights {
+        let v = run.vars.get(k).ok_or_else(|| TrainError::Checkpoint {
+            path: ckpt_dir.to_path_buf(),
+            reason: format!("{k} is not a variable of this run"),
+        })?;
+        v.set(t).ctx(k)?;
+    }
+    opt.load_state(&ck.optim, ck.state.step)?;
+    Ok(Some(ck.state.step))
+}
+
+/// One optimizer step on `examples`: forward, backward, clipping, AdamW. The loss, the gradient norm and the
+/// learning rate.
+fn one_step(
+    job: &VlmJob<'_>,
+    run: &Run,
+    opt: &mut crate::AdamW,
+    step: usize,
+    examples: &[&VlmExample],
+) -> Result<(f32, f64, f64)> {
+    let cfg = job.cfg;
+    run.lora_state.set_training(
+        true,
+        cfg.seed ^ (step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+    );
+    let (sum, count) = loss_sum(job, run, examples)?;
+    if count == 0 {
+        return Err(TrainError::Data(format!(
+            "step {step}: no reply token in the batch to train on"
+        )));
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let loss = (sum / count as f64).ctx("loss")?;
+    let grads = opt.grads_of(&loss.backward().ctx("backward")?);
+    run.lora_state.set_training(false, 0);
+    let value = loss.to_scalar::<f32>().ctx("loss")?;
+    if !value.is_finite() {
+        return Err(TrainError::Diverged { step, value });
+    }
+    let norm = opt.grad_norm(&grads)?;
+    let scale = if norm > cfg.grad_clip {
+        cfg.grad_clip / norm
+    } else {
+        1.0
+    };
+    let lr = get_lr(step, cfg);
+    opt.step(&grads, lr, scale)?;
+    Ok((value, norm, lr))
+}
+
+/// Trains the projector (and, with `cfg.lora`, an adapter on the decoder); resumes from the run folder's last
+/// checkpoint when there is one.
+///
+/// # Errors
+/// No training examples, an example without a reply token or whose image tokens do not match its image's
+/// features, a diverging loss, a checkpoint that does not fit, an I/O failure.
+pub fn train_vlm(job: &VlmJob<'_>) -> Result<VlmOutcome> {
+    if job.train.is_empty() {
+        return Err(TrainError::Data("no training examples".into()));
+    }
+    let cfg = job.cfg;
+    let run = build(job)?;
+    let mut opt = crate::AdamW::new(&run.vars, cfg.beta1, cfg.beta2, cfg.weight_decay)?;
+    let ckpt_dir = job.run_dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
+    let resumed_from = resume(&run, &mut opt, &ckpt_dir)?;
+    let start = resumed_from.unwrap_or(0);
+    let metrics_path = job.run_dir.join("metrics.jsonl");
+    let mut log = MetricsLog::open(&metrics_path, start)?;
+    let bar = progress(job, start);
+    let mut last_loss = f32::NAN;
+    let mut tokens_seen = 0usize;
+    for step in start..cfg.steps {
+        let t0 = std::time::Instant::now();
+        let examples = step_examples(job, step);
+        let (loss, norm, lr) = one_step(job, &run, &mut opt, step, &examples)?;
+        last_loss = loss;
+        tokens_seen += examples.iter().map(|e| e.ids.len() - 1).sum::<usize>();
+        let done = step + 1;
+        let val_loss = if done.is_multiple_of(cfg.eval_every.max(1)) || done == cfg.steps {
+            evaluate(job, &run, job.val)?
+        } else {
+            None
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let tps = examples.iter().map(|e| e.ids.len()).sum::<usize>() as f64
+            / t0.elapsed().as_secs_f64().max(1e-9);
+        log.append(&StepMetrics {
+            step: done,
+            loss: last_loss,
+            lr,
+            grad_norm: norm,
+            tokens_per_s: tps,
+            val_loss,
+            val_losses: std::collections::BTreeMap::new(),
+            tokens_seen,
+            mixture: std::collections::BTreeMap::new(),
+            peak_rss_mib: crate::peak_rss_bytes() as f64 / f64::from(1u32 << 20),
+        })?;
+        if done.is_multiple_of(cfg.checkpoint_every.max(1)) && done < cfg.steps {
+            checkpoint::save(
+                &ckpt_dir,
+                &named(&run.vars),
+                opt.state(),
+                RunState {
+                    step: done,
+                    ..RunState::default()
+                },
+                cfg.keep_checkpoints,
+            )?;
+        }
+        bar.set_position(done as u64);
+        bar.set_message(format!("loss {last_loss:.4}"));
+    }
+    bar.finish_and_clear();
+    crate::plot_loss(&metrics_path, &job.run_dir.join("loss.png"))?;
+    let val_loss = evaluate(job, &run, job.val)?;
+    let all = named(&run.vars);
+    let (projector, adapter) = all
+        .into_iter()
+        .partition(|(k, _)| k.starts_with(llava::PROJECTOR));
+    Ok(VlmOutcome {
+        projector,
+        adapter,
+        steps: cfg.steps,
+        last_loss,
+        val_loss,
+        resumed_from,
+    })
+}
+
+/// Clears the run's checkpoints once its model is published.
+pub fn clear_checkpoints(run_dir: &Path) {
+    checkpoint::clear(&run_dir.join("checkpoints"));
+}
