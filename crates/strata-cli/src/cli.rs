@@ -373,6 +373,10 @@ pub struct FinetuneArgs {
     /// end, -1 the last block), as LLaVA's vision_feature_layer.
     #[arg(long, default_value_t = -2, allow_hyphen_values = true, requires = "images")]
     pub vision_layer: i64,
+    /// With --images: which rows of that hidden state become image tokens: `default` (the patches, the
+    /// class token dropped, as LLaVA's vision_feature_select_strategy) or `full` (the class token too).
+    #[arg(long, default_value = "default", requires = "images")]
+    pub vision_features: String,
     /// TOML file with a [train] table (and [train.lora] for an adapter).
     #[arg(long)]
     pub config: Option<PathBuf>,

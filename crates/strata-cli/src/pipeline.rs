@@ -27,6 +27,10 @@ pub struct Settings {
     /// Run `scripts/fetch-data.sh` first when an acquire input under `data/` is missing.
     #[serde(default)]
     pub fetch_data: bool,
+    /// Pipeline files (paths from the working directory) run first, in order: a chain continuing another
+    /// (their up-to-date steps are skipped as always).
+    #[serde(default)]
+    pub after: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +73,11 @@ pub struct DomainStep {
     pub prefix: Option<String>,
     #[serde(default)]
     pub seed: u64,
+    /// `source = "ultrasound-images"`: images to simulate, and their side in pixels.
+    #[serde(default)]
+    pub count: Option<usize>,
+    #[serde(default)]
+    pub size: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,6 +148,10 @@ pub struct PreprocessStep {
     /// Run as this many tasks exchanging files (the phases of a cluster run, here one after another).
     #[serde(default)]
     pub tasks: Option<usize>,
+    /// An image dataset's stages (`split = [0.1, 0.2]` splits by patient with those val and test shares,
+    /// `dedup = 4`, `resize = [224, 224]`, …); an image input runs these instead of `stages`.
+    #[serde(default)]
+    pub images: Option<strata_image::stages::ImageStages>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,7 +196,26 @@ pub struct TrainStep {
 pub struct FinetuneStep {
     pub name: String,
     pub parent: String,
-    pub tokens: Tokens,
+    /// Token artifacts (a text step), or none with `images` (a vision-language step).
+    #[serde(default)]
+    pub tokens: Option<Tokens>,
+    /// A vision-language step on this image dataset (`strata finetune --images`).
+    #[serde(default)]
+    pub images: Option<String>,
+    /// Its vision tower: a Hugging Face folder, or `"vit-s-focus"` (fetched by scripts/fetch-model.sh
+    /// --vision); none when the parent is already a vision-language model.
+    #[serde(default)]
+    pub vision: Option<String>,
+    /// `align` (default) or `instruct`.
+    #[serde(default)]
+    pub vision_stage: Option<String>,
+    #[serde(default)]
+    pub image_size: Option<u32>,
+    #[serde(default)]
+    pub vision_layer: Option<i64>,
+    /// `default` (patches) or `full` (the class token too).
+    #[serde(default)]
+    pub vision_features: Option<String>,
     /// Over the fine-tuning defaults (`strata_train::TrainConfig::defaults`).
     #[serde(deserialize_with = "strata_train::finetune_table")]
     pub train: TrainConfig,
@@ -283,6 +315,19 @@ fn locate_unknown_key(text: &str, msg: &str) -> Option<usize> {
 /// # Errors
 /// When a step fails; earlier steps' artifacts stay published.
 pub fn run(store: &Store, file: &PipelineFile, progress: bool) -> anyhow::Result<()> {
+    run_at(store, file, progress, 0)
+}
+
+fn run_at(store: &Store, file: &PipelineFile, progress: bool, depth: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        depth < 8,
+        "pipeline files name each other in `after` in a loop"
+    );
+    for before in &file.settings.after {
+        let p = PipelineFile::load(Path::new(before))
+            .with_context(|| format!("settings.after {before:?}"))?;
+        run_at(store, &p, progress, depth + 1)?;
+    }
     if file.settings.fetch_data {
         fetch_if_missing(file)?;
     }
@@ -398,19 +443,79 @@ fn run_step(store: &Store, step: &Step, progress: bool) -> anyhow::Result<()> {
             )
         }
         Step::Finetune(s) => {
+            if let Some(images) = &s.images {
+                return step_vision(store, s, images, progress);
+            }
+            let tokens = s.tokens.as_ref().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "step finetune {:?}: give tokens = … (or images = …)",
+                    s.name
+                )
+            })?;
             let init = strata_train::Init::From {
                 parent: s.parent.clone(),
             };
             crate::commands::train::run_job(
                 store,
                 &s.name,
-                &s.tokens.specs(),
+                &tokens.specs(),
                 init,
                 s.train.clone(),
                 progress,
             )
         }
     }
+}
+
+/// A vision-language finetune step; `vision = "vit-s-focus"` fetches the offline tower first.
+fn step_vision(
+    store: &Store,
+    s: &FinetuneStep,
+    images: &str,
+    progress: bool,
+) -> anyhow::Result<()> {
+    let vision = match s.vision.as_deref() {
+        Some("vit-s-focus") => {
+            let out = std::process::Command::new("bash")
+                .args(["scripts/fetch-model.sh", "--vision", "data"])
+                .output()
+                .context(
+                    "running scripts/fetch-model.sh --vision (run strata from the repository root)",
+                )?;
+            anyhow::ensure!(
+                out.status.success(),
+                "scripts/fetch-model.sh --vision failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(std::path::PathBuf::from(
+                String::from_utf8_lossy(&out.stdout).trim(),
+            ))
+        }
+        Some(p) => Some(std::path::PathBuf::from(p)),
+        None => None,
+    };
+    anyhow::ensure!(
+        s.tokens.is_none(),
+        "step finetune {:?}: tokens and images together (a vision step trains on images)",
+        s.name
+    );
+    let step = crate::commands::vlm::VisionStep {
+        name: s.name.clone(),
+        parent: s.parent.clone(),
+        images: images.to_string(),
+        vision,
+        stage: s.vision_stage.clone().unwrap_or_else(|| "align".into()),
+        image_size: s.image_size.unwrap_or(112),
+        vision_layer: s.vision_layer.unwrap_or(-2),
+        vision_features: s
+            .vision_features
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        progress,
+    };
+    crate::commands::vlm::run_finetune(store, &step, s.train.clone())
+        .with_context(|| format!("step finetune {:?}", s.name))?;
+    Ok(())
 }
 
 fn step_acquire(store: &Store, s: &AcquireStep, by: &str) -> anyhow::Result<()> {
@@ -427,6 +532,17 @@ fn step_acquire(store: &Store, s: &AcquireStep, by: &str) -> anyhow::Result<()> 
 }
 
 fn step_preprocess(store: &Store, s: &PreprocessStep, by: &str) -> anyhow::Result<()> {
+    let input = store.dir(strata_store::Kind::Dataset, &s.input);
+    if strata_image::dataset::is_image_dataset(&input) || s.images.is_some() {
+        let cfg = s.images.clone().unwrap_or_default();
+        let (_, c) = strata_image::stages::preprocess_images(store, &s.input, &s.name, &cfg, by)
+            .with_context(|| format!("step preprocess {:?}", s.name))?;
+        eprintln!(
+            "preprocess {:<20} done       images={} kept={}",
+            s.name, c.input, c.output
+        );
+        return Ok(());
+    }
     let mut cfg = strata_data::preprocess::PreprocessConfig::default();
     if let Some(stages) = &s.stages {
         cfg.stages.clone_from(stages);
@@ -525,9 +641,19 @@ fn step_domain(store: &Store, s: &DomainStep) -> anyhow::Result<()> {
             let prefix = s.prefix.as_deref().unwrap_or("ultrasound");
             strata_domain::build_report_task(&dir, out, prefix, s.seed)?;
         }
+        ("ultrasound-images", None) => {
+            strata_image::sim::generate(
+                out,
+                s.count.unwrap_or(64),
+                s.seed,
+                s.size.unwrap_or(256),
+                false,
+                1,
+            )?;
+        }
         (other, _) => anyhow::bail!(
-            "step domain: source {other:?} (with dataset {:?}): expected \"pubmedqa\", or \"reports\" \
-             or \"terms\" with a dataset",
+            "step domain: source {other:?} (with dataset {:?}): expected \"pubmedqa\" or \
+             \"ultrasound-images\", or \"reports\" or \"terms\" with a dataset",
             s.dataset
         ),
     }
@@ -607,6 +733,33 @@ mod tests {
         for k in ["import", "domain", "finetune", "eval", "report"] {
             assert!(kinds.contains(&k), "{k} missing: {kinds:?}");
         }
+    }
+
+    #[test]
+    fn the_vision_chain_config_parses_and_follows_the_medical_chain() {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/ultrasound-vision.toml"),
+        )
+        .unwrap();
+        let p = PipelineFile::parse(&text, "ultrasound-vision.toml").unwrap();
+        assert_eq!(p.settings.after, ["configs/medical-chain.toml"]);
+        let vision: Vec<&FinetuneStep> = p
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Finetune(f) if f.images.is_some() => Some(f),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(vision.len(), 2);
+        assert_eq!(vision[0].parent, "medical-lora");
+        assert!(vision[0].train.lora.is_none() && vision[1].train.lora.is_some());
+        assert!(vision.iter().all(|f| f.train.guard.is_some()));
+        let split = p.steps.iter().find_map(|s| match s {
+            Step::Preprocess(pp) => pp.images.as_ref().and_then(|i| i.split),
+            _ => None,
+        });
+        assert_eq!(split, Some((0.1, 0.2)));
     }
 
     #[test]

@@ -177,24 +177,19 @@ fn vision_language_model_trains_in_two_stages_and_matches_numpy() {
     assert_eq!(cache.len(), 1, "one feature file for the tower and dataset");
 
     // stage 2 from stage 1: projector + LoRA, the adapter merged into the published decoder
-    let r = finetune(
-        &store,
-        &[
-            "--parent",
-            "vlm-align",
-            "--vision-stage",
-            "instruct",
-            "--name",
-            "vlm-instruct",
-            "--steps",
-            "3",
-            "--lr",
-            "3e-3",
-            "--lora-r",
-            "4",
-        ],
-    );
+    let args = "--parent vlm-align --vision-stage instruct --name vlm-instruct --steps 3 --lr 3e-3 --lora-r 4 \
+                --guard-dataset general --max-general-ppl-increase 10";
+    let r = finetune(&store, &args.split_whitespace().collect::<Vec<_>>());
     assert!(r.ok, "{}", r.stderr);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.join("models/vlm-instruct/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let g = &m["counts"]["guard"];
+    assert!(
+        g["passed"] == true && g["parent_ppl"].as_f64().unwrap() > 1.0,
+        "{g}"
+    );
     let before = strata_model::read_weights(&dir, &candle_core::Device::Cpu).unwrap();
     let after = strata_model::read_weights(
         &store.join("models/vlm-instruct"),
@@ -336,4 +331,77 @@ fn bad_vision_language_input_is_refused_by_name() {
     assert!(!r.ok && r.stderr.contains("text model"), "{}", r.stderr);
     assert!(!store.join("models/x").exists());
     std::fs::remove_dir_all(&store).unwrap();
+}
+
+/// `kill -9` during stage 1 once a checkpoint is written: nothing is published; the same command resumes
+/// from the checkpoint and publishes the model an uninterrupted run makes, bit for bit.
+#[test]
+fn a_killed_vision_step_resumes_and_matches_an_uninterrupted_run() {
+    let store = fresh_dir("vlm-resume");
+    setup(&store);
+    let tower = store.join("tower");
+    let cmd = |name: &str| {
+        let mut c = strata(&store);
+        let args = format!(
+            "finetune --images us --image-size 16 --batch-size 4 --parent base --vision {} --name {name} \
+             --steps 150 --checkpoint-every 20 --lr 3e-3",
+            tower.display()
+        );
+        c.args(args.split_whitespace());
+        c
+    };
+    let mut child = cmd("resumed")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !has_checkpoint(&store.join("runs")) {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !store.join("models/resumed").exists(),
+        "a killed run publishes nothing"
+    );
+    let r = run(&mut cmd("resumed"));
+    assert!(
+        r.ok && r.stderr.contains("resumed from step"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&mut cmd("straight"));
+    assert!(r.ok && !r.stderr.contains("resumed"), "{}", r.stderr);
+    let w = |n: &str| {
+        strata_model::read_weights(&store.join("models").join(n), &candle_core::Device::Cpu)
+            .unwrap()
+    };
+    let (a, b) = (w("resumed"), w("straight"));
+    let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for k in [
+        "model.multi_modal_projector.linear_1.weight",
+        "model.multi_modal_projector.linear_2.bias",
+    ] {
+        assert!(flat(&a[k]) == flat(&b[k]), "{k} differs after resuming");
+    }
+    std::fs::remove_dir_all(&store).unwrap();
+}
+
+/// A checkpoint file in any run folder under `runs`.
+fn has_checkpoint(runs: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(runs) else {
+        return false;
+    };
+    rd.filter_map(Result::ok).any(|e| {
+        std::fs::read_dir(e.path().join("checkpoints")).is_ok_and(|c| {
+            c.filter_map(Result::ok)
+                .any(|f| f.file_name().to_string_lossy().starts_with("checkpoint-"))
+        })
+    })
 }

@@ -33,7 +33,9 @@ use crate::phash::{distance, phash_luma};
 use crate::pixels::{Frame, Samples};
 use crate::Result;
 
+/// The image stages to run (a pipeline file's `[step.images]` table names only what it changes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ImageStages {
     pub max_pixels: u64,
     /// Frames whose luminance standard deviation is below this are blank or constant.

@@ -385,6 +385,21 @@ impl Llama {
         Self::load_with_lora(vb, cfg, None)
     }
 
+    /// The model from named f32 tensors (HF names), as constants.
+    ///
+    /// # Errors
+    /// As [`Llama::load`].
+    pub fn from_weights(
+        weights: std::collections::HashMap<String, Tensor>,
+        cfg: &LlamaConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::load(
+            &VarBuilder::from_tensors(weights, candle_core::DType::F32, device),
+            cfg,
+        )
+    }
+
     /// [`Llama::load`] with a LoRA adapter on the projections its config targets.
     ///
     /// # Errors

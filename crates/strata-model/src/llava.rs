@@ -430,8 +430,7 @@ impl Llava {
         } = Parts::split(crate::read_weights(dir, device)?)?;
         let vision = VisionEncoder::from_weights(cfg.vision.clone(), &tower, dir)?;
         let projector = Projector::from_tensors(&cfg, &projector)?;
-        let vb = candle_nn::VarBuilder::from_tensors(text, DType::F32, device);
-        let lm = Llama::load(&vb, &cfg.text)?;
+        let lm = Llama::from_weights(text, &cfg.text, device)?;
         Ok(Self {
             cfg,
             tower: vision,

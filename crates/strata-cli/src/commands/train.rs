@@ -189,9 +189,6 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
         parent: a.parent.clone(),
     };
     let mut cfg = apply_lora(apply(train, &a.overrides)?, &a.lora);
-    if a.images.is_some() {
-        return super::vlm::run_finetune(store, a, cfg);
-    }
     if let Some(d) = &a.guard_dataset {
         let mut g = cfg
             .guard
@@ -206,6 +203,20 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
             g.max_general_ppl_increase = m;
         }
         cfg.guard = Some(g);
+    }
+    if let Some(images) = &a.images {
+        let step = super::vlm::VisionStep {
+            name: a.name.clone(),
+            parent: a.parent.clone(),
+            images: images.clone(),
+            vision: a.vision.clone(),
+            stage: a.vision_stage.clone(),
+            image_size: a.image_size,
+            vision_layer: a.vision_layer,
+            vision_features: a.vision_features.clone(),
+            progress: true,
+        };
+        return super::vlm::run_finetune(store, &step, cfg);
     }
     run_job(store, &a.name, &a.tokens, init, cfg, true)?;
     Ok(ExitCode::SUCCESS)

@@ -27,7 +27,23 @@ use strata_tokenize::{ChatMessage, ChatTemplate, TokenizerDir, NO_LOSS};
 use strata_train::vlm::{VlmExample, VlmJob};
 use strata_train::TrainConfig;
 
-use crate::cli::FinetuneArgs;
+/// A vision-language fine-tuning step, from `strata finetune --images` or a pipeline's finetune step.
+#[derive(Debug, Clone)]
+pub struct VisionStep {
+    pub name: String,
+    pub parent: String,
+    /// The image dataset.
+    pub images: String,
+    /// The tower's folder (a text parent needs one).
+    pub vision: Option<PathBuf>,
+    /// `align` or `instruct`.
+    pub stage: String,
+    pub image_size: u32,
+    pub vision_layer: i64,
+    /// `default` or `full`.
+    pub vision_features: String,
+    pub progress: bool,
+}
 
 /// The tower's normalisation: `preprocessor_config.json`'s image_mean and image_std, else its family's.
 pub fn tower_norm(dir: &Path, cfg: &VisionConfig) -> ([f32; 3], [f32; 3]) {
@@ -315,7 +331,7 @@ struct Start {
 }
 
 /// The starting point: a text parent with a tower (stage 1), or a LLaVA parent (stage 2 after stage 1).
-fn start(store: &Store, a: &FinetuneArgs, seed: u64) -> anyhow::Result<Start> {
+fn start(store: &Store, a: &VisionStep, seed: u64) -> anyhow::Result<Start> {
     let model_dir = store.dir(Kind::Model, &a.parent);
     if strata_model::llava::is_llava(&model_dir) {
         let llava = Llava::load(&model_dir, &Device::Cpu)?;
@@ -362,7 +378,11 @@ fn start(store: &Store, a: &FinetuneArgs, seed: u64) -> anyhow::Result<Start> {
         image_token_id: image_id,
         image_seq_length: 0,
         feature_layer: a.vision_layer,
-        select: FeatureSelect::Default,
+        select: match a.vision_features.as_str() {
+            "default" => FeatureSelect::Default,
+            "full" => FeatureSelect::Full,
+            other => anyhow::bail!("--vision-features {other:?}: expected default or full"),
+        },
         projector_bias: true,
     };
     cfg.layer_index()
@@ -452,13 +472,13 @@ fn examples(
 }
 
 /// `strata finetune --images DATASET …`.
-pub fn run_finetune(store: &Store, a: &FinetuneArgs, cfg: TrainConfig) -> anyhow::Result<ExitCode> {
-    let stage = a.vision_stage.as_str();
+pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::Result<ExitCode> {
+    let stage = a.stage.as_str();
     anyhow::ensure!(
         matches!(stage, "align" | "instruct"),
         "--vision-stage {stage:?}: expected align or instruct"
     );
-    let images = a.images.as_deref().unwrap_or_default();
+    let images = a.images.as_str();
     let mut cfg = cfg;
     if stage == "align" {
         cfg.lora = None;
@@ -486,9 +506,20 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs, cfg: TrainConfig) -> anyhow
     manifest_inputs.push(store.input_ref(Kind::Dataset, images)?);
     let config = serde_json::json!({
         "train": cfg, "stage": stage, "image_size": a.image_size, "vision_layer": st.cfg.feature_layer,
+        "vision_features": format!("{:?}", st.cfg.select),
     });
     let manifest = Manifest::new(Kind::Model, &a.name, "strata finetune --images")
         .with_config(manifest_inputs, config);
+    if store
+        .up_to_date(Kind::Model, &a.name, &manifest.fingerprint)
+        .is_some()
+    {
+        println!(
+            "finetune   {:<20} up to date (same parent, tower, images and config)",
+            a.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let run_id = format!("{}-{}", a.name, &manifest.fingerprint[..12]);
     let run_dir = store.run_dir(&run_id);
     std::fs::create_dir_all(&run_dir)?;
@@ -511,9 +542,30 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs, cfg: TrainConfig) -> anyhow
         val: &val,
         pad_id: st.td.special.pad,
         run_dir: &run_dir,
-        progress: true,
+        progress: a.progress,
     };
     let out = strata_train::vlm::train_vlm(&job)?;
+    if let Some(step) = out.resumed_from {
+        eprintln!("finetune   {:<20} (resumed from step {step})", a.name);
+    }
+    finish(store, a, &st, &cfg, &out, manifest, &run_id, train.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Merges the adapter, measures the guard, publishes, clears the checkpoints; fails (after publishing,
+/// marked) when the guard does.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    store: &Store,
+    a: &VisionStep,
+    st: &Start,
+    cfg: &TrainConfig,
+    out: &strata_train::vlm::VlmOutcome,
+    manifest: Manifest,
+    run_id: &str,
+    examples: usize,
+) -> anyhow::Result<()> {
+    let stage = a.stage.as_str();
     let decoder = match &cfg.lora {
         Some(lc) => {
             let mut w = st.decoder.clone();
@@ -527,17 +579,30 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs, cfg: TrainConfig) -> anyhow
         }
         None => st.decoder.clone(),
     };
-    let m = publish(
-        store,
-        a,
-        &st,
-        &out,
-        &decoder,
-        manifest,
-        &run_id,
-        train.len(),
-    )?;
-    strata_train::vlm::clear_checkpoints(&run_dir);
+    let guard = match &cfg.guard {
+        Some(g) => Some(guard(store, g, a, st, &decoder)?),
+        None => None,
+    };
+    let mut manifest = manifest;
+    if let Some(v) = &guard {
+        manifest
+            .counts
+            .insert("guard".into(), serde_json::to_value(v).unwrap_or_default());
+    }
+    let m = publish(store, a, st, out, &decoder, manifest, run_id, examples)?;
+    strata_train::vlm::clear_checkpoints(&store.run_dir(run_id));
+    if let Some(v) = guard.filter(|v| !v.passed) {
+        anyhow::bail!(
+            "forgetting guard: {} perplexity {:.3} against the parent's {:.3} (+{:.1}%, limit {:.1}%); {} is \
+             published marked failed",
+            v.dataset,
+            v.child_ppl,
+            v.parent_ppl,
+            100.0 * v.increase,
+            100.0 * v.max_increase,
+            a.name
+        );
+    }
     println!(
         "finetune   {:<20} done       stage={stage} steps={} loss={:.4} val_loss={} files={}",
         a.name,
@@ -547,7 +612,40 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs, cfg: TrainConfig) -> anyhow
             .map_or_else(|| "-".into(), |v| format!("{v:.4}")),
         m.files.len()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// The forgetting guard of a vision step: the new decoder's perplexity on the general dataset's held-out
+/// split against the parent's (a text parent as stored, adapters merged; a LLaVA parent's decoder).
+fn guard(
+    store: &Store,
+    g: &strata_train::guard::GuardConfig,
+    a: &VisionStep,
+    st: &Start,
+    decoder: &HashMap<String, Tensor>,
+) -> anyhow::Result<strata_train::guard::GuardVerdict> {
+    let ids = strata_tokenize::encode_heldout(
+        store,
+        &g.dataset,
+        &st.td,
+        strata_tokenize::default_val_fraction(),
+    )?;
+    let build = |w: &HashMap<String, Tensor>, cfg: &strata_model::LlamaConfig| {
+        strata_model::Llama::from_weights(w.clone(), cfg, &Device::Cpu)
+    };
+    let ppl = |m: &strata_model::Llama| -> anyhow::Result<f64> {
+        let window = strata_train::eval_window(m.config());
+        Ok(strata_train::perplexity(m, &ids, window, Some(g.max_windows))?.ppl)
+    };
+    let parent_ppl = if strata_model::llava::is_llava(&store.dir(Kind::Model, &a.parent)) {
+        ppl(&build(&st.decoder, &st.cfg.text)?)?
+    } else {
+        ppl(&strata_train::parent::load_merged(store, &a.parent, &Device::Cpu)?.0)?
+    };
+    let child_ppl = ppl(&build(decoder, &st.cfg.text)?)?;
+    Ok(strata_train::guard::GuardVerdict::new(
+        g, parent_ppl, child_ppl,
+    ))
 }
 
 /// Writes the LLaVA folder (tower, projector, decoder with the adapter merged, tokenizer with `<image>`,
@@ -555,7 +653,7 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs, cfg: TrainConfig) -> anyhow
 #[allow(clippy::too_many_arguments)]
 fn publish(
     store: &Store,
-    a: &FinetuneArgs,
+    a: &VisionStep,
     st: &Start,
     out: &strata_train::vlm::VlmOutcome,
     decoder: &HashMap<String, Tensor>,
@@ -563,7 +661,7 @@ fn publish(
     run_id: &str,
     examples: usize,
 ) -> anyhow::Result<Manifest> {
-    let stage = a.vision_stage.as_str();
+    let stage = a.stage.as_str();
     let staging = store.staging(Kind::Model, &a.name)?;
     strata_model::llava::write_llava(
         &staging,
