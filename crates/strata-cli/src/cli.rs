@@ -545,6 +545,11 @@ pub struct GenerateArgs {
     /// for GGUF), f32, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "auto")]
     pub quant: String,
+    /// An image (PNG, JPEG, BMP) for a vision-language model: placed before the prompt in the user's turn
+    /// (the chat template always applies); prints the answer and, on stderr, the time to encode the image,
+    /// to read the prompt and to write the answer.
+    #[arg(long)]
+    pub image: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

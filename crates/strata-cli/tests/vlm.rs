@@ -131,6 +131,80 @@ fn expect_file(store: &Path, model: &str, out: &Path) {
     strata_model::save_safetensors(&e, out, &[]).unwrap();
 }
 
+/// `strata generate --image` (the engine: KV cache, image rows in place of the image tokens' embeddings)
+/// answers greedily what the training forward (candle, the whole sequence each step) answers.
+fn greedy_answer_matches_the_training_forward(store: &Path, model: &str) {
+    let dir = store.join("models").join(model);
+    let recs = strata_image::dataset::read_records(&store.join("datasets/us")).unwrap();
+    let png = store.join("datasets/us").join(&recs[1].file);
+    let question = "Write the report for this ultrasound image.";
+    let r = ok(
+        store,
+        &[
+            "generate",
+            "--model",
+            model,
+            "--image",
+            png.to_str().unwrap(),
+            "--prompt",
+            question,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+        ],
+    );
+    assert!(r.stderr.contains("\"encode_ms\""), "{}", r.stderr);
+    // the same answer by argmax over the training forward's logits
+    let dev = candle_core::Device::Cpu;
+    let llava = strata_model::Llava::load(&dir, &dev).unwrap();
+    let frame = strata_image::pixels::Frame::read_png(&png).unwrap();
+    let px = frame.tower_pixels(16, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+    let px = candle_core::Tensor::from_vec(px, (1, 3, 16, 16), &dev).unwrap();
+    let feats = llava.image_features(&px).unwrap();
+    let tk = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let tmpl = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap();
+    assert!(tmpl.contains("im_start"), "a ChatML template");
+    let text = format!("<|im_start|>user\n<image>\n{question}<|im_end|>\n<|im_start|>assistant\n");
+    let mut ids: Vec<u32> = Vec::new();
+    for id in tk.encode(text.as_str(), false).unwrap().get_ids() {
+        if *id == llava.cfg.image_token_id {
+            ids.extend(std::iter::repeat_n(*id, llava.cfg.image_seq_length));
+        } else {
+            ids.push(*id);
+        }
+    }
+    let stop = tk.token_to_id("<|im_end|>").unwrap();
+    let mut answer = Vec::new();
+    for _ in 0..12 {
+        let x = candle_core::Tensor::from_vec(ids.clone(), (1, ids.len()), &dev).unwrap();
+        let logits = llava.logits(&x, &feats).unwrap();
+        let last: Vec<f32> = logits
+            .squeeze(0)
+            .unwrap()
+            .get(ids.len() - 1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let next = (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+            .unwrap();
+        let next = u32::try_from(next).unwrap();
+        if next == stop {
+            break;
+        }
+        answer.push(next);
+        ids.push(next);
+    }
+    assert!(answer.len() > 3, "a few tokens to compare: {answer:?}");
+    let want = tk.decode(&answer, true).unwrap();
+    assert_eq!(
+        r.stdout.trim_end(),
+        want.trim_end(),
+        "engine against the training forward"
+    );
+}
+
 /// Stage 1 and stage 2 on simulated images; the published folder is LlavaForConditionalGeneration's and its
 /// forward is the numpy one's; the cached features are reused; the eval prints the model beside its baselines
 /// and stores them; the decoder's text perplexity is scored as a text model's.
@@ -221,6 +295,7 @@ fn vision_language_model_trains_in_two_stages_and_matches_numpy() {
 /// scored on text as any model.
 fn check_and_eval(store: &Path) {
     let store = store.to_path_buf();
+    greedy_answer_matches_the_training_forward(&store, "vlm-instruct");
     // the forward against numpy, in transformers' names and semantics
     let expect = store.join("expect.safetensors");
     expect_file(&store, "vlm-instruct", &expect);

@@ -337,6 +337,16 @@ impl CpuModel {
                     max: s.cache.cap,
                 });
             }
+            if let Some(img) = s.image {
+                let n = s.ids.iter().filter(|&&id| id == img.token).count();
+                if n * self.cfg.hidden_size != img.rows.len() {
+                    return Err(ModelError::Invalid(format!(
+                        "{n} image tokens for {} feature values ({} a row)",
+                        img.rows.len(),
+                        self.cfg.hidden_size
+                    )));
+                }
+            }
             if let Some(&id) = s.ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
                 return Err(ModelError::Invalid(format!(
                     "token id {id} is outside the vocabulary of {}",
@@ -429,9 +439,18 @@ impl CpuModel {
         let d = self.cfg.hidden_size;
         x.clear();
         for s in seqs {
+            let mut k = 0;
             for &id in s.ids {
-                let i = id as usize;
-                x.extend_from_slice(&self.embed[i * d..(i + 1) * d]);
+                match s.image {
+                    Some(img) if id == img.token => {
+                        x.extend_from_slice(&img.rows[k * d..(k + 1) * d]);
+                        k += 1;
+                    }
+                    _ => {
+                        let i = id as usize;
+                        x.extend_from_slice(&self.embed[i * d..(i + 1) * d]);
+                    }
+                }
             }
         }
     }
@@ -703,11 +722,21 @@ impl AttentionStep<'_> {
     }
 }
 
-/// One sequence of a batched forward: its new tokens, its cache, and the adapters on its rows.
+/// One sequence of a batched forward: its new tokens, its cache, the adapters on its rows, and the image
+/// features that replace the embeddings of its image tokens.
 pub struct Seq<'a> {
     pub ids: &'a [u32],
     pub cache: &'a mut CpuCache,
     pub delta: Option<&'a lora::LoraStack>,
+    pub image: Option<ImageRows<'a>>,
+}
+
+/// A vision-language model's projected image features for the image tokens among a sequence's new ids: the
+/// k-th occurrence of `token` gets row k of `rows` (hidden size values a row) as its input embedding.
+#[derive(Clone, Copy)]
+pub struct ImageRows<'a> {
+    pub token: u32,
+    pub rows: &'a [f32],
 }
 
 impl<'a> Seq<'a> {
@@ -717,6 +746,7 @@ impl<'a> Seq<'a> {
             ids,
             cache,
             delta: None,
+            image: None,
         }
     }
 }
@@ -868,6 +898,60 @@ mod tests {
         }
     }
 
+    /// Image rows stand in for the embeddings of the image tokens, in order: rows that are the embeddings of
+    /// ids 5 and 6 given to two image tokens (id 0) give exactly the logits of the ids with 5 and 6 there;
+    /// rows of the wrong count are refused.
+    #[test]
+    fn image_rows_replace_the_embeddings_of_image_tokens_in_order() {
+        let cfg = tiny();
+        let (_, tensors) = random_model(&cfg, 4);
+        let embed = tensors["model.embed_tokens.weight"].clone();
+        let m = CpuModel::from_tensors(Path::new("mem"), cfg.clone(), tensors, None).unwrap();
+        let d = cfg.hidden_size;
+        let row = |i: u32| -> Vec<f32> { embed.get(i as usize).unwrap().to_vec1().unwrap() };
+        let mut rows = row(5);
+        rows.extend(row(6));
+        let mut c = CpuCache::new(&m, 16);
+        let mut w = BatchWork::default();
+        let with_image = m
+            .forward_batch(
+                &mut [Seq {
+                    ids: &[3, 0, 0, 9],
+                    cache: &mut c,
+                    delta: None,
+                    image: Some(ImageRows {
+                        token: 0,
+                        rows: &rows,
+                    }),
+                }],
+                &mut w,
+            )
+            .unwrap();
+        let mut plain = CpuCache::new(&m, 16);
+        let want = m.forward(&[3, 5, 6, 9], &mut plain, false).unwrap();
+        assert_eq!(with_image, want);
+        let mut c = CpuCache::new(&m, 16);
+        let err = m
+            .forward_batch(
+                &mut [Seq {
+                    ids: &[3, 0, 9],
+                    cache: &mut c,
+                    delta: None,
+                    image: Some(ImageRows {
+                        token: 0,
+                        rows: &rows,
+                    }),
+                }],
+                &mut w,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1 image tokens") && err.contains(&format!("{}", 2 * d)),
+            "{err}"
+        );
+    }
+
     #[test]
     fn f32_engine_matches_the_candle_model() {
         for (what, cfg) in variants() {
@@ -1013,6 +1097,7 @@ mod tests {
                     ids: hist,
                     cache: &mut c,
                     delta,
+                    image: None,
                 }],
                 &mut w,
             )
@@ -1023,6 +1108,7 @@ mod tests {
                 ids: new,
                 cache: &mut c,
                 delta,
+                image: None,
             }],
             &mut w,
         )
@@ -1090,6 +1176,7 @@ mod tests {
                         ids: &IDS[..8],
                         cache: c1,
                         delta: Some(&one),
+                        image: None,
                     },
                     Seq::new(&IDS[..4], c2),
                 ];
@@ -1099,11 +1186,13 @@ mod tests {
                         ids: &IDS[..5],
                         cache: c0,
                         delta: Some(&two),
+                        image: None,
                     },
                     Seq {
                         ids: &IDS[8..],
                         cache: c1,
                         delta: Some(&one),
+                        image: None,
                     },
                     Seq::new(&IDS[4..7], c2),
                 ];

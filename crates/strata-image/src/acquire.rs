@@ -297,8 +297,12 @@ fn safe_id(path: &Path, sha: &str) -> String {
     format!("{stem}-{}", &key[..10])
 }
 
-/// Reads one plain picture: the header's size checked against the limit before any pixel is decoded.
-fn read_picture(path: &Path, max_pixels: u64) -> Result<Frame> {
+/// Reads one plain picture (PNG, JPEG, BMP): the header's size checked against the limit before any pixel
+/// is decoded.
+///
+/// # Errors
+/// A file that is not such a picture, over the limit, or that does not decode: one line naming it.
+pub fn read_picture(path: &Path, max_pixels: u64) -> Result<Frame> {
     let reader = image::ImageReader::open(path)
         .map_err(io_err(path))?
         .with_guessed_format()

@@ -10,6 +10,9 @@ use strata_tokenize::ChatMessage;
 use crate::cli::GenerateArgs;
 
 pub fn run(store: &Store, a: &GenerateArgs) -> anyhow::Result<ExitCode> {
+    if let Some(image) = &a.image {
+        return super::vlm::generate(store, a, image);
+    }
     // an adapter runs unmerged on its base, as the server runs it (one base in memory, the chain's low-rank
     // updates added to the sequence's rows)
     let (engine, adapters) =

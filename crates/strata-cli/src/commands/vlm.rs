@@ -712,3 +712,150 @@ fn write_processor(dir: &Path, st: &Start, size: u32) -> anyhow::Result<()> {
     strata_store::write_json_atomic(dir.join("preprocessor_config.json"), &v)?;
     Ok(())
 }
+
+/// The image side a LLaVA model was trained at (its `preprocessor_config.json`).
+///
+/// # Errors
+/// When the file is missing or has no size.
+pub fn processor_size(dir: &Path) -> anyhow::Result<u32> {
+    let p = dir.join("preprocessor_config.json");
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+    )?;
+    v["size"]["height"]
+        .as_u64()
+        .or_else(|| v["size"]["shortest_edge"].as_u64())
+        .and_then(|s| u32::try_from(s).ok())
+        .ok_or_else(|| anyhow::anyhow!("{}: no size.height", p.display()))
+}
+
+/// A LLaVA model on the inference engine: the tower and projector (f32, candle) and the decoder (the engine,
+/// with its KV cache, in the weight type asked for).
+pub struct VisionEngine {
+    pub cfg: LlavaConfig,
+    pub tower: VisionEncoder,
+    pub projector: Projector,
+    pub engine: strata_serve::Engine,
+    pub size: u32,
+    pub norm: ([f32; 3], [f32; 3]),
+}
+
+impl VisionEngine {
+    /// Loads model `name` of the store.
+    ///
+    /// # Errors
+    /// When it is not a vision-language model, or its files are missing or malformed.
+    pub fn load(
+        store: &Store,
+        name: &str,
+        quant: Option<strata_engine::WeightType>,
+    ) -> anyhow::Result<Self> {
+        let dir = store.require(Kind::Model, name)?;
+        anyhow::ensure!(
+            strata_model::llava::is_llava(&dir),
+            "model {name:?} is a text model: an image needs a vision-language model (strata finetune --images)"
+        );
+        let cfg = LlavaConfig::read(&dir.join("config.json"))?;
+        let parts =
+            strata_model::llava::Parts::split(strata_model::read_weights(&dir, &Device::Cpu)?)?;
+        let tower = VisionEncoder::from_weights(cfg.vision.clone(), &parts.tower, &dir)?;
+        let projector = Projector::from_tensors(&cfg, &parts.projector)?;
+        let model =
+            strata_engine::CpuModel::from_tensors(&dir, cfg.text.clone(), parts.decoder, quant)?;
+        let engine = strata_serve::Engine::from_model(name, model, &dir)?;
+        Ok(Self {
+            size: processor_size(&dir)?,
+            norm: tower_norm(&dir, &cfg.vision),
+            cfg,
+            tower,
+            projector,
+            engine,
+        })
+    }
+
+    /// The projected features of one picture: `image_seq_length` rows of the decoder's width, flattened.
+    ///
+    /// # Errors
+    /// On a tensor failure.
+    pub fn encode(&self, frame: &strata_image::pixels::Frame) -> anyhow::Result<Vec<f32>> {
+        let s = self.size as usize;
+        let px = Tensor::from_vec(
+            frame.tower_pixels(self.size, self.norm.0, self.norm.1),
+            (1, 3, s, s),
+            &Device::Cpu,
+        )?;
+        let out = self.tower.forward(&px)?;
+        let f = self.projector.forward(&self.cfg.select(&out)?)?;
+        Ok(f.flatten_all()?.to_vec1()?)
+    }
+
+    /// The prompt ids of a user turn with the image before `question`, ending with the assistant's prompt.
+    ///
+    /// # Errors
+    /// When the template fails.
+    pub fn prompt(&self, dir: &Path, question: &str) -> anyhow::Result<Vec<u32>> {
+        let td = TokenizerDir::open(dir)?;
+        let tmpl = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+        Ok(encode_turn(
+            &td,
+            &tmpl,
+            self.cfg.image_token_id,
+            self.cfg.image_seq_length,
+            question,
+            None,
+        )?
+        .into_iter()
+        .map(|id| id & !NO_LOSS)
+        .collect())
+    }
+}
+
+/// `strata generate --model VLM --image PATH --prompt …`: the answer, and the time of each part on stderr.
+pub fn generate(
+    store: &Store,
+    a: &crate::cli::GenerateArgs,
+    image: &Path,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let vm = VisionEngine::load(store, &a.model, strata_engine::parse_weight_type(&a.quant)?)?;
+    let frame =
+        strata_image::acquire::read_picture(image, strata_image::acquire::DEFAULT_MAX_PIXELS)?;
+    let t0 = std::time::Instant::now();
+    let rows = vm.encode(&frame)?;
+    let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let ids = vm.prompt(&store.dir(Kind::Model, &a.model), &a.prompt)?;
+    let sampling = strata_serve::Sampling::from_params(a.temperature, a.top_p)
+        .with_top_k(a.top_k)
+        .with_min_p(a.min_p);
+    let mut params = strata_serve::GenParams::new(a.max_tokens, sampling, a.seed);
+    params.repetition_penalty = a.repetition_penalty;
+    params.stop.clone_from(&a.stop);
+    let (prompt_len, t1) = (ids.len(), std::time::Instant::now());
+    let mut first_ms = None;
+    let mut out = std::io::stdout().lock();
+    let g = vm.engine.generate_ids(
+        ids,
+        Some(strata_engine::ImageRows {
+            token: vm.cfg.image_token_id,
+            rows: &rows,
+        }),
+        &params,
+        None,
+        &mut |piece| {
+            first_ms.get_or_insert_with(|| t1.elapsed().as_secs_f64() * 1e3);
+            let _ = write!(out, "{piece}");
+            let _ = out.flush();
+            true
+        },
+    )?;
+    writeln!(out)?;
+    let total_ms = t1.elapsed().as_secs_f64() * 1e3;
+    eprintln!(
+        "{}",
+        serde_json::json!({
+            "encode_ms": encode_ms, "prompt_tokens": prompt_len, "first_token_ms": first_ms,
+            "generate_ms": total_ms, "new_tokens": g.completion_tokens,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -15,7 +15,8 @@ use strata_store::{Kind, Store};
 use strata_tokenize::{ChatTemplate, TokenizerDir, NO_LOSS};
 
 use super::vlm::{
-    choices, encode_turn, features, finding_question, image_records, organ_finding, words,
+    choices, encode_turn, features, finding_question, image_records, organ_finding, processor_size,
+    words,
 };
 
 /// The result of one model on one image dataset.
@@ -255,19 +256,6 @@ pub fn score(store: &Store, model: &str, dataset: &str, split: &str) -> anyhow::
         probe_hi,
         per_finding,
     })
-}
-
-/// The image side the model was trained at (its `preprocessor_config.json`).
-fn processor_size(dir: &std::path::Path) -> anyhow::Result<u32> {
-    let p = dir.join("preprocessor_config.json");
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-    )?;
-    v["size"]["height"]
-        .as_u64()
-        .or_else(|| v["size"]["shortest_edge"].as_u64())
-        .and_then(|s| u32::try_from(s).ok())
-        .ok_or_else(|| anyhow::anyhow!("{}: no size.height", p.display()))
 }
 
 /// Prints one model's image task as a table.

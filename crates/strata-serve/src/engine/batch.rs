@@ -327,6 +327,7 @@ impl Batch<'_> {
                     ids: &inputs[k].1,
                     cache: &mut r.job.seq.cache,
                     delta: r.job.adapters.as_ref(),
+                    image: None,
                 });
                 k += 1;
             }

@@ -37,7 +37,15 @@ impl Engine {
     /// # Errors
     /// When a file is missing or malformed.
     pub fn load_quantized(name: &str, dir: &Path, quant: Option<WeightType>) -> Result<Self> {
-        let model = CpuModel::load(dir, quant)?;
+        Self::from_model(name, CpuModel::load(dir, quant)?, dir)
+    }
+
+    /// An engine over a model already built (a vision-language model's decoder), with the tokenizer, template
+    /// and stop ids of `dir`.
+    ///
+    /// # Errors
+    /// When a file is missing or malformed.
+    pub fn from_model(name: &str, model: CpuModel, dir: &Path) -> Result<Self> {
         let tokenizer = strata_tokenize::load_tokenizer(&dir.join("tokenizer.json"))?;
         let template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
         let stop_ids = strata_tokenize::stop_ids(dir, &tokenizer)?;
@@ -157,8 +165,25 @@ impl Engine {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let ids = self.encode(prompt, params.add_special_tokens)?;
+        self.generate_ids(ids, None, params, adapters, on_text)
+    }
+
+    /// A continuation of prompt `ids`; with `image`, the image tokens among them read its feature rows (a
+    /// vision-language model's projected image). The prompt goes in one forward, then one token a step.
+    ///
+    /// # Errors
+    /// As [`Engine::generate`], and when the image rows do not match the image tokens.
+    pub fn generate_ids(
+        &self,
+        ids: Vec<u32>,
+        image: Option<strata_engine::ImageRows<'_>>,
+        params: &GenParams,
+        adapters: Option<&LoraStack>,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation> {
         let mut seq = self.sequence(ids, params.clone())?;
         let mut work = BatchWork::default();
+        let mut first = true;
         while seq.finished().is_none() {
             let input = seq.next_input(usize::MAX).to_vec();
             let mut logits = self.model.forward_batch(
@@ -166,9 +191,11 @@ impl Engine {
                     ids: &input,
                     cache: &mut seq.cache,
                     delta: adapters,
+                    image: if first { image } else { None },
                 }],
                 &mut work,
             )?;
+            first = false;
             let out = seq.advance(input.len(), &mut logits, self);
             if !out.text.is_empty() && !on_text(&out.text) {
                 seq.cancel();
