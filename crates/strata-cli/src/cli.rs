@@ -550,6 +550,9 @@ pub struct GenerateArgs {
     /// to read the prompt and to write the answer.
     #[arg(long)]
     pub image: Option<std::path::PathBuf>,
+    /// Generate past the end-of-sequence ids, to exactly --max-tokens (for timing).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Args)]

@@ -31,6 +31,7 @@ pub fn run(store: &Store, a: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut params = GenParams::new(a.max_tokens, sampling, a.seed);
     params.repetition_penalty = a.repetition_penalty;
     params.stop.clone_from(&a.stop);
+    params.ignore_eos = a.ignore_eos;
     params.add_special_tokens = !a.chat;
     let mut out = std::io::stdout().lock();
     if !a.chat {

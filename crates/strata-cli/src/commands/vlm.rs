@@ -830,6 +830,7 @@ pub fn generate(
     let mut params = strata_serve::GenParams::new(a.max_tokens, sampling, a.seed);
     params.repetition_penalty = a.repetition_penalty;
     params.stop.clone_from(&a.stop);
+    params.ignore_eos = a.ignore_eos;
     let (prompt_len, t1) = (ids.len(), std::time::Instant::now());
     let mut first_ms = None;
     let mut out = std::io::stdout().lock();
