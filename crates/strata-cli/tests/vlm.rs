@@ -336,7 +336,7 @@ fn check_and_eval(store: &Path) {
         .registry()
         .evals(strata_store::Kind::Model, "vlm-instruct")
         .unwrap();
-    for metric in ["acc", "probe", "majority", "chance"] {
+    for metric in ["acc", "probe", "majority", "chance", "report_f1"] {
         assert!(
             evals
                 .iter()

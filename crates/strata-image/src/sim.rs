@@ -519,6 +519,44 @@ pub fn report(sc: &Scene) -> String {
     format!("EXAMINATION: {exam}.\nFINDINGS: {findings}\nIMPRESSION: {impression}")
 }
 
+/// The findings a report states (its IMPRESSION line when it has one, else all of it), as the simulator's
+/// labels: the inverse of [`report`]'s wording, for scoring generated reports against an image's truth.
+/// "normal" only when nothing else is stated; nothing when the text names no finding.
+#[must_use]
+pub fn findings_in(report: &str) -> Vec<&'static str> {
+    let lower = report.to_lowercase();
+    let text = lower
+        .split_once("impression:")
+        .map_or(lower.as_str(), |(_, rest)| rest);
+    let mut out = Vec::new();
+    let has = |w: &str| text.contains(w);
+    if has("cholelithiasis") || has("gallstone") {
+        out.push("gallstone");
+    }
+    if has("nephrolithiasis") || has("renal stone") || has("kidney stone") {
+        out.push("stone");
+    }
+    if has("hydronephrosis") {
+        out.push("hydronephrosis");
+    }
+    if has("steatosis") || has("fatty liver") {
+        out.push("steatosis");
+    }
+    if has("hyperechoic") {
+        out.push("hyperechoic_lesion");
+    }
+    if has("solid") && has("mass") {
+        out.push("solid_mass");
+    }
+    if has("cyst") {
+        out.push("cyst");
+    }
+    if out.is_empty() && has("normal") {
+        out.push("normal");
+    }
+    out
+}
+
 /// Invented patient data for a simulated study.
 #[derive(Debug, Clone, Serialize)]
 pub struct Patient {
@@ -862,6 +900,27 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every organ and finding's report reads back as exactly its finding; text without one reads as none.
+    #[test]
+    fn findings_read_back_from_every_report() {
+        let mut rng = StdRng::seed_from_u64(4);
+        for organ in ORGANS {
+            for finding in findings_of(organ) {
+                let sc = Scene::with_finding(organ, finding, &mut rng);
+                assert_eq!(
+                    findings_in(&report(&sc)),
+                    vec![*finding],
+                    "{organ} {finding}"
+                );
+            }
+        }
+        assert!(findings_in("EXAMINATION: Renal ultrasound.\nFINDINGS: The").is_empty());
+        assert_eq!(
+            findings_in("IMPRESSION: Simple liver cyst, 12 mm. Nephrolithiasis."),
+            vec!["stone", "cyst"]
+        );
+    }
 
     fn scene(organ: &str, finding: &str, size: f64, depth: f64) -> Scene {
         let mut rng = StdRng::seed_from_u64(7);

@@ -153,6 +153,9 @@ fn image_task(store: &Store, m: &str, d: &str, split: &str) -> anyhow::Result<()
         (s.majority, None, None, s.n),
     )?;
     record(store, &art, m, &eval, "chance", (s.chance, None, None, s.n))?;
+    if let Some(f1) = s.report_f1 {
+        record(store, &art, m, &eval, "report_f1", (f1, None, None, s.n))?;
+    }
     Ok(())
 }
 

@@ -32,6 +32,86 @@ pub struct ImageScore {
     pub probe_hi: f64,
     /// finding → (support, F1 of the model, F1 of the probe, F1 of the majority class).
     pub per_finding: BTreeMap<String, (usize, f64, f64, f64)>,
+    /// Reports generated for the split's simulated images: finding → (support, precision, recall, F1) of the
+    /// findings they state against each image's truth; and the micro-averaged F1 over all findings.
+    pub reports: BTreeMap<String, (usize, f64, f64, f64)>,
+    pub report_f1: Option<f64>,
+}
+
+/// Precision, recall and F1 of `class` over (truth, stated findings) pairs.
+#[allow(clippy::cast_precision_loss)]
+fn set_prf(pairs: &[(String, Vec<&str>)], class: &str) -> (usize, f64, f64, f64) {
+    let tp = pairs
+        .iter()
+        .filter(|(t, p)| t == class && p.contains(&class))
+        .count();
+    let fp = pairs
+        .iter()
+        .filter(|(t, p)| t != class && p.contains(&class))
+        .count();
+    let support = pairs.iter().filter(|(t, _)| t == class).count();
+    let p = if tp + fp > 0 {
+        tp as f64 / (tp + fp) as f64
+    } else {
+        0.0
+    };
+    let r = if support > 0 {
+        tp as f64 / support as f64
+    } else {
+        0.0
+    };
+    let f = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
+    (support, p, r, f)
+}
+
+/// Greedy reports of the images `rows` (projected features, one image each) on the inference engine, and
+/// the findings each states.
+fn reports(
+    dir: &std::path::Path,
+    model: &str,
+    llava: &Llava,
+    td: &TokenizerDir,
+    tmpl: &ChatTemplate,
+    projected: &[Vec<f32>],
+) -> anyhow::Result<Vec<Vec<&'static str>>> {
+    let cfg = &llava.cfg;
+    let parts = strata_model::llava::Parts::split(strata_model::read_weights(dir, &Device::Cpu)?)?;
+    let cpu = strata_engine::CpuModel::from_tensors(dir, cfg.text.clone(), parts.decoder, None)?;
+    let engine = strata_serve::Engine::from_model(model, cpu, dir)?;
+    let ids: Vec<u32> = encode_turn(
+        td,
+        tmpl,
+        cfg.image_token_id,
+        cfg.image_seq_length,
+        super::vlm::REPORT_PROMPT,
+        None,
+    )?
+    .into_iter()
+    .map(|id| id & !NO_LOSS)
+    .collect();
+    let params = strata_serve::GenParams::new(96, strata_serve::Sampling::Greedy, 0);
+    let bar = indicatif::ProgressBar::new(projected.len() as u64);
+    let mut out = Vec::with_capacity(projected.len());
+    for rows in projected {
+        let g = engine.generate_ids(
+            ids.clone(),
+            Some(strata_engine::ImageRows {
+                token: cfg.image_token_id,
+                rows,
+            }),
+            &params,
+            None,
+            &mut |_| true,
+        )?;
+        out.push(strata_image::sim::findings_in(&g.text));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 /// log softmax(row)[id].
@@ -223,6 +303,48 @@ pub fn score(store: &Store, model: &str, dataset: &str, split: &str) -> anyhow::
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // reports of the simulated images, their stated findings against the truth
+    let simulated: Vec<usize> = test
+        .iter()
+        .copied()
+        .filter(|&i| {
+            organ_finding(&recs[i])
+                .0
+                .is_some_and(|o| strata_image::sim::ORGANS.contains(&o))
+        })
+        .collect();
+    let rows: Vec<Vec<f32>> = simulated
+        .iter()
+        .map(|&i| Ok(projected.get(i)?.flatten_all()?.to_vec1()?))
+        .collect::<anyhow::Result<_>>()?;
+    let stated = reports(&dir, model, &llava, &td, &tmpl, &rows)?;
+    let report_pairs: Vec<(String, Vec<&str>)> = simulated
+        .iter()
+        .zip(stated)
+        .map(|(&i, f)| (organ_finding(&recs[i]).1.unwrap_or("").to_string(), f))
+        .collect();
+    let report_rows: BTreeMap<String, (usize, f64, f64, f64)> = classes
+        .iter()
+        .map(|c| (c.clone(), set_prf(&report_pairs, c)))
+        .filter(|(_, v)| v.0 > 0)
+        .collect();
+    let report_f1 = (!report_pairs.is_empty()).then(|| {
+        let tp = report_pairs
+            .iter()
+            .filter(|(t, p)| p.contains(&t.as_str()))
+            .count();
+        let stated: usize = report_pairs.iter().map(|(_, p)| p.len()).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let (p, r) = (
+            tp as f64 / stated.max(1) as f64,
+            tp as f64 / report_pairs.len() as f64,
+        );
+        if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        }
+    });
     let (acc, correct) = accuracy(&model_pairs);
     let (lo, hi) = strata_eval::tasks::bootstrap(&correct, 1000, 0);
     let (probe_acc, probe_correct) = accuracy(&probe_pairs);
@@ -255,6 +377,8 @@ pub fn score(store: &Store, model: &str, dataset: &str, split: &str) -> anyhow::
         probe_lo,
         probe_hi,
         per_finding,
+        reports: report_rows,
+        report_f1,
     })
 }
 
@@ -288,5 +412,15 @@ pub fn print(model: &str, dataset: &str, split: &str, s: &ImageScore) {
     );
     for (f, (n, m, p, j)) in &s.per_finding {
         println!("  {f:<20}{n:>8}{m:>10.3}{p:>10.3}{j:>10.3}");
+    }
+    if let Some(f1) = s.report_f1 {
+        println!("generated reports: findings stated against the truth (micro F1 {f1:.3})");
+        println!(
+            "{:<22}{:>8}{:>11}{:>10}{:>10}",
+            "", "n", "precision", "recall", "F1"
+        );
+        for (f, (n, p, r, f1)) in &s.reports {
+            println!("  {f:<20}{n:>8}{p:>11.3}{r:>10.3}{f1:>10.3}");
+        }
     }
 }
