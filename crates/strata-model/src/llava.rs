@@ -56,17 +56,7 @@ impl LlavaConfig {
     /// # Errors
     /// A missing file, a field missing or invalid, a text or vision config not supported: named with the file.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let bad = |reason: String| ModelError::Config {
-            path: path.into(),
-            reason,
-        };
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        Self::from_json(&v).map_err(bad)
+        crate::vision::read_json_config(path, Self::from_json)
     }
 
     fn from_json(v: &serde_json::Value) -> Result<Self, String> {

@@ -90,20 +90,9 @@ impl VisionConfig {
     /// A missing file, a field missing or of the wrong type, a model type not supported yet, sizes that do
     /// not divide: each named with the file.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let bad = |reason: String| ModelError::Config {
-            path: path.into(),
-            reason,
-        };
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        if let Some(inner) = v.get("vision_config") {
-            v = inner.clone();
-        }
-        Self::from_json(&v).map_err(bad)
+        read_json_config(path, |v| {
+            Self::from_json(v.get("vision_config").unwrap_or(v))
+        })
     }
 
     pub(crate) fn from_json(v: &serde_json::Value) -> Result<Self, String> {
@@ -189,6 +178,23 @@ impl VisionConfig {
     pub fn patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
     }
+}
+
+/// Reads the JSON file `path` and builds a config from it with `parse`; a failure of either names the file.
+pub(crate) fn read_json_config<T>(
+    path: &Path,
+    parse: impl FnOnce(&serde_json::Value) -> Result<T, String>,
+) -> Result<T> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let bad = |reason: String| ModelError::Config {
+        path: path.into(),
+        reason,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    parse(&v).map_err(bad)
 }
 
 struct Norm {

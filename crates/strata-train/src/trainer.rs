@@ -393,8 +393,13 @@ fn open_data(store: &Store, job: &TrainJob<'_>) -> Result<Data> {
 }
 
 fn progress_bar(job: &TrainJob<'_>, start: usize) -> ProgressBar {
-    let bar = if job.progress {
-        ProgressBar::new(job.cfg.steps as u64)
+    steps_bar(job.name, job.cfg.steps, start, job.progress)
+}
+
+/// A run's bar of `steps` optimizer steps, at `start` (hidden unless `show`): steps/s and the time left.
+pub(crate) fn steps_bar(name: &str, steps: usize, start: usize, show: bool) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(steps as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -404,7 +409,7 @@ fn progress_bar(job: &TrainJob<'_>, start: usize) -> ProgressBar {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    bar.set_prefix(job.name.to_string());
+    bar.set_prefix(name.to_string());
     bar.set_position(start as u64);
     bar
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use strata_model::llava::{self, LlavaConfig, Projector};
@@ -212,20 +212,7 @@ fn named(vars: &HashMap<String, Var>) -> HashMap<String, Tensor> {
 }
 
 fn progress(job: &VlmJob<'_>, start: usize) -> ProgressBar {
-    let bar = if job.progress {
-        ProgressBar::new(job.cfg.steps as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(job.name.to_string());
-    bar.set_position(start as u64);
-    bar
+    crate::trainer::steps_bar(job.name, job.cfg.steps, start, job.progress)
 }
 
 /// Restores the variables and the optimizer from the newest checkpoint; the step it was written after.
