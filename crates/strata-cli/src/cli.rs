@@ -596,9 +596,18 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 4096)]
     pub max_tokens_limit: usize,
-    /// Largest request body, bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    /// Largest request body, bytes (images come base64-encoded inside it: 16 MiB by default).
+    #[arg(long, default_value_t = 16 << 20)]
     pub max_body_bytes: usize,
+    /// Vision-language models: images one request may carry.
+    #[arg(long, default_value_t = 4)]
+    pub max_images: usize,
+    /// Vision-language models: largest image, bytes (decoded; over it: 413).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub max_image_bytes: usize,
+    /// Vision-language models: most pixels an image may declare (refused before decoding).
+    #[arg(long, default_value_t = 1 << 26)]
+    pub max_image_pixels: u64,
 }
 
 #[derive(Debug, Subcommand)]

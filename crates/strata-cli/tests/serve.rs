@@ -10,12 +10,12 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{fresh_dir, python_check, run, strata};
+use common::{fresh_dir, python_check, run, strata, Server};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -342,26 +342,6 @@ async fn limits_stop_n_json_and_logprobs() {
 }
 
 /// `strata serve` on a free port, with an API key file; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn serve(extra: &[&str]) -> Server {
     let keys = store().join("keys.txt");
     std::fs::write(
@@ -369,28 +349,9 @@ fn serve(extra: &[&str]) -> Server {
         "sk-admin *\nsk-clinic base,med-lora,us-lora\nsk-base base\n",
     )
     .unwrap();
-    let port = free_port();
-    let mut child = strata(store())
-        .args(["serve", "--port", &port.to_string(), "--api-keys"])
-        .arg(&keys)
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // wait for the "serving" line
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.contains("serving"), "{line}");
-    std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = err.read_to_string(&mut rest);
-        eprint!("{rest}");
-    });
-    Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
+    let mut args = vec!["--api-keys", keys.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    common::serve(store(), &args)
 }
 
 /// The official `openai` Python client against the running server: chat, streaming with usage,

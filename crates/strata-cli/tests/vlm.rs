@@ -205,6 +205,44 @@ fn greedy_answer_matches_the_training_forward(store: &Path, model: &str) {
     );
 }
 
+/// `strata serve` with the model: the official openai client sends images as data URLs (the CLI's greedy
+/// answer over HTTP, image and text requests in one batch, the feature cache, bad input as 400/413).
+fn serves_images_to_the_openai_client(store: &Path, model: &str) {
+    let recs = strata_image::dataset::read_records(&store.join("datasets/us")).unwrap();
+    let png = |i: usize| store.join("datasets/us").join(&recs[i].file);
+    let r = ok(
+        store,
+        &[
+            "generate",
+            "--model",
+            model,
+            "--image",
+            png(1).to_str().unwrap(),
+            "--prompt",
+            "Write the report for this ultrasound image.",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+        ],
+    );
+    let expect = store.join("expect-answer.txt");
+    std::fs::write(&expect, r.stdout.trim_end()).unwrap();
+    let server = common::serve(store, &["--max-image-bytes", "60000"]);
+    let out = python_check(
+        "check_openai_vision.py",
+        &[
+            server.url.as_ref(),
+            model.as_ref(),
+            png(1).as_os_str(),
+            png(4).as_os_str(),
+            "base".as_ref(),
+            expect.as_os_str(),
+        ],
+    );
+    assert!(out.contains("OK"), "{out}");
+}
+
 /// Stage 1 and stage 2 on simulated images; the published folder is LlavaForConditionalGeneration's and its
 /// forward is the numpy one's; the cached features are reused; the eval prints the model beside its baselines
 /// and stores them; the decoder's text perplexity is scored as a text model's.
@@ -296,6 +334,7 @@ fn vision_language_model_trains_in_two_stages_and_matches_numpy() {
 fn check_and_eval(store: &Path) {
     let store = store.to_path_buf();
     greedy_answer_matches_the_training_forward(&store, "vlm-instruct");
+    serves_images_to_the_openai_client(&store, "vlm-instruct");
     // the forward against numpy, in transformers' names and semantics
     let expect = store.join("expect.safetensors");
     expect_file(&store, "vlm-instruct", &expect);

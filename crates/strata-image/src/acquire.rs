@@ -303,16 +303,28 @@ fn safe_id(path: &Path, sha: &str) -> String {
 /// # Errors
 /// A file that is not such a picture, over the limit, or that does not decode: one line naming it.
 pub fn read_picture(path: &Path, max_pixels: u64) -> Result<Frame> {
-    let reader = image::ImageReader::open(path)
-        .map_err(io_err(path))?
-        .with_guessed_format()
-        .map_err(io_err(path))?;
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    decode_picture(&bytes, max_pixels, path)
+}
+
+/// Decodes a picture held in memory (PNG, JPEG, BMP, by its first bytes), the header's size checked against
+/// `max_pixels` before any pixel is decoded; `name` names it in errors.
+///
+/// # Errors
+/// Bytes that are not such a picture, over the limit, or that do not decode: one line naming `name`.
+pub fn decode_picture(bytes: &[u8], max_pixels: u64, name: &Path) -> Result<Frame> {
+    let open = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(io_err(name))
+    };
+    let reader = open()?;
     if reader.format().is_none() {
-        return Err(bad(path, "not a PNG, JPEG or BMP image"));
+        return Err(bad(name, "not a PNG, JPEG or BMP image"));
     }
     let (w, h) = reader.into_dimensions().map_err(|e| {
         bad(
-            path,
+            name,
             format!(
                 "unreadable image header: {}",
                 dicom::one_line(&e.to_string())
@@ -322,18 +334,15 @@ pub fn read_picture(path: &Path, max_pixels: u64) -> Result<Frame> {
     let n = u64::from(w) * u64::from(h);
     if n > max_pixels {
         return Err(bad(
-            path,
+            name,
             format!("declares {w}×{h} = {n} pixels, over the limit of {max_pixels}"),
         ));
     }
-    let mut reader = image::ImageReader::open(path)
-        .map_err(io_err(path))?
-        .with_guessed_format()
-        .map_err(io_err(path))?;
+    let mut reader = open()?;
     reader.no_limits();
     let img = reader.decode().map_err(|e| {
         bad(
-            path,
+            name,
             format!("cannot decode: {}", dicom::one_line(&e.to_string())),
         )
     })?;

@@ -22,6 +22,9 @@ pub enum ServeError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// An image a request sent that cannot be used (does not decode, too many pixels): a 400.
+    #[error("{0}")]
+    Image(String),
 }
 
 pub type Result<T, E = ServeError> = std::result::Result<T, E>;

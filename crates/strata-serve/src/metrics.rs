@@ -25,6 +25,7 @@ pub struct Metrics {
     ttft: Family<Labels, Histogram>,
     itl: Family<Labels, Histogram>,
     adapters: Gauge<i64, AtomicI64>,
+    images: Family<Labels, Counter>,
 }
 
 fn model(m: &str) -> Labels {
@@ -49,6 +50,12 @@ impl Default for Metrics {
             Histogram::new(exponential_buckets(0.0005, 2.0, 14))
         });
         let adapters = Gauge::<i64, AtomicI64>::default();
+        let images = Family::<Labels, Counter>::default();
+        registry.register(
+            "images",
+            "Images in requests, by model and whether their features came from the cache",
+            images.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests by route and status",
@@ -111,6 +118,7 @@ impl Default for Metrics {
             ttft,
             itl,
             adapters,
+            images,
         }
     }
 }
@@ -150,6 +158,14 @@ impl Metrics {
         self.prompt_tokens_cached
             .get_or_create(&model(m))
             .inc_by(n as u64);
+    }
+    pub fn image(&self, m: &str, cached: bool) {
+        self.images
+            .get_or_create(&vec![
+                ("model", m.to_string()),
+                ("cached", cached.to_string()),
+            ])
+            .inc();
     }
     pub fn set_adapters(&self, n: usize) {
         self.adapters.set(n as i64);

@@ -55,6 +55,9 @@ pub fn run(store: Store, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         max_body: a.max_body_bytes,
         max_tokens: a.max_tokens_limit,
         keys,
+        max_images: a.max_images,
+        max_image_bytes: a.max_image_bytes,
+        max_image_pixels: a.max_image_pixels,
     };
     let mut names = store.list(Kind::Model)?;
     names.extend(store.list(Kind::Adapter)?);

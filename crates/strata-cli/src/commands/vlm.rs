@@ -45,35 +45,7 @@ pub struct VisionStep {
     pub progress: bool,
 }
 
-/// The tower's normalisation: `preprocessor_config.json`'s image_mean and image_std, else its family's.
-pub fn tower_norm(dir: &Path, cfg: &VisionConfig) -> ([f32; 3], [f32; 3]) {
-    let family = match cfg.family {
-        strata_model::vision::Family::Dinov2 => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        strata_model::vision::Family::Clip => (
-            [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            [0.268_629_54, 0.261_302_6, 0.275_777_1],
-        ),
-        strata_model::vision::Family::Siglip => ([0.5; 3], [0.5; 3]),
-    };
-    let Ok(text) = std::fs::read_to_string(dir.join("preprocessor_config.json")) else {
-        return family;
-    };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    let three = |k: &str| -> Option<[f32; 3]> {
-        let a = v.get(k)?.as_array()?;
-        #[allow(clippy::cast_possible_truncation)]
-        let f = |i: usize| {
-            a.get(i)
-                .and_then(serde_json::Value::as_f64)
-                .map(|x| x as f32)
-        };
-        Some([f(0)?, f(1)?, f(2)?])
-    };
-    (
-        three("image_mean").unwrap_or(family.0),
-        three("image_std").unwrap_or(family.1),
-    )
-}
+pub use strata_serve::engine::vision::{processor_size, tower_norm};
 
 /// The image dataset's records and folder.
 pub fn image_records(store: &Store, name: &str) -> anyhow::Result<(PathBuf, Vec<ImageRecord>)> {
@@ -713,101 +685,24 @@ fn write_processor(dir: &Path, st: &Start, size: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The image side a LLaVA model was trained at (its `preprocessor_config.json`).
+/// The prompt ids of a user turn with one image before `question`, ending with the assistant's prompt.
 ///
 /// # Errors
-/// When the file is missing or has no size.
-pub fn processor_size(dir: &Path) -> anyhow::Result<u32> {
-    let p = dir.join("preprocessor_config.json");
-    let v: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
-    )?;
-    v["size"]["height"]
-        .as_u64()
-        .or_else(|| v["size"]["shortest_edge"].as_u64())
-        .and_then(|s| u32::try_from(s).ok())
-        .ok_or_else(|| anyhow::anyhow!("{}: no size.height", p.display()))
-}
-
-/// A LLaVA model on the inference engine: the tower and projector (f32, candle) and the decoder (the engine,
-/// with its KV cache, in the weight type asked for).
-pub struct VisionEngine {
-    pub cfg: LlavaConfig,
-    pub tower: VisionEncoder,
-    pub projector: Projector,
-    pub engine: strata_serve::Engine,
-    pub size: u32,
-    pub norm: ([f32; 3], [f32; 3]),
-}
-
-impl VisionEngine {
-    /// Loads model `name` of the store.
-    ///
-    /// # Errors
-    /// When it is not a vision-language model, or its files are missing or malformed.
-    pub fn load(
-        store: &Store,
-        name: &str,
-        quant: Option<strata_engine::WeightType>,
-    ) -> anyhow::Result<Self> {
-        let dir = store.require(Kind::Model, name)?;
-        anyhow::ensure!(
-            strata_model::llava::is_llava(&dir),
-            "model {name:?} is a text model: an image needs a vision-language model (strata finetune --images)"
-        );
-        let cfg = LlavaConfig::read(&dir.join("config.json"))?;
-        let parts =
-            strata_model::llava::Parts::split(strata_model::read_weights(&dir, &Device::Cpu)?)?;
-        let tower = VisionEncoder::from_weights(cfg.vision.clone(), &parts.tower, &dir)?;
-        let projector = Projector::from_tensors(&cfg, &parts.projector)?;
-        let model =
-            strata_engine::CpuModel::from_tensors(&dir, cfg.text.clone(), parts.decoder, quant)?;
-        let engine = strata_serve::Engine::from_model(name, model, &dir)?;
-        Ok(Self {
-            size: processor_size(&dir)?,
-            norm: tower_norm(&dir, &cfg.vision),
-            cfg,
-            tower,
-            projector,
-            engine,
-        })
-    }
-
-    /// The projected features of one picture: `image_seq_length` rows of the decoder's width, flattened.
-    ///
-    /// # Errors
-    /// On a tensor failure.
-    pub fn encode(&self, frame: &strata_image::pixels::Frame) -> anyhow::Result<Vec<f32>> {
-        let s = self.size as usize;
-        let px = Tensor::from_vec(
-            frame.tower_pixels(self.size, self.norm.0, self.norm.1),
-            (1, 3, s, s),
-            &Device::Cpu,
-        )?;
-        let out = self.tower.forward(&px)?;
-        let f = self.projector.forward(&self.cfg.select(&out)?)?;
-        Ok(f.flatten_all()?.to_vec1()?)
-    }
-
-    /// The prompt ids of a user turn with the image before `question`, ending with the assistant's prompt.
-    ///
-    /// # Errors
-    /// When the template fails.
-    pub fn prompt(&self, dir: &Path, question: &str) -> anyhow::Result<Vec<u32>> {
-        let td = TokenizerDir::open(dir)?;
-        let tmpl = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
-        Ok(encode_turn(
-            &td,
-            &tmpl,
-            self.cfg.image_token_id,
-            self.cfg.image_seq_length,
-            question,
-            None,
-        )?
-        .into_iter()
-        .map(|id| id & !NO_LOSS)
-        .collect())
-    }
+/// When the template fails.
+pub fn image_prompt(dir: &Path, cfg: &LlavaConfig, question: &str) -> anyhow::Result<Vec<u32>> {
+    let td = TokenizerDir::open(dir)?;
+    let tmpl = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+    Ok(encode_turn(
+        &td,
+        &tmpl,
+        cfg.image_token_id,
+        cfg.image_seq_length,
+        question,
+        None,
+    )?
+    .into_iter()
+    .map(|id| id & !NO_LOSS)
+    .collect())
 }
 
 /// `strata generate --model VLM --image PATH --prompt …`: the answer, and the time of each part on stderr.
@@ -817,13 +712,27 @@ pub fn generate(
     image: &Path,
 ) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
-    let vm = VisionEngine::load(store, &a.model, strata_engine::parse_weight_type(&a.quant)?)?;
+    let dir = store.require(Kind::Model, &a.model)?;
+    anyhow::ensure!(
+        strata_model::llava::is_llava(&dir),
+        "model {:?} is a text model: an image needs a vision-language model (strata finetune --images)",
+        a.model
+    );
+    let engine = strata_serve::Engine::load_quantized(
+        &a.model,
+        &dir,
+        strata_engine::parse_weight_type(&a.quant)?,
+    )?;
+    let vision = engine
+        .vision
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("model {:?} has no vision tower", a.model))?;
     let frame =
         strata_image::acquire::read_picture(image, strata_image::acquire::DEFAULT_MAX_PIXELS)?;
     let t0 = std::time::Instant::now();
-    let rows = vm.encode(&frame)?;
+    let rows = vision.encode(&frame)?;
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let ids = vm.prompt(&store.dir(Kind::Model, &a.model), &a.prompt)?;
+    let ids = image_prompt(&dir, &vision.cfg, &a.prompt)?;
     let sampling = strata_serve::Sampling::from_params(a.temperature, a.top_p)
         .with_top_k(a.top_k)
         .with_min_p(a.min_p);
@@ -834,10 +743,10 @@ pub fn generate(
     let (prompt_len, t1) = (ids.len(), std::time::Instant::now());
     let mut first_ms = None;
     let mut out = std::io::stdout().lock();
-    let g = vm.engine.generate_ids(
+    let g = engine.generate_ids(
         ids,
         Some(strata_engine::ImageRows {
-            token: vm.cfg.image_token_id,
+            token: vision.cfg.image_token_id,
             rows: &rows,
         }),
         &params,

@@ -79,9 +79,7 @@ fn reports(
     projected: &[Vec<f32>],
 ) -> anyhow::Result<Vec<Vec<&'static str>>> {
     let cfg = &llava.cfg;
-    let parts = strata_model::llava::Parts::split(strata_model::read_weights(dir, &Device::Cpu)?)?;
-    let cpu = strata_engine::CpuModel::from_tensors(dir, cfg.text.clone(), parts.decoder, None)?;
-    let engine = strata_serve::Engine::from_model(model, cpu, dir)?;
+    let engine = strata_serve::Engine::load_quantized(model, dir, None)?;
     let ids: Vec<u32> = encode_turn(
         td,
         tmpl,

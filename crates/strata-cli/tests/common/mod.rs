@@ -256,3 +256,51 @@ pub fn deid_lexicon() -> &'static PathBuf {
         data.join("lexicon/deid")
     })
 }
+
+/// A `strata serve` process on a free port; killed when dropped.
+pub struct Server {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `strata serve` on `store` and a free port with `extra` flags, once it says it is serving (its later
+/// stderr goes to the test's).
+pub fn serve(store: &Path, extra: &[&str]) -> Server {
+    use std::io::{BufRead, BufReader, Read};
+    let port = free_port();
+    let mut child = strata(store)
+        .args(["serve", "--port", &port.to_string()])
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("serving"), "{line}");
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = err.read_to_string(&mut rest);
+        eprint!("{rest}");
+    });
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}

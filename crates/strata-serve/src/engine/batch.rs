@@ -59,6 +59,9 @@ pub struct Job {
     pub seq: Sequence,
     pub adapters: Option<LoraStack>,
     pub events: UnboundedSender<Event>,
+    /// A vision-language request's image features: the rows of its images, in the order of their image
+    /// tokens in the prompt.
+    pub image: Option<std::sync::Arc<Vec<f32>>>,
 }
 
 /// Why a job was not queued.
@@ -213,7 +216,8 @@ fn run(engine: &Engine, shared: &Shared, cfg: BatchConfig, metrics: &Metrics) {
         running: Vec::new(),
         kv_used: 0,
         work: BatchWork::default(),
-        prefix: PrefixCache::new(cfg.prefix_cache),
+        prefix: PrefixCache::new(cfg.prefix_cache)
+            .with_barrier(engine.vision.as_ref().map(|v| v.cfg.image_token_id)),
     };
     loop {
         if !b.admit(shared) {
@@ -321,13 +325,31 @@ impl Batch<'_> {
     fn forward(&mut self, inputs: &[(usize, Vec<u32>)]) -> Option<Vec<f32>> {
         let mut k = 0;
         let mut seqs: Vec<Seq<'_>> = Vec::with_capacity(inputs.len());
+        let (token, d) = (
+            self.engine.vision.as_ref().map(|v| v.cfg.image_token_id),
+            self.engine.model.config().hidden_size,
+        );
         for (i, r) in self.running.iter_mut().enumerate() {
             if k < inputs.len() && inputs[k].0 == i {
+                // the rows of the image tokens in this chunk: after those of the tokens already fed
+                let image = match (token, r.job.image.as_deref()) {
+                    (Some(t), Some(rows)) => {
+                        let before = r.job.seq.prompt()
+                            [..r.job.seq.fed().min(r.job.seq.prompt().len())]
+                            .iter()
+                            .filter(|&&id| id == t)
+                            .count();
+                        let here = inputs[k].1.iter().filter(|&&id| id == t).count();
+                        rows.get(before * d..(before + here) * d)
+                            .map(|rows| strata_engine::ImageRows { token: t, rows })
+                    }
+                    _ => None,
+                };
                 seqs.push(Seq {
                     ids: &inputs[k].1,
                     cache: &mut r.job.seq.cache,
                     delta: r.job.adapters.as_ref(),
-                    image: None,
+                    image,
                 });
                 k += 1;
             }

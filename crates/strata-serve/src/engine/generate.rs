@@ -16,6 +16,8 @@ use crate::{Result, ServeError};
 pub struct Engine {
     pub name: String,
     pub model: CpuModel,
+    /// A vision-language model's tower and projector (its decoder is `model`).
+    pub vision: Option<Arc<super::vision::Vision>>,
     tokenizer: tokenizers::Tokenizer,
     template: ChatTemplate,
     stop_ids: Vec<u32>,
@@ -37,6 +39,17 @@ impl Engine {
     /// # Errors
     /// When a file is missing or malformed.
     pub fn load_quantized(name: &str, dir: &Path, quant: Option<WeightType>) -> Result<Self> {
+        if strata_model::llava::is_llava(dir) {
+            let cfg = strata_model::LlavaConfig::read(&dir.join("config.json"))?;
+            let device = candle_core::Device::Cpu;
+            let parts =
+                strata_model::llava::Parts::split(strata_model::read_weights(dir, &device)?)?;
+            let model = CpuModel::from_tensors(dir, cfg.text.clone(), parts.decoder, quant)?;
+            let vision = super::vision::Vision::new(dir, cfg, &parts.tower, &parts.projector)?;
+            let mut e = Self::from_model(name, model, dir)?;
+            e.vision = Some(Arc::new(vision));
+            return Ok(e);
+        }
         Self::from_model(name, CpuModel::load(dir, quant)?, dir)
     }
 
@@ -52,6 +65,7 @@ impl Engine {
         Ok(Self {
             name: name.to_string(),
             model,
+            vision: None,
             tokenizer,
             template,
             stop_ids,

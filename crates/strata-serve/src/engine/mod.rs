@@ -8,6 +8,7 @@ mod json;
 mod prefix;
 mod sampling;
 mod sequence;
+pub mod vision;
 
 pub use batch::{BatchConfig, Event, Job, Rejected, Scheduler};
 pub use generate::{load_adapter, load_target, Engine};

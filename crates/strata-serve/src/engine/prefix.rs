@@ -25,6 +25,9 @@ pub struct PrefixCache {
     bytes: usize,
     budget: usize,
     clock: u64,
+    /// A vision-language model's image token: its positions hold an image's features, which the token does
+    /// not name, so a shared prefix ends before it and prompts holding one are not kept.
+    barrier: Option<u32>,
 }
 
 fn same_adapters(a: Option<&LoraStack>, b: Option<&LoraStack>) -> bool {
@@ -41,8 +44,11 @@ fn same_adapters(a: Option<&LoraStack>, b: Option<&LoraStack>) -> bool {
     }
 }
 
-fn common(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+fn common(a: &[u32], b: &[u32], barrier: Option<u32>) -> usize {
+    a.iter()
+        .zip(b)
+        .take_while(|(x, y)| x == y && Some(**x) != barrier)
+        .count()
 }
 
 impl PrefixCache {
@@ -53,7 +59,15 @@ impl PrefixCache {
             bytes: 0,
             budget,
             clock: 0,
+            barrier: None,
         }
+    }
+
+    /// The cache of a vision-language model whose image token is `token`.
+    #[must_use]
+    pub fn with_barrier(mut self, token: Option<u32>) -> Self {
+        self.barrier = token;
+        self
     }
 
     /// Starts `seq` from the longest cached prefix of its prompt (same adapters), leaving at least its last
@@ -66,7 +80,7 @@ impl PrefixCache {
             .filter(|e| same_adapters(e.adapters.as_ref(), adapters))
             .map(|e| {
                 (
-                    common(&e.tokens, prompt).min(prompt.len().saturating_sub(1)),
+                    common(&e.tokens, prompt, self.barrier).min(prompt.len().saturating_sub(1)),
                     e,
                 )
             })
@@ -87,14 +101,18 @@ impl PrefixCache {
     pub fn insert(&mut self, model: &CpuModel, seq: &Sequence, adapters: Option<&LoraStack>) {
         let tokens = seq.prompt();
         let bytes = Sequence::cache_bytes(model, tokens.len());
-        if bytes > self.budget || seq.cache.len() < tokens.len() {
+        if bytes > self.budget
+            || seq.cache.len() < tokens.len()
+            || self.barrier.is_some_and(|b| tokens.contains(&b))
+        {
             return;
         }
+        let barrier = self.barrier;
         self.clock += 1;
         // already held by an entry as long or longer: that one is fresh again
         if let Some(e) = self.entries.iter_mut().find(|e| {
             same_adapters(e.adapters.as_ref(), adapters)
-                && common(&e.tokens, tokens) == tokens.len()
+                && common(&e.tokens, tokens, barrier) == tokens.len()
         }) {
             e.used = self.clock;
             return;
@@ -102,7 +120,7 @@ impl PrefixCache {
         // an entry this prompt extends is replaced by it
         if let Some(i) = self.entries.iter().position(|e| {
             same_adapters(e.adapters.as_ref(), adapters)
-                && common(&e.tokens, tokens) == e.tokens.len()
+                && common(&e.tokens, tokens, barrier) == e.tokens.len()
         }) {
             self.bytes -= self.entries.swap_remove(i).bytes;
         }

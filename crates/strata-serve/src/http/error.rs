@@ -74,6 +74,15 @@ impl ApiError {
             &format!("the request body is larger than the server's limit of {limit} bytes"),
         )
     }
+    /// 413 for one part of the body (an image) over its limit.
+    #[must_use]
+    pub fn part_too_large(message: &str) -> Self {
+        Self::with(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            message,
+        )
+    }
     #[must_use]
     pub fn method_not_allowed() -> Self {
         Self::with(
@@ -110,6 +119,7 @@ impl From<crate::ServeError> for ApiError {
             },
             crate::ServeError::BadRequest(m) => Self::bad_request(&m, None),
             crate::ServeError::NotFound(m) => Self::not_found(&m),
+            crate::ServeError::Image(m) => Self::bad_request(&m, Some("messages")),
             other => Self::internal(&other.to_string()),
         }
     }

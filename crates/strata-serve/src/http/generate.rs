@@ -140,6 +140,7 @@ async fn submit(
         Prompt::Text(t) => (t.clone(), d.echo.then(|| t.clone())),
     };
     let ids = engine.encode(&text, d.params.add_special_tokens)?;
+    let (ids, image) = with_images(state, &engine, model, ids, &d.images).await?;
     let max_tokens = engine.fit(ids.len(), d.max_tokens)?;
     let mut receivers = Vec::with_capacity(d.n);
     for i in 0..d.n {
@@ -151,6 +152,7 @@ async fn submit(
             seq: engine.sequence(ids.clone(), params)?,
             adapters: target.adapters.clone(),
             events: tx,
+            image: image.clone(),
         };
         target.scheduler.submit(job).map_err(|r| match r {
             Rejected::QueueFull => ApiError::busy(),
@@ -163,6 +165,87 @@ async fn submit(
         receivers.push(rx);
     }
     Ok((receivers, echo))
+}
+
+/// A request's images on a vision-language model: each image token of the prompt (one per image part) made
+/// the image's feature rows, and the rows (from the model's cache of recent images, or its tower). A text
+/// model given an image, too many or too large images, an image that does not decode, or placeholders that
+/// do not match the images: OpenAI-shaped 400 or 413.
+async fn with_images(
+    state: &Arc<AppState>,
+    engine: &Arc<crate::Engine>,
+    model: &str,
+    ids: Vec<u32>,
+    images: &[Vec<u8>],
+) -> Result<(Vec<u32>, Option<Arc<Vec<f32>>>), ApiError> {
+    let Some(vision) = engine.vision.clone() else {
+        if images.is_empty() {
+            return Ok((ids, None));
+        }
+        return Err(ApiError::bad_request(
+            &format!("model {model:?} is a text model: it takes no images (send them to a vision-language model)"),
+            Some("model"),
+        ));
+    };
+    let token = vision.cfg.image_token_id;
+    let slots = ids.iter().filter(|&&id| id == token).count();
+    if slots != images.len() {
+        return Err(ApiError::bad_request(
+            &format!(
+                "the prompt holds {slots} image placeholders for {} images (the text may not contain \"<image>\")",
+                images.len()
+            ),
+            Some("messages"),
+        ));
+    }
+    if images.is_empty() {
+        return Ok((ids, None));
+    }
+    let cfg = &state.config;
+    if images.len() > cfg.max_images {
+        return Err(ApiError::bad_request(
+            &format!(
+                "{} images in one request; this server takes at most {}",
+                images.len(),
+                cfg.max_images
+            ),
+            Some("messages"),
+        ));
+    }
+    if let Some(b) = images.iter().find(|b| b.len() > cfg.max_image_bytes) {
+        return Err(ApiError::part_too_large(&format!(
+            "an image of {} bytes is larger than this server's limit of {} bytes",
+            b.len(),
+            cfg.max_image_bytes
+        )));
+    }
+    let (images, max_pixels, metrics, name) = (
+        images.to_vec(),
+        cfg.max_image_pixels,
+        state.metrics.clone(),
+        model.to_string(),
+    );
+    let rows = tokio::task::spawn_blocking(move || -> crate::Result<Vec<f32>> {
+        let mut all = Vec::new();
+        for bytes in &images {
+            let (rows, cached) = vision.encode_bytes(bytes, max_pixels)?;
+            metrics.image(&name, cached);
+            all.extend_from_slice(&rows);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e.to_string()))??;
+    let n = engine.vision.as_ref().map_or(0, |v| v.cfg.image_seq_length);
+    let mut out = Vec::with_capacity(ids.len() + slots * n);
+    for id in ids {
+        if id == token {
+            out.extend(std::iter::repeat_n(token, n));
+        } else {
+            out.push(id);
+        }
+    }
+    Ok((out, Some(Arc::new(rows))))
 }
 
 /// What every answer to one request shares.

@@ -39,6 +39,10 @@ pub struct ServeConfig {
     pub max_tokens: usize,
     /// API keys (None: no authentication, for loopback use).
     pub keys: Option<Keys>,
+    /// Images a request may carry, bytes an image may have, pixels an image may declare.
+    pub max_images: usize,
+    pub max_image_bytes: usize,
+    pub max_image_pixels: u64,
 }
 
 impl Default for ServeConfig {
@@ -48,6 +52,9 @@ impl Default for ServeConfig {
             max_body: 1 << 20,
             max_tokens: 4096,
             keys: None,
+            max_images: 4,
+            max_image_bytes: 8 << 20,
+            max_image_pixels: 1 << 26,
         }
     }
 }

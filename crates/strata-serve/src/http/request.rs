@@ -37,6 +37,9 @@ pub struct Decoded {
     pub include_usage: bool,
     /// Completions only: return the prompt before the completion.
     pub echo: bool,
+    /// Chat only: the images of `image_url` parts (their bytes, in order), each marked in its message's
+    /// text by [`IMAGE_PART`].
+    pub images: Vec<Vec<u8>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,11 +74,53 @@ fn bad(message: &str, param: &'static str) -> ApiError {
     ApiError::bad_request(message, Some(param))
 }
 
-fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
+/// The text every image part becomes in its message (the chat template renders it; the tokenizer reads it
+/// as the model's image token, expanded to the image's feature rows when the request is encoded).
+pub const IMAGE_PART: &str = "<image>\n";
+
+/// The bytes of an `image_url` part's data URL (`data:image/png;base64,…`); remote URLs are refused.
+fn image_bytes(part: &Value, at: &str) -> Result<Vec<u8>, ApiError> {
+    use base64::Engine as _;
+    let url = part
+        .get("image_url")
+        .and_then(|u| u.get("url").or(Some(u)))
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad(&format!("{at}.image_url.url must be a string"), "messages"))?;
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(bad(
+            &format!("{at}: images are not fetched from URLs; send the image itself as a data URL (data:image/png;base64,…)"),
+            "messages",
+        ));
+    }
+    let data = url
+        .strip_prefix("data:")
+        .and_then(|r| r.split_once(";base64,"))
+        .filter(|(mime, _)| mime.starts_with("image/"))
+        .map(|(_, data)| data)
+        .ok_or_else(|| {
+            bad(
+                &format!("{at}.image_url.url is not a base64 data URL of an image (data:image/png;base64,…)"),
+                "messages",
+            )
+        })?;
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| {
+            bad(
+                &format!("{at}.image_url.url: its data is not base64: {e}"),
+                "messages",
+            )
+        })
+}
+
+/// The messages, and the bytes of the images their content parts carry (in order).
+fn parse_messages(raw: &[Value]) -> Result<(Vec<ChatMessage>, Vec<Vec<u8>>), ApiError> {
     if raw.is_empty() {
         return Err(bad("messages must not be empty", "messages"));
     }
-    raw.iter()
+    let mut images = Vec::new();
+    let messages = raw
+        .iter()
         .enumerate()
         .map(|(i, m)| {
             let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
@@ -89,15 +134,19 @@ fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
             }
             let content = match m.get("content") {
                 Some(Value::String(s)) => s.clone(),
-                // content parts: [{"type": "text", "text": "..."}]
+                // content parts: [{"type": "text", "text": "..."}, {"type": "image_url", "image_url": {"url": …}}]
                 Some(Value::Array(parts)) => {
                     let mut s = String::new();
                     for (k, p) in parts.iter().enumerate() {
                         match (p.get("type").and_then(Value::as_str), p.get("text")) {
                             (Some("text"), Some(Value::String(t))) => s.push_str(t),
+                            (Some("image_url"), _) => {
+                                images.push(image_bytes(p, &format!("messages[{i}].content[{k}]"))?);
+                                s.push_str(IMAGE_PART);
+                            }
                             _ => {
                                 return Err(bad(
-                                    &format!("messages[{i}].content[{k}] must be a text part ({{\"type\": \"text\", \"text\": …}}); images and audio are not supported"),
+                                    &format!("messages[{i}].content[{k}] must be a text part ({{\"type\": \"text\", \"text\": …}}) or an image part ({{\"type\": \"image_url\", \"image_url\": {{\"url\": \"data:image/png;base64,…\"}}}}); audio is not supported"),
                                     "messages",
                                 ))
                             }
@@ -108,7 +157,7 @@ fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
                 Some(Value::Null) | None => String::new(),
                 Some(_) => {
                     return Err(bad(
-                        &format!("messages[{i}].content must be a string or an array of text parts"),
+                        &format!("messages[{i}].content must be a string or an array of text and image parts"),
                         "messages",
                     ))
                 }
@@ -120,7 +169,8 @@ fn parse_messages(raw: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
                 content,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((messages, images))
 }
 
 fn parse_stop(v: Option<Value>) -> Result<Vec<String>, ApiError> {
@@ -181,17 +231,18 @@ fn usize_of(v: Option<i64>) -> Option<usize> {
 }
 
 /// The prompt: chat messages, or a completion's text (each route refuses the other's field).
-fn prompt_of(route: Route, raw: &mut Raw) -> Result<Prompt, ApiError> {
+fn prompt_of(route: Route, raw: &mut Raw) -> Result<(Prompt, Vec<Vec<u8>>), ApiError> {
     Ok(match route {
         Route::Chat => {
             if raw.prompt.is_some() {
                 return Err(bad("chat completions take messages, not prompt", "prompt"));
             }
-            Prompt::Chat(parse_messages(
+            let (messages, images) = parse_messages(
                 raw.messages
                     .as_deref()
                     .ok_or_else(|| bad("messages is required", "messages"))?,
-            )?)
+            )?;
+            (Prompt::Chat(messages), images)
         }
         Route::Completions => {
             if raw.messages.is_some() {
@@ -200,7 +251,7 @@ fn prompt_of(route: Route, raw: &mut Raw) -> Result<Prompt, ApiError> {
                     "messages",
                 ));
             }
-            Prompt::Text(parse_prompt(raw.prompt.take())?)
+            (Prompt::Text(parse_prompt(raw.prompt.take())?), Vec::new())
         }
     })
 }
@@ -285,7 +336,7 @@ fn include_usage(raw: &Raw, stream: bool) -> Result<bool, ApiError> {
 pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Decoded, ApiError> {
     let mut raw: Raw = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(&format!("invalid request body: {e}"), None))?;
-    let prompt = prompt_of(route, &mut raw)?;
+    let (prompt, images) = prompt_of(route, &mut raw)?;
     if raw.suffix.as_ref().is_some_and(|s| !s.is_null()) {
         return Err(bad("suffix is not supported", "suffix"));
     }
@@ -332,6 +383,7 @@ pub fn decode(route: Route, body: &[u8], max_tokens_limit: usize) -> Result<Deco
         stream,
         include_usage,
         echo: raw.echo.unwrap_or(false),
+        images,
     })
 }
 
