@@ -241,6 +241,17 @@ fn serves_images_to_the_openai_client(store: &Path, model: &str) {
         ],
     );
     assert!(out.contains("OK"), "{out}");
+    // the chat page: attach the image, ask, read the answer beside the image
+    let out = python_check(
+        "check_chat_page_image.py",
+        &[
+            server.url.as_ref(),
+            model.as_ref(),
+            png(1).as_os_str(),
+            expect.as_os_str(),
+        ],
+    );
+    assert!(out.contains("OK"), "{out}");
 }
 
 /// Stage 1 and stage 2 on simulated images; the published folder is LlavaForConditionalGeneration's and its
