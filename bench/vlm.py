@@ -67,6 +67,18 @@ def encode(q, a=None):
     f = expand(tok(full, add_special_tokens=False).input_ids)
     return f, [-100] * len(p) + f[len(p):]
 
+m.eval()
+# 2. latency and 3. parity, on the weights as stored (before the training steps change the projector)
+q, _ = encode(question)
+x = torch.tensor([q])
+p0 = torch.tensor(pixels(imgs[0]["gray"])[None])
+with torch.no_grad():
+    m.generate(input_ids=x, pixel_values=p0, max_new_tokens=4, do_sample=False)  # warm-up
+    t = time.perf_counter()
+    g = m.generate(input_ids=x, pixel_values=p0, max_new_tokens=64, min_new_tokens=64, do_sample=False)
+    latency = time.perf_counter() - t
+    a = m.generate(input_ids=x, pixel_values=p0, max_new_tokens=48, do_sample=False)
+answer = tok.decode(a[0, x.shape[1]:], skip_special_tokens=True)
 # 1. training steps: the projector only
 for n, p_ in m.named_parameters():
     p_.requires_grad = "multi_modal_projector" in n
@@ -85,19 +97,7 @@ for s in range(steps):
     out.loss.backward()
     opt.step(); opt.zero_grad(set_to_none=True)
     times.append(time.perf_counter() - t)
-m.eval()
 train_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-# 2. latency and 3. parity
-q, _ = encode(question)
-x = torch.tensor([q])
-p0 = torch.tensor(pixels(imgs[0]["gray"])[None])
-with torch.no_grad():
-    m.generate(input_ids=x, pixel_values=p0, max_new_tokens=4, do_sample=False)  # warm-up
-    t = time.perf_counter()
-    g = m.generate(input_ids=x, pixel_values=p0, max_new_tokens=64, min_new_tokens=64, do_sample=False)
-    latency = time.perf_counter() - t
-    a = m.generate(input_ids=x, pixel_values=p0, max_new_tokens=48, do_sample=False)
-answer = tok.decode(a[0, x.shape[1]:], skip_special_tokens=True)
 print(json.dumps({"step_s": statistics.median(times[2:]), "train_rss_mib": train_rss, "latency_s": latency,
                   "new_tokens": int(g.shape[1] - x.shape[1]), "answer": answer, "batch_tokens": int(ids.numel())}))
 '''
