@@ -386,6 +386,17 @@ fn check_and_eval(store: &Path) {
         .registry()
         .evals(strata_store::Kind::Model, "vlm-instruct")
         .unwrap();
+    // the chain report: base → stage 1 → stage 2, the image task beside the text
+    let r = ok(&store, &["report", "vlm-instruct"]);
+    for want in [
+        "base",
+        "vlm-align",
+        "vlm-instruct",
+        "images:us",
+        "ppl:general",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {}", r.stdout);
+    }
     for metric in ["acc", "probe", "majority", "chance", "report_f1"] {
         assert!(
             evals

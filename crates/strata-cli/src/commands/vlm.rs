@@ -477,6 +477,7 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
     let mut manifest_inputs = st.inputs.clone();
     manifest_inputs.push(store.input_ref(Kind::Dataset, images)?);
     let config = serde_json::json!({
+        "init": {"parent": a.parent}, "images": images,
         "train": cfg, "stage": stage, "image_size": a.image_size, "vision_layer": st.cfg.feature_layer,
         "vision_features": format!("{:?}", st.cfg.select),
     });
