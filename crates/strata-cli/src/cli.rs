@@ -348,13 +348,19 @@ pub struct FinetuneArgs {
     pub parent: String,
     /// Token artifacts encoded with the parent's tokenizer: `NAME` or `NAME=WEIGHT`, repeated to mix the
     /// domain with a share of the parent's data (`--tokens medical=0.8 --tokens general=0.2`).
+    /// With --images (stage instruct): text replayed beside the images, mixed by weight, so that the decoder
+    /// keeps its general text (--replay-share of the batch, windows of --seq-len tokens).
     #[arg(long, required_unless_present = "images", num_args = 1..)]
     pub tokens: Vec<String>,
     /// Train a vision-language (LLaVA) model on this image dataset instead: the parent (a text model or
     /// adapter) reads the features of a frozen vision tower through a projector. Images of the val split
     /// are the validation set; records' labels (organ, finding) and text (the report) make the examples.
-    #[arg(long, conflicts_with = "tokens")]
+    #[arg(long)]
     pub images: Option<String>,
+    /// With --images and --tokens: text windows per step as a share of --batch-size (0.25: 2 windows beside
+    /// 8 image examples).
+    #[arg(long, default_value_t = 0.25, requires = "images")]
+    pub replay_share: f64,
     /// With --images: the vision tower, a Hugging Face folder (DINOv2, CLIP or SigLIP; e.g.
     /// data/models/dinov2-vit-s-focus from `scripts/fetch-model.sh --vision`). Not needed when --parent is
     /// already a vision-language model (stage 2 continues from stage 1).

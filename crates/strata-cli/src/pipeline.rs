@@ -216,6 +216,9 @@ pub struct FinetuneStep {
     /// `default` (patches) or `full` (the class token too).
     #[serde(default)]
     pub vision_features: Option<String>,
+    /// With `images` and `tokens`: text windows per step as a share of the batch (default 0.25).
+    #[serde(default)]
+    pub replay_share: Option<f64>,
     /// Over the fine-tuning defaults (`strata_train::TrainConfig::defaults`).
     #[serde(deserialize_with = "strata_train::finetune_table")]
     pub train: TrainConfig,
@@ -494,11 +497,14 @@ fn step_vision(
         Some(p) => Some(std::path::PathBuf::from(p)),
         None => None,
     };
-    anyhow::ensure!(
-        s.tokens.is_none(),
-        "step finetune {:?}: tokens and images together (a vision step trains on images)",
-        s.name
-    );
+    let replay = s
+        .tokens
+        .as_ref()
+        .map(Tokens::specs)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| strata_train::TokenMix::parse(t))
+        .collect::<Result<Vec<_>, _>>()?;
     let step = crate::commands::vlm::VisionStep {
         name: s.name.clone(),
         parent: s.parent.clone(),
@@ -511,6 +517,8 @@ fn step_vision(
             .vision_features
             .clone()
             .unwrap_or_else(|| "default".into()),
+        replay,
+        replay_share: s.replay_share.unwrap_or(0.25),
         progress,
     };
     crate::commands::vlm::run_finetune(store, &step, s.train.clone())
@@ -754,6 +762,7 @@ mod tests {
         assert_eq!(vision.len(), 2);
         assert_eq!(vision[0].parent, "medical-lora");
         assert!(vision[0].train.lora.is_none() && vision[1].train.lora.is_some());
+        assert!(vision[0].tokens.is_none() && vision[1].tokens.is_some(), "replay in stage 2");
         assert!(vision.iter().all(|f| f.train.guard.is_some()));
         let split = p.steps.iter().find_map(|s| match s {
             Step::Preprocess(pp) => pp.images.as_ref().and_then(|i| i.split),

@@ -301,7 +301,8 @@ fn vision_language_model_trains_in_two_stages_and_matches_numpy() {
 
     // stage 2 from stage 1: projector + LoRA, the adapter merged into the published decoder
     let args = "--parent vlm-align --vision-stage instruct --name vlm-instruct --steps 3 --lr 3e-3 --lora-r 4 \
-                --guard-dataset general --max-general-ppl-increase 10";
+                --guard-dataset general --max-general-ppl-increase 10 --tokens general-bpe --replay-share 0.5 \
+                --seq-len 64";
     let r = finetune(&store, &args.split_whitespace().collect::<Vec<_>>());
     assert!(r.ok, "{}", r.stderr);
     let m: serde_json::Value = serde_json::from_slice(
@@ -313,6 +314,13 @@ fn vision_language_model_trains_in_two_stages_and_matches_numpy() {
         g["passed"] == true && g["parent_ppl"].as_f64().unwrap() > 1.0,
         "{g}"
     );
+    // general text replayed beside the images: 2 windows of 64 tokens a step (half the batch of 4)
+    assert_eq!(m["config"]["replay_windows"], 2, "{}", m["config"]);
+    let seen: Vec<u64> = common::run_metrics(&store, "vlm-instruct")
+        .iter()
+        .map(|r| r["tokens_seen"].as_u64().unwrap())
+        .collect();
+    assert!(seen[0] >= 2 * 64 && seen[1] - seen[0] >= 2 * 64, "{seen:?}");
     let before = strata_model::read_weights(&dir, &candle_core::Device::Cpu).unwrap();
     let after = strata_model::read_weights(
         &store.join("models/vlm-instruct"),
@@ -445,6 +453,19 @@ fn bad_vision_language_input_is_refused_by_name() {
         (
             vec!["--parent", "nope", "--vision", t, "--name", "x"],
             "nope",
+        ),
+        (
+            vec![
+                "--parent",
+                "base",
+                "--vision",
+                t,
+                "--name",
+                "x",
+                "--tokens",
+                "general-bpe",
+            ],
+            "only --vision-stage instruct",
         ),
     ];
     for (args, want) in cases {

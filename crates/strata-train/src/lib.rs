@@ -24,7 +24,9 @@ pub use metrics::{peak_rss_bytes, StepMetrics};
 pub use optim::AdamW;
 pub use optim::Grads;
 pub use plot::plot_loss;
-pub use trainer::{accumulate, accumulate_with, train, Init, TokenMix, TrainJob, TrainOutcome};
+pub use trainer::{
+    accumulate, accumulate_with, mixture, train, Init, TokenMix, TrainJob, TrainOutcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

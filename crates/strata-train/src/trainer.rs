@@ -363,9 +363,25 @@ type Data = (Mixture, Vec<(String, Vec<u32>)>);
 
 /// The training mixture and each component's validation tokens, memory-mapped.
 fn open_data(store: &Store, job: &TrainJob<'_>) -> Result<Data> {
-    let mut components = Vec::new();
     let mut val_sets = Vec::new();
     for t in job.tokens {
+        let dir = store.require(Kind::Tokens, &t.name)?;
+        val_sets.push((
+            t.name.clone(),
+            strata_tokenize::read_tokens(&dir.join("val-00000.bin"))?,
+        ));
+    }
+    Ok((mixture(store, job.tokens, &job.cfg)?, val_sets))
+}
+
+/// The training mixture of token artifacts `tokens` (their train shards, by weight), in windows of the
+/// config's `seq_len`; also what a vision step replays beside its images.
+///
+/// # Errors
+/// A token artifact missing, or one whose rows or length do not fit `seq_len`.
+pub fn mixture(store: &Store, tokens: &[TokenMix], cfg: &TrainConfig) -> Result<Mixture> {
+    let mut components = Vec::new();
+    for t in tokens {
         let dir = store.require(Kind::Tokens, &t.name)?;
         let shards = strata_tokenize::train_shards(&dir)?;
         let example_len = store
@@ -378,18 +394,11 @@ fn open_data(store: &Store, job: &TrainJob<'_>) -> Result<Data> {
             &t.name,
             t.weight,
             shards,
-            job.cfg.seq_len,
+            cfg.seq_len,
             example_len,
         )?);
-        val_sets.push((
-            t.name.clone(),
-            strata_tokenize::read_tokens(&dir.join("val-00000.bin"))?,
-        ));
     }
-    Ok((
-        Mixture::new(components, job.cfg.seq_len, job.cfg.sampling)?,
-        val_sets,
-    ))
+    Mixture::new(components, cfg.seq_len, cfg.sampling)
 }
 
 fn progress_bar(job: &TrainJob<'_>, start: usize) -> ProgressBar {

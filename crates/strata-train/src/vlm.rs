@@ -48,6 +48,9 @@ pub struct VlmJob<'a> {
     pub features: &'a Tensor,
     pub train: &'a [VlmExample],
     pub val: &'a [VlmExample],
+    /// Text replayed beside the images: each step also trains on this many windows of the mixture (the
+    /// decoder keeps its general text while it learns to read images).
+    pub replay: Option<(&'a crate::Mixture, usize)>,
     /// Pads the ids of a batch to one length (its targets are ignored).
     pub pad_id: u32,
     pub run_dir: &'a Path,
@@ -245,7 +248,13 @@ fn one_step(
         true,
         cfg.seed ^ (step as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
     );
-    let (sum, count) = loss_sum(job, run, examples)?;
+    let (mut sum, mut count) = loss_sum(job, run, examples)?;
+    if let Some((mix, k)) = job.replay {
+        let b = mix.batch(cfg.seed, (step * k) as u64, k, &Device::Cpu)?;
+        let (s, c) = strata_model::next_token_loss_sum(&run.lm.forward(&b.x)?, &b.y)?;
+        sum = (sum + s).ctx("replay loss")?;
+        count += c;
+    }
     if count == 0 {
         return Err(TrainError::Data(format!(
             "step {step}: no reply token in the batch to train on"
@@ -297,7 +306,8 @@ pub fn train_vlm(job: &VlmJob<'_>) -> Result<VlmOutcome> {
         let examples = step_examples(job, step);
         let (loss, norm, lr) = one_step(job, &run, &mut opt, step, &examples)?;
         last_loss = loss;
-        tokens_seen += examples.iter().map(|e| e.ids.len() - 1).sum::<usize>();
+        tokens_seen += examples.iter().map(|e| e.ids.len() - 1).sum::<usize>()
+            + job.replay.map_or(0, |(_, k)| k * cfg.seq_len);
         let done = step + 1;
         let val_loss = if done.is_multiple_of(cfg.eval_every.max(1)) || done == cfg.steps {
             evaluate(job, &run, job.val)?

@@ -214,6 +214,12 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
             image_size: a.image_size,
             vision_layer: a.vision_layer,
             vision_features: a.vision_features.clone(),
+            replay: a
+                .tokens
+                .iter()
+                .map(|t| TokenMix::parse(t))
+                .collect::<Result<_, _>>()?,
+            replay_share: a.replay_share,
             progress: true,
         };
         return super::vlm::run_finetune(store, &step, cfg);

@@ -42,6 +42,10 @@ pub struct VisionStep {
     pub vision_layer: i64,
     /// `default` or `full`.
     pub vision_features: String,
+    /// Token artifacts replayed beside the images (stage instruct), and their windows per step as a share
+    /// of the batch.
+    pub replay: Vec<strata_train::TokenMix>,
+    pub replay_share: f64,
     pub progress: bool,
 }
 
@@ -458,6 +462,8 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
         cfg.lora = Some(strata_model::lora::LoraConfig::default());
     }
     let st = start(store, a, cfg.seed)?;
+    // every check before the tower runs (its features are cached for the next run)
+    let replay = replay_of(store, a, &cfg, &st)?;
     let (_, recs) = image_records(store, images)?;
     let (feats, _) = features(
         store,
@@ -476,10 +482,14 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
     let (train, val) = examples(&recs, &st, stage)?;
     let mut manifest_inputs = st.inputs.clone();
     manifest_inputs.push(store.input_ref(Kind::Dataset, images)?);
+    for t in &a.replay {
+        manifest_inputs.push(store.input_ref(Kind::Tokens, &t.name)?);
+    }
     let config = serde_json::json!({
         "init": {"parent": a.parent}, "images": images,
         "train": cfg, "stage": stage, "image_size": a.image_size, "vision_layer": st.cfg.feature_layer,
         "vision_features": format!("{:?}", st.cfg.select),
+        "replay": a.replay, "replay_windows": replay.as_ref().map(|(_, k)| *k),
     });
     let manifest = Manifest::new(Kind::Model, &a.name, "strata finetune --images")
         .with_config(manifest_inputs, config);
@@ -513,6 +523,7 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
         features: &feats,
         train: &train,
         val: &val,
+        replay: replay.as_ref().map(|(m, k)| (m, *k)),
         pad_id: st.td.special.pad,
         run_dir: &run_dir,
         progress: a.progress,
@@ -523,6 +534,42 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
     }
     finish(store, a, &st, &cfg, &out, manifest, &run_id, train.len())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The text replayed beside the images and its windows per step, when the step names token artifacts.
+fn replay_of(
+    store: &Store,
+    a: &VisionStep,
+    cfg: &TrainConfig,
+    st: &Start,
+) -> anyhow::Result<Option<(strata_train::Mixture, usize)>> {
+    if a.replay.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        cfg.lora.is_some(),
+        "text replay trains the decoder: only --vision-stage instruct (an adapter on the decoder) has decoder \
+         weights to train"
+    );
+    anyhow::ensure!(
+        a.replay_share > 0.0 && a.replay_share.is_finite(),
+        "--replay-share {}: must be > 0",
+        a.replay_share
+    );
+    anyhow::ensure!(
+        cfg.seq_len <= st.cfg.text.max_position_embeddings,
+        "--seq-len {} exceeds the decoder's context of {}",
+        cfg.seq_len,
+        st.cfg.text.max_position_embeddings
+    );
+    let mix = strata_train::mixture(store, &a.replay, cfg)?;
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let k = ((cfg.batch_size as f64 * a.replay_share).round() as usize).max(1);
+    Ok(Some((mix, k)))
 }
 
 /// Merges the adapter, measures the guard, publishes, clears the checkpoints; fails (after publishing,
