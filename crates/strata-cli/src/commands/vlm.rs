@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use candle_core::{DType, Device, Tensor};
 use strata_image::dataset::ImageRecord;
 use strata_model::llava::{FeatureSelect, LlavaConfig, Projector, IMAGE_TOKEN};
-use strata_model::{Llava, VisionConfig, VisionEncoder};
+use strata_model::{VisionConfig, VisionEncoder};
 use strata_store::{InputRef, Kind, Manifest, Store};
 use strata_tokenize::{ChatMessage, ChatTemplate, TokenizerDir, NO_LOSS};
 use strata_train::vlm::{VlmExample, VlmJob};
@@ -310,14 +310,15 @@ struct Start {
 fn start(store: &Store, a: &VisionStep, seed: u64) -> anyhow::Result<Start> {
     let model_dir = store.dir(Kind::Model, &a.parent);
     if strata_model::llava::is_llava(&model_dir) {
-        let llava = Llava::load(&model_dir, &Device::Cpu)?;
+        let cfg = LlavaConfig::read(&model_dir.join("config.json"))?;
         let parts = strata_model::llava::Parts::split(strata_model::read_weights(
             &model_dir,
             &Device::Cpu,
         )?)?;
+        let tower = VisionEncoder::from_weights(cfg.vision.clone(), &parts.tower, &model_dir)?;
         return Ok(Start {
-            cfg: llava.cfg,
-            tower: llava.tower,
+            cfg,
+            tower,
             tower_dir: model_dir.clone(),
             tower_weights: parts.tower,
             decoder: parts.decoder,
