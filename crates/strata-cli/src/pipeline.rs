@@ -762,7 +762,10 @@ mod tests {
         assert_eq!(vision.len(), 2);
         assert_eq!(vision[0].parent, "medical-lora");
         assert!(vision[0].train.lora.is_none() && vision[1].train.lora.is_some());
-        assert!(vision[0].tokens.is_none() && vision[1].tokens.is_some(), "replay in stage 2");
+        assert!(
+            vision[0].tokens.is_none() && vision[1].tokens.is_some(),
+            "replay in stage 2"
+        );
         assert!(vision.iter().all(|f| f.train.guard.is_some()));
         let split = p.steps.iter().find_map(|s| match s {
             Step::Preprocess(pp) => pp.images.as_ref().and_then(|i| i.split),
