@@ -131,29 +131,34 @@ fn expect_file(store: &Path, model: &str, out: &Path) {
     strata_model::save_safetensors(&e, out, &[]).unwrap();
 }
 
+const QUESTION: &str = "Write the report for this ultrasound image.";
+
+/// `strata generate --image PNG` with the report question, greedy, 12 tokens at most.
+fn cli_answer(store: &Path, model: &str, png: &Path) -> common::Run {
+    let args = [
+        "generate",
+        "--model",
+        model,
+        "--image",
+        png.to_str().unwrap(),
+        "--prompt",
+        QUESTION,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+    ];
+    ok(store, &args)
+}
+
 /// `strata generate --image` (the engine: KV cache, image rows in place of the image tokens' embeddings)
 /// answers greedily what the training forward (candle, the whole sequence each step) answers.
 fn greedy_answer_matches_the_training_forward(store: &Path, model: &str) {
     let dir = store.join("models").join(model);
     let recs = strata_image::dataset::read_records(&store.join("datasets/us")).unwrap();
     let png = store.join("datasets/us").join(&recs[1].file);
-    let question = "Write the report for this ultrasound image.";
-    let r = ok(
-        store,
-        &[
-            "generate",
-            "--model",
-            model,
-            "--image",
-            png.to_str().unwrap(),
-            "--prompt",
-            question,
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "12",
-        ],
-    );
+    let question = QUESTION;
+    let r = cli_answer(store, model, &png);
     assert!(r.stderr.contains("\"encode_ms\""), "{}", r.stderr);
     // the same answer by argmax over the training forward's logits
     let dev = candle_core::Device::Cpu;
@@ -210,22 +215,7 @@ fn greedy_answer_matches_the_training_forward(store: &Path, model: &str) {
 fn serves_images_to_the_openai_client(store: &Path, model: &str) {
     let recs = strata_image::dataset::read_records(&store.join("datasets/us")).unwrap();
     let png = |i: usize| store.join("datasets/us").join(&recs[i].file);
-    let r = ok(
-        store,
-        &[
-            "generate",
-            "--model",
-            model,
-            "--image",
-            png(1).to_str().unwrap(),
-            "--prompt",
-            "Write the report for this ultrasound image.",
-            "--temperature",
-            "0",
-            "--max-tokens",
-            "12",
-        ],
-    );
+    let r = cli_answer(store, model, &png(1));
     let expect = store.join("expect-answer.txt");
     std::fs::write(&expect, r.stdout.trim_end()).unwrap();
     let server = common::serve(store, &["--max-image-bytes", "60000"]);
