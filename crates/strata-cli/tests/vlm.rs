@@ -457,6 +457,19 @@ fn bad_vision_language_input_is_refused_by_name() {
             ],
             "only --vision-stage instruct",
         ),
+        (
+            vec![
+                "--parent",
+                "base",
+                "--vision",
+                t,
+                "--name",
+                "x",
+                "--grad-accum",
+                "2",
+            ],
+            "not supported for vision steps",
+        ),
     ];
     for (args, want) in cases {
         let r = finetune(&store, &args);

@@ -456,6 +456,12 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
         "--vision-stage {stage:?}: expected align or instruct"
     );
     let images = a.images.as_str();
+    // what the token trainer offers and the vision trainer does not (yet): refused, not ignored
+    anyhow::ensure!(
+        cfg.grad_accum == 1 && cfg.max_time_s.is_none() && cfg.early_stop_patience.is_none(),
+        "--images: gradient accumulation, --max-time and early stopping are not supported for vision steps \
+         (raise --batch-size, lower --steps)"
+    );
     let mut cfg = cfg;
     if stage == "align" {
         cfg.lora = None;
