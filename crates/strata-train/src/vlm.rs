@@ -72,6 +72,9 @@ pub struct VlmOutcome {
 
 struct Run {
     lm: Llama,
+    /// Built on the variables' tensors, which share their storage: it sees every update (as the decoder
+    /// sees its adapter's).
+    projector: Projector,
     vars: HashMap<String, Var>,
     lora_state: Arc<LoraState>,
 }
@@ -107,8 +110,10 @@ fn build(job: &VlmJob<'_>) -> Result<Run> {
         }
         None => Llama::load(&vb, text)?,
     };
+    let projector = Projector::from_tensors(job.llava, &named(&vars))?;
     Ok(Run {
         lm,
+        projector,
         vars,
         lora_state,
     })
@@ -156,17 +161,11 @@ fn batch(job: &VlmJob<'_>, examples: &[&VlmExample]) -> Result<(Tensor, Tensor, 
 /// Summed loss and counted targets of one batch.
 fn loss_sum(job: &VlmJob<'_>, run: &Run, examples: &[&VlmExample]) -> Result<(Tensor, usize)> {
     let (x, y, images) = batch(job, examples)?;
-    let tensors: HashMap<String, Tensor> = run
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
-    let projector = Projector::from_tensors(job.llava, &tensors)?;
     let logits = llava::forward(
         &run.lm,
         &x,
         job.llava.image_token_id,
-        &projector.forward(&images)?,
+        &run.projector.forward(&images)?,
     )?;
     Ok(strata_model::next_token_loss_sum(&logits, &y)?)
 }
