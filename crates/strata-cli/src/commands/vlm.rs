@@ -51,8 +51,15 @@ pub struct VisionStep {
 
 pub use strata_serve::engine::vision::{processor_size, tower_norm};
 
+/// An image dataset of the store: its name, folder and records (read once, by [`image_records`]).
+pub struct ImageSet {
+    pub name: String,
+    pub dir: PathBuf,
+    pub recs: Vec<ImageRecord>,
+}
+
 /// The image dataset's records and folder.
-pub fn image_records(store: &Store, name: &str) -> anyhow::Result<(PathBuf, Vec<ImageRecord>)> {
+pub fn image_records(store: &Store, name: &str) -> anyhow::Result<ImageSet> {
     let dir = store.require(Kind::Dataset, name)?;
     anyhow::ensure!(
         strata_image::dataset::is_image_dataset(&dir),
@@ -60,7 +67,11 @@ pub fn image_records(store: &Store, name: &str) -> anyhow::Result<(PathBuf, Vec<
     );
     let recs = strata_image::dataset::read_records(&dir)?;
     anyhow::ensure!(!recs.is_empty(), "image dataset {name:?} has no images");
-    Ok((dir, recs))
+    Ok(ImageSet {
+        name: name.to_string(),
+        dir,
+        recs,
+    })
 }
 
 /// Pixels `[n, 3, size, size]` of `recs`, normalised for the tower.
@@ -91,13 +102,13 @@ fn pixels(
 /// from the store's feature cache or computed by the tower (then cached).
 pub fn features(
     store: &Store,
-    dataset: &str,
+    set: &ImageSet,
     tower: &VisionEncoder,
     tower_dir: &Path,
     cfg: &LlavaConfig,
     size: u32,
 ) -> anyhow::Result<(Tensor, Tensor)> {
-    let (dir, recs) = image_records(store, dataset)?;
+    let (dataset, dir, recs) = (set.name.as_str(), &set.dir, &set.recs);
     let manifest = store.input_ref(Kind::Dataset, dataset)?;
     let weights = strata_store::sha256_dir(tower_dir)?;
     let key = strata_store::sha256_bytes(
@@ -128,7 +139,7 @@ pub fn features(
     let (mut rows, mut pooled) = (Vec::new(), Vec::new());
     let ordered: Vec<&ImageRecord> = recs.iter().collect();
     for chunk in ordered.chunks(16) {
-        let px = pixels(&dir, chunk, size, norm)?;
+        let px = pixels(dir, chunk, size, norm)?;
         let out = tower.forward(&px)?;
         rows.push(cfg.select(&out)?);
         let p = match &out.pooled {
@@ -471,22 +482,15 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
     let st = start(store, a, cfg.seed)?;
     // every check before the tower runs (its features are cached for the next run)
     let replay = replay_of(store, a, &cfg, &st)?;
-    let (_, recs) = image_records(store, images)?;
-    let (feats, _) = features(
-        store,
-        images,
-        &st.tower,
-        &st.tower_dir,
-        &st.cfg,
-        a.image_size,
-    )?;
+    let set = image_records(store, images)?;
+    let (feats, _) = features(store, &set, &st.tower, &st.tower_dir, &st.cfg, a.image_size)?;
     anyhow::ensure!(
         feats.dim(1)? == st.cfg.image_seq_length,
         "the cached features have {} rows per image, the model {} (a stage-2 run must use stage 1's --image-size)",
         feats.dim(1)?,
         st.cfg.image_seq_length
     );
-    let (train, val) = examples(&recs, &st, stage)?;
+    let (train, val) = examples(&set.recs, &st, stage)?;
     let mut manifest_inputs = st.inputs.clone();
     manifest_inputs.push(store.input_ref(Kind::Dataset, images)?);
     for t in &a.replay {

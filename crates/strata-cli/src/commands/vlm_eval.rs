@@ -203,8 +203,9 @@ pub fn score(store: &Store, model: &str, dataset: &str, split: &str) -> anyhow::
     let td = TokenizerDir::open(&dir)?;
     let tmpl = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
     let size = processor_size(&dir)?;
-    let (_, recs) = image_records(store, dataset)?;
-    let (feats, pooled) = features(store, dataset, &llava.tower, &dir, &llava.cfg, size)?;
+    let set = image_records(store, dataset)?;
+    let (feats, pooled) = features(store, &set, &llava.tower, &dir, &llava.cfg, size)?;
+    let recs = &set.recs;
     anyhow::ensure!(
         feats.dim(1)? == llava.cfg.image_seq_length,
         "features of {} rows for a model of {} image tokens",
