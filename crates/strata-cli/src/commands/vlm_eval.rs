@@ -156,26 +156,13 @@ fn answer(
     Ok(best.0)
 }
 
-/// Per-class precision/recall F1 of predictions against truths.
+/// F1 of `class` over (truth, prediction) pairs of a single-label task: [`set_prf`] with one prediction each.
 fn f1(pairs: &[(String, String)], class: &str) -> f64 {
-    let tp = pairs
+    let sets: Vec<(String, Vec<&str>)> = pairs
         .iter()
-        .filter(|(t, p)| t == class && p == class)
-        .count();
-    let fp = pairs
-        .iter()
-        .filter(|(t, p)| t != class && p == class)
-        .count();
-    let fn_ = pairs
-        .iter()
-        .filter(|(t, p)| t == class && p != class)
-        .count();
-    if tp == 0 {
-        return 0.0;
-    }
-    #[allow(clippy::cast_precision_loss)]
-    let (p, r) = (tp as f64 / (tp + fp) as f64, tp as f64 / (tp + fn_) as f64);
-    2.0 * p * r / (p + r)
+        .map(|(t, p)| (t.clone(), vec![p.as_str()]))
+        .collect();
+    set_prf(&sets, class).3
 }
 
 #[allow(clippy::cast_precision_loss)]
