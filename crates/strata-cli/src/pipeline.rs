@@ -478,22 +478,7 @@ fn step_vision(
     progress: bool,
 ) -> anyhow::Result<()> {
     let vision = match s.vision.as_deref() {
-        Some("vit-s-focus") => {
-            let out = std::process::Command::new("bash")
-                .args(["scripts/fetch-model.sh", "--vision", "data"])
-                .output()
-                .context(
-                    "running scripts/fetch-model.sh --vision (run strata from the repository root)",
-                )?;
-            anyhow::ensure!(
-                out.status.success(),
-                "scripts/fetch-model.sh --vision failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Some(std::path::PathBuf::from(
-                String::from_utf8_lossy(&out.stdout).trim(),
-            ))
-        }
+        Some("vit-s-focus") => Some(fetch_model(&["--vision"])?),
         Some(p) => Some(std::path::PathBuf::from(p)),
         None => None,
     };
@@ -604,21 +589,30 @@ fn step_encode(store: &Store, s: &EncodeStep, by: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `scripts/fetch-model.sh FLAGS data` (run from the repository root): the path it prints of what it fetched
+/// and checked.
+fn fetch_model(flags: &[&str]) -> anyhow::Result<std::path::PathBuf> {
+    let what = format!("scripts/fetch-model.sh {}", flags.join(" "));
+    let out = std::process::Command::new("bash")
+        .arg("scripts/fetch-model.sh")
+        .args(flags)
+        .arg("data")
+        .output()
+        .with_context(|| format!("running {what} (run strata from the repository root)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(std::path::PathBuf::from(
+        String::from_utf8_lossy(&out.stdout).trim(),
+    ))
+}
+
 fn step_import(store: &Store, s: &ImportStep) -> anyhow::Result<()> {
     let file = match (&s.path, s.fetch.as_deref()) {
         (Some(p), None) => std::path::PathBuf::from(p),
-        (None, Some("smollm2")) => {
-            let out = std::process::Command::new("bash")
-                .args(["scripts/fetch-model.sh", "data"])
-                .output()
-                .context("running scripts/fetch-model.sh (run strata from the repository root)")?;
-            anyhow::ensure!(
-                out.status.success(),
-                "scripts/fetch-model.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        }
+        (None, Some("smollm2")) => fetch_model(&[])?,
         _ => anyhow::bail!(
             "step import {:?}: give either path = \"…\" or fetch = \"smollm2\"",
             s.name

