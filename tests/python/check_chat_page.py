@@ -4,15 +4,11 @@ stream in. Prints OK."""
 import sys
 import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
-for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-    opts.add_argument(a)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+import chromium
+
+driver = chromium.driver()
 try:
     driver.get(sys.argv[1] + "/")
     key = driver.find_element(By.ID, "key")

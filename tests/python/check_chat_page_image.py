@@ -5,17 +5,13 @@ argv[4]'s contents (what the openai client got for the same image and question, 
 import sys
 import time
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+
+import chromium
 
 url, model, png, expect = sys.argv[1:5]
 want = open(expect).read().strip()
-opts = webdriver.ChromeOptions()
-opts.binary_location = "/usr/bin/chromium"
-for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-    opts.add_argument(a)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+driver = chromium.driver()
 try:
     driver.get(url + "/")
     deadline = time.time() + 30

@@ -412,66 +412,22 @@ fn bad_vision_language_input_is_refused_by_name() {
     setup(&store);
     let tower = store.join("tower");
     let t = tower.to_str().unwrap();
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--parent", "base", "--name", "x"], "--vision"),
-        (
-            vec![
-                "--parent",
-                "base",
-                "--vision",
-                t,
-                "--name",
-                "x",
-                "--vision-stage",
-                "pretrain",
-            ],
-            "pretrain",
-        ),
-        (
-            vec![
-                "--parent",
-                "base",
-                "--vision",
-                t,
-                "--name",
-                "x",
-                "--vision-layer",
-                "7",
-            ],
-            "vision_feature_layer 7",
-        ),
-        (
-            vec!["--parent", "nope", "--vision", t, "--name", "x"],
-            "nope",
-        ),
-        (
-            vec![
-                "--parent",
-                "base",
-                "--vision",
-                t,
-                "--name",
-                "x",
-                "--tokens",
-                "general-bpe",
-            ],
-            "only --vision-stage instruct",
-        ),
-        (
-            vec![
-                "--parent",
-                "base",
-                "--vision",
-                t,
-                "--name",
-                "x",
-                "--grad-accum",
-                "2",
-            ],
-            "not supported for vision steps",
-        ),
+    // after `--parent base --vision TOWER --name x` unless the case names its own start
+    let cases: [(&[&str], &str); 7] = [
+        (&["--parent", "base", "--name", "x"], "--vision"),
+        (&["--vision-stage", "pretrain"], "pretrain"),
+        (&["--vision-layer", "7"], "vision_feature_layer 7"),
+        (&["--parent", "nope", "--vision", t, "--name", "x"], "nope"),
+        (&["--tokens", "general-bpe"], "only --vision-stage instruct"),
+        (&["--grad-accum", "2"], "not supported for vision steps"),
+        (&["--vision-features", "cls"], "--vision-features \"cls\""),
     ];
-    for (args, want) in cases {
+    for (extra, want) in cases {
+        let mut args = Vec::new();
+        if !extra.contains(&"--parent") {
+            args.extend(["--parent", "base", "--vision", t, "--name", "x"]);
+        }
+        args.extend_from_slice(extra);
         let r = finetune(&store, &args);
         assert!(!r.ok, "{args:?} succeeded");
         assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
