@@ -109,21 +109,19 @@ impl Vision {
     /// # Errors
     /// On a tensor failure.
     pub fn encode(&self, frame: &strata_image::pixels::Frame) -> Result<Vec<f32>> {
+        use strata_model::Context as _;
         let s = self.size as usize;
-        let run = || -> strata_model::Result<Vec<f32>> {
-            let px = Tensor::from_vec(
-                frame.tower_pixels(self.size, self.norm.0, self.norm.1),
-                (1, 3, s, s),
-                &Device::Cpu,
-            )
-            .map_err(|e| strata_model::ModelError::Invalid(e.to_string()))?;
-            let out = self.tower.forward(&px)?;
-            let f = self.projector.forward(&self.cfg.select(&out)?)?;
-            f.flatten_all()
-                .and_then(|t| t.to_vec1())
-                .map_err(|e| strata_model::ModelError::Invalid(e.to_string()))
-        };
-        Ok(run()?)
+        let px = Tensor::from_vec(
+            frame.tower_pixels(self.size, self.norm.0, self.norm.1),
+            (1, 3, s, s),
+            &Device::Cpu,
+        )
+        .ctx("image pixels")?;
+        let out = self.tower.forward(&px)?;
+        let f = self.projector.forward(&self.cfg.select(&out)?)?;
+        Ok(f.flatten_all()
+            .and_then(|t| t.to_vec1())
+            .ctx("image features")?)
     }
 
     /// The features of an image given as bytes (PNG, JPEG, BMP), from the cache when the same bytes came
