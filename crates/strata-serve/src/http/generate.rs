@@ -187,7 +187,7 @@ async fn with_images(
             Some("model"),
         ));
     };
-    let token = vision.cfg.image_token_id;
+    let (token, n) = (vision.cfg.image_token_id, vision.cfg.image_seq_length);
     let slots = ids.iter().filter(|&&id| id == token).count();
     if slots != images.len() {
         return Err(ApiError::bad_request(
@@ -236,7 +236,6 @@ async fn with_images(
     })
     .await
     .map_err(|e| ApiError::internal(&e.to_string()))??;
-    let n = engine.vision.as_ref().map_or(0, |v| v.cfg.image_seq_length);
     let mut out = Vec::with_capacity(ids.len() + slots * n);
     for id in ids {
         if id == token {
