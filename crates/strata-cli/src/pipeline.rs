@@ -1,7 +1,7 @@
 //! Pipeline files: TOML with named `[[step]]`s run in order, each naming its inputs by artifact name.
 //! Every table refuses unknown keys, so a typo is an error naming the key, not a silently ignored setting.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -133,6 +133,12 @@ pub struct AcquireStep {
     /// How `.urls` lists are fetched (`[step.fetch]`: user_agent, per_host_delay_ms, concurrency, …).
     #[serde(default)]
     pub fetch: strata_data::acquire::FetchConfig,
+    /// Images: keep every k-th frame of a cine loop (default 1: every frame).
+    #[serde(default)]
+    pub frame_step: Option<u32>,
+    /// Images: the labels sidecar (default: labels.csv/labels.jsonl at the top of an input folder).
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +518,29 @@ fn step_vision(
 }
 
 fn step_acquire(store: &Store, s: &AcquireStep, by: &str) -> anyhow::Result<()> {
+    // images (PNG/JPEG/BMP/DICOM) become an image dataset, as `strata acquire` makes them
+    if let Some(found) = strata_image::acquire::image_inputs(&s.inputs)? {
+        let cfg = strata_image::acquire::ImageAcquireConfig {
+            inputs: s.inputs.clone(),
+            frame_step: s.frame_step.unwrap_or(1).max(1),
+            labels: s.labels.clone(),
+            secret: std::env::var("STRATA_DEID_SECRET").unwrap_or_default(),
+            ..Default::default()
+        };
+        let (_, c) = strata_image::acquire::acquire_images(store, &s.name, &cfg, &found, by)
+            .with_context(|| format!("step acquire {:?}", s.name))?;
+        eprintln!(
+            "acquire    {:<20} done       images={} files={} dicom_files={} quarantined={}",
+            s.name, c.images, c.files, c.dicom_files, c.quarantined
+        );
+        return Ok(());
+    }
+    if s.frame_step.is_some() || s.labels.is_some() {
+        anyhow::bail!(
+            "step acquire {:?}: frame_step and labels are for images, and its inputs hold none",
+            s.name
+        );
+    }
     let cfg = strata_data::acquire::AcquireConfig {
         inputs: s.inputs.clone(),
         text_field: s.text_field.clone().unwrap_or_else(|| "text".into()),

@@ -713,3 +713,60 @@ fn an_image_folder_takes_its_labels_from_sub_folder_names() {
     .unwrap();
     assert_eq!(got.luma8(), png.luma8());
 }
+
+/// A pipeline's acquire step takes images as `strata acquire` does (an image dataset, its labels from the
+/// sidecar), its preprocess step runs the image stages, and a second run of the same file leaves both datasets
+/// as they are (the same manifests: the steps after them stay up to date).
+#[test]
+fn a_pipeline_acquires_images_and_a_second_run_leaves_them_as_they_are() {
+    let store = fresh_dir("pipeline-images");
+    let out = store.join("sim");
+    let cfg = store.join("images.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[step]]\ntype = \"domain\"\nsource = \"ultrasound-images\"\nout = \"{}\"\ncount = 24\nsize = 48\nseed = 2\n\n\
+             [[step]]\ntype = \"acquire\"\nname = \"scans-raw\"\ninputs = [\"{}\"]\n\n\
+             [[step]]\ntype = \"preprocess\"\nname = \"scans\"\ninput = \"scans-raw\"\nimages = {{ split = [0.2, 0.2] }}\n",
+            out.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let pipeline = || run(strata(&store).args(["pipeline", "run"]).arg(&cfg));
+    let r = pipeline();
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("images=24"), "{}", r.stderr);
+    let recs = records(&store, "scans-raw");
+    assert_eq!(recs.len(), 24);
+    assert_eq!(
+        recs[0]["labels"].as_array().unwrap().len(),
+        2,
+        "{}",
+        recs[0]
+    );
+    let manifest = |name: &str| {
+        std::fs::read_to_string(store.join("datasets").join(name).join("manifest.json")).unwrap()
+    };
+    let before = (manifest("scans-raw"), manifest("scans"));
+    assert!(before.1.contains("\"split\""), "{}", before.1);
+    // a manifest written again would carry a later second
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = pipeline();
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!((manifest("scans-raw"), manifest("scans")), before);
+    // image settings on text inputs are refused by name
+    let text = store.join("text.toml");
+    std::fs::write(
+        &text,
+        "[[step]]\ntype = \"acquire\"\nname = \"t\"\ninputs = [\"fixtures/quick/general\"]\nframe_step = 2\n",
+    )
+    .unwrap();
+    let r = run(strata(&store).args(["pipeline", "run"]).arg(&text));
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("frame_step and labels are for images"),
+        "{}",
+        r.stderr
+    );
+}

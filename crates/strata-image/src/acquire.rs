@@ -455,7 +455,8 @@ fn read_all(
 }
 
 /// What an image acquisition did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AcquireCounts {
     pub files: usize,
     pub images: usize,
@@ -550,6 +551,12 @@ pub fn acquire_images(
     counts.quarantined = quarantined;
     let mut manifest = Manifest::new(Kind::Dataset, name, created_by)
         .with_config(inputs, serde_json::json!({"images": cfg}));
+    // the same files and settings as the published dataset: it stays as it is (a pipeline run again
+    // leaves the steps after it up to date)
+    if let Some(existing) = store.up_to_date(Kind::Dataset, name, &manifest.fingerprint) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Ok((existing, counts));
+    }
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&counts) {
         manifest.counts = m;
     }

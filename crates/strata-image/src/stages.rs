@@ -64,7 +64,8 @@ impl Default for ImageStages {
 }
 
 /// Counts of what each stage kept and dropped.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StageCounts {
     pub input: usize,
     pub undecodable: usize,
@@ -170,6 +171,14 @@ pub fn preprocess_images(
     created_by: &str,
 ) -> Result<(Manifest, StageCounts)> {
     let in_dir = store.require(Kind::Dataset, input)?;
+    let inputs = vec![store.input_ref(Kind::Dataset, input)?];
+    let manifest = Manifest::new(Kind::Dataset, output, created_by)
+        .with_config(inputs, serde_json::json!({"image_stages": cfg}));
+    if let Some(existing) = store.up_to_date(Kind::Dataset, output, &manifest.fingerprint) {
+        let c = serde_json::from_value(serde_json::Value::Object(existing.counts.clone()))
+            .unwrap_or_default();
+        return Ok((existing, c));
+    }
     let records = read_records(&in_dir)?;
     let staging = store.staging(Kind::Dataset, output)?;
     let mut w = DatasetWriter::new(&staging)?;
@@ -252,9 +261,7 @@ pub fn preprocess_images(
     let (n, _) = w.finish()?;
     c.output = n;
     strata_store::write_json_atomic(staging.join("stats.json"), &c)?;
-    let inputs = vec![store.input_ref(Kind::Dataset, input)?];
-    let mut manifest = Manifest::new(Kind::Dataset, output, created_by)
-        .with_config(inputs, serde_json::json!({"image_stages": cfg}));
+    let mut manifest = manifest;
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(&c) {
         manifest.counts = m;
     }
