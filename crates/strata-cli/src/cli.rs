@@ -362,10 +362,15 @@ pub struct FinetuneArgs {
     #[arg(long, default_value_t = 0.25, requires = "images")]
     pub replay_share: f64,
     /// With --images: the vision tower, a Hugging Face folder (DINOv2, CLIP or SigLIP; e.g.
-    /// data/models/dinov2-vit-s-focus from `scripts/fetch-model.sh --vision`). Not needed when --parent is
+    /// data/models/dinov2-vit-s-focus from `scripts/fetch-model.sh --vision`), or `scratch`: a small
+    /// DINOv2-layout ViT trained here first on the dataset's labels (train split; cached in the store's
+    /// cache/towers/), the offline fallback when no tower can be downloaded. Not needed when --parent is
     /// already a vision-language model (stage 2 continues from stage 1).
     #[arg(long, requires = "images")]
     pub vision: Option<PathBuf>,
+    /// With --vision scratch: the tower's training steps (batches of 32 images).
+    #[arg(long, default_value_t = 300, requires = "images")]
+    pub vision_steps: usize,
     /// With --images: `align` (stage 1: the projector alone on image-report pairs, the decoder frozen) or
     /// `instruct` (stage 2: projector and a LoRA adapter on the decoder, on questions about each image and
     /// its report; the adapter is merged into the published model).

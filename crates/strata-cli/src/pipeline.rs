@@ -222,6 +222,9 @@ pub struct FinetuneStep {
     /// `default` (patches) or `full` (the class token too).
     #[serde(default)]
     pub vision_features: Option<String>,
+    /// With `vision = "scratch"`: the tower's training steps (default 300).
+    #[serde(default)]
+    pub vision_steps: Option<usize>,
     /// With `images` and `tokens`: text windows per step as a share of the batch (default 0.25).
     #[serde(default)]
     pub replay_share: Option<f64>,
@@ -501,6 +504,7 @@ fn step_vision(
         parent: s.parent.clone(),
         images: images.to_string(),
         vision,
+        scratch_steps: s.vision_steps.unwrap_or(300),
         stage: s.vision_stage.clone().unwrap_or_else(|| "align".into()),
         image_size: s.image_size.unwrap_or(112),
         vision_layer: s.vision_layer.unwrap_or(-2),

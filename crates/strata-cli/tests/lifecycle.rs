@@ -15,7 +15,7 @@ use tower::ServiceExt;
 
 #[test]
 fn demo_quick_prints_table_and_each_finetune_gains_on_its_domain() {
-    let (_, r) = quick_demo();
+    let (dir, r) = quick_demo();
     let out = &r.stdout;
     assert!(
         out.contains("ppl general")
@@ -65,6 +65,19 @@ fn demo_quick_prints_table_and_each_finetune_gains_on_its_domain() {
         out.contains("ultrasound DICOM: 4 cine loops with invented patients → 4 de-identified"),
         "{out}"
     );
+    // the vision-language step: the chain's last model reading the scans through a ViT trained from scratch
+    assert!(
+        out.contains("vision-language model us-vision: ultrasound reading the scans"),
+        "{out}"
+    );
+    let truth = out.lines().find(|l| l.starts_with("  truth: ")).unwrap();
+    assert!(truth.contains("FINDINGS:"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("  model: ")), "{out}");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("models/us-vision/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["architectures"][0], "LlavaForConditionalGeneration");
+    assert_eq!(cfg["vision_config"]["model_type"], "dinov2");
 }
 
 #[test]

@@ -94,8 +94,9 @@ fn finetune(store: &Path, extra: &[&str]) -> common::Run {
     run(strata(store).args(&args))
 }
 
-/// Strata's logits for a prompt with one image, written for check_llava_model.py.
-fn expect_file(store: &Path, model: &str, out: &Path) {
+/// Strata's logits for a prompt with one image (16 px, `rows` image tokens), written for
+/// check_llava_model.py.
+fn expect_file(store: &Path, model: &str, out: &Path, rows: usize) {
     let dir = store.join("models").join(model);
     let dev = candle_core::Device::Cpu;
     let llava = strata_model::Llava::load(&dir, &dev).unwrap();
@@ -105,8 +106,7 @@ fn expect_file(store: &Path, model: &str, out: &Path) {
             .unwrap();
     let px = frame.tower_pixels(16, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
     let px = candle_core::Tensor::from_vec(px, (1, 3, 16, 16), &dev).unwrap();
-    let rows = llava.cfg.image_seq_length;
-    assert_eq!(rows, 16, "16 px in 4 px patches, the class token dropped");
+    assert_eq!(llava.cfg.image_seq_length, rows);
     let img = llava.cfg.image_token_id;
     let mut ids = vec![5u32, 17, 40];
     ids.extend(std::iter::repeat_n(img, rows));
@@ -346,7 +346,8 @@ fn check_and_eval(store: &Path) {
     serves_images_to_the_openai_client(&store, "vlm-instruct");
     // the forward against numpy, in transformers' names and semantics
     let expect = store.join("expect.safetensors");
-    expect_file(&store, "vlm-instruct", &expect);
+    // 16 px in 4 px patches, the class token dropped
+    expect_file(&store, "vlm-instruct", &expect, 16);
 
     let out = python_check(
         "check_llava_model.py",
@@ -520,4 +521,105 @@ fn has_checkpoint(runs: &Path) -> bool {
                 .any(|f| f.file_name().to_string_lossy().starts_with("checkpoint-"))
         })
     })
+}
+
+/// `--vision scratch`: a DINOv2-layout tower trained here on the images' labels (its loss falls; the label
+/// head is not published), cached and reused, read by the LLaVA step as a downloaded tower is (the exported
+/// folder matches the numpy forward); a size its patches do not divide is refused by name.
+#[test]
+fn a_tower_trained_from_scratch_is_cached_and_read_as_a_downloaded_one() {
+    let store = fresh_dir("vlm-scratch");
+    setup(&store);
+    let args = |name: &'static str| {
+        vec![
+            "--parent",
+            "base",
+            "--vision",
+            "scratch",
+            "--vision-steps",
+            "30",
+            "--steps",
+            "2",
+            "--name",
+            name,
+        ]
+    };
+    let r = finetune(&store, &args("s1"));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("a 4-block ViT (patch 8)"), "{}", r.stderr);
+    let towers: Vec<_> = std::fs::read_dir(store.join("cache/towers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(towers.len(), 1, "{towers:?}");
+    let tower = &towers[0];
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tower.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "dinov2");
+    assert_eq!(
+        (cfg["image_size"].as_u64(), cfg["patch_size"].as_u64()),
+        (Some(16), Some(8))
+    );
+    assert!(tower.join("preprocessor_config.json").is_file());
+    let (w, _) =
+        strata_model::read_safetensors(&tower.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(w.keys().all(|k| !k.contains("head")), "{:?}", w.keys());
+    assert_eq!(w["embeddings.position_embeddings"].dims(), &[1, 5, 128]);
+    // the tower's loss fell over its 30 steps
+    let tower_run = std::fs::read_dir(store.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tower-")
+        })
+        .unwrap();
+    let losses: Vec<f64> = std::fs::read_to_string(tower_run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 30);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / 5.0;
+    assert!(mean(&losses[25..]) < 0.8 * mean(&losses[..5]), "{losses:?}");
+    // the vision-language model reads it as any tower: 2 x 2 patches, the class token dropped
+    let llava: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("models/s1/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(llava["vision_config"]["hidden_size"], 128);
+    let expect = store.join("expect-scratch.safetensors");
+    expect_file(&store, "s1", &expect, 4);
+    let out = python_check(
+        "check_llava_model.py",
+        &[store.join("models/s1").as_os_str(), expect.as_os_str()],
+    );
+    assert!(out.contains("OK"), "{out}");
+    // a second step with the same images and settings takes the cached tower
+    let r = finetune(&store, &args("s2"));
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stderr.contains("cached"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_dir(store.join("cache/towers"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // 20 px is no multiple of 8 px patches
+    let mut bad = vec!["finetune", "--images", "us", "--image-size", "20"];
+    bad.extend(args("s3"));
+    let r = run(strata(&store).args(&bad));
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("--vision scratch at --image-size 20"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("patch_size"), "{}", r.stderr);
 }

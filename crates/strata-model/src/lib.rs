@@ -27,7 +27,9 @@ pub use hf::{
     check_folder, load_model, read_config, read_safetensors, read_safetensors_bytes, read_weights,
     save_safetensors, write_hf_config, FolderCheck,
 };
-pub use llama::{init_std, next_token_loss, next_token_loss_sum, seeded_init, Llama, LoraWeights};
+pub use llama::{
+    init_std, next_token_loss, next_token_loss_sum, seeded_init, seeded_normal, Llama, LoraWeights,
+};
 pub use llava::{Llava, LlavaConfig, Projector};
 pub use vision::{VisionConfig, VisionEncoder, VisionOutput};
 

@@ -95,6 +95,14 @@ impl VisionConfig {
         })
     }
 
+    /// A configuration from its JSON (a tower's `config.json` as a value).
+    ///
+    /// # Errors
+    /// As [`VisionConfig::read`], without a file to name.
+    pub fn from_json_value(v: &serde_json::Value) -> Result<Self> {
+        Self::from_json(v).map_err(ModelError::Invalid)
+    }
+
     pub(crate) fn from_json(v: &serde_json::Value) -> Result<Self, String> {
         let model_type = v["model_type"].as_str().unwrap_or_default().to_string();
         // per family: defaults of transformers' configs (eps, activation, image and patch size)
@@ -315,7 +323,12 @@ fn attend(xq: &Tensor, xkv: &Tensor, a: &Attention, heads: usize) -> candle_core
     #[allow(clippy::cast_precision_loss)]
     let scale = 1.0 / (hd as f64).sqrt();
     let att = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    // candle's fused softmax has no backward: a tower being trained takes the composed one
+    let att = if att.track_op() {
+        candle_nn::ops::softmax(&att, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&att)?
+    };
     let y = att
         .matmul(&v)?
         .transpose(1, 2)?

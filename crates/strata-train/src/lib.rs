@@ -15,6 +15,7 @@ mod optim;
 pub mod parent;
 pub mod plot;
 mod trainer;
+pub mod vit;
 pub mod vlm;
 
 pub use config::{finetune_table, get_lr, pretrain_table, Schedule, Stage, TrainConfig};

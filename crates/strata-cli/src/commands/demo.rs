@@ -1,7 +1,8 @@
 //! `strata demo`: fetch the data if missing, run the demo pipeline (general corpus → tokenizer → base
 //! model → medical → ultrasound), then print held-out perplexity of every model on every domain and a
 //! sample completion from each; then the image part: simulated ultrasound scans through the image stages to a
-//! contact sheet, and simulated ultrasound DICOM de-identified.
+//! contact sheet, simulated ultrasound DICOM de-identified, and a vision-language model on the scans (the
+//! chain's last model reading them through a ViT trained from scratch) writing a held-out scan's report.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -134,6 +135,9 @@ pub fn run(store: &Store, a: &DemoArgs) -> anyhow::Result<ExitCode> {
     }
     println!();
     super::images::demo(store, a.quick && a.config.is_none())?;
+    if let Some(parent) = demo.models.last() {
+        super::vlm::demo(store, parent, a.quick && a.config.is_none())?;
+    }
     println!();
     println!(
         "demo finished in {:.1}s; artifacts in {} (try `strata lineage {}`)",

@@ -22,6 +22,7 @@ mod preprocess;
 mod serve;
 mod tokenize;
 pub mod train;
+mod vit;
 pub mod vlm;
 mod vlm_eval;
 

@@ -210,6 +210,7 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
             parent: a.parent.clone(),
             images: images.clone(),
             vision: a.vision.clone(),
+            scratch_steps: a.vision_steps,
             stage: a.vision_stage.clone(),
             image_size: a.image_size,
             vision_layer: a.vision_layer,

@@ -27,6 +27,9 @@ use strata_tokenize::{ChatMessage, ChatTemplate, TokenizerDir, NO_LOSS};
 use strata_train::vlm::{VlmExample, VlmJob};
 use strata_train::TrainConfig;
 
+/// `--vision scratch`: a small tower trained from scratch on the images' labels (`commands::vit`).
+pub const SCRATCH: &str = "scratch";
+
 /// A vision-language fine-tuning step, from `strata finetune --images` or a pipeline's finetune step.
 #[derive(Debug, Clone)]
 pub struct VisionStep {
@@ -34,8 +37,10 @@ pub struct VisionStep {
     pub parent: String,
     /// The image dataset.
     pub images: String,
-    /// The tower's folder (a text parent needs one).
+    /// The tower's folder (a text parent needs one), or [`SCRATCH`].
     pub vision: Option<PathBuf>,
+    /// With [`SCRATCH`]: the tower's training steps.
+    pub scratch_steps: usize,
     /// `align` or `instruct`.
     pub stage: String,
     pub image_size: u32,
@@ -75,7 +80,7 @@ pub fn image_records(store: &Store, name: &str) -> anyhow::Result<ImageSet> {
 }
 
 /// Pixels `[n, 3, size, size]` of `recs`, normalised for the tower.
-fn pixels(
+pub fn pixels(
     dir: &Path,
     recs: &[&ImageRecord],
     size: u32,
@@ -150,8 +155,9 @@ pub fn features(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let f = Tensor::cat(&rows, 0)?;
-    let p = Tensor::cat(&pooled, 0)?;
+    // (one chunk is its own view: `cat` of it leaves the class token's offset in place)
+    let f = Tensor::cat(&rows, 0)?.contiguous()?;
+    let p = Tensor::cat(&pooled, 0)?.contiguous()?;
     let t = HashMap::from([
         ("features".to_string(), f.clone()),
         ("pooled".to_string(), p.clone()),
@@ -417,7 +423,7 @@ fn examples(
             continue;
         }
         for (q, ans) in turns(r, stage, &all) {
-            let ids = encode_turn(
+            let mut ids = encode_turn(
                 &st.td,
                 &tmpl,
                 st.cfg.image_token_id,
@@ -426,7 +432,6 @@ fn examples(
                 Some(&ans),
             )
             .with_context(|| format!("image {}", r.id))?;
-            let mut ids = ids;
             if ids.len() > keep {
                 ids.truncate(keep);
                 cut += 1;
@@ -479,6 +484,8 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
     } else if cfg.lora.is_none() {
         cfg.lora = Some(strata_model::lora::LoraConfig::default());
     }
+    let scratch = scratch_step(store, a, cfg.seed)?;
+    let a = scratch.as_ref().unwrap_or(a);
     let st = start(store, a, cfg.seed)?;
     // every check before the tower runs (its features are cached for the next run)
     let replay = replay_of(store, a, &cfg, &st)?;
@@ -545,6 +552,26 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
     }
     finish(store, a, &st, &cfg, &out, manifest, &run_id, train.len())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `--vision scratch` and a text parent: the step with the tower trained from scratch on its images
+/// (`commands::vit`) as its `vision`.
+fn scratch_step(store: &Store, a: &VisionStep, seed: u64) -> anyhow::Result<Option<VisionStep>> {
+    if a.vision.as_deref() != Some(Path::new(SCRATCH))
+        || strata_model::llava::is_llava(&store.dir(Kind::Model, &a.parent))
+    {
+        return Ok(None);
+    }
+    let mut s = a.clone();
+    s.vision = Some(super::vit::scratch_tower(
+        store,
+        &a.images,
+        a.image_size,
+        a.scratch_steps,
+        seed,
+        a.progress,
+    )?);
+    Ok(Some(s))
 }
 
 /// The text replayed beside the images and its windows per step, when the step names token artifacts.
@@ -734,6 +761,20 @@ fn publish(
 /// `preprocessor_config.json` of the published model: the tower's normalisation at the trained image size.
 fn write_processor(dir: &Path, st: &Start, size: u32) -> anyhow::Result<()> {
     let (mean, std) = tower_norm(&st.tower_dir, &st.cfg.vision);
+    write_preprocessor(dir, size, mean, std)
+}
+
+/// A `preprocessor_config.json` (transformers' `BitImageProcessor`, as DINOv2's): resize to `size` (bicubic),
+/// rescale to [0, 1], normalise with `mean` and `std`.
+///
+/// # Errors
+/// On a failing write.
+pub fn write_preprocessor(
+    dir: &Path,
+    size: u32,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> anyhow::Result<()> {
     let v = serde_json::json!({
         "image_processor_type": "BitImageProcessor",
         "do_resize": true, "size": {"height": size, "width": size}, "resample": 3,
@@ -762,6 +803,89 @@ pub fn image_prompt(dir: &Path, cfg: &LlavaConfig, question: &str) -> anyhow::Re
     .into_iter()
     .map(|id| id & !NO_LOSS)
     .collect())
+}
+
+/// The demo's vision-language step: the last text model of the chain reading the cleaned simulated scans
+/// (`us-images-clean`) through a tower trained from scratch on them (offline), one instruct stage (projector +
+/// LoRA), then its report of a held-out scan printed beside the truth.
+///
+/// # Errors
+/// A failing step, or no scan to describe.
+pub fn demo(store: &Store, parent: &str, quick: bool) -> anyhow::Result<()> {
+    const IMAGES: &str = "us-images-clean";
+    const NAME: &str = "us-vision";
+    let step = VisionStep {
+        name: NAME.into(),
+        parent: parent.into(),
+        images: IMAGES.into(),
+        vision: Some(PathBuf::from(SCRATCH)),
+        scratch_steps: if quick { 40 } else { 150 },
+        stage: "instruct".into(),
+        image_size: 96,
+        vision_layer: -1,
+        vision_features: "default".into(),
+        replay: Vec::new(),
+        replay_share: 0.0,
+        progress: true,
+    };
+    let mut cfg = TrainConfig::new(if quick { 30 } else { 120 }, 8, 256);
+    cfg.lr = 3e-3;
+    cfg.min_lr = 3e-4;
+    cfg.warmup_steps = 3;
+    cfg.eval_every = cfg.steps;
+    cfg.checkpoint_every = 20;
+    run_finetune(store, &step, cfg)?;
+    let set = image_records(store, IMAGES)?;
+    // a held-out scan: of the test split, else the validation split
+    let rec = ["test", "val", "train"]
+        .iter()
+        .find_map(|s| {
+            set.recs
+                .iter()
+                .find(|r| r.split.as_deref().unwrap_or("train") == *s)
+        })
+        .ok_or_else(|| anyhow::anyhow!("{IMAGES} has no images"))?;
+    let dir = store.require(Kind::Model, NAME)?;
+    let engine = strata_serve::Engine::load_quantized(NAME, &dir, None)?;
+    let vision = engine
+        .vision
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("model {NAME:?} has no vision tower"))?;
+    let frame = strata_image::acquire::read_picture(
+        &set.dir.join(&rec.file),
+        strata_image::acquire::DEFAULT_MAX_PIXELS,
+    )?;
+    let rows = vision.encode(&frame)?;
+    let ids = image_prompt(&dir, &vision.cfg, REPORT_PROMPT)?;
+    let params = strata_serve::GenParams::new(64, strata_serve::Sampling::from_params(0.0, 1.0), 0);
+    let mut answer = String::new();
+    engine.generate_ids(
+        ids,
+        Some(strata_engine::ImageRows {
+            token: vision.cfg.image_token_id,
+            rows: &rows,
+        }),
+        &params,
+        None,
+        &mut |piece| {
+            answer.push_str(piece);
+            true
+        },
+    )?;
+    let one_line = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    println!(
+        "vision-language model {NAME}: {parent} reading the scans through a ViT trained here from scratch \
+         (offline; the pretrained ViT-S of the vision chain is `scripts/fetch-model.sh --vision`)"
+    );
+    println!(
+        "  scan {} of the {} split ({})",
+        rec.id,
+        rec.split.as_deref().unwrap_or("train"),
+        rec.labels.join(", ")
+    );
+    println!("  truth: {}", one_line(&rec.text));
+    println!("  model: {}", one_line(&answer));
+    Ok(())
 }
 
 /// `strata generate --model VLM --image PATH --prompt …`: the answer, and the time of each part on stderr.
