@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 
-use crate::{Result, TrainError};
+use crate::{Context, Result, TrainError};
 
 const PREFIX: &str = "checkpoint-";
 const SUFFIX: &str = ".safetensors";
@@ -175,6 +175,64 @@ pub fn load(dir: &Path, device: &Device) -> Result<Option<Loaded>> {
         weights,
         optim,
     }))
+}
+
+/// The tensors of a run's variables (sharing their storage), by name.
+pub(crate) fn tensors_of(vars: &HashMap<String, Var>) -> HashMap<String, Tensor> {
+    vars.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Restores a run of named variables and its optimizer from the newest checkpoint in `dir`; the step it
+/// was written after, if there was one.
+///
+/// # Errors
+/// A checkpoint naming a tensor that is not a variable of the run, or that does not load.
+pub(crate) fn restore(
+    vars: &HashMap<String, Var>,
+    opt: &mut crate::AdamW,
+    dir: &Path,
+) -> Result<Option<usize>> {
+    let Some(ck) = load(dir, &Device::Cpu)? else {
+        return Ok(None);
+    };
+    for (k, t) in &ck.weights {
+        let v = vars.get(k).ok_or_else(|| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: format!("{k} is not a variable of this run"),
+        })?;
+        v.set(t).ctx(k)?;
+    }
+    opt.load_state(&ck.optim, ck.state.step)?;
+    Ok(Some(ck.state.step))
+}
+
+/// After step `done` of a run of named variables: a checkpoint when `cfg.checkpoint_every` divides it (not
+/// after the last step: the published model follows).
+///
+/// # Errors
+/// On an I/O failure.
+pub(crate) fn save_vars_every(
+    dir: &Path,
+    vars: &HashMap<String, Var>,
+    opt: &crate::AdamW,
+    done: usize,
+    cfg: &crate::TrainConfig,
+) -> Result<()> {
+    if done.is_multiple_of(cfg.checkpoint_every.max(1)) && done < cfg.steps {
+        save(
+            dir,
+            &tensors_of(vars),
+            opt.state(),
+            RunState {
+                step: done,
+                ..RunState::default()
+            },
+            cfg.keep_checkpoints,
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use strata_model::{VisionConfig, VisionEncoder};
 
-use crate::checkpoint::{self, RunState};
+use crate::checkpoint;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::{get_lr, Context, Result, TrainConfig, TrainError};
 
@@ -137,12 +137,6 @@ fn step_rows(job: &VitJob<'_>, step: usize) -> Vec<u32> {
         .collect()
 }
 
-fn named(vars: &HashMap<String, Var>) -> HashMap<String, Tensor> {
-    vars.iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect()
-}
-
 /// The run's variables: a fresh tower and a label head of `labels` rows.
 fn variables(vision: &VisionConfig, labels: usize, seed: u64) -> Result<HashMap<String, Var>> {
     let dev = Device::Cpu;
@@ -162,23 +156,6 @@ fn variables(vision: &VisionConfig, labels: usize, seed: u64) -> Result<HashMap<
         vars.insert(k.clone(), Var::from_tensor(t).ctx(k)?);
     }
     Ok(vars)
-}
-
-/// Restores the variables and the optimizer from the newest checkpoint; the step it was written after (0
-/// without one).
-fn resume(vars: &HashMap<String, Var>, opt: &mut crate::AdamW, dir: &Path) -> Result<usize> {
-    let Some(ck) = checkpoint::load(dir, &Device::Cpu)? else {
-        return Ok(0);
-    };
-    for (k, t) in &ck.weights {
-        let v = vars.get(k).ok_or_else(|| TrainError::Checkpoint {
-            path: dir.to_path_buf(),
-            reason: format!("{k} is not a variable of this run"),
-        })?;
-        v.set(t).ctx(k)?;
-    }
-    opt.load_state(&ck.optim, ck.state.step)?;
-    Ok(ck.state.step)
 }
 
 /// Trains the tower and its label head; resumes from the run folder's last checkpoint when there is one.
@@ -201,7 +178,7 @@ pub fn train_vit(job: &VitJob<'_>) -> Result<(HashMap<String, Tensor>, f32)> {
     }
     let dev = Device::Cpu;
     let vars = variables(job.vision, labels, cfg.seed)?;
-    let live = named(&vars);
+    let live = checkpoint::tensors_of(&vars);
     let tower = VisionEncoder::from_weights(job.vision.clone(), &live, job.run_dir)?;
     let (hw, hb) = (
         &live[&format!("{HEAD}weight")],
@@ -210,7 +187,7 @@ pub fn train_vit(job: &VitJob<'_>) -> Result<(HashMap<String, Tensor>, f32)> {
     let mut opt = crate::AdamW::new(&vars, cfg.beta1, cfg.beta2, cfg.weight_decay)?;
     let ckpt_dir = job.run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
-    let start = resume(&vars, &mut opt, &ckpt_dir)?;
+    let start = checkpoint::restore(&vars, &mut opt, &ckpt_dir)?.unwrap_or(0);
     let metrics_path = job.run_dir.join("metrics.jsonl");
     let mut log = MetricsLog::open(&metrics_path, start)?;
     let bar = crate::trainer::steps_bar(job.name, cfg.steps, start, job.progress);
@@ -259,24 +236,13 @@ pub fn train_vit(job: &VitJob<'_>) -> Result<(HashMap<String, Tensor>, f32)> {
             mixture: std::collections::BTreeMap::new(),
             peak_rss_mib: crate::peak_rss_bytes() as f64 / f64::from(1u32 << 20),
         })?;
-        if done.is_multiple_of(cfg.checkpoint_every.max(1)) && done < cfg.steps {
-            checkpoint::save(
-                &ckpt_dir,
-                &named(&vars),
-                opt.state(),
-                RunState {
-                    step: done,
-                    ..RunState::default()
-                },
-                cfg.keep_checkpoints,
-            )?;
-        }
+        checkpoint::save_vars_every(&ckpt_dir, &vars, &opt, done, cfg)?;
         bar.set_position(done as u64);
         bar.set_message(format!("loss {value:.4}"));
     }
     bar.finish_and_clear();
     crate::plot_loss(&metrics_path, &job.run_dir.join("loss.png"))?;
-    let tower = named(&vars)
+    let tower = checkpoint::tensors_of(&vars)
         .into_iter()
         .filter(|(k, _)| !k.starts_with(HEAD))
         .collect();

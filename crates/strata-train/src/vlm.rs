@@ -21,7 +21,7 @@ use strata_model::llava::{self, LlavaConfig, Projector};
 use strata_model::lora::LoraState;
 use strata_model::{Llama, LoraWeights};
 
-use crate::checkpoint::{self, RunState};
+use crate::checkpoint;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::{get_lr, Context, Result, TrainConfig, TrainError};
 
@@ -110,7 +110,7 @@ fn build(job: &VlmJob<'_>) -> Result<Run> {
         }
         None => Llama::load(&vb, text)?,
     };
-    let projector = Projector::from_tensors(job.llava, &named(&vars))?;
+    let projector = Projector::from_tensors(job.llava, &checkpoint::tensors_of(&vars))?;
     Ok(Run {
         lm,
         projector,
@@ -207,30 +207,8 @@ fn evaluate(job: &VlmJob<'_>, run: &Run, examples: &[VlmExample]) -> Result<Opti
     Ok((count > 0).then(|| (sum / count as f64) as f32))
 }
 
-fn named(vars: &HashMap<String, Var>) -> HashMap<String, Tensor> {
-    vars.iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect()
-}
-
 fn progress(job: &VlmJob<'_>, start: usize) -> ProgressBar {
     crate::trainer::steps_bar(job.name, job.cfg.steps, start, job.progress)
-}
-
-/// Restores the variables and the optimizer from the newest checkpoint; the step it was written after.
-fn resume(run: &Run, opt: &mut crate::AdamW, ckpt_dir: &Path) -> Result<Option<usize>> {
-    let Some(ck) = checkpoint::load(ckpt_dir, &Device::Cpu)? else {
-        return Ok(None);
-    };
-    for (k, t) in &ck.weights {
-        let v = run.vars.get(k).ok_or_else(|| TrainError::Checkpoint {
-            path: ckpt_dir.to_path_buf(),
-            reason: format!("{k} is not a variable of this run"),
-        })?;
-        v.set(t).ctx(k)?;
-    }
-    opt.load_state(&ck.optim, ck.state.step)?;
-    Ok(Some(ck.state.step))
 }
 
 /// One optimizer step on `examples`: forward, backward, clipping, AdamW. The loss, the gradient norm and the
@@ -293,7 +271,7 @@ pub fn train_vlm(job: &VlmJob<'_>) -> Result<VlmOutcome> {
     let mut opt = crate::AdamW::new(&run.vars, cfg.beta1, cfg.beta2, cfg.weight_decay)?;
     let ckpt_dir = job.run_dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
-    let resumed_from = resume(&run, &mut opt, &ckpt_dir)?;
+    let resumed_from = checkpoint::restore(&run.vars, &mut opt, &ckpt_dir)?;
     let start = resumed_from.unwrap_or(0);
     let metrics_path = job.run_dir.join("metrics.jsonl");
     let mut log = MetricsLog::open(&metrics_path, start)?;
@@ -328,25 +306,14 @@ pub fn train_vlm(job: &VlmJob<'_>) -> Result<VlmOutcome> {
             mixture: std::collections::BTreeMap::new(),
             peak_rss_mib: crate::peak_rss_bytes() as f64 / f64::from(1u32 << 20),
         })?;
-        if done.is_multiple_of(cfg.checkpoint_every.max(1)) && done < cfg.steps {
-            checkpoint::save(
-                &ckpt_dir,
-                &named(&run.vars),
-                opt.state(),
-                RunState {
-                    step: done,
-                    ..RunState::default()
-                },
-                cfg.keep_checkpoints,
-            )?;
-        }
+        checkpoint::save_vars_every(&ckpt_dir, &run.vars, &opt, done, cfg)?;
         bar.set_position(done as u64);
         bar.set_message(format!("loss {last_loss:.4}"));
     }
     bar.finish_and_clear();
     crate::plot_loss(&metrics_path, &job.run_dir.join("loss.png"))?;
     let val_loss = evaluate(job, &run, job.val)?;
-    let all = named(&run.vars);
+    let all = checkpoint::tensors_of(&run.vars);
     let (projector, adapter) = all
         .into_iter()
         .partition(|(k, _)| k.starts_with(llava::PROJECTOR));
