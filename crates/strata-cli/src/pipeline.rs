@@ -528,7 +528,7 @@ fn step_acquire(store: &Store, s: &AcquireStep, by: &str) -> anyhow::Result<()> 
             inputs: s.inputs.clone(),
             frame_step: s.frame_step.unwrap_or(1).max(1),
             labels: s.labels.clone(),
-            secret: std::env::var("STRATA_DEID_SECRET").unwrap_or_default(),
+            secret: crate::commands::images::secret(),
             ..Default::default()
         };
         let (_, c) = strata_image::acquire::acquire_images(store, &s.name, &cfg, &found, by)

@@ -90,6 +90,33 @@ impl AdamW {
         Ok(sum.sqrt())
     }
 
+    /// The update after step `step` whose loss was `value`: a loss that is not finite ends the run
+    /// ([`crate::TrainError::Diverged`]); the gradients' global norm is clipped to `cfg.grad_clip` and the
+    /// schedule's learning rate taken. The norm (before clipping) and the rate.
+    ///
+    /// # Errors
+    /// A diverged loss, a tensor failure.
+    pub fn clipped_step(
+        &mut self,
+        grads: &Grads,
+        step: usize,
+        value: f32,
+        cfg: &crate::TrainConfig,
+    ) -> Result<(f64, f64)> {
+        if !value.is_finite() {
+            return Err(crate::TrainError::Diverged { step, value });
+        }
+        let norm = self.grad_norm(grads)?;
+        let scale = if norm > cfg.grad_clip {
+            cfg.grad_clip / norm
+        } else {
+            1.0
+        };
+        let lr = crate::get_lr(step, cfg);
+        self.step(grads, lr, scale)?;
+        Ok((norm, lr))
+    }
+
     /// One update with learning rate `lr`, gradients scaled by `grad_scale` (for clipping): one pass over
     /// each parameter's values, gradient and moments (the naive twin below takes some 17 tensor ops, each
     /// a pass and an allocation).

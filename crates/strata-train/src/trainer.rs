@@ -505,19 +505,7 @@ fn optimizer_step(
         );
     })?;
     lora_state.set_training(false, 0);
-    if !loss_value.is_finite() {
-        return Err(TrainError::Diverged {
-            step,
-            value: loss_value,
-        });
-    }
-    let norm = m.opt.grad_norm(&grads)?;
-    let scale = if norm > job.cfg.grad_clip {
-        job.cfg.grad_clip / norm
-    } else {
-        1.0
-    };
-    m.opt.step(&grads, get_lr(step, &job.cfg), scale)?;
+    let (norm, _) = m.opt.clipped_step(&grads, step, loss_value, &job.cfg)?;
     Ok((loss_value, norm))
 }
 

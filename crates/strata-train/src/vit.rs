@@ -18,7 +18,7 @@ use strata_model::{VisionConfig, VisionEncoder};
 
 use crate::checkpoint;
 use crate::metrics::{MetricsLog, StepMetrics};
-use crate::{get_lr, Context, Result, TrainConfig, TrainError};
+use crate::{Context, Result, TrainConfig, TrainError};
 
 /// The head's tensors (trained, never published).
 const HEAD: &str = "label_head.";
@@ -209,17 +209,7 @@ pub fn train_vit(job: &VitJob<'_>) -> Result<(HashMap<String, Tensor>, f32)> {
         let loss = bce_with_logits(&logits, &y).ctx("loss")?;
         let grads = opt.grads_of(&loss.backward().ctx("backward")?);
         let value = loss.to_scalar::<f32>().ctx("loss")?;
-        if !value.is_finite() {
-            return Err(TrainError::Diverged { step, value });
-        }
-        let norm = opt.grad_norm(&grads)?;
-        let scale = if norm > cfg.grad_clip {
-            cfg.grad_clip / norm
-        } else {
-            1.0
-        };
-        let lr = get_lr(step, cfg);
-        opt.step(&grads, lr, scale)?;
+        let (norm, lr) = opt.clipped_step(&grads, step, value, cfg)?;
         last = value;
         let done = step + 1;
         #[allow(clippy::cast_precision_loss)]

@@ -23,7 +23,7 @@ use strata_model::{Llama, LoraWeights};
 
 use crate::checkpoint;
 use crate::metrics::{MetricsLog, StepMetrics};
-use crate::{get_lr, Context, Result, TrainConfig, TrainError};
+use crate::{Context, Result, TrainConfig, TrainError};
 
 /// One training example: the row of its image's features, and its ids (image tokens already expanded to the
 /// image's feature rows; ids outside the reply flagged with `NO_LOSS`).
@@ -242,17 +242,7 @@ fn one_step(
     let grads = opt.grads_of(&loss.backward().ctx("backward")?);
     run.lora_state.set_training(false, 0);
     let value = loss.to_scalar::<f32>().ctx("loss")?;
-    if !value.is_finite() {
-        return Err(TrainError::Diverged { step, value });
-    }
-    let norm = opt.grad_norm(&grads)?;
-    let scale = if norm > cfg.grad_clip {
-        cfg.grad_clip / norm
-    } else {
-        1.0
-    };
-    let lr = get_lr(step, cfg);
-    opt.step(&grads, lr, scale)?;
+    let (norm, lr) = opt.clipped_step(&grads, step, value, cfg)?;
     Ok((value, norm, lr))
 }
 

@@ -10,7 +10,8 @@ use strata_store::{Kind, Store};
 
 use crate::cli::{AcquireArgs, DeidDicomArgs, ImageStageArgs, PreprocessArgs, ShowArgs};
 
-fn secret() -> String {
+/// The key of patient and study pseudonyms (`STRATA_DEID_SECRET`; empty when unset).
+pub(crate) fn secret() -> String {
     std::env::var("STRATA_DEID_SECRET").unwrap_or_default()
 }
 

@@ -13,7 +13,7 @@ pub mod demo;
 pub mod eval;
 mod export;
 mod generate;
-mod images;
+pub(crate) mod images;
 pub mod import;
 mod lineage;
 mod ls;
