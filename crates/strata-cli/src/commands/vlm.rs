@@ -805,6 +805,63 @@ pub fn image_prompt(dir: &Path, cfg: &LlavaConfig, question: &str) -> anyhow::Re
     .collect())
 }
 
+/// A vision-language model of the store on the inference engine, with its tower and projector.
+struct ImageModel {
+    dir: PathBuf,
+    engine: strata_serve::Engine,
+    vision: std::sync::Arc<strata_serve::engine::vision::Vision>,
+}
+
+impl ImageModel {
+    /// Model `name` (refused by name when it is a text model), its weights as `quant` asks.
+    fn load(
+        store: &Store,
+        name: &str,
+        quant: Option<strata_engine::WeightType>,
+    ) -> anyhow::Result<Self> {
+        let dir = store.require(Kind::Model, name)?;
+        anyhow::ensure!(
+            strata_model::llava::is_llava(&dir),
+            "model {name:?} is a text model: an image needs a vision-language model (strata finetune --images)"
+        );
+        let engine = strata_serve::Engine::load_quantized(name, &dir, quant)?;
+        let vision = engine
+            .vision
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("model {name:?} has no vision tower"))?;
+        Ok(Self {
+            dir,
+            engine,
+            vision,
+        })
+    }
+
+    /// The prompt ids of `question` about one image.
+    fn prompt(&self, question: &str) -> anyhow::Result<Vec<u32>> {
+        image_prompt(&self.dir, &self.vision.cfg, question)
+    }
+
+    /// The continuation of prompt `ids` whose image tokens read `rows` (the image's projected features).
+    fn answer(
+        &self,
+        ids: Vec<u32>,
+        rows: &[f32],
+        params: &strata_serve::GenParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> anyhow::Result<strata_serve::Generation> {
+        Ok(self.engine.generate_ids(
+            ids,
+            Some(strata_engine::ImageRows {
+                token: self.vision.cfg.image_token_id,
+                rows,
+            }),
+            params,
+            None,
+            on_text,
+        )?)
+    }
+}
+
 /// The demo's vision-language step: the last text model of the chain reading the cleaned simulated scans
 /// (`us-images-clean`) through a tower trained from scratch on them (offline), one instruct stage (projector +
 /// LoRA), then its report of a held-out scan printed beside the truth.
@@ -845,33 +902,16 @@ pub fn demo(store: &Store, parent: &str, quick: bool) -> anyhow::Result<()> {
                 .find(|r| r.split.as_deref().unwrap_or("train") == *s)
         })
         .ok_or_else(|| anyhow::anyhow!("{IMAGES} has no images"))?;
-    let dir = store.require(Kind::Model, NAME)?;
-    let engine = strata_serve::Engine::load_quantized(NAME, &dir, None)?;
-    let vision = engine
-        .vision
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("model {NAME:?} has no vision tower"))?;
+    let m = ImageModel::load(store, NAME, None)?;
     let frame = strata_image::acquire::read_picture(
         &set.dir.join(&rec.file),
         strata_image::acquire::DEFAULT_MAX_PIXELS,
     )?;
-    let rows = vision.encode(&frame)?;
-    let ids = image_prompt(&dir, &vision.cfg, REPORT_PROMPT)?;
+    let rows = m.vision.encode(&frame)?;
     let params = strata_serve::GenParams::new(64, strata_serve::Sampling::from_params(0.0, 1.0), 0);
-    let mut answer = String::new();
-    engine.generate_ids(
-        ids,
-        Some(strata_engine::ImageRows {
-            token: vision.cfg.image_token_id,
-            rows: &rows,
-        }),
-        &params,
-        None,
-        &mut |piece| {
-            answer.push_str(piece);
-            true
-        },
-    )?;
+    let answer = m
+        .answer(m.prompt(REPORT_PROMPT)?, &rows, &params, &mut |_| true)?
+        .text;
     let one_line = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
     println!(
         "vision-language model {NAME}: {parent} reading the scans through a ViT trained here from scratch \
@@ -895,27 +935,13 @@ pub fn generate(
     image: &Path,
 ) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
-    let dir = store.require(Kind::Model, &a.model)?;
-    anyhow::ensure!(
-        strata_model::llava::is_llava(&dir),
-        "model {:?} is a text model: an image needs a vision-language model (strata finetune --images)",
-        a.model
-    );
-    let engine = strata_serve::Engine::load_quantized(
-        &a.model,
-        &dir,
-        strata_engine::parse_weight_type(&a.quant)?,
-    )?;
-    let vision = engine
-        .vision
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("model {:?} has no vision tower", a.model))?;
+    let m = ImageModel::load(store, &a.model, strata_engine::parse_weight_type(&a.quant)?)?;
     let frame =
         strata_image::acquire::read_picture(image, strata_image::acquire::DEFAULT_MAX_PIXELS)?;
     let t0 = std::time::Instant::now();
-    let rows = vision.encode(&frame)?;
+    let rows = m.vision.encode(&frame)?;
     let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let ids = image_prompt(&dir, &vision.cfg, &a.prompt)?;
+    let ids = m.prompt(&a.prompt)?;
     let sampling = strata_serve::Sampling::from_params(a.temperature, a.top_p)
         .with_top_k(a.top_k)
         .with_min_p(a.min_p);
@@ -926,21 +952,12 @@ pub fn generate(
     let (prompt_len, t1) = (ids.len(), std::time::Instant::now());
     let mut first_ms = None;
     let mut out = std::io::stdout().lock();
-    let g = engine.generate_ids(
-        ids,
-        Some(strata_engine::ImageRows {
-            token: vision.cfg.image_token_id,
-            rows: &rows,
-        }),
-        &params,
-        None,
-        &mut |piece| {
-            first_ms.get_or_insert_with(|| t1.elapsed().as_secs_f64() * 1e3);
-            let _ = write!(out, "{piece}");
-            let _ = out.flush();
-            true
-        },
-    )?;
+    let g = m.answer(ids, &rows, &params, &mut |piece| {
+        first_ms.get_or_insert_with(|| t1.elapsed().as_secs_f64() * 1e3);
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+        true
+    })?;
     writeln!(out)?;
     let total_ms = t1.elapsed().as_secs_f64() * 1e3;
     eprintln!(
