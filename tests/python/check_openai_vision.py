@@ -1,11 +1,12 @@
 """The official `openai` client (PyPI, pinned) sends images to a running `strata serve` (argv[1]: its URL) and a
 vision-language model (argv[2]) answers; argv[3] and argv[4] are two of its PNG images, argv[5] a text model of
 the same store, argv[6] the file holding what `strata generate --image argv[3]` answered greedily to QUESTION.
-The server runs with --max-image-bytes 60000. Prints OK.
+The server runs with --max-image-bytes 60000 --image-url-hosts 127.0.0.1. Prints OK.
 
 Checks: the answer over HTTP equals the CLI's; image and text requests sent together (one continuous batch)
-answer as each alone; a repeated image is served from the feature cache (/metrics); bad input is an
-OpenAI-shaped 400 or 413 naming what is wrong, and the server keeps serving."""
+answer as each alone; a repeated image is served from the feature cache (/metrics); an http URL on the allowed
+host is fetched and answers as the data URL; bad input is an OpenAI-shaped 400 or 413 naming what is wrong
+(a host not allowed, a 404, a redirect, an image over the limit), and the server keeps serving."""
 import base64
 import concurrent.futures
 import io
@@ -83,6 +84,42 @@ import random
 noise = io.BytesIO()
 Image.frombytes("L", (300, 300), random.Random(1).randbytes(90000)).save(noise, format="PNG")
 refused(413, ["larger than", "60000"], messages=user([{"type": "image_url", "image_url": {"url": data_url(noise.getvalue())}}]))
+
+# images at http URLs on the allowed host: fetched, the same answer; a 404, a redirect (even to the same host)
+# and a body over --max-image-bytes are refused by name
+import http.server
+import threading
+
+
+class Images(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {"/a.png": img1, "/noise.png": noise.getvalue()}.get(self.path)
+        if self.path == "/moved.png":
+            self.send_response(302)
+            self.send_header("Location", "/a.png")
+            self.end_headers()
+        elif body is None:
+            self.send_error(404)
+        else:
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
+threading.Thread(target=files.serve_forever, daemon=True).start()
+base = f"http://127.0.0.1:{files.server_address[1]}"
+assert ask([base + "/a.png"]).strip() == want
+refused(400, ["HTTP 404", "/missing.png"], messages=user([{"type": "image_url", "image_url": {"url": base + "/missing.png"}}]))
+refused(400, ["redirects are not followed"], messages=user([{"type": "image_url", "image_url": {"url": base + "/moved.png"}}]))
+refused(413, ["larger than", "60000"], messages=user([{"type": "image_url", "image_url": {"url": base + "/noise.png"}}]))
+refused(400, ["--image-url-hosts"], messages=user([{"type": "image_url", "image_url": {"url": "http://localhost:1/a.png"}}]))
+files.shutdown()
 
 # still serving
 assert ask([data_url(img1)]).strip() == want

@@ -619,6 +619,11 @@ pub struct ServeArgs {
     /// Vision-language models: most pixels an image may declare (refused before decoding).
     #[arg(long, default_value_t = 1 << 26)]
     pub max_image_pixels: u64,
+    /// Vision-language models: hosts whose http(s) image URLs the server fetches (comma-separated; `*`: any
+    /// host). Off by default: images come as data URLs. Redirects are not followed; --max-image-bytes
+    /// applies to the body.
+    #[arg(long, value_delimiter = ',', value_name = "HOSTS")]
+    pub image_url_hosts: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -179,7 +179,9 @@ fn greedy_answer_matches_the_training_forward(store: &Path, model: &str) {
             ids.push(*id);
         }
     }
-    let stop = tk.token_to_id("<|im_end|>").unwrap();
+    // the tokens the engine stops at (the template's end of turn and the model's end-of-text ids)
+    let stops = strata_tokenize::stop_ids(&dir, &tk).unwrap();
+    assert!(stops.contains(&tk.token_to_id("<|im_end|>").unwrap()));
     let mut answer = Vec::new();
     for _ in 0..12 {
         let x = candle_core::Tensor::from_vec(ids.clone(), (1, ids.len()), &dev).unwrap();
@@ -195,7 +197,7 @@ fn greedy_answer_matches_the_training_forward(store: &Path, model: &str) {
             .max_by(|&a, &b| last[a].total_cmp(&last[b]))
             .unwrap();
         let next = u32::try_from(next).unwrap();
-        if next == stop {
+        if stops.contains(&next) {
             break;
         }
         answer.push(next);
@@ -210,15 +212,24 @@ fn greedy_answer_matches_the_training_forward(store: &Path, model: &str) {
     );
 }
 
-/// `strata serve` with the model: the official openai client sends images as data URLs (the CLI's greedy
-/// answer over HTTP, image and text requests in one batch, the feature cache, bad input as 400/413).
+/// `strata serve` with the model: the official openai client sends images as data URLs and as http URLs on
+/// the allowed host (the CLI's greedy answer over HTTP, image and text requests in one batch, the feature
+/// cache, bad input as 400/413).
 fn serves_images_to_the_openai_client(store: &Path, model: &str) {
     let recs = strata_image::dataset::read_records(&store.join("datasets/us")).unwrap();
     let png = |i: usize| store.join("datasets/us").join(&recs[i].file);
     let r = cli_answer(store, model, &png(1));
     let expect = store.join("expect-answer.txt");
     std::fs::write(&expect, r.stdout.trim_end()).unwrap();
-    let server = common::serve(store, &["--max-image-bytes", "60000"]);
+    let server = common::serve(
+        store,
+        &[
+            "--max-image-bytes",
+            "60000",
+            "--image-url-hosts",
+            "127.0.0.1",
+        ],
+    );
     let out = python_check(
         "check_openai_vision.py",
         &[

@@ -58,6 +58,7 @@ pub fn run(store: Store, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         max_images: a.max_images,
         max_image_bytes: a.max_image_bytes,
         max_image_pixels: a.max_image_pixels,
+        image_url_hosts: a.image_url_hosts.clone(),
     };
     let mut names = store.list(Kind::Model)?;
     names.extend(store.list(Kind::Adapter)?);

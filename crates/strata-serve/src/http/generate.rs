@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 
-use super::request::{decode, Decoded, Prompt, Route};
-use super::{read_body, Access, ApiError, AppState};
+use super::request::{decode, Decoded, ImageInput, Prompt, Route};
+use super::{read_body, Access, ApiError, AppState, ServeConfig};
 use crate::engine::{Event, Job, Rejected, TokenLogprob};
 use crate::{FinishReason, Generation};
 
@@ -176,7 +176,7 @@ async fn with_images(
     engine: &Arc<crate::Engine>,
     model: &str,
     ids: Vec<u32>,
-    images: &[Vec<u8>],
+    images: &[ImageInput],
 ) -> Result<(Vec<u32>, Option<Arc<Vec<f32>>>), ApiError> {
     let Some(vision) = engine.vision.clone() else {
         if images.is_empty() {
@@ -212,6 +212,7 @@ async fn with_images(
             Some("messages"),
         ));
     }
+    let images = image_bytes(images, cfg).await?;
     if let Some(b) = images.iter().find(|b| b.len() > cfg.max_image_bytes) {
         return Err(ApiError::part_too_large(&format!(
             "an image of {} bytes is larger than this server's limit of {} bytes",
@@ -219,8 +220,7 @@ async fn with_images(
             cfg.max_image_bytes
         )));
     }
-    let (images, max_pixels, metrics, name) = (
-        images.to_vec(),
+    let (max_pixels, metrics, name) = (
         cfg.max_image_pixels,
         state.metrics.clone(),
         model.to_string(),
@@ -246,6 +246,53 @@ async fn with_images(
     }
     Ok((out, Some(Arc::new(rows))))
 }
+
+/// The bytes of a request's images: a data URL's as they are, an http(s) URL's fetched when its host is one
+/// the server fetches from (`ServeConfig::image_url_hosts`), else a 400 that says how to send it.
+async fn image_bytes(images: &[ImageInput], cfg: &ServeConfig) -> Result<Vec<Vec<u8>>, ApiError> {
+    let mut urls = Vec::new();
+    for im in images {
+        if let ImageInput::Url(u) = im {
+            let parsed = url::Url::parse(u).map_err(|e| {
+                ApiError::bad_request(&format!("image URL {u:?}: {e}"), Some("messages"))
+            })?;
+            if !super::fetch::allowed(&cfg.image_url_hosts, &parsed) {
+                let host = parsed.host_str().unwrap_or("").to_string();
+                return Err(ApiError::bad_request(
+                    &format!(
+                        "images are not fetched from URLs on host {host:?}: send the image itself as a data URL \
+                         (data:image/png;base64,…), or start the server with --image-url-hosts {host}"
+                    ),
+                    Some("messages"),
+                ));
+            }
+            urls.push(u.clone());
+        }
+    }
+    let max = cfg.max_image_bytes;
+    let mut fetched = if urls.is_empty() {
+        Vec::new()
+    } else {
+        tokio::task::spawn_blocking(move || {
+            urls.iter()
+                .map(|u| super::fetch::fetch(u, max, FETCH_TIMEOUT))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ApiError::internal(&e.to_string()))??
+    }
+    .into_iter();
+    Ok(images
+        .iter()
+        .map(|im| match im {
+            ImageInput::Bytes(b) => b.clone(),
+            ImageInput::Url(_) => fetched.next().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// How long fetching one image URL may take.
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What every answer to one request shares.
 struct Reply {

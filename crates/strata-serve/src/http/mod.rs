@@ -6,6 +6,7 @@
 
 mod adapters;
 mod error;
+pub mod fetch;
 mod generate;
 mod keys;
 mod page;
@@ -43,6 +44,8 @@ pub struct ServeConfig {
     pub max_images: usize,
     pub max_image_bytes: usize,
     pub max_image_pixels: u64,
+    /// Hosts whose http(s) image URLs are fetched (`*`: any); empty: images come as data URLs only.
+    pub image_url_hosts: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -55,6 +58,7 @@ impl Default for ServeConfig {
             max_images: 4,
             max_image_bytes: 8 << 20,
             max_image_pixels: 1 << 26,
+            image_url_hosts: Vec::new(),
         }
     }
 }

@@ -37,9 +37,9 @@ pub struct Decoded {
     pub include_usage: bool,
     /// Completions only: return the prompt before the completion.
     pub echo: bool,
-    /// Chat only: the images of `image_url` parts (their bytes, in order), each marked in its message's
-    /// text by [`IMAGE_PART`].
-    pub images: Vec<Vec<u8>>,
+    /// Chat only: the images of `image_url` parts (in order), each marked in its message's text by
+    /// [`IMAGE_PART`].
+    pub images: Vec<ImageInput>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,8 +78,16 @@ fn bad(message: &str, param: &'static str) -> ApiError {
 /// as the model's image token, expanded to the image's feature rows when the request is encoded).
 pub const IMAGE_PART: &str = "<image>\n";
 
-/// The bytes of an `image_url` part's data URL (`data:image/png;base64,…`); remote URLs are refused.
-fn image_bytes(part: &Value, at: &str) -> Result<Vec<u8>, ApiError> {
+/// An image of a request: the bytes of a data URL, or an http(s) URL (fetched only from the hosts the server
+/// was started to fetch from, `--image-url-hosts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageInput {
+    Bytes(Vec<u8>),
+    Url(String),
+}
+
+/// An `image_url` part: the bytes of its data URL (`data:image/png;base64,…`), or its http(s) URL.
+fn image_input(part: &Value, at: &str) -> Result<ImageInput, ApiError> {
     use base64::Engine as _;
     let url = part
         .get("image_url")
@@ -87,10 +95,7 @@ fn image_bytes(part: &Value, at: &str) -> Result<Vec<u8>, ApiError> {
         .and_then(Value::as_str)
         .ok_or_else(|| bad(&format!("{at}.image_url.url must be a string"), "messages"))?;
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Err(bad(
-            &format!("{at}: images are not fetched from URLs; send the image itself as a data URL (data:image/png;base64,…)"),
-            "messages",
-        ));
+        return Ok(ImageInput::Url(url.to_string()));
     }
     let data = url
         .strip_prefix("data:")
@@ -105,6 +110,7 @@ fn image_bytes(part: &Value, at: &str) -> Result<Vec<u8>, ApiError> {
         })?;
     base64::engine::general_purpose::STANDARD
         .decode(data.trim())
+        .map(ImageInput::Bytes)
         .map_err(|e| {
             bad(
                 &format!("{at}.image_url.url: its data is not base64: {e}"),
@@ -113,8 +119,8 @@ fn image_bytes(part: &Value, at: &str) -> Result<Vec<u8>, ApiError> {
         })
 }
 
-/// The messages, and the bytes of the images their content parts carry (in order).
-fn parse_messages(raw: &[Value]) -> Result<(Vec<ChatMessage>, Vec<Vec<u8>>), ApiError> {
+/// The messages, and the images their content parts carry (in order).
+fn parse_messages(raw: &[Value]) -> Result<(Vec<ChatMessage>, Vec<ImageInput>), ApiError> {
     if raw.is_empty() {
         return Err(bad("messages must not be empty", "messages"));
     }
@@ -141,7 +147,7 @@ fn parse_messages(raw: &[Value]) -> Result<(Vec<ChatMessage>, Vec<Vec<u8>>), Api
                         match (p.get("type").and_then(Value::as_str), p.get("text")) {
                             (Some("text"), Some(Value::String(t))) => s.push_str(t),
                             (Some("image_url"), _) => {
-                                images.push(image_bytes(p, &format!("messages[{i}].content[{k}]"))?);
+                                images.push(image_input(p, &format!("messages[{i}].content[{k}]"))?);
                                 s.push_str(IMAGE_PART);
                             }
                             _ => {
@@ -231,7 +237,7 @@ fn usize_of(v: Option<i64>) -> Option<usize> {
 }
 
 /// The prompt: chat messages, or a completion's text (each route refuses the other's field).
-fn prompt_of(route: Route, raw: &mut Raw) -> Result<(Prompt, Vec<Vec<u8>>), ApiError> {
+fn prompt_of(route: Route, raw: &mut Raw) -> Result<(Prompt, Vec<ImageInput>), ApiError> {
     Ok(match route {
         Route::Chat => {
             if raw.prompt.is_some() {
