@@ -5,13 +5,16 @@ usage: check_hf_model.py MODEL_DIR EXPECT_JSON
 
 EXPECT_JSON holds what Strata computed: {"text": str, "ids": [int], "logits": [[float]]} (logits of every position).
 Checks, failing with a message on the first mismatch:
-  1. config.json describes a LlamaForCausalLM, Qwen2ForCausalLM or MistralForCausalLM;
+  1. config.json describes a LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM or MistralForCausalLM;
   2. model.safetensors (or the shards of model.safetensors.index.json) holds exactly the Hugging Face tensor
-     names with the shapes the config implies (biases for Qwen2 / attention_bias), in f32 or f16, with
+     names with the shapes the config implies (biases for Qwen2 / attention_bias, Qwen3's q_norm and k_norm of
+     head_dim), in f32 or f16, with
      transformers' {"format": "pt"} metadata;
   3. tokenizer.json, loaded by the `tokenizers` library, gives the same ids for the text as Strata;
   4. a numpy forward of the architecture (written here from the HF definitions: rope_scaling linear/llama3,
-     sliding window, explicit head_dim) gives the same logits, relative error <= 1e-4.
+     sliding window, explicit head_dim, Qwen3's RMSNorm of each query and key head before RoPE, as
+     Qwen3Attention applies q_norm/k_norm to the projections viewed as heads) gives the same logits, relative
+     error <= 1e-4.
 """
 import json
 import sys
@@ -26,7 +29,9 @@ def fail(msg):
     sys.exit(1)
 
 
-ARCHS = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"]
+ARCHS = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"]
+MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+               "MistralForCausalLM": "mistral"}
 
 
 def biases(c):
@@ -79,6 +84,8 @@ def expected_shapes(c):
             shapes.update({p + "self_attn.q_proj.bias": (nh * hd,), p + "self_attn.k_proj.bias": (nkv * hd,), p + "self_attn.v_proj.bias": (nkv * hd,)})
         if o_bias:
             shapes[p + "self_attn.o_proj.bias"] = (d,)
+        if c["architectures"] == ["Qwen3ForCausalLM"]:
+            shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
     return shapes
 
 
@@ -99,7 +106,7 @@ def layer_windows(c):
     28); MistralAttention uses config.sliding_window on every layer; Llama has no window."""
     n = c["num_hidden_layers"]
     arch = c["architectures"][0]
-    if arch == "Qwen2ForCausalLM":
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):  # Qwen3Config decides as Qwen2Config does
         sw = c.get("sliding_window", 4096) if c.get("use_sliding_window", False) else None
         types = c.get("layer_types") or ["sliding_attention" if sw is not None and i >= c.get("max_window_layers", 28)
                                          else "full_attention" for i in range(n)]
@@ -132,6 +139,9 @@ def forward(c, w, ids, x=None):
         q = (h @ w[p + "self_attn.q_proj.weight"].T + b(p + "self_attn.q_proj.bias")).reshape(t, nh, hd).transpose(1, 0, 2)
         k = (h @ w[p + "self_attn.k_proj.weight"].T + b(p + "self_attn.k_proj.bias")).reshape(t, nkv, hd).transpose(1, 0, 2)
         v = (h @ w[p + "self_attn.v_proj.weight"].T + b(p + "self_attn.v_proj.bias")).reshape(t, nkv, hd).transpose(1, 0, 2)
+        if p + "self_attn.q_norm.weight" in w:  # Qwen3: per head, before the rotation
+            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
         mask = causal
@@ -157,7 +167,7 @@ def main():
     with open(expect_path) as f:
         expect = json.load(f)
     arch = c.get("architectures", [None])[0]
-    if arch not in ARCHS or c.get("model_type") != {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "MistralForCausalLM": "mistral"}[arch]:
+    if arch not in ARCHS or c.get("model_type") != MODEL_TYPES[arch]:
         fail(f"config.json: architectures={c.get('architectures')} model_type={c.get('model_type')}")
 
     want = expected_shapes(c)

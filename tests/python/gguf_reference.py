@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference forward of a llama- or qwen2-architecture GGUF file, in numpy, from the `gguf` package's own
+"""Independent reference forward of a llama-, qwen2- or qwen3-architecture GGUF file, in numpy, from the `gguf` package's own
 dequantisation (no llama.cpp, no torch, nothing of Strata's).
 
 usage: gguf_reference.py MODEL.gguf EXPECT_JSON...
@@ -9,7 +9,8 @@ Each EXPECT_JSON holds what Strata computed: {"ids": [int], "logits": [[float]],
 The reference works on the tensors exactly as the GGUF stores them: Q and K in llama.cpp's permuted row
 order, so RoPE here is llama.cpp's interleaved ("normal") rotation of pairs (2i, 2i+1). Strata un-permutes
 Q and K into Hugging Face's layout and rotates halves instead; equal logits check both the import and the model.
-A qwen2 file keeps Q and K unpermuted, has Q/K/V biases, and is rotated NEOX-style (i with i + hd/2).
+A qwen2 file keeps Q and K unpermuted, has Q/K/V biases, and is rotated NEOX-style (i with i + hd/2); a qwen3
+file is rotated so too, and RMS-normalises each query and key head before the rotation (attn_q_norm, attn_k_norm).
 Passes when, for every file, the max relative error (max |strata - ref| / max |ref|) is <= max_rel_err (f32
 inference) and the argmax agrees at >= min_argmax_agreement of the positions. Inference on the
 stored quantised weights multiplies them by 8-bit activations, as llama.cpp does. That rounding makes the
@@ -35,15 +36,15 @@ def main():
     path, expect_paths = argv[0], argv[1:]
     r = GGUFReader(path)
     arch = field(r, "general.architecture")
-    if arch not in ("llama", "qwen2"):
-        sys.exit(f"FAIL: architecture {arch} (llama or qwen2 expected)")
+    if arch not in ("llama", "qwen2", "qwen3"):
+        sys.exit(f"FAIL: architecture {arch} (llama, qwen2 or qwen3 expected)")
     nl = field(r, f"{arch}.block_count")
     nh = field(r, f"{arch}.attention.head_count")
     nkv = field(r, f"{arch}.attention.head_count_kv")
     d = field(r, f"{arch}.embedding_length")
     eps = field(r, f"{arch}.attention.layer_norm_rms_epsilon")
     theta = field(r, f"{arch}.rope.freq_base")
-    hd = d // nh
+    hd = field(r, f"{arch}.attention.key_length") if f"{arch}.attention.key_length" in r.fields else d // nh
     w = {}
     for t in r.tensors:
         # GGUF lists dimensions innermost first; numpy wants them outermost first
@@ -85,8 +86,11 @@ def main():
         for i in range(nl):
             p = f"blk.{i}."
             h = rms(x, w[p + "attn_norm.weight"])
-            q = rope(mm(h, p + "attn_q.weight").reshape(n, nh, hd).transpose(1, 0, 2))
-            k = rope(mm(h, p + "attn_k.weight").reshape(n, nkv, hd).transpose(1, 0, 2))
+            q = mm(h, p + "attn_q.weight").reshape(n, nh, hd).transpose(1, 0, 2)
+            k = mm(h, p + "attn_k.weight").reshape(n, nkv, hd).transpose(1, 0, 2)
+            if p + "attn_q_norm.weight" in w:  # qwen3: each head normalised before the rotation
+                q, k = rms(q, w[p + "attn_q_norm.weight"]), rms(k, w[p + "attn_k_norm.weight"])
+            q, k = rope(q), rope(k)
             v = mm(h, p + "attn_v.weight").reshape(n, nkv, hd).transpose(1, 0, 2)
             k, v = np.repeat(k, nh // nkv, 0), np.repeat(v, nh // nkv, 0)
             a = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask

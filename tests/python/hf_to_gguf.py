@@ -3,7 +3,8 @@
 converter does it, using only the `gguf`, `safetensors` and `numpy` packages:
 
 - ARCH qwen2: `qwen2.*` metadata, Q/K/V biases, Q and K rows as HF has them (llama.cpp runs qwen2 with the
-  NEOX rotation); ARCH llama: `llama.*` metadata, Q and K rows permuted for llama.cpp's interleaved rotation.
+  NEOX rotation); ARCH qwen3 likewise, with the query and key norms (`attn_q_norm`, `attn_k_norm`) and the head
+  size as `qwen3.attention.key_length`; ARCH llama: `llama.*` metadata, Q and K rows permuted for llama.cpp's interleaved rotation.
 - VOCAB qwen2 | llama-bpe: the folder's byte-level BPE vocabulary and merges under that `tokenizer.ggml.pre`.
   VOCAB spm: a SentencePiece vocabulary (`tokenizer.ggml.model` "llama": <unk>, <s>, </s>, 256 byte tokens,
   then pieces made from the folder's vocabulary, with scores) and, in EXPECT_JSON, the ids that llama.cpp's
@@ -131,6 +132,10 @@ def main():
     w.add_head_count_kv(nkv)
     w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
     w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    if cfg.get("head_dim"):
+        # as llama.cpp's converter states a head size that is not hidden / heads (Qwen3)
+        w.add_key_length(cfg["head_dim"])
+        w.add_value_length(cfg["head_dim"])
     if vocab == "spm":
         tokens, types, scores = spm_vocab(tok, cfg["vocab_size"])
         w.add_tokenizer_model("llama")
@@ -169,7 +174,8 @@ def main():
                  "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
                  "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
                  "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
-                 "self_attn.v_proj.bias": "attn_v.bias", "mlp.gate_proj.weight": "ffn_gate.weight",
+                 "self_attn.v_proj.bias": "attn_v.bias", "self_attn.q_norm.weight": "attn_q_norm.weight",
+                 "self_attn.k_norm.weight": "attn_k_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
                  "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
     for i in range(cfg["num_hidden_layers"]):
         for hf, gg in per_layer.items():

@@ -495,7 +495,19 @@ fn synthetic_model(
     .unwrap();
     let mut tensors = std::collections::HashMap::new();
     for (name, var) in vm.data().lock().unwrap().iter() {
-        let t = if name.ends_with(".bias") {
+        // biases, and Qwen3's per-head norm gains, random (fresh ones are 0 and 1: a forward that forgot
+        // them would still match)
+        let t = if name.ends_with("q_norm.weight") || name.ends_with("k_norm.weight") {
+            (candle_core::Tensor::randn(
+                0f32,
+                0.3,
+                var.as_tensor().shape(),
+                &candle_core::Device::Cpu,
+            )
+            .unwrap()
+                + 1.0)
+                .unwrap()
+        } else if name.ends_with(".bias") {
             candle_core::Tensor::randn(
                 0f32,
                 0.5,
@@ -569,6 +581,16 @@ fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
             candle_core::DType::F32,
             1,
         ),
+        // Qwen3: an RMSNorm of each query and key head before RoPE (random gains), head_dim 16 ≠ 32 / 4,
+        // no q/k/v biases, tied embeddings, f16 weights
+        (
+            "qwen3",
+            with(
+                serde_json::json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": 16, "tie_word_embeddings": true, "rope_theta": 1e6, "attention_bias": false}),
+            ),
+            candle_core::DType::F16,
+            1,
+        ),
         // Mistral: sliding window of 3 (shorter than the text), explicit head_dim 16 ≠ 32 / 4
         (
             "mistral",
@@ -616,7 +638,14 @@ fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
         .unwrap();
         python_check("check_hf_model.py", &[mdir.as_os_str(), expect.as_os_str()]);
     }
-    // an architecture Strata does not implement is refused by name
+    unknown_architectures_are_refused_by_name(demo, &with);
+}
+
+/// An architecture Strata does not implement is refused by name.
+fn unknown_architectures_are_refused_by_name(
+    demo: &std::path::Path,
+    with: &dyn Fn(serde_json::Value) -> serde_json::Value,
+) {
     let gemma = demo.join("synthetic/gemma");
     synthetic_model(
         &gemma,
@@ -636,7 +665,9 @@ fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
         .to_string();
     assert!(
         err.contains("Gemma2ForCausalLM")
-            && err.contains("supported: LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM"),
+            && err.contains(
+                "supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM"
+            ),
         "{err}"
     );
 }
@@ -991,6 +1022,108 @@ fn qwen2_gguf_imports_unpermuted_with_biases_and_its_pre_tokenizer() {
         .unwrap();
         python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
     }
+}
+
+/// Qwen3 (an RMSNorm of each query and key head before RoPE, a head size that is not hidden / heads) in every
+/// path: its GGUF (written as llama.cpp's converter lays it out) imports to the HF folder's exact logits, the
+/// engine on the GGUF file matches the numpy reference of the file, and a LoRA adapter trains on it and
+/// generates.
+#[test]
+fn qwen3_gguf_imports_runs_and_trains_a_lora() {
+    let (demo, _) = quick_demo();
+    let config = serde_json::json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": true, "eos_token_id": 2});
+    let dir = demo.join("qwen3-gguf");
+    let src = dir.join("src");
+    synthetic_model(&src, &config, candle_core::DType::F32, 1);
+    let gguf = dir.join("qwen3.gguf");
+    python_check(
+        "hf_to_gguf.py",
+        &[
+            src.as_os_str(),
+            gguf.as_os_str(),
+            "qwen3".as_ref(),
+            "qwen2".as_ref(),
+        ],
+    );
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&gguf)
+        .args(["--name", "qwen3"]));
+    assert!(r.ok, "{}", r.stderr);
+    let mdir = demo.join("models/qwen3");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mdir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(cfg["head_dim"], 16);
+    let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
+    let ids = tk
+        .encode("The liver measures 14.2 cm.", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert_eq!(logits_of(&src, &ids), logits_of(&mdir, &ids));
+    let expect = dir.join("expect.json");
+    std::fs::write(
+        &expect,
+        serde_json::json!({"ids": ids, "what": "engine on qwen3 GGUF",
+            "logits": engine_logits(&gguf, Some(strata_engine::WeightType::F32), &ids)})
+        .to_string(),
+    )
+    .unwrap();
+    python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
+    // a LoRA adapter on it: the loss falls, the adapter generates
+    let r = run(strata(demo).args([
+        "tokenize",
+        "encode",
+        "--name",
+        "qwen3-med-tokens",
+        "--dataset",
+        "medical",
+        "--tokenizer",
+        "qwen3",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(demo).args([
+        "finetune",
+        "--name",
+        "qwen3-med",
+        "--parent",
+        "qwen3",
+        "--tokens",
+        "qwen3-med-tokens",
+        "--steps",
+        "20",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--lr",
+        "1e-2",
+        "--lora-r",
+        "4",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let losses = common::run_losses(demo, "qwen3-med");
+    assert_eq!(losses.len(), 20);
+    assert!(
+        losses[17..].iter().sum::<f32>() < losses[..3].iter().sum::<f32>(),
+        "loss did not fall: {losses:?}"
+    );
+    let g = run(strata(demo).args([
+        "generate",
+        "--model",
+        "qwen3-med",
+        "--prompt",
+        "The liver",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "0",
+    ]));
+    assert!(g.ok && g.stdout.starts_with("The liver"), "{}", g.stderr);
 }
 
 #[test]

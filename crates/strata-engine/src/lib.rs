@@ -28,6 +28,8 @@ struct Layer {
     /// Q, K and V stacked: (nh + 2 nkv)·hd rows.
     qkv: Matrix,
     qkv_bias: Option<Vec<f32>>,
+    /// Qwen3: the gains of the RMSNorm of each query head and each key head (head_dim each), before RoPE.
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     o: Matrix,
     o_bias: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
@@ -209,6 +211,16 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
             *o = v * inv * g;
         }
     });
+}
+
+/// RMSNorm of one head vector in place (Qwen3's query and key norms).
+fn norm_head(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum();
+    #[allow(clippy::cast_precision_loss)]
+    let inv = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for (v, g) in x.iter_mut().zip(w) {
+        *v = *v * inv * g;
+    }
 }
 
 /// Hugging Face's "rotate half" RoPE on one head vector at one position.
@@ -624,6 +636,14 @@ fn store_qkv(
             if let Some(b) = &layer.qkv_bias {
                 r.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
+            if let Some((qn, kn)) = &layer.qk_norm {
+                for head in r[..qd].chunks_exact_mut(hd) {
+                    norm_head(head, qn, dims.eps);
+                }
+                for head in r[qd..qd + kvd].chunks_exact_mut(hd) {
+                    norm_head(head, kn, dims.eps);
+                }
+            }
             let (c, sn) = (
                 &cos[row * half..(row + 1) * half],
                 &sin[row * half..(row + 1) * half],
@@ -852,6 +872,11 @@ mod tests {
         c.use_sliding_window = Some(true);
         c.max_window_layers = Some(1); // layer 0 in full, layer 1 within the window
         out.push(("qwen2 bias + window", c));
+        // Qwen3: query and key heads RMS-normalised before RoPE (gains random around 1), head_dim ≠ D / nh
+        let mut c = tiny();
+        c.architectures = vec!["Qwen3ForCausalLM".into()];
+        c.head_dim = Some(8);
+        out.push(("qwen3 q/k norms", c));
         let mut c = tiny();
         c.attention_bias = true;
         c.head_dim = Some(32);

@@ -195,6 +195,63 @@ fn unpermute_qk(
     Ok(())
 }
 
+/// Layer `i` from the stored tensors (`take`: by name, with the shape the config implies), its projections
+/// in the type `proj` makes them.
+fn layer(
+    cfg: &LlamaConfig,
+    i: usize,
+    take: &mut dyn FnMut(&str, usize, usize) -> Result<Stored>,
+    proj: &dyn Fn(Stored) -> Matrix,
+) -> Result<Layer> {
+    let (d, nh, nkv, hd, f) = (
+        cfg.hidden_size,
+        cfg.num_attention_heads,
+        cfg.kv_heads(),
+        cfg.head_dim(),
+        cfg.intermediate_size,
+    );
+    let p = |n: &str| format!("model.layers.{i}.{n}");
+    let mut vector = |n: &str, len: usize| take(&p(n), 1, len).map(|s| s.m.dequantize());
+    let qkv_bias = if cfg.qkv_bias() {
+        let mut b = vector("self_attn.q_proj.bias", nh * hd)?;
+        b.extend(vector("self_attn.k_proj.bias", nkv * hd)?);
+        b.extend(vector("self_attn.v_proj.bias", nkv * hd)?);
+        Some(b)
+    } else {
+        None
+    };
+    let qk_norm = if cfg.qk_norm() {
+        let q = vector("self_attn.q_norm.weight", hd)?;
+        Some((q, vector("self_attn.k_norm.weight", hd)?))
+    } else {
+        None
+    };
+    let o_bias = if cfg.o_bias() {
+        Some(vector("self_attn.o_proj.bias", d)?)
+    } else {
+        None
+    };
+    let attn_norm = vector("input_layernorm.weight", d)?;
+    let ffn_norm = vector("post_attention_layernorm.weight", d)?;
+    let mut proj_of = |n: &str, rows: usize, cols: usize| take(&p(n), rows, cols).map(proj);
+    let q = proj_of("self_attn.q_proj.weight", nh * hd, d)?;
+    let k = proj_of("self_attn.k_proj.weight", nkv * hd, d)?;
+    let v = proj_of("self_attn.v_proj.weight", nkv * hd, d)?;
+    let gate = proj_of("mlp.gate_proj.weight", f, d)?;
+    let up = proj_of("mlp.up_proj.weight", f, d)?;
+    Ok(Layer {
+        attn_norm,
+        qkv: stack_same_type(vec![q, k, v]),
+        qkv_bias,
+        qk_norm,
+        o: proj_of("self_attn.o_proj.weight", d, nh * hd)?,
+        o_bias,
+        ffn_norm,
+        gate_up: stack_same_type(vec![gate, up]),
+        down: proj_of("mlp.down_proj.weight", d, f)?,
+    })
+}
+
 fn build(
     src: &Path,
     cfg: LlamaConfig,
@@ -202,14 +259,7 @@ fn build(
     want: Option<WeightType>,
 ) -> Result<CpuModel> {
     cfg.validate()?;
-    let (d, nh, nkv, hd, f, v) = (
-        cfg.hidden_size,
-        cfg.num_attention_heads,
-        cfg.kv_heads(),
-        cfg.head_dim(),
-        cfg.intermediate_size,
-        cfg.vocab_size,
-    );
+    let (d, v) = (cfg.hidden_size, cfg.vocab_size);
     let err = |reason: String| ModelError::Weights {
         path: src.to_path_buf(),
         reason,
@@ -247,39 +297,9 @@ fn build(
     } else {
         proj(take("lm_head.weight", v, d)?)
     };
-    let bias = cfg.qkv_bias();
     let mut layers = Vec::new(); // (not sized by the file's layer count: tensors are checked first)
     for i in 0..cfg.num_hidden_layers {
-        let p = |n: &str| format!("model.layers.{i}.{n}");
-        let q = proj(take(&p("self_attn.q_proj.weight"), nh * hd, d)?);
-        let k = proj(take(&p("self_attn.k_proj.weight"), nkv * hd, d)?);
-        let vv = proj(take(&p("self_attn.v_proj.weight"), nkv * hd, d)?);
-        let qkv_bias = if bias {
-            let mut b = vector(take(&p("self_attn.q_proj.bias"), 1, nh * hd)?);
-            b.extend(vector(take(&p("self_attn.k_proj.bias"), 1, nkv * hd)?));
-            b.extend(vector(take(&p("self_attn.v_proj.bias"), 1, nkv * hd)?));
-            Some(b)
-        } else {
-            None
-        };
-        let o = proj(take(&p("self_attn.o_proj.weight"), d, nh * hd)?);
-        let o_bias = if cfg.o_bias() {
-            Some(vector(take(&p("self_attn.o_proj.bias"), 1, d)?))
-        } else {
-            None
-        };
-        let gate = proj(take(&p("mlp.gate_proj.weight"), f, d)?);
-        let up = proj(take(&p("mlp.up_proj.weight"), f, d)?);
-        layers.push(Layer {
-            attn_norm: vector(take(&p("input_layernorm.weight"), 1, d)?),
-            qkv: stack_same_type(vec![q, k, vv]),
-            qkv_bias,
-            o,
-            o_bias,
-            ffn_norm: vector(take(&p("post_attention_layernorm.weight"), 1, d)?),
-            gate_up: stack_same_type(vec![gate, up]),
-            down: proj(take(&p("mlp.down_proj.weight"), d, f)?),
-        });
+        layers.push(layer(&cfg, i, &mut take, &proj)?);
     }
     let norm = vector(take("model.norm.weight", 1, d)?);
     if let Some(extra) = stored.keys().find(|k| !k.starts_with("lm_head")) {

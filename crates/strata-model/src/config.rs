@@ -92,8 +92,14 @@ pub struct RopeScaling {
     pub original_max_position_embeddings: Option<usize>,
 }
 
-/// The architectures the forward implements; all share the Llama block.
-pub const ARCHITECTURES: [&str; 3] = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"];
+/// The architectures the forward implements; all share the Llama block (Qwen3 adds an RMSNorm of each query
+/// and key head before RoPE).
+pub const ARCHITECTURES: [&str; 4] = [
+    "LlamaForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "MistralForCausalLM",
+];
 
 fn default_architectures() -> Vec<String> {
     vec!["LlamaForCausalLM".into()]
@@ -266,24 +272,36 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// Qwen2 always has biases on q, k, v; Llama configs say so with `attention_bias` (then o has one too).
+    fn is(&self, arch: &str) -> bool {
+        self.architectures.iter().any(|a| a == arch)
+    }
+
+    /// Qwen2 always has biases on q, k, v; Llama and Qwen3 configs say so with `attention_bias` (then o has
+    /// one too).
     #[must_use]
     pub fn qkv_bias(&self) -> bool {
-        self.attention_bias || self.architectures.iter().any(|a| a == "Qwen2ForCausalLM")
+        self.attention_bias || self.is("Qwen2ForCausalLM")
     }
 
     #[must_use]
     pub fn o_bias(&self) -> bool {
-        self.attention_bias && !self.architectures.iter().any(|a| a == "Qwen2ForCausalLM")
+        self.attention_bias && !self.is("Qwen2ForCausalLM")
+    }
+
+    /// Qwen3: each query and key head is RMS-normalised (`self_attn.q_norm`, `self_attn.k_norm`, head_dim
+    /// gains) before RoPE.
+    #[must_use]
+    pub fn qk_norm(&self) -> bool {
+        self.is("Qwen3ForCausalLM")
     }
 
     /// The attention window of layer `layer`, when the model limits it, as transformers decides it:
-    /// `layer_types` when the config lists them; for Qwen2 (`Qwen2Config`), only with `use_sliding_window`
-    /// (default false), of `sliding_window` (default 4096) on the layers from `max_window_layers` (default 28)
-    /// on; for Mistral, `sliding_window` on every layer; Llama has none.
+    /// `layer_types` when the config lists them; for Qwen2 and Qwen3 (`Qwen2Config`, `Qwen3Config`), only
+    /// with `use_sliding_window` (default false), of `sliding_window` (default 4096) on the layers from
+    /// `max_window_layers` (default 28) on; for Mistral, `sliding_window` on every layer; Llama has none.
     #[must_use]
     pub fn window(&self, layer: usize) -> Option<usize> {
-        let qwen2 = self.architectures.iter().any(|a| a == "Qwen2ForCausalLM");
+        let qwen2 = self.is("Qwen2ForCausalLM") || self.is("Qwen3ForCausalLM");
         let size = if qwen2 {
             if self.use_sliding_window != Some(true) {
                 return None;

@@ -91,8 +91,11 @@ impl Meta<'_> {
 }
 
 /// GGUF architectures Strata reads, with the Hugging Face class each becomes. Mistral GGUFs say "llama".
-const GGUF_ARCHITECTURES: [(&str, &str); 2] =
-    [("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM")];
+const GGUF_ARCHITECTURES: [(&str, &str); 3] = [
+    ("llama", "LlamaForCausalLM"),
+    ("qwen2", "Qwen2ForCausalLM"),
+    ("qwen3", "Qwen3ForCausalLM"),
+];
 
 fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
     let arch = meta.string("general.architecture")?;
@@ -113,8 +116,10 @@ fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
         Ok(v) => v,
         Err(_) => meta.strings("tokenizer.ggml.tokens")?.len(),
     };
+    // Qwen3 states its head size as the key length (128 on a hidden size of 1024 with 16 heads)
     let head_dim = meta
-        .usize(&k("rope.dimension_count"))
+        .usize(&k("attention.key_length"))
+        .or_else(|_| meta.usize(&k("rope.dimension_count")))
         .ok()
         .filter(|&d| d != hidden / heads.max(1));
     if meta.md.contains_key(&k("rope.scaling.type"))
@@ -183,6 +188,8 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         "attn_k.bias" => "self_attn.k_proj.bias",
         "attn_v.bias" => "self_attn.v_proj.bias",
         "attn_output.bias" => "self_attn.o_proj.bias",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
         "ffn_down.weight" => "mlp.down_proj.weight",

@@ -156,6 +156,8 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3: the RMSNorm of each query head and of each key head, before RoPE.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     /// Sliding-window attention span, if any.
     window: Option<usize>,
     n_head: usize,
@@ -181,6 +183,14 @@ impl Attention {
             k_proj: linear(vb, "k_proj", (nkv * hd, d), cfg, cfg.qkv_bias(), lora)?,
             v_proj: linear(vb, "v_proj", (nkv * hd, d), cfg, cfg.qkv_bias(), lora)?,
             o_proj: linear(vb, "o_proj", (d, nh * hd), cfg, cfg.o_bias(), lora)?,
+            qk_norm: if cfg.qk_norm() {
+                Some((
+                    RmsNorm::load(&vb.pp("q_norm"), hd, cfg.rms_norm_eps)?,
+                    RmsNorm::load(&vb.pp("k_norm"), hd, cfg.rms_norm_eps)?,
+                ))
+            } else {
+                None
+            },
             window: cfg.window(layer),
             n_head: nh,
             n_kv: nkv,
@@ -193,6 +203,10 @@ impl Attention {
         let q = self.q_proj.forward(x).ctx("q_proj")?; // (B, T, nh*hd)
         let k = self.k_proj.forward(x).ctx("k_proj")?; // (B, T, nkv*hd)
         let v = self.v_proj.forward(x).ctx("v_proj")?;
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (per_head(qn, &q, hd)?, per_head(kn, &k, hd)?),
+            None => (q, k),
+        };
         #[allow(clippy::cast_precision_loss)]
         let scale = 1.0 / (hd as f64).sqrt();
         // one fused op: RoPE, scores, causal softmax, values, with its own backward
@@ -207,6 +221,14 @@ impl Attention {
         )?; // (B, T, nh*hd)
         self.o_proj.forward(&y).ctx("o_proj")
     }
+}
+
+/// `norm` applied to each head of `x` (B, T, n·hd) on its own.
+fn per_head(norm: &RmsNorm, x: &Tensor, hd: usize) -> Result<Tensor> {
+    let (b, t, w) = x.dims3().ctx("heads")?;
+    norm.forward(&x.reshape((b, t, w / hd, hd)).ctx("split heads")?)?
+        .reshape((b, t, w))
+        .ctx("join heads")
 }
 
 struct Mlp {
@@ -292,6 +314,10 @@ impl Detach for Block {
                 k_proj: a.k_proj.detached(),
                 v_proj: a.v_proj.detached(),
                 o_proj: a.o_proj.detached(),
+                qk_norm: a
+                    .qk_norm
+                    .as_ref()
+                    .map(|(q, k)| (q.detached(), k.detached())),
                 window: a.window,
                 n_head: a.n_head,
                 n_kv: a.n_kv,
