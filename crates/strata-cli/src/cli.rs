@@ -876,6 +876,10 @@ pub struct BenchLogitsArgs {
     /// Output .safetensors file.
     #[arg(long)]
     pub out: PathBuf,
+    /// The inference engine's logits (f32 weights, KV cache, one forward over the ids) instead of the
+    /// training forward's; a model, not an adapter.
+    #[arg(long)]
+    pub engine: bool,
 }
 
 #[derive(Debug, Args)]

@@ -124,6 +124,37 @@ fn default_init() -> f64 {
 }
 
 impl LlamaConfig {
+    /// A config from the JSON of a `config.json`, also as transformers 5 writes it: RoPE's settings in
+    /// `rope_parameters` (`rope_theta` and, unless its `rope_type` is "default", the scaling) rather than in
+    /// `rope_theta` and `rope_scaling`. Not validated.
+    ///
+    /// # Errors
+    /// A missing or mistyped field, named.
+    pub fn from_json(v: &serde_json::Value) -> std::result::Result<Self, serde_json::Error> {
+        let mut v = v.clone();
+        let rp = v
+            .get("rope_parameters")
+            .cloned()
+            .filter(serde_json::Value::is_object);
+        if let (Some(rp), Some(obj)) = (rp, v.as_object_mut()) {
+            if let Some(theta) = rp
+                .get("rope_theta")
+                .filter(|_| !obj.contains_key("rope_theta"))
+            {
+                obj.insert("rope_theta".into(), theta.clone());
+            }
+            let kind = rp.get("rope_type").and_then(serde_json::Value::as_str);
+            if kind.is_some_and(|k| k != "default")
+                && obj
+                    .get("rope_scaling")
+                    .is_none_or(serde_json::Value::is_null)
+            {
+                obj.insert("rope_scaling".into(), rp);
+            }
+        }
+        serde_json::from_value(v)
+    }
+
     #[must_use]
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
@@ -445,6 +476,40 @@ mod tests {
             rope_theta: 1e4,
             tie_word_embeddings: false,
         }
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // values copied, not computed
+    fn transformers_5_rope_parameters_are_read() {
+        let base = serde_json::json!({"architectures": ["Qwen3ForCausalLM"], "vocab_size": 10,
+            "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "max_position_embeddings": 32});
+        let with = |extra: serde_json::Value| {
+            let mut v = base.clone();
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            LlamaConfig::from_json(&v).unwrap()
+        };
+        let c = with(
+            serde_json::json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}}),
+        );
+        assert_eq!(c.rope_theta, 1e6);
+        assert!(c.rope_scaling.is_none());
+        let c = with(
+            serde_json::json!({"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3",
+            "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}}),
+        );
+        assert_eq!(c.rope_theta, 5e5);
+        let rs = c.rope_scaling.unwrap();
+        assert_eq!((rs.rope_type.as_str(), rs.factor), ("llama3", 8.0));
+        assert_eq!(rs.original_max_position_embeddings, Some(16));
+        // the older fields, when present, are what they say
+        let c = with(
+            serde_json::json!({"rope_theta": 1e4, "rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}}),
+        );
+        assert_eq!(c.rope_theta, 1e4);
+        assert_eq!(with(serde_json::json!({})).rope_theta, 10_000.0);
     }
 
     #[test]

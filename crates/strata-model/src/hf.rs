@@ -28,10 +28,12 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig> {
                 .into(),
         });
     }
-    let cfg: LlamaConfig = serde_json::from_slice(&bytes).map_err(|e| ModelError::Config {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    let cfg = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .and_then(|v| LlamaConfig::from_json(&v))
+        .map_err(|e| ModelError::Config {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
     cfg.validate().map_err(|e| ModelError::Config {
         path: path.into(),
         reason: e.to_string(),

@@ -66,8 +66,8 @@ impl LlavaConfig {
                 v["model_type"].as_str().unwrap_or("(none)")
             ));
         }
-        let text: LlamaConfig = serde_json::from_value(v["text_config"].clone())
-            .map_err(|e| format!("text_config: {e}"))?;
+        let text =
+            LlamaConfig::from_json(&v["text_config"]).map_err(|e| format!("text_config: {e}"))?;
         text.validate().map_err(|e| format!("text_config: {e}"))?;
         let vision_json = v["vision_config"].clone();
         let vision =

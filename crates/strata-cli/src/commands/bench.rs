@@ -147,12 +147,21 @@ fn argmax(v: &[f32]) -> u32 {
     u32::try_from(i).unwrap_or(0)
 }
 
-/// `strata bench logits`: the training/eval forward (f32, adapters merged) on `ids`, saved for comparison.
+/// `strata bench logits`: the training/eval forward (f32, adapters merged) on `ids`, or with `--engine` the
+/// inference engine's (f32), saved for comparison.
 pub fn logits(store: &Store, a: &crate::cli::BenchLogitsArgs) -> anyhow::Result<ExitCode> {
     let dev = candle_core::Device::Cpu;
-    let (model, _) = strata_train::parent::load_merged(store, &a.model, &dev)?;
-    let ids = candle_core::Tensor::new(a.ids.as_slice(), &dev)?.unsqueeze(0)?;
-    let logits = model.forward(&ids)?.squeeze(0)?;
+    let logits = if a.engine {
+        let dir = store.require(Kind::Model, &a.model)?;
+        let m = strata_engine::CpuModel::load(&dir, Some(strata_engine::WeightType::F32))?;
+        let mut cache = strata_engine::CpuCache::new(&m, a.ids.len());
+        let flat = m.forward(&a.ids, &mut cache, true)?;
+        candle_core::Tensor::from_vec(flat, (a.ids.len(), m.config().vocab_size), &dev)?
+    } else {
+        let (model, _) = strata_train::parent::load_merged(store, &a.model, &dev)?;
+        let ids = candle_core::Tensor::new(a.ids.as_slice(), &dev)?.unsqueeze(0)?;
+        model.forward(&ids)?.squeeze(0)?
+    };
     let map = std::collections::HashMap::from([("logits".to_string(), logits)]);
     strata_model::save_safetensors(&map, &a.out, &[])?;
     println!(
