@@ -94,7 +94,7 @@ def smol_store(work, store, n_docs):
     os.makedirs(work)
     run = lambda *a: sh([STRATA, "--workdir", store, *map(str, a)])
     gguf = sh(["bash", os.path.join(ROOT, "scripts", "fetch-model.sh"), os.path.join(ROOT, "data")]).strip()
-    run("import", gguf, "--name", "smol")
+    run("import", gguf, "--name", "smol", "--safetensors", "f32")  # safetensors: transformers reads the folder
     data = os.path.join(work, "corpus.jsonl")
     corpus(data, n_docs=n_docs)
     run("acquire", "--name", "corpus", "--input", data)
@@ -236,7 +236,7 @@ def main():
     if a.skip_smol:
         return
     gguf = sh(["bash", os.path.join(ROOT, "scripts", "fetch-model.sh"), os.path.join(ROOT, "data")]).strip()
-    strata("import", gguf, "--name", "smol")
+    strata("import", gguf, "--name", "smol", "--safetensors", "f32")  # safetensors: transformers reads the folder
     strata("tokenize", "encode", "--name", "smol-toks", "--dataset", "corpus", "--tokenizer", "smol")
     t = bs
     s = run_strata("smol-ft", "smol", "smol-toks", t, a.smol_steps, 4)

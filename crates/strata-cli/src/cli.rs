@@ -657,6 +657,11 @@ pub struct ImportArgs {
     /// For a PEFT adapter folder: the model of the store it was trained on (checked tensor by tensor).
     #[arg(long)]
     pub base: Option<String>,
+    /// For a GGUF: also write its weights as `model.safetensors` in this dtype (f32, f16 or bf16), tensor by
+    /// tensor, for tools that read only safetensors (transformers, PEFT). Without it the folder keeps the
+    /// GGUF alone: Strata trains and serves from it as it is.
+    #[arg(long, value_name = "DTYPE")]
+    pub safetensors: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -59,6 +59,9 @@ pub struct ImportStep {
     pub path: Option<String>,
     #[serde(default)]
     pub fetch: Option<String>,
+    /// A GGUF's weights also as `model.safetensors` in this dtype (`strata import --safetensors`).
+    #[serde(default)]
+    pub safetensors: Option<String>,
 }
 
 /// `strata domain …` as a step: `source = "pubmedqa"`, or `source = "reports"` / `"terms"` with `dataset`.
@@ -655,6 +658,7 @@ fn step_import(store: &Store, s: &ImportStep) -> anyhow::Result<()> {
         file,
         name: s.name.clone(),
         base: None,
+        safetensors: s.safetensors.clone(),
     };
     crate::commands::import::run(store, &a).with_context(|| format!("step import {:?}", s.name))?;
     Ok(())

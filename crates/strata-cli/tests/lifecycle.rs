@@ -355,9 +355,8 @@ fn generate_prints_a_seeded_completion() {
 }
 
 fn tensors_of(dir: &std::path::Path) -> std::collections::HashMap<String, Vec<u32>> {
-    let (t, _) =
-        strata_model::read_safetensors(&dir.join("model.safetensors"), &candle_core::Device::Cpu)
-            .unwrap();
+    // (an imported GGUF's weights are its file's, read as training reads them)
+    let t = strata_model::read_weights(dir, &candle_core::Device::Cpu).unwrap();
     t.into_iter()
         .map(|(k, v)| {
             (
@@ -391,7 +390,50 @@ fn hf_to_gguf_to_hf_round_trip_is_bit_identical() {
         dir.join("models/ultrasound"),
         dir.join("models/ultrasound-rt"),
     );
-    let (a, b) = (tensors_of(&a_dir), tensors_of(&b_dir));
+    // the import writes no f32 copy: the folder holds the GGUF, its config and tokenizer
+    assert!(!b_dir.join("model.safetensors").exists());
+    assert!(b_dir.join("model.gguf").is_file());
+    // unless asked: --safetensors writes them tensor by tensor, the same values
+    let r = run(strata(dir).arg("import").arg(&gguf).args([
+        "--name",
+        "ultrasound-st",
+        "--safetensors",
+        "f32",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let (st, _) = strata_model::read_safetensors(
+        &dir.join("models/ultrasound-st/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let a = tensors_of(&a_dir);
+    assert_eq!(st.len(), a.len());
+    for (name, t) in &st {
+        let bits: Vec<u32> = t
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        assert!(
+            a.get(name) == Some(&bits),
+            "{name} differs in the safetensors"
+        );
+    }
+    let r = run(strata(dir).arg("import").arg(&gguf).args([
+        "--name",
+        "ultrasound-x",
+        "--safetensors",
+        "int8",
+    ]));
+    assert!(
+        !r.ok && r.stderr.contains("--safetensors \"int8\""),
+        "{}",
+        r.stderr
+    );
+    let b = tensors_of(&b_dir);
     assert_eq!(a.len(), b.len());
     for (name, bits) in &a {
         assert!(

@@ -28,7 +28,7 @@ fn engine_type(t: GgmlDType) -> Option<WeightType> {
 }
 
 /// The GGUF file `strata import` keeps beside the Hugging Face files of an imported model.
-pub const GGUF_IN_FOLDER: &str = "model.gguf";
+pub const GGUF_IN_FOLDER: &str = strata_model::gguf::GGUF_IN_FOLDER;
 
 impl CpuModel {
     /// Loads a model folder or a `.gguf` file for CPU inference. `want` sets the type of the projections and

@@ -425,13 +425,60 @@ pub fn checked_shape(
         })
 }
 
-/// Reads the GGUF at `path` and writes an HF folder into `out` (which must exist).
+/// The name the engine and [`crate::read_weights`] look for: a model folder whose weights are a GGUF file.
+pub const GGUF_IN_FOLDER: &str = "model.gguf";
+
+/// A variable builder backend that answers from a GGUF's tensor table: shapes are checked, nothing is read.
+struct ShapeBackend {
+    shapes: HashMap<String, Vec<usize>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for ShapeBackend {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: candle_core::DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.shapes.get(name) {
+            None => candle_core::bail!("not in the file"),
+            Some(have) if have.as_slice() != s.dims() => candle_core::bail!(
+                "shape {have:?} in the file, but the config implies {:?}",
+                s.dims()
+            ),
+            Some(_) => Tensor::zeros((), dtype, dev)?.broadcast_as(s),
+        }
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: candle_core::DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.shapes.get(name) {
+            None => candle_core::bail!("{name}: not in the file"),
+            Some(have) => Tensor::zeros((), dtype, dev)?.broadcast_as(have.as_slice()),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.shapes.contains_key(name)
+    }
+}
+
+/// Reads the GGUF at `path` as a model folder's would be: its config (checked), every tensor checked for
+/// presence and shape against it from the tensor table alone (nothing dequantised: the weights stay in the
+/// file, read by the engine as stored and by [`read_gguf_weights`] when a model is trained), and its
+/// tokenizer metadata. Writes `config.json` and `generation_config.json` into `out` (which must exist).
 ///
 /// # Errors
 /// On a missing or malformed file, an unsupported architecture, tensor type or tokenizer, or a tensor
 /// whose shape does not match the metadata.
 pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
-    let (content, mut reader) = open(path)?;
+    let (content, _) = open(path)?;
     let meta = Meta {
         path,
         md: &content.metadata,
@@ -439,38 +486,50 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
     let mut cfg = config_from(&meta)?;
     cfg.validate().map_err(|e| bad(path, e.to_string()))?;
     refuse_rope_freqs(path, &content)?;
-    let device = Device::Cpu;
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let mut tensors = HashMap::new();
+    let file_len = std::fs::metadata(path)
+        .map_err(|source| ModelError::Io {
+            path: path.into(),
+            source,
+        })?
+        .len();
+    let mut shapes = HashMap::new();
     let mut types = std::collections::BTreeMap::new();
-    for name in names {
+    for (name, info) in &content.tensor_infos {
         let Some(hf) = hf_name(name) else {
             // tensors HF does not have (rope_freqs.weight is refused above)
             tracing::debug!("skipping GGUF tensor {name}");
             continue;
         };
-        let info = &content.tensor_infos[name];
-        checked_shape(path, name, info)?;
-        *types.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
-        let q = content
-            .tensor(&mut reader, name, &device)
-            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
-        let mut t = q
-            .dequantize(&device)
-            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
-        if qk_permuted(&cfg) && hf.ends_with("q_proj.weight") {
-            t = unpermute(&t, cfg.num_attention_heads)?;
-        } else if qk_permuted(&cfg) && hf.ends_with("k_proj.weight") {
-            t = unpermute(&t, cfg.kv_heads())?;
+        let (rows, cols, elems) = checked_shape(path, name, info)?;
+        // the block table must lie inside the file (nothing is read, so a cut file shows only here)
+        let (block, size) = (info.ggml_dtype.block_size(), info.ggml_dtype.type_size());
+        let end = (elems / block.max(1) * size) as u64 + content.tensor_data_offset + info.offset;
+        if elems % block.max(1) != 0 || end > file_len {
+            return Err(bad(
+                path,
+                format!(
+                    "tensor {name}: its {:?} blocks end at byte {end}, past the end of the file ({file_len} \
+                     bytes: truncated?)",
+                    info.ggml_dtype
+                ),
+            ));
         }
-        tensors.insert(hf, t);
+        *types.entry(format!("{:?}", info.ggml_dtype)).or_insert(0) += 1;
+        shapes.insert(
+            hf,
+            if info.shape.rank() == 1 {
+                vec![cols]
+            } else {
+                vec![rows, cols]
+            },
+        );
     }
-    cfg.tie_word_embeddings = !tensors.contains_key("lm_head.weight");
+    cfg.tie_word_embeddings = !shapes.contains_key("lm_head.weight");
+    let n = shapes.len();
     // Check every shape against the config before writing anything.
-    let vb = candle_nn::VarBuilder::from_tensors(tensors.clone(), candle_core::DType::F32, &device);
+    let backend: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(ShapeBackend { shapes });
+    let vb = candle_nn::VarBuilder::from_backend(backend, candle_core::DType::F32, Device::Cpu);
     crate::Llama::load(&vb, &cfg).map_err(|e| bad(path, e.to_string()))?;
-    crate::save_safetensors(&tensors, &out.join("model.safetensors"), &[])?;
     crate::write_hf_config(out, &cfg)?;
     let tokenizer_meta = content
         .metadata
@@ -480,11 +539,132 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
         .collect();
     Ok(GgufImport {
         config: cfg,
-        tensors: tensors.len(),
+        tensors: n,
         types,
         name: meta.string("general.name").ok().map(str::to_string),
         tokenizer_meta,
     })
+}
+
+/// Every tensor of the GGUF at `path` under its Hugging Face name, dequantised to f32 one at a time (Q and K
+/// un-permuted where llama.cpp permuted them): the weights of a model folder that holds a GGUF in place of
+/// safetensors, for training and evaluation. Peak memory: the f32 weights and one tensor being converted.
+///
+/// # Errors
+/// On a file that cannot be read, an unsupported architecture or tensor type, a tensor cut short.
+pub fn read_gguf_weights(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let (content, mut reader) = open(path)?;
+    let cfg = config_from(&Meta {
+        path,
+        md: &content.metadata,
+    })?;
+    let mut tensors = HashMap::new();
+    for name in content.tensor_infos.keys() {
+        let Some(hf) = hf_name(name) else { continue };
+        let q = content
+            .tensor(&mut reader, name, device)
+            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
+        let mut t = q
+            .dequantize(device)
+            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
+        drop(q);
+        if qk_permuted(&cfg) && hf.ends_with("q_proj.weight") {
+            t = unpermute(&t, cfg.num_attention_heads)?;
+        } else if qk_permuted(&cfg) && hf.ends_with("k_proj.weight") {
+            t = unpermute(&t, cfg.kv_heads())?;
+        }
+        tensors.insert(hf, t);
+    }
+    Ok(tensors)
+}
+
+/// Writes the weights of the GGUF at `path` as one `model.safetensors` at `out` (HF names, Q and K
+/// un-permuted, `dtype` F32, F16 or BF16, transformers' `format: pt`), for tools that read only safetensors:
+/// the header first (every size is known from the tensor table), then each tensor dequantised and written as
+/// it is read, so memory holds one tensor at a time. Atomic (temporary file, fsync, rename).
+///
+/// # Errors
+/// On a file that cannot be read, an unsupported tensor type, a dtype other than those three, an I/O failure.
+pub fn write_gguf_safetensors(path: &Path, out: &Path, dtype: candle_core::DType) -> Result<()> {
+    use std::io::Write as _;
+    let st = match dtype {
+        candle_core::DType::F32 => "F32",
+        candle_core::DType::F16 => "F16",
+        candle_core::DType::BF16 => "BF16",
+        other => {
+            return Err(bad(
+                path,
+                format!("safetensors in {other:?}: f32, f16 or bf16"),
+            ))
+        }
+    };
+    let (content, mut reader) = open(path)?;
+    let cfg = config_from(&Meta {
+        path,
+        md: &content.metadata,
+    })?;
+    let mut names: Vec<(String, &String)> = content
+        .tensor_infos
+        .keys()
+        .filter_map(|g| hf_name(g).map(|h| (h, g)))
+        .collect();
+    names.sort();
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0usize;
+    for (hf, g) in &names {
+        let dims = content.tensor_infos[*g].shape.dims().to_vec();
+        let bytes = dims.iter().product::<usize>() * dtype.size_in_bytes();
+        header.insert(
+            hf.clone(),
+            json!({"dtype": st, "shape": dims, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+    head.resize(head.len().div_ceil(8) * 8, b' ');
+    let io = |e: std::io::Error| ModelError::Io {
+        path: out.into(),
+        source: e,
+    };
+    let store_err = |e: strata_store::StoreError| bad(out, e.to_string());
+    let mut f = strata_store::AtomicFile::create(out).map_err(store_err)?;
+    f.write_all(&(head.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    f.write_all(&head).map_err(io)?;
+    let device = Device::Cpu;
+    for (hf, g) in &names {
+        let q = content
+            .tensor(&mut reader, g, &device)
+            .map_err(|e| bad(path, format!("tensor {g}: {}", crate::candle_msg(&e))))?;
+        let mut t = q
+            .dequantize(&device)
+            .map_err(|e| bad(path, format!("tensor {g}: {}", crate::candle_msg(&e))))?;
+        if qk_permuted(&cfg) && hf.ends_with("q_proj.weight") {
+            t = unpermute(&t, cfg.num_attention_heads)?;
+        } else if qk_permuted(&cfg) && hf.ends_with("k_proj.weight") {
+            t = unpermute(&t, cfg.kv_heads())?;
+        }
+        let flat = t
+            .flatten_all()
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(|e| bad(path, format!("tensor {g}: {}", crate::candle_msg(&e))))?;
+        let raw: Vec<u8> = match dtype {
+            candle_core::DType::F16 => flat
+                .to_vec1::<half::f16>()
+                .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            candle_core::DType::BF16 => flat
+                .to_vec1::<half::bf16>()
+                .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            _ => flat
+                .to_vec1::<f32>()
+                .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        }
+        .map_err(|e| bad(path, format!("tensor {g}: {}", crate::candle_msg(&e))))?;
+        f.write_all(&raw).map_err(io)?;
+    }
+    f.commit().map_err(store_err)?;
+    Ok(())
 }
 
 /// A GGUF metadata value as JSON (arrays element by element).

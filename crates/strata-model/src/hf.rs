@@ -255,11 +255,20 @@ fn weight_files(dir: &Path) -> Result<WeightFiles> {
 }
 
 /// All tensors of a model folder: `model.safetensors`, or the shards listed by
-/// `model.safetensors.index.json` (f32, f16 or bf16; converted to f32 when the model is built).
+/// `model.safetensors.index.json` (f32, f16 or bf16; converted to f32 when the model is built), or, in a
+/// folder that has neither, those of its `model.gguf` (an imported GGUF), dequantised to f32.
 ///
 /// # Errors
 /// When the weights are missing, a shard is unreadable, or the index is malformed.
 pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let gguf = dir.join(crate::gguf::GGUF_IN_FOLDER);
+    if gguf.is_file()
+        && !dir.join("model.safetensors").is_file()
+        && !dir.join("model.safetensors.index.json").is_file()
+    {
+        // an imported GGUF: its weights are the file's, dequantised now
+        return crate::gguf::read_gguf_weights(&gguf, device);
+    }
     let wf = weight_files(dir)?;
     let mut all = HashMap::new();
     for f in &wf.files {

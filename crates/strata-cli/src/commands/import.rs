@@ -1,6 +1,8 @@
 //! `strata import FILE.gguf --name NAME`: bring a llama.cpp GGUF model into the store as a Hugging Face
-//! folder (dequantised to f32, for training and evaluation), with its tokenizer and chat template, plus the
-//! GGUF itself as `model.gguf`, which inference runs by default with its weights as stored (Q4_1, Q8_0, …).
+//! folder: `config.json`, its tokenizer and chat template, and the GGUF itself as `model.gguf`, its weights
+//! as stored (Q4_K, Q8_0, …). Only the tensor table is read to check it (memory stays small whatever the
+//! model's size); inference runs the file's blocks, and training or evaluation dequantise it to f32 when
+//! they load it. No f32 copy is written.
 //!
 //! `strata import DIR --name NAME`: a Hugging Face folder (as `save_pretrained` or the Hub leave it) is
 //! checked without loading its weights (config, every tensor's presence and shape) and copied in as it is.
@@ -44,8 +46,19 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
         "--base is for PEFT adapter folders (with adapter_config.json)"
     );
     if a.file.is_dir() {
+        anyhow::ensure!(
+            a.safetensors.is_none(),
+            "--safetensors is for GGUF files (a Hugging Face folder is copied as it is)"
+        );
         return import_folder(store, a);
     }
+    let st_dtype = match a.safetensors.as_deref() {
+        None => None,
+        Some("f32") => Some(candle_core::DType::F32),
+        Some("f16") => Some(candle_core::DType::F16),
+        Some("bf16") => Some(candle_core::DType::BF16),
+        Some(other) => anyhow::bail!("--safetensors {other:?}: expected f32, f16 or bf16"),
+    };
     anyhow::ensure!(
         a.file.is_file(),
         "{} does not exist (give a .gguf file or a Hugging Face model folder)",
@@ -59,7 +72,7 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
     };
     let manifest = Manifest::new(Kind::Model, &a.name, "strata import").with_config(
         vec![input],
-        serde_json::json!({"format": "gguf", "dtype": "f32", "inference": "model.gguf"}),
+        serde_json::json!({"format": "gguf", "weights": "model.gguf, as stored", "safetensors": a.safetensors}),
     );
     if store
         .up_to_date(Kind::Model, &a.name, &manifest.fingerprint)
@@ -81,6 +94,14 @@ pub fn run(store: &Store, a: &ImportArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("importing {}", a.file.display()))?;
     // a copy, not a link: artifacts in the store never change under their manifest
     copy_synced(&a.file, &staging.join(strata_engine::GGUF_IN_FOLDER))?;
+    if let Some(dtype) = st_dtype {
+        strata_model::gguf::write_gguf_safetensors(
+            &a.file,
+            &staging.join("model.safetensors"),
+            dtype,
+        )
+        .with_context(|| format!("importing {}", a.file.display()))?;
+    }
     let mut manifest = manifest;
     manifest
         .counts
