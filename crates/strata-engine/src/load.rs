@@ -27,6 +27,10 @@ fn engine_type(t: GgmlDType) -> Option<WeightType> {
     }
 }
 
+fn has_safetensors(dir: &Path) -> bool {
+    dir.join("model.safetensors").is_file() || dir.join("model.safetensors.index.json").is_file()
+}
+
 /// The GGUF file `strata import` keeps beside the Hugging Face files of an imported model.
 pub const GGUF_IN_FOLDER: &str = strata_model::gguf::GGUF_IN_FOLDER;
 
@@ -40,7 +44,9 @@ impl CpuModel {
     pub fn load(path: &Path, want: Option<WeightType>) -> Result<Self> {
         if path.is_file() {
             Self::from_gguf(path, want)
-        } else if want.is_none() && path.join(GGUF_IN_FOLDER).is_file() {
+        } else if path.join(GGUF_IN_FOLDER).is_file() && (want.is_none() || !has_safetensors(path))
+        {
+            // an imported GGUF: its blocks as stored, or converted from them to `want` (no f32 copy first)
             Self::from_gguf(&path.join(GGUF_IN_FOLDER), want)
         } else {
             Self::from_hf(path, want)
