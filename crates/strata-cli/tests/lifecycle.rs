@@ -803,42 +803,7 @@ fn imported_sharded_folders_fine_tune_and_export() {
     );
     // the imported folder (bf16, two shards) trains: its tokenizer was published with it, data encoded
     // with it fine-tunes it, and the child loads back, evaluates and exports
-    let r = run(strata(demo).args([
-        "tokenize",
-        "encode",
-        "--name",
-        "qwen-med-tokens",
-        "--dataset",
-        "medical",
-        "--tokenizer",
-        "qwen-train",
-    ]));
-    assert!(r.ok, "{}", r.stderr);
-    let r = run(strata(demo).args([
-        "finetune",
-        "--name",
-        "qwen-med",
-        "--parent",
-        "qwen-train",
-        "--tokens",
-        "qwen-med-tokens",
-        "--steps",
-        "20",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "32",
-        "--lr",
-        "3e-3",
-    ]));
-    assert!(r.ok, "{}", r.stderr);
-    let losses = common::run_losses(demo, "qwen-med");
-    assert_eq!(losses.len(), 20);
-    let (first, last) = (
-        losses[..3].iter().sum::<f32>(),
-        losses[17..].iter().sum::<f32>(),
-    );
-    assert!(last < first, "loss did not fall: {losses:?}");
+    fine_tune_on_medical(demo, "qwen-train", "qwen-med", &["--lr", "3e-3"]);
     let e = run(strata(demo).args([
         "eval",
         "--model",
@@ -849,10 +814,41 @@ fn imported_sharded_folders_fine_tune_and_export() {
         "medical",
     ]));
     assert!(e.ok, "{}", e.stderr);
+    export_refuses_qwen2_and_round_trips_a_sharded_llama(demo);
+}
+
+/// The quick demo's medical text encoded with `parent`'s tokenizer fine-tunes it for 20 steps (with
+/// `extra` flags): the loss falls, and the child generates.
+fn fine_tune_on_medical(demo: &std::path::Path, parent: &str, name: &str, extra: &[&str]) {
+    let tokens = format!("{name}-tokens");
+    let r = run(strata(demo).args([
+        "tokenize",
+        "encode",
+        "--name",
+        &tokens,
+        "--dataset",
+        "medical",
+        "--tokenizer",
+        parent,
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let r = run(strata(demo)
+        .args([
+            "finetune", "--name", name, "--parent", parent, "--tokens", &tokens,
+        ])
+        .args(["--steps", "20", "--batch-size", "4", "--seq-len", "32"])
+        .args(extra));
+    assert!(r.ok, "{}", r.stderr);
+    let losses = common::run_losses(demo, name);
+    assert_eq!(losses.len(), 20);
+    assert!(
+        losses[17..].iter().sum::<f32>() < losses[..3].iter().sum::<f32>(),
+        "loss did not fall: {losses:?}"
+    );
     let g = run(strata(demo).args([
         "generate",
         "--model",
-        "qwen-med",
+        name,
         "--prompt",
         "The liver",
         "--max-tokens",
@@ -861,7 +857,6 @@ fn imported_sharded_folders_fine_tune_and_export() {
         "0",
     ]));
     assert!(g.ok && g.stdout.starts_with("The liver"), "{}", g.stderr);
-    export_refuses_qwen2_and_round_trips_a_sharded_llama(demo);
 }
 
 #[test]
@@ -1117,55 +1112,12 @@ fn qwen3_gguf_imports_runs_and_trains_a_lora() {
     .unwrap();
     python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
     // a LoRA adapter on it: the loss falls, the adapter generates
-    let r = run(strata(demo).args([
-        "tokenize",
-        "encode",
-        "--name",
-        "qwen3-med-tokens",
-        "--dataset",
-        "medical",
-        "--tokenizer",
+    fine_tune_on_medical(
+        demo,
         "qwen3",
-    ]));
-    assert!(r.ok, "{}", r.stderr);
-    let r = run(strata(demo).args([
-        "finetune",
-        "--name",
         "qwen3-med",
-        "--parent",
-        "qwen3",
-        "--tokens",
-        "qwen3-med-tokens",
-        "--steps",
-        "20",
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "32",
-        "--lr",
-        "1e-2",
-        "--lora-r",
-        "4",
-    ]));
-    assert!(r.ok, "{}", r.stderr);
-    let losses = common::run_losses(demo, "qwen3-med");
-    assert_eq!(losses.len(), 20);
-    assert!(
-        losses[17..].iter().sum::<f32>() < losses[..3].iter().sum::<f32>(),
-        "loss did not fall: {losses:?}"
+        &["--lr", "1e-2", "--lora-r", "4"],
     );
-    let g = run(strata(demo).args([
-        "generate",
-        "--model",
-        "qwen3-med",
-        "--prompt",
-        "The liver",
-        "--max-tokens",
-        "5",
-        "--temperature",
-        "0",
-    ]));
-    assert!(g.ok && g.stdout.starts_with("The liver"), "{}", g.stderr);
 }
 
 #[test]
