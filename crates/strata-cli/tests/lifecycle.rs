@@ -814,7 +814,7 @@ fn imported_sharded_folders_fine_tune_and_export() {
         "medical",
     ]));
     assert!(e.ok, "{}", e.stderr);
-    export_refuses_qwen2_and_round_trips_a_sharded_llama(demo);
+    export_round_trips_qwen2_and_a_sharded_llama(demo);
 }
 
 /// The quick demo's medical text encoded with `parent`'s tokenizer fine-tunes it for 20 steps (with
@@ -924,15 +924,9 @@ fn hf_folder_import_names_what_is_wrong_and_publishes_nothing() {
 
 /// GGUF export writes llama.cpp's `llama` layout: a Qwen2 model is refused by name, a sharded bf16 Llama
 /// folder exports, and imports back with the same logits.
-fn export_refuses_qwen2_and_round_trips_a_sharded_llama(demo: &std::path::Path) {
-    let x = run(strata(demo)
-        .args(["export", "--model", "qwen-train", "--type", "f32", "--gguf"])
-        .arg(demo.join("qwen.gguf")));
-    assert!(
-        !x.ok && x.stderr.contains("Qwen2ForCausalLM is not supported yet"),
-        "{}",
-        x.stderr
-    );
+fn export_round_trips_qwen2_and_a_sharded_llama(demo: &std::path::Path) {
+    // Qwen2 as llama.cpp's qwen2 (rows as they are, biases): back to the same logits
+    gguf_round_trip(demo, "qwen-train", &demo.join("hf-import/qwen-train"));
     let llama = tiny_config("LlamaForCausalLM");
     let src = demo.join("hf-import/llama-sharded");
     synthetic_model(&src, &llama, candle_core::DType::BF16, 3);
@@ -1111,12 +1105,35 @@ fn qwen3_gguf_imports_runs_and_trains_a_lora() {
     )
     .unwrap();
     python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
+    // exported as llama.cpp's qwen3 (from the imported folder, which holds the GGUF alone) and back
+    gguf_round_trip(demo, "qwen3", &src);
     // a LoRA adapter on it: the loss falls, the adapter generates
     fine_tune_on_medical(
         demo,
         "qwen3",
         "qwen3-med",
         &["--lr", "1e-2", "--lora-r", "4"],
+    );
+}
+
+/// `model` exported to an f32 GGUF and imported back: the logits of the folder `src` it came from.
+fn gguf_round_trip(demo: &std::path::Path, model: &str, src: &std::path::Path) {
+    let gguf = demo.join(format!("{model}-rt.gguf"));
+    let x = run(strata(demo)
+        .args(["export", "--model", model, "--type", "f32", "--gguf"])
+        .arg(&gguf));
+    assert!(x.ok, "{}", x.stderr);
+    let back = format!("{model}-rt");
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&gguf)
+        .args(["--name", &back]));
+    assert!(r.ok, "{}", r.stderr);
+    let ids = [3u32, 17, 42, 99, 7, 250];
+    assert_eq!(
+        logits_of(src, &ids),
+        logits_of(&demo.join("models").join(&back), &ids),
+        "{model}"
     );
 }
 

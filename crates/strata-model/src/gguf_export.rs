@@ -1,6 +1,8 @@
 //! Export a Hugging Face folder to a llama.cpp GGUF file (F32, F16 or Q8_0 weights; norms stay F32), with
 //! the tokenizer (byte-level BPE vocabulary, merges, special tokens) and chat template in its metadata.
-//! Q and K are permuted into llama.cpp's interleaved-RoPE row order, the inverse of the import.
+//! Llama and Mistral are written as llama.cpp's `llama` (Q and K permuted into its interleaved-RoPE row order,
+//! the inverse of the import), Qwen2 and Qwen3 as `qwen2` and `qwen3` (rows as they are, biases, Qwen3's
+//! query and key norms).
 
 use std::path::Path;
 
@@ -68,12 +70,30 @@ fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.k_proj.weight" => "attn_k.weight",
         "self_attn.v_proj.weight" => "attn_v.weight",
         "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.o_proj.bias" => "attn_output.bias",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",
         "mlp.down_proj.weight" => "ffn_down.weight",
         _ => return None,
     };
     Some(format!("blk.{layer}.{g}"))
+}
+
+/// llama.cpp's architecture for the model: `qwen2`, `qwen3`, or `llama` (Llama and Mistral; Q and K
+/// permuted for its interleaved rotation).
+fn gguf_arch(cfg: &LlamaConfig) -> &'static str {
+    if cfg.architectures.iter().any(|a| a == "Qwen3ForCausalLM") {
+        "qwen3"
+    } else if cfg.architectures.iter().any(|a| a == "Qwen2ForCausalLM") {
+        "qwen2"
+    } else {
+        "llama"
+    }
 }
 
 /// llama.cpp's `permute`: HF rows (n, 2, hd/2) → (n, hd/2, 2).
@@ -100,6 +120,18 @@ struct Vocab {
     merges: Vec<String>,
     /// llama.cpp's pre-tokenizer name.
     pre: &'static str,
+}
+
+/// The regex of a `Sequence [Split (regex, isolated), ByteLevel]` pre-tokenizer (Llama 3's and Qwen2's).
+fn split_regex(pre: &Json) -> Option<&str> {
+    let s = pre["pretokenizers"].as_array()?;
+    (pre["type"] == "Sequence"
+        && s.len() == 2
+        && s[0]["type"] == "Split"
+        && s[0]["behavior"] == "Isolated"
+        && s[1]["type"] == "ByteLevel")
+        .then(|| s[0]["pattern"]["Regex"].as_str())
+        .flatten()
 }
 
 /// Reads a tokenizer.json into what GGUF stores.
@@ -177,6 +209,17 @@ fn tokenizer_metadata(path: &Path) -> Result<Vocab> {
         })
     {
         "smollm"
+    } else if let Some(regex) = split_regex(pre) {
+        // the split regexes of Llama 3 and Qwen2 differ in their digits: runs of up to three, or one by one
+        if regex.contains(r"\p{N}{1,3}") {
+            "llama-bpe"
+        } else if regex.contains(r"|\p{N}|") {
+            "qwen2"
+        } else {
+            return Err(bad(format!(
+                "pre-tokenizer split {regex:?} has no llama.cpp equivalent that Strata knows"
+            )));
+        }
     } else {
         return Err(bad(format!(
             "pre-tokenizer {pre} has no llama.cpp equivalent that Strata knows"
@@ -208,9 +251,9 @@ fn quantize_all(dir: &Path, cfg: &LlamaConfig, ty: GgufType) -> Result<Vec<(Stri
                 path: dir.to_path_buf(),
                 reason: format!("{name}: {}", crate::candle_msg(&e)),
             })?;
-        if name.ends_with("q_proj.weight") {
+        if crate::gguf::qk_permuted(cfg) && name.ends_with("q_proj.weight") {
             t = permute(&t, cfg.num_attention_heads)?;
-        } else if name.ends_with("k_proj.weight") {
+        } else if crate::gguf::qk_permuted(cfg) && name.ends_with("k_proj.weight") {
             t = permute(&t, cfg.kv_heads())?;
         }
         // 1-D tensors (norm gains) stay F32, as llama.cpp's converter writes them; a matrix whose rows are
@@ -255,33 +298,26 @@ fn metadata(
     .into_iter()
     .map(|(g, k)| (g, token_id(k)))
     .collect();
+    let arch = gguf_arch(cfg);
+    let k = |key: &str| format!("{arch}.{key}");
     let mut md: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.architecture".into(), Value::String(arch.into())),
         ("general.name".into(), Value::String(name)),
         ("general.file_type".into(), Value::U32(ty.file_type())),
         ("general.quantization_version".into(), Value::U32(2)),
-        ("llama.block_count".into(), u32v(cfg.num_hidden_layers)),
+        (k("block_count"), u32v(cfg.num_hidden_layers)),
+        (k("context_length"), u32v(cfg.max_position_embeddings)),
+        (k("embedding_length"), u32v(cfg.hidden_size)),
+        (k("feed_forward_length"), u32v(cfg.intermediate_size)),
+        (k("attention.head_count"), u32v(cfg.num_attention_heads)),
+        (k("attention.head_count_kv"), u32v(cfg.kv_heads())),
+        (k("rope.freq_base"), f32v(cfg.rope_theta)),
+        (k("rope.dimension_count"), u32v(cfg.head_dim())),
         (
-            "llama.context_length".into(),
-            u32v(cfg.max_position_embeddings),
-        ),
-        ("llama.embedding_length".into(), u32v(cfg.hidden_size)),
-        (
-            "llama.feed_forward_length".into(),
-            u32v(cfg.intermediate_size),
-        ),
-        (
-            "llama.attention.head_count".into(),
-            u32v(cfg.num_attention_heads),
-        ),
-        ("llama.attention.head_count_kv".into(), u32v(cfg.kv_heads())),
-        ("llama.rope.freq_base".into(), f32v(cfg.rope_theta)),
-        ("llama.rope.dimension_count".into(), u32v(cfg.head_dim())),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            k("attention.layer_norm_rms_epsilon"),
             f32v(cfg.rms_norm_eps),
         ),
-        ("llama.vocab_size".into(), u32v(cfg.vocab_size)),
+        (k("vocab_size"), u32v(cfg.vocab_size)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String(vocab.pre.into())),
         (
@@ -301,6 +337,11 @@ fn metadata(
             Value::Bool(tc["add_bos_token"].as_bool().unwrap_or(false)),
         ),
     ];
+    if cfg.head_dim() != cfg.hidden_size / cfg.num_attention_heads.max(1) {
+        // as llama.cpp's converter states a head size that is not hidden / heads (Qwen3)
+        md.push((k("attention.key_length"), u32v(cfg.head_dim())));
+        md.push((k("attention.value_length"), u32v(cfg.head_dim())));
+    }
     for (gguf_key, id) in ids {
         if let Some(id) = id {
             md.push((format!("tokenizer.ggml.{gguf_key}"), u32v(id)));
@@ -318,17 +359,12 @@ fn metadata(
 /// On a missing or malformed model folder, a tokenizer that GGUF cannot express, or an I/O failure.
 pub fn export_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<()> {
     let cfg: LlamaConfig = crate::read_config(&dir.join("config.json"))?;
-    // written as llama.cpp's `llama` architecture (Q/K permuted, no biases): Llama and Mistral only
-    if let Some(a) = cfg
-        .architectures
-        .iter()
-        .find(|a| !matches!(a.as_str(), "LlamaForCausalLM" | "MistralForCausalLM"))
-    {
+    // llama.cpp's qwen2 and qwen3 attend in full on every layer: a window switched on has no GGUF form
+    if gguf_arch(&cfg) != "llama" && (0..cfg.num_hidden_layers).any(|l| cfg.window(l).is_some()) {
         return Err(ModelError::Config {
             path: dir.join("config.json"),
-            reason: format!(
-                "GGUF export writes LlamaForCausalLM and MistralForCausalLM; {a} is not supported yet"
-            ),
+            reason: "a sliding window on Qwen layers has no form in llama.cpp's qwen2/qwen3 GGUF"
+                .into(),
         });
     }
     let vocab = tokenizer_metadata(&dir.join("tokenizer.json"))?;
