@@ -30,6 +30,12 @@ fn default_shard_tokens() -> usize {
     100_000_000
 }
 
+/// Documents encoded together (in parallel) by [`encode_dataset`].
+const ENCODE_CHUNK: usize = 4096;
+
+/// Words whose merges [`encode_dataset`]'s tokenizer keeps.
+const WORD_CACHE: usize = 1 << 19;
+
 impl Default for EncodeConfig {
     fn default() -> Self {
         Self {
@@ -64,31 +70,47 @@ pub fn encode_dataset(
         });
     }
     let td = TokenizerDir::open(&store.dir(Kind::Tokenizer, tokenizer))?;
-    let (tk, eos) = (&td.tokenizer, td.special.eos);
+    // a word cache that holds a corpus's vocabulary of words, not the crate's default 10,000 (past which
+    // every new word is merged again each time it appears)
+    let mut tk = td.tokenizer.clone();
+    let mut model = tk.get_model().clone();
+    model.resize_cache(WORD_CACHE);
+    tk.with_model(model);
+    let (tk, eos) = (&tk, td.special.eos);
     let (mut train, mut val) = (vec![Vec::new()], Vec::new());
     let (mut train_docs, mut val_docs) = (0usize, 0usize);
-    let texts: Vec<String> = strata_records::read_dataset(&store.dir(Kind::Dataset, dataset))?
-        .map(|d| d.map(|d| d.text))
-        .collect::<std::result::Result<_, _>>()?;
-    // with the tokenizer's own special tokens (BOS where its post-processor adds one, as HF's encode does)
-    let encodings = tk
-        .encode_batch(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
-        .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
-    for (text, enc) in texts.iter().zip(encodings) {
-        let (out, n) = if strata_records::split::is_heldout(text, cfg.val_fraction) {
-            (&mut val, &mut val_docs)
-        } else {
-            if train
-                .last()
-                .is_some_and(|s| s.len() >= cfg.shard_tokens.max(1))
-            {
-                train.push(Vec::new());
-            }
-            (train.last_mut().unwrap_or(&mut val), &mut train_docs)
-        };
-        out.extend_from_slice(enc.get_ids());
-        out.push(eos);
-        *n += 1;
+    let mut docs = strata_records::read_dataset(&store.dir(Kind::Dataset, dataset))?;
+    loop {
+        // documents in chunks, each encoded in parallel without character offsets (the ids are the same;
+        // only ids are kept), so memory holds one chunk's encodings
+        let texts: Vec<String> = docs
+            .by_ref()
+            .take(ENCODE_CHUNK)
+            .map(|d| d.map(|d| d.text))
+            .collect::<std::result::Result<_, _>>()?;
+        if texts.is_empty() {
+            break;
+        }
+        // with the tokenizer's own special tokens (BOS where its post-processor adds one, as HF's encode does)
+        let encodings = tk
+            .encode_batch_fast(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+        for (text, enc) in texts.iter().zip(encodings) {
+            let (out, n) = if strata_records::split::is_heldout(text, cfg.val_fraction) {
+                (&mut val, &mut val_docs)
+            } else {
+                if train
+                    .last()
+                    .is_some_and(|s| s.len() >= cfg.shard_tokens.max(1))
+                {
+                    train.push(Vec::new());
+                }
+                (train.last_mut().unwrap_or(&mut val), &mut train_docs)
+            };
+            out.extend_from_slice(enc.get_ids());
+            out.push(eos);
+            *n += 1;
+        }
     }
     let vocab = tk.get_vocab_size(true);
     let staging = store.staging(Kind::Tokens, name)?;
