@@ -973,6 +973,115 @@ mod tests {
         }
     }
 
+    /// A `llama` GGUF in memory of `tensors` (HF names) stored as `ty` where a matrix's rows are whole
+    /// blocks of it, else F32.
+    fn gguf_of(
+        cfg: &LlamaConfig,
+        tensors: &HashMap<String, Tensor>,
+        ty: candle_core::quantized::GgmlDType,
+    ) -> Vec<u8> {
+        use candle_core::quantized::gguf_file::Value;
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let u = |x: usize| Value::U32(u32::try_from(x).unwrap());
+        let md = [
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", u(cfg.num_hidden_layers)),
+            ("llama.context_length", u(cfg.max_position_embeddings)),
+            ("llama.embedding_length", u(cfg.hidden_size)),
+            ("llama.feed_forward_length", u(cfg.intermediate_size)),
+            ("llama.attention.head_count", u(cfg.num_attention_heads)),
+            ("llama.attention.head_count_kv", u(cfg.kv_heads())),
+            ("llama.rope.freq_base", Value::F32(1e4)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("llama.vocab_size", u(cfg.vocab_size)),
+        ];
+        let mut qs = Vec::new();
+        for (hf, t) in tensors {
+            let g = hf
+                .replace("model.embed_tokens.weight", "token_embd.weight")
+                .replace("model.norm.weight", "output_norm.weight")
+                .replace("lm_head.weight", "output.weight")
+                .replace("model.layers.", "blk.")
+                .replace("input_layernorm", "attn_norm")
+                .replace("post_attention_layernorm", "ffn_norm")
+                .replace("self_attn.q_proj", "attn_q")
+                .replace("self_attn.k_proj", "attn_k")
+                .replace("self_attn.v_proj", "attn_v")
+                .replace("self_attn.o_proj", "attn_output")
+                .replace("mlp.gate_proj", "ffn_gate")
+                .replace("mlp.up_proj", "ffn_up")
+                .replace("mlp.down_proj", "ffn_down");
+            let whole = t.rank() == 2 && t.dims()[1] % ty.block_size() == 0;
+            let q = QTensor::quantize(t, if whole { ty } else { GgmlDType::F32 }).unwrap();
+            qs.push((g, q));
+        }
+        let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = qs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut buf = std::io::Cursor::new(Vec::new());
+        candle_core::quantized::gguf_file::write(&mut buf, &md_refs, &t_refs).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn k_quant_files_run_as_the_q8_0_of_their_values_converted_tensor_by_tensor() {
+        // rows of 256: whole Q4_K and Q6_K super-blocks
+        let cfg = strata_model::ModelSpec {
+            hidden_size: 256,
+            intermediate_size: 512,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            context: 32,
+            rope_theta: 1e4,
+            tie_word_embeddings: false,
+        }
+        .to_config(70, 0)
+        .unwrap();
+        let (_, tensors) = random_model(&cfg, 5);
+        for ty in [
+            candle_core::quantized::GgmlDType::Q4K,
+            candle_core::quantized::GgmlDType::Q6K,
+        ] {
+            let kq = gguf_of(&cfg, &tensors, ty);
+            let m = CpuModel::from_gguf_bytes(Path::new("k.gguf"), &kq, None).unwrap();
+            // the same values as f32 in the file, made Q8_0 when the model is built
+            let c = strata_model::gguf::read_header(
+                Path::new("k.gguf"),
+                &mut std::io::Cursor::new(&kq),
+            )
+            .unwrap();
+            let mut values = HashMap::new();
+            for (name, t) in &tensors {
+                let g = c
+                    .tensor_infos
+                    .keys()
+                    .find(|g| strata_model::gguf::hf_name(g).as_deref() == Some(name.as_str()))
+                    .unwrap()
+                    .clone();
+                let q = c
+                    .tensor(&mut std::io::Cursor::new(&kq), &g, &Device::Cpu)
+                    .unwrap();
+                values.insert(name.clone(), q.dequantize(&Device::Cpu).unwrap());
+                assert_eq!(values[name].dims(), t.dims());
+            }
+            let f32_file = gguf_of(&cfg, &values, candle_core::quantized::GgmlDType::F32);
+            let want =
+                CpuModel::from_gguf_bytes(Path::new("f.gguf"), &f32_file, Some(WeightType::Q8_0))
+                    .unwrap();
+            assert_eq!(
+                m.weight_types().keys().copied().collect::<Vec<_>>(),
+                ["Q8_0"],
+                "{ty:?}"
+            );
+            let (mut a, mut b) = (CpuCache::new(&m, 32), CpuCache::new(&want, 32));
+            assert_eq!(
+                m.forward(&IDS, &mut a, true).unwrap(),
+                want.forward(&IDS, &mut b, true).unwrap(),
+                "{ty:?}"
+            );
+        }
+    }
+
     #[test]
     fn quantised_engines_stay_close_to_f32_and_degrade_in_order() {
         let cfg = tiny();

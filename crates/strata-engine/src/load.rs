@@ -148,6 +148,7 @@ impl CpuModel {
                 }
                 _ => {
                     let t = q.dequantize(&Device::Cpu).map_err(|e| bad(name, &e))?;
+                    drop(q);
                     let data: Vec<f32> = t
                         .flatten_all()
                         .and_then(|t| t.to_vec1())
@@ -158,12 +159,25 @@ impl CpuModel {
                             format!("tensor {name}: {} values for shape {dims:?}", data.len()),
                         ));
                     }
+                    let foreign_quant = !matches!(
+                        info.ggml_dtype,
+                        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+                    );
+                    // a K-quant projection becomes the Q8_0 it runs as now, not at the end: the f32 of one
+                    // tensor at a time, never of the whole model (the embedding stays f32: its rows are read
+                    // as they are)
+                    let early = foreign_quant
+                        && rows > 1
+                        && cols % QK == 0
+                        && hf != "model.embed_tokens.weight"
+                        && matches!(want, None | Some(WeightType::Q8_0));
                     Stored {
-                        m: Matrix::dense(rows, cols, data),
-                        foreign_quant: !matches!(
-                            info.ggml_dtype,
-                            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-                        ),
+                        m: if early {
+                            Matrix::quantized(rows, cols, &data, WeightType::Q8_0)
+                        } else {
+                            Matrix::dense(rows, cols, data)
+                        },
+                        foreign_quant,
                     }
                 }
             };
