@@ -789,9 +789,14 @@ mod tests {
     use strata_model::Llama;
 
     fn tiny() -> LlamaConfig {
+        sized(64, 96)
+    }
+
+    /// Two layers of width `hidden`, 4 heads on 2 kv heads, a vocabulary of 70.
+    fn sized(hidden: usize, ffn: usize) -> LlamaConfig {
         strata_model::ModelSpec {
-            hidden_size: 64,
-            intermediate_size: 96,
+            hidden_size: hidden,
+            intermediate_size: ffn,
             layers: 2,
             heads: 4,
             kv_heads: 2,
@@ -1025,18 +1030,7 @@ mod tests {
     #[test]
     fn k_quant_files_run_as_the_q8_0_of_their_values_converted_tensor_by_tensor() {
         // rows of 256: whole Q4_K and Q6_K super-blocks
-        let cfg = strata_model::ModelSpec {
-            hidden_size: 256,
-            intermediate_size: 512,
-            layers: 2,
-            heads: 4,
-            kv_heads: 2,
-            context: 32,
-            rope_theta: 1e4,
-            tie_word_embeddings: false,
-        }
-        .to_config(70, 0)
-        .unwrap();
+        let cfg = sized(256, 512);
         let (_, tensors) = random_model(&cfg, 5);
         for ty in [
             candle_core::quantized::GgmlDType::Q4K,
