@@ -561,21 +561,36 @@ pub fn read_gguf_weights(path: &Path, device: &Device) -> Result<HashMap<String,
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
         let Some(hf) = hf_name(name) else { continue };
-        let q = content
-            .tensor(&mut reader, name, device)
-            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
-        let mut t = q
-            .dequantize(device)
-            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
-        drop(q);
-        if qk_permuted(&cfg) && hf.ends_with("q_proj.weight") {
-            t = unpermute(&t, cfg.num_attention_heads)?;
-        } else if qk_permuted(&cfg) && hf.ends_with("k_proj.weight") {
-            t = unpermute(&t, cfg.kv_heads())?;
-        }
+        let t = hf_tensor(path, &content, &mut reader, &cfg, name, &hf, device)?;
         tensors.insert(hf, t);
     }
     Ok(tensors)
+}
+
+/// The GGUF tensor `name` (Hugging Face name `hf`) dequantised to f32, Q and K un-permuted where llama.cpp
+/// permuted them: the one tensor a streamed conversion holds at a time.
+fn hf_tensor<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    content: &Content,
+    reader: &mut R,
+    cfg: &LlamaConfig,
+    name: &str,
+    hf: &str,
+    device: &Device,
+) -> Result<Tensor> {
+    let cut =
+        |e: candle_core::Error| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e)));
+    let t = content
+        .tensor(reader, name, device)
+        .and_then(|q| q.dequantize(device))
+        .map_err(cut)?;
+    if qk_permuted(cfg) && hf.ends_with("q_proj.weight") {
+        unpermute(&t, cfg.num_attention_heads)
+    } else if qk_permuted(cfg) && hf.ends_with("k_proj.weight") {
+        unpermute(&t, cfg.kv_heads())
+    } else {
+        Ok(t)
+    }
 }
 
 /// Writes the weights of the GGUF at `path` as one `model.safetensors` at `out` (HF names, Q and K
@@ -634,33 +649,11 @@ pub fn write_gguf_safetensors(path: &Path, out: &Path, dtype: candle_core::DType
     f.write_all(&head).map_err(io)?;
     let device = Device::Cpu;
     for (hf, g) in &names {
-        let q = content
-            .tensor(&mut reader, g, &device)
+        let t = hf_tensor(path, &content, &mut reader, &cfg, g, hf, &device)?;
+        let (_, raw) = t
+            .to_dtype(dtype)
+            .and_then(|t| crate::hf::le_bytes(&t))
             .map_err(|e| bad(path, format!("tensor {g}: {}", crate::candle_msg(&e))))?;
-        let mut t = q
-            .dequantize(&device)
-            .map_err(|e| bad(path, format!("tensor {g}: {}", crate::candle_msg(&e))))?;
-        if qk_permuted(&cfg) && hf.ends_with("q_proj.weight") {
-            t = unpermute(&t, cfg.num_attention_heads)?;
-        } else if qk_permuted(&cfg) && hf.ends_with("k_proj.weight") {
-            t = unpermute(&t, cfg.kv_heads())?;
-        }
-        let flat = t
-            .flatten_all()
-            .and_then(|t| t.to_dtype(dtype))
-            .map_err(|e| bad(path, format!("tensor {g}: {}", crate::candle_msg(&e))))?;
-        let raw: Vec<u8> = match dtype {
-            candle_core::DType::F16 => flat
-                .to_vec1::<half::f16>()
-                .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            candle_core::DType::BF16 => flat
-                .to_vec1::<half::bf16>()
-                .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            _ => flat
-                .to_vec1::<f32>()
-                .map(|v| v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        }
-        .map_err(|e| bad(path, format!("tensor {g}: {}", crate::candle_msg(&e))))?;
         f.write_all(&raw).map_err(io)?;
     }
     f.commit().map_err(store_err)?;

@@ -67,6 +67,39 @@ pub fn write_hf_config(dir: &Path, cfg: &LlamaConfig) -> Result<()> {
     Ok(())
 }
 
+/// A tensor's values as safetensors stores them: little-endian bytes, row-major, with their dtype. f16 and bf16
+/// keep their type; every other type is written as f32.
+///
+/// # Errors
+/// On a conversion failure.
+pub(crate) fn le_bytes(t: &Tensor) -> candle_core::Result<(safetensors::Dtype, Vec<u8>)> {
+    let flat = t.flatten_all()?;
+    Ok(match t.dtype() {
+        DType::F16 => (
+            safetensors::Dtype::F16,
+            flat.to_vec1::<half::f16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        DType::BF16 => (
+            safetensors::Dtype::BF16,
+            flat.to_vec1::<half::bf16>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+        _ => (
+            safetensors::Dtype::F32,
+            flat.to_dtype(DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ),
+    })
+}
+
 /// Writes named tensors as safetensors with transformers' metadata (plus `extra` entries), atomically.
 /// f16 and bf16 tensors keep their type; every other type is written as f32.
 ///
@@ -86,35 +119,7 @@ pub fn save_safetensors(
     let mut buffers = Vec::with_capacity(names.len());
     for name in &names {
         let t = &tensors[*name];
-        let flat = t.flatten_all().map_err(|e| err(format!("{name}: {e}")))?;
-        let (dtype, bytes): (safetensors::Dtype, Vec<u8>) = match t.dtype() {
-            DType::F16 => (
-                safetensors::Dtype::F16,
-                flat.to_vec1::<half::f16>()
-                    .map_err(|e| err(format!("{name}: {e}")))?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            DType::BF16 => (
-                safetensors::Dtype::BF16,
-                flat.to_vec1::<half::bf16>()
-                    .map_err(|e| err(format!("{name}: {e}")))?
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            ),
-            _ => {
-                let v: Vec<f32> = flat
-                    .to_dtype(DType::F32)
-                    .and_then(|t| t.to_vec1())
-                    .map_err(|e| err(format!("{name}: {e}")))?;
-                (
-                    safetensors::Dtype::F32,
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                )
-            }
-        };
+        let (dtype, bytes) = le_bytes(t).map_err(|e| err(format!("{name}: {e}")))?;
         buffers.push((name.as_str(), dtype, t.dims().to_vec(), bytes));
     }
     let views: Vec<(&str, safetensors::tensor::TensorView<'_>)> = buffers
