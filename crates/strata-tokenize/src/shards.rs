@@ -45,6 +45,38 @@ impl Default for EncodeConfig {
     }
 }
 
+/// The tokenizer of `td` with a word cache that holds a corpus's vocabulary of words, not the crate's
+/// default 10,000 (past which every new word is merged again each time it appears).
+fn fast_tokenizer(td: &TokenizerDir) -> tokenizers::Tokenizer {
+    let mut tk = td.tokenizer.clone();
+    let mut model = tk.get_model().clone();
+    model.resize_cache(WORD_CACHE);
+    tk.with_model(model);
+    tk
+}
+
+/// Encodes `texts` in chunks, each in parallel without character offsets (the ids are the same; only ids
+/// are kept), with the tokenizer's own special tokens (BOS where its post-processor adds one, as HF's
+/// encode does), and hands each text and its ids to `each` in order: memory holds one chunk's encodings.
+fn encode_texts(
+    tk: &tokenizers::Tokenizer,
+    mut texts: impl Iterator<Item = Result<String>>,
+    mut each: impl FnMut(&str, &[u32]),
+) -> Result<()> {
+    loop {
+        let chunk: Vec<String> = texts.by_ref().take(ENCODE_CHUNK).collect::<Result<_>>()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let encodings = tk
+            .encode_batch_fast(chunk.iter().map(String::as_str).collect::<Vec<_>>(), true)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+        for (text, enc) in chunk.iter().zip(encodings) {
+            each(text, enc.get_ids());
+        }
+    }
+}
+
 /// Encodes dataset `dataset` with tokenizer `tokenizer` into the token artifact `name`.
 ///
 /// # Errors
@@ -70,48 +102,27 @@ pub fn encode_dataset(
         });
     }
     let td = TokenizerDir::open(&store.dir(Kind::Tokenizer, tokenizer))?;
-    // a word cache that holds a corpus's vocabulary of words, not the crate's default 10,000 (past which
-    // every new word is merged again each time it appears)
-    let mut tk = td.tokenizer.clone();
-    let mut model = tk.get_model().clone();
-    model.resize_cache(WORD_CACHE);
-    tk.with_model(model);
+    let tk = fast_tokenizer(&td);
     let (tk, eos) = (&tk, td.special.eos);
     let (mut train, mut val) = (vec![Vec::new()], Vec::new());
     let (mut train_docs, mut val_docs) = (0usize, 0usize);
-    let mut docs = strata_records::read_dataset(&store.dir(Kind::Dataset, dataset))?;
-    loop {
-        // documents in chunks, each encoded in parallel without character offsets (the ids are the same;
-        // only ids are kept), so memory holds one chunk's encodings
-        let texts: Vec<String> = docs
-            .by_ref()
-            .take(ENCODE_CHUNK)
-            .map(|d| d.map(|d| d.text))
-            .collect::<std::result::Result<_, _>>()?;
-        if texts.is_empty() {
-            break;
-        }
-        // with the tokenizer's own special tokens (BOS where its post-processor adds one, as HF's encode does)
-        let encodings = tk
-            .encode_batch_fast(texts.iter().map(String::as_str).collect::<Vec<_>>(), true)
-            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
-        for (text, enc) in texts.iter().zip(encodings) {
-            let (out, n) = if strata_records::split::is_heldout(text, cfg.val_fraction) {
-                (&mut val, &mut val_docs)
-            } else {
-                if train
-                    .last()
-                    .is_some_and(|s| s.len() >= cfg.shard_tokens.max(1))
-                {
-                    train.push(Vec::new());
-                }
-                (train.last_mut().unwrap_or(&mut val), &mut train_docs)
-            };
-            out.extend_from_slice(enc.get_ids());
-            out.push(eos);
-            *n += 1;
-        }
-    }
+    let docs = strata_records::read_dataset(&store.dir(Kind::Dataset, dataset))?;
+    encode_texts(tk, docs.map(|d| Ok(d?.text)), |text, ids| {
+        let (out, n) = if strata_records::split::is_heldout(text, cfg.val_fraction) {
+            (&mut val, &mut val_docs)
+        } else {
+            if train
+                .last()
+                .is_some_and(|s| s.len() >= cfg.shard_tokens.max(1))
+            {
+                train.push(Vec::new());
+            }
+            (train.last_mut().unwrap_or(&mut val), &mut train_docs)
+        };
+        out.extend_from_slice(ids);
+        out.push(eos);
+        *n += 1;
+    })?;
     let vocab = tk.get_vocab_size(true);
     let staging = store.staging(Kind::Tokens, name)?;
     for (i, shard) in train.iter().enumerate() {
@@ -316,18 +327,17 @@ pub fn encode_heldout(
     val_fraction: f64,
 ) -> Result<Vec<u32>> {
     let dir = store.require(Kind::Dataset, dataset)?;
-    let (tk, eos) = (&td.tokenizer, td.special.eos);
+    let tk = fast_tokenizer(td);
     let mut ids = Vec::new();
-    for doc in strata_records::read_dataset(&dir)? {
-        let doc = doc?;
-        if strata_records::split::is_heldout(&doc.text, val_fraction) {
-            let enc = tk
-                .encode(doc.text.as_str(), true)
-                .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
-            ids.extend_from_slice(enc.get_ids());
-            ids.push(eos);
-        }
-    }
+    let heldout = strata_records::read_dataset(&dir)?.filter_map(|d| match d {
+        Ok(d) if strata_records::split::is_heldout(&d.text, val_fraction) => Some(Ok(d.text)),
+        Ok(_) => None,
+        Err(e) => Some(Err(e.into())),
+    });
+    encode_texts(&tk, heldout, |_, enc| {
+        ids.extend_from_slice(enc);
+        ids.push(td.special.eos);
+    })?;
     Ok(ids)
 }
 
