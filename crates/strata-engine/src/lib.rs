@@ -985,8 +985,28 @@ mod tests {
         tensors: &HashMap<String, Tensor>,
         ty: candle_core::quantized::GgmlDType,
     ) -> Vec<u8> {
+        gguf_with(cfg, tensors, |_, t| {
+            let whole = t.rank() == 2 && t.dims()[1] % ty.block_size() == 0;
+            candle_core::quantized::QTensor::quantize(
+                t,
+                if whole {
+                    ty
+                } else {
+                    candle_core::quantized::GgmlDType::F32
+                },
+            )
+            .unwrap()
+        })
+    }
+
+    /// A `llama` GGUF in memory of `tensors` (HF names), each stored as `store` makes it.
+    fn gguf_with(
+        cfg: &LlamaConfig,
+        tensors: &HashMap<String, Tensor>,
+        store: impl Fn(&str, &Tensor) -> candle_core::quantized::QTensor,
+    ) -> Vec<u8> {
         use candle_core::quantized::gguf_file::Value;
-        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::quantized::QTensor;
         let u = |x: usize| Value::U32(u32::try_from(x).unwrap());
         let md = [
             ("general.architecture", Value::String("llama".into())),
@@ -1016,9 +1036,7 @@ mod tests {
                 .replace("mlp.gate_proj", "ffn_gate")
                 .replace("mlp.up_proj", "ffn_up")
                 .replace("mlp.down_proj", "ffn_down");
-            let whole = t.rank() == 2 && t.dims()[1] % ty.block_size() == 0;
-            let q = QTensor::quantize(t, if whole { ty } else { GgmlDType::F32 }).unwrap();
-            qs.push((g, q));
+            qs.push((g, store(hf, t)));
         }
         let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (*k, v)).collect();
         let t_refs: Vec<(&str, &QTensor)> = qs.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -1027,53 +1045,94 @@ mod tests {
         buf.into_inner()
     }
 
+    /// The values of each tensor of GGUF bytes `file`, under HF names, dequantised by candle.
+    fn file_values(file: &[u8], names: &[&String]) -> HashMap<String, Tensor> {
+        let c =
+            strata_model::gguf::read_header(Path::new("k.gguf"), &mut std::io::Cursor::new(file))
+                .unwrap();
+        let mut values = HashMap::new();
+        for name in names {
+            let g = c
+                .tensor_infos
+                .keys()
+                .find(|g| strata_model::gguf::hf_name(g).as_deref() == Some(name.as_str()))
+                .unwrap()
+                .clone();
+            let q = c
+                .tensor(&mut std::io::Cursor::new(file), &g, &Device::Cpu)
+                .unwrap();
+            values.insert((*name).clone(), q.dequantize(&Device::Cpu).unwrap());
+        }
+        values
+    }
+
     #[test]
-    fn k_quant_files_run_as_the_q8_0_of_their_values_converted_tensor_by_tensor() {
+    fn k_quant_files_run_q4_k_as_q4_1_and_the_others_as_q8_0_converted_tensor_by_tensor() {
+        use candle_core::quantized::{GgmlDType, QStorage, QTensor};
         // rows of 256: whole Q4_K and Q6_K super-blocks
         let cfg = sized(256, 512);
         let (_, tensors) = random_model(&cfg, 5);
-        for ty in [
-            candle_core::quantized::GgmlDType::Q4K,
-            candle_core::quantized::GgmlDType::Q6K,
-        ] {
-            let kq = gguf_of(&cfg, &tensors, ty);
-            let m = CpuModel::from_gguf_bytes(Path::new("k.gguf"), &kq, None).unwrap();
-            // the same values as f32 in the file, made Q8_0 when the model is built
-            let c = strata_model::gguf::read_header(
-                Path::new("k.gguf"),
-                &mut std::io::Cursor::new(&kq),
-            )
-            .unwrap();
-            let mut values = HashMap::new();
-            for (name, t) in &tensors {
-                let g = c
-                    .tensor_infos
-                    .keys()
-                    .find(|g| strata_model::gguf::hf_name(g).as_deref() == Some(name.as_str()))
-                    .unwrap()
-                    .clone();
-                let q = c
-                    .tensor(&mut std::io::Cursor::new(&kq), &g, &Device::Cpu)
-                    .unwrap();
-                values.insert(name.clone(), q.dequantize(&Device::Cpu).unwrap());
-                assert_eq!(values[name].dims(), t.dims());
+        let names: Vec<&String> = tensors.keys().collect();
+        // Q6_K: the same values as f32 in the file, made Q8_0 when the model is built
+        let kq = gguf_of(&cfg, &tensors, GgmlDType::Q6K);
+        let m = CpuModel::from_gguf_bytes(Path::new("k.gguf"), &kq, None).unwrap();
+        let values = file_values(&kq, &names);
+        let f32_file = gguf_of(&cfg, &values, GgmlDType::F32);
+        let want =
+            CpuModel::from_gguf_bytes(Path::new("f.gguf"), &f32_file, Some(WeightType::Q8_0))
+                .unwrap();
+        assert_eq!(
+            m.weight_types().keys().copied().collect::<Vec<_>>(),
+            ["Q8_0"]
+        );
+        let (mut a, mut b) = (CpuCache::new(&m, 32), CpuCache::new(&want, 32));
+        assert_eq!(
+            m.forward(&IDS, &mut a, true).unwrap(),
+            want.forward(&IDS, &mut b, true).unwrap(),
+        );
+        // Q4_K: every projection and the head as the Q4_1 blocks of its sub-blocks, the embedding as f32
+        let kq = gguf_of(&cfg, &tensors, GgmlDType::Q4K);
+        let m = CpuModel::from_gguf_bytes(Path::new("k.gguf"), &kq, None).unwrap();
+        let values = file_values(&kq, &names);
+        let c =
+            strata_model::gguf::read_header(Path::new("k.gguf"), &mut std::io::Cursor::new(&kq))
+                .unwrap();
+        let q41_file = gguf_with(&cfg, &values, |hf, t| {
+            if hf == "model.embed_tokens.weight" || t.rank() == 1 {
+                return QTensor::quantize(t, GgmlDType::F32).unwrap();
             }
-            let f32_file = gguf_of(&cfg, &values, candle_core::quantized::GgmlDType::F32);
-            let want =
-                CpuModel::from_gguf_bytes(Path::new("f.gguf"), &f32_file, Some(WeightType::Q8_0))
+            let g = c
+                .tensor_infos
+                .keys()
+                .find(|g| strata_model::gguf::hf_name(g).as_deref() == Some(hf))
+                .unwrap();
+            let blocks = c
+                .tensor(&mut std::io::Cursor::new(&kq), g, &Device::Cpu)
+                .unwrap()
+                .data()
+                .unwrap()
+                .into_owned();
+            let q41 = quant::q4_k_as_q4_1(&blocks);
+            let storage =
+                QStorage::from_data(std::borrow::Cow::Owned(q41), &Device::Cpu, GgmlDType::Q4_1)
                     .unwrap();
-            assert_eq!(
-                m.weight_types().keys().copied().collect::<Vec<_>>(),
-                ["Q8_0"],
-                "{ty:?}"
-            );
-            let (mut a, mut b) = (CpuCache::new(&m, 32), CpuCache::new(&want, 32));
-            assert_eq!(
-                m.forward(&IDS, &mut a, true).unwrap(),
-                want.forward(&IDS, &mut b, true).unwrap(),
-                "{ty:?}"
-            );
-        }
+            QTensor::new(storage, t.dims()).unwrap()
+        });
+        let want = CpuModel::from_gguf_bytes(Path::new("q.gguf"), &q41_file, None).unwrap();
+        assert_eq!(
+            m.weight_types().keys().copied().collect::<Vec<_>>(),
+            ["Q4_1"]
+        );
+        let (mut a, mut b) = (CpuCache::new(&m, 32), CpuCache::new(&want, 32));
+        let got = m.forward(&IDS, &mut a, true).unwrap();
+        assert_eq!(got, want.forward(&IDS, &mut b, true).unwrap());
+        // asked for Q8_0, a Q4_K file converts as the Q6_K one does
+        let m8 =
+            CpuModel::from_gguf_bytes(Path::new("k.gguf"), &kq, Some(WeightType::Q8_0)).unwrap();
+        assert_eq!(
+            m8.weight_types().keys().copied().collect::<Vec<_>>(),
+            ["Q8_0"]
+        );
     }
 
     #[test]

@@ -7,12 +7,12 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
 use super::kernels::Isa;
-use super::quant::{Matrix, WeightType, QK};
+use super::quant::{q4_k_as_q4_1, Matrix, WeightType, Q4_K_BYTES, QK, QK_K};
 use super::{CpuModel, Layer};
 use strata_model::{Context, LlamaConfig, ModelError, Result};
 
 /// A tensor as read: f32 values or ggml blocks, and whether it was a type the engine does not run (K-quants
-/// and others, dequantised on reading).
+/// and others: Q4_K repacked as Q4_1, the others dequantised on reading).
 struct Stored {
     m: Matrix,
     foreign_quant: bool,
@@ -37,7 +37,8 @@ pub const GGUF_IN_FOLDER: &str = strata_model::gguf::GGUF_IN_FOLDER;
 impl CpuModel {
     /// Loads a model folder or a `.gguf` file for CPU inference. `want` sets the type of the projections and
     /// the output head; `None` keeps what is stored: a folder with a `model.gguf` (an imported GGUF) runs
-    /// that file's blocks, f16/bf16 run as f32, GGUF K-quants as Q8_0.
+    /// that file's blocks, f16/bf16 run as f32, Q4_K as Q4_1 (`quant::q4_k_as_q4_1`), other K-quants as
+    /// Q8_0.
     ///
     /// # Errors
     /// When a file is missing or malformed, or a tensor does not match the config.
@@ -132,7 +133,27 @@ impl CpuModel {
             let q = content
                 .tensor(&mut reader, name, &Device::Cpu)
                 .map_err(|e| bad(name, &e))?;
+            // a Q4_K projection runs as the Q4_1 of its sub-blocks (exact up to the f16 rounding of their
+            // scales, `quant::q4_k_as_q4_1`) unless another type is asked for
+            let q4_k = info.ggml_dtype == GgmlDType::Q4K
+                && rows > 1
+                && cols % QK_K == 0
+                && hf != "model.embed_tokens.weight"
+                && matches!(want, None | Some(WeightType::Q4_1));
             let mut s = match engine_type(info.ggml_dtype) {
+                _ if q4_k => {
+                    let bytes = q.data().map_err(|e| bad(name, &e))?;
+                    if bytes.len() != elems / QK_K * Q4_K_BYTES {
+                        return Err(strata_model::gguf::bad(
+                            path,
+                            format!("tensor {name}: truncated blocks"),
+                        ));
+                    }
+                    Stored {
+                        m: Matrix::from_blocks(rows, cols, WeightType::Q4_1, q4_k_as_q4_1(&bytes)),
+                        foreign_quant: true,
+                    }
+                }
                 Some(ty) if cols % QK == 0 => {
                     let bytes = q.data().map_err(|e| bad(name, &e))?.into_owned();
                     if bytes.len() != elems / QK * ty.block_bytes() {
@@ -301,7 +322,9 @@ fn build(
     let proj = |s: Stored| -> Matrix {
         let target = match want {
             Some(t) => t,
-            None if s.foreign_quant => WeightType::Q8_0,
+            // other K-quants (converted to Q8_0 as they were read) and the f32 of a quantised embedding
+            // that is also the output head
+            None if s.foreign_quant && s.m.ty == WeightType::F32 => WeightType::Q8_0,
             None => s.m.ty,
         };
         if s.m.ty == target {

@@ -321,6 +321,49 @@ fn dequantize_block(ty: WeightType, b: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// Elements of one K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// Bytes of one Q4_K super-block: f16 d, f16 dmin, 12 bytes of 6-bit scales and minima, 128 bytes of nibbles.
+pub const Q4_K_BYTES: usize = 144;
+
+/// Q4_K blocks (ggml's `block_q4_K`, super-blocks of 256) as the Q4_1 blocks of their eight sub-blocks:
+/// sub-block j holds x = d·sc_j·q − dmin·m_j with 4-bit q and 6-bit sc_j, m_j, which is Q4_1's
+/// x = d'·q + m' with d' = d·sc_j and m' = −dmin·m_j. The nibbles move unchanged (Q4_K keeps sub-blocks
+/// 2k and 2k + 1 in the low and high halves of the same 32 bytes, Q4_1 the two halves of one sub-block);
+/// d' and m' are rounded to f16, the only change to the values: at most 2⁻¹¹ of |d·sc_j| and |dmin·m_j|.
+/// The result takes 160 bytes per 256 weights (Q4_K 144; Q8_0, what K-quants ran as before, 272).
+///
+/// # Panics
+/// When `bytes` is not whole super-blocks.
+#[must_use]
+pub fn q4_k_as_q4_1(bytes: &[u8]) -> Vec<u8> {
+    assert!(bytes.len().is_multiple_of(Q4_K_BYTES), "whole Q4_K blocks");
+    let per = QK_K / QK * WeightType::Q4_1.block_bytes();
+    let mut out = Vec::with_capacity(bytes.len() / Q4_K_BYTES * per);
+    for b in bytes.chunks_exact(Q4_K_BYTES) {
+        let (d, dmin) = (get_f16(b), get_f16(&b[2..]));
+        let (sc, qs) = (&b[4..16], &b[16..]);
+        for j in 0..QK_K / QK {
+            // ggml's get_scale_min_k4: 6-bit scale and minimum of sub-block j
+            let (s, m) = if j < 4 {
+                (sc[j] & 63, sc[j + 4] & 63)
+            } else {
+                (
+                    (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4),
+                    (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4),
+                )
+            };
+            out.extend_from_slice(&f16::from_f32(d * f32::from(s)).to_bits().to_le_bytes());
+            out.extend_from_slice(&f16::from_f32(-dmin * f32::from(m)).to_bits().to_le_bytes());
+            let (half, shift) = (&qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
+            let q = |i: usize| (half[i] >> shift) & 15;
+            out.extend((0..16).map(|i| q(i) | (q(i + 16) << 4)));
+        }
+    }
+    out
+}
+
 /// Activations quantised to 8 bits in blocks of 32 (what the quantised dot products multiply the weights by):
 /// for token t and block b, x ≈ d·q with d = max|x|/127, and s = d·Σq (used by Q4_0 and Q4_1).
 #[derive(Debug, Default)]
@@ -514,6 +557,72 @@ mod tests {
                                              // x = 17 → 8.73 → 8; x = 15 → 7.76 → 7, x = 31 → 15.5 → 15
         assert_eq!(q41.bytes[4 + 1], 0x80);
         assert_eq!(q41.bytes[4 + 15], 7 | (15 << 4));
+    }
+
+    /// One super-block by hand: d = 0.5, dmin = 0.25, sub-block 1 with scale 3 and minimum 2 (a 6-bit
+    /// field of the first eight bytes), sub-block 5 with scale 37 and minimum 41 (split: low bits in byte
+    /// 9, high bits in the top of bytes 1 and 5), nibbles 0..15 in the high halves of the first 32 bytes.
+    #[test]
+    #[allow(clippy::float_cmp)] // every value is exact in f16
+    fn hand_worked_q4_k_block_becomes_q4_1() {
+        let mut b = vec![0u8; Q4_K_BYTES];
+        b[..2].copy_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+        b[2..4].copy_from_slice(&f16::from_f32(0.25).to_bits().to_le_bytes());
+        let sc = &mut b[4..16];
+        sc[1] = 3; // scale of sub-block 1
+        sc[5] = 2; // its minimum
+        // 37 = 0x25 and 41 = 0x29: low nibbles 5 and 9 in byte 9, the high bits (2 each) on top of bytes 1, 5
+        sc[9] = 0x95;
+        sc[1] |= 2 << 6;
+        sc[5] |= 2 << 6;
+        for i in 0..32u8 {
+            b[16 + usize::from(i)] = (i % 16) << 4; // sub-block 1: nibble i % 16; sub-block 0: 0
+            b[16 + 64 + usize::from(i)] = (15 - i % 16) << 4; // sub-block 5
+        }
+        let q41 = Matrix::from_blocks(1, QK_K, WeightType::Q4_1, q4_k_as_q4_1(&b));
+        let x = q41.dequantize();
+        // sub-block 1: 0.5·3·q − 0.25·2
+        for i in 0..32 {
+            assert_eq!(
+                x[32 + i],
+                1.5 * f32::from(u8::try_from(i % 16).unwrap()) - 0.5
+            );
+        }
+        // sub-block 5: 0.5·37·q − 0.25·41
+        for i in 0..32 {
+            let q = 15.0 - f32::from(u8::try_from(i % 16).unwrap());
+            assert_eq!(x[5 * 32 + i], 18.5 * q - 10.25);
+        }
+        // sub-block 0: scale 0, minimum 0 (the high bits of bytes 1 and 5 belong to sub-block 5)
+        assert!(x[..32].iter().all(|&v| v == 0.0));
+    }
+
+    /// Random super-blocks quantised by candle's Q4_K quantiser, dequantised by candle's Q4_K code and by
+    /// the Q4_1 blocks of the repack: the same values up to the f16 rounding of the scales.
+    #[test]
+    fn q4_k_repacked_as_q4_1_dequantises_as_candle_does() {
+        let x = sample(4 * QK_K, 11);
+        let t = candle_core::Tensor::from_slice(&x, (4, QK_K), &candle_core::Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        let kb = q.data().unwrap().into_owned();
+        let want: Vec<f32> = q
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let got = Matrix::from_blocks(4, QK_K, WeightType::Q4_1, q4_k_as_q4_1(&kb)).dequantize();
+        let amax = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let mut worst = 0f32;
+        for (a, b) in got.iter().zip(&want) {
+            worst = worst.max((a - b).abs());
+        }
+        // |d·sc|·15 + |dmin·m| ≤ about 2·amax per sub-block; each scale is within 2^-11 of itself
+        assert!(worst <= 2.0 * amax / 2048.0, "{worst} vs {amax}");
+        // and the repack moves every nibble: it is not the dequantisation of another block order
+        let moved: Vec<f32> = got.chunks(QK).rev().flatten().copied().collect();
+        assert!(moved.iter().zip(&want).any(|(a, b)| (a - b).abs() > 0.05));
     }
 
     #[test]
