@@ -361,6 +361,10 @@ pub struct FinetuneArgs {
     /// 8 image examples).
     #[arg(long, default_value_t = 0.25, requires = "images")]
     pub replay_share: f64,
+    /// With --images, stage instruct: how far each reply weighs alike in the loss rather than each reply
+    /// token, from 0 (tokens: a one-word answer weighs 1/50 of a fifty-token report) to 1 (replies).
+    #[arg(long, default_value_t = 0.0, requires = "images")]
+    pub reply_weight: f32,
     /// With --images: the vision tower, a Hugging Face folder (DINOv2, CLIP or SigLIP; e.g.
     /// data/models/dinov2-vit-s-focus from `scripts/fetch-model.sh --vision`), or `scratch`: a small
     /// DINOv2-layout ViT trained here first on the dataset's labels (train split; cached in the store's

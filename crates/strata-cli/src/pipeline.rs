@@ -231,6 +231,10 @@ pub struct FinetuneStep {
     /// With `images` and `tokens`: text windows per step as a share of the batch (default 0.25).
     #[serde(default)]
     pub replay_share: Option<f64>,
+    /// With `images`, stage instruct: how far each reply weighs alike rather than each reply token
+    /// (0 to 1, default 0; `--reply-weight`).
+    #[serde(default)]
+    pub reply_weight: Option<f32>,
     /// Over the fine-tuning defaults (`strata_train::TrainConfig::defaults`).
     #[serde(deserialize_with = "strata_train::finetune_table")]
     pub train: TrainConfig,
@@ -517,6 +521,7 @@ fn step_vision(
             .unwrap_or_else(|| "default".into()),
         replay,
         replay_share: s.replay_share.unwrap_or(0.25),
+        reply_weight: s.reply_weight.unwrap_or(0.0),
         progress,
     };
     crate::commands::vlm::run_finetune(store, &step, s.train.clone())

@@ -303,7 +303,7 @@ fn vision_language_model_trains_in_two_stages_and_matches_numpy() {
     // stage 2 from stage 1: projector + LoRA, the adapter merged into the published decoder
     let args = "--parent vlm-align --vision-stage instruct --name vlm-instruct --steps 3 --lr 3e-3 --lora-r 4 \
                 --guard-dataset general --max-general-ppl-increase 10 --tokens general-bpe --replay-share 0.5 \
-                --seq-len 64";
+                --seq-len 64 --reply-weight 0.5";
     let r = finetune(&store, &args.split_whitespace().collect::<Vec<_>>());
     assert!(r.ok, "{}", r.stderr);
     let m: serde_json::Value = serde_json::from_slice(
@@ -317,6 +317,8 @@ fn vision_language_model_trains_in_two_stages_and_matches_numpy() {
     );
     // general text replayed beside the images: 2 windows of 64 tokens a step (half the batch of 4)
     assert_eq!(m["config"]["replay_windows"], 2, "{}", m["config"]);
+    // replies weighed half by the token, half by the reply (in the fingerprint)
+    assert_eq!(m["config"]["reply_weight"], 0.5, "{}", m["config"]);
     let seen: Vec<u64> = common::run_metrics(&store, "vlm-instruct")
         .iter()
         .map(|r| r["tokens_seen"].as_u64().unwrap())
@@ -425,7 +427,7 @@ fn bad_vision_language_input_is_refused_by_name() {
     let tower = store.join("tower");
     let t = tower.to_str().unwrap();
     // after `--parent base --vision TOWER --name x` unless the case names its own start
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["--parent", "base", "--name", "x"], "--vision"),
         (&["--vision-stage", "pretrain"], "pretrain"),
         (&["--vision-layer", "7"], "vision_feature_layer 7"),
@@ -433,6 +435,7 @@ fn bad_vision_language_input_is_refused_by_name() {
         (&["--tokens", "general-bpe"], "only --vision-stage instruct"),
         (&["--grad-accum", "2"], "not supported for vision steps"),
         (&["--vision-features", "cls"], "--vision-features \"cls\""),
+        (&["--reply-weight", "1.5"], "--reply-weight 1.5"),
     ];
     for (extra, want) in cases {
         let mut args = Vec::new();

@@ -151,6 +151,17 @@ impl CustomOp2 for CrossEntropy {
 /// # Errors
 /// On a shape mismatch or a target outside the vocabulary.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, usize)> {
+    let (rows, count) = cross_entropy_rows(logits, targets)?;
+    Ok((rows.sum_all().ctx("cross entropy sum")?, count))
+}
+
+/// The cross-entropy of each row (0 where the target is [`IGNORE`]), flat, and the number of targets
+/// counted: what [`cross_entropy_sum`] sums, for a loss that weighs rows unequally (the op's backward
+/// takes a gradient per row).
+///
+/// # Errors
+/// On a shape mismatch or a target outside the vocabulary.
+pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, usize)> {
     let targets = targets
         .flatten_all()
         .ctx("targets")?
@@ -162,7 +173,7 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, u
         .iter()
         .filter(|&&t| t != IGNORE)
         .count();
-    let sum = if fusable(&[logits]) {
+    let rows = if fusable(&[logits]) {
         logits
             .apply_op2(
                 &targets,
@@ -171,14 +182,12 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, u
                 },
             )
             .ctx("cross entropy")?
-            .sum_all()
-            .ctx("cross entropy sum")?
     } else {
         let v = logits.dim(D::Minus1).ctx("logits")?;
         let rows = logits.elem_count() / v.max(1);
-        naive::cross_entropy_sum(&logits.reshape((rows, v)).ctx("logits reshape")?, &targets)?
+        naive::cross_entropy_rows(&logits.reshape((rows, v)).ctx("logits reshape")?, &targets)?
     };
-    Ok((sum, count))
+    Ok((rows, count))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -602,6 +611,12 @@ pub mod naive {
     /// # Errors
     /// On a shape error.
     pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        cross_entropy_rows(logits, targets)?.sum_all().ctx("sum")
+    }
+
+    /// # Errors
+    /// On a shape error.
+    pub fn cross_entropy_rows(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         let t: Vec<u32> = targets.to_vec1().ctx("targets")?;
         let mask: Vec<f32> = t
             .iter()
@@ -621,8 +636,6 @@ pub mod naive {
             .ctx("squeeze")?; // (N,)
         (picked * Tensor::from_vec(mask, n, dev).ctx("mask")?)
             .ctx("mask mul")?
-            .sum_all()
-            .ctx("sum")?
             .neg()
             .ctx("neg")
     }
@@ -802,9 +815,33 @@ mod tests {
         let t2 = targets.clone();
         let t3 = targets.clone();
         check(
-            &[logits],
+            std::slice::from_ref(&logits),
             &move |x| cross_entropy_sum(&x[0], &t2).unwrap().0,
             &move |x| naive::cross_entropy_sum(&x[0], &t3).unwrap(),
+        );
+        // rows weighed unequally: each row is its own cross-entropy (0 where ignored), and the gradient of a
+        // weighted sum goes through the op's per-row backward
+        let (rows, count) = cross_entropy_rows(&logits, &targets).unwrap();
+        assert_eq!(count, 4);
+        let r: Vec<f32> = rows.to_vec1().unwrap();
+        assert!((r[0] - (lse - row[3])).abs() < 1e-5);
+        assert_eq!((r[1], r[4]), (0.0, 0.0));
+        let w = Tensor::new(&[0.5f32, 2.0, 3.0, 0.25, 1.0, 1.5], &Device::Cpu).unwrap();
+        let (t4, t5, w2) = (targets.clone(), targets.clone(), w.clone());
+        check(
+            std::slice::from_ref(&logits),
+            &move |x| {
+                (cross_entropy_rows(&x[0], &t4).unwrap().0 * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+            },
+            &move |x| {
+                (naive::cross_entropy_rows(&x[0], &t5).unwrap() * &w2)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+            },
         );
     }
 

@@ -53,6 +53,9 @@ pub struct VlmJob<'a> {
     pub replay: Option<(&'a crate::Mixture, usize)>,
     /// Pads the ids of a batch to one length (its targets are ignored).
     pub pad_id: u32,
+    /// How far each reply of a batch weighs alike rather than each reply token (see [`reply_weights`]):
+    /// 0 counts tokens (a one-word answer weighs 1/50 of a report of fifty tokens), 1 counts replies.
+    pub reply_weight: f32,
     pub run_dir: &'a Path,
     pub progress: bool,
 }
@@ -158,7 +161,45 @@ fn batch(job: &VlmJob<'_>, examples: &[&VlmExample]) -> Result<(Tensor, Tensor, 
     ))
 }
 
-/// Summed loss and counted targets of one batch.
+/// Weights per target between counting tokens (`share` 0) and counting replies (`share` 1): each target of
+/// a run of counted targets within a row of `row_len` (one reply: the turns between are not counted) weighs
+/// `1 - share + share * mean / its length`, `mean` being the mean length of the runs, so the weights still
+/// sum to the number of counted targets and the loss keeps its scale. Ignored targets weigh 0.
+#[must_use]
+pub fn reply_weights(y: &[u32], row_len: usize, share: f32) -> Vec<f32> {
+    let mut runs = Vec::new();
+    for (r, row) in y.chunks(row_len.max(1)).enumerate() {
+        let mut start = None;
+        for (i, &t) in row
+            .iter()
+            .chain(std::iter::once(&strata_model::fused::IGNORE))
+            .enumerate()
+        {
+            match (t == strata_model::fused::IGNORE, start) {
+                (false, None) => start = Some(i),
+                (true, Some(a)) => {
+                    runs.push((r * row_len + a, i - a));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut w = vec![0f32; y.len()];
+    if runs.is_empty() {
+        return w;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let mean = runs.iter().map(|r| r.1).sum::<usize>() as f64 / runs.len() as f64;
+    for (a, n) in runs {
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        let v = (1.0 - f64::from(share) + f64::from(share) * mean / n as f64) as f32;
+        w[a..a + n].fill(v);
+    }
+    w
+}
+
+/// Summed loss (weighted per reply by `job.reply_weight`) and counted targets of one batch.
 fn loss_sum(job: &VlmJob<'_>, run: &Run, examples: &[&VlmExample]) -> Result<(Tensor, usize)> {
     let (x, y, images) = batch(job, examples)?;
     let logits = llava::forward(
@@ -167,7 +208,18 @@ fn loss_sum(job: &VlmJob<'_>, run: &Run, examples: &[&VlmExample]) -> Result<(Te
         job.llava.image_token_id,
         &run.projector.forward(&images)?,
     )?;
-    Ok(strata_model::next_token_loss_sum(&logits, &y)?)
+    if job.reply_weight == 0.0 {
+        return Ok(strata_model::next_token_loss_sum(&logits, &y)?);
+    }
+    let (b, t) = y.dims2().ctx("targets")?;
+    let flat = y.reshape(b * t).ctx("targets")?;
+    let (rows, count) = strata_model::fused::cross_entropy_rows(&logits, &flat)?;
+    let w = reply_weights(&flat.to_vec1::<u32>().ctx("targets")?, t, job.reply_weight);
+    let w = Tensor::from_vec(w, b * t, &Device::Cpu).ctx("reply weights")?;
+    Ok((
+        (rows * w).ctx("weighted loss")?.sum_all().ctx("loss sum")?,
+        count,
+    ))
 }
 
 /// The examples of step `step`: a shuffle of the training set per epoch, from the seed.
@@ -320,4 +372,37 @@ pub fn train_vlm(job: &VlmJob<'_>) -> Result<VlmOutcome> {
 /// Clears the run's checkpoints once its model is published.
 pub fn clear_checkpoints(run_dir: &Path) {
     checkpoint::clear(&run_dir.join("checkpoints"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_weights;
+    use strata_model::fused::IGNORE;
+
+    #[test]
+    fn each_reply_weighs_alike_and_the_weights_sum_to_the_targets() {
+        // two rows of 5: replies of 2 and 1 tokens in the first (the last ends the row), one of 1 token
+        // starting the second (a run does not cross rows): mean length 4/3
+        let y = [IGNORE, 5, 6, IGNORE, 7, 8, IGNORE, IGNORE, IGNORE, IGNORE];
+        let w = reply_weights(&y, 5, 1.0);
+        let (half, whole) = (2.0 / 3.0, 4.0 / 3.0);
+        let want = [0.0, half, half, 0.0, whole, whole, 0.0, 0.0, 0.0, 0.0];
+        for (i, (a, b)) in w.iter().zip(want).enumerate() {
+            assert!((a - b).abs() < 1e-6, "target {i}: {a} against {b}");
+        }
+        assert!((w.iter().sum::<f32>() - 4.0).abs() < 1e-5);
+        // each reply's total weight is the same
+        assert!((w[1] + w[2] - w[4]).abs() < 1e-6);
+        assert!(reply_weights(&[IGNORE; 4], 2, 1.0)
+            .iter()
+            .all(|&v| v == 0.0));
+        // half way: the mean of the two weightings; nothing of it: every token 1
+        let mid = reply_weights(&y, 5, 0.5);
+        for (i, (m, r)) in mid.iter().zip(&w).enumerate() {
+            let want = if y[i] == IGNORE { 0.0 } else { (1.0 + r) / 2.0 };
+            assert!((m - want).abs() < 1e-6, "target {i}: {m} against {want}");
+        }
+        let tokens = reply_weights(&y, 5, 0.0);
+        assert_eq!(tokens, [0., 1., 1., 0., 1., 1., 0., 0., 0., 0.]);
+    }
 }

@@ -221,6 +221,7 @@ pub fn run_finetune(store: &Store, a: &FinetuneArgs) -> anyhow::Result<ExitCode>
                 .map(|t| TokenMix::parse(t))
                 .collect::<Result<_, _>>()?,
             replay_share: a.replay_share,
+            reply_weight: a.reply_weight,
             progress: true,
         };
         return super::vlm::run_finetune(store, &step, cfg);

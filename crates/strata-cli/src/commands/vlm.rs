@@ -51,6 +51,9 @@ pub struct VisionStep {
     /// of the batch.
     pub replay: Vec<strata_train::TokenMix>,
     pub replay_share: f64,
+    /// Stage instruct: how far each reply weighs alike rather than each reply token (0: tokens, 1: replies;
+    /// `strata_train::vlm::reply_weights`).
+    pub reply_weight: f32,
     pub progress: bool,
 }
 
@@ -471,6 +474,11 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
         matches!(stage, "align" | "instruct"),
         "--vision-stage {stage:?}: expected align or instruct"
     );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.reply_weight),
+        "--reply-weight {}: expected a share from 0 (reply tokens weigh alike) to 1 (replies weigh alike)",
+        a.reply_weight
+    );
     let images = a.images.as_str();
     // what the token trainer offers and the vision trainer does not (yet): refused, not ignored
     anyhow::ensure!(
@@ -509,6 +517,11 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
         "vision_features": format!("{:?}", st.cfg.select),
         "replay": a.replay, "replay_windows": replay.as_ref().map(|(_, k)| *k),
     });
+    let mut config = config;
+    if stage == "instruct" && a.reply_weight != 0.0 {
+        // in the fingerprint only when set, so that models trained before the option keep theirs
+        config["reply_weight"] = a.reply_weight.into();
+    }
     let manifest = Manifest::new(Kind::Model, &a.name, "strata finetune --images")
         .with_config(manifest_inputs, config);
     if store
@@ -543,6 +556,11 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
         val: &val,
         replay: replay.as_ref().map(|(m, k)| (m, *k)),
         pad_id: st.td.special.pad,
+        reply_weight: if stage == "instruct" {
+            a.reply_weight
+        } else {
+            0.0
+        },
         run_dir: &run_dir,
         progress: a.progress,
     };
@@ -883,6 +901,7 @@ pub fn demo(store: &Store, parent: &str, quick: bool) -> anyhow::Result<()> {
         vision_features: "default".into(),
         replay: Vec::new(),
         replay_share: 0.0,
+        reply_weight: 0.0,
         progress: true,
     };
     let mut cfg = TrainConfig::new(if quick { 30 } else { 120 }, 8, 256);
