@@ -5,7 +5,8 @@ usage: check_hf_model.py MODEL_DIR EXPECT_JSON
 
 EXPECT_JSON holds what Strata computed: {"text": str, "ids": [int], "logits": [[float]]} (logits of every position).
 Checks, failing with a message on the first mismatch:
-  1. config.json describes a LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM or MistralForCausalLM;
+  1. config.json describes a LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM or
+     Gemma3ForCausalLM;
   2. model.safetensors (or the shards of model.safetensors.index.json) holds exactly the Hugging Face tensor
      names with the shapes the config implies (biases for Qwen2 / attention_bias, Qwen3's q_norm and k_norm of
      head_dim), in f32 or f16, with
@@ -13,8 +14,11 @@ Checks, failing with a message on the first mismatch:
   3. tokenizer.json, loaded by the `tokenizers` library, gives the same ids for the text as Strata;
   4. a numpy forward of the architecture (written here from the HF definitions: rope_scaling linear/llama3,
      sliding window, explicit head_dim, Qwen3's RMSNorm of each query and key head before RoPE, as
-     Qwen3Attention applies q_norm/k_norm to the projections viewed as heads) gives the same logits, relative
-     error <= 1e-4.
+     Qwen3Attention applies q_norm/k_norm to the projections viewed as heads; Gemma 3 as
+     Gemma3ForCausalLM: the embedding times sqrt(hidden_size), RMSNorm gains 1 + w, q/k norms, the attention
+     output and the MLP output normalised before their residual adds and a norm before the MLP, GeGLU with
+     the tanh GELU, scores scaled by query_pre_attn_scalar^-1/2, the sliding layers' RoPE base
+     rope_local_base_freq) gives the same logits, relative error <= 1e-4.
 """
 import json
 import sys
@@ -29,9 +33,13 @@ def fail(msg):
     sys.exit(1)
 
 
-ARCHS = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM"]
+ARCHS = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM", "Gemma3ForCausalLM"]
 MODEL_TYPES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-               "MistralForCausalLM": "mistral"}
+               "MistralForCausalLM": "mistral", "Gemma3ForCausalLM": "gemma3_text"}
+
+
+def gemma(c):
+    return c["architectures"] == ["Gemma3ForCausalLM"]
 
 
 def biases(c):
@@ -39,8 +47,10 @@ def biases(c):
     return qwen2 or c.get("attention_bias", False), (not qwen2) and c.get("attention_bias", False)
 
 
-def inv_freq(c, hd):
-    inv = 1.0 / c["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+def inv_freq(c, hd, theta=None):
+    inv = 1.0 / (theta or c["rope_theta"]) ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    if theta:  # Gemma 3's local layers: never scaled
+        return inv
     rs = c.get("rope_scaling")
     if not rs:
         return inv
@@ -84,8 +94,10 @@ def expected_shapes(c):
             shapes.update({p + "self_attn.q_proj.bias": (nh * hd,), p + "self_attn.k_proj.bias": (nkv * hd,), p + "self_attn.v_proj.bias": (nkv * hd,)})
         if o_bias:
             shapes[p + "self_attn.o_proj.bias"] = (d,)
-        if c["architectures"] == ["Qwen3ForCausalLM"]:
+        if c["architectures"] == ["Qwen3ForCausalLM"] or gemma(c):
             shapes.update({p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,)})
+        if gemma(c):
+            shapes.update({p + "pre_feedforward_layernorm.weight": (d,), p + "post_feedforward_layernorm.weight": (d,)})
     return shapes
 
 
@@ -113,6 +125,10 @@ def layer_windows(c):
         return [sw if ty == "sliding_attention" else None for ty in types]
     if arch == "MistralForCausalLM":
         return [c.get("sliding_window")] * n
+    if arch == "Gemma3ForCausalLM":  # Gemma3TextConfig: layer_types, else every 6th layer in full
+        pattern = c.get("sliding_window_pattern", c.get("_sliding_window_pattern", 6))
+        types = c.get("layer_types") or ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
+        return [c.get("sliding_window", 4096) if ty == "sliding_attention" else None for ty in types]
     return [None] * n
 
 
@@ -123,39 +139,59 @@ def forward(c, w, ids, x=None):
     nkv = c.get("num_key_value_heads") or nh
     hd = c.get("head_dim") or d // nh
     eps, t = c["rms_norm_eps"], len(ids)
+    g = gemma(c)
     if x is None:
         x = w["model.embed_tokens.weight"][ids]
-    inv = inv_freq(c, hd)
-    ang = np.outer(np.arange(t, dtype=np.float64), inv)
-    cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
+        if g:  # Gemma3TextScaledWordEmbedding: times sqrt(hidden_size), a float32 buffer
+            x = x * float(np.float32(d ** 0.5))
+    shift = 1.0 if g else 0.0  # Gemma's RMSNorm: x_normed * (1 + w)
+
+    def norm(v, name):
+        return rms_norm(v, shift + w[name], eps)
+
+    def rope(theta=None):
+        ang = np.outer(np.arange(t, dtype=np.float64), inv_freq(c, hd, theta))
+        return np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
     causal = np.triu(np.full((t, t), -np.inf), 1)
     windows = layer_windows(c)
+    scale = (c.get("query_pre_attn_scalar") or hd) ** -0.5 if g else hd ** -0.5
 
     def b(name):
         return w.get(name, 0.0)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
+        # Gemma 3's sliding layers turn with rope_local_base_freq
+        cos, sin = rope(c.get("rope_local_base_freq", 10000.0) if g and windows[i] else None)
+        h = norm(x, p + "input_layernorm.weight")
         q = (h @ w[p + "self_attn.q_proj.weight"].T + b(p + "self_attn.q_proj.bias")).reshape(t, nh, hd).transpose(1, 0, 2)
         k = (h @ w[p + "self_attn.k_proj.weight"].T + b(p + "self_attn.k_proj.bias")).reshape(t, nkv, hd).transpose(1, 0, 2)
         v = (h @ w[p + "self_attn.v_proj.weight"].T + b(p + "self_attn.v_proj.bias")).reshape(t, nkv, hd).transpose(1, 0, 2)
-        if p + "self_attn.q_norm.weight" in w:  # Qwen3: per head, before the rotation
-            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
-            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
+        if p + "self_attn.q_norm.weight" in w:  # Qwen3, Gemma 3: per head, before the rotation
+            q = norm(q, p + "self_attn.q_norm.weight")
+            k = norm(k, p + "self_attn.k_norm.weight")
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         k, v = np.repeat(k, nh // nkv, axis=0), np.repeat(v, nh // nkv, axis=0)
         mask = causal
         if windows[i]:
             mask = causal + np.tril(np.full((t, t), -np.inf), -windows[i])  # key j hidden when i - j >= window
-        a = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
+        a = q @ k.transpose(0, 2, 1) * scale + mask
         a = np.exp(a - a.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)
         y = (a @ v).transpose(1, 0, 2).reshape(t, nh * hd)
-        x = x + y @ w[p + "self_attn.o_proj.weight"].T + b(p + "self_attn.o_proj.bias")
-        h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
-        g = h @ w[p + "mlp.gate_proj.weight"].T
-        x = x + ((g / (1 + np.exp(-g))) * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
-    x = rms_norm(x, w["model.norm.weight"], eps)
+        y = y @ w[p + "self_attn.o_proj.weight"].T + b(p + "self_attn.o_proj.bias")
+        if g:  # Gemma3DecoderLayer: normed attention output, pre- and post-feedforward norms
+            x = x + norm(y, p + "post_attention_layernorm.weight")
+            h = norm(x, p + "pre_feedforward_layernorm.weight")
+            gate = h @ w[p + "mlp.gate_proj.weight"].T
+            act = 0.5 * gate * (1 + np.tanh(np.sqrt(2 / np.pi) * (gate + 0.044715 * gate ** 3)))  # gelu_pytorch_tanh
+            y = (act * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+            x = x + norm(y, p + "post_feedforward_layernorm.weight")
+            continue
+        x = x + y
+        h = norm(x, p + "post_attention_layernorm.weight")
+        gate = h @ w[p + "mlp.gate_proj.weight"].T
+        x = x + ((gate / (1 + np.exp(-gate))) * (h @ w[p + "mlp.up_proj.weight"].T)) @ w[p + "mlp.down_proj.weight"].T
+    x = norm(x, "model.norm.weight")
     head = w["model.embed_tokens.weight"] if c.get("tie_word_embeddings", False) else w["lm_head.weight"]
     return x @ head.T
 

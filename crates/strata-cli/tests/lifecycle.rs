@@ -537,9 +537,9 @@ fn synthetic_model(
     .unwrap();
     let mut tensors = std::collections::HashMap::new();
     for (name, var) in vm.data().lock().unwrap().iter() {
-        // biases, and Qwen3's per-head norm gains, random (fresh ones are 0 and 1: a forward that forgot
-        // them would still match)
-        let t = if name.ends_with("q_norm.weight") || name.ends_with("k_norm.weight") {
+        // biases and norm gains random (fresh ones are 0 and 1: a forward that forgot them would still
+        // match); Gemma's gains are stored around 0 (it scales by 1 + w)
+        let t = if name.ends_with("norm.weight") {
             (candle_core::Tensor::randn(
                 0f32,
                 0.3,
@@ -547,8 +547,8 @@ fn synthetic_model(
                 &candle_core::Device::Cpu,
             )
             .unwrap()
-                + 1.0)
-                .unwrap()
+                + f64::from(1.0 - cfg.norm_shift()))
+            .unwrap()
         } else if name.ends_with(".bias") {
             candle_core::Tensor::randn(
                 0f32,
@@ -633,6 +633,20 @@ fn qwen2_mistral_and_scaled_rope_configs_match_the_numpy_reference() {
             candle_core::DType::F16,
             1,
         ),
+        // Gemma 3: gains 1 + w, q/k norms, sandwich norms, GeGLU, the scaled embedding, scores scaled by
+        // query_pre_attn_scalar 24 (not head_dim 16), two sliding layers (window 3, RoPE base 100) around a
+        // full one (base 1e6), tied embeddings, f16 weights
+        (
+            "gemma3",
+            with(
+                serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "num_hidden_layers": 3,
+                    "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 24, "sliding_window": 3,
+                    "layer_types": ["sliding_attention", "full_attention", "sliding_attention"], "rope_theta": 1e6,
+                    "rope_local_base_freq": 100.0, "tie_word_embeddings": true}),
+            ),
+            candle_core::DType::F16,
+            1,
+        ),
         // Mistral: sliding window of 3 (shorter than the text), explicit head_dim 16 ≠ 32 / 4
         (
             "mistral",
@@ -708,7 +722,8 @@ fn unknown_architectures_are_refused_by_name(
     assert!(
         err.contains("Gemma2ForCausalLM")
             && err.contains(
-                "supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM"
+                "supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM, \
+                 Gemma3ForCausalLM"
             ),
         "{err}"
     );

@@ -571,7 +571,7 @@ mod tests {
         let sc = &mut b[4..16];
         sc[1] = 3; // scale of sub-block 1
         sc[5] = 2; // its minimum
-        // 37 = 0x25 and 41 = 0x29: low nibbles 5 and 9 in byte 9, the high bits (2 each) on top of bytes 1, 5
+                   // 37 = 0x25 and 41 = 0x29: low nibbles 5 and 9 in byte 9, the high bits (2 each) on top of bytes 1, 5
         sc[9] = 0x95;
         sc[1] |= 2 << 6;
         sc[5] |= 2 << 6;

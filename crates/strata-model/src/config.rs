@@ -54,6 +54,30 @@ pub struct LlamaConfig {
     /// Per layer, `full_attention` or `sliding_attention` (newer transformers configs; overrides the above).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
+    /// Gemma's name for `hidden_act` (`gelu_pytorch_tanh`); when present it is the one that counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma 3: attention scores are scaled by `query_pre_attn_scalar^-1/2` rather than `head_dim^-1/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 3: the RoPE base of the sliding-window layers (`rope_theta` is the full layers').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma 3 without `layer_types`: every `sliding_window_pattern`-th layer attends in full.
+    #[serde(
+        default,
+        alias = "_sliding_window_pattern",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sliding_window_pattern: Option<usize>,
+    /// Gemma 2's soft caps, refused when set (Gemma 3 has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 3 as an encoder (EmbeddingGemma), refused when true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_bidirectional_attention: Option<bool>,
 }
 
 /// A token id, or several, as HF configs write `eos_token_id`.
@@ -93,12 +117,14 @@ pub struct RopeScaling {
 }
 
 /// The architectures the forward implements; all share the Llama block (Qwen3 adds an RMSNorm of each query
-/// and key head before RoPE).
-pub const ARCHITECTURES: [&str; 4] = [
+/// and key head before RoPE; Gemma 3 also, and norms after attention and the MLP, gains of 1 + w, GeGLU, a
+/// scaled embedding, local and global layers with their own RoPE bases).
+pub const ARCHITECTURES: [&str; 5] = [
     "LlamaForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
     "MistralForCausalLM",
+    "Gemma3ForCausalLM",
 ];
 
 fn default_architectures() -> Vec<String> {
@@ -136,6 +162,19 @@ impl LlamaConfig {
             .get("rope_parameters")
             .cloned()
             .filter(serde_json::Value::is_object);
+        // Gemma 3 in transformers 5: one set per layer type, the full layers' being `rope_theta`'s
+        let (rp, local) = match rp {
+            Some(r) if r.get("full_attention").is_some() => (
+                r.get("full_attention").cloned(),
+                r.get("sliding_attention")
+                    .and_then(|s| s.get("rope_theta"))
+                    .cloned(),
+            ),
+            other => (other, None),
+        };
+        if let (Some(theta), Some(obj)) = (local, v.as_object_mut()) {
+            obj.entry("rope_local_base_freq").or_insert(theta);
+        }
         if let (Some(rp), Some(obj)) = (rp, v.as_object_mut()) {
             if let Some(theta) = rp
                 .get("rope_theta")
@@ -197,11 +236,24 @@ impl LlamaConfig {
                 ));
             }
         }
-        if self.hidden_act != "silu" {
+        if !matches!(self.activation(), "silu" | "gelu_pytorch_tanh") {
             return bad(format!(
-                "hidden_act {:?} is not supported (silu only)",
-                self.hidden_act
+                "hidden_act {:?} is not supported (silu, gelu_pytorch_tanh)",
+                self.activation()
             ));
+        }
+        for (name, v) in [
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+        ] {
+            if v.is_some() {
+                return bad(format!(
+                    "{name} is not supported (Gemma 2; Gemma 3 has none)"
+                ));
+            }
+        }
+        if self.use_bidirectional_attention == Some(true) {
+            return bad("use_bidirectional_attention (an embedding model) is not supported".into());
         }
         for (name, v) in [
             ("vocab_size", self.vocab_size),
@@ -319,11 +371,76 @@ impl LlamaConfig {
         self.attention_bias && !self.is("Qwen2ForCausalLM")
     }
 
-    /// Qwen3: each query and key head is RMS-normalised (`self_attn.q_norm`, `self_attn.k_norm`, head_dim
-    /// gains) before RoPE.
+    /// Qwen3 and Gemma 3: each query and key head is RMS-normalised (`self_attn.q_norm`, `self_attn.k_norm`,
+    /// head_dim gains) before RoPE.
     #[must_use]
     pub fn qk_norm(&self) -> bool {
-        self.is("Qwen3ForCausalLM")
+        self.is("Qwen3ForCausalLM") || self.gemma()
+    }
+
+    /// Gemma 3 (`Gemma3ForCausalLM`, `model_type` `gemma3_text`).
+    #[must_use]
+    pub fn gemma(&self) -> bool {
+        self.is("Gemma3ForCausalLM")
+    }
+
+    /// The MLP's activation: `hidden_activation` (Gemma) or `hidden_act`.
+    #[must_use]
+    pub fn activation(&self) -> &str {
+        self.hidden_activation
+            .as_deref()
+            .unwrap_or(&self.hidden_act)
+    }
+
+    /// What every RMSNorm adds to its stored gain: Gemma scales by 1 + w (its gains are stored around 0).
+    #[must_use]
+    pub fn norm_shift(&self) -> f32 {
+        if self.gemma() {
+            1.0
+        } else {
+            0.0
+        }
+    }
+
+    /// Gemma: token embeddings are multiplied by √hidden_size (rounded to f32, as transformers' buffer is).
+    #[must_use]
+    pub fn embed_scale(&self) -> Option<f32> {
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        self.gemma()
+            .then(|| (self.hidden_size as f64).sqrt() as f32)
+    }
+
+    /// Gemma 3: a norm of the attention output before its residual add (`post_attention_layernorm`), and
+    /// norms before and after the MLP (`pre_feedforward_layernorm`, `post_feedforward_layernorm`).
+    #[must_use]
+    pub fn sandwich_norms(&self) -> bool {
+        self.gemma()
+    }
+
+    /// The factor of the attention scores: `query_pre_attn_scalar^-1/2` (Gemma 3), else `head_dim^-1/2`.
+    #[must_use]
+    pub fn attn_scale(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let s = self.query_pre_attn_scalar.unwrap_or(self.head_dim() as f64);
+        1.0 / s.sqrt()
+    }
+
+    /// Gemma 3's sliding-window layers turn with their own RoPE base (`rope_local_base_freq`, default
+    /// 10000, never scaled): their inverse frequencies, for the layers where [`Self::local_rope`] holds.
+    #[must_use]
+    pub fn rope_local_inv_freq(&self) -> Vec<f64> {
+        let hd = self.head_dim();
+        let theta = self.rope_local_base_freq.unwrap_or(10_000.0);
+        #[allow(clippy::cast_precision_loss)]
+        (0..hd / 2)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64))
+            .collect()
+    }
+
+    /// Whether layer `layer` turns by [`Self::rope_local_inv_freq`] (Gemma 3's sliding-window layers).
+    #[must_use]
+    pub fn local_rope(&self, layer: usize) -> bool {
+        self.gemma() && self.window(layer).is_some()
     }
 
     /// The attention window of layer `layer`, when the model limits it, as transformers decides it:
@@ -332,6 +449,17 @@ impl LlamaConfig {
     /// `max_window_layers` (default 28) on; for Mistral, `sliding_window` on every layer; Llama has none.
     #[must_use]
     pub fn window(&self, layer: usize) -> Option<usize> {
+        if self.gemma() {
+            // Gemma3TextConfig: `layer_types`, else every `sliding_window_pattern`-th (6) layer is full
+            let size = self.sliding_window.unwrap_or(4096);
+            let sliding = match &self.layer_types {
+                Some(types) => types.get(layer).map(String::as_str) == Some("sliding_attention"),
+                None => {
+                    !(layer + 1).is_multiple_of(self.sliding_window_pattern.unwrap_or(6).max(1))
+                }
+            };
+            return (sliding && size > 0).then_some(size);
+        }
         let qwen2 = self.is("Qwen2ForCausalLM") || self.is("Qwen3ForCausalLM");
         let size = if qwen2 {
             if self.use_sliding_window != Some(true) {
@@ -399,7 +527,9 @@ impl LlamaConfig {
         let (d, hd) = (self.hidden_size, self.head_dim());
         let attn = d * self.num_attention_heads * hd * 2 + d * self.kv_heads() * hd * 2;
         let mlp = 3 * d * self.intermediate_size;
-        let per_layer = attn + mlp + 2 * d;
+        let norms = if self.sandwich_norms() { 4 * d } else { 2 * d };
+        let qk = if self.qk_norm() { 2 * hd } else { 0 };
+        let per_layer = attn + mlp + norms + qk;
         let head = if self.tie_word_embeddings {
             0
         } else {
@@ -455,6 +585,13 @@ impl ModelSpec {
             use_sliding_window: None,
             max_window_layers: None,
             layer_types: None,
+            hidden_activation: None,
+            query_pre_attn_scalar: None,
+            rope_local_base_freq: None,
+            sliding_window_pattern: None,
+            final_logit_softcapping: None,
+            attn_logit_softcapping: None,
+            use_bidirectional_attention: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -510,6 +647,61 @@ mod tests {
         );
         assert_eq!(c.rope_theta, 1e4);
         assert_eq!(with(serde_json::json!({})).rope_theta, 10_000.0);
+    }
+
+    /// Gemma 3 as transformers 5 writes it (one RoPE set per layer type) and as the 4.x configs on the Hub
+    /// do (`rope_local_base_freq`, `_sliding_window_pattern` without `layer_types`).
+    #[test]
+    #[allow(clippy::float_cmp)] // values copied, not computed
+    fn gemma3_configs_of_both_transformers_generations_are_read() {
+        let base = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 7,
+            "num_attention_heads": 2, "head_dim": 4, "max_position_embeddings": 32, "sliding_window": 3,
+            "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 16});
+        let with = |extra: serde_json::Value| {
+            let mut v = base.clone();
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            LlamaConfig::from_json(&v).unwrap()
+        };
+        let c = with(serde_json::json!({"rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1e6}}}));
+        c.validate().unwrap();
+        assert_eq!((c.rope_theta, c.rope_local_base_freq), (1e6, Some(1e4)));
+        assert!(c.rope_scaling.is_none());
+        // every 6th layer in full (index 5), the others within 3, turned by the local base
+        let windows: Vec<Option<usize>> = (0..7).map(|i| c.window(i)).collect();
+        assert_eq!(
+            windows,
+            [Some(3), Some(3), Some(3), Some(3), Some(3), None, Some(3)]
+        );
+        assert!(c.local_rope(0) && !c.local_rope(5));
+        assert_eq!(c.attn_scale(), 0.25);
+        assert_eq!((c.norm_shift(), c.embed_scale()), (1.0, Some(8f32.sqrt())));
+        let c = with(
+            serde_json::json!({"rope_theta": 1e6, "rope_local_base_freq": 100.0,
+            "_sliding_window_pattern": 2}),
+        );
+        assert_eq!(c.rope_local_inv_freq()[1], 1.0 / 100f64.powf(0.5));
+        assert_eq!(c.window(1), None);
+        assert_eq!(c.window(2), Some(3));
+        // Gemma 2's soft caps and the bidirectional encoder are refused by name
+        for (extra, want) in [
+            (
+                serde_json::json!({"final_logit_softcapping": 30.0}),
+                "final_logit_softcapping",
+            ),
+            (
+                serde_json::json!({"use_bidirectional_attention": true}),
+                "use_bidirectional_attention",
+            ),
+            (serde_json::json!({"hidden_activation": "relu"}), "\"relu\""),
+        ] {
+            let err = with(extra).validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

@@ -7,22 +7,36 @@ use candle_nn::{Init, VarBuilder};
 use crate::lora::LoraPair;
 use crate::{Context, LlamaConfig, Result};
 
-/// RMSNorm by the fused kernel with its own backward (candle's fused `rms_norm` has none).
+/// RMSNorm by the fused kernel with its own backward (candle's fused `rms_norm` has none); the gain is
+/// `shift + w` (Gemma: 1 + w, its gains stored around 0).
 struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    shift: f32,
 }
 
 impl RmsNorm {
-    fn load(vb: &VarBuilder, size: usize, eps: f64) -> Result<Self> {
+    fn load(vb: &VarBuilder, size: usize, cfg: &LlamaConfig) -> Result<Self> {
+        let shift = cfg.norm_shift();
         let weight = vb
-            .get_with_hints(size, "weight", Init::Const(1.0))
+            .get_with_hints(size, "weight", Init::Const(f64::from(1.0 - shift)))
             .ctx(&format!("{}.weight", vb.prefix()))?;
-        Ok(Self { weight, eps })
+        Ok(Self {
+            weight,
+            eps: cfg.rms_norm_eps,
+            shift,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::fused::rms_norm(x, &self.weight, self.eps)
+        if self.shift == 0.0 {
+            return crate::fused::rms_norm(x, &self.weight, self.eps);
+        }
+        let gain = self
+            .weight
+            .affine(1.0, f64::from(self.shift))
+            .ctx("norm gain")?;
+        crate::fused::rms_norm(x, &gain, self.eps)
     }
 }
 
@@ -126,15 +140,14 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(cfg: &LlamaConfig, device: &Device) -> Result<Self> {
+    fn new(inv_freq: &[f64], cfg: &LlamaConfig, device: &Device) -> Result<Self> {
         let hd = cfg.head_dim();
-        let inv_freq = cfg.rope_inv_freq();
         let max = cfg.max_position_embeddings;
         let mut cos = Vec::with_capacity(max * hd);
         let mut sin = Vec::with_capacity(max * hd);
         for p in 0..max {
             for _ in 0..2 {
-                for f in &inv_freq {
+                for f in inv_freq {
                     let a = p as f64 * f; // in f64: exact enough at long positions
                     #[allow(clippy::cast_possible_truncation)]
                     {
@@ -160,6 +173,9 @@ struct Attention {
     qk_norm: Option<(RmsNorm, RmsNorm)>,
     /// Sliding-window attention span, if any.
     window: Option<usize>,
+    /// Gemma 3's sliding-window layers: turned by the model's local RoPE table.
+    local_rope: bool,
+    scale: f64,
     n_head: usize,
     n_kv: usize,
     head_dim: usize,
@@ -185,20 +201,26 @@ impl Attention {
             o_proj: linear(vb, "o_proj", (d, nh * hd), cfg, cfg.o_bias(), lora)?,
             qk_norm: if cfg.qk_norm() {
                 Some((
-                    RmsNorm::load(&vb.pp("q_norm"), hd, cfg.rms_norm_eps)?,
-                    RmsNorm::load(&vb.pp("k_norm"), hd, cfg.rms_norm_eps)?,
+                    RmsNorm::load(&vb.pp("q_norm"), hd, cfg)?,
+                    RmsNorm::load(&vb.pp("k_norm"), hd, cfg)?,
                 ))
             } else {
                 None
             },
             window: cfg.window(layer),
+            local_rope: cfg.local_rope(layer),
+            scale: cfg.attn_scale(),
             n_head: nh,
             n_kv: nkv,
             head_dim: hd,
         })
     }
 
-    fn forward(&self, x: &Tensor, rope: &Rope) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ropes: &Ropes) -> Result<Tensor> {
+        let rope = match &ropes.local {
+            Some(local) if self.local_rope => local,
+            _ => &ropes.global,
+        };
         let (nh, nkv, hd) = (self.n_head, self.n_kv, self.head_dim);
         let q = self.q_proj.forward(x).ctx("q_proj")?; // (B, T, nh*hd)
         let k = self.k_proj.forward(x).ctx("k_proj")?; // (B, T, nkv*hd)
@@ -207,8 +229,7 @@ impl Attention {
             Some((qn, kn)) => (per_head(qn, &q, hd)?, per_head(kn, &k, hd)?),
             None => (q, k),
         };
-        #[allow(clippy::cast_precision_loss)]
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = self.scale;
         // one fused op: RoPE, scores, causal softmax, values, with its own backward
         let y = crate::attention::causal_attention(
             &q,
@@ -235,6 +256,8 @@ struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    /// GeGLU (Gemma's `gelu_pytorch_tanh` of the gate) rather than SwiGLU.
+    gelu: bool,
 }
 
 impl Mlp {
@@ -244,23 +267,38 @@ impl Mlp {
             gate_proj: linear(vb, "gate_proj", (f, d), cfg, false, lora)?,
             up_proj: linear(vb, "up_proj", (f, d), cfg, false, lora)?,
             down_proj: linear(vb, "down_proj", (d, f), cfg, false, lora)?,
+            gelu: cfg.activation() == "gelu_pytorch_tanh",
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x).ctx("gate_proj")?; // (B, T, F)
         let up = self.up_proj.forward(x).ctx("up_proj")?; // (B, T, F)
-        self.down_proj
-            .forward(&crate::fused::swiglu(&gate, &up)?)
-            .ctx("down_proj")
+        let h = if self.gelu {
+            // candle's gelu is the tanh approximation, as gelu_pytorch_tanh
+            (gate.gelu().ctx("gelu")? * up).ctx("geglu")?
+        } else {
+            crate::fused::swiglu(&gate, &up)?
+        };
+        self.down_proj.forward(&h).ctx("down_proj")
     }
 }
 
 struct Block {
     input_layernorm: RmsNorm,
     self_attn: Attention,
+    /// Before the MLP; with Gemma's sandwich norms, of the attention's output before its residual add.
     post_attention_layernorm: RmsNorm,
+    /// Gemma 3: the norms before and after the MLP (`pre_feedforward_layernorm`,
+    /// `post_feedforward_layernorm`).
+    feedforward_norms: Option<(RmsNorm, RmsNorm)>,
     mlp: Mlp,
+}
+
+/// The RoPE tables: every layer's, or the full layers' when Gemma 3's sliding-window layers have their own.
+struct Ropes {
+    global: Rope,
+    local: Option<Rope>,
 }
 
 pub struct Llama {
@@ -268,7 +306,7 @@ pub struct Llama {
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear, // (V, D)
-    rope: Rope,
+    rope: Ropes,
     cfg: LlamaConfig,
 }
 
@@ -283,6 +321,16 @@ impl Detach for RmsNorm {
         Self {
             weight: self.weight.detach(),
             eps: self.eps,
+            shift: self.shift,
+        }
+    }
+}
+
+impl Detach for Rope {
+    fn detached(&self) -> Self {
+        Self {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
         }
     }
 }
@@ -319,15 +367,22 @@ impl Detach for Block {
                     .as_ref()
                     .map(|(q, k)| (q.detached(), k.detached())),
                 window: a.window,
+                local_rope: a.local_rope,
+                scale: a.scale,
                 n_head: a.n_head,
                 n_kv: a.n_kv,
                 head_dim: a.head_dim,
             },
             post_attention_layernorm: self.post_attention_layernorm.detached(),
+            feedforward_norms: self
+                .feedforward_norms
+                .as_ref()
+                .map(|(a, b)| (a.detached(), b.detached())),
             mlp: Mlp {
                 gate_proj: self.mlp.gate_proj.detached(),
                 up_proj: self.mlp.up_proj.detached(),
                 down_proj: self.mlp.down_proj.detached(),
+                gelu: self.mlp.gelu,
             },
         }
     }
@@ -390,7 +445,10 @@ pub fn seeded_init(
         let t = var.as_tensor();
         let value = match init_std(name, cfg) {
             _ if name.ends_with(".bias") => t.zeros_like().ctx("init zeros")?,
-            None => t.ones_like().ctx("init ones")?,
+            None => t
+                .ones_like()
+                .and_then(|o| o.affine(1.0, -f64::from(cfg.norm_shift())))
+                .ctx("init ones")?,
             Some(std) => {
                 let v = seeded_normal(name, seed, t.elem_count(), std);
                 Tensor::from_vec(v, t.shape(), t.device()).ctx("init randn")?
@@ -446,17 +504,21 @@ impl Llama {
         for i in 0..cfg.num_hidden_layers {
             let l = m.pp(format!("layers.{i}"));
             layers.push(Block {
-                input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), d, cfg.rms_norm_eps)?,
+                input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), d, cfg)?,
                 self_attn: Attention::load(&l.pp("self_attn"), cfg, i, lora)?,
-                post_attention_layernorm: RmsNorm::load(
-                    &l.pp("post_attention_layernorm"),
-                    d,
-                    cfg.rms_norm_eps,
-                )?,
+                post_attention_layernorm: RmsNorm::load(&l.pp("post_attention_layernorm"), d, cfg)?,
+                feedforward_norms: if cfg.sandwich_norms() {
+                    Some((
+                        RmsNorm::load(&l.pp("pre_feedforward_layernorm"), d, cfg)?,
+                        RmsNorm::load(&l.pp("post_feedforward_layernorm"), d, cfg)?,
+                    ))
+                } else {
+                    None
+                },
                 mlp: Mlp::load(&l.pp("mlp"), cfg, lora)?,
             });
         }
-        let norm = RmsNorm::load(&m.pp("norm"), d, cfg.rms_norm_eps)?;
+        let norm = RmsNorm::load(&m.pp("norm"), d, cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
             embed_tokens.clone()
         } else {
@@ -464,7 +526,14 @@ impl Llama {
             h.get_with_hints((cfg.vocab_size, d), "weight", weight_init(&h, cfg))
                 .ctx("lm_head.weight")?
         };
-        let rope = Rope::new(cfg, vb.device())?;
+        let rope = Ropes {
+            global: Rope::new(&cfg.rope_inv_freq(), cfg, vb.device())?,
+            local: if cfg.gemma() {
+                Some(Rope::new(&cfg.rope_local_inv_freq(), cfg, vb.device())?)
+            } else {
+                None
+            },
+        };
         Ok(Self {
             embed_tokens,
             layers,
@@ -490,9 +559,9 @@ impl Llama {
             layers: self.layers.iter().map(Detach::detached).collect(),
             norm: self.norm.detached(),
             lm_head: self.lm_head.detached(),
-            rope: Rope {
-                cos: self.rope.cos.clone(),
-                sin: self.rope.sin.clone(),
+            rope: Ropes {
+                global: self.rope.global.detached(),
+                local: self.rope.local.as_ref().map(Detach::detached),
             },
             cfg: self.cfg.clone(),
         }
@@ -522,10 +591,15 @@ impl Llama {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2().ctx("ids must be (B, T)")?;
         self.check_len(t)?;
-        self.embed_tokens
+        let x = self
+            .embed_tokens
             .embedding(&ids.flatten_all().ctx("ids flatten")?)
             .and_then(|x| x.reshape((b, t, self.cfg.hidden_size)))
-            .ctx("embedding")
+            .ctx("embedding")?;
+        match self.cfg.embed_scale() {
+            Some(s) => x.affine(f64::from(s), 0.0).ctx("embedding scale"),
+            None => Ok(x),
+        }
     }
 
     fn check_len(&self, t: usize) -> Result<()> {
@@ -550,6 +624,14 @@ impl Llama {
         for block in &self.layers {
             let h = block.input_layernorm.forward(&x)?;
             let h = block.self_attn.forward(&h, &self.rope)?;
+            if let Some((pre, post)) = &block.feedforward_norms {
+                // Gemma 3: each sub-layer's output normalised before its residual add
+                let h = block.post_attention_layernorm.forward(&h)?;
+                x = (x + h).ctx("residual attn")?;
+                let h = post.forward(&block.mlp.forward(&pre.forward(&x)?)?)?;
+                x = (x + h).ctx("residual mlp")?;
+                continue;
+            }
             x = (x + h).ctx("residual attn")?;
             let h = block
                 .mlp
