@@ -33,6 +33,9 @@ struct Layer {
     o: Matrix,
     o_bias: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
+    /// Gemma 3: the gains of the norms of the attention's output and of the MLP's output, each applied
+    /// before its residual add (`ffn_norm` is then its `pre_feedforward_layernorm`).
+    post_norms: Option<(Vec<f32>, Vec<f32>)>,
     /// gate and up stacked: 2·F rows.
     gate_up: Matrix,
     down: Matrix,
@@ -47,6 +50,10 @@ pub struct CpuModel {
     norm: Vec<f32>,
     lm_head: Matrix,
     inv_freq: Vec<f64>,
+    /// Gemma 3: the sliding-window layers' RoPE frequencies.
+    inv_freq_local: Option<Vec<f64>>,
+    /// GeGLU (`gelu_pytorch_tanh` of the gate) rather than SwiGLU.
+    gelu: bool,
 }
 
 /// Buffers of a forward pass, kept between calls (no allocation, no fresh pages per token).
@@ -62,6 +69,8 @@ struct Work {
     act: Vec<f32>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    cos_local: Vec<f32>,
+    sin_local: Vec<f32>,
     normed: Vec<f32>,
 }
 
@@ -211,6 +220,15 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
             *o = v * inv * g;
         }
     });
+}
+
+/// out = gelu(gate) · up, GELU by its tanh approximation (`gelu_pytorch_tanh`, Gemma's GeGLU), in the form
+/// candle computes it.
+fn gelu_tanh_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    const SQRT_TWO_OVER_PI: f32 = 0.797_884_6;
+    for ((a, &g), u) in out.iter_mut().zip(gate).zip(up) {
+        *a = 0.5 * g * (1.0 + (SQRT_TWO_OVER_PI * g * (1.0 + 0.044_715 * g * g)).tanh()) * u;
+    }
 }
 
 /// RMSNorm of one head vector in place (Qwen3's query and key norms).
@@ -384,7 +402,13 @@ impl CpuModel {
         // cos/sin of every new row at its own position
         let cos = zeroed(&mut w.cos, t * dims.half);
         let sin = zeroed(&mut w.sin, t * dims.half);
-        self.rope_tables(seqs, &offs, cos, sin);
+        self.rope_tables(&self.inv_freq, seqs, &offs, cos, sin);
+        let (cos_l, sin_l) = (zeroed(&mut w.cos_local, 0), zeroed(&mut w.sin_local, 0));
+        if let Some(inv) = &self.inv_freq_local {
+            cos_l.resize(t * dims.half, 0.0);
+            sin_l.resize(t * dims.half, 0.0);
+            self.rope_tables(inv, seqs, &offs, cos_l, sin_l);
+        }
         let tasks = attention_tasks(seqs, &dims);
         let serial_attention = tasks.len() == 1 || (t == 1 && seqs[0].cache.len < 64);
         let (x, scratch) = (&mut w.x, &mut w.scratch);
@@ -399,7 +423,12 @@ impl CpuModel {
             rms_norm(x, &layer.attn_norm, eps, h);
             matmul(isa, &layer.qkv, h, t, qkv, scratch);
             self.add_deltas(seqs, &offs, li, Proj::Qkv, h, qkv, dims.qkv_w, scratch);
-            store_qkv(layer, li, seqs, &offs, &dims, qkv, (cos, sin));
+            let turn: (&[f32], &[f32]) = if self.cfg.local_rope(li) {
+                (cos_l, sin_l)
+            } else {
+                (cos, sin)
+            };
+            store_qkv(layer, li, seqs, &offs, &dims, qkv, turn);
             let step = AttentionStep {
                 isa,
                 li,
@@ -412,6 +441,11 @@ impl CpuModel {
             step.run(seqs, qkv, att);
             matmul(isa, &layer.o, att, t, proj, scratch);
             self.add_deltas(seqs, &offs, li, Proj::O, att, proj, d, scratch);
+            if let Some((post_attn, _)) = &layer.post_norms {
+                // Gemma 3: the attention's output normalised before its residual add
+                rms_norm(proj, post_attn, eps, h);
+                proj.copy_from_slice(h);
+            }
             for (xr, pr) in x.chunks_exact_mut(d).zip(proj.chunks_exact(d)) {
                 match &layer.o_bias {
                     Some(b) => xr
@@ -426,12 +460,21 @@ impl CpuModel {
             matmul(isa, &layer.gate_up, h, t, gu, scratch);
             self.add_deltas(seqs, &offs, li, Proj::GateUp, h, gu, 2 * f, scratch);
             let gu_ref: &[f32] = gu;
+            let gelu = self.gelu;
             for_rows(act, f, &|i, a| {
                 let (gate, up) = gu_ref[i * 2 * f..(i + 1) * 2 * f].split_at(f);
-                silu_mul(isa, gate, up, a);
+                if gelu {
+                    gelu_tanh_mul(gate, up, a);
+                } else {
+                    silu_mul(isa, gate, up, a);
+                }
             });
             matmul(isa, &layer.down, act, t, proj, scratch);
             self.add_deltas(seqs, &offs, li, Proj::Down, act, proj, d, scratch);
+            if let Some((_, post_ffn)) = &layer.post_norms {
+                rms_norm(proj, post_ffn, eps, h);
+                proj.copy_from_slice(h);
+            }
             x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
         }
         for s in seqs.iter_mut() {
@@ -467,13 +510,21 @@ impl CpuModel {
         }
     }
 
-    /// cos and sin of RoPE's angles for every new row at its own position (`half` values a row).
-    fn rope_tables(&self, seqs: &[Seq<'_>], offs: &[usize], cos: &mut [f32], sin: &mut [f32]) {
+    /// cos and sin of RoPE's angles (frequencies `inv_freq`) for every new row at its own position (`half`
+    /// values a row).
+    fn rope_tables(
+        &self,
+        inv_freq: &[f64],
+        seqs: &[Seq<'_>],
+        offs: &[usize],
+        cos: &mut [f32],
+        sin: &mut [f32],
+    ) {
         let half = self.cfg.head_dim() / 2;
         for (si, s) in seqs.iter().enumerate() {
             for i in 0..s.ids.len() {
                 let row = offs[si] + i;
-                for (j, fr) in self.inv_freq.iter().enumerate() {
+                for (j, fr) in inv_freq.iter().enumerate() {
                     #[allow(clippy::cast_precision_loss)]
                     let a = (s.cache.len + i) as f64 * fr;
                     #[allow(clippy::cast_possible_truncation)]
@@ -582,7 +633,7 @@ impl Dims {
             qkv_w: qd + 2 * kvd,
             half: hd / 2,
             rep: nh / nkv,
-            scale: 1.0 / (hd as f32).sqrt(),
+            scale: cfg.attn_scale() as f32,
             eps: cfg.rms_norm_eps as f32,
         }
     }
@@ -822,7 +873,11 @@ mod tests {
         for name in names {
             let var = &vars[name];
             let shape = var.as_tensor().shape().clone();
-            let base = if name.contains("norm") { 1.0 } else { 0.0 };
+            let base = if name.contains("norm") {
+                1.0 - cfg.norm_shift()
+            } else {
+                0.0
+            };
             let values: Vec<f32> = (0..shape.elem_count())
                 .map(|_| base + rng.random_range(-0.25f32..0.25))
                 .collect();
@@ -882,6 +937,20 @@ mod tests {
         c.architectures = vec!["Qwen3ForCausalLM".into()];
         c.head_dim = Some(8);
         out.push(("qwen3 q/k norms", c));
+        // Gemma 3: gains 1 + w, sandwich norms, GeGLU, the scaled embedding (tied head unscaled), scores
+        // scaled by query_pre_attn_scalar, a sliding layer (window 3, RoPE base 100) and a full one (1e6)
+        let mut c = tiny();
+        c.architectures = vec!["Gemma3ForCausalLM".into()];
+        c.model_type = "gemma3_text".into();
+        c.head_dim = Some(8);
+        c.hidden_activation = Some("gelu_pytorch_tanh".into());
+        c.query_pre_attn_scalar = Some(24.0);
+        c.sliding_window = Some(3);
+        c.layer_types = Some(vec!["sliding_attention".into(), "full_attention".into()]);
+        c.rope_theta = 1e6;
+        c.rope_local_base_freq = Some(100.0);
+        c.tie_word_embeddings = true;
+        out.push(("gemma3", c));
         let mut c = tiny();
         c.attention_bias = true;
         c.head_dim = Some(32);

@@ -261,19 +261,40 @@ fn layer(
     } else {
         None
     };
-    let qk_norm = if cfg.qk_norm() {
-        let q = vector("self_attn.q_norm.weight", hd)?;
-        Some((q, vector("self_attn.k_norm.weight", hd)?))
-    } else {
-        None
-    };
     let o_bias = if cfg.o_bias() {
         Some(vector("self_attn.o_proj.bias", d)?)
     } else {
         None
     };
-    let attn_norm = vector("input_layernorm.weight", d)?;
-    let ffn_norm = vector("post_attention_layernorm.weight", d)?;
+    // a norm's gain as it multiplies (Gemma: 1 + w, added once here in f32 as its forward adds it)
+    let shift = cfg.norm_shift();
+    let mut gain = |n: &str, len: usize| -> Result<Vec<f32>> {
+        let mut g = vector(n, len)?;
+        if shift != 0.0 {
+            for v in &mut g {
+                *v += shift;
+            }
+        }
+        Ok(g)
+    };
+    let qk_norm = if cfg.qk_norm() {
+        let q = gain("self_attn.q_norm.weight", hd)?;
+        Some((q, gain("self_attn.k_norm.weight", hd)?))
+    } else {
+        None
+    };
+    let attn_norm = gain("input_layernorm.weight", d)?;
+    let (ffn_norm, post_norms) = if cfg.sandwich_norms() {
+        (
+            gain("pre_feedforward_layernorm.weight", d)?,
+            Some((
+                gain("post_attention_layernorm.weight", d)?,
+                gain("post_feedforward_layernorm.weight", d)?,
+            )),
+        )
+    } else {
+        (gain("post_attention_layernorm.weight", d)?, None)
+    };
     let mut proj_of = |n: &str, rows: usize, cols: usize| take(&p(n), rows, cols).map(proj);
     let q = proj_of("self_attn.q_proj.weight", nh * hd, d)?;
     let k = proj_of("self_attn.k_proj.weight", nkv * hd, d)?;
@@ -288,6 +309,7 @@ fn layer(
         o: proj_of("self_attn.o_proj.weight", d, nh * hd)?,
         o_bias,
         ffn_norm,
+        post_norms,
         gate_up: stack_same_type(vec![gate, up]),
         down: proj_of("mlp.down_proj.weight", d, f)?,
     })
@@ -334,7 +356,13 @@ fn build(
         }
     };
     let embed_s = take("model.embed_tokens.weight", v, d)?;
-    let embed = embed_s.m.dequantize();
+    let mut embed = embed_s.m.dequantize();
+    if let Some(s) = cfg.embed_scale() {
+        // Gemma: the input embeddings scaled (the tied output head is not)
+        for v in &mut embed {
+            *v *= s;
+        }
+    }
     let lm_head = if cfg.tie_word_embeddings {
         proj(embed_s)
     } else {
@@ -344,11 +372,16 @@ fn build(
     for i in 0..cfg.num_hidden_layers {
         layers.push(layer(&cfg, i, &mut take, &proj)?);
     }
-    let norm = vector(take("model.norm.weight", 1, d)?);
+    let mut norm = vector(take("model.norm.weight", 1, d)?);
+    for v in &mut norm {
+        *v += cfg.norm_shift();
+    }
     if let Some(extra) = stored.keys().find(|k| !k.starts_with("lm_head")) {
         tracing::debug!("unused tensor {extra}");
     }
     let inv_freq = cfg.rope_inv_freq();
+    let inv_freq_local = cfg.gemma().then(|| cfg.rope_local_inv_freq());
+    let gelu = cfg.activation() == "gelu_pytorch_tanh";
     let isa = Isa::detect();
     let (layers, lm_head) = pack_for(isa, layers, lm_head);
     Ok(CpuModel {
@@ -359,6 +392,8 @@ fn build(
         norm,
         lm_head,
         inv_freq,
+        inv_freq_local,
+        gelu,
     })
 }
 
