@@ -11,6 +11,11 @@ order, so RoPE here is llama.cpp's interleaved ("normal") rotation of pairs (2i,
 Q and K into Hugging Face's layout and rotates halves instead; equal logits check both the import and the model.
 A qwen2 file keeps Q and K unpermuted, has Q/K/V biases, and is rotated NEOX-style (i with i + hd/2); a qwen3
 file is rotated so too, and RMS-normalises each query and key head before the rotation (attn_q_norm, attn_k_norm).
+A gemma3 file, as llama.cpp's gemma3 graph runs it: the embedding times sqrt(n_embd); norm gains used as
+stored (the converter wrote 1 + w); q/k norms; attention and MLP outputs normalised before their residual adds
+(post_attention_norm, post_ffw_norm) and ffn_norm before the MLP; GeGLU with the tanh GELU; scores scaled by
+key_length^-1/2; every 6th layer global (RoPE base rope.freq_base), the others within attention.sliding_window
+and turned with base 10000.
 Passes when, for every file, the max relative error (max |strata - ref| / max |ref|) is <= max_rel_err (f32
 inference) and the argmax agrees at >= min_argmax_agreement of the positions. Inference on the
 stored quantised weights multiplies them by 8-bit activations, as llama.cpp does. That rounding makes the
@@ -36,8 +41,10 @@ def main():
     path, expect_paths = argv[0], argv[1:]
     r = GGUFReader(path)
     arch = field(r, "general.architecture")
-    if arch not in ("llama", "qwen2", "qwen3"):
-        sys.exit(f"FAIL: architecture {arch} (llama, qwen2 or qwen3 expected)")
+    if arch not in ("llama", "qwen2", "qwen3", "gemma3"):
+        sys.exit(f"FAIL: architecture {arch} (llama, qwen2, qwen3 or gemma3 expected)")
+    gemma = arch == "gemma3"
+    window = field(r, "gemma3.attention.sliding_window") if gemma else None
     nl = field(r, f"{arch}.block_count")
     nh = field(r, f"{arch}.attention.head_count")
     nkv = field(r, f"{arch}.attention.head_count_kv")
@@ -64,11 +71,12 @@ def main():
             return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * g
 
         # interleaved RoPE on (heads, T, hd): pairs (2i, 2i+1) rotated by pos * theta^(-2i/hd)
-        inv = theta ** (-np.arange(0, hd, 2) / hd)
-        ang = np.outer(np.arange(n), inv)  # (T, hd/2)
-        cos, sin = np.cos(ang), np.sin(ang)
+        def angles(base):
+            ang = np.outer(np.arange(n), base ** (-np.arange(0, hd, 2) / hd))  # (T, hd/2)
+            return np.cos(ang), np.sin(ang)
 
-        def rope(x):
+        def rope(x, cs):
+            cos, sin = cs
             out = np.empty_like(x)
             if arch == "llama":
                 x0, x1 = x[..., 0::2], x[..., 1::2]
@@ -83,20 +91,33 @@ def main():
 
         mask = np.triu(np.full((n, n), -np.inf), 1)
         x = w["token_embd.weight"][ids]
+        if gemma:
+            x = x * np.sqrt(d)
         for i in range(nl):
             p = f"blk.{i}."
+            local = gemma and (i + 1) % 6 != 0
+            cs = angles(10000.0 if local else theta)
             h = rms(x, w[p + "attn_norm.weight"])
             q = mm(h, p + "attn_q.weight").reshape(n, nh, hd).transpose(1, 0, 2)
             k = mm(h, p + "attn_k.weight").reshape(n, nkv, hd).transpose(1, 0, 2)
             if p + "attn_q_norm.weight" in w:  # qwen3: each head normalised before the rotation
                 q, k = rms(q, w[p + "attn_q_norm.weight"]), rms(k, w[p + "attn_k_norm.weight"])
-            q, k = rope(q), rope(k)
+            q, k = rope(q, cs), rope(k, cs)
             v = mm(h, p + "attn_v.weight").reshape(n, nkv, hd).transpose(1, 0, 2)
             k, v = np.repeat(k, nh // nkv, 0), np.repeat(v, nh // nkv, 0)
-            a = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
+            m = mask + np.tril(np.full((n, n), -np.inf), -window) if local else mask
+            a = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + m
             a = np.exp(a - a.max(-1, keepdims=True))
             a /= a.sum(-1, keepdims=True)
-            x = x + mm((a @ v).transpose(1, 0, 2).reshape(n, nh * hd), p + "attn_output.weight")
+            y = mm((a @ v).transpose(1, 0, 2).reshape(n, nh * hd), p + "attn_output.weight")
+            if gemma:
+                x = x + rms(y, w[p + "post_attention_norm.weight"])
+                h = rms(x, w[p + "ffn_norm.weight"])
+                g = mm(h, p + "ffn_gate.weight")
+                act = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+                x = x + rms(mm(act * mm(h, p + "ffn_up.weight"), p + "ffn_down.weight"), w[p + "post_ffw_norm.weight"])
+                continue
+            x = x + y
             h = rms(x, w[p + "ffn_norm.weight"])
             g = mm(h, p + "ffn_gate.weight")
             x = x + mm((g / (1 + np.exp(-g))) * mm(h, p + "ffn_up.weight"), p + "ffn_down.weight")

@@ -4,7 +4,10 @@ converter does it, using only the `gguf`, `safetensors` and `numpy` packages:
 
 - ARCH qwen2: `qwen2.*` metadata, Q/K/V biases, Q and K rows as HF has them (llama.cpp runs qwen2 with the
   NEOX rotation); ARCH qwen3 likewise, with the query and key norms (`attn_q_norm`, `attn_k_norm`) and the head
-  size as `qwen3.attention.key_length`; ARCH llama: `llama.*` metadata, Q and K rows permuted for llama.cpp's interleaved rotation.
+  size as `qwen3.attention.key_length`; ARCH llama: `llama.*` metadata, Q and K rows permuted for llama.cpp's interleaved rotation;
+  ARCH gemma3: `gemma3.*` metadata with the window (`attention.sliding_window`) and head size, Q and K as HF
+  has them, the norms renamed as llama.cpp's converter does (post_attention_norm, ffn_norm for the
+  pre-feedforward norm, post_ffw_norm) and their gains written as 1 + w (Gemma's RMSNorm factor).
 - VOCAB qwen2 | llama-bpe: the folder's byte-level BPE vocabulary and merges under that `tokenizer.ggml.pre`.
   VOCAB spm: a SentencePiece vocabulary (`tokenizer.ggml.model` "llama": <unk>, <s>, </s>, 256 byte tokens,
   then pieces made from the folder's vocabulary, with scores) and, in EXPECT_JSON, the ids that llama.cpp's
@@ -132,6 +135,8 @@ def main():
     w.add_head_count_kv(nkv)
     w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
     w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
+    if arch == "gemma3":
+        w.add_sliding_window(cfg["sliding_window"])
     if cfg.get("head_dim"):
         # as llama.cpp's converter states a head size that is not hidden / heads (Qwen3)
         w.add_key_length(cfg["head_dim"])
@@ -177,6 +182,10 @@ def main():
                  "self_attn.v_proj.bias": "attn_v.bias", "self_attn.q_norm.weight": "attn_q_norm.weight",
                  "self_attn.k_norm.weight": "attn_k_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
                  "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+    if arch == "gemma3":
+        per_layer.update({"post_attention_layernorm.weight": "post_attention_norm.weight",
+                          "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+                          "post_feedforward_layernorm.weight": "post_ffw_norm.weight"})
     for i in range(cfg["num_hidden_layers"]):
         for hf, gg in per_layer.items():
             names[f"model.layers.{i}.{hf}"] = f"blk.{i}.{gg}"
@@ -187,6 +196,8 @@ def main():
 
     for hf in sorted(t):
         x = t[hf].astype(np.float32)
+        if arch == "gemma3" and hf.endswith("norm.weight"):
+            x = x + np.float32(1.0)
         if arch == "llama" and hf.endswith("q_proj.weight"):
             x = permute(x, nh)
         elif arch == "llama" and hf.endswith("k_proj.weight"):

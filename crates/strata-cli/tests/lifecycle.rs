@@ -1131,6 +1131,86 @@ fn qwen3_gguf_imports_runs_and_trains_a_lora() {
     );
 }
 
+/// A Gemma 3 GGUF laid out as llama.cpp's converter writes it (norm gains as 1 + w, its norm names, a
+/// SentencePiece vocabulary), with what llama.cpp leaves to its code rather than the file: every 6th layer
+/// global, the others within the window and turned with RoPE base 10000, scores by key_length^-1/2.
+#[test]
+fn gemma3_gguf_imports_runs_and_trains_a_lora() {
+    let (demo, _) = quick_demo();
+    let layer_types: Vec<&str> = (0..6)
+        .map(|i| {
+            if (i + 1) % 6 == 0 {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        })
+        .collect();
+    let config = serde_json::json!({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+        "vocab_size": 384, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 6,
+        "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-6, "rope_theta": 1e6, "rope_local_base_freq": 10000.0, "sliding_window": 3,
+        "layer_types": layer_types, "query_pre_attn_scalar": 16, "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2});
+    let dir = demo.join("gemma3-gguf");
+    let src = dir.join("src");
+    synthetic_model(&src, &config, candle_core::DType::F32, 1);
+    let (gguf, spm_ids) = (dir.join("gemma3.gguf"), dir.join("spm-ids.json"));
+    python_check(
+        "hf_to_gguf.py",
+        &[
+            src.as_os_str(),
+            gguf.as_os_str(),
+            "gemma3".as_ref(),
+            "spm".as_ref(),
+            spm_ids.as_os_str(),
+        ],
+    );
+    let r = run(strata(demo)
+        .arg("import")
+        .arg(&gguf)
+        .args(["--name", "gemma3"]));
+    assert!(r.ok, "{}", r.stderr);
+    let mdir = demo.join("models/gemma3");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mdir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "Gemma3ForCausalLM");
+    assert_eq!(cfg["layer_types"], config["layer_types"]);
+    // ids past the window of 3, with the vocabulary's own pieces
+    let ids = [1u32, 300, 17, 42, 99, 7, 250, 301, 5, 64, 128];
+    let (want, got) = (logits_of(&src, &ids), logits_of(&mdir, &ids));
+    let err = want
+        .iter()
+        .flatten()
+        .zip(got.iter().flatten())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let top = want.iter().flatten().fold(0f32, |m, a| m.max(a.abs()));
+    // the gains went through 1 + w and back: equal up to f32 rounding
+    assert!(err <= 1e-5 * top, "{err} vs {top}");
+    let expect = dir.join("expect.json");
+    std::fs::write(
+        &expect,
+        serde_json::json!({"ids": ids, "what": "engine on gemma3 GGUF",
+            "logits": engine_logits(&gguf, Some(strata_engine::WeightType::F32), &ids)})
+        .to_string(),
+    )
+    .unwrap();
+    python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
+    // export is refused by name, not written wrong
+    let x = run(strata(demo)
+        .args(["export", "--model", "gemma3", "--type", "f32", "--gguf"])
+        .arg(dir.join("out.gguf")));
+    assert!(!x.ok && x.stderr.contains("Gemma 3"), "{}", x.stderr);
+    assert!(!dir.join("out.gguf").exists());
+    // a LoRA adapter on it: the loss falls, the adapter generates
+    fine_tune_on_medical(
+        demo,
+        "gemma3",
+        "gemma3-med",
+        &["--lr", "1e-2", "--lora-r", "4"],
+    );
+}
+
 /// `model` exported to an f32 GGUF and imported back: the logits of the folder `src` it came from.
 fn gguf_round_trip(demo: &std::path::Path, model: &str, src: &std::path::Path) {
     let gguf = demo.join(format!("{model}-rt.gguf"));

@@ -125,7 +125,7 @@ impl CpuModel {
         };
         let mut stored = HashMap::new();
         for (name, info) in &content.tensor_infos {
-            let Some(hf) = strata_model::gguf::hf_name(name) else {
+            let Some(hf) = strata_model::gguf::hf_name_of(&cfg, name) else {
                 continue;
             };
             let (rows, cols, elems) = strata_model::gguf::checked_shape(path, name, info)?;
@@ -203,6 +203,13 @@ impl CpuModel {
                 }
             };
             unpermute_qk(path, &cfg, name, &hf, &mut s.m)?;
+            let offset = strata_model::gguf::hf_offset(&cfg, &hf);
+            if offset != 0.0 && s.m.ty == WeightType::F32 {
+                // Gemma's norm gains as HF stores them (the forward adds the 1 back)
+                for v in &mut s.m.f32 {
+                    *v += offset;
+                }
+            }
             stored.insert(hf, s);
         }
         build(path, cfg, stored, want)

@@ -91,10 +91,11 @@ impl Meta<'_> {
 }
 
 /// GGUF architectures Strata reads, with the Hugging Face class each becomes. Mistral GGUFs say "llama".
-const GGUF_ARCHITECTURES: [(&str, &str); 3] = [
+const GGUF_ARCHITECTURES: [(&str, &str); 4] = [
     ("llama", "LlamaForCausalLM"),
     ("qwen2", "Qwen2ForCausalLM"),
     ("qwen3", "Qwen3ForCausalLM"),
+    ("gemma3", "Gemma3ForCausalLM"),
 ];
 
 fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
@@ -152,6 +153,40 @@ fn config_from(meta: &Meta<'_>) -> Result<LlamaConfig> {
         ..serde_json::from_value(json!({"vocab_size": 0, "hidden_size": 0, "intermediate_size": 0, "num_hidden_layers": 0, "num_attention_heads": 0, "max_position_embeddings": 0}))
             .map_err(|e| bad(meta.path, e.to_string()))?
     };
+    if arch == "gemma3" {
+        return gemma3_config(meta, cfg);
+    }
+    Ok(cfg)
+}
+
+/// What a `gemma3` GGUF leaves to llama.cpp's code rather than to its metadata, as llama.cpp decides it:
+/// every 6th layer attends in full, the others within `attention.sliding_window` and turn with a RoPE
+/// base of 10000; scores are scaled by key_length^-1/2 (n_embd / n_head for the 62-layer 27B); GeGLU.
+fn gemma3_config(meta: &Meta<'_>, mut cfg: LlamaConfig) -> Result<LlamaConfig> {
+    let n = cfg.num_hidden_layers;
+    cfg.model_type = "gemma3_text".into();
+    cfg.head_dim = Some(cfg.head_dim());
+    cfg.hidden_activation = Some("gelu_pytorch_tanh".into());
+    cfg.sliding_window = Some(meta.usize("gemma3.attention.sliding_window")?);
+    cfg.layer_types = Some(
+        (0..n)
+            .map(|i| {
+                if (i + 1) % 6 == 0 {
+                    "full_attention".into()
+                } else {
+                    "sliding_attention".into()
+                }
+            })
+            .collect(),
+    );
+    cfg.rope_local_base_freq = Some(10_000.0);
+    #[allow(clippy::cast_precision_loss)]
+    let scalar = if n == 62 {
+        cfg.hidden_size / cfg.num_attention_heads
+    } else {
+        cfg.head_dim()
+    } as f64;
+    cfg.query_pre_attn_scalar = Some(scalar);
     Ok(cfg)
 }
 
@@ -196,6 +231,37 @@ pub fn hf_name(gguf: &str) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// The Hugging Face name of GGUF tensor `gguf` in a model of `cfg`: as [`hf_name`], except Gemma 3's norms
+/// (`ffn_norm` is its pre-feedforward norm; it also has post-attention and post-feedforward norms).
+#[must_use]
+pub fn hf_name_of(cfg: &LlamaConfig, gguf: &str) -> Option<String> {
+    if cfg.sandwich_norms() {
+        if let Some((layer, part)) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+            let hf = match part {
+                "ffn_norm.weight" => Some("pre_feedforward_layernorm.weight"),
+                "post_attention_norm.weight" => Some("post_attention_layernorm.weight"),
+                "post_ffw_norm.weight" => Some("post_feedforward_layernorm.weight"),
+                _ => None,
+            };
+            if let (Some(hf), Ok(layer)) = (hf, layer.parse::<usize>()) {
+                return Some(format!("model.layers.{layer}.{hf}"));
+            }
+        }
+    }
+    hf_name(gguf)
+}
+
+/// What llama.cpp's converter added to a tensor's values that Hugging Face does not store: Gemma's norm
+/// gains are written as 1 + w (its RMSNorm's factor), so 1 is taken off on the way in.
+#[must_use]
+pub fn hf_offset(cfg: &LlamaConfig, hf: &str) -> f32 {
+    if hf.ends_with("norm.weight") {
+        -cfg.norm_shift()
+    } else {
+        0.0
+    }
 }
 
 /// llama.cpp's Q/K permutation for its interleaved RoPE as a row order (`out[r] = w[order[r]]`), for a
@@ -495,7 +561,7 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
     let mut shapes = HashMap::new();
     let mut types = std::collections::BTreeMap::new();
     for (name, info) in &content.tensor_infos {
-        let Some(hf) = hf_name(name) else {
+        let Some(hf) = hf_name_of(&cfg, name) else {
             // tensors HF does not have (rope_freqs.weight is refused above)
             tracing::debug!("skipping GGUF tensor {name}");
             continue;
@@ -560,7 +626,9 @@ pub fn read_gguf_weights(path: &Path, device: &Device) -> Result<HashMap<String,
     })?;
     let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
-        let Some(hf) = hf_name(name) else { continue };
+        let Some(hf) = hf_name_of(&cfg, name) else {
+            continue;
+        };
         let t = hf_tensor(path, &content, &mut reader, &cfg, name, &hf, device)?;
         tensors.insert(hf, t);
     }
@@ -588,6 +656,8 @@ fn hf_tensor<R: std::io::Read + std::io::Seek>(
         unpermute(&t, cfg.num_attention_heads)
     } else if qk_permuted(cfg) && hf.ends_with("k_proj.weight") {
         unpermute(&t, cfg.kv_heads())
+    } else if hf_offset(cfg, hf) != 0.0 {
+        (t + f64::from(hf_offset(cfg, hf))).ctx(name)
     } else {
         Ok(t)
     }
@@ -621,7 +691,7 @@ pub fn write_gguf_safetensors(path: &Path, out: &Path, dtype: candle_core::DType
     let mut names: Vec<(String, &String)> = content
         .tensor_infos
         .keys()
-        .filter_map(|g| hf_name(g).map(|h| (h, g)))
+        .filter_map(|g| hf_name_of(&cfg, g).map(|h| (h, g)))
         .collect();
     names.sort();
     let mut header = serde_json::Map::new();

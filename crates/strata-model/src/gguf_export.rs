@@ -359,6 +359,14 @@ fn metadata(
 /// On a missing or malformed model folder, a tokenizer that GGUF cannot express, or an I/O failure.
 pub fn export_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<()> {
     let cfg: LlamaConfig = crate::read_config(&dir.join("config.json"))?;
+    if cfg.gemma() {
+        return Err(ModelError::Config {
+            path: dir.join("config.json"),
+            reason: "GGUF export of Gemma 3 is not supported yet (its SentencePiece vocabulary and norms); \
+                     an imported Gemma GGUF is kept as model.gguf in the model folder"
+                .into(),
+        });
+    }
     // llama.cpp's qwen2 and qwen3 attend in full on every layer: a window switched on has no GGUF form
     if gguf_arch(&cfg) != "llama" && (0..cfg.num_hidden_layers).any(|l| cfg.window(l).is_some()) {
         return Err(ModelError::Config {
