@@ -143,9 +143,9 @@ def main():
     bench = tool("llama-bench")
     ll = decode.run_llama(bench, gguf, a.threads, a.reps)
     st, frac, bw = decode.run_strata(gguf, a.threads, a.reps)
-    # llama-bench's whole process against the engine's peak (strata bench decode's own figure, taken before
-    # its bandwidth test allocates 512 MiB of buffers)
-    ll_rss = peak_rss_mib([bench, "-m", gguf, "-t", str(a.threads), "-p", "0", "-n", "16", "-r", "1"])
+    # llama-bench's whole process on the same tests against the engine's peak (strata bench decode's own
+    # figure, taken before its bandwidth test allocates 512 MiB of buffers)
+    ll_rss = peak_rss_mib([bench, "-m", gguf, "-t", str(a.threads), "-p", "64,512", "-n", "128", "-r", "1"])
     st_rss = decode.run_strata.peak_rss_mib
     print(f"\nspeed, median of {a.reps}; ratio = Strata / llama.cpp (goal >= 1.2)")
     print(f"{'test':<8}{'llama.cpp t/s':>15}{'strata t/s':>12}{'ratio':>8}")
