@@ -6,11 +6,12 @@
 mod common;
 
 use serde_json::json;
-use strata_tokenize::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
+use strata_tokenize::{ChatMessage, ChatTemplate, CHATML_TEMPLATE, GEMMA_TEMPLATE};
 
 /// Templates in the styles models ship with (written for this test).
 const TEMPLATES: &[(&str, &str)] = &[
     ("chatml", CHATML_TEMPLATE),
+    ("gemma (Strata's fallback for a Gemma vocabulary)", GEMMA_TEMPLATE),
     (
         "chatml with default system",
         "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",

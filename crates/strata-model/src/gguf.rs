@@ -187,6 +187,17 @@ fn gemma3_config(meta: &Meta<'_>, mut cfg: LlamaConfig) -> Result<LlamaConfig> {
         cfg.head_dim()
     } as f64;
     cfg.query_pre_attn_scalar = Some(scalar);
+    // a chat turn ends with <end_of_turn>, a text with <eos>: both end generation, as in Gemma's own
+    // generation_config.json and as llama.cpp treats them
+    if let (Ok(tokens), Some(eos)) = (
+        meta.strings("tokenizer.ggml.tokens"),
+        meta.opt_u32("tokenizer.ggml.eos_token_id"),
+    ) {
+        if let Some(eot) = tokens.iter().position(|t| *t == "<end_of_turn>") {
+            let eot = u32::try_from(eot).unwrap_or(u32::MAX);
+            cfg.eos_token_id = Some(crate::TokenIds::Many(vec![eos, eot]));
+        }
+    }
     Ok(cfg)
 }
 

@@ -8,6 +8,13 @@ use crate::{Result, TokenizeError};
 /// ChatML, as written by Qwen2/SmolLM2 tokenizer configs.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// Gemma's turns, for a Gemma vocabulary (`<start_of_turn>`, `<end_of_turn>`) whose file carries no template
+/// (llama.cpp's GGUFs of the base models): `<start_of_turn>user` / `<start_of_turn>model`, each turn's text
+/// trimmed and closed by `<end_of_turn>`, a system message put before the first user turn's text, `<bos>`
+/// first (as Gemma's own template: a chat request is encoded without the tokenizer's special tokens, as
+/// transformers' `apply_chat_template` encodes it).
+pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] | trim + '\n\n' %}{% set turns = messages[1:] %}{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}{% for message in turns %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ChatMessage {
     pub role: String,
@@ -123,5 +130,34 @@ mod tests {
             "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nLiver size?<|im_end|>\n<|im_start|>assistant\n"
         );
         assert!(!t.render(&msgs, false).unwrap().ends_with("assistant\n"));
+    }
+
+    #[test]
+    fn gemma_renders_the_string_worked_by_hand_from_its_turn_format() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE)
+            .unwrap()
+            .with_special_tokens("<bos>", "<eos>");
+        let m = |role: &str, content: &str| ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        };
+        let msgs = vec![
+            m("system", "You are terse."),
+            m("user", " Liver size? "),
+            m("assistant", "14 cm."),
+            m("user", "Spleen?"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<bos><start_of_turn>user\nYou are terse.\n\nLiver size?<end_of_turn>\n<start_of_turn>model\n14 cm.\
+             <end_of_turn>\n<start_of_turn>user\nSpleen?<end_of_turn>\n<start_of_turn>model\n"
+        );
+        // without a system message, and each prefix of turns a prefix of the whole (what SFT relies on)
+        let plain = t.render(&msgs[1..3], false).unwrap();
+        assert_eq!(
+            plain,
+            "<bos><start_of_turn>user\nLiver size?<end_of_turn>\n<start_of_turn>model\n14 cm.<end_of_turn>\n"
+        );
+        assert!(plain.starts_with(&t.render(&msgs[1..2], true).unwrap()));
     }
 }

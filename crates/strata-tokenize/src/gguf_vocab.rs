@@ -295,6 +295,12 @@ fn write_tokenizer_config(
     });
     if let Ok(t) = v.string("tokenizer.chat_template") {
         tc["chat_template"] = json!(t);
+    } else if ["<start_of_turn>", "<end_of_turn>"]
+        .iter()
+        .all(|t| tokens.contains(t))
+    {
+        // a Gemma vocabulary without a template (llama.cpp's GGUFs of the base models): Gemma's turns
+        tc["chat_template"] = json!(crate::chat::GEMMA_TEMPLATE);
     }
     strata_store::write_json_atomic(out.join("tokenizer_config.json"), &tc)?;
     Ok(())
