@@ -7,7 +7,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
 use super::kernels::Isa;
-use super::quant::{q4_k_as_q4_1, Matrix, WeightType, Q4_K_BYTES, QK, QK_K};
+use super::quant::{q4_k_as_q4_1, Matrix, WeightType, QK, QK_K};
 use super::{CpuModel, Layer};
 use strata_model::{Context, LlamaConfig, ModelError, Result};
 
@@ -131,40 +131,37 @@ impl CpuModel {
             let (rows, cols, elems) = strata_model::gguf::checked_shape(path, name, info)?;
             let dims = info.shape.dims().to_vec();
             // the blocks as the file holds them, read straight into the matrix's buffer (no second copy)
-            let mut blocks = |want_bytes: usize| -> Result<Vec<u8>> {
-                let size =
-                    info.ggml_dtype.type_size() * elems / info.ggml_dtype.block_size().max(1);
-                let truncated =
-                    || strata_model::gguf::bad(path, format!("tensor {name}: truncated blocks"));
-                if size != want_bytes {
-                    return Err(truncated());
-                }
-                let mut bytes = vec![0u8; size];
+            let mut blocks = || -> Result<Vec<u8>> {
+                let ty = info.ggml_dtype;
+                let mut bytes = vec![0u8; ty.type_size() * elems / ty.block_size().max(1)];
                 reader
                     .seek(std::io::SeekFrom::Start(
                         content.tensor_data_offset + info.offset,
                     ))
                     .and_then(|_| reader.read_exact(&mut bytes))
-                    .map_err(|_| truncated())?;
+                    .map_err(|_| {
+                        strata_model::gguf::bad(path, format!("tensor {name}: truncated blocks"))
+                    })?;
                 Ok(bytes)
             };
+            // a matrix the forward multiplies by (the embedding's rows are looked up as they are)
+            let projection = rows > 1 && hf != "model.embed_tokens.weight";
             // a Q4_K projection runs as the Q4_1 of its sub-blocks (exact up to the f16 rounding of their
             // scales, `quant::q4_k_as_q4_1`) unless another type is asked for
             let q4_k = info.ggml_dtype == GgmlDType::Q4K
-                && rows > 1
+                && projection
                 && cols % QK_K == 0
-                && hf != "model.embed_tokens.weight"
                 && matches!(want, None | Some(WeightType::Q4_1));
             let mut s = match engine_type(info.ggml_dtype) {
                 _ if q4_k => {
-                    let bytes = blocks(elems / QK_K * Q4_K_BYTES)?;
+                    let bytes = blocks()?;
                     Stored {
                         m: Matrix::from_blocks(rows, cols, WeightType::Q4_1, q4_k_as_q4_1(&bytes)),
                         foreign_quant: true,
                     }
                 }
                 Some(ty) if cols % QK == 0 => {
-                    let bytes = blocks(elems / QK * ty.block_bytes())?;
+                    let bytes = blocks()?;
                     Stored {
                         m: Matrix::from_blocks(rows, cols, ty, bytes),
                         foreign_quant: false,
@@ -194,9 +191,8 @@ impl CpuModel {
                     // tensor at a time, never of the whole model (the embedding stays f32: its rows are read
                     // as they are)
                     let early = foreign_quant
-                        && rows > 1
+                        && projection
                         && cols % QK == 0
-                        && hf != "model.embed_tokens.weight"
                         && matches!(want, None | Some(WeightType::Q8_0));
                     Stored {
                         m: if early {
@@ -249,6 +245,18 @@ fn unpermute_qk(
     Ok(())
 }
 
+/// A norm's stored gain `g` as it multiplies: Gemma's 1 + w (added once here, in f32 as its forward adds
+/// it), anyone else's as it is.
+fn norm_gain(cfg: &LlamaConfig, mut g: Vec<f32>) -> Vec<f32> {
+    let shift = cfg.norm_shift();
+    if shift != 0.0 {
+        for v in &mut g {
+            *v += shift;
+        }
+    }
+    g
+}
+
 /// Layer `i` from the stored tensors (`take`: by name, with the shape the config implies), its projections
 /// in the type `proj` makes them.
 fn layer(
@@ -279,17 +287,7 @@ fn layer(
     } else {
         None
     };
-    // a norm's gain as it multiplies (Gemma: 1 + w, added once here in f32 as its forward adds it)
-    let shift = cfg.norm_shift();
-    let mut gain = |n: &str, len: usize| -> Result<Vec<f32>> {
-        let mut g = vector(n, len)?;
-        if shift != 0.0 {
-            for v in &mut g {
-                *v += shift;
-            }
-        }
-        Ok(g)
-    };
+    let mut gain = |n: &str, len: usize| vector(n, len).map(|g| norm_gain(cfg, g));
     let qk_norm = if cfg.qk_norm() {
         let q = gain("self_attn.q_norm.weight", hd)?;
         Some((q, gain("self_attn.k_norm.weight", hd)?))
@@ -387,10 +385,7 @@ fn build(
     for i in 0..cfg.num_hidden_layers {
         layers.push(layer(&cfg, i, &mut take, &proj)?);
     }
-    let mut norm = vector(take("model.norm.weight", 1, d)?);
-    for v in &mut norm {
-        *v += cfg.norm_shift();
-    }
+    let norm = norm_gain(&cfg, vector(take("model.norm.weight", 1, d)?));
     if let Some(extra) = stored.keys().find(|k| !k.starts_with("lm_head")) {
         tracing::debug!("unused tensor {extra}");
     }

@@ -74,6 +74,19 @@ impl WeightType {
         }
     }
 
+    /// Row `lane`'s ggml block (`block_bytes` into `dst`) out of packed group block `src`: its scales (and
+    /// Q4_1's minima), then its quants gathered 4 bytes at a time (Q8_0's back to signed).
+    fn unpack_block(self, src: &[u8], lane: usize, dst: &mut [u8]) {
+        let (qa, pqa) = (self.quants_at(), self.packed_quants_at());
+        let flip = if self == Self::Q8_0 { 0x80 } else { 0 };
+        for head in (0..qa).step_by(2) {
+            dst[head..head + 2].copy_from_slice(&src[8 * head + 2 * lane..][..2]);
+        }
+        for (j, q) in dst[qa..].iter_mut().enumerate() {
+            *q = src[pqa + (j / 4) * 32 + lane * 4 + j % 4] ^ flip;
+        }
+    }
+
     /// Where the quants start in one of ggml's blocks.
     #[must_use]
     pub fn quants_at(self) -> usize {
@@ -183,9 +196,7 @@ impl Matrix {
         if !self.packed {
             return self.clone();
         }
-        let (bb, qa) = (self.ty.block_bytes(), self.ty.quants_at());
-        let (pb, pqa) = (self.ty.packed_block_bytes(), self.ty.packed_quants_at());
-        let flip = if self.ty == WeightType::Q8_0 { 0x80 } else { 0 };
+        let (bb, pb) = (self.ty.block_bytes(), self.ty.packed_block_bytes());
         let nb = self.cols / QK;
         let rb = self.row_bytes();
         let mut bytes = vec![0u8; self.bytes.len()];
@@ -194,12 +205,7 @@ impl Matrix {
                 let src = &self.bytes[(g * nb + b) * pb..][..pb];
                 for r in 0..8 {
                     let dst = &mut bytes[(g * 8 + r) * rb + b * bb..][..bb];
-                    for head in (0..qa).step_by(2) {
-                        dst[head..head + 2].copy_from_slice(&src[8 * head + 2 * r..][..2]);
-                    }
-                    for (j, q) in dst[qa..].iter_mut().enumerate() {
-                        *q = src[pqa + (j / 4) * 32 + r * 4 + j % 4] ^ flip;
-                    }
+                    self.ty.unpack_block(src, r, dst);
                 }
             }
         }
@@ -281,22 +287,11 @@ impl Matrix {
             }
             return;
         }
-        let (qa, pb, pqa) = (
-            self.ty.quants_at(),
-            self.ty.packed_block_bytes(),
-            self.ty.packed_quants_at(),
-        );
-        let flip = if self.ty == WeightType::Q8_0 { 0x80 } else { 0 };
-        let (g, lane) = (r / 8, r % 8);
+        let pb = self.ty.packed_block_bytes();
         let mut blk = [0u8; 34];
         for b in 0..nb {
-            let src = &self.bytes[(g * nb + b) * pb..][..pb];
-            for head in (0..qa).step_by(2) {
-                blk[head..head + 2].copy_from_slice(&src[8 * head + 2 * lane..][..2]);
-            }
-            for (j, q) in blk[qa..bb].iter_mut().enumerate() {
-                *q = src[pqa + (j / 4) * 32 + lane * 4 + j % 4] ^ flip;
-            }
+            let src = &self.bytes[((r / 8) * nb + b) * pb..][..pb];
+            self.ty.unpack_block(src, r % 8, &mut blk[..bb]);
             dequantize_block(self.ty, &blk[..bb], out);
         }
     }

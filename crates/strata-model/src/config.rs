@@ -429,8 +429,12 @@ impl LlamaConfig {
     /// 10000, never scaled): their inverse frequencies, for the layers where [`Self::local_rope`] holds.
     #[must_use]
     pub fn rope_local_inv_freq(&self) -> Vec<f64> {
+        self.inv_freq_of(self.rope_local_base_freq.unwrap_or(10_000.0))
+    }
+
+    /// RoPE's unscaled inverse frequencies for base `theta`: theta^(-2i/head_dim), head_dim / 2 of them.
+    fn inv_freq_of(&self, theta: f64) -> Vec<f64> {
         let hd = self.head_dim();
-        let theta = self.rope_local_base_freq.unwrap_or(10_000.0);
         #[allow(clippy::cast_precision_loss)]
         (0..hd / 2)
             .map(|i| 1.0 / theta.powf(2.0 * i as f64 / hd as f64))
@@ -485,10 +489,7 @@ impl LlamaConfig {
     /// The RoPE inverse frequencies (head_dim / 2 of them), after any `rope_scaling`.
     #[must_use]
     pub fn rope_inv_freq(&self) -> Vec<f64> {
-        let hd = self.head_dim();
-        let base: Vec<f64> = (0..hd / 2)
-            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / hd as f64))
-            .collect();
+        let base = self.inv_freq_of(self.rope_theta);
         let Some(rs) = &self.rope_scaling else {
             return base;
         };

@@ -511,16 +511,21 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
     for t in &a.replay {
         manifest_inputs.push(store.input_ref(Kind::Tokens, &t.name)?);
     }
-    let config = serde_json::json!({
+    // stage 2's alone (stage 1's captions are single replies)
+    let reply_weight = if stage == "instruct" {
+        a.reply_weight
+    } else {
+        0.0
+    };
+    let mut config = serde_json::json!({
         "init": {"parent": a.parent}, "images": images,
         "train": cfg, "stage": stage, "image_size": a.image_size, "vision_layer": st.cfg.feature_layer,
         "vision_features": format!("{:?}", st.cfg.select),
         "replay": a.replay, "replay_windows": replay.as_ref().map(|(_, k)| *k),
     });
-    let mut config = config;
-    if stage == "instruct" && a.reply_weight != 0.0 {
+    if reply_weight != 0.0 {
         // in the fingerprint only when set, so that models trained before the option keep theirs
-        config["reply_weight"] = a.reply_weight.into();
+        config["reply_weight"] = reply_weight.into();
     }
     let manifest = Manifest::new(Kind::Model, &a.name, "strata finetune --images")
         .with_config(manifest_inputs, config);
@@ -556,11 +561,7 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
         val: &val,
         replay: replay.as_ref().map(|(m, k)| (m, *k)),
         pad_id: st.td.special.pad,
-        reply_weight: if stage == "instruct" {
-            a.reply_weight
-        } else {
-            0.0
-        },
+        reply_weight,
         run_dir: &run_dir,
         progress: a.progress,
     };
