@@ -1019,22 +1019,15 @@ fn qwen2_gguf_imports_unpermuted_with_biases_and_its_pre_tokenizer() {
         ),
     ] {
         let gguf = dir.join(format!("{pre}.gguf"));
-        python_check(
-            "hf_to_gguf.py",
-            &[
-                src.as_os_str(),
-                gguf.as_os_str(),
-                "qwen2".as_ref(),
-                pre.as_ref(),
-            ],
+        let mdir = convert_and_import(
+            demo,
+            &src,
+            &gguf,
+            "qwen2",
+            pre,
+            None,
+            &format!("qwen2-{pre}"),
         );
-        let name = format!("qwen2-{pre}");
-        let r = run(strata(demo)
-            .arg("import")
-            .arg(&gguf)
-            .args(["--name", &name]));
-        assert!(r.ok, "{}", r.stderr);
-        let mdir = demo.join("models").join(&name);
         let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
         assert_eq!(pre_pieces(&tk, text), want, "{pre}");
         // BOS (id 0 here) as llama.cpp adds it: by default for Llama 3's vocabulary, not for Qwen2's
@@ -1058,15 +1051,7 @@ fn qwen2_gguf_imports_unpermuted_with_biases_and_its_pre_tokenizer() {
         assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
         assert_eq!(cfg["model_type"], "qwen2");
         // the inference engine on the GGUF file itself, against the numpy reference (NEOX rotation, biases)
-        let expect = dir.join(format!("expect-{pre}.json"));
-        std::fs::write(
-            &expect,
-            serde_json::json!({"ids": ids, "what": "engine on qwen2 GGUF",
-                "logits": engine_logits(&gguf, Some(strata_engine::WeightType::F32), &ids)})
-            .to_string(),
-        )
-        .unwrap();
-        python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
+        engine_matches_gguf_reference(&gguf, &dir.join(format!("expect-{pre}.json")), &ids);
     }
 }
 
@@ -1085,21 +1070,7 @@ fn qwen3_gguf_imports_runs_and_trains_a_lora() {
     let src = dir.join("src");
     synthetic_model(&src, &config, candle_core::DType::F32, 1);
     let gguf = dir.join("qwen3.gguf");
-    python_check(
-        "hf_to_gguf.py",
-        &[
-            src.as_os_str(),
-            gguf.as_os_str(),
-            "qwen3".as_ref(),
-            "qwen2".as_ref(),
-        ],
-    );
-    let r = run(strata(demo)
-        .arg("import")
-        .arg(&gguf)
-        .args(["--name", "qwen3"]));
-    assert!(r.ok, "{}", r.stderr);
-    let mdir = demo.join("models/qwen3");
+    let mdir = convert_and_import(demo, &src, &gguf, "qwen3", "qwen2", None, "qwen3");
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(mdir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "Qwen3ForCausalLM");
@@ -1111,15 +1082,7 @@ fn qwen3_gguf_imports_runs_and_trains_a_lora() {
         .get_ids()
         .to_vec();
     assert_eq!(logits_of(&src, &ids), logits_of(&mdir, &ids));
-    let expect = dir.join("expect.json");
-    std::fs::write(
-        &expect,
-        serde_json::json!({"ids": ids, "what": "engine on qwen3 GGUF",
-            "logits": engine_logits(&gguf, Some(strata_engine::WeightType::F32), &ids)})
-        .to_string(),
-    )
-    .unwrap();
-    python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
+    engine_matches_gguf_reference(&gguf, &dir.join("expect.json"), &ids);
     // exported as llama.cpp's qwen3 (from the imported folder, which holds the GGUF alone) and back
     gguf_round_trip(demo, "qwen3", &src);
     // a LoRA adapter on it: the loss falls, the adapter generates
@@ -1155,23 +1118,9 @@ fn gemma3_gguf_imports_runs_and_trains_a_lora() {
     let dir = demo.join("gemma3-gguf");
     let src = dir.join("src");
     synthetic_model(&src, &config, candle_core::DType::F32, 1);
-    let (gguf, spm_ids) = (dir.join("gemma3.gguf"), dir.join("spm-ids.json"));
-    python_check(
-        "hf_to_gguf.py",
-        &[
-            src.as_os_str(),
-            gguf.as_os_str(),
-            "gemma3".as_ref(),
-            "spm".as_ref(),
-            spm_ids.as_os_str(),
-        ],
-    );
-    let r = run(strata(demo)
-        .arg("import")
-        .arg(&gguf)
-        .args(["--name", "gemma3"]));
-    assert!(r.ok, "{}", r.stderr);
-    let mdir = demo.join("models/gemma3");
+    let gguf = dir.join("gemma3.gguf");
+    let spm_ids = dir.join("spm-ids.json");
+    let mdir = convert_and_import(demo, &src, &gguf, "gemma3", "spm", Some(&spm_ids), "gemma3");
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(mdir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "Gemma3ForCausalLM");
@@ -1187,15 +1136,7 @@ fn gemma3_gguf_imports_runs_and_trains_a_lora() {
     let top = want.iter().flatten().fold(0f32, |m, a| m.max(a.abs()));
     // the gains went through 1 + w and back: equal up to f32 rounding
     assert!(err <= 1e-5 * top, "{err} vs {top}");
-    let expect = dir.join("expect.json");
-    std::fs::write(
-        &expect,
-        serde_json::json!({"ids": ids, "what": "engine on gemma3 GGUF",
-            "logits": engine_logits(&gguf, Some(strata_engine::WeightType::F32), &ids)})
-        .to_string(),
-    )
-    .unwrap();
-    python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
+    engine_matches_gguf_reference(&gguf, &dir.join("expect.json"), &ids);
     // export is refused by name, not written wrong
     let x = run(strata(demo)
         .args(["export", "--model", "gemma3", "--type", "f32", "--gguf"])
@@ -1209,6 +1150,45 @@ fn gemma3_gguf_imports_runs_and_trains_a_lora() {
         "gemma3-med",
         &["--lr", "1e-2", "--lora-r", "4"],
     );
+}
+
+/// The HF folder `src` written as a GGUF at `gguf` the way llama.cpp's converter lays it out
+/// (`hf_to_gguf.py ARCH VOCAB`, with the SentencePiece ids of its texts at `spm_ids`), then imported as
+/// `name`: the model's folder.
+fn convert_and_import(
+    demo: &std::path::Path,
+    src: &std::path::Path,
+    gguf: &std::path::Path,
+    arch: &str,
+    vocab: &str,
+    spm_ids: Option<&std::path::Path>,
+    name: &str,
+) -> std::path::PathBuf {
+    let mut args = vec![
+        src.as_os_str(),
+        gguf.as_os_str(),
+        arch.as_ref(),
+        vocab.as_ref(),
+    ];
+    args.extend(spm_ids.map(std::path::Path::as_os_str));
+    python_check("hf_to_gguf.py", &args);
+    let r = run(strata(demo).arg("import").arg(gguf).args(["--name", name]));
+    assert!(r.ok, "{}", r.stderr);
+    demo.join("models").join(name)
+}
+
+/// The inference engine on the GGUF file itself (f32 weights) against the numpy forward of the file
+/// (`gguf_reference.py`), at `ids`; `expect` is where the engine's logits are written for it.
+fn engine_matches_gguf_reference(gguf: &std::path::Path, expect: &std::path::Path, ids: &[u32]) {
+    let what = format!("engine on {}", gguf.display());
+    std::fs::write(
+        expect,
+        serde_json::json!({"ids": ids, "what": what,
+            "logits": engine_logits(gguf, Some(strata_engine::WeightType::F32), ids)})
+        .to_string(),
+    )
+    .unwrap();
+    python_check("gguf_reference.py", &[gguf.as_os_str(), expect.as_os_str()]);
 }
 
 /// `model` exported to an f32 GGUF and imported back: the logits of the folder `src` it came from.
@@ -1243,22 +1223,7 @@ fn sentencepiece_gguf_tokenizes_as_llama_cpp_and_llama_weights_unpermute() {
     let src = dir.join("src");
     synthetic_model(&src, &config, candle_core::DType::F32, 1);
     let (gguf, expect) = (dir.join("spm.gguf"), dir.join("spm-ids.json"));
-    python_check(
-        "hf_to_gguf.py",
-        &[
-            src.as_os_str(),
-            gguf.as_os_str(),
-            "llama".as_ref(),
-            "spm".as_ref(),
-            expect.as_os_str(),
-        ],
-    );
-    let r = run(strata(demo)
-        .arg("import")
-        .arg(&gguf)
-        .args(["--name", "spm"]));
-    assert!(r.ok, "{}", r.stderr);
-    let mdir = demo.join("models/spm");
+    let mdir = convert_and_import(demo, &src, &gguf, "llama", "spm", Some(&expect), "spm");
     let tk = strata_tokenize::load_tokenizer(&mdir.join("tokenizer.json")).unwrap();
     let want: std::collections::BTreeMap<String, Vec<u32>> =
         serde_json::from_slice(&std::fs::read(&expect).unwrap()).unwrap();

@@ -1125,25 +1125,29 @@ mod tests {
         buf.into_inner()
     }
 
-    /// The values of each tensor of GGUF bytes `file`, under HF names, dequantised by candle.
-    fn file_values(file: &[u8], names: &[&String]) -> HashMap<String, Tensor> {
+    /// The tensor of GGUF bytes `file` whose HF name is `hf`, as the file stores it.
+    fn file_tensor(file: &[u8], hf: &str) -> candle_core::quantized::QTensor {
         let c =
             strata_model::gguf::read_header(Path::new("k.gguf"), &mut std::io::Cursor::new(file))
                 .unwrap();
-        let mut values = HashMap::new();
-        for name in names {
-            let g = c
-                .tensor_infos
-                .keys()
-                .find(|g| strata_model::gguf::hf_name(g).as_deref() == Some(name.as_str()))
-                .unwrap()
-                .clone();
-            let q = c
-                .tensor(&mut std::io::Cursor::new(file), &g, &Device::Cpu)
-                .unwrap();
-            values.insert((*name).clone(), q.dequantize(&Device::Cpu).unwrap());
-        }
-        values
+        let g = c
+            .tensor_infos
+            .keys()
+            .find(|g| strata_model::gguf::hf_name(g).as_deref() == Some(hf))
+            .unwrap();
+        c.tensor(&mut std::io::Cursor::new(file), g, &Device::Cpu)
+            .unwrap()
+    }
+
+    /// The values of each tensor of GGUF bytes `file`, under HF names, dequantised by candle.
+    fn file_values(file: &[u8], names: &[&String]) -> HashMap<String, Tensor> {
+        names
+            .iter()
+            .map(|name| {
+                let t = file_tensor(file, name).dequantize(&Device::Cpu).unwrap();
+                ((*name).clone(), t)
+            })
+            .collect()
     }
 
     #[test]
@@ -1174,24 +1178,11 @@ mod tests {
         let kq = gguf_of(&cfg, &tensors, GgmlDType::Q4K);
         let m = CpuModel::from_gguf_bytes(Path::new("k.gguf"), &kq, None).unwrap();
         let values = file_values(&kq, &names);
-        let c =
-            strata_model::gguf::read_header(Path::new("k.gguf"), &mut std::io::Cursor::new(&kq))
-                .unwrap();
         let q41_file = gguf_with(&cfg, &values, |hf, t| {
             if hf == "model.embed_tokens.weight" || t.rank() == 1 {
                 return QTensor::quantize(t, GgmlDType::F32).unwrap();
             }
-            let g = c
-                .tensor_infos
-                .keys()
-                .find(|g| strata_model::gguf::hf_name(g).as_deref() == Some(hf))
-                .unwrap();
-            let blocks = c
-                .tensor(&mut std::io::Cursor::new(&kq), g, &Device::Cpu)
-                .unwrap()
-                .data()
-                .unwrap()
-                .into_owned();
+            let blocks = file_tensor(&kq, hf).data().unwrap().into_owned();
             let q41 = quant::q4_k_as_q4_1(&blocks);
             let storage =
                 QStorage::from_data(std::borrow::Cow::Owned(q41), &Device::Cpu, GgmlDType::Q4_1)
