@@ -6,6 +6,7 @@ use clap::Parser;
 
 mod cli;
 mod commands;
+mod dist;
 mod pipeline;
 
 #[global_allocator]
@@ -25,17 +26,37 @@ fn main() -> ExitCode {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
     }
     let args = cli::Cli::parse();
+    // `train` and `finetune` on token data may run as several MPI ranks; every other command is one process
+    let trains = match &args.command {
+        cli::Command::Train(_) => true,
+        cli::Command::Finetune(f) => f.images.is_none(),
+        _ => false,
+    };
+    let ranks = match dist::start(trains) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            // the other ranks of a data-parallel run would wait for this one for ever: end them all
+            ranks.abort_others(1);
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(args: &cli::Cli) -> anyhow::Result<ExitCode> {
-    let filter = if args.verbose { "debug" } else { "info" };
+    // the other ranks of a data-parallel run would repeat rank 0's lines: they say only what goes wrong
+    let filter = match (args.verbose, dist::with_comm(|c| c.rank())) {
+        (_, 1..) => "warn",
+        (true, 0) => "debug",
+        (false, 0) => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
@@ -65,6 +86,8 @@ fn run(args: &cli::Cli) -> anyhow::Result<ExitCode> {
 
 /// Measured on 2 vCPUs (README, "Using it step by step", on `--threads`): both cores help the matmul-bound
 /// steps of these models.
+/// Ranks of one data-parallel run that share the machine divide its cores.
 fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores / dist::local_ranks()).max(1)
 }

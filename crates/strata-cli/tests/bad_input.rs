@@ -345,3 +345,66 @@ fn acquire_as_tasks_matches_one_process() {
     };
     assert_eq!(q(&phased), q(&single));
 }
+
+/// Started by an MPI launcher (its environment says 2 ranks) without the `mpi` feature: refused before
+/// anything is read or written, rather than two processes each running the whole job on one store.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn an_mpi_launch_of_a_build_without_mpi_is_refused() {
+    let dir = fresh_dir("bad-mpi");
+    let store = dir.join("store");
+    let mut c = strata(&store);
+    c.args([
+        "train",
+        "--name",
+        "m",
+        "--tokens",
+        "toks",
+        "--tokenizer",
+        "bpe",
+    ])
+    .env("OMPI_COMM_WORLD_SIZE", "2");
+    let r = run(&mut c);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("built without MPI") && r.stderr.contains("--features mpi"),
+        "{}",
+        r.stderr
+    );
+    assert!(!store.exists(), "nothing written");
+    // PMI's variable (MPICH, srun) too, for a command that does not train
+    let mut c = strata(&store);
+    c.args([
+        "tokenize",
+        "encode",
+        "--name",
+        "x",
+        "--dataset",
+        "d",
+        "--tokenizer",
+        "t",
+    ])
+    .env("PMI_SIZE", "4");
+    let r = run(&mut c);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("started as 4 ranks (PMI_SIZE=4)"),
+        "{}",
+        r.stderr
+    );
+    // one rank is one process
+    let mut c = strata(&store);
+    c.args([
+        "train",
+        "--name",
+        "m",
+        "--tokens",
+        "toks",
+        "--tokenizer",
+        "bpe",
+    ])
+    .env("OMPI_COMM_WORLD_SIZE", "1");
+    let r = run(&mut c);
+    assert!(!r.ok);
+    assert!(!r.stderr.contains("MPI"), "{}", r.stderr);
+}

@@ -179,8 +179,14 @@ impl Mixture {
     /// Rows per component over global rows `0..n` (what a resumed run has already seen).
     #[must_use]
     pub fn rows_before(&self, seed: u64, n: u64) -> Vec<usize> {
+        self.rows_between(seed, 0, n)
+    }
+
+    /// Rows per component over global rows `from..to` (one step's global batch, whichever rank drew them).
+    #[must_use]
+    pub fn rows_between(&self, seed: u64, from: u64, to: u64) -> Vec<usize> {
         let mut rows = vec![0; self.components.len()];
-        for i in 0..n {
+        for i in from..to {
             rows[self.component_of(seed, i)] += 1;
         }
         rows

@@ -8,6 +8,7 @@
 mod checkpoint;
 mod config;
 mod data;
+pub mod dist;
 pub mod eval;
 pub mod guard;
 mod metrics;

@@ -29,6 +29,13 @@ pub struct StepMetrics {
     /// Peak resident memory of the process so far, MiB.
     #[serde(default)]
     pub peak_rss_mib: f64,
+    /// The ranks training together (data-parallel runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
+    /// Seconds of this step spent in collective operations on rank 0, waiting for the other ranks included
+    /// (data-parallel runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm_s: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,6 +128,8 @@ mod tests {
             tokens_seen: step * 10,
             mixture: BTreeMap::new(),
             peak_rss_mib: 1.0,
+            ranks: None,
+            comm_s: None,
         };
         let mut log = MetricsLog::open(&p, 0).unwrap();
         for s in 1..=6 {

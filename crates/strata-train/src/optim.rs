@@ -75,6 +75,51 @@ impl AdamW {
         )
     }
 
+    /// Sums the gradients over the ranks of `comm` (data-parallel training), in buckets of at most 4M values
+    /// so that the copy in flight stays small beside the model. A parameter without a gradient on a rank
+    /// counts as zeros there. One rank returns `grads` untouched.
+    ///
+    /// # Errors
+    /// On a tensor or transport failure.
+    pub fn all_reduce(&self, grads: Grads, comm: &dyn crate::dist::Collective) -> Result<Grads> {
+        const BUCKET: usize = 1 << 22;
+        if comm.size() == 1 {
+            return Ok(grads);
+        }
+        let mut out: Vec<Option<Tensor>> = Vec::with_capacity(grads.0.len());
+        let mut flat: Vec<f32> = Vec::new();
+        let mut pending: Vec<&Var> = Vec::new();
+        let flush =
+            |flat: &mut Vec<f32>, pending: &mut Vec<&Var>, out: &mut Vec<Option<Tensor>>| {
+                comm.sum_f32(flat)?;
+                let mut at = 0;
+                for v in pending.drain(..) {
+                    let n = v.as_tensor().elem_count();
+                    let t = Tensor::from_slice(&flat[at..at + n], v.as_tensor().dims(), v.device())
+                        .ctx("all-reduced gradient")?;
+                    out.push(Some(t));
+                    at += n;
+                }
+                flat.clear();
+                Ok::<(), crate::TrainError>(())
+            };
+        for ((_, var, _, _), g) in self.params.iter().zip(grads.0) {
+            match g {
+                Some(g) => strata_model::fused::with_f32(&g, |x| flat.extend_from_slice(x))
+                    .ctx("gradient")?,
+                None => flat.resize(flat.len() + var.as_tensor().elem_count(), 0.0),
+            }
+            pending.push(var);
+            if flat.len() >= BUCKET {
+                flush(&mut flat, &mut pending, &mut out)?;
+            }
+        }
+        if !pending.is_empty() {
+            flush(&mut flat, &mut pending, &mut out)?;
+        }
+        Ok(Grads(out))
+    }
+
     /// Global L2 norm of the gradients.
     ///
     /// # Errors

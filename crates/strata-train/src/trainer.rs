@@ -21,6 +21,7 @@ use strata_tokenize::TokenizerDir;
 
 use crate::checkpoint::{self, RunState};
 use crate::data::{Component, Mixture};
+use crate::dist::Collective;
 use crate::metrics::{peak_rss_bytes, ComponentStat, MetricsLog, StepMetrics};
 use crate::optim::Grads;
 use crate::parent::Parent;
@@ -82,6 +83,9 @@ pub struct TrainJob<'a> {
     pub progress: bool,
     /// Set by SIGINT/SIGTERM: the loop writes a checkpoint after the current step and stops.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The ranks training this model together ([`crate::dist::Single`] for one process): each takes an
+    /// equal, contiguous part of every global batch; rank 0 alone writes.
+    pub comm: &'a dyn Collective,
 }
 
 #[derive(Debug)]
@@ -199,6 +203,14 @@ pub fn accumulate_with(
     micro: &[(Tensor, Tensor)],
     before: &dyn Fn(usize),
 ) -> Result<(f32, Grads)> {
+    let total = nonzero(targets(micro)?)?;
+    let (loss, grads) = accumulate_part(model, opt, micro, before, total)?;
+    #[allow(clippy::cast_possible_truncation)]
+    Ok((loss as f32, grads))
+}
+
+/// The target tokens (those that count toward the loss) of `micro`.
+fn targets(micro: &[(Tensor, Tensor)]) -> Result<usize> {
     let mut total = 0usize;
     for (_, y) in micro {
         let ys: Vec<u32> = y.flatten_all().ctx("targets")?.to_vec1().ctx("targets")?;
@@ -207,11 +219,27 @@ pub fn accumulate_with(
             .filter(|&&t| t != strata_model::fused::IGNORE)
             .count();
     }
+    Ok(total)
+}
+
+fn nonzero(total: usize) -> Result<usize> {
     if total == 0 {
         return Err(TrainError::Data(
             "no target token counts toward the loss".into(),
         ));
     }
+    Ok(total)
+}
+
+/// Forward and backward over `micro`, each loss divided by `total`, the target tokens of the whole (global)
+/// batch: this part's loss and summed gradients.
+fn accumulate_part(
+    model: &Llama,
+    opt: &crate::AdamW,
+    micro: &[(Tensor, Tensor)],
+    before: &dyn Fn(usize),
+    total: usize,
+) -> Result<(f64, Grads)> {
     let mut grads: Option<Grads> = None;
     let mut loss = 0f64;
     for (i, (x, y)) in micro.iter().enumerate() {
@@ -226,8 +254,7 @@ pub fn accumulate_with(
             Some(acc) => acc.add(g)?,
         }
     }
-    #[allow(clippy::cast_possible_truncation)]
-    Ok((loss as f32, grads.unwrap_or(Grads(Vec::new()))))
+    Ok((loss, grads.unwrap_or(Grads(Vec::new()))))
 }
 
 /// The model and its trainable variables: fresh (seeded), the parent's weights (full fine-tuning), or the
@@ -402,7 +429,12 @@ pub fn mixture(store: &Store, tokens: &[TokenMix], cfg: &TrainConfig) -> Result<
 }
 
 fn progress_bar(job: &TrainJob<'_>, start: usize) -> ProgressBar {
-    steps_bar(job.name, job.cfg.steps, start, job.progress)
+    steps_bar(
+        job.name,
+        job.cfg.steps,
+        start,
+        job.progress && job.comm.rank() == 0,
+    )
 }
 
 /// A run's bar of `steps` optimizer steps, at `start` (hidden unless `show`): steps/s and the time left.
@@ -477,36 +509,93 @@ fn set_vars(
     Ok(())
 }
 
-/// One optimizer step: K micro-batches accumulated, clipped, applied. The loss and gradient norm.
+/// What one optimizer step reports.
+struct StepOut {
+    loss: f32,
+    grad_norm: f64,
+    /// Seconds spent in collective operations (0 for one process).
+    comm_s: f64,
+}
+
+/// One optimizer step: the global batch of K micro-batches of B rows (global rows
+/// `step·K·B .. (step+1)·K·B`); this rank's contiguous share of it, in micro-batches of at most B rows,
+/// accumulated; the loss and gradients summed over the ranks; clipped; applied.
 fn optimizer_step(
     job: &TrainJob<'_>,
     m: &mut Model,
     mixture: &Mixture,
     step: usize,
     rows_seen: &mut [usize],
-) -> Result<(f32, f64)> {
-    let (b, k) = (job.cfg.batch_size, job.cfg.grad_accum);
+) -> Result<StepOut> {
+    let (b, k, seed) = (job.cfg.batch_size, job.cfg.grad_accum, job.cfg.seed);
+    let comm = job.comm;
+    let global = b * k;
+    let part = crate::dist::share(global, comm.rank(), comm.size())?;
+    let base = step as u64 * global as u64;
     let mut micro = Vec::with_capacity(k);
-    for i in 0..k as u64 {
-        let first = (step as u64 * k as u64 + i) * b as u64;
-        let batch = mixture.batch(job.cfg.seed, first, b, &Device::Cpu)?;
-        for (seen, r) in rows_seen.iter_mut().zip(&batch.rows) {
-            *seen += r;
-        }
+    let mut starts = Vec::with_capacity(k);
+    let mut row = part.start;
+    while row < part.end {
+        let n = b.min(part.end - row);
+        let batch = mixture.batch(seed, base + row as u64, n, &Device::Cpu)?;
         micro.push((batch.x, batch.y));
+        starts.push(row);
+        row += n;
     }
-    let seed = job.cfg.seed;
+    for (seen, r) in
+        rows_seen
+            .iter_mut()
+            .zip(mixture.rows_between(seed, base, base + global as u64))
+    {
+        *seen += r;
+    }
+    let mut comm_s = 0f64;
+    let timed = |f: &mut dyn FnMut() -> Result<()>, acc: &mut f64| {
+        let t0 = Instant::now();
+        let r = f();
+        *acc += t0.elapsed().as_secs_f64();
+        r
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let mut total = [targets(&micro)? as f64];
+    timed(&mut || comm.sum_f64(&mut total), &mut comm_s)?;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let total = nonzero(total[0] as usize)?;
     let lora_state = &m.lora_state;
-    let (loss_value, grads) = accumulate_with(&m.model, &m.opt, &micro, &|i| {
-        // dropout masks: a function of (seed, step, micro-batch) alone, so resume stays exact
-        lora_state.set_training(
-            true,
-            seed ^ ((step * k + i) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
-        );
-    })?;
+    let (loss, grads) = accumulate_part(
+        &m.model,
+        &m.opt,
+        &micro,
+        &|i| {
+            // dropout masks: a function of (seed, step, micro-batch) alone, so resume stays exact
+            let index = (step * k + starts[i] / b) as u64;
+            lora_state.set_training(true, seed ^ index.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        },
+        total,
+    )?;
     lora_state.set_training(false, 0);
-    let (norm, _) = m.opt.clipped_step(&grads, step, loss_value, &job.cfg)?;
-    Ok((loss_value, norm))
+    let mut loss = [loss];
+    let mut grads = Some(grads);
+    let mut summed = None;
+    timed(
+        &mut || {
+            comm.sum_f64(&mut loss)?;
+            if let Some(g) = grads.take() {
+                summed = Some(m.opt.all_reduce(g, comm)?);
+            }
+            Ok(())
+        },
+        &mut comm_s,
+    )?;
+    let grads = summed.unwrap_or(Grads(Vec::new()));
+    #[allow(clippy::cast_possible_truncation)]
+    let loss = loss[0] as f32;
+    let (grad_norm, _) = m.opt.clipped_step(&grads, step, loss, &job.cfg)?;
+    Ok(StepOut {
+        loss,
+        grad_norm,
+        comm_s,
+    })
 }
 
 /// Validation after step `done`: every component's held-out loss; the first one's drives early stopping.
@@ -539,7 +628,7 @@ fn validate(
         if improved {
             m.state.best_val = Some(p.nll);
             m.state.stale_evals = 0;
-            if job.cfg.early_stop_patience.is_some() {
+            if job.cfg.early_stop_patience.is_some() && job.comm.rank() == 0 {
                 checkpoint::save_best(ckpt_dir, &named(&m.vars), done, p.nll)?;
             }
         } else {
@@ -575,6 +664,23 @@ fn mixture_stats(
         .collect()
 }
 
+/// Whether the time budget is spent and whether a signal asked to stop, as one decision of all ranks (any
+/// rank's counts), so that every rank stops after the same step.
+fn stop_now(job: &TrainJob<'_>, began: Instant) -> Result<(bool, bool)> {
+    let mut flags = [
+        f64::from(u8::from(
+            job.cfg
+                .max_time_s
+                .is_some_and(|s| began.elapsed().as_secs_f64() >= s),
+        )),
+        f64::from(u8::from(
+            job.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)),
+        )),
+    ];
+    job.comm.sum_f64(&mut flags)?;
+    Ok((flags[0] > 0.0, flags[1] > 0.0))
+}
+
 /// How the loop ended.
 struct LoopEnd {
     done: usize,
@@ -594,7 +700,12 @@ fn run_loop(
     let (mixture, val_sets) = data;
     let ckpt_dir = run_dir.join("checkpoints");
     let start = m.state.step;
-    let mut log = MetricsLog::open(&run_dir.join("metrics.jsonl"), start)?;
+    // rank 0 writes; the other ranks compute the same validations (their weights are the same) and agree
+    // on when to stop
+    let lead = job.comm.rank() == 0;
+    let mut log = lead
+        .then(|| MetricsLog::open(&run_dir.join("metrics.jsonl"), start))
+        .transpose()?;
     let bar = progress_bar(job, start);
     let (b, k, t) = (job.cfg.batch_size, job.cfg.grad_accum, job.cfg.seq_len);
     let mut rows_seen = mixture.rows_before(job.cfg.seed, start as u64 * (b * k) as u64);
@@ -607,15 +718,16 @@ fn run_loop(
     };
     for step in start..job.cfg.steps {
         let t0 = Instant::now();
-        let (loss, grad_norm) = optimizer_step(job, m, mixture, step, &mut rows_seen)?;
+        let StepOut {
+            loss,
+            grad_norm,
+            comm_s,
+        } = optimizer_step(job, m, mixture, step, &mut rows_seen)?;
         #[allow(clippy::cast_precision_loss)]
         let tps = (b * k * t) as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         let done = step + 1;
         end.done = done;
-        let out_of_time = job
-            .cfg
-            .max_time_s
-            .is_some_and(|s| began.elapsed().as_secs_f64() >= s);
+        let (out_of_time, signalled) = stop_now(job, began)?;
         let (mut val_loss, mut val_losses) = (None, BTreeMap::new());
         if done.is_multiple_of(job.cfg.eval_every) || done == job.cfg.steps || out_of_time {
             let (first, all) = validate(job, m, val_sets, done, &ckpt_dir)?;
@@ -634,7 +746,7 @@ fn run_loop(
             val_losses = all;
         }
         #[allow(clippy::cast_precision_loss)]
-        log.append(&StepMetrics {
+        let metrics = StepMetrics {
             step: done,
             loss,
             lr: get_lr(step, &job.cfg),
@@ -645,7 +757,12 @@ fn run_loop(
             tokens_seen: rows_seen.iter().sum::<usize>() * t,
             mixture: mixture_stats(mixture, &rows_seen, t),
             peak_rss_mib: peak_rss_bytes() as f64 / 1_048_576.0,
-        })?;
+            ranks: (job.comm.size() > 1).then_some(job.comm.size()),
+            comm_s: (job.comm.size() > 1).then_some(comm_s),
+        };
+        if let Some(log) = &mut log {
+            log.append(&metrics)?;
+        }
         bar.set_message(format!("loss {loss:.3}  {tps:.0} tok/s"));
         bar.inc(1);
         m.state.step = done;
@@ -654,10 +771,13 @@ fn run_loop(
             .early_stop_patience
             .is_some_and(|p| m.state.stale_evals >= p);
         let save = |state| {
+            if !lead {
+                return Ok(());
+            }
             let keep = job.cfg.keep_checkpoints;
             checkpoint::save(&ckpt_dir, &named(&m.vars), m.opt.state(), state, keep)
         };
-        if job.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+        if signalled {
             save(m.state)?;
             bar.abandon();
             return Err(TrainError::Interrupted {
@@ -712,6 +832,10 @@ fn restore_best(
 /// I/O failure. Nothing is written before the inputs and the config have been checked.
 pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     let s = setup(store, job)?;
+    let comm = job.comm;
+    crate::dist::check_agreement(comm, &s.manifest.fingerprint)?;
+    crate::dist::share(job.cfg.batch_size * job.cfg.grad_accum, 0, comm.size())?;
+    let lead = comm.rank() == 0;
     let run_dir = store.run_dir(&s.run_id);
     if let Some(existing) = store.up_to_date(s.kind, job.name, &s.manifest.fingerprint) {
         return Ok(TrainOutcome {
@@ -726,15 +850,31 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     // the training data, memory-mapped, before anything is written
     let data = open_data(store, job)?;
     let ckpt_dir = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
-    strata_store::write_json_atomic(
-        run_dir.join("config.json"),
-        &resolved(job, &s.cfg, &job.cfg),
-    )?;
+    if lead {
+        std::fs::create_dir_all(&ckpt_dir).map_err(crate::io_err(&ckpt_dir))?;
+        strata_store::write_json_atomic(
+            run_dir.join("config.json"),
+            &resolved(job, &s.cfg, &job.cfg),
+        )?;
+    }
     let mut m = start_model(job, &s, &ckpt_dir)?;
     let end = run_loop(job, &mut m, &data, &run_dir)?;
-    crate::plot_loss(&run_dir.join("metrics.jsonl"), &run_dir.join("loss.png"))?;
+    // rank 0's last writes (the best weights) are on disk before any rank reads them
+    comm.barrier()?;
     let best = restore_best(job, &m, &end, &ckpt_dir)?;
+    if !lead {
+        // rank 0 measures the guard and publishes; the others return what it published
+        comm.barrier()?;
+        return Ok(TrainOutcome {
+            manifest: store.manifest(s.kind, job.name)?,
+            skipped: false,
+            resumed_from: m.resumed_from,
+            run_dir,
+            stopped: end.stopped,
+            guard: None,
+        });
+    }
+    crate::plot_loss(&run_dir.join("metrics.jsonl"), &run_dir.join("loss.png"))?;
     // the forgetting guard: the model to be published (as it stands in memory) against its parent
     let guard = match (&job.cfg.guard, &job.init) {
         (Some(g), Init::From { parent }) => {
@@ -745,6 +885,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     };
     let manifest = publish(store, job, &s, &m, &end, best, guard.as_ref())?;
     checkpoint::clear(&ckpt_dir);
+    comm.barrier()?;
     Ok(TrainOutcome {
         manifest,
         skipped: false,

@@ -225,6 +225,8 @@ pub fn train_vit(job: &VitJob<'_>) -> Result<(HashMap<String, Tensor>, f32)> {
             tokens_seen: done * b,
             mixture: std::collections::BTreeMap::new(),
             peak_rss_mib: crate::peak_rss_bytes() as f64 / f64::from(1u32 << 20),
+            ranks: None,
+            comm_s: None,
         })?;
         checkpoint::save_vars_every(&ckpt_dir, &vars, &opt, done, cfg)?;
         bar.set_position(done as u64);

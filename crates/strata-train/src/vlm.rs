@@ -347,6 +347,8 @@ pub fn train_vlm(job: &VlmJob<'_>) -> Result<VlmOutcome> {
             tokens_seen,
             mixture: std::collections::BTreeMap::new(),
             peak_rss_mib: crate::peak_rss_bytes() as f64 / f64::from(1u32 << 20),
+            ranks: None,
+            comm_s: None,
         })?;
         checkpoint::save_vars_every(&ckpt_dir, &run.vars, &opt, done, cfg)?;
         bar.set_position(done as u64);

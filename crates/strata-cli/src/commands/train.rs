@@ -275,18 +275,26 @@ pub fn run_job(
     } else {
         "finetune"
     };
-    let job = TrainJob {
-        name,
-        tokens: &tokens,
-        init,
-        cfg,
-        created_by: &format!("strata {kind}"),
-        progress,
-        stop: Some(Arc::clone(&stop)),
-    };
-    let out = strata_train::train(store, &job).with_context(|| format!("{kind} {name:?}"));
+    let (out, rank) = crate::dist::with_comm(|comm| {
+        let job = TrainJob {
+            name,
+            tokens: &tokens,
+            init,
+            cfg,
+            created_by: &format!("strata {kind}"),
+            progress,
+            stop: Some(Arc::clone(&stop)),
+            comm,
+        };
+        let out = strata_train::train(store, &job).with_context(|| format!("{kind} {name:?}"));
+        (out, comm.rank())
+    });
     stop.store(true, Ordering::SeqCst);
     let out = out?;
+    if rank > 0 {
+        // rank 0 reports for the run
+        return Ok(());
+    }
     let c = &out.manifest.counts;
     let how = match (out.skipped, out.resumed_from) {
         (true, _) => "up to date".to_string(),
