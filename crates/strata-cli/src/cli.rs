@@ -632,11 +632,55 @@ pub struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PipelineCommand {
-    /// Run a pipeline file.
-    Run {
-        /// The pipeline TOML file (named steps: acquire, preprocess, tokenizer, encode, train, finetune, …).
-        file: PathBuf,
-    },
+    /// Run a pipeline file: here (default), or as Slurm jobs (`--executor slurm`).
+    Run(PipelineRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineRunArgs {
+    /// The pipeline TOML file (named steps: acquire, preprocess, tokenizer, encode, train, finetune, …).
+    pub file: PathBuf,
+    /// `local` runs the steps here, in order; `slurm` submits them to Slurm with sbatch, each step a job
+    /// that depends on the one before (afterok): a preprocess step with `tasks = N` becomes array jobs of N
+    /// tasks per phase (filter, buckets, write) around its cluster and publish jobs; a train or finetune
+    /// step one job of `[step.slurm]`'s nodes and ranks (mpirun when ranks > 1). Tasks whose completion
+    /// markers exist are not submitted again. Partition, account, time and memory: `[settings.slurm]` or
+    /// the flags below.
+    #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
+    pub executor: String,
+    /// With --executor slurm: print the batch scripts and the sbatch commands; submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --executor slurm: wait until the last job ends; fail when it (or a job it depends on) failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --executor slurm: submit the jobs held (`scontrol release` starts them).
+    #[arg(long)]
+    pub hold: bool,
+    /// Slurm partition (over `[settings.slurm] partition`).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Slurm account (over `[settings.slurm] account`).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Slurm time limit per job, e.g. 2:00:00 (over `[settings.slurm] time`).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Slurm memory per node, e.g. 16G (over `[settings.slurm] mem`).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Array tasks of one phase running at once (`--array=…%P`; over `[settings.slurm] parallel`).
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Run only this step of the file (0-based, `after` files not counted): what each Slurm job runs.
+    #[arg(long, value_name = "K")]
+    pub step: Option<usize>,
+    /// With --step on a preprocess step with `tasks`: this phase (filter, buckets, cluster, write, publish).
+    #[arg(long, requires = "step")]
+    pub phase: Option<String>,
+    /// With --phase filter/buckets/write: this task, as I/N (0-based), e.g. $SLURM_ARRAY_TASK_ID/4.
+    #[arg(long, requires = "phase")]
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod dist;
 mod pipeline;
+mod slurm;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,6 +31,8 @@ fn main() -> ExitCode {
     let trains = match &args.command {
         cli::Command::Train(_) => true,
         cli::Command::Finetune(f) => f.images.is_none(),
+        // one step of a pipeline (a Slurm job's command): checked against the step's type when it runs
+        cli::Command::Pipeline(cli::PipelineCommand::Run(r)) => r.step.is_some(),
         _ => false,
     };
     let ranks = match dist::start(trains) {

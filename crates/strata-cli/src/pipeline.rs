@@ -31,6 +31,9 @@ pub struct Settings {
     /// (their up-to-date steps are skipped as always).
     #[serde(default)]
     pub after: Vec<String>,
+    /// Slurm settings of `pipeline run --executor slurm` (flags override them).
+    #[serde(default)]
+    pub slurm: crate::slurm::SlurmSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +145,9 @@ pub struct AcquireStep {
     /// Images: the labels sidecar (default: labels.csv/labels.jsonl at the top of an input folder).
     #[serde(default)]
     pub labels: Option<PathBuf>,
+    /// Documents per shard (default 10,000; shards are what a later `tasks = N` preprocess splits).
+    #[serde(default)]
+    pub docs_per_shard: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +204,9 @@ pub struct TrainStep {
     /// Over the pretraining defaults (`strata_train::TrainConfig::defaults`).
     #[serde(deserialize_with = "strata_train::pretrain_table")]
     pub train: TrainConfig,
+    /// Its Slurm job's nodes and ranks (`--executor slurm`).
+    #[serde(default)]
+    pub slurm: crate::slurm::StepResources,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +247,9 @@ pub struct FinetuneStep {
     /// Over the fine-tuning defaults (`strata_train::TrainConfig::defaults`).
     #[serde(deserialize_with = "strata_train::finetune_table")]
     pub train: TrainConfig,
+    /// Its Slurm job's nodes and ranks (`--executor slurm`).
+    #[serde(default)]
+    pub slurm: crate::slurm::StepResources,
 }
 
 /// `tokens = "medical"`, or a mixture: `tokens = ["medical=0.8", "general=0.2"]`.
@@ -354,6 +366,98 @@ fn run_at(store: &Store, file: &PipelineFile, progress: bool, depth: usize) -> a
         run_step(store, step, progress)?;
     }
     Ok(())
+}
+
+/// Runs step `k` of `file` alone (what one Slurm job runs), or with `--phase`/`--task` one task of a
+/// preprocess step's distributed run. Under several MPI ranks only a text train or finetune step runs.
+///
+/// # Errors
+/// No step `k`, a phase for a step that has none, a non-training step under several ranks, or the step's
+/// own errors.
+pub fn run_one(
+    store: &Store,
+    file: &PipelineFile,
+    k: usize,
+    a: &crate::cli::PipelineRunArgs,
+) -> anyhow::Result<()> {
+    let step = file.steps.get(k).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--step {k}: {} has {} steps (0 to {})",
+            a.file.display(),
+            file.steps.len(),
+            file.steps.len().saturating_sub(1)
+        )
+    })?;
+    let ranks = crate::dist::with_comm(|c| c.size());
+    if ranks > 1 && !trains(step) {
+        anyhow::bail!(
+            "--step {k} is a {} step: only text train and finetune steps run as several ranks",
+            kind_of(step)
+        );
+    }
+    if file.settings.fetch_data {
+        fetch_if_missing(file)?;
+    }
+    let Some(phase) = &a.phase else {
+        return run_step(store, step, false);
+    };
+    let Step::Preprocess(s) = step else {
+        anyhow::bail!(
+            "--phase {phase}: step {k} is a {} step; phases belong to preprocess steps with `tasks`",
+            kind_of(step)
+        );
+    };
+    let phase =
+        strata_data::preprocess::distributed::Phase::parse(phase).map_err(anyhow::Error::msg)?;
+    let task = match &a.task {
+        Some(t) => strata_data::tasks::Task::parse(t).map_err(anyhow::Error::msg)?,
+        None => strata_data::tasks::Task { index: 0, count: 1 },
+    };
+    let r = strata_data::preprocess::distributed::run_task(
+        store,
+        &s.input,
+        &s.name,
+        &preprocess_config(s),
+        "strata pipeline",
+        phase,
+        task,
+    )
+    .with_context(|| format!("step preprocess {:?}", s.name))?;
+    eprintln!(
+        "preprocess {:<20} {} {}/{} {}",
+        s.name,
+        phase.name(),
+        r.task,
+        r.of,
+        if r.skipped { "up to date" } else { "done" }
+    );
+    Ok(())
+}
+
+/// Whether `step` trains on token data (may run as several ranks).
+pub fn trains(step: &Step) -> bool {
+    match step {
+        Step::Train(_) => true,
+        Step::Finetune(f) => f.images.is_none(),
+        _ => false,
+    }
+}
+
+/// The step's `type` as written in the file.
+pub fn kind_of(step: &Step) -> &'static str {
+    match step {
+        Step::Acquire(_) => "acquire",
+        Step::Preprocess(_) => "preprocess",
+        Step::Tokenizer(_) => "tokenizer",
+        Step::Encode(_) => "encode",
+        Step::Train(_) => "train",
+        Step::Finetune(_) => "finetune",
+        Step::Import(_) => "import",
+        Step::Domain(_) => "domain",
+        Step::Merge(_) => "merge",
+        Step::Eval(_) => "eval",
+        Step::Report(_) => "report",
+    }
 }
 
 fn fetch_if_missing(file: &PipelineFile) -> anyhow::Result<()> {
@@ -556,7 +660,7 @@ fn step_acquire(store: &Store, s: &AcquireStep, by: &str) -> anyhow::Result<()> 
     let cfg = strata_data::acquire::AcquireConfig {
         inputs: s.inputs.clone(),
         text_field: s.text_field.clone().unwrap_or_else(|| "text".into()),
-        docs_per_shard: 10_000,
+        docs_per_shard: s.docs_per_shard.unwrap_or(10_000).max(1),
         fetch: s.fetch.clone(),
     };
     let r = strata_data::acquire::acquire(store, &s.name, &cfg, by)
@@ -577,11 +681,7 @@ fn step_preprocess(store: &Store, s: &PreprocessStep, by: &str) -> anyhow::Resul
         );
         return Ok(());
     }
-    let mut cfg = strata_data::preprocess::PreprocessConfig::default();
-    if let Some(stages) = &s.stages {
-        cfg.stages.clone_from(stages);
-    }
-    cfg.parquet = s.parquet;
+    let cfg = preprocess_config(s);
     let r = match s.tasks {
         Some(n) => {
             strata_data::preprocess::distributed::run_all(store, &s.input, &s.name, &cfg, by, n)
@@ -591,6 +691,16 @@ fn step_preprocess(store: &Store, s: &PreprocessStep, by: &str) -> anyhow::Resul
     .with_context(|| format!("step preprocess {:?}", s.name))?;
     report("preprocess", &s.name, &r);
     Ok(())
+}
+
+/// A text preprocess step's config.
+pub fn preprocess_config(s: &PreprocessStep) -> strata_data::preprocess::PreprocessConfig {
+    let mut cfg = strata_data::preprocess::PreprocessConfig::default();
+    if let Some(stages) = &s.stages {
+        cfg.stages.clone_from(stages);
+    }
+    cfg.parquet = s.parquet;
+    cfg
 }
 
 fn step_tokenizer(store: &Store, s: &TokenizerStep, by: &str) -> anyhow::Result<()> {

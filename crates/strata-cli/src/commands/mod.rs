@@ -69,9 +69,13 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => eval::run(&store, a),
         Command::Generate(a) => generate::run(&store, a),
         Command::Serve(a) => serve::run(store, a),
-        Command::Pipeline(PipelineCommand::Run { file }) => {
-            let p = crate::pipeline::PipelineFile::load(file)?;
-            crate::pipeline::run(&store, &p, true)?;
+        Command::Pipeline(PipelineCommand::Run(a)) => {
+            let p = crate::pipeline::PipelineFile::load(&a.file)?;
+            match (a.executor.as_str(), a.step) {
+                ("slurm", _) => crate::slurm::submit(&store, &args.workdir, a, &p)?,
+                (_, Some(k)) => crate::pipeline::run_one(&store, &p, k, a)?,
+                _ => crate::pipeline::run(&store, &p, true)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => demo::run(&store, a),

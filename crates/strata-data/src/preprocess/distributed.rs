@@ -66,7 +66,8 @@ impl Phase {
             }
         })
     }
-    pub(crate) fn name(self) -> &'static str {
+    #[must_use]
+    pub fn name(self) -> &'static str {
         match self {
             Self::Filter => "filter",
             Self::Buckets => "buckets",
@@ -220,6 +221,40 @@ pub fn run_task(
         Phase::Write => write(cfg, &work, task),
         Phase::Publish => publish(store, output, manifest, &sp, &work),
     }
+}
+
+/// The tasks of `phase` in a run of `tasks` tasks whose completion markers are missing: what a resubmission
+/// runs (none when the dataset is already published with this config; task 0 alone stands for the
+/// single-task phases, cluster and publish).
+///
+/// # Errors
+/// The input missing, or a config the distributed run cannot follow.
+pub fn unfinished(
+    store: &Store,
+    input: &str,
+    output: &str,
+    cfg: &PreprocessConfig,
+    created_by: &str,
+    phase: Phase,
+    tasks: usize,
+) -> Result<Vec<usize>> {
+    let (_, manifest) = plan(store, input, output, cfg, created_by)?;
+    split(cfg)?;
+    if store
+        .up_to_date(Kind::Dataset, output, &manifest.fingerprint)
+        .is_some()
+    {
+        return Ok(Vec::new());
+    }
+    let work = work_folder(store, "preprocess", output, &manifest);
+    let n = if matches!(phase, Phase::Cluster | Phase::Publish) {
+        1
+    } else {
+        tasks.max(1)
+    };
+    Ok((0..n)
+        .filter(|&index| !marker(&work, phase.name(), Task { index, count: n }).exists())
+        .collect())
 }
 
 /// Runs every phase here, `tasks` tasks each (one after another), then removes the work folder.

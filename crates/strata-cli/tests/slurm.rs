@@ -1,0 +1,324 @@
+//! `strata pipeline run --executor slurm` on a real one-node Slurm that `scripts/start-slurm.sh` starts on
+//! this machine (Debian's munge, slurmctld and slurmd; a generated slurm.conf): a pipeline whose Gopher +
+//! MinHash step runs as 4 array tasks per phase, then a tokenizer, a model and a LoRA adapter, gives the
+//! bytes the local run gives; two filter tasks cancelled, the same command reruns only those two. Without
+//! Slurm: `--dry-run` prints the batch scripts, and no sbatch on the PATH is one clear error.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{dataset_files, fresh_dir, repo_root, run, strata};
+
+const PIPELINE: &str = r#"
+[settings.slurm]
+parallel = 2
+time = "0:30:00"
+
+[[step]]
+type = "acquire"
+name = "raw"
+inputs = ["fixtures/quick/general", "fixtures/quick/medical"]
+docs_per_shard = 20
+
+[[step]]
+type = "preprocess"
+name = "clean"
+input = "raw"
+tasks = 4
+stages = [{ type = "normalize" }, { type = "gopher_quality", min_doc_words = 5 }, { type = "minhash_dedup" }]
+
+[[step]]
+type = "tokenizer"
+name = "bpe"
+datasets = ["clean"]
+vocab_size = 300
+
+[[step]]
+type = "encode"
+name = "toks"
+dataset = "clean"
+tokenizer = "bpe"
+
+[[step]]
+type = "train"
+name = "base"
+tokens = "toks"
+tokenizer = "bpe"
+model = { hidden_size = 32, intermediate_size = 64, layers = 2, heads = 4, kv_heads = 2, context = 32 }
+train = { steps = 20, batch_size = 8, seq_len = 16, lr = 3e-3, min_lr = 3e-4, warmup_steps = 2, eval_every = 10, checkpoint_every = 10 }
+
+[[step]]
+type = "finetune"
+name = "adapter"
+parent = "base"
+tokens = "toks"
+train = { steps = 20, batch_size = 8, seq_len = 16, lr = 1e-2, eval_every = 10, checkpoint_every = 10, lora = { r = 4, lora_alpha = 8 } }
+slurm = { nodes = 1, ranks = 1 }
+"#;
+
+fn pipeline_file(dir: &Path) -> PathBuf {
+    let p = dir.join("pipeline.toml");
+    std::fs::write(&p, PIPELINE).unwrap();
+    p
+}
+
+/// `scripts/start-slurm.sh`: the path of the slurm.conf it started the daemons with.
+fn start_slurm() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/start-slurm.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "start-slurm.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("SLURM_CONF="))
+            .unwrap_or_else(|| panic!("no SLURM_CONF in {stdout}")),
+    )
+}
+
+/// `strata … pipeline run FILE --executor slurm EXTRA…` against the Slurm of `conf`; its (job id, name)
+/// lines.
+fn submit(
+    conf: &Path,
+    store: &Path,
+    file: &Path,
+    extra: &[&str],
+) -> (common::Run, Vec<(String, String)>) {
+    let mut c = strata(store);
+    c.env("SLURM_CONF", conf)
+        .env("STRATA_THREADS", "2")
+        .args(["pipeline", "run"])
+        .arg(file)
+        .args(["--executor", "slurm"])
+        .args(extra);
+    let r = run(&mut c);
+    let jobs = r
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("submitted ")?.split(' ');
+            Some((w.next()?.to_string(), w.next()?.to_string()))
+        })
+        .collect();
+    (r, jobs)
+}
+
+fn slurm(conf: &Path, cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .env("SLURM_CONF", conf)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+#[test]
+fn a_pipeline_on_slurm_matches_the_local_run_and_resubmission_reruns_only_cancelled_tasks() {
+    let dir = fresh_dir("slurm-pipeline");
+    let file = pipeline_file(&dir);
+    let conf = start_slurm();
+
+    // the local run, the reference
+    let local = dir.join("local");
+    let mut c = strata(&local);
+    c.env("STRATA_THREADS", "2")
+        .args(["pipeline", "run"])
+        .arg(&file);
+    let r = run(&mut c);
+    assert!(r.ok, "{}", r.stderr);
+
+    // submitted held; two of the four filter tasks cancelled, the rest released: the chain stops there
+    let store = dir.join("store");
+    let (r, jobs) = submit(&conf, &store, &file, &["--hold"]);
+    assert!(r.ok, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(jobs.len(), 10, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("strata-1-preprocess-clean-filter array=0-3"),
+        "{}",
+        r.stdout
+    );
+    let filter = &jobs[1].0;
+    slurm(
+        &conf,
+        "scancel",
+        &[&format!("{filter}_1"), &format!("{filter}_2")],
+    );
+    let ids: Vec<&str> = jobs.iter().map(|(id, _)| id.as_str()).collect();
+    slurm(&conf, "scontrol", &["release", &ids.join(",")]);
+    let t0 = Instant::now();
+    while !slurm(&conf, "squeue", &["-h", "-j", &ids.join(",")])
+        .trim()
+        .is_empty()
+    {
+        assert!(t0.elapsed() < Duration::from_mins(5), "jobs still queued");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !store.join("datasets/clean").exists(),
+        "cancelled tasks must stop the chain before publishing"
+    );
+
+    // the same command: only the two cancelled filter tasks are submitted again; it waits for the end
+    let (r, jobs) = submit(&conf, &store, &file, &["--wait"]);
+    assert!(r.ok, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("strata-1-preprocess-clean-filter array=1-2"),
+        "{}",
+        r.stdout
+    );
+    let logs = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("scripts and logs: "))
+        .map(PathBuf::from)
+        .unwrap();
+    let mut ran: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("strata-1-preprocess-clean-filter") && n.ends_with(".out"))
+        .collect();
+    ran.sort_unstable();
+    let filter = &jobs[1].0;
+    assert_eq!(
+        ran,
+        vec![
+            format!("strata-1-preprocess-clean-filter-{filter}_1.out"),
+            format!("strata-1-preprocess-clean-filter-{filter}_2.out")
+        ]
+    );
+
+    assert_same_outputs(&local, &store);
+}
+
+/// The same bytes as the local run: the deduplicated dataset's shards and stats (Gopher and MinHash both
+/// removed documents), and the adapter.
+fn assert_same_outputs(local: &Path, store: &Path) {
+    let files = |s: &Path| {
+        dataset_files(&s.join("datasets/clean"))
+            .into_iter()
+            .filter(|(n, _)| n != "manifest.json")
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (files(local), files(store));
+    assert!(
+        a.len() >= 5,
+        "{:?}",
+        a.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert!(a == b, "the dataset differs from the local run's");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("datasets/clean/stats.json")).unwrap())
+            .unwrap();
+    assert_eq!(stats["tasks"], 4);
+    let removed = |stage: &str| {
+        stats["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == stage)
+            .map(|s| s["input"].as_u64().unwrap() - s["kept"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert!(
+        removed("gopher_quality") > 0 && removed("minhash_dedup") > 0,
+        "{stats}"
+    );
+    let adapter =
+        |s: &Path| std::fs::read(s.join("adapters/adapter/adapter_model.safetensors")).unwrap();
+    assert!(
+        adapter(local) == adapter(store),
+        "the adapter differs from the local run's"
+    );
+}
+
+#[test]
+fn dry_run_prints_the_jobs_and_no_sbatch_is_one_clear_error() {
+    let dir = fresh_dir("slurm-dry");
+    let file = pipeline_file(&dir);
+    let store = dir.join("store");
+    // an empty PATH: no sbatch (the binary is run by its full path)
+    let empty = dir.join("bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut c = strata(&store);
+    c.env("PATH", &empty)
+        .args(["pipeline", "run"])
+        .arg(&file)
+        .args([
+            "--executor",
+            "slurm",
+            "--dry-run",
+            "--partition",
+            "cpu",
+            "--account",
+            "radiology",
+        ]);
+    let r = run(&mut c);
+    assert!(r.ok, "{}", r.stderr);
+    for want in [
+        "#SBATCH --array=0-3%2",
+        "#SBATCH --partition=cpu",
+        "#SBATCH --account=radiology",
+        "#SBATCH --time=0:30:00",
+        "--dependency=afterok:<job 0>",
+        "--phase filter --task \"$SLURM_ARRAY_TASK_ID/4\"",
+        "--phase cluster",
+        "pipeline run",
+        "--step 5",
+    ] {
+        assert!(r.stdout.contains(want), "{want:?} missing:\n{}", r.stdout);
+    }
+    assert_eq!(r.stdout.matches("#!/bin/bash").count(), 10);
+
+    let mut c = strata(&store);
+    c.env("PATH", &empty)
+        .args(["pipeline", "run"])
+        .arg(&file)
+        .args(["--executor", "slurm"]);
+    let r = run(&mut c);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("sbatch is not on the PATH"),
+        "{}",
+        r.stderr
+    );
+    assert!(!store.join("slurm").exists(), "nothing written");
+
+    // a step that does not exist, and a phase for a step without phases
+    let mut c = strata(&store);
+    c.args(["pipeline", "run"]).arg(&file).args(["--step", "9"]);
+    let r = run(&mut c);
+    assert!(
+        !r.ok && r.stderr.contains("--step 9:") && r.stderr.contains("has 6 steps"),
+        "{}",
+        r.stderr
+    );
+    let mut c = strata(&store);
+    c.args(["pipeline", "run"])
+        .arg(&file)
+        .args(["--step", "2", "--phase", "filter", "--task", "0/4"]);
+    let r = run(&mut c);
+    assert!(
+        !r.ok && r.stderr.contains("step 2 is a tokenizer step"),
+        "{}",
+        r.stderr
+    );
+}
