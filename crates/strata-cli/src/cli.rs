@@ -227,6 +227,13 @@ pub struct PreprocessArgs {
     /// Run every phase here as N tasks, one after another (the same files as a cluster run would write).
     #[arg(long)]
     pub tasks: Option<usize>,
+    /// With --tasks N: submit the phases to Slurm instead, as array jobs of N tasks (filter, buckets, write)
+    /// and single jobs (cluster, publish) chained by afterok; tasks whose completion markers exist are not
+    /// submitted again. Each task runs this same command with --phase and --task.
+    #[arg(long, requires = "tasks", conflicts_with_all = ["phase", "task"])]
+    pub slurm: bool,
+    #[command(flatten)]
+    pub slurm_args: SlurmArgs,
     #[command(flatten)]
     pub images: ImageStageArgs,
 }
@@ -636,25 +643,16 @@ pub enum PipelineCommand {
     Run(PipelineRunArgs),
 }
 
+/// How jobs go to Slurm (`pipeline run --executor slurm`, `preprocess --slurm`).
 #[derive(Debug, Args)]
-pub struct PipelineRunArgs {
-    /// The pipeline TOML file (named steps: acquire, preprocess, tokenizer, encode, train, finetune, …).
-    pub file: PathBuf,
-    /// `local` runs the steps here, in order; `slurm` submits them to Slurm with sbatch, each step a job
-    /// that depends on the one before (afterok): a preprocess step with `tasks = N` becomes array jobs of N
-    /// tasks per phase (filter, buckets, write) around its cluster and publish jobs; a train or finetune
-    /// step one job of `[step.slurm]`'s nodes and ranks (mpirun when ranks > 1). Tasks whose completion
-    /// markers exist are not submitted again. Partition, account, time and memory: `[settings.slurm]` or
-    /// the flags below.
-    #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
-    pub executor: String,
-    /// With --executor slurm: print the batch scripts and the sbatch commands; submit nothing.
+pub struct SlurmArgs {
+    /// Slurm: print the batch scripts and the sbatch commands; submit nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// With --executor slurm: wait until the last job ends; fail when it (or a job it depends on) failed.
+    /// Slurm: wait until the last job ends; fail when it (or a job it depends on) failed.
     #[arg(long)]
     pub wait: bool,
-    /// With --executor slurm: submit the jobs held (`scontrol release` starts them).
+    /// Slurm: submit the jobs held (`scontrol release` starts them).
     #[arg(long)]
     pub hold: bool,
     /// Slurm partition (over `[settings.slurm] partition`).
@@ -669,9 +667,25 @@ pub struct PipelineRunArgs {
     /// Slurm memory per node, e.g. 16G (over `[settings.slurm] mem`).
     #[arg(long)]
     pub mem: Option<String>,
-    /// Array tasks of one phase running at once (`--array=…%P`; over `[settings.slurm] parallel`).
+    /// Slurm: array tasks of one phase running at once (`--array=…%P`; over `[settings.slurm] parallel`).
     #[arg(long)]
     pub parallel: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineRunArgs {
+    /// The pipeline TOML file (named steps: acquire, preprocess, tokenizer, encode, train, finetune, …).
+    pub file: PathBuf,
+    /// `local` runs the steps here, in order; `slurm` submits them to Slurm with sbatch, each step a job
+    /// that depends on the one before (afterok): a preprocess step with `tasks = N` becomes array jobs of N
+    /// tasks per phase (filter, buckets, write) around its cluster and publish jobs; a train or finetune
+    /// step one job of `[step.slurm]`'s nodes and ranks (mpirun when ranks > 1). Tasks whose completion
+    /// markers exist are not submitted again. Partition, account, time and memory: `[settings.slurm]` or
+    /// the flags below.
+    #[arg(long, default_value = "local", value_parser = ["local", "slurm"])]
+    pub executor: String,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
     /// Run only this step of the file (0-based, `after` files not counted): what each Slurm job runs.
     #[arg(long, value_name = "K")]
     pub step: Option<usize>,

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use strata_data::preprocess::distributed::{self, Phase};
 use strata_store::Store;
 
-use crate::cli::PipelineRunArgs;
+use crate::cli::{PipelineRunArgs, SlurmArgs};
 use crate::pipeline::{PipelineFile, Step};
 
 /// `[settings.slurm]` of a pipeline file: what every job asks for (the flags of `pipeline run` override).
@@ -152,7 +152,17 @@ fn plan(
         let base = ctx.step_command(path, k);
         match step {
             Step::Preprocess(s) if s.tasks.is_some() && s.images.is_none() => {
-                jobs.extend(preprocess_jobs(store, s, &label, &base)?);
+                let cfg = crate::pipeline::preprocess_config(s);
+                let n = s.tasks.unwrap_or(1).max(1);
+                jobs.extend(phase_jobs(
+                    store,
+                    (&s.input, &s.name),
+                    &cfg,
+                    "strata pipeline",
+                    n,
+                    &label,
+                    &base,
+                )?);
             }
             Step::Train(crate::pipeline::TrainStep { slurm, .. })
             | Step::Finetune(crate::pipeline::FinetuneStep { slurm, .. }) => {
@@ -202,19 +212,19 @@ impl Job {
     }
 }
 
-/// A text preprocess step of `tasks = N`: one job per phase that has unfinished tasks (all of them when
-/// its input is made by an earlier job of this submission).
-fn preprocess_jobs(
+/// A text preprocess of `input` into `output` as `n` tasks: one job per phase that has unfinished tasks (all
+/// of them when the input is made by an earlier job of this submission); each task runs `base` with
+/// `--phase P --task I/N`.
+fn phase_jobs(
     store: &Store,
-    s: &crate::pipeline::PreprocessStep,
+    (input, output): (&str, &str),
+    cfg: &strata_data::preprocess::PreprocessConfig,
+    created_by: &str,
+    n: usize,
     label: &str,
     base: &str,
 ) -> anyhow::Result<Vec<Job>> {
-    let n = s.tasks.unwrap_or(1).max(1);
-    let cfg = crate::pipeline::preprocess_config(s);
-    let input_ready = store
-        .manifest(strata_store::Kind::Dataset, &s.input)
-        .is_ok();
+    let input_ready = store.manifest(strata_store::Kind::Dataset, input).is_ok();
     let mut jobs = Vec::new();
     for phase in [
         Phase::Filter,
@@ -225,8 +235,8 @@ fn preprocess_jobs(
     ] {
         let single = matches!(phase, Phase::Cluster | Phase::Publish);
         let todo = if input_ready {
-            distributed::unfinished(store, &s.input, &s.name, &cfg, "strata pipeline", phase, n)
-                .with_context(|| format!("step preprocess {:?}", s.name))?
+            distributed::unfinished(store, input, output, cfg, created_by, phase, n)
+                .with_context(|| format!("preprocess {output:?}"))?
         } else {
             (0..if single { 1 } else { n }).collect()
         };
@@ -332,9 +342,9 @@ fn script(job: &Job, s: &SlurmSettings, ctx: &Ctx, logs: &Path) -> String {
     out
 }
 
-/// `[settings.slurm]` with the flags over it.
-fn settings(a: &PipelineRunArgs, file: &PipelineFile) -> SlurmSettings {
-    let mut s = file.settings.slurm.clone();
+/// `[settings.slurm]` (or none) with the flags over it.
+fn settings(a: &SlurmArgs, file: SlurmSettings) -> SlurmSettings {
+    let mut s = file;
     s.partition = a.partition.clone().or(s.partition);
     s.account = a.account.clone().or(s.account);
     s.time = a.time.clone().or(s.time);
@@ -369,6 +379,28 @@ fn sbatch(args: &[String], file: &Path) -> anyhow::Result<(String, bool)> {
         })
 }
 
+/// The checks before anything is submitted, and the jobs' shared context.
+fn prepare(a: &SlurmArgs, workdir: &Path, what: &str) -> anyhow::Result<Ctx> {
+    anyhow::ensure!(
+        !(a.hold && a.wait),
+        "--hold and --wait together would wait for jobs nothing releases"
+    );
+    if !a.dry_run && !on_path("sbatch") {
+        anyhow::bail!(
+            "{what}: sbatch is not on the PATH: run on a Slurm login node (or install Slurm's client), or see \
+             the jobs with --dry-run"
+        );
+    }
+    Ok(Ctx {
+        exe: std::env::current_exe()
+            .context("the path of this strata binary")?
+            .to_string_lossy()
+            .into_owned(),
+        workdir: std::path::absolute(workdir)?.to_string_lossy().into_owned(),
+        cwd: std::env::current_dir()?.to_string_lossy().into_owned(),
+    })
+}
+
 /// Submits (or with `--dry-run` prints) the jobs of pipeline `file`.
 ///
 /// # Errors
@@ -383,27 +415,95 @@ pub fn submit(
         a.step.is_none(),
         "--step runs one step here: it does not combine with --executor slurm"
     );
-    anyhow::ensure!(
-        !(a.hold && a.wait),
-        "--hold and --wait together would wait for jobs nothing releases"
-    );
-    let s = settings(a, file);
-    if !a.dry_run && !on_path("sbatch") {
-        anyhow::bail!(
-            "--executor slurm: sbatch is not on the PATH: run on a Slurm login node (or install Slurm's client), \
-             or see the jobs with --dry-run"
-        );
-    }
-    let ctx = Ctx {
-        exe: std::env::current_exe()
-            .context("the path of this strata binary")?
-            .to_string_lossy()
-            .into_owned(),
-        workdir: std::path::absolute(workdir)?.to_string_lossy().into_owned(),
-        cwd: std::env::current_dir()?.to_string_lossy().into_owned(),
-    };
+    let ctx = prepare(&a.slurm, workdir, "--executor slurm")?;
     let path = std::path::absolute(&a.file)?;
     let jobs = plan(store, &ctx, &path, file, 0)?;
+    let s = settings(&a.slurm, file.settings.slurm.clone());
+    submit_jobs(&jobs, &s, &a.slurm, &ctx, workdir)
+}
+
+/// `strata preprocess … --tasks N --slurm`: the distributed preprocess's phases as jobs, each task running
+/// this process's own command line with `--phase P --task I/N` in place of the Slurm flags.
+///
+/// # Errors
+/// No `sbatch` on the PATH, a config the distributed run cannot follow, or a submission sbatch refused.
+pub fn submit_preprocess(
+    store: &Store,
+    workdir: &Path,
+    a: &crate::cli::PreprocessArgs,
+    cfg: &strata_data::preprocess::PreprocessConfig,
+) -> anyhow::Result<()> {
+    store
+        .manifest(strata_store::Kind::Dataset, &a.input)
+        .with_context(|| format!("--slurm: the input dataset {:?}", a.input))?;
+    let ctx = prepare(&a.slurm_args, workdir, "--slurm")?;
+    let base = own_command(&ctx.exe, std::env::args().skip(1));
+    let n = a.tasks.unwrap_or(1).max(1);
+    let label = format!(
+        "strata-preprocess-{}",
+        a.output
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            })
+            .collect::<String>()
+    );
+    let jobs = phase_jobs(
+        store,
+        (&a.input, &a.output),
+        cfg,
+        "strata preprocess",
+        n,
+        &label,
+        &base,
+    )?;
+    let s = settings(&a.slurm_args, SlurmSettings::default());
+    submit_jobs(&jobs, &s, &a.slurm_args, &ctx, workdir)
+}
+
+/// This command line for one task: `exe` and `args` without `--slurm`, `--tasks N` and the Slurm flags.
+fn own_command(exe: &str, args: impl Iterator<Item = String>) -> String {
+    const SWITCHES: [&str; 4] = ["--slurm", "--dry-run", "--wait", "--hold"];
+    const VALUED: [&str; 6] = [
+        "--tasks",
+        "--partition",
+        "--account",
+        "--time",
+        "--mem",
+        "--parallel",
+    ];
+    let mut out = vec![sh(exe)];
+    let mut skip_value = false;
+    for arg in args {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if SWITCHES.contains(&arg.as_str())
+            || VALUED
+                .iter()
+                .any(|v| arg.strip_prefix(v).is_some_and(|r| r.starts_with('=')))
+        {
+            continue;
+        }
+        if VALUED.contains(&arg.as_str()) {
+            skip_value = true;
+            continue;
+        }
+        out.push(sh(&arg));
+    }
+    out.join(" ")
+}
+
+/// Submits `jobs` in order, each depending on the one before (or prints them with `--dry-run`).
+fn submit_jobs(
+    jobs: &[Job],
+    s: &SlurmSettings,
+    a: &SlurmArgs,
+    ctx: &Ctx,
+    workdir: &Path,
+) -> anyhow::Result<()> {
     if jobs.is_empty() {
         println!("nothing to submit: every step is up to date");
         return Ok(());
@@ -411,11 +511,10 @@ pub fn submit(
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let dir = workdir.join("slurm").join(format!("submit-{stamp}"));
-    let dir = std::path::absolute(&dir)?;
+    let dir = std::path::absolute(workdir.join("slurm").join(format!("submit-{stamp}")))?;
     let mut previous: Option<String> = None;
     for (i, job) in jobs.iter().enumerate() {
-        let text = script(job, &s, &ctx, &dir);
+        let text = script(job, s, ctx, &dir);
         let file = dir.join(format!("{i:02}-{}.sh", job.name));
         let mut args: Vec<String> = vec!["--parsable".into(), "--kill-on-invalid-dep=yes".into()];
         if let Some(p) = &previous {
@@ -424,7 +523,8 @@ pub fn submit(
         if a.hold {
             args.push("--hold".into());
         }
-        if a.wait && i + 1 == jobs.len() {
+        let last = i + 1 == jobs.len();
+        if a.wait && last {
             args.push("--wait".into());
         }
         if a.dry_run {
@@ -444,7 +544,7 @@ pub fn submit(
                 .map(|a| format!(" array={a}"))
                 .unwrap_or_default()
         );
-        if a.wait && i + 1 == jobs.len() && !succeeded {
+        if a.wait && last && !succeeded {
             anyhow::bail!(
                 "the last job {id} ({}) did not finish: it, or a job it depends on, failed or was cancelled; \
                  logs in {}",
@@ -482,5 +582,34 @@ mod tests {
         assert_eq!(sh("/a/b-c.toml"), "/a/b-c.toml");
         assert_eq!(sh("it's here"), r"'it'\''s here'");
         assert_eq!(sh(""), "''");
+    }
+
+    #[test]
+    fn a_task_runs_the_command_without_its_slurm_flags() {
+        let args = [
+            "--workdir",
+            "s",
+            "preprocess",
+            "--input",
+            "raw",
+            "--output",
+            "clean",
+            "--gopher",
+            "--tasks",
+            "4",
+            "--slurm",
+            "--partition=cpu",
+            "--time",
+            "1:00:00",
+            "--parallel",
+            "2",
+            "--minhash",
+            "--wait",
+        ]
+        .map(String::from);
+        assert_eq!(
+            own_command("/bin/strata", args.into_iter()),
+            "/bin/strata --workdir s preprocess --input raw --output clean --gopher --minhash"
+        );
     }
 }

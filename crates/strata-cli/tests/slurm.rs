@@ -129,6 +129,41 @@ fn slurm(conf: &Path, cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into()
 }
 
+/// The pipeline submitted held, two of its four filter tasks cancelled and the rest released: the chain
+/// stops there, with nothing published.
+fn cancel_two_filter_tasks(conf: &Path, store: &Path, file: &Path) {
+    // submitted held; two of the four filter tasks cancelled, the rest released: the chain stops there
+    let (r, jobs) = submit(conf, store, file, &["--hold"]);
+    assert!(r.ok, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(jobs.len(), 10, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("strata-1-preprocess-clean-filter array=0-3"),
+        "{}",
+        r.stdout
+    );
+    let filter = &jobs[1].0;
+    slurm(
+        conf,
+        "scancel",
+        &[&format!("{filter}_1"), &format!("{filter}_2")],
+    );
+    let ids: Vec<&str> = jobs.iter().map(|(id, _)| id.as_str()).collect();
+    slurm(conf, "scontrol", &["release", &ids.join(",")]);
+    let t0 = Instant::now();
+    while !slurm(conf, "squeue", &["-h", "-j", &ids.join(",")])
+        .trim()
+        .is_empty()
+    {
+        assert!(t0.elapsed() < Duration::from_mins(5), "jobs still queued");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        !store.join("datasets/clean").exists(),
+        "cancelled tasks must stop the chain before publishing"
+    );
+}
+
 #[test]
 fn a_pipeline_on_slurm_matches_the_local_run_and_resubmission_reruns_only_cancelled_tasks() {
     let dir = fresh_dir("slurm-pipeline");
@@ -144,37 +179,8 @@ fn a_pipeline_on_slurm_matches_the_local_run_and_resubmission_reruns_only_cancel
     let r = run(&mut c);
     assert!(r.ok, "{}", r.stderr);
 
-    // submitted held; two of the four filter tasks cancelled, the rest released: the chain stops there
     let store = dir.join("store");
-    let (r, jobs) = submit(&conf, &store, &file, &["--hold"]);
-    assert!(r.ok, "{}\n{}", r.stdout, r.stderr);
-    assert_eq!(jobs.len(), 10, "{}", r.stdout);
-    assert!(
-        r.stdout
-            .contains("strata-1-preprocess-clean-filter array=0-3"),
-        "{}",
-        r.stdout
-    );
-    let filter = &jobs[1].0;
-    slurm(
-        &conf,
-        "scancel",
-        &[&format!("{filter}_1"), &format!("{filter}_2")],
-    );
-    let ids: Vec<&str> = jobs.iter().map(|(id, _)| id.as_str()).collect();
-    slurm(&conf, "scontrol", &["release", &ids.join(",")]);
-    let t0 = Instant::now();
-    while !slurm(&conf, "squeue", &["-h", "-j", &ids.join(",")])
-        .trim()
-        .is_empty()
-    {
-        assert!(t0.elapsed() < Duration::from_mins(5), "jobs still queued");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    assert!(
-        !store.join("datasets/clean").exists(),
-        "cancelled tasks must stop the chain before publishing"
-    );
+    cancel_two_filter_tasks(&conf, &store, &file);
 
     // the same command: only the two cancelled filter tasks are submitted again; it waits for the end
     let (r, jobs) = submit(&conf, &store, &file, &["--wait"]);
@@ -207,6 +213,43 @@ fn a_pipeline_on_slurm_matches_the_local_run_and_resubmission_reruns_only_cancel
     );
 
     assert_same_outputs(&local, &store);
+
+    // `strata preprocess … --tasks 4 --slurm`: the same phases from the command line, the local run's bytes
+    let pre = |s: &Path, extra: &[&str]| {
+        let mut c = strata(s);
+        c.env("SLURM_CONF", &conf).args([
+            "preprocess",
+            "--input",
+            "raw",
+            "--output",
+            "cli",
+            "--gopher",
+            "--minhash",
+            "--tasks",
+            "4",
+        ]);
+        c.args(extra);
+        let r = run(&mut c);
+        assert!(r.ok, "{}\n{}", r.stdout, r.stderr);
+        r
+    };
+    let r = pre(&store, &["--slurm", "--wait", "--parallel", "4"]);
+    assert!(
+        r.stdout.contains("strata-preprocess-cli-filter array=0-3"),
+        "{}",
+        r.stdout
+    );
+    pre(&local, &[]);
+    let shards = |s: &Path| {
+        dataset_files(&s.join("datasets/cli"))
+            .into_iter()
+            .filter(|(n, _)| n != "manifest.json")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        shards(&local) == shards(&store),
+        "preprocess --slurm differs from the local run"
+    );
 }
 
 /// The same bytes as the local run: the deduplicated dataset's shards and stats (Gopher and MinHash both
@@ -320,5 +363,52 @@ fn dry_run_prints_the_jobs_and_no_sbatch_is_one_clear_error() {
         !r.ok && r.stderr.contains("step 2 is a tokenizer step"),
         "{}",
         r.stderr
+    );
+}
+
+#[test]
+fn preprocess_slurm_dry_run_runs_this_command_per_task() {
+    let dir = fresh_dir("slurm-pre-dry");
+    let store = dir.join("store");
+    let empty = dir.join("bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    // preprocess --slurm: each task is this command without the Slurm flags, with --phase and --task
+    let r = run(strata(&store).args([
+        "acquire",
+        "--name",
+        "raw",
+        "--input",
+        "fixtures/quick/general",
+    ]));
+    assert!(r.ok, "{}", r.stderr);
+    let mut c = strata(&store);
+    c.env("PATH", &empty).args([
+        "preprocess",
+        "--input",
+        "raw",
+        "--output",
+        "clean",
+        "--gopher",
+        "--tasks",
+        "4",
+        "--slurm",
+        "--dry-run",
+        "--time",
+        "1:00:00",
+    ]);
+    let r = run(&mut c);
+    assert!(r.ok, "{}", r.stderr);
+    for want in [
+        "#SBATCH --array=0-3\n",
+        "#SBATCH --time=1:00:00",
+        "preprocess --input raw --output clean --gopher --phase filter --task \"$SLURM_ARRAY_TASK_ID/4\"",
+        "preprocess --input raw --output clean --gopher --phase publish",
+    ] {
+        assert!(r.stdout.contains(want), "{want:?} missing:\n{}", r.stdout);
+    }
+    assert!(
+        !r.stdout.contains("--slurm") && !r.stdout.contains("--tasks"),
+        "{}",
+        r.stdout
     );
 }

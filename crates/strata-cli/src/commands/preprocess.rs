@@ -13,6 +13,17 @@ use strata_store::Store;
 use crate::cli::PreprocessArgs;
 
 pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
+    let cfg = config(a)?;
+    let by = "strata preprocess";
+    if a.slurm {
+        crate::slurm::submit_preprocess(store, store.root(), a, &cfg)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    run_config(store, a, &cfg, by)
+}
+
+/// The stages the flags ask for, in their fixed order.
+fn config(a: &PreprocessArgs) -> anyhow::Result<PreprocessConfig> {
     let mut stages = vec![
         StageConfig::Normalize,
         StageConfig::MinLength {
@@ -66,12 +77,19 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
     if a.minhash {
         stages.push(StageConfig::MinhashDedup(MinHashConfig::default()));
     }
-    let cfg = PreprocessConfig {
+    Ok(PreprocessConfig {
         stages,
         parquet: a.parquet,
         ..PreprocessConfig::default()
-    };
-    let by = "strata preprocess";
+    })
+}
+
+fn run_config(
+    store: &Store,
+    a: &PreprocessArgs,
+    cfg: &PreprocessConfig,
+    by: &str,
+) -> anyhow::Result<ExitCode> {
     if let Some(phase) = &a.phase {
         let phase = Phase::parse(phase).map_err(anyhow::Error::msg)?;
         let task = match (&a.task, phase) {
@@ -82,7 +100,7 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
                 a.phase.as_deref().unwrap_or("")
             ),
         };
-        let r = distributed::run_task(store, &a.input, &a.output, &cfg, by, phase, task)?;
+        let r = distributed::run_task(store, &a.input, &a.output, cfg, by, phase, task)?;
         println!("{}", serde_json::to_string(&r)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -90,8 +108,8 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--task needs --phase (filter, buckets, cluster, write, publish)");
     }
     let r = match a.tasks {
-        Some(n) => distributed::run_all(store, &a.input, &a.output, &cfg, by, n)?,
-        None => preprocess(store, &a.input, &a.output, &cfg, by)?,
+        Some(n) => distributed::run_all(store, &a.input, &a.output, cfg, by, n)?,
+        None => preprocess(store, &a.input, &a.output, cfg, by)?,
     };
     let stats = std::fs::read_to_string(
         store
