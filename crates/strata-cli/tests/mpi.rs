@@ -422,3 +422,100 @@ fn ranks_that_disagree_and_batches_that_do_not_divide_are_refused() {
     );
     assert!(!store.join("tokens/x").exists());
 }
+
+/// A pipeline's LoRA step with `slurm = { ranks = 2 }`, submitted to the one-node Slurm of
+/// `scripts/start-slurm.sh`: its job runs `mpirun -np 2` inside the allocation, and the adapter equals the
+/// local one-process run's within 1e-5.
+#[test]
+fn a_slurm_training_step_runs_its_ranks_under_mpirun() {
+    let dir = fresh_dir("mpi-slurm");
+    let file = dir.join("pipeline.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[step]]
+type = "acquire"
+name = "raw"
+inputs = ["fixtures/quick/general"]
+
+[[step]]
+type = "tokenizer"
+name = "bpe"
+datasets = ["raw"]
+vocab_size = 300
+
+[[step]]
+type = "encode"
+name = "toks"
+dataset = "raw"
+tokenizer = "bpe"
+
+[[step]]
+type = "train"
+name = "base"
+tokens = "toks"
+tokenizer = "bpe"
+model = { hidden_size = 32, intermediate_size = 64, layers = 2, heads = 4, kv_heads = 2, context = 32 }
+train = { steps = 10, batch_size = 8, seq_len = 16, lr = 3e-3, warmup_steps = 2, eval_every = 10 }
+
+[[step]]
+type = "finetune"
+name = "adapter"
+parent = "base"
+tokens = "toks"
+train = { steps = 20, batch_size = 8, seq_len = 16, lr = 1e-2, eval_every = 10, lora = { r = 4, lora_alpha = 8 } }
+slurm = { nodes = 1, ranks = 2 }
+"#,
+    )
+    .unwrap();
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/start-slurm.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("SLURM_CONF="))
+        .map(PathBuf::from)
+        .unwrap();
+    let (local, cluster) = (dir.join("local"), dir.join("cluster"));
+    ok({
+        let mut c = strata(&local);
+        c.args(["pipeline", "run"]).arg(&file);
+        c
+    });
+    let r = ok({
+        let mut c = strata(&cluster);
+        c.env("SLURM_CONF", &conf)
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .args(["pipeline", "run"])
+            .arg(&file)
+            .args(["--executor", "slurm", "--wait"]);
+        c
+    });
+    let logs = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("scripts and logs: "))
+        .map(PathBuf::from)
+        .unwrap();
+    let script = std::fs::read_to_string(logs.join("04-strata-4-finetune-adapter.sh")).unwrap();
+    assert!(
+        script.contains("#SBATCH --ntasks=2") && script.contains("mpirun -np 2 "),
+        "{script}"
+    );
+    let m = common::run_metrics(&cluster, "adapter");
+    assert_eq!(m.len(), 20);
+    assert_eq!(m[0]["ranks"].as_u64(), Some(2), "{}", m[0]);
+    let d = max_rel_diff(
+        &local.join("adapters/adapter/adapter_model.safetensors"),
+        &cluster.join("adapters/adapter/adapter_model.safetensors"),
+    );
+    assert!(d <= 1e-5, "adapter differs by {d}");
+}
