@@ -353,18 +353,13 @@ fn acquire_as_tasks_matches_one_process() {
 fn an_mpi_launch_of_a_build_without_mpi_is_refused() {
     let dir = fresh_dir("bad-mpi");
     let store = dir.join("store");
-    let mut c = strata(&store);
-    c.args([
-        "train",
-        "--name",
-        "m",
-        "--tokens",
-        "toks",
-        "--tokenizer",
-        "bpe",
-    ])
-    .env("OMPI_COMM_WORLD_SIZE", "2");
-    let r = run(&mut c);
+    let launched = |args: &str, var: &str, size: &str| {
+        let mut c = strata(&store);
+        c.args(args.split(' ')).env(var, size);
+        run(&mut c)
+    };
+    let train = "train --name m --tokens toks --tokenizer bpe";
+    let r = launched(train, "OMPI_COMM_WORLD_SIZE", "2");
     assert!(!r.ok);
     assert!(
         r.stderr.contains("built without MPI") && r.stderr.contains("--features mpi"),
@@ -373,19 +368,11 @@ fn an_mpi_launch_of_a_build_without_mpi_is_refused() {
     );
     assert!(!store.exists(), "nothing written");
     // PMI's variable (MPICH, srun) too, for a command that does not train
-    let mut c = strata(&store);
-    c.args([
-        "tokenize",
-        "encode",
-        "--name",
-        "x",
-        "--dataset",
-        "d",
-        "--tokenizer",
-        "t",
-    ])
-    .env("PMI_SIZE", "4");
-    let r = run(&mut c);
+    let r = launched(
+        "tokenize encode --name x --dataset d --tokenizer t",
+        "PMI_SIZE",
+        "4",
+    );
     assert!(!r.ok);
     assert!(
         r.stderr.contains("started as 4 ranks (PMI_SIZE=4)"),
@@ -393,18 +380,7 @@ fn an_mpi_launch_of_a_build_without_mpi_is_refused() {
         r.stderr
     );
     // one rank is one process
-    let mut c = strata(&store);
-    c.args([
-        "train",
-        "--name",
-        "m",
-        "--tokens",
-        "toks",
-        "--tokenizer",
-        "bpe",
-    ])
-    .env("OMPI_COMM_WORLD_SIZE", "1");
-    let r = run(&mut c);
+    let r = launched(train, "OMPI_COMM_WORLD_SIZE", "1");
     assert!(!r.ok);
     assert!(!r.stderr.contains("MPI"), "{}", r.stderr);
 }

@@ -133,23 +133,30 @@ fn assert_same_run(store: &Path, one: &str, two: &str, weights: &str) {
     assert!(d <= 1e-5, "final weights differ by {d}");
 }
 
+/// `train --name NAME` on the prepared tokens with the tiny config, and `extra` flags.
+fn train_args(name: &str, cfg: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--name",
+        name,
+        "--tokens",
+        "toks",
+        "--tokenizer",
+        "bpe",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    args.extend(extra.iter().map(|s| (*s).to_string()));
+    args.push("--config".into());
+    args.push(cfg.to_string_lossy().into_owned());
+    args
+}
+
 #[test]
 fn two_ranks_train_what_one_process_trains() {
     let (store, cfg) = prepare("mpi-equal");
-    let train = |name: &str| {
-        let args = vec![
-            "train",
-            "--name",
-            name,
-            "--tokens",
-            "toks",
-            "--tokenizer",
-            "bpe",
-            "--config",
-            cfg.to_str().unwrap(),
-        ];
-        args.into_iter().map(String::from).collect::<Vec<_>>()
-    };
+    let train = |name: &str| train_args(name, &cfg, &[]);
     ok({
         let mut c = strata(&store);
         c.args(train("one"));
@@ -257,28 +264,19 @@ fn checkpoint_steps(store: &Path) -> Vec<usize> {
 #[test]
 fn a_killed_rank_ends_the_job_and_the_same_command_resumes_to_the_same_bytes() {
     let (store, cfg) = prepare("mpi-kill");
-    let train = |name: &'static str| {
-        let args: Vec<String> = [
-            "train",
-            "--name",
+    let train = |name: &str| {
+        train_args(
             name,
-            "--tokens",
-            "toks",
-            "--tokenizer",
-            "bpe",
-            "--steps",
-            "1500",
-            "--eval-every",
-            "500",
-            "--checkpoint-every",
-            "10",
-            "--config",
-            cfg.to_str().unwrap(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        args
+            &cfg,
+            &[
+                "--steps",
+                "1500",
+                "--eval-every",
+                "500",
+                "--checkpoint-every",
+                "10",
+            ],
+        )
     };
     let killed = train("killed");
     let mut job = mpirun(2, &store, &killed)
@@ -429,60 +427,8 @@ fn ranks_that_disagree_and_batches_that_do_not_divide_are_refused() {
 #[test]
 fn a_slurm_training_step_runs_its_ranks_under_mpirun() {
     let dir = fresh_dir("mpi-slurm");
-    let file = dir.join("pipeline.toml");
-    std::fs::write(
-        &file,
-        r#"
-[[step]]
-type = "acquire"
-name = "raw"
-inputs = ["fixtures/quick/general"]
-
-[[step]]
-type = "tokenizer"
-name = "bpe"
-datasets = ["raw"]
-vocab_size = 300
-
-[[step]]
-type = "encode"
-name = "toks"
-dataset = "raw"
-tokenizer = "bpe"
-
-[[step]]
-type = "train"
-name = "base"
-tokens = "toks"
-tokenizer = "bpe"
-model = { hidden_size = 32, intermediate_size = 64, layers = 2, heads = 4, kv_heads = 2, context = 32 }
-train = { steps = 10, batch_size = 8, seq_len = 16, lr = 3e-3, warmup_steps = 2, eval_every = 10 }
-
-[[step]]
-type = "finetune"
-name = "adapter"
-parent = "base"
-tokens = "toks"
-train = { steps = 20, batch_size = 8, seq_len = 16, lr = 1e-2, eval_every = 10, lora = { r = 4, lora_alpha = 8 } }
-slurm = { nodes = 1, ranks = 2 }
-"#,
-    )
-    .unwrap();
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/start-slurm.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let conf = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| l.strip_prefix("SLURM_CONF="))
-        .map(PathBuf::from)
-        .unwrap();
+    let file = common::slurm_pipeline(&dir, 2);
+    let conf = common::start_slurm();
     let (local, cluster) = (dir.join("local"), dir.join("cluster"));
     ok({
         let mut c = strata(&local);
@@ -505,7 +451,7 @@ slurm = { nodes = 1, ranks = 2 }
         .find_map(|l| l.strip_prefix("scripts and logs: "))
         .map(PathBuf::from)
         .unwrap();
-    let script = std::fs::read_to_string(logs.join("04-strata-4-finetune-adapter.sh")).unwrap();
+    let script = std::fs::read_to_string(logs.join("09-strata-5-finetune-adapter.sh")).unwrap();
     assert!(
         script.contains("#SBATCH --ntasks=2") && script.contains("mpirun -np 2 "),
         "{script}"

@@ -12,81 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{dataset_files, fresh_dir, repo_root, run, strata};
-
-const PIPELINE: &str = r#"
-[settings.slurm]
-parallel = 2
-time = "0:30:00"
-
-[[step]]
-type = "acquire"
-name = "raw"
-inputs = ["fixtures/quick/general", "fixtures/quick/medical"]
-docs_per_shard = 20
-
-[[step]]
-type = "preprocess"
-name = "clean"
-input = "raw"
-tasks = 4
-stages = [{ type = "normalize" }, { type = "gopher_quality", min_doc_words = 5 }, { type = "minhash_dedup" }]
-
-[[step]]
-type = "tokenizer"
-name = "bpe"
-datasets = ["clean"]
-vocab_size = 300
-
-[[step]]
-type = "encode"
-name = "toks"
-dataset = "clean"
-tokenizer = "bpe"
-
-[[step]]
-type = "train"
-name = "base"
-tokens = "toks"
-tokenizer = "bpe"
-model = { hidden_size = 32, intermediate_size = 64, layers = 2, heads = 4, kv_heads = 2, context = 32 }
-train = { steps = 20, batch_size = 8, seq_len = 16, lr = 3e-3, min_lr = 3e-4, warmup_steps = 2, eval_every = 10, checkpoint_every = 10 }
-
-[[step]]
-type = "finetune"
-name = "adapter"
-parent = "base"
-tokens = "toks"
-train = { steps = 20, batch_size = 8, seq_len = 16, lr = 1e-2, eval_every = 10, checkpoint_every = 10, lora = { r = 4, lora_alpha = 8 } }
-slurm = { nodes = 1, ranks = 1 }
-"#;
-
-fn pipeline_file(dir: &Path) -> PathBuf {
-    let p = dir.join("pipeline.toml");
-    std::fs::write(&p, PIPELINE).unwrap();
-    p
-}
-
-/// `scripts/start-slurm.sh`: the path of the slurm.conf it started the daemons with.
-fn start_slurm() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/start-slurm.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "start-slurm.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .and_then(|l| l.strip_prefix("SLURM_CONF="))
-            .unwrap_or_else(|| panic!("no SLURM_CONF in {stdout}")),
-    )
-}
+use common::{dataset_files, fresh_dir, run, strata};
 
 /// `strata … pipeline run FILE --executor slurm EXTRA…` against the Slurm of `conf`; its (job id, name)
 /// lines.
@@ -167,8 +93,8 @@ fn cancel_two_filter_tasks(conf: &Path, store: &Path, file: &Path) {
 #[test]
 fn a_pipeline_on_slurm_matches_the_local_run_and_resubmission_reruns_only_cancelled_tasks() {
     let dir = fresh_dir("slurm-pipeline");
-    let file = pipeline_file(&dir);
-    let conf = start_slurm();
+    let file = common::slurm_pipeline(&dir, 1);
+    let conf = common::start_slurm();
 
     // the local run, the reference
     let local = dir.join("local");
@@ -296,7 +222,7 @@ fn assert_same_outputs(local: &Path, store: &Path) {
 #[test]
 fn dry_run_prints_the_jobs_and_no_sbatch_is_one_clear_error() {
     let dir = fresh_dir("slurm-dry");
-    let file = pipeline_file(&dir);
+    let file = common::slurm_pipeline(&dir, 1);
     let store = dir.join("store");
     // an empty PATH: no sbatch (the binary is run by its full path)
     let empty = dir.join("bin");

@@ -779,6 +779,8 @@ fn run_loop(
         };
         if signalled {
             save(m.state)?;
+            // no rank ends (and, with an error, aborts the others) before rank 0's checkpoint is written
+            job.comm.barrier()?;
             bar.abandon();
             return Err(TrainError::Interrupted {
                 step: done,

@@ -298,3 +298,79 @@ pub fn serve(store: &Path, extra: &[&str]) -> Server {
         url: format!("http://127.0.0.1:{port}"),
     }
 }
+
+/// A pipeline for the Slurm executor's tests, written to `dir/pipeline.toml`: acquire (shards of 20
+/// documents) → Gopher + MinHash as 4 tasks → tokenizer → encode → a tiny model → a LoRA adapter whose
+/// Slurm job has `ranks` ranks.
+pub fn slurm_pipeline(dir: &Path, ranks: usize) -> PathBuf {
+    let p = dir.join("pipeline.toml");
+    let text = r#"
+[settings.slurm]
+parallel = 2
+time = "0:30:00"
+
+[[step]]
+type = "acquire"
+name = "raw"
+inputs = ["fixtures/quick/general", "fixtures/quick/medical"]
+docs_per_shard = 20
+
+[[step]]
+type = "preprocess"
+name = "clean"
+input = "raw"
+tasks = 4
+stages = [{ type = "normalize" }, { type = "gopher_quality", min_doc_words = 5 }, { type = "minhash_dedup" }]
+
+[[step]]
+type = "tokenizer"
+name = "bpe"
+datasets = ["clean"]
+vocab_size = 300
+
+[[step]]
+type = "encode"
+name = "toks"
+dataset = "clean"
+tokenizer = "bpe"
+
+[[step]]
+type = "train"
+name = "base"
+tokens = "toks"
+tokenizer = "bpe"
+model = { hidden_size = 32, intermediate_size = 64, layers = 2, heads = 4, kv_heads = 2, context = 32 }
+train = { steps = 20, batch_size = 8, seq_len = 16, lr = 3e-3, min_lr = 3e-4, warmup_steps = 2, eval_every = 10, checkpoint_every = 10 }
+
+[[step]]
+type = "finetune"
+name = "adapter"
+parent = "base"
+tokens = "toks"
+train = { steps = 20, batch_size = 8, seq_len = 16, lr = 1e-2, eval_every = 10, checkpoint_every = 10, lora = { r = 4, lora_alpha = 8 } }
+slurm = { nodes = 1, ranks = RANKS }
+"#;
+    std::fs::write(&p, text.replace("RANKS", &ranks.to_string())).expect("pipeline.toml");
+    p
+}
+
+/// `scripts/start-slurm.sh` (a one-node Slurm on this machine, started once): its slurm.conf.
+pub fn start_slurm() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/start-slurm.sh"))
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "start-slurm.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .and_then(|l| l.strip_prefix("SLURM_CONF="))
+            .unwrap_or_else(|| panic!("no SLURM_CONF in {stdout}")),
+    )
+}
