@@ -39,27 +39,24 @@ pub fn with_comm<R>(f: impl FnOnce(&dyn Collective) -> R) -> R {
     }
 }
 
-/// This process's place in a run, held by `main` until the end (MPI is finalised when it drops).
+/// This process's place in a run, held by `main` until the end (MPI is finalised when it drops). MPI is
+/// initialised only for a run of several ranks.
 pub struct Ranks {
     #[cfg(feature = "mpi")]
     universe: Option<mpi::environment::Universe>,
-    size: usize,
 }
 
 impl Ranks {
     /// Ends every rank of the run with `code` after an error on this one (the others would otherwise wait
     /// in their next collective operation for ever). One process: does nothing.
     pub fn abort_others(&self, code: i32) {
-        if self.size < 2 {
-            return;
-        }
         #[cfg(feature = "mpi")]
         if let Some(u) = &self.universe {
             use mpi::traits::Communicator;
             u.world().abort(code);
         }
         #[cfg(not(feature = "mpi"))]
-        let _ = code;
+        let _ = (self, code);
     }
 }
 
@@ -79,7 +76,6 @@ pub fn start(trains: bool) -> anyhow::Result<Ranks> {
         return Ok(Ranks {
             #[cfg(feature = "mpi")]
             universe: None,
-            size: 1,
         });
     };
     if !trains {
@@ -109,7 +105,6 @@ pub fn start(trains: bool) -> anyhow::Result<Ranks> {
         COMM.with(|c| *c.borrow_mut() = Some(Rc::new(comm)));
         Ok(Ranks {
             universe: Some(universe),
-            size,
         })
     }
 }

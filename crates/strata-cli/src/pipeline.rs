@@ -407,12 +407,7 @@ pub fn run_one(
             kind_of(step)
         );
     };
-    let phase =
-        strata_data::preprocess::distributed::Phase::parse(phase).map_err(anyhow::Error::msg)?;
-    let task = match &a.task {
-        Some(t) => strata_data::tasks::Task::parse(t).map_err(anyhow::Error::msg)?,
-        None => strata_data::tasks::Task { index: 0, count: 1 },
-    };
+    let (phase, task) = crate::commands::preprocess::phase_task(phase, a.task.as_deref())?;
     let r = strata_data::preprocess::distributed::run_task(
         store,
         &s.input,

@@ -233,18 +233,17 @@ fn phase_jobs(
         Phase::Write,
         Phase::Publish,
     ] {
-        let single = matches!(phase, Phase::Cluster | Phase::Publish);
         let todo = if input_ready {
             distributed::unfinished(store, input, output, cfg, created_by, phase, n)
                 .with_context(|| format!("preprocess {output:?}"))?
         } else {
-            (0..if single { 1 } else { n }).collect()
+            (0..phase.tasks(n)).collect()
         };
         if todo.is_empty() {
             continue;
         }
         let name = format!("{label}-{}", phase.name());
-        jobs.push(if single {
+        jobs.push(if phase.single() {
             Job::one(name, format!("{base} --phase {}", phase.name()))
         } else {
             Job {
@@ -277,21 +276,23 @@ fn step_label(step: &Step, k: usize) -> String {
         Step::Eval(_) | Step::Report(_) => None,
     };
     let kind = crate::pipeline::kind_of(step);
-    let clean = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
-    };
     match name {
-        Some(n) => format!("strata-{k}-{kind}-{}", clean(n)),
+        Some(n) => format!("strata-{k}-{kind}-{}", label_safe(n)),
         None => format!("strata-{k}-{kind}"),
     }
+}
+
+/// `s` with every character but ASCII letters, digits and `-` as `_` (job names and log file names).
+fn label_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The batch script of `job`; its log goes to `logs` (`%A_%a` for arrays).
@@ -380,7 +381,7 @@ fn sbatch(args: &[String], file: &Path) -> anyhow::Result<(String, bool)> {
 }
 
 /// The checks before anything is submitted, and the jobs' shared context.
-fn prepare(a: &SlurmArgs, workdir: &Path, what: &str) -> anyhow::Result<Ctx> {
+fn prepare(a: &SlurmArgs, store: &Store, what: &str) -> anyhow::Result<Ctx> {
     anyhow::ensure!(
         !(a.hold && a.wait),
         "--hold and --wait together would wait for jobs nothing releases"
@@ -396,7 +397,9 @@ fn prepare(a: &SlurmArgs, workdir: &Path, what: &str) -> anyhow::Result<Ctx> {
             .context("the path of this strata binary")?
             .to_string_lossy()
             .into_owned(),
-        workdir: std::path::absolute(workdir)?.to_string_lossy().into_owned(),
+        workdir: std::path::absolute(store.root())?
+            .to_string_lossy()
+            .into_owned(),
         cwd: std::env::current_dir()?.to_string_lossy().into_owned(),
     })
 }
@@ -405,21 +408,16 @@ fn prepare(a: &SlurmArgs, workdir: &Path, what: &str) -> anyhow::Result<Ctx> {
 ///
 /// # Errors
 /// A pipeline the executor cannot lay out, no `sbatch` on the PATH, or a submission sbatch refused.
-pub fn submit(
-    store: &Store,
-    workdir: &Path,
-    a: &PipelineRunArgs,
-    file: &PipelineFile,
-) -> anyhow::Result<()> {
+pub fn submit(store: &Store, a: &PipelineRunArgs, file: &PipelineFile) -> anyhow::Result<()> {
     anyhow::ensure!(
         a.step.is_none(),
         "--step runs one step here: it does not combine with --executor slurm"
     );
-    let ctx = prepare(&a.slurm, workdir, "--executor slurm")?;
+    let ctx = prepare(&a.slurm, store, "--executor slurm")?;
     let path = std::path::absolute(&a.file)?;
     let jobs = plan(store, &ctx, &path, file, 0)?;
     let s = settings(&a.slurm, file.settings.slurm.clone());
-    submit_jobs(&jobs, &s, &a.slurm, &ctx, workdir)
+    submit_jobs(&jobs, &s, &a.slurm, &ctx)
 }
 
 /// `strata preprocess … --tasks N --slurm`: the distributed preprocess's phases as jobs, each task running
@@ -429,27 +427,16 @@ pub fn submit(
 /// No `sbatch` on the PATH, a config the distributed run cannot follow, or a submission sbatch refused.
 pub fn submit_preprocess(
     store: &Store,
-    workdir: &Path,
     a: &crate::cli::PreprocessArgs,
     cfg: &strata_data::preprocess::PreprocessConfig,
 ) -> anyhow::Result<()> {
     store
         .manifest(strata_store::Kind::Dataset, &a.input)
         .with_context(|| format!("--slurm: the input dataset {:?}", a.input))?;
-    let ctx = prepare(&a.slurm_args, workdir, "--slurm")?;
+    let ctx = prepare(&a.slurm_args, store, "--slurm")?;
     let base = own_command(&ctx.exe, std::env::args().skip(1));
     let n = a.tasks.unwrap_or(1).max(1);
-    let label = format!(
-        "strata-preprocess-{}",
-        a.output
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            })
-            .collect::<String>()
-    );
+    let label = format!("strata-preprocess-{}", label_safe(&a.output));
     let jobs = phase_jobs(
         store,
         (&a.input, &a.output),
@@ -460,7 +447,7 @@ pub fn submit_preprocess(
         &base,
     )?;
     let s = settings(&a.slurm_args, SlurmSettings::default());
-    submit_jobs(&jobs, &s, &a.slurm_args, &ctx, workdir)
+    submit_jobs(&jobs, &s, &a.slurm_args, &ctx)
 }
 
 /// This command line for one task: `exe` and `args` without `--slurm`, `--tasks N` and the Slurm flags.
@@ -497,13 +484,7 @@ fn own_command(exe: &str, args: impl Iterator<Item = String>) -> String {
 }
 
 /// Submits `jobs` in order, each depending on the one before (or prints them with `--dry-run`).
-fn submit_jobs(
-    jobs: &[Job],
-    s: &SlurmSettings,
-    a: &SlurmArgs,
-    ctx: &Ctx,
-    workdir: &Path,
-) -> anyhow::Result<()> {
+fn submit_jobs(jobs: &[Job], s: &SlurmSettings, a: &SlurmArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if jobs.is_empty() {
         println!("nothing to submit: every step is up to date");
         return Ok(());
@@ -511,7 +492,9 @@ fn submit_jobs(
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let dir = std::path::absolute(workdir.join("slurm").join(format!("submit-{stamp}")))?;
+    let dir = Path::new(&ctx.workdir)
+        .join("slurm")
+        .join(format!("submit-{stamp}"));
     let mut previous: Option<String> = None;
     for (i, job) in jobs.iter().enumerate() {
         let text = script(job, s, ctx, &dir);

@@ -242,22 +242,13 @@ fn rank_pid(store: &Path, rank: usize) -> Option<u32> {
     })
 }
 
+/// The steps of every run's checkpoints in `store`.
 fn checkpoint_steps(store: &Path) -> Vec<usize> {
     let Ok(runs) = std::fs::read_dir(store.join("runs")) else {
         return Vec::new();
     };
     runs.filter_map(Result::ok)
-        .filter_map(|r| std::fs::read_dir(r.path().join("checkpoints")).ok())
-        .flatten()
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("checkpoint-")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()
-        })
+        .flat_map(|r| common::checkpoint_steps(&r.path().join("checkpoints")))
         .collect()
 }
 
@@ -445,12 +436,7 @@ fn a_slurm_training_step_runs_its_ranks_under_mpirun() {
             .args(["--executor", "slurm", "--wait"]);
         c
     });
-    let logs = r
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("scripts and logs: "))
-        .map(PathBuf::from)
-        .unwrap();
+    let logs = common::submission_dir(&r.stderr);
     let script = std::fs::read_to_string(logs.join("09-strata-5-finetune-adapter.sh")).unwrap();
     assert!(
         script.contains("#SBATCH --ntasks=2") && script.contains("mpirun -np 2 "),

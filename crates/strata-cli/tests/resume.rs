@@ -187,18 +187,7 @@ fn check_finished_run(run_dir: &std::path::Path, ckpt: &std::path::Path) {
 
 /// The step of the newest checkpoint in `dir` (0 if none).
 fn newest(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |rd| {
-        rd.filter_map(Result::ok)
-            .filter_map(|e| {
-                let n = e.file_name().to_string_lossy().to_string();
-                n.strip_prefix("checkpoint-")?
-                    .strip_suffix(".safetensors")?
-                    .parse()
-                    .ok()
-            })
-            .max()
-            .unwrap_or(0)
-    })
+    common::checkpoint_steps(dir).into_iter().max().unwrap_or(0)
 }
 
 fn checkpoints(dir: &std::path::Path) -> usize {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -117,12 +117,7 @@ fn a_pipeline_on_slurm_matches_the_local_run_and_resubmission_reruns_only_cancel
         "{}",
         r.stdout
     );
-    let logs = r
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("scripts and logs: "))
-        .map(PathBuf::from)
-        .unwrap();
+    let logs = common::submission_dir(&r.stderr);
     let mut ran: Vec<String> = std::fs::read_dir(&logs)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -287,6 +282,17 @@ fn dry_run_prints_the_jobs_and_no_sbatch_is_one_clear_error() {
     let r = run(&mut c);
     assert!(
         !r.ok && r.stderr.contains("step 2 is a tokenizer step"),
+        "{}",
+        r.stderr
+    );
+    // a phase of N tasks needs its task, as `strata preprocess --phase` does
+    let mut c = strata(&store);
+    c.args(["pipeline", "run"])
+        .arg(&file)
+        .args(["--step", "1", "--phase", "filter"]);
+    let r = run(&mut c);
+    assert!(
+        !r.ok && r.stderr.contains("--phase filter needs --task I/N"),
         "{}",
         r.stderr
     );

@@ -549,16 +549,11 @@ fn optimizer_step(
     {
         *seen += r;
     }
-    let mut comm_s = 0f64;
-    let timed = |f: &mut dyn FnMut() -> Result<()>, acc: &mut f64| {
-        let t0 = Instant::now();
-        let r = f();
-        *acc += t0.elapsed().as_secs_f64();
-        r
-    };
     #[allow(clippy::cast_precision_loss)]
     let mut total = [targets(&micro)? as f64];
-    timed(&mut || comm.sum_f64(&mut total), &mut comm_s)?;
+    let t0 = Instant::now();
+    comm.sum_f64(&mut total)?;
+    let mut comm_s = t0.elapsed().as_secs_f64();
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let total = nonzero(total[0] as usize)?;
     let lora_state = &m.lora_state;
@@ -575,19 +570,10 @@ fn optimizer_step(
     )?;
     lora_state.set_training(false, 0);
     let mut loss = [loss];
-    let mut grads = Some(grads);
-    let mut summed = None;
-    timed(
-        &mut || {
-            comm.sum_f64(&mut loss)?;
-            if let Some(g) = grads.take() {
-                summed = Some(m.opt.all_reduce(g, comm)?);
-            }
-            Ok(())
-        },
-        &mut comm_s,
-    )?;
-    let grads = summed.unwrap_or(Grads(Vec::new()));
+    let t0 = Instant::now();
+    comm.sum_f64(&mut loss)?;
+    let grads = m.opt.all_reduce(grads, comm)?;
+    comm_s += t0.elapsed().as_secs_f64();
     #[allow(clippy::cast_possible_truncation)]
     let loss = loss[0] as f32;
     let (grad_norm, _) = m.opt.clipped_step(&grads, step, loss, &job.cfg)?;
@@ -861,11 +847,9 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
     }
     let mut m = start_model(job, &s, &ckpt_dir)?;
     let end = run_loop(job, &mut m, &data, &run_dir)?;
-    // rank 0's last writes (the best weights) are on disk before any rank reads them
-    comm.barrier()?;
-    let best = restore_best(job, &m, &end, &ckpt_dir)?;
     if !lead {
-        // rank 0 measures the guard and publishes; the others return what it published
+        // rank 0 restores the best weights, measures the guard and publishes; the others wait for it and
+        // return what it published
         comm.barrier()?;
         return Ok(TrainOutcome {
             manifest: store.manifest(s.kind, job.name)?,
@@ -876,6 +860,7 @@ pub fn train(store: &Store, job: &TrainJob<'_>) -> Result<TrainOutcome> {
             guard: None,
         });
     }
+    let best = restore_best(job, &m, &end, &ckpt_dir)?;
     crate::plot_loss(&run_dir.join("metrics.jsonl"), &run_dir.join("loss.png"))?;
     // the forgetting guard: the model to be published (as it stands in memory) against its parent
     let guard = match (&job.cfg.guard, &job.init) {

@@ -18,7 +18,7 @@ pub mod import;
 mod lineage;
 mod ls;
 mod merge;
-mod preprocess;
+pub mod preprocess;
 mod serve;
 mod tokenize;
 pub mod train;
@@ -72,7 +72,7 @@ pub fn dispatch(args: &Cli) -> anyhow::Result<ExitCode> {
         Command::Pipeline(PipelineCommand::Run(a)) => {
             let p = crate::pipeline::PipelineFile::load(&a.file)?;
             match (a.executor.as_str(), a.step) {
-                ("slurm", _) => crate::slurm::submit(&store, &args.workdir, a, &p)?,
+                ("slurm", _) => crate::slurm::submit(&store, a, &p)?,
                 (_, Some(k)) => crate::pipeline::run_one(&store, &p, k, a)?,
                 _ => crate::pipeline::run(&store, &p, true)?,
             }

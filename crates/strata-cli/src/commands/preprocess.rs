@@ -16,7 +16,7 @@ pub fn run(store: &Store, a: &PreprocessArgs) -> anyhow::Result<ExitCode> {
     let cfg = config(a)?;
     let by = "strata preprocess";
     if a.slurm {
-        crate::slurm::submit_preprocess(store, store.root(), a, &cfg)?;
+        crate::slurm::submit_preprocess(store, a, &cfg)?;
         return Ok(ExitCode::SUCCESS);
     }
     run_config(store, a, &cfg, by)
@@ -84,6 +84,21 @@ fn config(a: &PreprocessArgs) -> anyhow::Result<PreprocessConfig> {
     })
 }
 
+/// `--phase P [--task I/N]` of one distributed-preprocess task (`strata preprocess`, and a Slurm job's
+/// `strata pipeline run --step K`): cluster and publish are one task; the other phases need `--task`.
+///
+/// # Errors
+/// An unknown phase, a malformed task, or a multi-task phase without one.
+pub fn phase_task(phase: &str, task: Option<&str>) -> anyhow::Result<(Phase, Task)> {
+    let p = Phase::parse(phase).map_err(anyhow::Error::msg)?;
+    let task = match task {
+        Some(t) => Task::parse(t).map_err(anyhow::Error::msg)?,
+        None if p.single() => Task { index: 0, count: 1 },
+        None => anyhow::bail!("--phase {phase} needs --task I/N"),
+    };
+    Ok((p, task))
+}
+
 fn run_config(
     store: &Store,
     a: &PreprocessArgs,
@@ -91,15 +106,7 @@ fn run_config(
     by: &str,
 ) -> anyhow::Result<ExitCode> {
     if let Some(phase) = &a.phase {
-        let phase = Phase::parse(phase).map_err(anyhow::Error::msg)?;
-        let task = match (&a.task, phase) {
-            (Some(t), _) => Task::parse(t).map_err(anyhow::Error::msg)?,
-            (None, Phase::Cluster | Phase::Publish) => Task { index: 0, count: 1 },
-            (None, _) => anyhow::bail!(
-                "--phase {} needs --task I/N",
-                a.phase.as_deref().unwrap_or("")
-            ),
-        };
+        let (phase, task) = phase_task(phase, a.task.as_deref())?;
         let r = distributed::run_task(store, &a.input, &a.output, cfg, by, phase, task)?;
         println!("{}", serde_json::to_string(&r)?);
         return Ok(ExitCode::SUCCESS);

@@ -374,3 +374,34 @@ pub fn start_slurm() -> PathBuf {
             .unwrap_or_else(|| panic!("no SLURM_CONF in {stdout}")),
     )
 }
+
+/// The steps of the checkpoints (`checkpoint-<step>.safetensors`) in the checkpoint folder `dir` (none when
+/// it does not exist).
+pub fn checkpoint_steps(dir: &Path) -> Vec<usize> {
+    std::fs::read_dir(dir).map_or_else(
+        |_| Vec::new(),
+        |rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_prefix("checkpoint-")?
+                        .strip_suffix(".safetensors")?
+                        .parse()
+                        .ok()
+                })
+                .collect()
+        },
+    )
+}
+
+/// The folder of a Slurm submission's scripts and logs, from the `scripts and logs: DIR` line `pipeline run
+/// --executor slurm` writes to stderr.
+pub fn submission_dir(stderr: &str) -> PathBuf {
+    PathBuf::from(
+        stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("scripts and logs: "))
+            .unwrap_or_else(|| panic!("no submission folder in:\n{stderr}")),
+    )
+}

@@ -66,6 +66,22 @@ impl Phase {
             }
         })
     }
+    /// Whether the phase runs as one task whatever the run's task count (cluster, publish).
+    #[must_use]
+    pub fn single(self) -> bool {
+        matches!(self, Self::Cluster | Self::Publish)
+    }
+
+    /// The tasks this phase runs as in a run of `n` tasks: 1 for cluster and publish, else `n`.
+    #[must_use]
+    pub fn tasks(self, n: usize) -> usize {
+        if self.single() {
+            1
+        } else {
+            n.max(1)
+        }
+    }
+
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -201,8 +217,7 @@ pub fn run_task(
         });
     }
     let work = work_folder(store, "preprocess", output, &manifest);
-    let single = matches!(phase, Phase::Cluster | Phase::Publish);
-    let task = if single {
+    let task = if phase.single() {
         Task { index: 0, count: 1 }
     } else {
         task
@@ -247,11 +262,7 @@ pub fn unfinished(
         return Ok(Vec::new());
     }
     let work = work_folder(store, "preprocess", output, &manifest);
-    let n = if matches!(phase, Phase::Cluster | Phase::Publish) {
-        1
-    } else {
-        tasks.max(1)
-    };
+    let n = phase.tasks(tasks);
     Ok((0..n)
         .filter(|&index| !marker(&work, phase.name(), Task { index, count: n }).exists())
         .collect())
