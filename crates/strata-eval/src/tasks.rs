@@ -176,7 +176,10 @@ pub fn choice_logprobs(
     let longest = choices.iter().map(Vec::len).max().unwrap_or(0);
     let room = cache.capacity().saturating_sub(longest);
     let mut context: &str = &item.context;
-    let mut ids = enc(&text, true)?;
+    // a plain prompt takes the tokenizer's special tokens (BOS) as lm-eval's do; a rendered chat carries what its
+    // template writes, encoded as serving and SFT encode it
+    let special = chat.is_none();
+    let mut ids = enc(&text, special)?;
     while ids.len() > room {
         if context.is_empty() {
             return Err(TrainError::Data(format!(
@@ -192,7 +195,7 @@ pub fn choice_logprobs(
             .find(|&i| i >= context.len() / 4)
             .unwrap_or(context.len());
         context = &context[cut.max(1).min(context.len())..];
-        ids = enc(&prompt(item, context, chat)?.0, true)?;
+        ids = enc(&prompt(item, context, chat)?.0, special)?;
     }
     cache.reset();
     let last = model.forward(&ids, cache, false)?;

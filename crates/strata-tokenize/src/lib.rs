@@ -2,6 +2,7 @@
 
 mod bpe;
 mod chat;
+mod fast;
 mod gguf_vocab;
 mod sft;
 mod shards;
@@ -10,6 +11,7 @@ mod special;
 pub use bpe::{default_val_fraction, write_tokenizer_files};
 pub use bpe::{train_tokenizer, TokenizerConfig, SPECIAL_TOKENS};
 pub use chat::{ChatMessage, ChatTemplate, CHATML_TEMPLATE, GEMMA_TEMPLATE};
+pub use fast::{EncoderState, FastEncoder};
 pub use gguf_vocab::{write_gguf_tokenizer, GgufVocab};
 pub use sft::{encode_chat, encode_chat_dataset, split_flag, ChatEncodeConfig, NO_LOSS};
 pub use shards::{

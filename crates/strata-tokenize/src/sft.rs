@@ -78,9 +78,12 @@ pub fn encode_chat(
         }
         spans.push((before.len(), through.len()));
     }
+    // without the tokenizer's own special tokens, as transformers' `apply_chat_template` encodes and as serving
+    // and `generate --chat` do: a template that writes `{{ bos_token }}` itself (Gemma's, Llama 3's) would
+    // otherwise start every training example with two BOS the model never sees when served
     let enc = td
         .tokenizer
-        .encode(full.as_str(), true)
+        .encode(full.as_str(), false)
         .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
     Ok(enc
         .get_ids()
@@ -332,5 +335,39 @@ mod tests {
         let raising = ChatTemplate::new("{{ raise_exception('roles must alternate') }}").unwrap();
         let e = encode_chat(&td, &raising, &conv).unwrap_err().to_string();
         assert!(e.contains("roles must alternate"), "{e}");
+    }
+
+    /// A tokenizer whose post-processor adds BOS (as Gemma's and Llama's do) and a template that writes
+    /// `{{ bos_token }}` itself: one BOS, as serving encodes the same conversation.
+    #[test]
+    fn a_template_that_writes_bos_gets_one_bos() {
+        let d = tempfile::tempdir().unwrap();
+        tokenizer_dir(d.path());
+        let path = d.path().join("tokenizer.json");
+        let mut tok: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        // "system" (id 4) plays BOS
+        tok["post_processor"] = serde_json::json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "system", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"system": {"id": "system", "ids": [4], "tokens": ["system"]}}});
+        std::fs::write(&path, tok.to_string()).unwrap();
+        let td = TokenizerDir::open(d.path()).unwrap();
+        // the post-processor is live: encoding with special tokens prepends it
+        let with = td.tokenizer.encode("hi", true).unwrap();
+        assert_eq!(with.get_ids(), [4, 5]);
+        let tmpl = ChatTemplate::new(&format!(
+            "{{{{ bos_token }}}}{}",
+            crate::chat::CHATML_TEMPLATE
+        ))
+        .unwrap()
+        .with_special_tokens("system", "<|im_end|>");
+        let ids = encode_chat(&td, &tmpl, &[msg("user", "hi"), msg("assistant", "hello")]).unwrap();
+        let got: Vec<u32> = ids.iter().map(|&i| split_flag(i).0).collect();
+        // system | <|im_start|> user hi <|im_end|> <|im_start|> assistant hello <|im_end|>
+        assert_eq!(got, [4, 0, 2, 5, 1, 0, 3, 6, 1]);
+        let rendered = tmpl.render(&[msg("user", "hi")], true).unwrap();
+        let served = td.tokenizer.encode(rendered.as_str(), false).unwrap();
+        assert_eq!(served.get_ids(), &got[..7]);
     }
 }

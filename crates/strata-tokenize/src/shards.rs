@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use strata_records::StepReport;
 use strata_store::{Kind, Manifest, Store};
 
-use crate::{io_err, Result, TokenizeError, TokenizerDir};
+use crate::{io_err, EncoderState, FastEncoder, Result, TokenizeError, TokenizerDir};
 
 const MAGIC: &[u8; 8] = b"STRATOK1";
 
@@ -58,21 +58,63 @@ fn fast_tokenizer(td: &TokenizerDir) -> tokenizers::Tokenizer {
 /// Encodes `texts` in chunks, each in parallel without character offsets (the ids are the same; only ids
 /// are kept), with the tokenizer's own special tokens (BOS where its post-processor adds one, as HF's
 /// encode does), and hands each text and its ids to `each` in order: memory holds one chunk's encodings.
+/// A byte-level BPE tokenizer that [`FastEncoder`] reproduces goes through it (one word cache per thread);
+/// any other, and any text holding an added token's text, through `tokenizers`.
 fn encode_texts(
     tk: &tokenizers::Tokenizer,
     mut texts: impl Iterator<Item = Result<String>>,
     mut each: impl FnMut(&str, &[u32]),
 ) -> Result<()> {
+    use rayon::prelude::*;
+    let fast = FastEncoder::new(tk);
+    let threads = rayon::current_num_threads().max(1);
+    let states: Vec<std::sync::Mutex<EncoderState>> =
+        (0..threads).map(|_| std::sync::Mutex::default()).collect();
+    let slow = |text: &str| -> Result<Vec<u32>> {
+        Ok(tk
+            .encode_fast(text, true)
+            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    };
     loop {
         let chunk: Vec<String> = texts.by_ref().take(ENCODE_CHUNK).collect::<Result<_>>()?;
         if chunk.is_empty() {
             return Ok(());
         }
-        let encodings = tk
-            .encode_batch_fast(chunk.iter().map(String::as_str).collect::<Vec<_>>(), true)
-            .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
-        for (text, enc) in chunk.iter().zip(encodings) {
-            each(text, enc.get_ids());
+        let Some(fast) = &fast else {
+            let encodings = tk
+                .encode_batch_fast(chunk.iter().map(String::as_str).collect::<Vec<_>>(), true)
+                .map_err(|e| TokenizeError::Tokenizer(e.to_string()))?;
+            for (text, enc) in chunk.iter().zip(encodings) {
+                each(text, enc.get_ids());
+            }
+            continue;
+        };
+        // contiguous parts, one per thread and its word cache
+        let part = chunk.len().div_ceil(threads);
+        let parts: Vec<Vec<Vec<u32>>> = chunk
+            .par_chunks(part)
+            .zip(states.par_iter())
+            .map(|(texts, state)| {
+                let mut st = state
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                texts
+                    .iter()
+                    .map(|t| {
+                        if fast.needs_tokenizer(t) {
+                            return slow(t);
+                        }
+                        let mut ids = Vec::with_capacity(t.len() / 3);
+                        fast.encode(t, &mut st, &mut ids)?;
+                        Ok(ids)
+                    })
+                    .collect()
+            })
+            .collect::<Result<_>>()?;
+        for (text, ids) in chunk.iter().zip(parts.iter().flatten()) {
+            each(text, ids);
         }
     }
 }

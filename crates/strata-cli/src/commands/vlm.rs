@@ -270,9 +270,10 @@ pub fn encode_turn(
         strata_tokenize::encode_chat(td, tmpl, &msgs)?
     } else {
         let text = tmpl.render(&msgs, true)?;
+        // as `encode_chat` and serving: the template writes whatever special tokens the model expects
         let enc = td
             .tokenizer
-            .encode(text.as_str(), true)
+            .encode(text.as_str(), false)
             .map_err(|e| anyhow::anyhow!("encoding: {e}"))?;
         enc.get_ids().iter().map(|&i| i | NO_LOSS).collect()
     };
