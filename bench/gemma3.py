@@ -10,8 +10,8 @@ dequantised to disk). Then, on the same machine, in one run:
    and its training forward, on a prompt's ids (goal <= 1e-4 relative to the largest logit).
 2. Greedy continuations (32 tokens) of a few prompts by llama.cpp's llama-simple and by `strata generate
    --temperature 0` running the file's blocks as stored, and by Strata with f32 weights: the characters they
-   share from the start. Quantised engines differ in their last bits (llama.cpp multiplies Q5_0 blocks by
-   8-bit activations; Strata runs Q5_0 and Q6_K as Q8_0 and Q4_K as Q4_1), so a long shared prefix, not
+   share from the start. Quantised engines differ in their last bits (sums in other orders; Strata runs Q6_K as
+   Q8_0 and Q4_K as Q4_1), so a long shared prefix, not
    equality, is what to expect of them.
 3. Speed: llama-bench against `strata bench decode --gguf` on pp64, pp512, tg128, 2 threads, the ratio
    Strata / llama.cpp (goal >= 1.2 on every row, issue 24), and the resident memory of each (goal: Strata

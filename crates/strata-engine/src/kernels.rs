@@ -359,6 +359,16 @@ pub fn dot_packed_portable(
     tok: usize,
 ) -> f32 {
     let (pb, qa) = (ty.packed_block_bytes(), ty.packed_quants_at());
+    if ty == WeightType::Q5_0 {
+        // the row's ggml blocks gathered back (this path is the reference, not the fast one)
+        let mut blk = [0u8; 22];
+        let mut sum = 0f32;
+        for b in 0..nb {
+            ty.unpack_block(&grp[b * pb..(b + 1) * pb], r, &mut blk);
+            sum += block_dot(ty, |j| blk[j], get_f16(&blk), 0.0, acts, tok * nb + b);
+        }
+        return sum;
+    }
     // Q8_0's quants are stored offset by 128: flip them back to ggml's bytes
     let flip = if ty == WeightType::Q8_0 { 0x80 } else { 0 };
     let mut sum = 0f32;
@@ -559,7 +569,7 @@ fn dot_quant_tile<const R: usize, const N: usize>(
     toks: &[usize; N],
 ) -> [[f32; N]; R] {
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable {
+    if isa != Isa::Portable && ty != WeightType::Q5_0 {
         // SAFETY: AVX2, FMA and F16C (and VNNI when chosen) were detected; slices are in bounds.
         return unsafe {
             match (ty, isa == Isa::Avx2Vnni) {
@@ -594,14 +604,20 @@ pub fn dot_quant_portable(
         } else {
             0.0
         };
-        sum += block_dot(ty, |j| blk[qa + j], get_f16(blk), m, acts, tok * nb + b);
+        if ty == WeightType::Q5_0 {
+            sum += block_dot(ty, |j| blk[j], get_f16(blk), m, acts, tok * nb + b);
+        } else {
+            sum += block_dot(ty, |j| blk[qa + j], get_f16(blk), m, acts, tok * nb + b);
+        }
     }
     sum
 }
 
 /// Block `ai` of the activations against one block of weights: d_w·d_x·Σ q_w·q_x, plus Q4_1's m·Σx, or
 /// minus Q4_0's 8·d_w·Σx (its nibbles are stored with +8). `q(j)` is byte j of the block's quants as ggml
-/// stores them (Q8_0: signed; Q4: values j and j + 16 in the low and high nibble).
+/// stores them (Q8_0: signed; Q4: values j and j + 16 in the low and high nibble); Q5_0's `q(j)` is byte j of
+/// the whole block (qh included), and its product is the integer Σ (value − 16)·q_x, as the Q8_0 of the same
+/// values gives.
 fn block_dot(
     ty: WeightType,
     q: impl Fn(usize) -> u8,
@@ -612,7 +628,12 @@ fn block_dot(
 ) -> f32 {
     let xq = &acts.qs[ai * QK..(ai + 1) * QK];
     let (dx, sx) = (acts.d[ai], acts.s[ai]);
-    let p: i32 = if ty == WeightType::Q8_0 {
+    let p: i32 = if ty == WeightType::Q5_0 {
+        let b: [u8; 22] = std::array::from_fn(&q);
+        (0..QK)
+            .map(|k| (i32::from(super::quant::q5_0_value(&b, k)) - 16) * i32::from(xq[k]))
+            .sum()
+    } else if ty == WeightType::Q8_0 {
         (0..QK)
             .map(|k| i32::from(q(k).cast_signed()) * i32::from(xq[k]))
             .sum()
@@ -1198,8 +1219,9 @@ mod x86 {
         use super::WeightType;
         use std::arch::x86_64::{
             __m512, __m512i, _mm512_and_si512, _mm512_cvtepi32_ps, _mm512_cvtph_ps,
-            _mm512_fmadd_ps, _mm512_mul_ps, _mm512_set1_epi32, _mm512_set1_epi8, _mm512_set1_ps,
-            _mm512_setzero_ps, _mm512_setzero_si512, _mm512_srli_epi32, _mm512_storeu_ps,
+            _mm512_fmadd_ps, _mm512_mul_ps, _mm512_or_si512, _mm512_set1_epi32, _mm512_set1_epi8,
+            _mm512_set1_ps, _mm512_setzero_ps, _mm512_setzero_si512, _mm512_sll_epi32,
+            _mm512_srl_epi32, _mm512_srli_epi32, _mm512_storeu_ps,
         };
         let (pb, qa) = (ty.packed_block_bytes(), ty.packed_quants_at());
         let mut acc: [__m512; N] = [_mm512_setzero_ps(); N];
@@ -1209,11 +1231,40 @@ mod x86 {
         let cs = acts.c128.as_ptr();
         let base: [usize; N] = std::array::from_fn(|j| toks[j] * nb);
         let m4 = _mm512_set1_epi8(15);
+        let h4 = _mm512_set1_epi8(16);
         let (g0, g1) = (grp0.as_ptr(), grp1.as_ptr());
         for b in 0..nb {
             let (b0, b1) = (g0.add(b * pb), g1.add(b * pb));
             prefetch_ahead(b0, b1, pb);
             let dw = _mm512_cvtph_ps(pair128(b0, b1, 0));
+            if ty == WeightType::Q5_0 {
+                // each lane's high-bit word (bit 8k + c: value 4c + k), shifted so that chunk c's bits sit at
+                // bit 4 of its bytes, over the chunk's nibbles
+                let hw = pair256(b0, b1, 16);
+                let raw: [__m512i; 4] = std::array::from_fn(|c| pair256(b0, b1, qa + 32 * c));
+                let w: [__m512i; 8] = std::array::from_fn(|c| {
+                    let nib = if c < 4 {
+                        _mm512_and_si512(raw[c], m4)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi32::<4>(raw[c - 4]), m4)
+                    };
+                    #[allow(clippy::cast_possible_wrap, clippy::cast_possible_truncation)]
+                    let hb = if c <= 4 {
+                        _mm512_sll_epi32(hw, _mm_cvtsi32_si128((4 - c) as i32))
+                    } else {
+                        _mm512_srl_epi32(hw, _mm_cvtsi32_si128((c - 4) as i32))
+                    };
+                    _mm512_or_si512(nib, _mm512_and_si512(hb, h4))
+                });
+                for j in 0..N {
+                    let xb = qs.add((base[j] + b) * QK).cast::<i32>();
+                    // values are stored + 16: start from −16·Σq_x (an eighth of −128·Σq_x, exactly)
+                    let p = dot_block_512(_mm512_set1_epi32(*cs.add(base[j] + b) >> 3), &w, xb);
+                    let d = _mm512_mul_ps(dw, _mm512_set1_ps(*ds.add(base[j] + b)));
+                    acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[j]);
+                }
+                continue;
+            }
             if ty == WeightType::Q8_0 {
                 let w: [__m512i; 8] = std::array::from_fn(|c| pair256(b0, b1, qa + 32 * c));
                 for j in 0..N {
@@ -1401,6 +1452,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Q5_0 (quantised by candle's ggml quantiser) packed: the products are the integers of the Q8_0 holding
+    /// the same values, scaled the same way, so every output equals that Q8_0's bit for bit — on the VNNI
+    /// kernel, on its portable version, alone or batched — and both match the f64 reference; its values are
+    /// candle's own dequantisation of the blocks.
+    #[test]
+    fn q5_0_runs_as_the_q8_0_of_its_values_bit_for_bit() {
+        let mut isas = vec![Isa::Portable];
+        if Isa::detect() == Isa::Avx2Vnni {
+            isas.push(Isa::Avx2Vnni);
+        }
+        for (n, k) in [(8, 32), (16, 64), (40, 96), (136, 256), (264, 640)] {
+            let x = sample(n * k, 13);
+            let w = Matrix::quantized(n, k, &x, WeightType::Q5_0);
+            let t = candle_core::Tensor::from_slice(&x, (n, k), &candle_core::Device::Cpu).unwrap();
+            let candle = candle_core::quantized::QTensor::quantize(
+                &t,
+                candle_core::quantized::GgmlDType::Q5_0,
+            )
+            .unwrap()
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            assert_eq!(w.dequantize(), candle, "Q5_0 values n={n} k={k}");
+            let q8 = w.q5_0_as_q8_0();
+            assert_eq!(q8.dequantize(), candle, "Q5_0 → Q8_0 is exact");
+            let p = w.pack().unwrap();
+            assert_eq!(p.bytes.len(), w.bytes.len());
+            assert_eq!(p.unpacked().bytes, w.bytes, "pack → unpack");
+            assert_eq!(p.dequantize(), candle);
+            let q8p = q8.pack().unwrap();
+            for &isa in &isas {
+                for t in [1, 2, 5, 9] {
+                    check_matrix(isa, &p, t);
+                    let xs = sample(t * k, 14);
+                    let run = |m: &Matrix, toks: usize, xs: &[f32]| {
+                        let mut y = vec![0f32; toks * n];
+                        matmul(isa, m, xs, toks, &mut y, &mut Scratch::default());
+                        y
+                    };
+                    let y = run(&p, t, &xs);
+                    assert_eq!(y, run(&q8p, t, &xs), "{isa:?} n={n} k={k} t={t}");
+                    // the last token alone gives its row of the batch
+                    assert_eq!(run(&p, 1, &xs[(t - 1) * k..]), y[(t - 1) * n..]);
+                }
+            }
+        }
+        // the packed high bits by hand: row 0 of a block whose qh has bits 0 (value 0), 5 (value 5 = 4·1 + 1)
+        // and 31 (value 31 = 4·7 + 3) set; packed bit 8k + c holds value 4c + k
+        let mut w = Matrix::quantized(8, 32, &sample(8 * 32, 15), WeightType::Q5_0);
+        w.bytes[2..6].copy_from_slice(&(1u32 | 1 << 5 | 1 << 31).to_le_bytes());
+        let p = w.pack().unwrap();
+        let packed = u32::from_le_bytes([p.bytes[16], p.bytes[17], p.bytes[18], p.bytes[19]]);
+        assert_eq!(packed, 1 | 1 << (8 + 1) | 1 << (24 + 7));
+        assert_eq!(p.dequantize(), w.dequantize());
     }
 
     #[test]

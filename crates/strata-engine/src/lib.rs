@@ -1206,6 +1206,46 @@ mod tests {
         );
     }
 
+    /// A Q5_0 file (llama.cpp's Q4_K_M gives its Gemma 3 projections that type) runs its own blocks where
+    /// they are packed (VNNI), and its logits equal, bit for bit, those of the Q8_0 holding the same values;
+    /// both within the quantisation's reach of the file's f32 values.
+    #[test]
+    fn q5_0_files_run_as_they_are_and_equal_the_q8_0_of_their_values() {
+        use candle_core::quantized::GgmlDType;
+        let cfg = sized(256, 512);
+        let (_, tensors) = random_model(&cfg, 6);
+        let names: Vec<&String> = tensors.keys().collect();
+        let q5 = gguf_of(&cfg, &tensors, GgmlDType::Q5_0);
+        let m = CpuModel::from_gguf_bytes(Path::new("q5.gguf"), &q5, None).unwrap();
+        let m8 =
+            CpuModel::from_gguf_bytes(Path::new("q5.gguf"), &q5, Some(WeightType::Q8_0)).unwrap();
+        let types: Vec<(&str, usize)> = m.weight_types().into_iter().collect();
+        if m.isa == kernels::Isa::Avx2Vnni {
+            // the head's 70 rows are not groups of 8: it runs as Q8_0
+            assert_eq!(types, [("Q5_0", 8), ("Q8_0", 1)]);
+        } else {
+            assert_eq!(types, [("Q8_0", 9)]);
+        }
+        assert_eq!(
+            m8.weight_types().keys().copied().collect::<Vec<_>>(),
+            ["Q8_0"]
+        );
+        let (mut a, mut b) = (CpuCache::new(&m, 32), CpuCache::new(&m8, 32));
+        let got = m.forward(&IDS, &mut a, true).unwrap();
+        assert_eq!(got, m8.forward(&IDS, &mut b, true).unwrap());
+        // the file's values in f32: the difference left is the 8-bit activations' (the same for any Q8_0 run of
+        // this random model; measured 0.058 of the largest logit)
+        let values = file_values(&q5, &names);
+        let f32_file = gguf_of(&cfg, &values, GgmlDType::F32);
+        let f = CpuModel::from_gguf_bytes(Path::new("f.gguf"), &f32_file, None).unwrap();
+        let mut c = CpuCache::new(&f, 32);
+        let want = f.forward(&IDS, &mut c, true).unwrap();
+        let err = max_rel_err(&got, &want);
+        assert!(err > 0.0 && err < 0.1, "{err}");
+        // and the decode path (one token at a time) agrees with the Q8_0 one as well
+        assert_eq!(engine_logits(&m, &IDS), engine_logits(&m8, &IDS));
+    }
+
     #[test]
     fn quantised_engines_stay_close_to_f32_and_degrade_in_order() {
         let cfg = tiny();

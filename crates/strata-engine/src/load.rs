@@ -23,6 +23,7 @@ fn engine_type(t: GgmlDType) -> Option<WeightType> {
         GgmlDType::Q8_0 => Some(WeightType::Q8_0),
         GgmlDType::Q4_0 => Some(WeightType::Q4_0),
         GgmlDType::Q4_1 => Some(WeightType::Q4_1),
+        GgmlDType::Q5_0 => Some(WeightType::Q5_0),
         _ => None,
     }
 }
@@ -364,6 +365,8 @@ fn build(
         let ty = target(&s);
         if s.m.ty == ty {
             s.m
+        } else if s.m.ty == WeightType::Q5_0 && ty == WeightType::Q8_0 {
+            s.m.q5_0_as_q8_0()
         } else {
             Matrix::quantized(s.m.rows, s.m.cols, &s.m.dequantize(), ty)
         }
@@ -407,11 +410,15 @@ fn build(
     })
 }
 
-/// With VNNI, quantised projections are repacked 8 rows at a time for its 8-lane products (same size).
+/// With VNNI, quantised projections are repacked 8 rows at a time for its 8-lane products (same size). Q5_0
+/// runs only packed: elsewhere (no VNNI, rows not a multiple of 8) it becomes the Q8_0 of the same values.
 fn pack_for(isa: Isa, layers: Vec<Layer>, lm_head: Matrix) -> (Vec<Layer>, Matrix) {
     let pack = |mut m: Matrix| -> Matrix {
         if isa == Isa::Avx2Vnni {
             m.pack_in_place();
+        }
+        if m.ty == WeightType::Q5_0 && !m.packed {
+            m = m.q5_0_as_q8_0();
         }
         m
     };
@@ -428,10 +435,16 @@ fn pack_for(isa: Isa, layers: Vec<Layer>, lm_head: Matrix) -> (Vec<Layer>, Matri
     (layers, pack(lm_head))
 }
 
-/// Stacks projections; when their stored types differ (a GGUF may mix them), all become the widest.
+/// Stacks projections; when their stored types differ (a GGUF may mix them), all become the widest (Q5_0
+/// first becomes the Q8_0 of its values, exactly).
 fn stack_same_type(parts: Vec<Matrix>) -> Matrix {
+    let parts = if parts.iter().all(|p| p.ty == parts[0].ty) {
+        parts
+    } else {
+        parts.iter().map(Matrix::q5_0_as_q8_0).collect()
+    };
     let rank = |t: WeightType| match t {
-        WeightType::Q4_0 => 0,
+        WeightType::Q4_0 | WeightType::Q5_0 => 0,
         WeightType::Q4_1 => 1,
         WeightType::Q8_0 => 2,
         WeightType::F32 => 3,

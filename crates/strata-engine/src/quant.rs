@@ -1,7 +1,7 @@
 //! Weight formats of the CPU engine and their quantisers, bit-compatible with ggml's blocks of 32:
 //! Q8_0 = {f16 d, i8 q[32]} (x = d·q), Q4_0 = {f16 d, u8 q[16]} (x = d·(nibble − 8)), Q4_1 = {f16 d, f16 m,
-//! u8 q[16]} (x = d·nibble + m); nibble j of a block is the low half of byte j for j < 16 and the high half of
-//! byte j − 16 otherwise. Rows of a GGUF file in these types are used as they are, without dequantising.
+//! u8 q[16]} (x = d·nibble + m), Q5_0 = {f16 d, u32 qh, u8 q[16]} (x = d·(nibble + 16·bit j of qh − 16)); nibble
+//! j of a block is the low half of byte j for j < 16 and the high half of byte j − 16 otherwise. Rows of a GGUF file in these types are used as they are, without dequantising.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
@@ -16,6 +16,8 @@ pub enum WeightType {
     Q8_0,
     Q4_0,
     Q4_1,
+    /// Runs packed (VNNI) only; elsewhere it becomes the Q8_0 holding the same values ([`Matrix::q5_0_as_q8_0`]).
+    Q5_0,
 }
 
 impl WeightType {
@@ -27,6 +29,7 @@ impl WeightType {
             Self::Q8_0 => 34,
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
         }
     }
 
@@ -38,6 +41,7 @@ impl WeightType {
             Self::Q8_0 => "Q8_0",
             Self::Q4_0 => "Q4_0",
             Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
         }
     }
 }
@@ -54,7 +58,9 @@ pub struct Matrix {
     /// Repacked for VNNI ([`Matrix::pack`]): per group of 8 rows and block of 32 columns, the 8 rows'
     /// f16 scales (Q4_1: then their 8 f16 minima), then their quants interleaved 4 bytes at a time —
     /// Q8_0 offset by 128 (unsigned), Q4 as stored (byte j holds values j and j + 16) — so that one
-    /// `vpdpbusd` gives 8 rows' partial dot products in its 8 lanes.
+    /// `vpdpbusd` gives 8 rows' partial dot products in its 8 lanes. Q5_0: the 8 scales, then each row's high
+    /// bits as one u32 whose byte k holds (bit c) the high bit of value 4c + k — one shift and one mask put a
+    /// chunk's high bits under its nibbles — then the nibbles as Q4's.
     pub packed: bool,
 }
 
@@ -70,17 +76,24 @@ impl WeightType {
     pub fn packed_quants_at(self) -> usize {
         match self {
             Self::Q4_1 => 32,
+            Self::Q5_0 => 48,
             _ => 16,
         }
     }
 
     /// Row `lane`'s ggml block (`block_bytes` into `dst`) out of packed group block `src`: its scales (and
     /// Q4_1's minima), then its quants gathered 4 bytes at a time (Q8_0's back to signed).
-    fn unpack_block(self, src: &[u8], lane: usize, dst: &mut [u8]) {
+    pub(crate) fn unpack_block(self, src: &[u8], lane: usize, dst: &mut [u8]) {
         let (qa, pqa) = (self.quants_at(), self.packed_quants_at());
         let flip = if self == Self::Q8_0 { 0x80 } else { 0 };
-        for head in (0..qa).step_by(2) {
-            dst[head..head + 2].copy_from_slice(&src[8 * head + 2 * lane..][..2]);
+        if self == Self::Q5_0 {
+            dst[..2].copy_from_slice(&src[2 * lane..][..2]);
+            let w = u32::from_le_bytes([0, 1, 2, 3].map(|i| src[16 + 4 * lane + i]));
+            dst[2..6].copy_from_slice(&q5_0_bits_unpacked(w).to_le_bytes());
+        } else {
+            for head in (0..qa).step_by(2) {
+                dst[head..head + 2].copy_from_slice(&src[8 * head + 2 * lane..][..2]);
+            }
         }
         for (j, q) in dst[qa..].iter_mut().enumerate() {
             *q = src[pqa + (j / 4) * 32 + lane * 4 + j % 4] ^ flip;
@@ -92,6 +105,7 @@ impl WeightType {
     pub fn quants_at(self) -> usize {
         match self {
             Self::Q4_1 => 4,
+            Self::Q5_0 => 6,
             _ => 2,
         }
     }
@@ -170,7 +184,18 @@ impl Matrix {
             let mut at = 0;
             for b in 0..nb {
                 let blk = |r: usize| &rows[r * rb + b * bb..][..bb];
-                for head in (0..qa).step_by(2) {
+                if self.ty == WeightType::Q5_0 {
+                    for r in 0..8 {
+                        region[at..at + 2].copy_from_slice(&blk(r)[..2]);
+                        at += 2;
+                    }
+                    for r in 0..8 {
+                        let qh = u32::from_le_bytes([2, 3, 4, 5].map(|i| blk(r)[i]));
+                        region[at..at + 4].copy_from_slice(&q5_0_bits_packed(qh).to_le_bytes());
+                        at += 4;
+                    }
+                }
+                for head in (0..qa).step_by(2).filter(|_| self.ty != WeightType::Q5_0) {
                     for r in 0..8 {
                         region[at..at + 2].copy_from_slice(&blk(r)[head..head + 2]);
                         at += 2;
@@ -226,6 +251,7 @@ impl Matrix {
             WeightType::Q8_0 => Some(GgmlDType::Q8_0),
             WeightType::Q4_0 => Some(GgmlDType::Q4_0),
             WeightType::Q4_1 => Some(GgmlDType::Q4_1),
+            WeightType::Q5_0 => Some(GgmlDType::Q5_0),
         };
         let Some(ggml) = ggml else {
             return Self::dense(rows, cols, data.to_vec());
@@ -235,6 +261,22 @@ impl Matrix {
             .and_then(|q| q.data().map(std::borrow::Cow::into_owned))
             .expect("whole blocks of f32 values quantise");
         Self::from_blocks(rows, cols, ty, bytes)
+    }
+
+    /// A Q5_0 matrix as the Q8_0 blocks of the same values (the same d, q = value − 16): exact, and the
+    /// products over it are the same integers scaled the same way. Any other matrix as it is.
+    #[must_use]
+    pub fn q5_0_as_q8_0(&self) -> Self {
+        if self.ty != WeightType::Q5_0 {
+            return self.clone();
+        }
+        let src = self.unpacked();
+        let mut bytes = Vec::with_capacity(src.bytes.len() / 22 * 34);
+        for b in src.bytes.chunks_exact(22) {
+            bytes.extend_from_slice(&b[..2]);
+            bytes.extend((0..QK).map(|j| (q5_0_value(b, j).cast_signed() - 16).cast_unsigned()));
+        }
+        Self::from_blocks(self.rows, self.cols, WeightType::Q8_0, bytes)
     }
 
     /// Bytes of one row.
@@ -359,8 +401,32 @@ fn dequantize_block(ty: WeightType, b: &[u8], out: &mut Vec<f32>) {
             out.extend(qs.iter().map(|&q| d * (f32::from(q & 15) - off) + m));
             out.extend(qs.iter().map(|&q| d * (f32::from(q >> 4) - off) + m));
         }
+        WeightType::Q5_0 => out.extend((0..QK).map(|j| d * (f32::from(q5_0_value(b, j)) - 16.0))),
         WeightType::F32 => {}
     }
+}
+
+/// Value j (0..32, unsigned: 16 is zero) of a Q5_0 block: its nibble and bit j of qh above it.
+pub(crate) fn q5_0_value(b: &[u8], j: usize) -> u8 {
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let nib = if j < 16 {
+        b[6 + j] & 15
+    } else {
+        b[6 + j - 16] >> 4
+    };
+    #[allow(clippy::cast_possible_truncation)]
+    let hi = ((qh >> j) & 1) as u8;
+    nib | (hi << 4)
+}
+
+/// Q5_0's qh (bit j: value j's high bit) in the packed order: bit 8k + c holds value 4c + k's.
+fn q5_0_bits_packed(qh: u32) -> u32 {
+    (0..32).fold(0, |w, j| w | (((qh >> j) & 1) << (8 * (j % 4) + j / 4)))
+}
+
+/// The inverse of [`q5_0_bits_packed`].
+fn q5_0_bits_unpacked(w: u32) -> u32 {
+    (0..32).fold(0, |qh, j| qh | (((w >> (8 * (j % 4) + j / 4)) & 1) << j))
 }
 
 /// Elements of one K-quant super-block.
