@@ -2,7 +2,9 @@
 //! the tokenizer (byte-level BPE vocabulary, merges, special tokens) and chat template in its metadata.
 //! Llama and Mistral are written as llama.cpp's `llama` (Q and K permuted into its interleaved-RoPE row order,
 //! the inverse of the import), Qwen2 and Qwen3 as `qwen2` and `qwen3` (rows as they are, biases, Qwen3's
-//! query and key norms).
+//! query and key norms), Gemma 3 as `gemma3` (its four norms per layer under llama.cpp's names, every gain
+//! written as 1 + w as llama.cpp's converter writes it, and its SentencePiece vocabulary: the tokens, scores
+//! from which the import rebuilds the same merges, and token types).
 
 use std::path::Path;
 
@@ -53,6 +55,28 @@ impl std::str::FromStr for GgufType {
     }
 }
 
+/// HF name → GGUF name in a model of `cfg`: as [`gguf_name`], except Gemma 3's sandwich norms (the inverse
+/// of [`crate::gguf::hf_name_of`]).
+fn gguf_name_of(cfg: &LlamaConfig, hf: &str) -> Option<String> {
+    if cfg.sandwich_norms() {
+        if let Some((layer, part)) = hf
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+        {
+            let g = match part {
+                "pre_feedforward_layernorm.weight" => Some("ffn_norm.weight"),
+                "post_attention_layernorm.weight" => Some("post_attention_norm.weight"),
+                "post_feedforward_layernorm.weight" => Some("post_ffw_norm.weight"),
+                _ => None,
+            };
+            if let Some(g) = g {
+                return Some(format!("blk.{layer}.{g}"));
+            }
+        }
+    }
+    gguf_name(hf)
+}
+
 /// HF name → GGUF name.
 fn gguf_name(hf: &str) -> Option<String> {
     match hf {
@@ -87,7 +111,9 @@ fn gguf_name(hf: &str) -> Option<String> {
 /// llama.cpp's architecture for the model: `qwen2`, `qwen3`, or `llama` (Llama and Mistral; Q and K
 /// permuted for its interleaved rotation).
 fn gguf_arch(cfg: &LlamaConfig) -> &'static str {
-    if cfg.architectures.iter().any(|a| a == "Qwen3ForCausalLM") {
+    if cfg.gemma() {
+        "gemma3"
+    } else if cfg.architectures.iter().any(|a| a == "Qwen3ForCausalLM") {
         "qwen3"
     } else if cfg.architectures.iter().any(|a| a == "Qwen2ForCausalLM") {
         "qwen2"
@@ -111,15 +137,83 @@ fn f32v(x: f64) -> Value {
     Value::F32(x as f32)
 }
 
-/// What GGUF stores of a byte-level BPE tokenizer.
+/// What GGUF stores of a BPE tokenizer: byte-level (`gpt2`) or SentencePiece (`llama`).
 struct Vocab {
     /// By id.
     tokens: Vec<String>,
-    /// llama.cpp token types: 1 normal, 3 control, 4 user-defined.
+    /// llama.cpp token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 6 byte.
     types: Vec<i32>,
     merges: Vec<String>,
     /// llama.cpp's pre-tokenizer name.
     pre: &'static str,
+    /// A SentencePiece vocabulary: its scores (for byte-level BPE, None) and whether "▁" goes before the text.
+    spm: Option<(Vec<f32>, bool)>,
+}
+
+/// SentencePiece scores that give back `merges`: llama.cpp joins the pair whose joined piece scores highest,
+/// and the import ranks every split of a piece by that piece's score, so a piece scores minus the rank of the
+/// first merge that makes it; a piece no merge makes (characters, bytes, specials) scores below them all, so
+/// that the import ranks any split of it after every merge.
+fn spm_scores(tokens: &[String], merges: &[String]) -> Vec<f32> {
+    let ids: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let mut scores = vec![-((merges.len() + 1) as f32); tokens.len()];
+    let mut made = vec![false; tokens.len()];
+    for (rank, m) in merges.iter().enumerate() {
+        let joined: String = m.split(' ').collect();
+        if let Some(&id) = ids.get(joined.as_str()) {
+            if !made[id] {
+                made[id] = true;
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    scores[id] = -((rank + 1) as f32);
+                }
+            }
+        }
+    }
+    scores
+}
+
+/// SentencePiece's byte-fallback pieces <0x00>..<0xFF> get llama.cpp's byte type (6).
+fn mark_bytes(tokens: &[String], types: &mut [i32]) {
+    for (t, ty) in tokens.iter().zip(types.iter_mut()) {
+        let byte = t.len() == 6
+            && t.starts_with("<0x")
+            && t.ends_with('>')
+            && u8::from_str_radix(&t[3..5], 16).is_ok();
+        if byte && *ty == 1 {
+            *ty = 6;
+        }
+    }
+}
+
+/// Whether a tokenizer.json is a SentencePiece BPE as Hugging Face writes Gemma's and Llama 2's (and as the
+/// import writes a `llama` GGUF vocabulary): byte fallback, spaces replaced by "▁" in the normaliser, no
+/// pre-tokenizer. Returns whether a "▁" is prepended to the text.
+fn spm_form(tk: &Json) -> Option<bool> {
+    if tk["model"]["byte_fallback"] != true || !tk["pre_tokenizer"].is_null() {
+        return None;
+    }
+    let n = &tk["normalizer"];
+    let steps: Vec<&Json> = if n["type"] == "Sequence" {
+        n["normalizers"].as_array()?.iter().collect()
+    } else {
+        vec![n]
+    };
+    let replaces = steps.iter().any(|s| {
+        s["type"] == "Replace" && s["pattern"]["String"] == " " && s["content"] == "\u{2581}"
+    });
+    let prepends = steps
+        .iter()
+        .any(|s| s["type"] == "Prepend" && s["prepend"] == "\u{2581}");
+    let known = steps
+        .iter()
+        .all(|s| s["type"] == "Replace" || s["type"] == "Prepend");
+    (replaces && known).then_some(prepends)
 }
 
 /// The regex of a `Sequence [Split (regex, isolated), ByteLevel]` pre-tokenizer (Llama 3's and Qwen2's).
@@ -134,23 +228,12 @@ fn split_regex(pre: &Json) -> Option<&str> {
         .flatten()
 }
 
-/// Reads a tokenizer.json into what GGUF stores.
-fn tokenizer_metadata(path: &Path) -> Result<Vocab> {
-    let bad = |reason: String| ModelError::Weights {
-        path: path.into(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.into(),
-        source,
-    })?;
-    let tk: Json = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    if tk["model"]["type"] != "BPE" {
-        return Err(bad(format!(
-            "only BPE tokenizers can be exported to GGUF (found {})",
-            tk["model"]["type"]
-        )));
-    }
+/// The tokens of a tokenizer.json by id (its vocabulary, then its added tokens) and llama.cpp's type of each.
+fn tokens_and_types(
+    tk: &Json,
+    spm: bool,
+    bad: &dyn Fn(String) -> ModelError,
+) -> Result<(Vec<String>, Vec<i32>)> {
     let vocab = tk["model"]["vocab"]
         .as_object()
         .ok_or_else(|| bad("model.vocab is missing".into()))?;
@@ -176,12 +259,39 @@ fn tokenizer_metadata(path: &Path) -> Result<Vocab> {
             types.resize(id + 1, 1);
         }
         tokens[id] = content.to_string();
-        types[id] = if added["special"].as_bool().unwrap_or(false) {
+        types[id] = if tk["model"]["unk_token"].as_str() == Some(content) {
+            2
+        } else if added["special"].as_bool().unwrap_or(false) {
             3
         } else {
             4
         };
     }
+    if spm {
+        mark_bytes(&tokens, &mut types);
+    }
+    Ok((tokens, types))
+}
+
+/// Reads a tokenizer.json into what GGUF stores.
+fn tokenizer_metadata(path: &Path) -> Result<Vocab> {
+    let bad = |reason: String| ModelError::Weights {
+        path: path.into(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let tk: Json = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let spm = spm_form(&tk);
+    if tk["model"]["type"] != "BPE" {
+        return Err(bad(format!(
+            "only BPE tokenizers can be exported to GGUF (found {})",
+            tk["model"]["type"]
+        )));
+    }
+    let (tokens, types) = tokens_and_types(&tk, spm.is_some(), &bad)?;
     let merges: Vec<String> = tk["model"]["merges"]
         .as_array()
         .ok_or_else(|| bad("model.merges is missing".into()))?
@@ -198,6 +308,16 @@ fn tokenizer_metadata(path: &Path) -> Result<Vocab> {
         .collect::<Result<_>>()?;
     let pre = &tk["pre_tokenizer"];
     let is_byte_level = |p: &Json| p["type"] == "ByteLevel";
+    if let Some(prefix) = spm {
+        let scores = spm_scores(&tokens, &merges);
+        return Ok(Vocab {
+            tokens,
+            types,
+            merges: Vec::new(),
+            pre: "default",
+            spm: Some((scores, prefix)),
+        });
+    }
     let pre_name = if is_byte_level(pre) {
         "gpt2"
     } else if pre["type"] == "Sequence"
@@ -230,6 +350,7 @@ fn tokenizer_metadata(path: &Path) -> Result<Vocab> {
         types,
         merges,
         pre: pre_name,
+        spm: None,
     })
 }
 
@@ -241,7 +362,9 @@ fn quantize_all(dir: &Path, cfg: &LlamaConfig, ty: GgufType) -> Result<Vec<(Stri
     names.sort();
     let mut out = Vec::new();
     for name in names {
-        let Some(g) = gguf_name(name) else { continue };
+        let Some(g) = gguf_name_of(cfg, name) else {
+            continue;
+        };
         if cfg.tie_word_embeddings && g == "output.weight" {
             continue;
         }
@@ -251,6 +374,16 @@ fn quantize_all(dir: &Path, cfg: &LlamaConfig, ty: GgufType) -> Result<Vec<(Stri
                 path: dir.to_path_buf(),
                 reason: format!("{name}: {}", crate::candle_msg(&e)),
             })?;
+        let shift = cfg.norm_shift();
+        if shift != 0.0 && name.ends_with("norm.weight") {
+            // Gemma's gains as llama.cpp's converter writes them: 1 + w (the import takes the 1 back off)
+            t = t
+                .affine(1.0, f64::from(shift))
+                .map_err(|e| ModelError::Weights {
+                    path: dir.to_path_buf(),
+                    reason: format!("{name}: {}", crate::candle_msg(&e)),
+                })?;
+        }
         if crate::gguf::qk_permuted(cfg) && name.ends_with("q_proj.weight") {
             t = permute(&t, cfg.num_attention_heads)?;
         } else if crate::gguf::qk_permuted(cfg) && name.ends_with("k_proj.weight") {
@@ -300,6 +433,17 @@ fn metadata(
     .collect();
     let arch = gguf_arch(cfg);
     let k = |key: &str| format!("{arch}.{key}");
+    // llama.cpp needs a token for every row of the embedding: rows past the vocabulary are its padding
+    let (mut tokens, mut types) = (vocab.tokens, vocab.types);
+    let mut spm = vocab.spm;
+    while tokens.len() < cfg.vocab_size {
+        tokens.push(format!("[PAD{}]", tokens.len()));
+        types.push(5);
+        if let Some((scores, _)) = &mut spm {
+            scores.push(0.0);
+        }
+    }
+    let tok_model = if spm.is_some() { "llama" } else { "gpt2" };
     let mut md: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         ("general.name".into(), Value::String(name)),
@@ -318,26 +462,43 @@ fn metadata(
             f32v(cfg.rms_norm_eps),
         ),
         (k("vocab_size"), u32v(cfg.vocab_size)),
-        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.model".into(),
+            Value::String(tok_model.into()),
+        ),
         ("tokenizer.ggml.pre".into(), Value::String(vocab.pre.into())),
         (
             "tokenizer.ggml.tokens".into(),
-            Value::Array(vocab.tokens.into_iter().map(Value::String).collect()),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
         ),
         (
             "tokenizer.ggml.token_type".into(),
-            Value::Array(vocab.types.into_iter().map(Value::I32).collect()),
-        ),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::Array(vocab.merges.into_iter().map(Value::String).collect()),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
         ),
         (
             "tokenizer.ggml.add_bos_token".into(),
             Value::Bool(tc["add_bos_token"].as_bool().unwrap_or(false)),
         ),
     ];
-    if cfg.head_dim() != cfg.hidden_size / cfg.num_attention_heads.max(1) {
+    if let Some((scores, prefix)) = spm {
+        md.push((
+            "tokenizer.ggml.scores".into(),
+            Value::Array(scores.into_iter().map(Value::F32).collect()),
+        ));
+        md.push((
+            "tokenizer.ggml.add_space_prefix".into(),
+            Value::Bool(prefix),
+        ));
+    } else {
+        md.push((
+            "tokenizer.ggml.merges".into(),
+            Value::Array(vocab.merges.into_iter().map(Value::String).collect()),
+        ));
+    }
+    if let Some(w) = cfg.sliding_window.filter(|_| cfg.gemma()) {
+        md.push((k("attention.sliding_window"), u32v(w)));
+    }
+    if cfg.gemma() || cfg.head_dim() != cfg.hidden_size / cfg.num_attention_heads.max(1) {
         // as llama.cpp's converter states a head size that is not hidden / heads (Qwen3)
         md.push((k("attention.key_length"), u32v(cfg.head_dim())));
         md.push((k("attention.value_length"), u32v(cfg.head_dim())));
@@ -353,6 +514,41 @@ fn metadata(
     md
 }
 
+/// What a Gemma 3 config sets that llama.cpp's `gemma3` leaves to its own code and decides otherwise (see
+/// [`crate::gguf`]'s import): every 6th layer global, a local RoPE base of 10000, scores scaled by
+/// key_length^-1/2 (n_embd / n_head at 62 layers), the tanh GELU, no RoPE scaling.
+fn gemma3_unwritable(cfg: &LlamaConfig) -> Option<String> {
+    let n = cfg.num_hidden_layers;
+    if let Some(l) = (0..n).find(|&l| cfg.window(l).is_some() == (l + 1).is_multiple_of(6)) {
+        return Some(format!(
+            "layer {l}'s attention is not llama.cpp's (every 6th layer global, the others sliding)"
+        ));
+    }
+    if cfg.sliding_window.is_none() {
+        return Some("no sliding_window".into());
+    }
+    let differs = |a: f64, b: f64| (a - b).abs() > 1e-9 * b.abs();
+    if differs(cfg.rope_local_base_freq.unwrap_or(10_000.0), 10_000.0) {
+        return Some("rope_local_base_freq is not 10000".into());
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let scalar = if n == 62 {
+        cfg.hidden_size / cfg.num_attention_heads.max(1)
+    } else {
+        cfg.head_dim()
+    } as f64;
+    if differs(cfg.query_pre_attn_scalar.unwrap_or(scalar), scalar) {
+        return Some(format!("query_pre_attn_scalar is not {scalar}"));
+    }
+    if cfg.activation() != "gelu_pytorch_tanh" {
+        return Some(format!("activation {:?}", cfg.activation()));
+    }
+    if cfg.rope_scaling.is_some() {
+        return Some("rope_scaling".into());
+    }
+    None
+}
+
 /// Writes the model folder `dir` as a GGUF file at `out` (atomically).
 ///
 /// # Errors
@@ -360,15 +556,19 @@ fn metadata(
 pub fn export_gguf(dir: &Path, out: &Path, ty: GgufType) -> Result<()> {
     let cfg: LlamaConfig = crate::read_config(&dir.join("config.json"))?;
     if cfg.gemma() {
-        return Err(ModelError::Config {
-            path: dir.join("config.json"),
-            reason: "GGUF export of Gemma 3 is not supported yet (its SentencePiece vocabulary and norms); \
-                     an imported Gemma GGUF is kept as model.gguf in the model folder"
-                .into(),
-        });
+        if let Some(reason) = gemma3_unwritable(&cfg) {
+            return Err(ModelError::Config {
+                path: dir.join("config.json"),
+                reason: format!(
+                    "this Gemma 3 model has no form in llama.cpp's gemma3 GGUF: {reason}"
+                ),
+            });
+        }
     }
     // llama.cpp's qwen2 and qwen3 attend in full on every layer: a window switched on has no GGUF form
-    if gguf_arch(&cfg) != "llama" && (0..cfg.num_hidden_layers).any(|l| cfg.window(l).is_some()) {
+    if matches!(gguf_arch(&cfg), "qwen2" | "qwen3")
+        && (0..cfg.num_hidden_layers).any(|l| cfg.window(l).is_some())
+    {
         return Err(ModelError::Config {
             path: dir.join("config.json"),
             reason: "a sliding window on Qwen layers has no form in llama.cpp's qwen2/qwen3 GGUF"
