@@ -66,7 +66,8 @@ pub enum Command {
     /// tokenizer is also published as a tokenizer artifact of the same name, for `tokenize encode`. A PEFT
     /// LoRA adapter folder imports as an adapter on `--base MODEL`.
     Import(ImportArgs),
-    /// Export a model as a GGUF file for llama.cpp (F32, F16 or Q8_0 weights).
+    /// Export a model as a GGUF file for llama.cpp (F32, F16 or Q8_0 weights): Llama and Mistral as `llama`,
+    /// Qwen2/Qwen3 as `qwen2`/`qwen3`, Gemma 3 as `gemma3`; byte-level BPE or SentencePiece vocabularies.
     Export(ExportArgs),
     /// Fold a LoRA adapter (and the adapters beneath it) into its base model: a new model artifact.
     Merge(MergeArgs),
