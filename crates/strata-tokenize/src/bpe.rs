@@ -88,7 +88,7 @@ pub fn train_tokenizer(
     })
 }
 
-fn train_bpe(texts: &[String], cfg: &TokenizerConfig) -> Result<tokenizers::Tokenizer> {
+pub(crate) fn train_bpe(texts: &[String], cfg: &TokenizerConfig) -> Result<tokenizers::Tokenizer> {
     let err = |e: tokenizers::Error| TokenizeError::Tokenizer(e.to_string());
     let mut trainer = BpeTrainerBuilder::new()
         .show_progress(false)

@@ -313,12 +313,6 @@ impl FastEncoder {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
-    use tokenizers::models::bpe::BpeTrainerBuilder;
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    use tokenizers::{
-        AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-        TokenizerImpl,
-    };
 
     /// Characters where GPT-2's classes meet: spaces of every kind, letters and marks, numbers of the three
     /// categories, apostrophes and the contractions' letters, punctuation, CJK, an emoji.
@@ -329,28 +323,16 @@ mod tests {
         '\x1c', '_',
     ];
 
-    /// A byte-level BPE of a few hundred merges trained by `tokenizers` on `text`, with `pre` as its
-    /// pre-tokenizer (JSON) and an added special token.
+    /// A byte-level BPE of a few hundred merges trained by the project's trainer on `text`, with `pre` as its
+    /// pre-tokenizer (JSON); its special tokens are added tokens.
     fn trained(text: &str, pre: &serde_json::Value) -> tokenizers::Tokenizer {
-        let mut trainer = BpeTrainerBuilder::new()
-            .show_progress(false)
-            .vocab_size(600)
-            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .build();
-        let bl = ByteLevel::new(false, true, true);
-        let mut tk: TokenizerImpl<
-            BPE,
-            NormalizerWrapper,
-            PreTokenizerWrapper,
-            PostProcessorWrapper,
-            DecoderWrapper,
-        > = TokenizerImpl::new(BPE::default());
-        tk.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(bl)));
-        let docs: Vec<&str> = text.lines().collect();
-        tk.train(&mut trainer, docs.into_iter()).unwrap();
-        let mut tk = tokenizers::Tokenizer::from(tk);
-        tk.add_special_tokens([AddedToken::from("<|endoftext|>", true)])
-            .unwrap();
+        let docs: Vec<String> = text.lines().map(str::to_string).collect();
+        let cfg = crate::TokenizerConfig {
+            vocab_size: 600,
+            min_frequency: 2,
+            val_fraction: 0.0,
+        };
+        let tk = crate::bpe::train_bpe(&docs, &cfg).unwrap();
         let mut json: serde_json::Value =
             serde_json::from_str(&tk.to_string(false).unwrap()).unwrap();
         json["pre_tokenizer"] = pre.clone();
