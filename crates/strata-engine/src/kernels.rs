@@ -22,10 +22,12 @@ impl Isa {
             if std::env::var_os("STRATA_PORTABLE_KERNELS").is_some() {
                 return Self::Portable;
             }
+            let only_avx2 = std::env::var("STRATA_KERNELS").is_ok_and(|v| v == "avx2");
             let avx2 = is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c");
             if avx2
+                && !only_avx2
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("avx512vl")
@@ -78,6 +80,8 @@ const QR: usize = 2;
 const TT: usize = 4;
 /// f32 tiles: rows × tokens.
 const FR: usize = 4;
+/// Rows of an f32 tile for a lone token (decode) in 512-bit registers.
+const DR: usize = 16;
 const FT: usize = 3;
 
 /// y (t × w.rows) = x (t × w.cols) · wᵀ.
@@ -154,7 +158,26 @@ unsafe fn f32_block(
     n: usize,
     out: Out,
 ) {
-    // AVX-512's 32 vector registers hold a 4 × 6 tile of accumulators; AVX2's 16 hold 4 × 3.
+    // AVX-512's 32 vector registers hold a 4 × 6 tile of accumulators; AVX2's 16 hold 4 × 3. A lone token
+    // (decode) streams 8 rows at a time: each row's sum runs in the same order whatever the rows beside it,
+    // so the results are those of the 4-row tiles, bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Vnni && t1 - t0 == 1 {
+        let k = w.cols;
+        let xp = [&x[t0 * k..][..k]];
+        let mut r = r0;
+        while r < r1 {
+            let nr = (r1 - r).min(DR);
+            let wp: [&[f32]; DR] = std::array::from_fn(|i| &w.f32[(r + i.min(nr - 1)) * k..][..k]);
+            // SAFETY: AVX-512F/VL were detected (Avx2Vnni).
+            let acc = x86::dot_f32_tile_512(&wp, &xp);
+            for (i, row) in acc.iter().enumerate().take(nr) {
+                *out.0.add(t0 * n + r + i) = row[0];
+            }
+            r += nr;
+        }
+        return;
+    }
     if isa == Isa::Avx2Vnni {
         f32_rows::<6>(isa, w, x, r0, r1, t0, t1, n, out);
     } else {
@@ -774,7 +797,7 @@ mod x86 {
     /// The f32 tile in 512-bit registers (16 lanes: twice the work per instruction on CPUs with full-width
     /// AVX-512 units, and 32 registers for the 4 × FT accumulators).
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-    pub unsafe fn dot_f32_tile_512<const FT: usize>(
+    pub unsafe fn dot_f32_tile_512<const FR: usize, const FT: usize>(
         w: &[&[f32]; FR],
         x: &[&[f32]; FT],
     ) -> [[f32; FT]; FR] {
@@ -1511,6 +1534,51 @@ mod tests {
         let packed = u32::from_le_bytes([p.bytes[16], p.bytes[17], p.bytes[18], p.bytes[19]]);
         assert_eq!(packed, 1 | 1 << (8 + 1) | 1 << (24 + 7));
         assert_eq!(p.dequantize(), w.dequantize());
+    }
+
+    /// Every weight type on every kernel: a token's outputs in a batch of 7 equal, bit for bit, its outputs
+    /// alone (decode's one-token tiles, f32's 16-row decode tiles with AVX-512) — rows 37, past a whole tile.
+    #[test]
+    fn a_token_alone_gives_its_outputs_in_a_batch_bit_for_bit() {
+        let (n, k, t) = (40, 96, 7);
+        let mut isas = vec![Isa::Portable];
+        if Isa::detect() != Isa::Portable {
+            isas.push(Isa::Avx2);
+        }
+        if Isa::detect() == Isa::Avx2Vnni {
+            isas.push(Isa::Avx2Vnni);
+        }
+        let x = sample(t * k, 21);
+        for isa in isas {
+            for ty in [
+                WeightType::F32,
+                WeightType::Q8_0,
+                WeightType::Q4_0,
+                WeightType::Q4_1,
+            ] {
+                for rows in [37, n] {
+                    let w = Matrix::quantized(rows, k, &sample(rows * k, 22), ty);
+                    let mut batch = vec![0f32; t * rows];
+                    matmul(isa, &w, &x, t, &mut batch, &mut Scratch::default());
+                    for j in 0..t {
+                        let mut one = vec![0f32; rows];
+                        matmul(
+                            isa,
+                            &w,
+                            &x[j * k..(j + 1) * k],
+                            1,
+                            &mut one,
+                            &mut Scratch::default(),
+                        );
+                        assert_eq!(
+                            one,
+                            batch[j * rows..(j + 1) * rows],
+                            "{isa:?} {ty:?} rows={rows} token {j}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
