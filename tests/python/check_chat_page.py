@@ -47,13 +47,16 @@ try:
     answers = {}
     while time.time() < deadline + 20:
         cards = driver.find_elements(By.CSS_SELECTOR, ".answer")
-        answers = {c.get_attribute("data-model"): c.find_element(By.CSS_SELECTOR, ".text").text for c in cards}
-        metas = [c.find_element(By.CSS_SELECTOR, ".meta").text for c in cards]
+        # textContent, not .text: Selenium's .text leaves out what the browser does not render visibly, which
+        # made a card read as empty in some runs
+        answers = {c.get_attribute("data-model"): c.find_element(By.CSS_SELECTOR, ".text").get_attribute("textContent")
+                   for c in cards}
+        metas = [c.find_element(By.CSS_SELECTOR, ".meta").get_attribute("textContent") for c in cards]
         if len(cards) == 2 and all("tokens in" in m for m in metas):
             break
         time.sleep(0.1)
     assert sorted(answers) == ["base", "us-lora"], answers
-    assert all(t.strip() for t in answers.values()), answers
+    assert all(t.strip() for t in answers.values()), (answers, metas)
     print("OK", answers)
 finally:
     driver.quit()
