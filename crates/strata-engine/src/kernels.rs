@@ -159,7 +159,7 @@ unsafe fn f32_block(
     out: Out,
 ) {
     // AVX-512's 32 vector registers hold a 4 × 6 tile of accumulators; AVX2's 16 hold 4 × 3. A lone token
-    // (decode) streams 8 rows at a time: each row's sum runs in the same order whatever the rows beside it,
+    // (decode) streams DR (16) rows at a time: each row's sum runs in the same order whatever the rows beside it,
     // so the results are those of the 4-row tiles, bit for bit.
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2Vnni && t1 - t0 == 1 {
@@ -388,7 +388,7 @@ pub fn dot_packed_portable(
         let mut sum = 0f32;
         for b in 0..nb {
             ty.unpack_block(&grp[b * pb..(b + 1) * pb], r, &mut blk);
-            sum += block_dot(ty, |j| blk[j], get_f16(&blk), 0.0, acts, tok * nb + b);
+            sum += ggml_block_dot(ty, &blk, acts, tok * nb + b);
         }
         return sum;
     }
@@ -618,22 +618,28 @@ pub fn dot_quant_portable(
     nb: usize,
     tok: usize,
 ) -> f32 {
-    let (bb, qa) = (ty.block_bytes(), ty.quants_at());
+    let bb = ty.block_bytes();
     let mut sum = 0f32;
     for b in 0..nb {
-        let blk = &wrow[b * bb..(b + 1) * bb];
-        let m = if ty == WeightType::Q4_1 {
-            get_f16(&blk[2..])
-        } else {
-            0.0
-        };
-        if ty == WeightType::Q5_0 {
-            sum += block_dot(ty, |j| blk[j], get_f16(blk), m, acts, tok * nb + b);
-        } else {
-            sum += block_dot(ty, |j| blk[qa + j], get_f16(blk), m, acts, tok * nb + b);
-        }
+        sum += ggml_block_dot(ty, &wrow[b * bb..(b + 1) * bb], acts, tok * nb + b);
     }
     sum
+}
+
+/// [`block_dot`] of one of ggml's blocks as stored (`blk`: its `block_bytes`).
+fn ggml_block_dot(ty: WeightType, blk: &[u8], acts: &QuantActs, ai: usize) -> f32 {
+    let m = if ty == WeightType::Q4_1 {
+        get_f16(&blk[2..])
+    } else {
+        0.0
+    };
+    // Q5_0's product reads the whole block (its high bits sit before the nibbles)
+    let qa = if ty == WeightType::Q5_0 {
+        0
+    } else {
+        ty.quants_at()
+    };
+    block_dot(ty, |j| blk[qa + j], get_f16(blk), m, acts, ai)
 }
 
 /// Block `ai` of the activations against one block of weights: d_w·d_x·Σ q_w·q_x, plus Q4_1's m·Σx, or
@@ -1433,8 +1439,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_kernel_matches_the_f64_reference() {
+    /// Every kernel family this CPU can run: the portable one, AVX2 and, with VNNI, AVX-512.
+    fn runnable_isas() -> Vec<Isa> {
         let mut isas = vec![Isa::Portable];
         if Isa::detect() != Isa::Portable {
             isas.push(Isa::Avx2);
@@ -1442,6 +1448,12 @@ mod tests {
         if Isa::detect() == Isa::Avx2Vnni {
             isas.push(Isa::Avx2Vnni);
         }
+        isas
+    }
+
+    #[test]
+    fn every_kernel_matches_the_f64_reference() {
+        let isas = runnable_isas();
         for isa in isas {
             for ty in [
                 WeightType::F32,
@@ -1483,10 +1495,7 @@ mod tests {
     /// candle's own dequantisation of the blocks.
     #[test]
     fn q5_0_runs_as_the_q8_0_of_its_values_bit_for_bit() {
-        let mut isas = vec![Isa::Portable];
-        if Isa::detect() == Isa::Avx2Vnni {
-            isas.push(Isa::Avx2Vnni);
-        }
+        let isas = runnable_isas();
         for (n, k) in [(8, 32), (16, 64), (40, 96), (136, 256), (264, 640)] {
             let x = sample(n * k, 13);
             let w = Matrix::quantized(n, k, &x, WeightType::Q5_0);
@@ -1541,13 +1550,7 @@ mod tests {
     #[test]
     fn a_token_alone_gives_its_outputs_in_a_batch_bit_for_bit() {
         let (n, k, t) = (40, 96, 7);
-        let mut isas = vec![Isa::Portable];
-        if Isa::detect() != Isa::Portable {
-            isas.push(Isa::Avx2);
-        }
-        if Isa::detect() == Isa::Avx2Vnni {
-            isas.push(Isa::Avx2Vnni);
-        }
+        let isas = runnable_isas();
         let x = sample(t * k, 21);
         for isa in isas {
             for ty in [

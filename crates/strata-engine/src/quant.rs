@@ -86,17 +86,25 @@ impl WeightType {
     pub(crate) fn unpack_block(self, src: &[u8], lane: usize, dst: &mut [u8]) {
         let (qa, pqa) = (self.quants_at(), self.packed_quants_at());
         let flip = if self == Self::Q8_0 { 0x80 } else { 0 };
+        for head in (0..self.heads_at()).step_by(2) {
+            dst[head..head + 2].copy_from_slice(&src[8 * head + 2 * lane..][..2]);
+        }
         if self == Self::Q5_0 {
-            dst[..2].copy_from_slice(&src[2 * lane..][..2]);
             let w = u32::from_le_bytes([0, 1, 2, 3].map(|i| src[16 + 4 * lane + i]));
             dst[2..6].copy_from_slice(&q5_0_bits_unpacked(w).to_le_bytes());
-        } else {
-            for head in (0..qa).step_by(2) {
-                dst[head..head + 2].copy_from_slice(&src[8 * head + 2 * lane..][..2]);
-            }
         }
         for (j, q) in dst[qa..].iter_mut().enumerate() {
             *q = src[pqa + (j / 4) * 32 + lane * 4 + j % 4] ^ flip;
+        }
+    }
+
+    /// Where a block's f16 heads (d; Q4_1's m) end: packing interleaves them by row, two bytes at a time.
+    /// Q5_0's qh, after its d, is packed on its own ([`q5_0_bits_packed`]).
+    fn heads_at(self) -> usize {
+        if self == Self::Q5_0 {
+            2
+        } else {
+            self.quants_at()
         }
     }
 
@@ -184,21 +192,17 @@ impl Matrix {
             let mut at = 0;
             for b in 0..nb {
                 let blk = |r: usize| &rows[r * rb + b * bb..][..bb];
-                if self.ty == WeightType::Q5_0 {
+                for head in (0..self.ty.heads_at()).step_by(2) {
                     for r in 0..8 {
-                        region[at..at + 2].copy_from_slice(&blk(r)[..2]);
+                        region[at..at + 2].copy_from_slice(&blk(r)[head..head + 2]);
                         at += 2;
                     }
+                }
+                if self.ty == WeightType::Q5_0 {
                     for r in 0..8 {
                         let qh = u32::from_le_bytes([2, 3, 4, 5].map(|i| blk(r)[i]));
                         region[at..at + 4].copy_from_slice(&q5_0_bits_packed(qh).to_le_bytes());
                         at += 4;
-                    }
-                }
-                for head in (0..qa).step_by(2).filter(|_| self.ty != WeightType::Q5_0) {
-                    for r in 0..8 {
-                        region[at..at + 2].copy_from_slice(&blk(r)[head..head + 2]);
-                        at += 2;
                     }
                 }
                 for c in 0..chunks {

@@ -244,19 +244,25 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{hf}"))
 }
 
+/// Gemma 3's layer norms whose names differ from other models', as (GGUF, Hugging Face): `ffn_norm` is its
+/// pre-feedforward norm, and it also has post-attention and post-feedforward norms.
+pub(crate) const SANDWICH_NORMS: [(&str, &str); 3] = [
+    ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+    (
+        "post_attention_norm.weight",
+        "post_attention_layernorm.weight",
+    ),
+    ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"),
+];
+
 /// The Hugging Face name of GGUF tensor `gguf` in a model of `cfg`: as [`hf_name`], except Gemma 3's norms
-/// (`ffn_norm` is its pre-feedforward norm; it also has post-attention and post-feedforward norms).
+/// ([`SANDWICH_NORMS`]).
 #[must_use]
 pub fn hf_name_of(cfg: &LlamaConfig, gguf: &str) -> Option<String> {
     if cfg.sandwich_norms() {
         if let Some((layer, part)) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
-            let hf = match part {
-                "ffn_norm.weight" => Some("pre_feedforward_layernorm.weight"),
-                "post_attention_norm.weight" => Some("post_attention_layernorm.weight"),
-                "post_ffw_norm.weight" => Some("post_feedforward_layernorm.weight"),
-                _ => None,
-            };
-            if let (Some(hf), Ok(layer)) = (hf, layer.parse::<usize>()) {
+            let hf = SANDWICH_NORMS.iter().find(|(g, _)| *g == part);
+            if let (Some((_, hf)), Ok(layer)) = (hf, layer.parse::<usize>()) {
                 return Some(format!("model.layers.{layer}.{hf}"));
             }
         }

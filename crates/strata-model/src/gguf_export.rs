@@ -63,13 +63,7 @@ fn gguf_name_of(cfg: &LlamaConfig, hf: &str) -> Option<String> {
             .strip_prefix("model.layers.")
             .and_then(|r| r.split_once('.'))
         {
-            let g = match part {
-                "pre_feedforward_layernorm.weight" => Some("ffn_norm.weight"),
-                "post_attention_layernorm.weight" => Some("post_attention_norm.weight"),
-                "post_feedforward_layernorm.weight" => Some("post_ffw_norm.weight"),
-                _ => None,
-            };
-            if let Some(g) = g {
+            if let Some((g, _)) = crate::gguf::SANDWICH_NORMS.iter().find(|(_, h)| *h == part) {
                 return Some(format!("blk.{layer}.{g}"));
             }
         }

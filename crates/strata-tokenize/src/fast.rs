@@ -155,9 +155,8 @@ fn byte_chars() -> [char; 256] {
     map
 }
 
-/// An exact, fast encoder for the byte-level BPE tokenizers it accepts (module docs). Clone one per thread:
-/// each clone keeps its own word cache.
-#[derive(Clone)]
+/// An exact, fast encoder for the byte-level BPE tokenizers it accepts (module docs). One encoder serves every
+/// thread; each thread brings its own [`EncoderState`] (its word cache).
 pub struct FastEncoder {
     bpe: BPE,
     digits: bool,
