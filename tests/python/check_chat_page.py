@@ -1,8 +1,10 @@
 """The chat page of a running `strata serve` (argv[1]) in headless Chromium (Debian's chromium and
 chromium-driver, driven by selenium): the key entered, two models picked, a prompt sent, both answers
-stream in. Prints OK."""
+stream in, each the same text and token count as the server's own greedy answer to that request. Prints OK."""
+import json
 import sys
 import time
+import urllib.request
 
 from selenium.webdriver.common.by import By
 
@@ -44,25 +46,24 @@ try:
     driver.find_element(By.ID, "max").clear()
     driver.find_element(By.ID, "max").send_keys("16")
     driver.find_element(By.ID, "send").click()
-    answers = {}
+    # one snapshot of every card's text and meta, taken by the page's own script: reading texts and metas in
+    # separate calls raced with the stream (a text read before its last pieces, its meta read after the
+    # usage chunk, which comes last, showed a cut answer as done)
+    snap = """return [...document.querySelectorAll('.answer')].map(c => [c.dataset.model,
+        c.querySelector('.text').textContent, c.querySelector('.meta').textContent]);"""
+    cards = []
     while time.time() < deadline + 20:
-        cards = driver.find_elements(By.CSS_SELECTOR, ".answer")
-        # textContent, not .text: Selenium's .text leaves out what the browser does not render visibly, which
-        # made a card read as empty in some runs
-        answers = {c.get_attribute("data-model"): c.find_element(By.CSS_SELECTOR, ".text").get_attribute("textContent")
-                   for c in cards}
-        metas = [c.find_element(By.CSS_SELECTOR, ".meta").get_attribute("textContent") for c in cards]
-        if len(cards) == 2 and all("tokens in" in m for m in metas):
+        cards = driver.execute_script(snap)
+        if len(cards) == 2 and all("tokens in" in m for _, _, m in cards):
             break
         time.sleep(0.1)
+    answers = {m: t for m, t, _ in cards}
+    metas = {m: meta for m, _, meta in cards}
     assert sorted(answers) == ["base", "us-lora"], answers
     # each card holds what the server answers to the same request (greedy, so the same tokens), and counts
     # its tokens: a tiny model's greedy answer may be special tokens only, which print as nothing, so the
     # text itself is compared, not required to be non-empty
-    import json
-    import urllib.request
-    for card, meta in zip(cards, metas):
-        model = card.get_attribute("data-model")
+    for model, meta in metas.items():
         body = {"model": model, "messages": [{"role": "user", "content": "Describe the liver."}],
                 "max_tokens": 16, "temperature": 0}
         req = urllib.request.Request(sys.argv[1] + "/v1/chat/completions", data=json.dumps(body).encode(),
