@@ -441,6 +441,10 @@ pub struct LoraArgs {
     /// rsLoRA scaling: alpha / sqrt(r).
     #[arg(long)]
     pub rslora: bool,
+    /// QLoRA: hold the frozen base in quantised blocks while the adapter trains: q8_0 (8.5 bits per
+    /// weight) or q4_k (4.5; rows not a multiple of 256 take q5_0). Implies --lora.
+    #[arg(long, value_parser = ["q8_0", "q4_k"])]
+    pub base_quant: Option<String>,
 }
 
 /// Each flag replaces the `--config` file's value, which replaces the default: `train` 500 steps of 16 × 128

@@ -636,20 +636,36 @@ pub fn import_gguf(path: &Path, out: &Path) -> Result<GgufImport> {
 /// # Errors
 /// On a file that cannot be read, an unsupported architecture or tensor type, a tensor cut short.
 pub fn read_gguf_weights(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut tensors = HashMap::new();
+    stream_gguf_weights(path, device, &mut |hf, t| {
+        tensors.insert(hf, t);
+        Ok(())
+    })?;
+    Ok(tensors)
+}
+
+/// [`read_gguf_weights`] one tensor at a time, each handed to `each` by its Hugging Face name.
+///
+/// # Errors
+/// As [`read_gguf_weights`], and when `each` fails.
+pub fn stream_gguf_weights(
+    path: &Path,
+    device: &Device,
+    each: &mut dyn FnMut(String, Tensor) -> Result<()>,
+) -> Result<()> {
     let (content, mut reader) = open(path)?;
     let cfg = config_from(&Meta {
         path,
         md: &content.metadata,
     })?;
-    let mut tensors = HashMap::new();
     for name in content.tensor_infos.keys() {
         let Some(hf) = hf_name_of(&cfg, name) else {
             continue;
         };
         let t = hf_tensor(path, &content, &mut reader, &cfg, name, &hf, device)?;
-        tensors.insert(hf, t);
+        each(hf, t)?;
     }
-    Ok(tensors)
+    Ok(())
 }
 
 /// The GGUF tensor `name` (Hugging Face name `hf`) dequantised to f32, Q and K un-permuted where llama.cpp

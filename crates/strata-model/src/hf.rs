@@ -145,6 +145,24 @@ pub fn read_safetensors(
     path: &Path,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, HashMap<String, String>)> {
+    let mut tensors = HashMap::new();
+    let meta = stream_safetensors(path, device, &mut |name, t| {
+        tensors.insert(name, t);
+        Ok(())
+    })?;
+    Ok((tensors, meta))
+}
+
+/// Hands the tensors of a safetensors file to `each` one at a time (in the file's order) and returns its
+/// metadata. Only the tensor being handed over is in memory, besides what `each` keeps.
+///
+/// # Errors
+/// When the file is missing, truncated or malformed, or `each` fails.
+pub fn stream_safetensors(
+    path: &Path,
+    device: &Device,
+    each: &mut dyn FnMut(String, Tensor) -> Result<()>,
+) -> Result<HashMap<String, String>> {
     let io = |source| ModelError::Io {
         path: path.into(),
         source,
@@ -161,7 +179,6 @@ pub fn read_safetensors(
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&map).map_err(|e| err(e.to_string()))?;
     let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| err(e.to_string()))?;
-    let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let t = candle_core::safetensors::Load::load(&view, device)
             .map_err(|e| err(format!("{name}: {}", crate::candle_msg(&e))))?;
@@ -179,9 +196,9 @@ pub fn read_safetensors(
                 view.data().len(),
             )
         };
-        tensors.insert(name, t);
+        each(name, t)?;
     }
-    Ok((tensors, meta.metadata().clone().unwrap_or_default()))
+    Ok(meta.metadata().clone().unwrap_or_default())
 }
 
 /// Reads safetensors bytes in memory (`path` names them in errors).
@@ -266,28 +283,49 @@ fn weight_files(dir: &Path) -> Result<WeightFiles> {
 /// # Errors
 /// When the weights are missing, a shard is unreadable, or the index is malformed.
 pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut all = HashMap::new();
+    stream_weights(dir, device, &mut |name, t| {
+        all.insert(name, t);
+        Ok(())
+    })?;
+    Ok(all)
+}
+
+/// [`read_weights`] one tensor at a time: each is handed to `each` and dropped unless it keeps it, so a
+/// caller that converts as it reads (QLoRA's quantised base) never holds the model in f32.
+///
+/// # Errors
+/// As [`read_weights`], and when `each` fails.
+pub fn stream_weights(
+    dir: &Path,
+    device: &Device,
+    each: &mut dyn FnMut(String, Tensor) -> Result<()>,
+) -> Result<()> {
     let gguf = dir.join(crate::gguf::GGUF_IN_FOLDER);
     if gguf.is_file()
         && !dir.join("model.safetensors").is_file()
         && !dir.join("model.safetensors.index.json").is_file()
     {
         // an imported GGUF: its weights are the file's, dequantised now
-        return crate::gguf::read_gguf_weights(&gguf, device);
+        return crate::gguf::stream_gguf_weights(&gguf, device, each);
     }
     let wf = weight_files(dir)?;
-    let mut all = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
     for f in &wf.files {
-        all.extend(read_safetensors(&dir.join(f), device)?.0);
+        stream_safetensors(&dir.join(f), device, &mut |name, t| {
+            seen.insert(name.clone());
+            each(name, t)
+        })?;
     }
     if let Some((index, names)) = &wf.index {
-        if let Some(name) = names.iter().find(|n| !all.contains_key(*n)) {
+        if let Some(name) = names.iter().find(|n| !seen.contains(*n)) {
             return Err(ModelError::Config {
                 path: index.clone(),
                 reason: format!("{name} is listed in weight_map but no shard holds it"),
             });
         }
     }
-    Ok(all)
+    Ok(())
 }
 
 /// Loads a model folder (`config.json` + `model.safetensors` or its shards) for inference.

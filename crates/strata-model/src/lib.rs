@@ -16,6 +16,7 @@ mod llama;
 pub mod llava;
 pub mod lora;
 pub mod matmul;
+pub mod qweight;
 #[cfg(test)]
 mod test_util;
 pub mod vision;
@@ -25,10 +26,11 @@ pub use gguf::{import_gguf, GgufImport};
 pub use gguf_export::{export_gguf, GgufType};
 pub use hf::{
     check_folder, load_model, read_config, read_safetensors, read_safetensors_bytes, read_weights,
-    save_safetensors, write_hf_config, FolderCheck,
+    save_safetensors, stream_safetensors, stream_weights, write_hf_config, FolderCheck,
 };
 pub use llama::{
     init_std, next_token_loss, next_token_loss_sum, seeded_init, seeded_normal, Llama, LoraWeights,
+    QuantBase,
 };
 pub use llava::{Llava, LlavaConfig, Projector};
 pub use vision::{VisionConfig, VisionEncoder, VisionOutput};

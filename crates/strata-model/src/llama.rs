@@ -5,6 +5,7 @@ use candle_core::{Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::lora::LoraPair;
+use crate::qweight::{QuantMatrix, Weight};
 use crate::{Context, LlamaConfig, Result};
 
 /// RMSNorm by the fused kernel with its own backward (candle's fused `rms_norm` has none); the gain is
@@ -53,14 +54,14 @@ fn weight_init(vb: &VarBuilder, cfg: &LlamaConfig) -> Init {
 /// (B·T, in) and the weight's gradient is one product. (candle_nn's `Linear` broadcasts W over the batch
 /// instead, and its backward then builds a (B, out, in) gradient to sum over B.)
 struct Linear {
-    weight: Tensor, // (out, in)
+    weight: Weight, // (out, in)
     bias: Option<Tensor>,
     /// A LoRA adapter on this projection: y += s·(x·Aᵀ)·Bᵀ.
     lora: Option<LoraPair>,
 }
 
 impl Linear {
-    fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+    fn new(weight: Weight, bias: Option<Tensor>) -> Self {
         Self {
             weight,
             bias,
@@ -71,7 +72,7 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.lora {
             Some(l) => crate::matmul::lora_linear(x, &self.weight, l)?,
-            None => crate::matmul::linear_op(x, &self.weight)?,
+            None => crate::matmul::weight_linear(x, &self.weight)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -86,6 +87,39 @@ pub struct LoraWeights<'a> {
     pub config: &'a crate::lora::LoraConfig,
     pub tensors: &'a std::collections::HashMap<String, Tensor>,
     pub state: std::sync::Arc<crate::lora::LoraState>,
+    /// QLoRA: base weights held in quantised blocks, by HF name (`….q_proj.weight`, the embeddings); these
+    /// are taken from here instead of the `VarBuilder`.
+    pub quantized: Option<&'a QuantBase>,
+}
+
+/// Quantised base weights by Hugging Face name.
+pub type QuantBase = std::collections::HashMap<String, std::sync::Arc<QuantMatrix>>;
+
+/// Weight `name` of shape `dims`: from the quantised base when it holds it, else from `vb`.
+fn weight_of(
+    vb: &VarBuilder,
+    name: &str,
+    dims: (usize, usize),
+    quantized: Option<&QuantBase>,
+    init: impl FnOnce() -> Init,
+) -> Result<Weight> {
+    let key = if vb.prefix().is_empty() {
+        name.to_string()
+    } else {
+        format!("{}.{name}", vb.prefix())
+    };
+    if let Some(q) = quantized.and_then(|q| q.get(&key)) {
+        if q.dims() != dims {
+            return Err(crate::ModelError::Invalid(format!(
+                "{key}: quantised as {:?}, the config needs {dims:?}",
+                q.dims()
+            )));
+        }
+        return Ok(Weight::Quant(q.clone()));
+    }
+    Ok(Weight::Dense(
+        vb.get_with_hints(dims, name, init()).ctx(&key)?,
+    ))
 }
 
 /// A projection `name` of shape (out, in), with a bias when `bias` (Qwen2's q/k/v).
@@ -98,9 +132,13 @@ fn linear(
     lora: Option<&LoraWeights>,
 ) -> Result<Linear> {
     let vb = vb.pp(name);
-    let w = vb
-        .get_with_hints((out_dim, in_dim), "weight", weight_init(&vb, cfg))
-        .ctx(&format!("{}.weight", vb.prefix()))?;
+    let w = weight_of(
+        &vb,
+        "weight",
+        (out_dim, in_dim),
+        lora.and_then(|l| l.quantized),
+        || weight_init(&vb, cfg),
+    )?;
     let b = if bias {
         Some(
             vb.get_with_hints(out_dim, "bias", Init::Const(0.0))
@@ -302,7 +340,7 @@ struct Ropes {
 }
 
 pub struct Llama {
-    embed_tokens: Tensor, // (V, D)
+    embed_tokens: Weight, // (V, D)
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear, // (V, D)
@@ -497,9 +535,10 @@ impl Llama {
         let d = cfg.hidden_size;
         let m = vb.pp("model");
         let e = m.pp("embed_tokens");
-        let embed_tokens = e
-            .get_with_hints((cfg.vocab_size, d), "weight", weight_init(&e, cfg))
-            .ctx("model.embed_tokens.weight")?;
+        let quantized = lora.and_then(|l| l.quantized);
+        let embed_tokens = weight_of(&e, "weight", (cfg.vocab_size, d), quantized, || {
+            weight_init(&e, cfg)
+        })?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = m.pp(format!("layers.{i}"));
@@ -523,8 +562,9 @@ impl Llama {
             embed_tokens.clone()
         } else {
             let h = vb.pp("lm_head");
-            h.get_with_hints((cfg.vocab_size, d), "weight", weight_init(&h, cfg))
-                .ctx("lm_head.weight")?
+            weight_of(&h, "weight", (cfg.vocab_size, d), quantized, || {
+                weight_init(&h, cfg)
+            })?
         };
         let rope = Ropes {
             global: Rope::new(&cfg.rope_inv_freq(), cfg, vb.device())?,
@@ -569,7 +609,7 @@ impl Llama {
 
     #[must_use]
     pub fn device(&self) -> &Device {
-        self.embed_tokens.device()
+        self.norm.weight.device()
     }
 
     /// Training/eval forward: ids (B, T) → logits (B, T, V).
@@ -591,11 +631,32 @@ impl Llama {
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2().ctx("ids must be (B, T)")?;
         self.check_len(t)?;
-        let x = self
-            .embed_tokens
-            .embedding(&ids.flatten_all().ctx("ids flatten")?)
-            .and_then(|x| x.reshape((b, t, self.cfg.hidden_size)))
-            .ctx("embedding")?;
+        let d = self.cfg.hidden_size;
+        let x = match &self.embed_tokens {
+            Weight::Dense(e) => e
+                .embedding(&ids.flatten_all().ctx("ids flatten")?)
+                .and_then(|x| x.reshape((b, t, d)))
+                .ctx("embedding")?,
+            Weight::Quant(q) => {
+                // the rows looked up, dequantised (a frozen table: no gradient)
+                let ids = ids
+                    .flatten_all()
+                    .and_then(|i| i.to_dtype(candle_core::DType::U32))
+                    .and_then(|i| i.to_vec1::<u32>())
+                    .ctx("ids")?;
+                let mut v = vec![0f32; ids.len() * d];
+                for (row, &id) in v.chunks_mut(d.max(1)).zip(&ids) {
+                    if id as usize >= q.dims().0 {
+                        return Err(crate::ModelError::Invalid(format!(
+                            "token id {id} is outside the vocabulary of {}",
+                            q.dims().0
+                        )));
+                    }
+                    q.dequantize_rows_into(id as usize, row);
+                }
+                Tensor::from_vec(v, (b, t, d), self.device()).ctx("embedding")?
+            }
+        };
         match self.cfg.embed_scale() {
             Some(s) => x.affine(f64::from(s), 0.0).ctx("embedding scale"),
             None => Ok(x),

@@ -451,34 +451,49 @@ pub fn write_adapter(
 /// # Errors
 /// When a base weight is missing or on a tensor failure.
 pub fn merge(weights: &mut HashMap<String, Tensor>, adapter: &Adapter, dtype: DType) -> Result<()> {
-    let s = adapter.config.scale();
-    let mut names: Vec<&String> = adapter
-        .tensors
-        .keys()
-        .filter(|k| k.ends_with(".lora_A.weight"))
+    let mut names: Vec<String> = adapter_modules(adapter)
+        .map(|m| format!("{m}.weight"))
         .collect();
     names.sort();
-    for a_name in names {
-        let module = a_name.trim_end_matches(".lora_A.weight");
-        let w_name = format!("{module}.weight");
-        let b_name = format!("{module}.lora_B.weight");
-        let (a, b) = (
-            &adapter.tensors[a_name],
-            adapter.tensors.get(&b_name).ok_or_else(|| {
-                ModelError::Invalid(format!("merge: the adapter has no {b_name}"))
-            })?,
-        );
+    for w_name in names {
         let w = weights
             .get(&w_name)
             .ok_or_else(|| ModelError::Invalid(format!("merge: the base has no {w_name}")))?;
-        let merged = (w.to_dtype(DType::F32).ctx(&w_name)?
-            + (b.matmul(a).ctx(&w_name)? * s).ctx(&w_name)?)
-        .ctx(&w_name)?
-        .to_dtype(dtype)
-        .ctx(&w_name)?;
+        let merged = merge_one(&w_name, w, adapter)?
+            .to_dtype(dtype)
+            .ctx(&w_name)?;
         weights.insert(w_name, merged);
     }
     Ok(())
+}
+
+/// The modules an adapter adapts (`model.layers.0.self_attn.q_proj`, …).
+pub fn adapter_modules(adapter: &Adapter) -> impl Iterator<Item = &str> {
+    adapter
+        .tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_A.weight"))
+}
+
+/// Weight `w_name` (`<module>.weight`) in f32 with the adapter's s·B·A added when it adapts that module;
+/// unchanged (in f32) otherwise: one tensor of a merge that streams the base.
+///
+/// # Errors
+/// When the adapter has A without B, or their shapes do not fit the weight.
+pub fn merge_one(w_name: &str, w: &Tensor, adapter: &Adapter) -> Result<Tensor> {
+    let w = w.to_dtype(DType::F32).ctx(w_name)?;
+    let Some(module) = w_name.strip_suffix(".weight") else {
+        return Ok(w);
+    };
+    let Some(a) = adapter.tensors.get(&format!("{module}.lora_A.weight")) else {
+        return Ok(w);
+    };
+    let b_name = format!("{module}.lora_B.weight");
+    let b = adapter
+        .tensors
+        .get(&b_name)
+        .ok_or_else(|| ModelError::Invalid(format!("merge: the adapter has no {b_name}")))?;
+    (w + (b.matmul(a).ctx(w_name)? * adapter.config.scale()).ctx(w_name)?).ctx(w_name)
 }
 
 #[cfg(test)]
@@ -517,6 +532,7 @@ mod tests {
             config,
             tensors,
             state: Arc::default(),
+            quantized: None,
         });
         let m = crate::Llama::load_with_lora(&vb, cfg, lw.as_ref()).unwrap();
         let ids =
@@ -695,7 +711,12 @@ mod tests {
                 state: Arc::clone(&state),
             };
             let fused = |x: &Tensor, a: &Tensor| {
-                let y = crate::matmul::lora_linear(x, &w, &pair(a)).unwrap();
+                let y = crate::matmul::lora_linear(
+                    x,
+                    &crate::qweight::Weight::Dense(w.clone()),
+                    &pair(a),
+                )
+                .unwrap();
                 (y * &weigh).unwrap().sum_all().unwrap()
             };
             let composed = |x: &Tensor, a: &Tensor| {

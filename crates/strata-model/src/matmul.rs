@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use crate::fused::{fusable, with_f32};
+use crate::qweight::Weight;
 use crate::{Context, Result};
 
 /// A row-major view of an `rows × cols` matrix inside `data`: element (i, j) at `data[i·rs + j·cs]`
@@ -147,6 +148,78 @@ fn gt_x(dst: &mut [f32], g: &[f32], x: &[f32], (out, d_in): (usize, usize)) {
     );
 }
 
+/// y (N, out) = x·Wᵀ for a weight that may be quantised (added to `dst` when `accumulate`): blocks are
+/// dequantised a slab of rows at a time, each slab's product filling its columns of y.
+fn weight_x_wt(
+    dst: &mut [f32],
+    x: &[f32],
+    w: &Weight,
+    accumulate: bool,
+) -> candle_core::Result<()> {
+    let (out, d_in) = w.dims()?;
+    match w {
+        Weight::Dense(t) => with_f32(t, |wv| x_wt(dst, x, wv, (out, d_in), accumulate)),
+        Weight::Quant(q) => {
+            let n = x.len() / d_in.max(1);
+            if n == 0 || out == 0 {
+                return Ok(());
+            }
+            let slab = q.slab_rows();
+            let mut buf = vec![0f32; slab * d_in];
+            for r0 in (0..out).step_by(slab) {
+                let rows = slab.min(out - r0);
+                let wv = &mut buf[..rows * d_in];
+                q.dequantize_rows_into(r0, wv);
+                gemm_into(
+                    &mut dst[r0..],
+                    out,
+                    accumulate,
+                    Mat::rows(x, d_in),
+                    Mat::t(wv, d_in),
+                    (n, rows, d_in),
+                    true,
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// dx (N, in) = g·W for a weight that may be quantised (added to `dst` when `accumulate`): the sum over
+/// slabs of rows of g's columns for the slab times the slab.
+fn weight_g_w(dst: &mut [f32], g: &[f32], w: &Weight, accumulate: bool) -> candle_core::Result<()> {
+    let (out, d_in) = w.dims()?;
+    match w {
+        Weight::Dense(t) => with_f32(t, |wv| g_w(dst, g, wv, (out, d_in), accumulate)),
+        Weight::Quant(q) => {
+            let n = g.len() / out.max(1);
+            if n == 0 || out == 0 {
+                if !accumulate {
+                    dst.fill(0.0);
+                }
+                return Ok(());
+            }
+            let slab = q.slab_rows();
+            let mut buf = vec![0f32; slab * d_in];
+            for r0 in (0..out).step_by(slab) {
+                let rows = slab.min(out - r0);
+                let wv = &mut buf[..rows * d_in];
+                q.dequantize_rows_into(r0, wv);
+                gemm_into(
+                    dst,
+                    d_in,
+                    accumulate || r0 > 0,
+                    Mat::rows(&g[r0..], out),
+                    Mat::rows(wv, d_in),
+                    (n, d_in, rows),
+                    true,
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 /// The gradient of `of`, computed by `fill` into a zeroed buffer of its size, or None when `of` takes no
 /// part in backward (a frozen weight, the embeddings' output): that skips the largest product of a LoRA
 /// step, dW = gᵀ·x over the base weight.
@@ -218,7 +291,7 @@ impl CustomOp2 for Projection {
 /// four more (N, out)-sized tensors per projection alive until backward ends (the products, the scaled
 /// delta, the sum); here the op keeps only s·h = s·drop(x)·Aᵀ, (N, r).
 struct LoraProjection {
-    w: Tensor, // (out, in), frozen
+    w: Weight, // (out, in), frozen
     scale: f32,
     /// (p, seed) of inverted dropout on the adapter's input.
     dropout: Option<(f64, u64)>,
@@ -252,7 +325,7 @@ impl candle_core::CustomOp3 for LoraProjection {
         let b = crate::fused::f32_slice(s3, l3, self.name())?;
         let (r, d_in) = l2.shape().dims2()?;
         let (out, rb) = l3.shape().dims2()?;
-        let (wo, wi) = self.w.dims2()?;
+        let (wo, wi) = self.w.dims()?;
         let dims = l1.shape().dims();
         if dims.last() != Some(&d_in) || rb != r || (wo, wi) != (out, d_in) {
             candle_core::bail!(
@@ -261,7 +334,7 @@ impl candle_core::CustomOp3 for LoraProjection {
         }
         let n = x.len() / d_in.max(1);
         let mut y = vec![0f32; n * out];
-        with_f32(&self.w, |w| x_wt(&mut y, x, w, (out, d_in), false))?;
+        weight_x_wt(&mut y, x, &self.w, false)?;
         let xd = self.mask(x.len()).map(|m| masked(x, &m));
         // s·h = s·drop(x)·Aᵀ (N, r), then y += (s·h)·Bᵀ
         let mut hs = vec![0f32; n * r];
@@ -314,7 +387,7 @@ impl candle_core::CustomOp3 for LoraProjection {
                         })?;
                         // dx = g·W + (dh·A) ⊙ mask
                         let dx = grad_of(x, |dx| {
-                            with_f32(&self.w, |w| g_w(dx, g, w, (out, d_in), false))?;
+                            weight_g_w(dx, g, &self.w, false)?;
                             match &mask {
                                 None => g_w(dx, &dh, av, (r, d_in), true),
                                 Some(m) => {
@@ -336,24 +409,78 @@ impl candle_core::CustomOp3 for LoraProjection {
 }
 
 /// y = x·Wᵀ + s·(drop(x)·Aᵀ)·Bᵀ with W frozen, as one op (see [`LoraProjection`]); `dropout` is (p, seed)
-/// while training. Falls back to candle ops off the CPU, for a non-contiguous input, or when W itself
-/// takes a gradient.
+/// while training. A dense W falls back to candle ops off the CPU, for a non-contiguous input, or when W
+/// itself takes a gradient; a quantised W is CPU-only (its input made contiguous).
 pub(crate) fn lora_linear(
     x: &Tensor,
-    w: &Tensor,
+    w: &Weight,
     pair: &crate::lora::LoraPair,
 ) -> candle_core::Result<Tensor> {
-    if fusable(&[x, w, &pair.a, &pair.b]) && !w.track_op() {
-        #[allow(clippy::cast_possible_truncation)]
-        let op = LoraProjection {
-            w: w.clone(),
-            scale: pair.scale as f32,
-            dropout: pair.dropout_now(),
-            hs: std::sync::OnceLock::new(),
-        };
-        x.apply_op3(&pair.a, &pair.b, op)
-    } else {
-        linear_op(x, w)? + pair.delta(x)?
+    #[allow(clippy::cast_possible_truncation)]
+    let op = |w: Weight| LoraProjection {
+        w,
+        scale: pair.scale as f32,
+        dropout: pair.dropout_now(),
+        hs: std::sync::OnceLock::new(),
+    };
+    match w {
+        Weight::Dense(t) => {
+            if fusable(&[x, t, &pair.a, &pair.b]) && !t.track_op() {
+                x.apply_op3(&pair.a, &pair.b, op(w.clone()))
+            } else {
+                linear_op(x, t)? + pair.delta(x)?
+            }
+        }
+        Weight::Quant(_) => {
+            let x = x.contiguous()?;
+            if !fusable(&[&x, &pair.a, &pair.b]) {
+                candle_core::bail!("a quantised base runs on the CPU in f32 only");
+            }
+            x.apply_op3(&pair.a, &pair.b, op(w.clone()))
+        }
+    }
+}
+
+/// y = x·Wᵀ for a quantised, frozen W (QLoRA's base without an adapter on this projection, or its LM
+/// head): one op whose backward gives dx only.
+struct QuantProjection(std::sync::Arc<crate::qweight::QuantMatrix>);
+
+impl candle_core::CustomOp1 for QuantProjection {
+    fn name(&self) -> &'static str {
+        "quant-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = crate::fused::f32_slice(s, l, self.name())?;
+        let (out, d_in) = self.0.dims();
+        let dims = l.shape().dims();
+        if dims.last() != Some(&d_in) {
+            candle_core::bail!("quant-linear: input {dims:?} against weight ({out}, {d_in})");
+        }
+        let mut y = vec![0f32; x.len() / d_in.max(1) * out];
+        weight_x_wt(&mut y, x, &Weight::Quant(self.0.clone()), false)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("checked above") = out;
+        Ok((CpuStorage::F32(y), Shape::from(shape)))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let w = Weight::Quant(self.0.clone());
+        grad_of(x, |dx| with_f32(grad, |g| weight_g_w(dx, g, &w, false))?)
+    }
+}
+
+/// y = x·Wᵀ for a weight that may be quantised.
+pub(crate) fn weight_linear(x: &Tensor, w: &Weight) -> candle_core::Result<Tensor> {
+    match w {
+        Weight::Dense(t) => linear_op(x, t),
+        Weight::Quant(q) => {
+            let x = x.contiguous()?;
+            if !fusable(&[&x]) {
+                candle_core::bail!("a quantised base runs on the CPU in f32 only");
+            }
+            x.apply_op1(QuantProjection(q.clone()))
+        }
     }
 }
 

@@ -58,6 +58,10 @@ pub struct TrainConfig {
     /// Train a LoRA adapter on the frozen parent instead of all its weights (`[train.lora]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<strata_model::lora::LoraConfig>,
+    /// QLoRA: hold the frozen base in quantised blocks (`q8_0` or `q4_k`) while the adapter trains; needs
+    /// `[train.lora]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_quant: Option<strata_model::qweight::BaseQuant>,
     /// The forgetting guard of a domain step (`[train.guard]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::GuardConfig>,
@@ -209,6 +213,12 @@ impl TrainConfig {
             l.validate()
                 .map_err(|e| TrainError::Config(e.to_string()))?;
         }
+        if let (Some(q), None) = (self.base_quant, &self.lora) {
+            return bad(format!(
+                "base_quant = \"{}\" needs [train.lora]: QLoRA trains an adapter over a frozen quantised base",
+                q.name()
+            ));
+        }
         Ok(())
     }
 }
@@ -328,6 +338,26 @@ mod tests {
             TrainConfig::from_table(Stage::Pretrain, &toml::Table::new()).unwrap(),
             TrainConfig::defaults(Stage::Pretrain)
         );
+        // QLoRA: the base's blocks by name, and only with an adapter to train
+        let q: toml::Table = toml::from_str("base_quant = \"q4_k\"\nlora = { r = 4 }").unwrap();
+        let q = TrainConfig::from_table(Stage::Finetune, &q).unwrap();
+        assert_eq!(q.base_quant, Some(strata_model::qweight::BaseQuant::Q4K));
+        q.validate(1024).unwrap();
+        let no_lora: toml::Table = toml::from_str("base_quant = \"q8_0\"").unwrap();
+        let e = TrainConfig::from_table(Stage::Finetune, &no_lora)
+            .unwrap()
+            .validate(1024)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("base_quant") && e.contains("[train.lora]"),
+            "{e}"
+        );
+        let nf4: toml::Table = toml::from_str("base_quant = \"nf4\"").unwrap();
+        let e = TrainConfig::from_table(Stage::Finetune, &nf4)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nf4"), "{e}");
         let bad: toml::Table = toml::from_str("stpes = 7").unwrap();
         let e = TrainConfig::from_table(Stage::Finetune, &bad)
             .unwrap_err()

@@ -65,17 +65,49 @@ impl Parent {
     /// # Errors
     /// When a file is missing or an adapter does not fit the base.
     pub fn weights(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
-        let mut w = strata_model::read_weights(&self.base_dir, device)?;
-        for t in w.values_mut() {
-            if t.dtype() != DType::F32 {
-                *t = t.to_dtype(DType::F32).ctx("weights to f32")?;
+        let mut w = HashMap::new();
+        self.stream_weights(device, &mut |name, t| {
+            w.insert(name, t);
+            Ok(())
+        })?;
+        Ok(w)
+    }
+
+    /// [`Parent::weights`] one tensor at a time: each base tensor is read, merged with the chain's adapters
+    /// and handed to `each`, so a caller that converts as it goes (QLoRA) never holds the model in f32.
+    ///
+    /// # Errors
+    /// As [`Parent::weights`], and when `each` fails.
+    pub fn stream_weights(
+        &self,
+        device: &Device,
+        each: &mut dyn FnMut(String, Tensor) -> strata_model::Result<()>,
+    ) -> Result<()> {
+        let adapters = self
+            .adapters
+            .iter()
+            .map(|(_, dir)| strata_model::lora::read_adapter(dir, &self.cfg, device))
+            .collect::<strata_model::Result<Vec<_>>>()?;
+        let mut merged = std::collections::HashSet::new();
+        strata_model::stream_weights(&self.base_dir, device, &mut |name, t| {
+            let mut t = t.to_dtype(DType::F32).ctx(&name)?;
+            for a in &adapters {
+                t = strata_model::lora::merge_one(&name, &t, a)?;
+            }
+            merged.insert(name.clone());
+            each(name, t)
+        })?;
+        for a in &adapters {
+            if let Some(m) = strata_model::lora::adapter_modules(a)
+                .find(|m| !merged.contains(&format!("{m}.weight")))
+            {
+                return Err(strata_model::ModelError::Invalid(format!(
+                    "merge: the base has no {m}.weight"
+                ))
+                .into());
             }
         }
-        for (_, dir) in &self.adapters {
-            let a = strata_model::lora::read_adapter(dir, &self.cfg, device)?;
-            strata_model::lora::merge(&mut w, &a, DType::F32)?;
-        }
-        Ok(w)
+        Ok(())
     }
 }
 

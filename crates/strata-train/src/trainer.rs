@@ -257,6 +257,52 @@ fn accumulate_part(
     Ok((loss, grads.unwrap_or(Grads(Vec::new()))))
 }
 
+/// Whether base weight `name` is held in blocks under QLoRA: the projections an adapter may target and the
+/// embeddings (and an untied LM head). Norms and biases stay f32.
+fn quantizable(name: &str) -> bool {
+    name == "model.embed_tokens.weight"
+        || name == "lm_head.weight"
+        || strata_model::lora::TARGETS
+            .iter()
+            .any(|t| name.strip_suffix(".weight").is_some_and(|m| m.ends_with(t)))
+}
+
+/// QLoRA's base, read one tensor at a time (the chain's adapters merged in) and quantised as it comes, so
+/// the model is never whole in f32: the f32 tensors that stay (norms, biases) and the blocks.
+fn quantized_base(
+    p: &Parent,
+    kind: strata_model::qweight::BaseQuant,
+    device: &Device,
+) -> Result<(HashMap<String, Tensor>, strata_model::QuantBase)> {
+    let (mut dense, mut quant) = (HashMap::new(), strata_model::QuantBase::new());
+    let (mut f32_bytes, mut q_bytes) = (0usize, 0usize);
+    p.stream_weights(device, &mut |name, t| {
+        let cols = t.dims().last().copied().unwrap_or(0);
+        if quantizable(&name) && t.rank() == 2 && cols.is_multiple_of(32) {
+            let q = strata_model::qweight::QuantMatrix::from_tensor(&t, kind, &name)?;
+            f32_bytes += t.elem_count() * 4;
+            q_bytes += q.bytes();
+            quant.insert(name, Arc::new(q));
+        } else {
+            if quantizable(&name) {
+                tracing::warn!("{name}: rows of {cols} are not whole 32-blocks, kept in f32");
+            }
+            dense.insert(name, t);
+        }
+        Ok(())
+    })?;
+    #[allow(clippy::cast_precision_loss)]
+    let mib = |b: usize| b as f64 / f64::from(1u32 << 20);
+    tracing::info!(
+        "QLoRA base: {} weights in {} blocks, {:.1} MiB (f32: {:.1} MiB)",
+        quant.len(),
+        kind.name(),
+        mib(q_bytes),
+        mib(f32_bytes)
+    );
+    Ok((dense, quant))
+}
+
 /// The model and its trainable variables: fresh (seeded), the parent's weights (full fine-tuning), or the
 /// parent's weights as constants with a fresh LoRA adapter as the only variables.
 fn build_model(
@@ -267,7 +313,10 @@ fn build_model(
 ) -> Result<(Llama, HashMap<String, Var>)> {
     let device = Device::Cpu;
     if let (Some(lc), Some(p)) = (&train.lora, parent) {
-        let base = p.weights(&device)?;
+        let (base, quantized) = match train.base_quant {
+            Some(kind) => quantized_base(p, kind, &device)?,
+            None => (p.weights(&device)?, strata_model::QuantBase::new()),
+        };
         let fresh = strata_model::lora::init_adapter(
             &strata_model::lora::adapter_shapes(cfg, lc),
             train.seed,
@@ -287,6 +336,7 @@ fn build_model(
             config: lc,
             tensors: &tensors,
             state: Arc::clone(lora_state),
+            quantized: train.base_quant.map(|_| &quantized),
         };
         return Ok((Llama::load_with_lora(&vb, cfg, Some(&lw))?, vars));
     }
@@ -913,6 +963,9 @@ fn publish(
         counts.insert("base_sha256".into(), p.base_sha256.clone().into());
         counts.insert("adapters".into(), p.adapter_names().into());
         counts.insert("lora_r".into(), lc.r.into());
+        if let Some(q) = job.cfg.base_quant {
+            counts.insert("base_quant".into(), q.name().into());
+        }
     } else {
         counts.insert("parameters".into(), s.cfg.num_parameters().into());
     }

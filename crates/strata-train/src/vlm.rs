@@ -108,6 +108,7 @@ fn build(job: &VlmJob<'_>) -> Result<Run> {
                 config: lc,
                 tensors: &tensors,
                 state: Arc::clone(&lora_state),
+                quantized: None,
             };
             Llama::load_with_lora(&vb, text, Some(&lw))?
         }

@@ -130,7 +130,11 @@ fn apply_lora(mut cfg: TrainConfig, a: &crate::cli::LoraArgs) -> TrainConfig {
         || a.lora_r.is_some()
         || a.lora_alpha.is_some()
         || a.lora_dropout.is_some()
-        || a.lora_targets.is_some();
+        || a.lora_targets.is_some()
+        || a.base_quant.is_some();
+    if let Some(q) = &a.base_quant {
+        cfg.base_quant = strata_model::qweight::BaseQuant::parse(q).ok();
+    }
     if !asked {
         return cfg;
     }

@@ -469,6 +469,19 @@ fn examples(
 }
 
 /// `strata finetune --images DATASET …`.
+/// What the token trainer offers and the vision trainer does not (yet): refused, not ignored.
+fn refuse_unsupported(cfg: &TrainConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.grad_accum == 1
+            && cfg.max_time_s.is_none()
+            && cfg.early_stop_patience.is_none()
+            && cfg.base_quant.is_none(),
+        "--images: gradient accumulation, --max-time, early stopping and --base-quant (QLoRA) are not \
+         supported for vision steps (raise --batch-size, lower --steps; the decoder trains in f32)"
+    );
+    Ok(())
+}
+
 pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::Result<ExitCode> {
     let stage = a.stage.as_str();
     anyhow::ensure!(
@@ -481,12 +494,7 @@ pub fn run_finetune(store: &Store, a: &VisionStep, cfg: TrainConfig) -> anyhow::
         a.reply_weight
     );
     let images = a.images.as_str();
-    // what the token trainer offers and the vision trainer does not (yet): refused, not ignored
-    anyhow::ensure!(
-        cfg.grad_accum == 1 && cfg.max_time_s.is_none() && cfg.early_stop_patience.is_none(),
-        "--images: gradient accumulation, --max-time and early stopping are not supported for vision steps \
-         (raise --batch-size, lower --steps)"
-    );
+    refuse_unsupported(&cfg)?;
     let mut cfg = cfg;
     if stage == "align" {
         cfg.lora = None;

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""bench/qlora: QLoRA (a LoRA adapter over a base held in quantised blocks) against f32 LoRA, side by side.
+
+SmolLM2-135M-Instruct imported from its GGUF into a Strata store (scripts/fetch-model.sh). The same LoRA run
+(r 16, alpha 32, q/k/v/o, AdamW lr 5e-4 constant, the shard read in order, batch 4 × 256) three times: base in
+f32, base in Q8_0 blocks, base in Q4_K blocks (rows of 576 take Q5_0, as in llama.cpp's Q4_K_M). Reports
+seconds per step (median after the first), peak RSS and the first losses, then the ratios to f32 LoRA.
+Then PEFT (transformers + peft in the torch venv of bench/train.py) loads the Q8_0-trained adapter folder as
+it is onto the dequantised base (the store's f32 folder) and its logits are compared with Strata's.
+
+Goals (issue 24): peak RSS <= 40% of f32 LoRA's, speed >= f32 LoRA's, first losses within 1%, PEFT's logits
+within 1e-4 of Strata's (relative to the largest logit).
+
+usage: bench/qlora.py [--steps 6] [--threads 2] [--batch 4] [--seq 256]
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train as tb  # noqa: E402  (sh, torch_python, smol_store, the release binary)
+
+WORK = os.path.join(tb.ROOT, "target", "bench-qlora")
+STORE = os.path.join(WORK, "store")
+R, ALPHA, LR = 16, 32, 5e-4
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+PEFT_CHECK = r'''
+import json, sys, torch
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+store, adapter, ids, ours = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+base = AutoModelForCausalLM.from_pretrained(f"{store}/models/smol", dtype=torch.float32)
+model = PeftModel.from_pretrained(base, f"{store}/adapters/{adapter}")
+with torch.no_grad():
+    theirs = model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+mine = load_file(ours)["logits"]
+print(json.dumps({"rel": float(abs(mine - theirs).max() / abs(theirs).max())}))
+'''
+
+
+def strata(*args, threads=None):
+    cmd = [tb.STRATA, "--workdir", STORE]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    return tb.sh(cmd + [str(a) for a in args])
+
+
+def run(name, quant, a):
+    extra = ["--base-quant", quant] if quant else []
+    strata("finetune", "--name", name, "--parent", "smol", "--tokens", "toks", "--lora-r", R, "--lora-alpha", ALPHA,
+           "--lora-targets", ",".join(TARGETS), "--steps", a.steps, "--batch-size", a.batch, "--seq-len", a.seq,
+           "--lr", LR, "--warmup-steps", 0, "--schedule", "wsd", "--sampling", "sequential",
+           "--eval-every", 100000, *extra, threads=a.threads)
+    manifest = json.load(open(os.path.join(STORE, "adapters", name, "manifest.json")))
+    rows = [json.loads(l) for l in open(os.path.join(STORE, "runs", manifest["counts"]["run"], "metrics.jsonl"))]
+    return {"losses": [r["loss"] for r in rows], "times": [a.batch * a.seq / r["tokens_per_s"] for r in rows],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in rows), "manifest": manifest}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    a = ap.parse_args()
+    if not os.path.exists(tb.STRATA):
+        tb.sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=tb.ROOT)
+    py = tb.torch_python(["peft==0.21.2"])
+    tb.smol_store(WORK, STORE, n_docs=200)
+    results = {}
+    for name, quant in [("lora-f32", None), ("qlora-q8_0", "q8_0"), ("qlora-q4_k", "q4_k")]:
+        results[name] = run(name, quant, a)
+
+    rng = random.Random(0)
+    ids = [1] + [rng.randrange(100, 40000) for _ in range(23)]
+    ours = os.path.join(WORK, "qlora-logits.safetensors")
+    strata("bench", "logits", "--model", "qlora-q8_0", "--ids", ",".join(map(str, ids)), "--out", ours)
+    script = os.path.join(WORK, "peft_check.py")
+    open(script, "w").write(PEFT_CHECK)
+    peft = json.loads(tb.sh([py, script, STORE, "qlora-q8_0", json.dumps(ids), ours]))["rel"]
+
+    cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("cpu family")), "?")
+    sec = lambda r: statistics.median(r["times"][1:])
+    f = results["lora-f32"]
+    print(f"SmolLM2-135M LoRA r {R} on {'/'.join(t[0] for t in TARGETS)}, batch {a.batch} x {a.seq}, "
+          f"{a.steps} steps, {a.threads} threads, cpu family {cpu}")
+    print(f"{'run':<14}{'s/step':>8}{'peak RSS MiB':>14}{'speed vs f32':>14}{'RSS vs f32':>12}{'1st loss diff':>15}"
+          "  first losses")
+    ok = True
+    for name, r in results.items():
+        speed = sec(f) / sec(r)
+        rss = r["peak_rss_mib"] / f["peak_rss_mib"]
+        diff = max(abs(x - y) / abs(y) for x, y in zip(r["losses"][:3], f["losses"][:3]))
+        first = " ".join(f"{x:.4f}" for x in r["losses"][:3])
+        print(f"{name:<14}{sec(r):>8.2f}{r['peak_rss_mib']:>14.0f}{speed:>14.2f}{rss:>12.2f}{diff:>14.2%}  {first}")
+        if name == "qlora-q8_0":
+            ok &= rss <= 0.40 and speed >= 1.0 and diff <= 0.01
+    print(f"PEFT loads the q8_0-trained adapter on the dequantised base: max |diff| / max |logit| = {peft:.2e} "
+          "(goal <= 1e-4)")
+    print("goals for q8_0: peak RSS <= 0.40 of f32 LoRA, speed >= 1.00, first losses within 1%: "
+          + ("met" if ok else "NOT met"))
+
+
+if __name__ == "__main__":
+    main()
