@@ -471,6 +471,10 @@ pub struct TrainOverrides {
     /// target tokens of all of them.
     #[arg(long)]
     pub grad_accum: Option<usize>,
+    /// Keep only each decoder block's input for backward and run the block again there (Hugging Face's
+    /// gradient_checkpointing): activations shrink to one block's, for about a third more compute.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Learning-rate schedule after warmup: cosine, linear or wsd (warmup-stable-decay).
     #[arg(long)]
     pub schedule: Option<String>,

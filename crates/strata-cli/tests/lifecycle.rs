@@ -1380,12 +1380,12 @@ fn lora_adapters_train_stack_merge_and_refuse_a_changed_base() {
 
 /// QLoRA: the same adapter run over the base in f32, in Q8_0 blocks and in Q4_K blocks (rows of 64 take
 /// Q5_0): the same first losses within 0.1% (Q8_0) or 0.5% (4–5 bits; measured 0.004% and 0.04%),
-/// adapters in the same PEFT layout that score on the f32 base, the block type in the manifest; a block
-/// type it does not know is refused by name.
+/// adapters in the same PEFT layout that score on the f32 base, the block type in the manifest, the same
+/// losses with gradient checkpointing; a block type it does not know is refused by name.
 #[test]
 fn qlora_trains_over_a_quantised_base_with_the_losses_of_f32_lora() {
     let (demo, _) = quick_demo();
-    let train = |name: &str, quant: Option<&str>| {
+    let train = |name: &str, quant: Option<&str>, extra: &[&str]| {
         let mut args = lora_args(
             name,
             "base",
@@ -1405,13 +1405,14 @@ fn qlora_trains_over_a_quantised_base_with_the_losses_of_f32_lora() {
         if let Some(q) = quant {
             args.extend_from_slice(&["--base-quant", q]);
         }
+        args.extend_from_slice(extra);
         let r = run(strata(demo).args(args));
         assert!(r.ok, "{}", r.stderr);
         common::run_losses(demo, name)
     };
-    let f32_losses = train("ql-f32", None);
+    let f32_losses = train("ql-f32", None, &[]);
     for (name, quant, tol) in [("ql-q8", "q8_0", 1e-3), ("ql-q4", "q4_k", 5e-3)] {
-        let losses = train(name, Some(quant));
+        let losses = train(name, Some(quant), &[]);
         assert_eq!(losses.len(), 3);
         for (q, f) in losses.iter().zip(&f32_losses) {
             assert!(
@@ -1437,6 +1438,16 @@ fn qlora_trains_over_a_quantised_base_with_the_losses_of_f32_lora() {
             k
         };
         assert_eq!(keys(name), keys("ql-f32"));
+    }
+    // gradient checkpointing (blocks run again in backward, the head's logits computed again) changes
+    // the memory, not the losses
+    let ckpt = train("ql-q8-ckpt", Some("q8_0"), &["--gradient-checkpointing"]);
+    let plain = common::run_losses(demo, "ql-q8");
+    for (c, p) in ckpt.iter().zip(&plain) {
+        assert!(
+            (c - p).abs() <= 1e-5 * p.abs(),
+            "{ckpt:?} against {plain:?}"
+        );
     }
     // the adapters score on the f32 base (as PEFT runs them on the dequantised one)
     let e = run(strata(demo).args([

@@ -341,11 +341,102 @@ struct Ropes {
 
 pub struct Llama {
     embed_tokens: Weight, // (V, D)
-    layers: Vec<Block>,
+    layers: Vec<std::sync::Arc<Block>>,
     norm: RmsNorm,
     lm_head: Linear, // (V, D)
-    rope: Ropes,
+    rope: std::sync::Arc<Ropes>,
     cfg: LlamaConfig,
+    /// Gradient checkpointing: the gradients of the blocks' variables, left by their recomputed backward
+    /// (see [`Llama::set_checkpointing`]).
+    checkpoint: Option<GradSink>,
+}
+
+/// Gradients of variables that a checkpointed block's backward computed inside its op, by tensor id.
+type GradSink = std::sync::Arc<std::sync::Mutex<Vec<(candle_core::TensorId, Tensor)>>>;
+
+impl Block {
+    /// One decoder layer: x (B, T, D) → x + attention, then + MLP (Gemma 3: each normalised first).
+    fn forward(&self, x: &Tensor, rope: &Ropes) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let h = self.self_attn.forward(&h, rope)?;
+        if let Some((pre, post)) = &self.feedforward_norms {
+            // Gemma 3: each sub-layer's output normalised before its residual add
+            let h = self.post_attention_layernorm.forward(&h)?;
+            let x = (x + h).ctx("residual attn")?;
+            let h = post.forward(&self.mlp.forward(&pre.forward(&x)?)?)?;
+            return (x + h).ctx("residual mlp");
+        }
+        let x = (x + h).ctx("residual attn")?;
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
+        (x + h).ctx("residual mlp")
+    }
+}
+
+/// A block as one op that keeps only its input (gradient checkpointing, as Hugging Face's
+/// `gradient_checkpointing`): forward runs the block and lets its activations go; backward runs it again
+/// with a graph from the saved input, back-propagates the incoming gradient through it, returns the
+/// input's gradient and leaves the block's variables' gradients in the sink.
+struct CheckpointBlock {
+    block: std::sync::Arc<Block>,
+    rope: std::sync::Arc<Ropes>,
+    sink: GradSink,
+}
+
+fn candle_err(e: &crate::ModelError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+impl candle_core::CustomOp1 for CheckpointBlock {
+    fn name(&self) -> &'static str {
+        "checkpoint-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let x = crate::fused::f32_slice(s, l, self.name())?;
+        let x = Tensor::from_vec(x.to_vec(), l.shape(), &Device::Cpu)?;
+        let y = self
+            .block
+            .detached()
+            .forward(&x, &self.rope)
+            .map_err(|e| candle_err(&e))?;
+        let v = y.flatten_all()?.to_vec1::<f32>()?;
+        Ok((candle_core::CpuStorage::F32(v), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let xv = candle_core::Var::from_tensor(&x.detach())?;
+        let y = self
+            .block
+            .forward(xv.as_tensor(), &self.rope)
+            .map_err(|e| candle_err(&e))?;
+        // the block's variables (the recomputed graph's leaves that train): only their gradients go to
+        // the sink; backward also leaves zero-started gradients of constants in its store (a built-in op's
+        // frozen argument), activation-sized, which must die with this call
+        let vars: Vec<candle_core::TensorId> = y
+            .sorted_nodes()
+            .into_iter()
+            .filter(|t| t.is_variable() && t.id() != xv.as_tensor().id())
+            .map(Tensor::id)
+            .collect();
+        let mut grads = (y * grad.detach())?.sum_all()?.backward()?;
+        let dx = grads.remove(xv.as_tensor());
+        let mut sink = self
+            .sink
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("checkpoint: a poisoned lock".into()))?;
+        for id in vars {
+            if let Some(g) = grads.get_id(id) {
+                sink.push((id, g.clone()));
+            }
+        }
+        Ok(dx)
+    }
 }
 
 /// Copies of the model's parts whose tensors share storage with the originals but take no part in autograd
@@ -542,7 +633,7 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let l = m.pp(format!("layers.{i}"));
-            layers.push(Block {
+            layers.push(std::sync::Arc::new(Block {
                 input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), d, cfg)?,
                 self_attn: Attention::load(&l.pp("self_attn"), cfg, i, lora)?,
                 post_attention_layernorm: RmsNorm::load(&l.pp("post_attention_layernorm"), d, cfg)?,
@@ -555,7 +646,7 @@ impl Llama {
                     None
                 },
                 mlp: Mlp::load(&l.pp("mlp"), cfg, lora)?,
-            });
+            }));
         }
         let norm = RmsNorm::load(&m.pp("norm"), d, cfg)?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -566,14 +657,14 @@ impl Llama {
                 weight_init(&h, cfg)
             })?
         };
-        let rope = Ropes {
+        let rope = std::sync::Arc::new(Ropes {
             global: Rope::new(&cfg.rope_inv_freq(), cfg, vb.device())?,
             local: if cfg.gemma() {
                 Some(Rope::new(&cfg.rope_local_inv_freq(), cfg, vb.device())?)
             } else {
                 None
             },
-        };
+        });
         Ok(Self {
             embed_tokens,
             layers,
@@ -581,12 +672,41 @@ impl Llama {
             lm_head: Linear::new(lm_head, None),
             rope,
             cfg: cfg.clone(),
+            checkpoint: None,
         })
     }
 
     #[must_use]
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
+    }
+
+    /// Gradient checkpointing while training (Hugging Face's `gradient_checkpointing`): each block keeps
+    /// only its input for backward and runs again there, trading a second forward of the blocks for their
+    /// activations. The blocks' variables then get their gradients from [`Llama::take_checkpoint_grads`].
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpoint = on.then(GradSink::default);
+    }
+
+    /// Moves the gradients the checkpointed blocks' backward computed into `grads` (call after each
+    /// `backward`); nothing when checkpointing is off.
+    ///
+    /// # Errors
+    /// On a poisoned lock (a panic in an earlier backward).
+    pub fn take_checkpoint_grads(
+        &self,
+        grads: &mut candle_core::backprop::GradStore,
+    ) -> Result<()> {
+        let Some(sink) = &self.checkpoint else {
+            return Ok(());
+        };
+        let mut sink = sink
+            .lock()
+            .map_err(|_| crate::ModelError::Invalid("checkpoint: a poisoned lock".into()))?;
+        for (id, g) in sink.drain(..) {
+            grads.insert_id(id, g);
+        }
+        Ok(())
     }
 
     /// The same model with its weights (variables while training) detached from autograd, sharing their
@@ -596,14 +716,19 @@ impl Llama {
     pub fn detached(&self) -> Self {
         Self {
             embed_tokens: self.embed_tokens.detach(),
-            layers: self.layers.iter().map(Detach::detached).collect(),
+            layers: self
+                .layers
+                .iter()
+                .map(|b| std::sync::Arc::new(b.detached()))
+                .collect(),
             norm: self.norm.detached(),
             lm_head: self.lm_head.detached(),
-            rope: Ropes {
+            rope: std::sync::Arc::new(Ropes {
                 global: self.rope.global.detached(),
                 local: self.rope.local.as_ref().map(Detach::detached),
-            },
+            }),
             cfg: self.cfg.clone(),
+            checkpoint: None,
         }
     }
 
@@ -679,28 +804,83 @@ impl Llama {
     /// # Errors
     /// When T exceeds the context or on a shape error.
     pub fn forward_embeds(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.hidden(x)?;
+        self.lm_head.forward(&h).ctx("lm_head") // (B, T, V)
+    }
+
+    /// The final hidden states (B, T, D), normalised: what the LM head reads.
+    fn hidden(&self, x: &Tensor) -> Result<Tensor> {
         let (_, t, _) = x.dims3().ctx("embeddings must be (B, T, D)")?;
         self.check_len(t)?;
         let mut x = x.clone();
         for block in &self.layers {
-            let h = block.input_layernorm.forward(&x)?;
-            let h = block.self_attn.forward(&h, &self.rope)?;
-            if let Some((pre, post)) = &block.feedforward_norms {
-                // Gemma 3: each sub-layer's output normalised before its residual add
-                let h = block.post_attention_layernorm.forward(&h)?;
-                x = (x + h).ctx("residual attn")?;
-                let h = post.forward(&block.mlp.forward(&pre.forward(&x)?)?)?;
-                x = (x + h).ctx("residual mlp")?;
-                continue;
-            }
-            x = (x + h).ctx("residual attn")?;
-            let h = block
-                .mlp
-                .forward(&block.post_attention_layernorm.forward(&x)?)?;
-            x = (x + h).ctx("residual mlp")?;
+            x = match &self.checkpoint {
+                Some(sink) => {
+                    // the first block's input tracks a graph even when the embeddings are frozen, so
+                    // backward reaches every block's op
+                    if !x.track_op() {
+                        x = candle_core::Var::from_tensor(&x)
+                            .ctx("checkpoint")?
+                            .into_inner();
+                    }
+                    x.contiguous()
+                        .and_then(|x| {
+                            x.apply_op1(CheckpointBlock {
+                                block: block.clone(),
+                                rope: self.rope.clone(),
+                                sink: sink.clone(),
+                            })
+                        })
+                        .ctx("checkpointed block")?
+                }
+                None => block.forward(&x, &self.rope)?,
+            };
         }
-        let x = self.norm.forward(&x)?; // (B, T, D)
-        self.lm_head.forward(&x).ctx("lm_head") // (B, T, V)
+        self.norm.forward(&x) // (B, T, D)
+    }
+
+    /// Summed next-token loss of ids (B, T) against targets (B, T) ([`crate::fused::IGNORE`] where a
+    /// position does not count) and the number that count: the training loss without a logits tensor in
+    /// the graph when the LM head is frozen (see [`Llama::embeds_loss_sum`]).
+    ///
+    /// # Errors
+    /// As [`Llama::forward`], and on a target outside the vocabulary.
+    pub fn loss_sum(&self, ids: &Tensor, targets: &Tensor) -> Result<(Tensor, usize)> {
+        self.embeds_loss_sum(&self.embed(ids)?, targets)
+    }
+
+    /// [`Llama::loss_sum`] from input embeddings. A frozen head (LoRA, QLoRA, evaluation) and the
+    /// cross-entropy run as one op that keeps one copy of the logits for backward (none under gradient
+    /// checkpointing: they are computed again there); a head that trains goes through the logits.
+    ///
+    /// # Errors
+    /// As [`Llama::forward_embeds`], and on a target outside the vocabulary.
+    pub fn embeds_loss_sum(&self, x: &Tensor, targets: &Tensor) -> Result<(Tensor, usize)> {
+        let h = self.hidden(x)?;
+        if self.lm_head.bias.is_none() && self.lm_head.lora.is_none() {
+            let (b, t, _) = h.dims3().ctx("hidden")?;
+            let targets = targets
+                .reshape(b * t)
+                .and_then(|t| t.to_dtype(candle_core::DType::U32))
+                .ctx("targets")?;
+            let count = targets
+                .to_vec1::<u32>()
+                .ctx("targets")?
+                .iter()
+                .filter(|&&t| t != crate::fused::IGNORE)
+                .count();
+            let rows = crate::matmul::head_cross_entropy(
+                &h,
+                &self.lm_head.weight,
+                &targets,
+                self.checkpoint.is_some(),
+            )
+            .ctx("lm_head loss")?;
+            if let Some(rows) = rows {
+                return Ok((rows.sum_all().ctx("loss sum")?, count));
+            }
+        }
+        next_token_loss_sum(&self.lm_head.forward(&h).ctx("lm_head")?, targets)
     }
 }
 
@@ -852,5 +1032,133 @@ mod tests {
         // the initial loss of a random model is about ln(V)
         let l = loss.to_scalar::<f32>().unwrap();
         assert!((l - 50f32.ln()).abs() < 0.5, "{l}");
+    }
+
+    /// Gradient checkpointing changes nothing but memory: the same loss and the same gradient for every
+    /// variable in `vars`, and the loss through the fused head equals the loss through the logits.
+    fn assert_checkpointing_changes_nothing(
+        model: &mut Llama,
+        vars: &[(String, candle_core::Var)],
+    ) {
+        let ids = Tensor::new(&[[1u32, 5, 9, 2, 7, 3], [4, 4, 8, 0, 6, 1]], &Device::Cpu).unwrap();
+        let (x, y) = (ids.narrow(1, 0, 5).unwrap(), ids.narrow(1, 1, 5).unwrap());
+        let run = |model: &mut Llama, on: bool, vars: &[(String, candle_core::Var)]| {
+            model.set_checkpointing(on);
+            // through the logits, and through loss_sum (the fused head when it is frozen): the same loss
+            let (sum, count) = model.loss_sum(&x, &y).unwrap();
+            let loss = next_token_loss(&model.forward(&x).unwrap(), &y).unwrap();
+            #[allow(clippy::cast_precision_loss)]
+            let fused = sum.to_scalar::<f32>().unwrap() / count as f32;
+            assert!((fused - loss.to_scalar::<f32>().unwrap()).abs() < 1e-5);
+            let loss = (sum / count as f64).unwrap();
+            let mut grads = loss.backward().unwrap();
+            if on {
+                // only variables' gradients wait in the sink (constants' zero-started ones, activation-
+                // sized, once piled up there: 2 GB on SmolLM2 at 4 × 256)
+                let held = model.checkpoint.as_ref().unwrap().lock().unwrap().len();
+                assert!(
+                    held > 0 && held <= vars.len(),
+                    "{held} held for {} variables",
+                    vars.len()
+                );
+            }
+            model.take_checkpoint_grads(&mut grads).unwrap();
+            let g: Vec<Vec<f32>> = vars
+                .iter()
+                .map(|(name, v)| {
+                    grads
+                        .get(v.as_tensor())
+                        .unwrap_or_else(|| panic!("{name}: no gradient (checkpointing {on})"))
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                })
+                .collect();
+            (loss.to_scalar::<f32>().unwrap(), g)
+        };
+        let (l0, g0) = run(model, false, vars);
+        let (l1, g1) = run(model, true, vars);
+        assert!((l0 - l1).abs() <= 1e-6, "{l0} {l1}");
+        for ((name, _), (a, b)) in vars.iter().zip(g0.iter().zip(&g1)) {
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(u, v)| (u - v).abs())
+                .fold(0f32, f32::max);
+            assert!(d <= 1e-6, "{name}: {d}");
+        }
+        // the sink is emptied by each take
+        assert!(model
+            .checkpoint
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .is_empty());
+    }
+
+    /// Gradient checkpointing of a full model (every weight a variable), plain and Gemma-shaped.
+    #[test]
+    fn checkpointed_blocks_give_the_same_loss_and_gradients() {
+        for gemma in [false, true] {
+            let mut cfg = tiny();
+            if gemma {
+                cfg.architectures = vec!["Gemma3ForCausalLM".into()];
+                cfg.model_type = "gemma3_text".into();
+            }
+            let (vm, mut model) = crate::test_util::new_model(&cfg);
+            let vars: Vec<(String, candle_core::Var)> = vm
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_checkpointing_changes_nothing(&mut model, &vars);
+        }
+    }
+
+    /// Gradient checkpointing under LoRA: frozen constants, the adapter's A and B (B non-zero) the only
+    /// variables, the first block's input made to track.
+    #[test]
+    fn checkpointed_lora_blocks_give_the_same_loss_and_gradients() {
+        let cfg = tiny();
+        let (vm, _) = crate::test_util::new_model(&cfg);
+        let base: std::collections::HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let lc = crate::lora::LoraConfig {
+            target_modules: crate::lora::TARGETS
+                .iter()
+                .map(|s| (*s).to_string())
+                .collect(),
+            ..Default::default()
+        };
+        let vars: Vec<(String, candle_core::Var)> = crate::lora::adapter_shapes(&cfg, &lc)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, (r, c)))| {
+                let t = crate::test_util::randn(&[r, c], 100 + i as u64);
+                (k, candle_core::Var::from_tensor(&t).unwrap())
+            })
+            .collect();
+        let tensors = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let lw = crate::LoraWeights {
+            config: &lc,
+            tensors: &tensors,
+            state: std::sync::Arc::default(),
+            quantized: None,
+        };
+        let vb = VarBuilder::from_tensors(base, candle_core::DType::F32, &Device::Cpu);
+        let mut model = Llama::load_with_lora(&vb, &cfg, Some(&lw)).unwrap();
+        assert_checkpointing_changes_nothing(&mut model, &vars);
     }
 }

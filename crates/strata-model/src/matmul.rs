@@ -470,6 +470,187 @@ impl candle_core::CustomOp1 for QuantProjection {
     }
 }
 
+/// The LM head and the cross-entropy as one op over the final hidden states, for a frozen head (LoRA and
+/// QLoRA, evaluation): rows of next-token losses without a logits tensor in the graph. Through candle the
+/// (B·T, V) logits were one tensor and their gradient three more (the op's, backward's zero-filled
+/// accumulator and the sum); here the op keeps one copy of the logits, which backward turns into their
+/// gradient in place, or with `recompute` (gradient checkpointing) none: backward computes them again,
+/// `HEAD_ROWS` rows at a time.
+struct HeadCrossEntropy {
+    w: Weight,
+    keep: bool,
+    recompute: bool,
+    logits: std::sync::Mutex<Option<Vec<f32>>>,
+    lse: std::sync::OnceLock<Vec<f32>>,
+}
+
+/// Rows of logits computed at a time when they are not kept.
+const HEAD_ROWS: usize = 256;
+
+impl HeadCrossEntropy {
+    /// The rows of logits per pass: all at once when they are kept, else `HEAD_ROWS`.
+    fn chunk(&self, n: usize) -> usize {
+        if self.keep && !self.recompute {
+            n.max(1)
+        } else {
+            HEAD_ROWS
+        }
+    }
+}
+
+/// Each row's log-sum-exp and negative log-likelihood of its target (0 for [`crate::fused::IGNORE`]).
+fn row_losses(logits: &[f32], t: &[u32], v: usize, lse: &mut [f32], nll: &mut [f32]) {
+    use rayon::prelude::*;
+    logits
+        .par_chunks(v)
+        .zip(t.par_iter())
+        .zip(lse.par_iter_mut().zip(nll.par_iter_mut()))
+        .for_each(|((row, &ti), (l, o))| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = row.iter().map(|&a| (a - m).exp()).sum();
+            *l = m + s.ln();
+            *o = if ti == crate::fused::IGNORE {
+                0.0
+            } else {
+                *l - row[ti as usize]
+            };
+        });
+}
+
+impl CustomOp2 for HeadCrossEntropy {
+    fn name(&self) -> &'static str {
+        "head-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let h = crate::fused::f32_slice(s1, l1, self.name())?;
+        let (v, d) = self.w.dims()?;
+        let n = h.len() / d.max(1);
+        let t = match (s2, l2.contiguous_offsets()) {
+            (CpuStorage::U32(t), Some((a, b))) => &t[a..b],
+            _ => candle_core::bail!("head-cross-entropy: targets must be contiguous u32"),
+        };
+        if l1.shape().dims().last() != Some(&d) || t.len() != n {
+            candle_core::bail!(
+                "head-cross-entropy: hidden {:?} and {} targets against a head ({v}, {d})",
+                l1.shape().dims(),
+                t.len()
+            );
+        }
+        if let Some(&bad) = t
+            .iter()
+            .find(|&&i| i != crate::fused::IGNORE && i as usize >= v)
+        {
+            candle_core::bail!("head-cross-entropy: target {bad} outside the vocabulary of {v}");
+        }
+        let (mut lse, mut nll) = (vec![0f32; n], vec![0f32; n]);
+        let chunk = self.chunk(n);
+        let mut buf = vec![0f32; chunk.min(n) * v];
+        for c0 in (0..n).step_by(chunk) {
+            let rows = chunk.min(n - c0);
+            let logits = &mut buf[..rows * v];
+            weight_x_wt(logits, &h[c0 * d..(c0 + rows) * d], &self.w, false)?;
+            let r = c0..c0 + rows;
+            row_losses(logits, &t[r.clone()], v, &mut lse[r.clone()], &mut nll[r]);
+        }
+        if self.keep && !self.recompute {
+            *self
+                .logits
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("head-cross-entropy: lock".into()))? =
+                Some(buf);
+        }
+        let _ = self.lse.set(lse);
+        Ok((CpuStorage::F32(nll), Shape::from(n)))
+    }
+
+    fn bwd(
+        &self,
+        h: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        use rayon::prelude::*;
+        let lse = self
+            .lse
+            .get()
+            .ok_or_else(|| candle_core::Error::Msg("head-cross-entropy: no forward".into()))?;
+        let (v, d) = self.w.dims()?;
+        let n = lse.len();
+        let t = targets.to_vec1::<u32>()?;
+        let g = grad.to_vec1::<f32>()?;
+        let kept = self
+            .logits
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("head-cross-entropy: lock".into()))?
+            .take();
+        let dx = grad_of(h, |dx| {
+            with_f32(h, |hv| {
+                // the kept logits, or room for HEAD_ROWS of them computed again
+                let have = kept.is_some();
+                let chunk = if have { n.max(1) } else { HEAD_ROWS };
+                let mut buf = kept.unwrap_or_else(|| vec![0f32; chunk.min(n) * v]);
+                for c0 in (0..n).step_by(chunk) {
+                    let rows = chunk.min(n - c0);
+                    let p = &mut buf[..rows * v];
+                    if !have {
+                        weight_x_wt(p, &hv[c0 * d..(c0 + rows) * d], &self.w, false)?;
+                    }
+                    // dlogits = g·(softmax − onehot), in place
+                    p.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
+                        let r = c0 + i;
+                        if t[r] == crate::fused::IGNORE || g[r] == 0.0 {
+                            row.fill(0.0);
+                            return;
+                        }
+                        for a in row.iter_mut() {
+                            *a = (*a - lse[r]).exp() * g[r];
+                        }
+                        row[t[r] as usize] -= g[r];
+                    });
+                    weight_g_w(&mut dx[c0 * d..(c0 + rows) * d], p, &self.w, false)?;
+                }
+                Ok::<_, candle_core::Error>(())
+            })?
+        })?;
+        Ok((dx, None))
+    }
+}
+
+/// Rows of next-token losses of a frozen LM head `w` over hidden states `h` (…, D) and `targets` (…) as one
+/// op (see [`HeadCrossEntropy`]); None when the head takes a gradient or the input is not on the CPU in
+/// f32 (the caller then computes the logits).
+pub(crate) fn head_cross_entropy(
+    h: &Tensor,
+    w: &Weight,
+    targets: &Tensor,
+    recompute: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    let frozen = match w {
+        Weight::Dense(t) => !t.track_op() && fusable(&[t]),
+        Weight::Quant(_) => true,
+    };
+    let h = h.contiguous()?;
+    if !frozen || !fusable(&[&h]) {
+        return Ok(None);
+    }
+    let op = HeadCrossEntropy {
+        w: w.clone(),
+        keep: h.track_op(),
+        recompute,
+        logits: std::sync::Mutex::new(None),
+        lse: std::sync::OnceLock::new(),
+    };
+    h.apply_op2(targets, op).map(Some)
+}
+
 /// y = x·Wᵀ for a weight that may be quantised.
 pub(crate) fn weight_linear(x: &Tensor, w: &Weight) -> candle_core::Result<Tensor> {
     match w {
@@ -625,5 +806,67 @@ mod tests {
         }
         // shapes that do not fit are refused
         assert!(linear(&x, &randn(&[70, 41], 4)).is_err());
+    }
+
+    /// The fused head + cross-entropy against logits then the fused cross-entropy: the same row losses and
+    /// the same gradient of the hidden states, with the logits kept and recomputed over two chunks of rows
+    /// (300 rows > 256), for a dense and a quantised head, with ignored targets.
+    #[test]
+    fn head_cross_entropy_equals_the_loss_of_the_logits() {
+        use crate::qweight::{BaseQuant, QuantMatrix};
+        let (n, d, v) = (300, 64, 40);
+        let w = randn(&[v, d], 1);
+        let q = std::sync::Arc::new(QuantMatrix::from_tensor(&w, BaseQuant::Q8_0, "w").unwrap());
+        let mut t: Vec<u32> = (0u32..300).map(|i| i * 7 % 40).collect();
+        t[3] = crate::fused::IGNORE;
+        t[290] = crate::fused::IGNORE;
+        let targets = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
+        let h = Var::from_tensor(&randn(&[1, n, d], 2)).unwrap();
+        let weigh = randn(&[n], 3);
+        for head in [Weight::Dense(w.clone()), Weight::Quant(q.clone())] {
+            let dense = head.to_tensor(&Device::Cpu).unwrap();
+            let (want, _) =
+                crate::fused::cross_entropy_rows(&linear(h.as_tensor(), &dense).unwrap(), &targets)
+                    .unwrap();
+            let gw = (&want * &weigh)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let want_dx = gw.get(h.as_tensor()).unwrap().clone();
+            for recompute in [false, true] {
+                let rows = head_cross_entropy(h.as_tensor(), &head, &targets, recompute)
+                    .unwrap()
+                    .unwrap();
+                assert!(
+                    max_abs_diff(&rows, &want) < 1e-5,
+                    "{}",
+                    max_abs_diff(&rows, &want)
+                );
+                let g = (&rows * &weigh)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let dx = g.get(h.as_tensor()).unwrap();
+                assert!(
+                    max_abs_diff(dx, &want_dx) < 1e-5,
+                    "{}",
+                    max_abs_diff(dx, &want_dx)
+                );
+            }
+        }
+        // a head that trains is left to the logits path
+        let wv = Var::from_tensor(&w).unwrap();
+        assert!(head_cross_entropy(
+            h.as_tensor(),
+            &Weight::Dense(wv.as_tensor().clone()),
+            &targets,
+            false
+        )
+        .unwrap()
+        .is_none());
     }
 }

@@ -36,6 +36,10 @@ pub struct TrainConfig {
     /// Micro-batches per optimizer step: the step sees `batch_size × grad_accum` windows.
     #[serde(default = "d_one")]
     pub grad_accum: usize,
+    /// Each decoder block keeps only its input for backward and runs again there (Hugging Face's
+    /// `gradient_checkpointing`): activations of one block instead of all, for a second forward.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     #[serde(default)]
     pub schedule: Schedule,
     /// Warmup-stable-decay: the share of the steps spent decaying (linearly to `min_lr`) at the end.

@@ -127,8 +127,7 @@ fn window_loss(
         .collect();
     let x = Tensor::from_vec(x, shape, device).ctx("eval x")?;
     let y = Tensor::from_vec(y, shape, device).ctx("eval y")?;
-    let logits = model.forward(&x)?;
-    let (sum, n) = strata_model::next_token_loss_sum(&logits, &y)?;
+    let (sum, n) = model.loss_sum(&x, &y)?;
     Ok((f64::from(sum.to_scalar::<f32>().ctx("eval loss")?), n))
 }
 

@@ -244,11 +244,13 @@ fn accumulate_part(
     let mut loss = 0f64;
     for (i, (x, y)) in micro.iter().enumerate() {
         before(i);
-        let (sum, _) = strata_model::next_token_loss_sum(&model.forward(x)?, y)?;
+        let (sum, _) = model.loss_sum(x, y)?;
         #[allow(clippy::cast_precision_loss)]
         let part = (sum / total as f64).ctx("loss scale")?;
         loss += f64::from(part.to_scalar::<f32>().ctx("loss")?);
-        let g = opt.grads_of(&part.backward().ctx("backward")?);
+        let mut gs = part.backward().ctx("backward")?;
+        model.take_checkpoint_grads(&mut gs)?;
+        let g = opt.grads_of(&gs);
         match &mut grads {
             None => grads = Some(g),
             Some(acc) => acc.add(g)?,
@@ -519,7 +521,8 @@ struct Model {
 fn start_model(job: &TrainJob<'_>, s: &Setup, ckpt_dir: &std::path::Path) -> Result<Model> {
     // With LoRA the parent's weights are constants and the adapter's A/B the only variables.
     let lora_state = Arc::new(LoraState::default());
-    let (model, vars) = build_model(&s.cfg, &job.cfg, s.parent.as_ref(), &lora_state)?;
+    let (mut model, vars) = build_model(&s.cfg, &job.cfg, s.parent.as_ref(), &lora_state)?;
+    model.set_checkpointing(job.cfg.gradient_checkpointing);
     let mut opt = crate::AdamW::new(&vars, job.cfg.beta1, job.cfg.beta2, job.cfg.weight_decay)?;
     let mut state = RunState::default();
     let mut resumed_from = None;

@@ -97,6 +97,7 @@ fn apply(mut cfg: TrainConfig, o: &TrainOverrides) -> anyhow::Result<TrainConfig
     if let Some(v) = o.grad_accum {
         cfg.grad_accum = v;
     }
+    cfg.gradient_checkpointing |= o.gradient_checkpointing;
     if let Some(v) = &o.schedule {
         cfg.schedule = serde_json::from_value(serde_json::Value::String(v.clone()))
             .map_err(|_| anyhow::anyhow!("--schedule {v:?}: expected cosine, linear or wsd"))?;

@@ -475,9 +475,11 @@ fn refuse_unsupported(cfg: &TrainConfig) -> anyhow::Result<()> {
         cfg.grad_accum == 1
             && cfg.max_time_s.is_none()
             && cfg.early_stop_patience.is_none()
-            && cfg.base_quant.is_none(),
-        "--images: gradient accumulation, --max-time, early stopping and --base-quant (QLoRA) are not \
-         supported for vision steps (raise --batch-size, lower --steps; the decoder trains in f32)"
+            && cfg.base_quant.is_none()
+            && !cfg.gradient_checkpointing,
+        "--images: gradient accumulation, --max-time, early stopping, --base-quant (QLoRA) and \
+         --gradient-checkpointing are not supported for vision steps (raise --batch-size, lower --steps; \
+         the decoder trains in f32)"
     );
     Ok(())
 }
