@@ -14,10 +14,12 @@ documents, ~17 MB).
 Every tool gets the machine's threads (2 here). MB/s of UTF-8 text, best of --rounds. Ids: Strata's shards
 (each document ending with the end-of-text id, in the train or val stream) against HF tokenizers' for every
 document; tiktoken's agreement with HF is printed for information (its split regex is a translation).
-Prints the CPU family (/proc/cpuinfo: 25 = Zen 4, 26 = Zen 5). Goal (issue 24): Strata >= 1x tiktoken, ids
-equal to `tokenizers` on every document.
+With `--split llama3` (or `qwen2`) the same vocabulary is given Llama 3's pre-tokenizer (a `Split` with its
+regex, then `ByteLevel` without a regex; Qwen2's differs in runs of digits), and tiktoken gets that regex, the
+one of its cl100k/o200k family. Prints the CPU family (/proc/cpuinfo: 25 = Zen 4, 26 = Zen 5). Goal
+(issue 24): Strata >= 1x tiktoken, ids equal to `tokenizers` on every document.
 
-usage: bench/tokenize.py [--rounds 3]
+usage: bench/tokenize.py [--rounds 3] [--split smollm2|llama3|qwen2]
 """
 import argparse
 import json
@@ -37,7 +39,8 @@ import json, os, sys, time
 import numpy as np
 import tiktoken
 from tokenizers import Tokenizer
-tok_json, corpus, store, rounds, eos = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+tok_json, corpus, store, rounds, eos, pat = (sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]),
+                                            int(sys.argv[5]), sys.argv[6])
 texts = [json.loads(l)["text"] for l in open(corpus)]
 mb = sum(len(t.encode()) for t in texts) / 1e6
 threads = os.cpu_count()
@@ -66,7 +69,6 @@ dec = {chr(c): b for b, c in zip(bs, cs)}
 vocab = json.load(open(tok_json))["model"]["vocab"]
 special = {a["content"] for a in json.load(open(tok_json))["added_tokens"]}
 ranks = {bytes(dec[ch] for ch in t): i for t, i in vocab.items() if t not in special}
-pat = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 enc = tiktoken.Encoding("smollm2", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
 dt, tt = best(lambda: enc.encode_ordinary_batch(texts, num_threads=threads))
 out["tiktoken"] = mb / dt
@@ -95,6 +97,11 @@ print(json.dumps(out))
 '''
 
 
+SMOLLM2_PAT = r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_PAT = LLAMA3_PAT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
 def cpu_family():
     for line in open("/proc/cpuinfo"):
         if line.startswith("cpu family"):
@@ -105,6 +112,7 @@ def cpu_family():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--split", choices=["smollm2", "llama3", "qwen2"], default="smollm2")
     a = ap.parse_args()
     if not os.path.exists(tb.STRATA):
         tb.sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=tb.ROOT)
@@ -118,6 +126,16 @@ def main():
     strata = lambda *args: tb.sh([tb.STRATA, "--workdir", STORE, *map(str, args)])  # noqa: E731
     gguf = tb.sh(["bash", os.path.join(tb.ROOT, "scripts", "fetch-model.sh"), os.path.join(tb.ROOT, "data")]).strip()
     strata("import", gguf, "--name", "smol")
+    tok_json = os.path.join(STORE, "tokenizers", "smol", "tokenizer.json")
+    pat = SMOLLM2_PAT
+    if a.split != "smollm2":
+        # the same vocabulary with Llama 3's (Qwen2's) pre-tokenizer, in the bench's own store
+        pat = LLAMA3_PAT if a.split == "llama3" else QWEN2_PAT
+        j = json.load(open(tok_json))
+        j["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pat}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
+        json.dump(j, open(tok_json, "w"), ensure_ascii=False)
     strata("acquire", "--name", "general", "--input", corpus)
     best = None
     for i in range(a.rounds):
@@ -129,10 +147,9 @@ def main():
     eos = json.load(open(os.path.join(STORE, "tokens", "toks", "manifest.json")))["counts"]["eos_id"]
     script = os.path.join(WORK, "measure.py")
     open(script, "w").write(PY)
-    tok_json = os.path.join(STORE, "tokenizers", "smol", "tokenizer.json")
-    r = json.loads(tb.sh([py, script, tok_json, corpus, STORE, str(a.rounds), str(eos)]))
+    r = json.loads(tb.sh([py, script, tok_json, corpus, STORE, str(a.rounds), str(eos), pat]))
     strata_mbs = r["mb"] / best
-    print(f"SmolLM2 byte-level BPE, {r['docs']} documents, {r['mb']:.1f} MB; {os.cpu_count()} threads; "
+    print(f"SmolLM2's byte-level BPE with {a.split}'s split, {r['docs']} documents, {r['mb']:.1f} MB; {os.cpu_count()} threads; "
           f"cpu family {cpu_family()}; best of {a.rounds}")
     print(f"{'tool':<44}{'MB/s':>8}{'vs tiktoken':>13}")
     rows = [("strata tokenize encode (whole step)", strata_mbs),
