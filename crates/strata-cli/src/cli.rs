@@ -442,8 +442,9 @@ pub struct LoraArgs {
     #[arg(long)]
     pub rslora: bool,
     /// QLoRA: hold the frozen base in quantised blocks while the adapter trains: q8_0 (8.5 bits per
-    /// weight) or q4_k (4.5; rows not a multiple of 256 take q5_0). Implies --lora.
-    #[arg(long, value_parser = ["q8_0", "q4_k"])]
+    /// weight), q4_k (4.5; rows not a multiple of 256 take q5_0), or gguf (an imported GGUF's own blocks,
+    /// as the file holds them). Implies --lora.
+    #[arg(long, value_parser = ["q8_0", "q4_k", "gguf"])]
     pub base_quant: Option<String>,
 }
 

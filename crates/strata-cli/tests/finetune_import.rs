@@ -162,8 +162,68 @@ fn smollm2_from_gguf_finetunes_on_medical_text_and_loads_back() {
         "{}",
         e.stdout
     );
+    qlora_over_the_gguf_blocks(&store);
     // A 135M-parameter store is a gigabyte: passed, it goes (a failure leaves it to look at).
     std::fs::remove_dir_all(&store).unwrap();
+}
+
+/// QLoRA over the imported GGUF's own blocks (`--base-quant gguf`: Q4_1 and Q8_0 as the file holds them,
+/// nothing dequantised but a slab at a time) has the losses of f32 LoRA over the same file dequantised;
+/// a parent whose weights are safetensors is refused by name.
+fn qlora_over_the_gguf_blocks(store: &Path) {
+    let lora = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--name",
+            name,
+            "--parent",
+            "smol",
+            "--tokens",
+            "med",
+            "--lora-r",
+            "4",
+            "--steps",
+            "2",
+            "--batch-size",
+            "1",
+            "--seq-len",
+            "32",
+            "--sampling",
+            "sequential",
+            "--warmup-steps",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let r = ok(store, &args);
+        (run_losses(store, name), r.stderr)
+    };
+    let (f32_losses, _) = lora("smol-lora", &[]);
+    let (q_losses, log) = lora("smol-qlora", &["--base-quant", "gguf"]);
+    assert!(log.contains("q4_1"), "{log}");
+    for (q, f) in q_losses.iter().zip(&f32_losses) {
+        assert!(
+            (q - f).abs() <= 1e-4 * f.abs(),
+            "{q_losses:?} against {f32_losses:?}"
+        );
+    }
+    assert_eq!(
+        manifest(store, "adapters", "smol-qlora")["counts"]["base_quant"],
+        "gguf"
+    );
+    let r = run(strata(store).args([
+        "finetune",
+        "--name",
+        "bad-qlora",
+        "--parent",
+        "smol-med",
+        "--tokens",
+        "med",
+        "--steps",
+        "1",
+        "--base-quant",
+        "gguf",
+    ]));
+    assert!(!r.ok && r.stderr.contains("safetensors"), "{}", r.stderr);
 }
 
 /// A store with two tokenizers of the same vocabulary size trained on different text, a model of the

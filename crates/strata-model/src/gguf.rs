@@ -668,6 +668,62 @@ pub fn stream_gguf_weights(
     Ok(())
 }
 
+/// A GGUF tensor as QLoRA holds it: its blocks as the file stores them, or f32 (norms, f32/f16 tensors).
+pub enum GgufWeight {
+    Blocks(crate::qweight::QuantMatrix),
+    Dense(Tensor),
+}
+
+/// Hands each tensor of the GGUF at `path` to `each` by its Hugging Face name: a 2-D tensor in a block
+/// type as its blocks, unchanged (Q and K rows put back in Hugging Face's order), any other dequantised as
+/// [`read_gguf_weights`] gives it. One tensor in memory at a time besides what `each` keeps.
+///
+/// # Errors
+/// As [`read_gguf_weights`], when a tensor's bytes are not whole blocks, and when `each` fails.
+pub fn stream_gguf_blocks(
+    path: &Path,
+    device: &Device,
+    each: &mut dyn FnMut(String, GgufWeight) -> Result<()>,
+) -> Result<()> {
+    let (content, mut reader) = open(path)?;
+    let cfg = config_from(&Meta {
+        path,
+        md: &content.metadata,
+    })?;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    for name in names {
+        let Some(hf) = hf_name_of(&cfg, name) else {
+            continue;
+        };
+        let q = content
+            .tensor(&mut reader, name, device)
+            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
+        if let (Ok((rows, _)), 0.0) = (q.shape().dims2(), hf_offset(&cfg, &hf)) {
+            let heads = if !qk_permuted(&cfg) {
+                None
+            } else if hf.ends_with("q_proj.weight") {
+                Some(cfg.num_attention_heads)
+            } else if hf.ends_with("k_proj.weight") {
+                Some(cfg.kv_heads())
+            } else {
+                None
+            };
+            let order = heads.map(|n| qk_row_order(rows, n, true));
+            let blocks = crate::qweight::QuantMatrix::from_qtensor(&q, order.as_deref(), &hf)
+                .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
+            if let Some(m) = blocks {
+                each(hf, GgufWeight::Blocks(m))?;
+                continue;
+            }
+        }
+        drop(q);
+        let t = hf_tensor(path, &content, &mut reader, &cfg, name, &hf, device)?;
+        each(hf, GgufWeight::Dense(t))?;
+    }
+    Ok(())
+}
+
 /// The GGUF tensor `name` (Hugging Face name `hf`) dequantised to f32, Q and K un-permuted where llama.cpp
 /// permuted them: the one tensor a streamed conversion holds at a time.
 fn hf_tensor<R: std::io::Read + std::io::Seek>(

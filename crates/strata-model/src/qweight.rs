@@ -7,7 +7,11 @@
 //! The blocks are candle's implementations of GGML's reference formats (the ones GGUF files hold). A row
 //! whose length is not a multiple of Q4_K's 256 takes Q5_0 (32-blocks), as llama.cpp's Q4_K_M does.
 
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5_0, BlockQ8_0, GgmlType};
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
+};
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -22,6 +26,9 @@ pub enum BaseQuant {
     Q8_0,
     /// 4-bit super-blocks of 256 with 6-bit sub-block scales and minima (4.5 bits per weight).
     Q4K,
+    /// The blocks of an imported GGUF as the file holds them (a Q4_K_M file's mix of Q4_K, Q5_K, Q6_K…);
+    /// its f32/f16 matrices in Q8_0.
+    Gguf,
 }
 
 impl BaseQuant {
@@ -30,6 +37,7 @@ impl BaseQuant {
         match self {
             Self::Q8_0 => "q8_0",
             Self::Q4K => "q4_k",
+            Self::Gguf => "gguf",
         }
     }
 
@@ -41,17 +49,101 @@ impl BaseQuant {
         match s.to_ascii_lowercase().as_str() {
             "q8_0" => Ok(Self::Q8_0),
             "q4_k" => Ok(Self::Q4K),
+            "gguf" => Ok(Self::Gguf),
             _ => Err(ModelError::Invalid(format!(
-                "unknown base quantisation {s:?} (known: q8_0, q4_k)"
+                "unknown base quantisation {s:?} (known: q8_0, q4_k, gguf)"
             ))),
         }
     }
 }
 
-enum Blocks {
-    Q8_0(Vec<BlockQ8_0>),
-    Q5_0(Vec<BlockQ5_0>),
-    Q4K(Vec<BlockQ4K>),
+/// The block types a matrix may be held in, each with its GGML name: one list for the enum, the GGUF
+/// reader and every operation that dispatches on the type.
+macro_rules! block_types {
+    ($m:ident) => {
+        $m! {
+            Q4_0(BlockQ4_0, "q4_0"),
+            Q4_1(BlockQ4_1, "q4_1"),
+            Q5_0(BlockQ5_0, "q5_0"),
+            Q5_1(BlockQ5_1, "q5_1"),
+            Q8_0(BlockQ8_0, "q8_0"),
+            Q2K(BlockQ2K, "q2_k"),
+            Q3K(BlockQ3K, "q3_k"),
+            Q4K(BlockQ4K, "q4_k"),
+            Q5K(BlockQ5K, "q5_k"),
+            Q6K(BlockQ6K, "q6_k"),
+        }
+    };
+}
+
+macro_rules! blocks_enum {
+    ($($v:ident($b:ident, $n:literal),)*) => {
+        enum Blocks {
+            $($v(Vec<$b>),)*
+        }
+
+        impl Blocks {
+            fn type_name(&self) -> &'static str {
+                match self {
+                    $(Self::$v(_) => $n,)*
+                }
+            }
+
+            fn bytes(&self) -> usize {
+                match self {
+                    $(Self::$v(b) => std::mem::size_of_val(b.as_slice()),)*
+                }
+            }
+
+            fn dequantize_rows(&self, cols: usize, r0: usize, out: &mut [f32]) {
+                match self {
+                    $(Self::$v(b) => dequantize_rows(b, cols, r0, out),)*
+                }
+            }
+
+            /// Blocks of GGML type `dtype` from their bytes as a GGUF stores them; None for a type that is
+            /// not one of these.
+            fn from_ggml(dtype: GgmlDType, bytes: &[u8]) -> Option<Self> {
+                match dtype {
+                    $(GgmlDType::$v => Some(Self::$v(blocks_from_bytes(bytes)?)),)*
+                    _ => None,
+                }
+            }
+
+            /// The blocks of rows in `order` (row i of the result is row `order[i]`), `per_row` blocks a row.
+            fn reorder(&self, cols: usize, order: &[usize]) -> Self {
+                match self {
+                    $(Self::$v(b) => Self::$v(reorder_rows(b, cols / <$b>::BLCK_SIZE, order)),)*
+                }
+            }
+        }
+    };
+}
+
+block_types!(blocks_enum);
+
+/// Blocks copied out of `bytes` (a whole number of them), or None when the length does not divide.
+fn blocks_from_bytes<B: GgmlType>(bytes: &[u8]) -> Option<Vec<B>> {
+    let size = std::mem::size_of::<B>();
+    if size == 0 || !bytes.len().is_multiple_of(size) {
+        return None;
+    }
+    let mut v = vec![B::zeros(); bytes.len() / size];
+    // SAFETY: candle's block types are `repr(C)` structs of f16 and integer fields (GGML's layout, which the
+    // GGUF bytes are): every bit pattern is a valid value, and the destination holds exactly `bytes.len()`
+    // bytes, written through a byte pointer (no alignment needed).
+    #[allow(unsafe_code)]
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len());
+    }
+    Some(v)
+}
+
+fn reorder_rows<B: Clone>(b: &[B], per_row: usize, order: &[usize]) -> Vec<B> {
+    order
+        .iter()
+        .flat_map(|&r| b[r * per_row..(r + 1) * per_row].iter().cloned())
+        .collect()
 }
 
 /// A (rows, cols) matrix in quantised blocks, row-major (each row whole blocks).
@@ -147,7 +239,7 @@ impl QuantMatrix {
             )));
         }
         let blocks = match kind {
-            BaseQuant::Q8_0 => Blocks::Q8_0(quantize_rows(w, cols)),
+            BaseQuant::Q8_0 | BaseQuant::Gguf => Blocks::Q8_0(quantize_rows(w, cols)),
             BaseQuant::Q4K if cols.is_multiple_of(256) => Blocks::Q4K(quantize_rows(w, cols)),
             BaseQuant::Q4K => Blocks::Q5_0(quantize_rows(w, cols)),
         };
@@ -176,21 +268,58 @@ impl QuantMatrix {
     /// The GGML type the blocks are in.
     #[must_use]
     pub fn type_name(&self) -> &'static str {
-        match self.blocks {
-            Blocks::Q8_0(_) => "q8_0",
-            Blocks::Q5_0(_) => "q5_0",
-            Blocks::Q4K(_) => "q4_k",
+        self.blocks.type_name()
+    }
+
+    /// A GGUF tensor's blocks as they are, its rows in `order` when given (llama.cpp's Q/K permutation
+    /// undone); None when its type is not a block type (f32, f16).
+    ///
+    /// # Errors
+    /// When the tensor is not 2-D or its bytes are not whole blocks of its shape.
+    pub fn from_qtensor(
+        q: &candle_core::quantized::QTensor,
+        order: Option<&[usize]>,
+        name: &str,
+    ) -> Result<Option<Self>> {
+        let (rows, cols) = q.shape().dims2().ctx(name)?;
+        let bytes = q.data().ctx(name)?;
+        let Some(blocks) = Blocks::from_ggml(q.dtype(), &bytes) else {
+            if matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                return Ok(None);
+            }
+            return Err(ModelError::Invalid(format!(
+                "{name}: {:?} data of {} bytes is not whole blocks",
+                q.dtype(),
+                bytes.len()
+            )));
+        };
+        let m = Self { rows, cols, blocks };
+        if m.bytes() != bytes.len() || !cols.is_multiple_of(q.dtype().block_size()) {
+            return Err(ModelError::Invalid(format!(
+                "{name}: {} bytes of {:?} for ({rows}, {cols})",
+                bytes.len(),
+                q.dtype()
+            )));
         }
+        Ok(Some(match order {
+            Some(o) if o.len() == rows => Self {
+                blocks: m.blocks.reorder(cols, o),
+                ..m
+            },
+            Some(o) => {
+                return Err(ModelError::Invalid(format!(
+                    "{name}: a row order of {} for {rows} rows",
+                    o.len()
+                )))
+            }
+            None => m,
+        }))
     }
 
     /// Bytes the blocks take.
     #[must_use]
     pub fn bytes(&self) -> usize {
-        match &self.blocks {
-            Blocks::Q8_0(b) => std::mem::size_of_val(b.as_slice()),
-            Blocks::Q5_0(b) => std::mem::size_of_val(b.as_slice()),
-            Blocks::Q4K(b) => std::mem::size_of_val(b.as_slice()),
-        }
+        self.blocks.bytes()
     }
 
     /// Rows `r0..r0 + out.len() / cols` in f32, into `out`.
@@ -204,11 +333,7 @@ impl QuantMatrix {
             self.rows,
             out.len()
         );
-        match &self.blocks {
-            Blocks::Q8_0(b) => dequantize_rows(b, self.cols, r0, out),
-            Blocks::Q5_0(b) => dequantize_rows(b, self.cols, r0, out),
-            Blocks::Q4K(b) => dequantize_rows(b, self.cols, r0, out),
-        }
+        self.blocks.dequantize_rows(self.cols, r0, out);
     }
 
     /// The whole matrix in f32 (row-major).

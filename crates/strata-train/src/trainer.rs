@@ -276,29 +276,72 @@ fn quantized_base(
     kind: strata_model::qweight::BaseQuant,
     device: &Device,
 ) -> Result<(HashMap<String, Tensor>, strata_model::QuantBase)> {
+    use strata_model::gguf::GgufWeight;
+    use strata_model::qweight::{BaseQuant, QuantMatrix};
     let (mut dense, mut quant) = (HashMap::new(), strata_model::QuantBase::new());
     let (mut f32_bytes, mut q_bytes) = (0usize, 0usize);
-    p.stream_weights(device, &mut |name, t| {
-        let cols = t.dims().last().copied().unwrap_or(0);
-        if quantizable(&name) && t.rank() == 2 && cols.is_multiple_of(32) {
-            let q = strata_model::qweight::QuantMatrix::from_tensor(&t, kind, &name)?;
-            f32_bytes += t.elem_count() * 4;
-            q_bytes += q.bytes();
-            quant.insert(name, Arc::new(q));
-        } else {
-            if quantizable(&name) {
-                tracing::warn!("{name}: rows of {cols} are not whole 32-blocks, kept in f32");
+    let mut keep = |name: String, w: GgufWeight| -> strata_model::Result<()> {
+        match w {
+            GgufWeight::Blocks(q) if quantizable(&name) => {
+                f32_bytes += q.dims().0 * q.dims().1 * 4;
+                q_bytes += q.bytes();
+                quant.insert(name, Arc::new(q));
             }
-            dense.insert(name, t);
+            GgufWeight::Blocks(q) => {
+                dense.insert(name, q.to_tensor(device)?);
+            }
+            GgufWeight::Dense(t) => {
+                let cols = t.dims().last().copied().unwrap_or(0);
+                if quantizable(&name) && t.rank() == 2 && cols.is_multiple_of(32) {
+                    let q = QuantMatrix::from_tensor(&t, kind, &name)?;
+                    f32_bytes += t.elem_count() * 4;
+                    q_bytes += q.bytes();
+                    quant.insert(name, Arc::new(q));
+                } else {
+                    if quantizable(&name) {
+                        tracing::warn!(
+                            "{name}: rows of {cols} are not whole 32-blocks, kept in f32"
+                        );
+                    }
+                    dense.insert(name, t);
+                }
+            }
         }
         Ok(())
-    })?;
+    };
+    if kind == BaseQuant::Gguf {
+        let gguf = p.base_dir.join(strata_model::gguf::GGUF_IN_FOLDER);
+        let has_st = p.base_dir.join("model.safetensors").is_file()
+            || p.base_dir.join("model.safetensors.index.json").is_file();
+        if !gguf.is_file() || has_st {
+            return Err(TrainError::Config(format!(
+                "--base-quant gguf trains over the blocks of an imported GGUF, and model {} holds \
+                 safetensors weights (no {}): use q8_0 or q4_k",
+                p.base,
+                strata_model::gguf::GGUF_IN_FOLDER
+            )));
+        }
+        if !p.adapters.is_empty() {
+            return Err(TrainError::Config(format!(
+                "--base-quant gguf keeps the file's blocks as they are, so its parent must be the model \
+                 itself, not the adapter chain {} on {}: merge the chain into a model, or use q8_0 or q4_k",
+                p.adapter_names().join(" → "),
+                p.base
+            )));
+        }
+        strata_model::gguf::stream_gguf_blocks(&gguf, device, &mut keep)?;
+    } else {
+        p.stream_weights(device, &mut |name, t| keep(name, GgufWeight::Dense(t)))?;
+    }
     #[allow(clippy::cast_precision_loss)]
     let mib = |b: usize| b as f64 / f64::from(1u32 << 20);
+    let mut types: Vec<&str> = quant.values().map(|q| q.type_name()).collect();
+    types.sort_unstable();
+    types.dedup();
     tracing::info!(
         "QLoRA base: {} weights in {} blocks, {:.1} MiB (f32: {:.1} MiB)",
         quant.len(),
-        kind.name(),
+        types.join("/"),
         mib(q_bytes),
         mib(f32_bytes)
     );
