@@ -12,7 +12,11 @@ it is onto the dequantised base (the store's f32 folder) and its logits are comp
 Goals (issue 24): peak RSS <= 40% of f32 LoRA's, speed >= f32 LoRA's, first losses within 1%, PEFT's logits
 within 1e-4 of Strata's (relative to the largest logit).
 
-usage: bench/qlora.py [--steps 6] [--threads 2] [--batch 4] [--seq 256]
+With `--model gemma3`: Gemma 3 270M from its Q4_K_M GGUF (scripts/fetch-model.sh --gemma3; Q4_K, Q6_K, Q5_0
+and Q8_0 blocks, a 262k-token embedding that is 63% of its weights), f32 LoRA over the dequantised file
+against QLoRA over the file's own blocks (`--base-quant gguf`), each with and without checkpointing.
+
+usage: bench/qlora.py [--model smollm2|gemma3] [--steps 6] [--threads 2] [--batch 4] [--seq 256]
 """
 import argparse
 import json
@@ -51,9 +55,9 @@ def strata(*args, threads=None):
     return tb.sh(cmd + [str(a) for a in args])
 
 
-def run(name, quant, ckpt, a):
+def run(name, quant, ckpt, a, parent="smol", tokens="toks"):
     extra = (["--base-quant", quant] if quant else []) + (["--gradient-checkpointing"] if ckpt else [])
-    strata("finetune", "--name", name, "--parent", "smol", "--tokens", "toks", "--lora-r", R, "--lora-alpha", ALPHA,
+    strata("finetune", "--name", name, "--parent", parent, "--tokens", tokens, "--lora-r", R, "--lora-alpha", ALPHA,
            "--lora-targets", ",".join(TARGETS), "--steps", a.steps, "--batch-size", a.batch, "--seq-len", a.seq,
            "--lr", LR, "--warmup-steps", 0, "--schedule", "wsd", "--sampling", "sequential",
            "--eval-every", 100000, *extra, threads=a.threads)
@@ -69,7 +73,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--model", choices=["smollm2", "gemma3"], default="smollm2")
     a = ap.parse_args()
+    if a.model == "gemma3":
+        return gemma3(a)
     if not os.path.exists(tb.STRATA):
         tb.sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=tb.ROOT)
     py = tb.torch_python(["peft==0.21.2"])
@@ -112,6 +119,32 @@ def main():
     print(f"goals (issue 24) for Q8_0 against f32 LoRA: speed >= 1 ({sec(f) / sec(plain):.2f} as is, "
           f"{sec(f) / sec(ck):.2f} checkpointed), peak RSS <= 0.40 ({plain['peak_rss_mib'] / f['peak_rss_mib']:.2f} "
           f"as is, {ck['peak_rss_mib'] / f['peak_rss_mib']:.2f} checkpointed), first losses within 1%")
+
+
+def gemma3(a):
+    if not os.path.exists(tb.STRATA):
+        tb.sh(["cargo", "build", "--release", "-q", "-p", "strata-cli"], cwd=tb.ROOT)
+    tb.smol_store(WORK, STORE, n_docs=200)  # the corpus (and SmolLM2, unused here)
+    gguf = tb.sh(["bash", os.path.join(tb.ROOT, "scripts", "fetch-model.sh"), "--gemma3",
+                  os.path.join(tb.ROOT, "data")]).strip()
+    strata("import", gguf, "--name", "gemma3")
+    strata("tokenize", "encode", "--name", "gtoks", "--dataset", "corpus", "--tokenizer", "gemma3")
+    results = {}
+    for name, quant, ckpt in [("g-lora-f32", None, False), ("g-qlora-gguf", "gguf", False),
+                              ("g-lora-f32-ckpt", None, True), ("g-qlora-gguf-ckpt", "gguf", True)]:
+        results[name] = run(name, quant, ckpt, a, parent="gemma3", tokens="gtoks")
+    cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("cpu family")), "?")
+    sec = lambda r: statistics.median(r["times"][1:])
+    f = results["g-lora-f32"]
+    print(f"Gemma 3 270M (Q4_K_M GGUF) LoRA r {R} on {'/'.join(t[0] for t in TARGETS)}, batch {a.batch} x {a.seq}, "
+          f"{a.steps} steps, {a.threads} threads, cpu family {cpu}")
+    print(f"{'run':<19}{'s/step':>8}{'peak RSS MiB':>14}{'speed vs f32':>14}{'RSS vs f32':>12}{'1st loss diff':>15}"
+          "  first losses")
+    for name, r in results.items():
+        diff = max(abs(x - y) / abs(y) for x, y in zip(r["losses"][:3], f["losses"][:3]))
+        first = " ".join(f"{x:.4f}" for x in r["losses"][:3])
+        print(f"{name:<19}{sec(r):>8.2f}{r['peak_rss_mib']:>14.0f}{sec(f) / sec(r):>14.2f}"
+              f"{r['peak_rss_mib'] / f['peak_rss_mib']:>12.2f}{diff:>14.2%}  {first}")
 
 
 if __name__ == "__main__":

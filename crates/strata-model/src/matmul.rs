@@ -473,27 +473,45 @@ impl candle_core::CustomOp1 for QuantProjection {
 /// The LM head and the cross-entropy as one op over the final hidden states, for a frozen head (LoRA and
 /// QLoRA, evaluation): rows of next-token losses without a logits tensor in the graph. Through candle the
 /// (B·T, V) logits were one tensor and their gradient three more (the op's, backward's zero-filled
-/// accumulator and the sum); here the op keeps one copy of the logits, which backward turns into their
-/// gradient in place, or with `recompute` (gradient checkpointing) none: backward computes them again,
-/// `HEAD_ROWS` rows at a time.
+/// accumulator and the sum). Here, when backward will follow and memory is not asked for, the op keeps one
+/// copy of the logits, which backward turns into their gradient in place. Otherwise (evaluation, gradient
+/// checkpointing) it never holds more than a slab of the vocabulary: forward runs over slabs of the head's
+/// rows with an online log-sum-exp per token, and backward computes each slab's logits again, turns them
+/// into their gradient and adds its product with the slab to dx, so each slab of a quantised head is
+/// dequantised once per pass.
 struct HeadCrossEntropy {
     w: Weight,
+    /// Keep the whole logits from forward for backward.
     keep: bool,
-    recompute: bool,
     logits: std::sync::Mutex<Option<Vec<f32>>>,
     lse: std::sync::OnceLock<Vec<f32>>,
 }
 
-/// Rows of logits computed at a time when they are not kept.
-const HEAD_ROWS: usize = 256;
-
-impl HeadCrossEntropy {
-    /// The rows of logits per pass: all at once when they are kept, else `HEAD_ROWS`.
-    fn chunk(&self, n: usize) -> usize {
-        if self.keep && !self.recompute {
-            n.max(1)
-        } else {
-            HEAD_ROWS
+/// Calls `f(v0, rows, slab)` for consecutive slabs of W's rows (~1 MiB of f32 each): a dense head's rows
+/// as they are, a quantised head's dequantised into one scratch buffer.
+fn head_slabs(
+    w: &Weight,
+    mut f: impl FnMut(usize, usize, &[f32]) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
+    let (v, d) = w.dims()?;
+    let slab = ((1usize << 18) / d.max(1)).clamp(16, v.max(16));
+    match w {
+        Weight::Dense(t) => with_f32(t, |wv| {
+            for v0 in (0..v).step_by(slab) {
+                let rows = slab.min(v - v0);
+                f(v0, rows, &wv[v0 * d..(v0 + rows) * d])?;
+            }
+            Ok(())
+        })?,
+        Weight::Quant(q) => {
+            let mut buf = vec![0f32; slab.min(v) * d];
+            for v0 in (0..v).step_by(slab) {
+                let rows = slab.min(v - v0);
+                let b = &mut buf[..rows * d];
+                q.dequantize_rows_into(v0, b);
+                f(v0, rows, b)?;
+            }
+            Ok(())
         }
     }
 }
@@ -517,6 +535,24 @@ fn row_losses(logits: &[f32], t: &[u32], v: usize, lse: &mut [f32], nll: &mut [f
         });
 }
 
+/// Turns one row of logits (columns `v0..v0 + row.len()` of the vocabulary) into its gradient in place:
+/// g·(softmax − onehot(target)).
+fn logits_to_grad(row: &mut [f32], v0: usize, lse: f32, g: f32, target: u32) {
+    if target == crate::fused::IGNORE || g == 0.0 {
+        row.fill(0.0);
+        return;
+    }
+    for a in row.iter_mut() {
+        *a = (*a - lse).exp() * g;
+    }
+    if let Some(a) = (target as usize)
+        .checked_sub(v0)
+        .and_then(|i| row.get_mut(i))
+    {
+        *a -= g;
+    }
+}
+
 impl CustomOp2 for HeadCrossEntropy {
     fn name(&self) -> &'static str {
         "head-cross-entropy"
@@ -529,6 +565,7 @@ impl CustomOp2 for HeadCrossEntropy {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
         let h = crate::fused::f32_slice(s1, l1, self.name())?;
         let (v, d) = self.w.dims()?;
         let n = h.len() / d.max(1);
@@ -550,21 +587,53 @@ impl CustomOp2 for HeadCrossEntropy {
             candle_core::bail!("head-cross-entropy: target {bad} outside the vocabulary of {v}");
         }
         let (mut lse, mut nll) = (vec![0f32; n], vec![0f32; n]);
-        let chunk = self.chunk(n);
-        let mut buf = vec![0f32; chunk.min(n) * v];
-        for c0 in (0..n).step_by(chunk) {
-            let rows = chunk.min(n - c0);
-            let logits = &mut buf[..rows * v];
-            weight_x_wt(logits, &h[c0 * d..(c0 + rows) * d], &self.w, false)?;
-            let r = c0..c0 + rows;
-            row_losses(logits, &t[r.clone()], v, &mut lse[r.clone()], &mut nll[r]);
-        }
-        if self.keep && !self.recompute {
+        if self.keep {
+            let mut logits = vec![0f32; n * v];
+            weight_x_wt(&mut logits, h, &self.w, false)?;
+            row_losses(&logits, t, v, &mut lse, &mut nll);
             *self
                 .logits
                 .lock()
                 .map_err(|_| candle_core::Error::Msg("head-cross-entropy: lock".into()))? =
-                Some(buf);
+                Some(logits);
+        } else {
+            // online log-sum-exp over slabs of the vocabulary: running max and sum, the target's logit
+            let (mut m, mut sum, mut tgt) =
+                (vec![f32::NEG_INFINITY; n], vec![0f32; n], vec![0f32; n]);
+            let mut buf = Vec::new();
+            head_slabs(&self.w, |v0, rows, slab| {
+                buf.resize(n * rows, 0.0);
+                gemm_into(
+                    &mut buf,
+                    rows,
+                    false,
+                    Mat::rows(h, d),
+                    Mat::t(slab, d),
+                    (n, rows, d),
+                    true,
+                );
+                buf.par_chunks(rows.max(1))
+                    .zip(m.par_iter_mut().zip(sum.par_iter_mut()))
+                    .zip(tgt.par_iter_mut().zip(t.par_iter()))
+                    .for_each(|((row, (m, s)), (tg, &ti))| {
+                        let mx = row.iter().copied().fold(*m, f32::max);
+                        *s =
+                            *s * (*m - mx).exp() + row.iter().map(|&a| (a - mx).exp()).sum::<f32>();
+                        *m = mx;
+                        if let Some(&a) = (ti as usize).checked_sub(v0).and_then(|i| row.get(i)) {
+                            *tg = a;
+                        }
+                    });
+                Ok(())
+            })?;
+            for r in 0..n {
+                lse[r] = m[r] + sum[r].ln();
+                nll[r] = if t[r] == crate::fused::IGNORE {
+                    0.0
+                } else {
+                    lse[r] - tgt[r]
+                };
+            }
         }
         let _ = self.lse.set(lse);
         Ok((CpuStorage::F32(nll), Shape::from(n)))
@@ -593,31 +662,40 @@ impl CustomOp2 for HeadCrossEntropy {
             .take();
         let dx = grad_of(h, |dx| {
             with_f32(h, |hv| {
-                // the kept logits, or room for HEAD_ROWS of them computed again
-                let have = kept.is_some();
-                let chunk = if have { n.max(1) } else { HEAD_ROWS };
-                let mut buf = kept.unwrap_or_else(|| vec![0f32; chunk.min(n) * v]);
-                for c0 in (0..n).step_by(chunk) {
-                    let rows = chunk.min(n - c0);
-                    let p = &mut buf[..rows * v];
-                    if !have {
-                        weight_x_wt(p, &hv[c0 * d..(c0 + rows) * d], &self.w, false)?;
-                    }
-                    // dlogits = g·(softmax − onehot), in place
-                    p.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
-                        let r = c0 + i;
-                        if t[r] == crate::fused::IGNORE || g[r] == 0.0 {
-                            row.fill(0.0);
-                            return;
-                        }
-                        for a in row.iter_mut() {
-                            *a = (*a - lse[r]).exp() * g[r];
-                        }
-                        row[t[r] as usize] -= g[r];
-                    });
-                    weight_g_w(&mut dx[c0 * d..(c0 + rows) * d], p, &self.w, false)?;
+                if let Some(mut p) = kept {
+                    // the kept logits become their gradient in place; dx = dlogits · W
+                    p.par_chunks_mut(v.max(1))
+                        .enumerate()
+                        .for_each(|(r, row)| logits_to_grad(row, 0, lse[r], g[r], t[r]));
+                    return weight_g_w(dx, &p, &self.w, false);
                 }
-                Ok::<_, candle_core::Error>(())
+                // slab by slab: its logits again, their gradient, dx += dlogits_slab · slab
+                let mut buf = Vec::new();
+                head_slabs(&self.w, |v0, rows, slab| {
+                    buf.resize(n * rows, 0.0);
+                    gemm_into(
+                        &mut buf,
+                        rows,
+                        false,
+                        Mat::rows(hv, d),
+                        Mat::t(slab, d),
+                        (n, rows, d),
+                        true,
+                    );
+                    buf.par_chunks_mut(rows.max(1))
+                        .enumerate()
+                        .for_each(|(r, row)| logits_to_grad(row, v0, lse[r], g[r], t[r]));
+                    gemm_into(
+                        dx,
+                        d,
+                        v0 > 0,
+                        Mat::rows(&buf, rows),
+                        Mat::rows(slab, d),
+                        (n, d, rows),
+                        true,
+                    );
+                    Ok(())
+                })
             })?
         })?;
         Ok((dx, None))
@@ -625,8 +703,9 @@ impl CustomOp2 for HeadCrossEntropy {
 }
 
 /// Rows of next-token losses of a frozen LM head `w` over hidden states `h` (…, D) and `targets` (…) as one
-/// op (see [`HeadCrossEntropy`]); None when the head takes a gradient or the input is not on the CPU in
-/// f32 (the caller then computes the logits).
+/// op (see [`HeadCrossEntropy`]): the logits kept for backward unless `recompute` (or no backward will
+/// come); None when the head takes a gradient or the input is not on the CPU in f32 (the caller then
+/// computes the logits).
 pub(crate) fn head_cross_entropy(
     h: &Tensor,
     w: &Weight,
@@ -643,8 +722,7 @@ pub(crate) fn head_cross_entropy(
     }
     let op = HeadCrossEntropy {
         w: w.clone(),
-        keep: h.track_op(),
-        recompute,
+        keep: h.track_op() && !recompute,
         logits: std::sync::Mutex::new(None),
         lse: std::sync::OnceLock::new(),
     };
@@ -809,17 +887,17 @@ mod tests {
     }
 
     /// The fused head + cross-entropy against logits then the fused cross-entropy: the same row losses and
-    /// the same gradient of the hidden states, with the logits kept and recomputed over two chunks of rows
-    /// (300 rows > 256), for a dense and a quantised head, with ignored targets.
+    /// the same gradient of the hidden states, with the logits kept and over slabs of the vocabulary (600
+    /// rows of 1024: slabs of 256, 256 and 88), for a dense and a quantised head, with ignored targets.
     #[test]
     fn head_cross_entropy_equals_the_loss_of_the_logits() {
         use crate::qweight::{BaseQuant, QuantMatrix};
-        let (n, d, v) = (300, 64, 40);
+        let (n, d, v) = (30, 1024, 600);
         let w = randn(&[v, d], 1);
         let q = std::sync::Arc::new(QuantMatrix::from_tensor(&w, BaseQuant::Q8_0, "w").unwrap());
-        let mut t: Vec<u32> = (0u32..300).map(|i| i * 7 % 40).collect();
+        let mut t: Vec<u32> = (0u32..30).map(|i| i * 37 % 600).collect();
         t[3] = crate::fused::IGNORE;
-        t[290] = crate::fused::IGNORE;
+        t[29] = crate::fused::IGNORE;
         let targets = Tensor::new(t.as_slice(), &Device::Cpu).unwrap();
         let h = Var::from_tensor(&randn(&[1, n, d], 2)).unwrap();
         let weigh = randn(&[n], 3);
