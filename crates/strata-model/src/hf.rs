@@ -507,13 +507,7 @@ mod tests {
         .unwrap();
         let (vm, model) = crate::test_util::new_model(&cfg);
         let d = tempfile::tempdir().unwrap();
-        let tensors: HashMap<String, Tensor> = vm
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
+        let tensors = crate::test_util::tensors_of(&vm);
         save_safetensors(&tensors, &d.path().join("model.safetensors"), &[]).unwrap();
         write_hf_config(d.path(), &cfg).unwrap();
         let loaded = load_model(d.path(), &Device::Cpu).unwrap();

@@ -1125,13 +1125,7 @@ mod tests {
     fn checkpointed_lora_blocks_give_the_same_loss_and_gradients() {
         let cfg = tiny();
         let (vm, _) = crate::test_util::new_model(&cfg);
-        let base: std::collections::HashMap<String, Tensor> = vm
-            .data()
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-            .collect();
+        let base = crate::test_util::tensors_of(&vm);
         let lc = crate::lora::LoraConfig {
             target_modules: crate::lora::TARGETS
                 .iter()

@@ -516,6 +516,20 @@ fn head_slabs(
     }
 }
 
+/// The logits of `n` hidden states `h` against a slab of `rows` head rows, (n, rows), into `buf`.
+fn slab_logits(buf: &mut Vec<f32>, h: &[f32], slab: &[f32], (n, rows, d): (usize, usize, usize)) {
+    buf.resize(n * rows, 0.0);
+    gemm_into(
+        buf,
+        rows,
+        false,
+        Mat::rows(h, d),
+        Mat::t(slab, d),
+        (n, rows, d),
+        true,
+    );
+}
+
 /// Each row's log-sum-exp and negative log-likelihood of its target (0 for [`crate::fused::IGNORE`]).
 fn row_losses(logits: &[f32], t: &[u32], v: usize, lse: &mut [f32], nll: &mut [f32]) {
     use rayon::prelude::*;
@@ -602,16 +616,7 @@ impl CustomOp2 for HeadCrossEntropy {
                 (vec![f32::NEG_INFINITY; n], vec![0f32; n], vec![0f32; n]);
             let mut buf = Vec::new();
             head_slabs(&self.w, |v0, rows, slab| {
-                buf.resize(n * rows, 0.0);
-                gemm_into(
-                    &mut buf,
-                    rows,
-                    false,
-                    Mat::rows(h, d),
-                    Mat::t(slab, d),
-                    (n, rows, d),
-                    true,
-                );
+                slab_logits(&mut buf, h, slab, (n, rows, d));
                 buf.par_chunks(rows.max(1))
                     .zip(m.par_iter_mut().zip(sum.par_iter_mut()))
                     .zip(tgt.par_iter_mut().zip(t.par_iter()))
@@ -672,16 +677,7 @@ impl CustomOp2 for HeadCrossEntropy {
                 // slab by slab: its logits again, their gradient, dx += dlogits_slab · slab
                 let mut buf = Vec::new();
                 head_slabs(&self.w, |v0, rows, slab| {
-                    buf.resize(n * rows, 0.0);
-                    gemm_into(
-                        &mut buf,
-                        rows,
-                        false,
-                        Mat::rows(hv, d),
-                        Mat::t(slab, d),
-                        (n, rows, d),
-                        true,
-                    );
+                    slab_logits(&mut buf, hv, slab, (n, rows, d));
                     buf.par_chunks_mut(rows.max(1))
                         .enumerate()
                         .for_each(|(r, row)| logits_to_grad(row, v0, lse[r], g[r], t[r]));

@@ -498,13 +498,7 @@ mod tests {
             let mut cfg = tiny();
             cfg.tie_word_embeddings = tied;
             let (vm, _) = new_model(&cfg);
-            let weights: HashMap<String, Tensor> = vm
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-                .collect();
+            let weights = crate::test_util::tensors_of(&vm);
             let (mut dense, mut deq, mut qb) =
                 (HashMap::new(), HashMap::new(), crate::QuantBase::new());
             for (k, t) in &weights {

@@ -45,6 +45,16 @@ pub fn new_model(cfg: &crate::LlamaConfig) -> (candle_nn::VarMap, crate::Llama) 
     (vm, model)
 }
 
+/// The tensors of a `VarMap` by name, detached (constants sharing the variables' storage).
+pub fn tensors_of(vm: &candle_nn::VarMap) -> std::collections::HashMap<String, Tensor> {
+    vm.data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect()
+}
+
 /// The model's logits for `ids`, flattened.
 pub fn logits(model: &crate::Llama, ids: &Tensor) -> Vec<f32> {
     let logits = model.forward(ids).expect("forward");
