@@ -149,7 +149,7 @@ fn gt_x(dst: &mut [f32], g: &[f32], x: &[f32], (out, d_in): (usize, usize)) {
 }
 
 /// y (N, out) = x·Wᵀ for a weight that may be quantised (added to `dst` when `accumulate`): blocks are
-/// dequantised a slab of rows at a time, each slab's product filling its columns of y.
+/// dequantised a slab of rows at a time ([`weight_slabs`]), each slab's product filling its columns of y.
 fn weight_x_wt(
     dst: &mut [f32],
     x: &[f32],
@@ -157,31 +157,22 @@ fn weight_x_wt(
     accumulate: bool,
 ) -> candle_core::Result<()> {
     let (out, d_in) = w.dims()?;
+    let n = x.len() / d_in.max(1);
     match w {
         Weight::Dense(t) => with_f32(t, |wv| x_wt(dst, x, wv, (out, d_in), accumulate)),
-        Weight::Quant(q) => {
-            let n = x.len() / d_in.max(1);
-            if n == 0 || out == 0 {
-                return Ok(());
-            }
-            let slab = q.slab_rows();
-            let mut buf = vec![0f32; slab * d_in];
-            for r0 in (0..out).step_by(slab) {
-                let rows = slab.min(out - r0);
-                let wv = &mut buf[..rows * d_in];
-                q.dequantize_rows_into(r0, wv);
-                gemm_into(
-                    &mut dst[r0..],
-                    out,
-                    accumulate,
-                    Mat::rows(x, d_in),
-                    Mat::t(wv, d_in),
-                    (n, rows, d_in),
-                    true,
-                );
-            }
+        Weight::Quant(_) if n == 0 => Ok(()),
+        Weight::Quant(_) => weight_slabs(w, |r0, rows, wv| {
+            gemm_into(
+                &mut dst[r0..],
+                out,
+                accumulate,
+                Mat::rows(x, d_in),
+                Mat::t(wv, d_in),
+                (n, rows, d_in),
+                true,
+            );
             Ok(())
-        }
+        }),
     }
 }
 
@@ -189,31 +180,54 @@ fn weight_x_wt(
 /// slabs of rows of g's columns for the slab times the slab.
 fn weight_g_w(dst: &mut [f32], g: &[f32], w: &Weight, accumulate: bool) -> candle_core::Result<()> {
     let (out, d_in) = w.dims()?;
+    let n = g.len() / out.max(1);
     match w {
         Weight::Dense(t) => with_f32(t, |wv| g_w(dst, g, wv, (out, d_in), accumulate)),
-        Weight::Quant(q) => {
-            let n = g.len() / out.max(1);
-            if n == 0 || out == 0 {
-                if !accumulate {
-                    dst.fill(0.0);
-                }
-                return Ok(());
+        Weight::Quant(_) if n == 0 || out == 0 => {
+            if !accumulate {
+                dst.fill(0.0);
             }
+            Ok(())
+        }
+        Weight::Quant(_) => weight_slabs(w, |r0, rows, wv| {
+            gemm_into(
+                dst,
+                d_in,
+                accumulate || r0 > 0,
+                Mat::rows(&g[r0..], out),
+                Mat::rows(wv, d_in),
+                (n, d_in, rows),
+                true,
+            );
+            Ok(())
+        }),
+    }
+}
+
+/// Calls `f(r0, rows, slab)` for consecutive slabs of W's rows (~1 MiB of f32 each): a dense weight's rows as
+/// they are, a quantised one's dequantised into one scratch buffer.
+fn weight_slabs(
+    w: &Weight,
+    mut f: impl FnMut(usize, usize, &[f32]) -> candle_core::Result<()>,
+) -> candle_core::Result<()> {
+    let (v, d) = w.dims()?;
+    match w {
+        Weight::Dense(t) => with_f32(t, |wv| {
+            let slab = ((1usize << 18) / d.max(1)).clamp(16, v.max(16));
+            for r0 in (0..v).step_by(slab) {
+                let rows = slab.min(v - r0);
+                f(r0, rows, &wv[r0 * d..(r0 + rows) * d])?;
+            }
+            Ok(())
+        })?,
+        Weight::Quant(q) => {
             let slab = q.slab_rows();
-            let mut buf = vec![0f32; slab * d_in];
-            for r0 in (0..out).step_by(slab) {
-                let rows = slab.min(out - r0);
-                let wv = &mut buf[..rows * d_in];
-                q.dequantize_rows_into(r0, wv);
-                gemm_into(
-                    dst,
-                    d_in,
-                    accumulate || r0 > 0,
-                    Mat::rows(&g[r0..], out),
-                    Mat::rows(wv, d_in),
-                    (n, d_in, rows),
-                    true,
-                );
+            let mut buf = vec![0f32; slab * d];
+            for r0 in (0..v).step_by(slab) {
+                let rows = slab.min(v - r0);
+                let b = &mut buf[..rows * d];
+                q.dequantize_rows_into(r0, b);
+                f(r0, rows, b)?;
             }
             Ok(())
         }
@@ -487,35 +501,6 @@ struct HeadCrossEntropy {
     lse: std::sync::OnceLock<Vec<f32>>,
 }
 
-/// Calls `f(v0, rows, slab)` for consecutive slabs of W's rows (~1 MiB of f32 each): a dense head's rows
-/// as they are, a quantised head's dequantised into one scratch buffer.
-fn head_slabs(
-    w: &Weight,
-    mut f: impl FnMut(usize, usize, &[f32]) -> candle_core::Result<()>,
-) -> candle_core::Result<()> {
-    let (v, d) = w.dims()?;
-    let slab = ((1usize << 18) / d.max(1)).clamp(16, v.max(16));
-    match w {
-        Weight::Dense(t) => with_f32(t, |wv| {
-            for v0 in (0..v).step_by(slab) {
-                let rows = slab.min(v - v0);
-                f(v0, rows, &wv[v0 * d..(v0 + rows) * d])?;
-            }
-            Ok(())
-        })?,
-        Weight::Quant(q) => {
-            let mut buf = vec![0f32; slab.min(v) * d];
-            for v0 in (0..v).step_by(slab) {
-                let rows = slab.min(v - v0);
-                let b = &mut buf[..rows * d];
-                q.dequantize_rows_into(v0, b);
-                f(v0, rows, b)?;
-            }
-            Ok(())
-        }
-    }
-}
-
 /// The logits of `n` hidden states `h` against a slab of `rows` head rows, (n, rows), into `buf`.
 fn slab_logits(buf: &mut Vec<f32>, h: &[f32], slab: &[f32], (n, rows, d): (usize, usize, usize)) {
     buf.resize(n * rows, 0.0);
@@ -615,7 +600,7 @@ impl CustomOp2 for HeadCrossEntropy {
             let (mut m, mut sum, mut tgt) =
                 (vec![f32::NEG_INFINITY; n], vec![0f32; n], vec![0f32; n]);
             let mut buf = Vec::new();
-            head_slabs(&self.w, |v0, rows, slab| {
+            weight_slabs(&self.w, |v0, rows, slab| {
                 slab_logits(&mut buf, h, slab, (n, rows, d));
                 buf.par_chunks(rows.max(1))
                     .zip(m.par_iter_mut().zip(sum.par_iter_mut()))
@@ -676,7 +661,7 @@ impl CustomOp2 for HeadCrossEntropy {
                 }
                 // slab by slab: its logits again, their gradient, dx += dlogits_slab · slab
                 let mut buf = Vec::new();
-                head_slabs(&self.w, |v0, rows, slab| {
+                weight_slabs(&self.w, |v0, rows, slab| {
                     slab_logits(&mut buf, hv, slab, (n, rows, d));
                     buf.par_chunks_mut(rows.max(1))
                         .enumerate()
