@@ -473,7 +473,8 @@ pub struct TrainOverrides {
     #[arg(long)]
     pub grad_accum: Option<usize>,
     /// Keep only each decoder block's input for backward and run the block again there (Hugging Face's
-    /// gradient_checkpointing): activations shrink to one block's, for a second forward of the blocks (measured: 0.68x the speed on SmolLM2).
+    /// gradient_checkpointing): activations shrink to one block's, for a second forward of the blocks
+    /// (measured: 0.68x the speed on SmolLM2).
     #[arg(long)]
     pub gradient_checkpointing: bool,
     /// Learning-rate schedule after warmup: cosine, linear or wsd (warmup-stable-decay).
