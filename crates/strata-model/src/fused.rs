@@ -76,31 +76,9 @@ impl CustomOp2 for CrossEntropy {
         let v = l1.shape().dims().last().copied().unwrap_or(0).max(1);
         let n = l1.shape().elem_count() / v;
         let x = f32_slice(s1, l1, self.name())?;
-        let t = match (s2, l2.contiguous_offsets()) {
-            (CpuStorage::U32(t), Some((a, b))) => &t[a..b],
-            _ => candle_core::bail!("fused-cross-entropy: targets must be contiguous u32"),
-        };
-        if t.len() != n {
-            candle_core::bail!("fused-cross-entropy: {} targets for {n} rows", t.len());
-        }
-        if let Some(&bad) = t.iter().find(|&&i| i != IGNORE && i as usize >= v) {
-            candle_core::bail!("fused-cross-entropy: target {bad} outside the vocabulary of {v}");
-        }
-        let (lse, nll): (Vec<f32>, Vec<f32>) = x
-            .par_chunks(v)
-            .zip(t.par_iter())
-            .map(|(row, &ti)| {
-                let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let s: f32 = row.iter().map(|&a| (a - m).exp()).sum();
-                let lse = m + s.ln();
-                let nll = if ti == IGNORE {
-                    0.0
-                } else {
-                    lse - row[ti as usize]
-                };
-                (lse, nll)
-            })
-            .unzip();
+        let t = checked_targets(s2, l2, n, v, self.name())?;
+        let (mut lse, mut nll) = (vec![0f32; n], vec![0f32; n]);
+        row_losses(x, t, v, &mut lse, &mut nll);
         let _ = self.lse.set(lse);
         Ok((CpuStorage::F32(nll), Shape::from(n)))
     }
@@ -126,20 +104,72 @@ impl CustomOp2 for CrossEntropy {
                 .zip(x.par_chunks(v))
                 .enumerate()
                 .for_each(|(r, (o, row))| {
-                    if t[r] == IGNORE || g[r] == 0.0 {
-                        return;
-                    }
-                    let (l, gr) = (lse[r], g[r]);
-                    for (oi, &a) in o.iter_mut().zip(row) {
-                        *oi = (a - l).exp() * gr;
-                    }
-                    o[t[r] as usize] -= gr;
+                    o.copy_from_slice(row);
+                    logits_to_grad(o, 0, lse[r], g[r], t[r]);
                 });
         })?;
         Ok((
             Some(Tensor::from_vec(out, logits.shape(), logits.device())?),
             None,
         ))
+    }
+}
+
+/// The targets of a cross-entropy op: contiguous u32, one for each of `n` rows, each inside the vocabulary
+/// of `v` or [`IGNORE`].
+pub(crate) fn checked_targets<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    n: usize,
+    v: usize,
+    op: &str,
+) -> candle_core::Result<&'a [u32]> {
+    let t = match (s, l.contiguous_offsets()) {
+        (CpuStorage::U32(t), Some((a, b))) => &t[a..b],
+        _ => candle_core::bail!("{op}: targets must be contiguous u32"),
+    };
+    if t.len() != n {
+        candle_core::bail!("{op}: {} targets for {n} rows", t.len());
+    }
+    if let Some(&bad) = t.iter().find(|&&i| i != IGNORE && i as usize >= v) {
+        candle_core::bail!("{op}: target {bad} outside the vocabulary of {v}");
+    }
+    Ok(t)
+}
+
+/// Each row's log-sum-exp and negative log-likelihood of its target (0 for [`IGNORE`]), rows of `v` logits.
+pub(crate) fn row_losses(logits: &[f32], t: &[u32], v: usize, lse: &mut [f32], nll: &mut [f32]) {
+    logits
+        .par_chunks(v.max(1))
+        .zip(t.par_iter())
+        .zip(lse.par_iter_mut().zip(nll.par_iter_mut()))
+        .for_each(|((row, &ti), (l, o))| {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let s: f32 = row.iter().map(|&a| (a - m).exp()).sum();
+            *l = m + s.ln();
+            *o = if ti == IGNORE {
+                0.0
+            } else {
+                *l - row[ti as usize]
+            };
+        });
+}
+
+/// Turns one row of logits (columns `v0..v0 + row.len()` of the vocabulary) into its gradient in place:
+/// g·(softmax − onehot(target)); zero for an [`IGNORE`]d target or a zero incoming gradient.
+pub(crate) fn logits_to_grad(row: &mut [f32], v0: usize, lse: f32, g: f32, target: u32) {
+    if target == IGNORE || g == 0.0 {
+        row.fill(0.0);
+        return;
+    }
+    for a in row.iter_mut() {
+        *a = (*a - lse).exp() * g;
+    }
+    if let Some(a) = (target as usize)
+        .checked_sub(v0)
+        .and_then(|i| row.get_mut(i))
+    {
+        *a -= g;
     }
 }
 

@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
-use crate::fused::{fusable, with_f32};
+use crate::fused::{checked_targets, fusable, logits_to_grad, row_losses, with_f32};
 use crate::qweight::Weight;
 use crate::{Context, Result};
 
@@ -457,7 +457,7 @@ pub(crate) fn lora_linear(
 
 /// y = x·Wᵀ for a quantised, frozen W (QLoRA's base without an adapter on this projection, or its LM
 /// head): one op whose backward gives dx only.
-struct QuantProjection(std::sync::Arc<crate::qweight::QuantMatrix>);
+struct QuantProjection(Weight);
 
 impl candle_core::CustomOp1 for QuantProjection {
     fn name(&self) -> &'static str {
@@ -466,21 +466,22 @@ impl candle_core::CustomOp1 for QuantProjection {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = crate::fused::f32_slice(s, l, self.name())?;
-        let (out, d_in) = self.0.dims();
+        let (out, d_in) = self.0.dims()?;
         let dims = l.shape().dims();
         if dims.last() != Some(&d_in) {
             candle_core::bail!("quant-linear: input {dims:?} against weight ({out}, {d_in})");
         }
         let mut y = vec![0f32; x.len() / d_in.max(1) * out];
-        weight_x_wt(&mut y, x, &Weight::Quant(self.0.clone()), false)?;
+        weight_x_wt(&mut y, x, &self.0, false)?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = out;
         Ok((CpuStorage::F32(y), Shape::from(shape)))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let w = Weight::Quant(self.0.clone());
-        grad_of(x, |dx| with_f32(grad, |g| weight_g_w(dx, g, &w, false))?)
+        grad_of(x, |dx| {
+            with_f32(grad, |g| weight_g_w(dx, g, &self.0, false))?
+        })
     }
 }
 
@@ -515,43 +516,6 @@ fn slab_logits(buf: &mut Vec<f32>, h: &[f32], slab: &[f32], (n, rows, d): (usize
     );
 }
 
-/// Each row's log-sum-exp and negative log-likelihood of its target (0 for [`crate::fused::IGNORE`]).
-fn row_losses(logits: &[f32], t: &[u32], v: usize, lse: &mut [f32], nll: &mut [f32]) {
-    use rayon::prelude::*;
-    logits
-        .par_chunks(v)
-        .zip(t.par_iter())
-        .zip(lse.par_iter_mut().zip(nll.par_iter_mut()))
-        .for_each(|((row, &ti), (l, o))| {
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let s: f32 = row.iter().map(|&a| (a - m).exp()).sum();
-            *l = m + s.ln();
-            *o = if ti == crate::fused::IGNORE {
-                0.0
-            } else {
-                *l - row[ti as usize]
-            };
-        });
-}
-
-/// Turns one row of logits (columns `v0..v0 + row.len()` of the vocabulary) into its gradient in place:
-/// g·(softmax − onehot(target)).
-fn logits_to_grad(row: &mut [f32], v0: usize, lse: f32, g: f32, target: u32) {
-    if target == crate::fused::IGNORE || g == 0.0 {
-        row.fill(0.0);
-        return;
-    }
-    for a in row.iter_mut() {
-        *a = (*a - lse).exp() * g;
-    }
-    if let Some(a) = (target as usize)
-        .checked_sub(v0)
-        .and_then(|i| row.get_mut(i))
-    {
-        *a -= g;
-    }
-}
-
 impl CustomOp2 for HeadCrossEntropy {
     fn name(&self) -> &'static str {
         "head-cross-entropy"
@@ -568,23 +532,13 @@ impl CustomOp2 for HeadCrossEntropy {
         let h = crate::fused::f32_slice(s1, l1, self.name())?;
         let (v, d) = self.w.dims()?;
         let n = h.len() / d.max(1);
-        let t = match (s2, l2.contiguous_offsets()) {
-            (CpuStorage::U32(t), Some((a, b))) => &t[a..b],
-            _ => candle_core::bail!("head-cross-entropy: targets must be contiguous u32"),
-        };
-        if l1.shape().dims().last() != Some(&d) || t.len() != n {
+        if l1.shape().dims().last() != Some(&d) {
             candle_core::bail!(
-                "head-cross-entropy: hidden {:?} and {} targets against a head ({v}, {d})",
-                l1.shape().dims(),
-                t.len()
+                "head-cross-entropy: hidden {:?} against a head ({v}, {d})",
+                l1.shape().dims()
             );
         }
-        if let Some(&bad) = t
-            .iter()
-            .find(|&&i| i != crate::fused::IGNORE && i as usize >= v)
-        {
-            candle_core::bail!("head-cross-entropy: target {bad} outside the vocabulary of {v}");
-        }
+        let t = checked_targets(s2, l2, n, v, self.name())?;
         let (mut lse, mut nll) = (vec![0f32; n], vec![0f32; n]);
         if self.keep {
             let mut logits = vec![0f32; n * v];
@@ -714,12 +668,12 @@ pub(crate) fn head_cross_entropy(
 pub(crate) fn weight_linear(x: &Tensor, w: &Weight) -> candle_core::Result<Tensor> {
     match w {
         Weight::Dense(t) => linear_op(x, t),
-        Weight::Quant(q) => {
+        Weight::Quant(_) => {
             let x = x.contiguous()?;
             if !fusable(&[&x]) {
                 candle_core::bail!("a quantised base runs on the CPU in f32 only");
             }
-            x.apply_op1(QuantProjection(q.clone()))
+            x.apply_op1(QuantProjection(w.clone()))
         }
     }
 }
