@@ -653,19 +653,10 @@ pub fn stream_gguf_weights(
     device: &Device,
     each: &mut dyn FnMut(String, Tensor) -> Result<()>,
 ) -> Result<()> {
-    let (content, mut reader) = open(path)?;
-    let cfg = config_from(&Meta {
-        path,
-        md: &content.metadata,
-    })?;
-    for name in content.tensor_infos.keys() {
-        let Some(hf) = hf_name_of(&cfg, name) else {
-            continue;
-        };
-        let t = hf_tensor(path, &content, &mut reader, &cfg, name, &hf, device)?;
-        each(hf, t)?;
-    }
-    Ok(())
+    stream_gguf(path, device, false, &mut |hf, w| match w {
+        GgufWeight::Dense(t) => each(hf, t),
+        GgufWeight::Blocks(m) => each(hf, m.to_tensor(device)?),
+    })
 }
 
 /// A GGUF tensor as QLoRA holds it: its blocks as the file stores them, or f32 (norms, f32/f16 tensors).
@@ -685,6 +676,17 @@ pub fn stream_gguf_blocks(
     device: &Device,
     each: &mut dyn FnMut(String, GgufWeight) -> Result<()>,
 ) -> Result<()> {
+    stream_gguf(path, device, true, each)
+}
+
+/// The one walk over a GGUF's tensors: each read once, kept as blocks when `blocks` and it is a 2-D block
+/// tensor, else dequantised ([`dequantized`]).
+fn stream_gguf(
+    path: &Path,
+    device: &Device,
+    blocks: bool,
+    each: &mut dyn FnMut(String, GgufWeight) -> Result<()>,
+) -> Result<()> {
     let (content, mut reader) = open(path)?;
     let cfg = config_from(&Meta {
         path,
@@ -696,32 +698,48 @@ pub fn stream_gguf_blocks(
         let Some(hf) = hf_name_of(&cfg, name) else {
             continue;
         };
-        let q = content
-            .tensor(&mut reader, name, device)
-            .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
-        if let (Ok((rows, _)), 0.0) = (q.shape().dims2(), hf_offset(&cfg, &hf)) {
-            let heads = if !qk_permuted(&cfg) {
-                None
-            } else if hf.ends_with("q_proj.weight") {
-                Some(cfg.num_attention_heads)
-            } else if hf.ends_with("k_proj.weight") {
-                Some(cfg.kv_heads())
-            } else {
-                None
-            };
-            let order = heads.map(|n| qk_row_order(rows, n, true));
-            let blocks = crate::qweight::QuantMatrix::from_qtensor(&q, order.as_deref(), &hf)
+        let q = read_qtensor(path, &content, &mut reader, name, device)?;
+        if let (true, Ok((rows, _)), 0.0) = (blocks, q.shape().dims2(), hf_offset(&cfg, &hf)) {
+            let order = permuted_heads(&cfg, &hf).map(|n| qk_row_order(rows, n, true));
+            let m = crate::qweight::QuantMatrix::from_qtensor(&q, order.as_deref(), &hf)
                 .map_err(|e| bad(path, format!("tensor {name}: {e}")))?;
-            if let Some(m) = blocks {
+            if let Some(m) = m {
                 each(hf, GgufWeight::Blocks(m))?;
                 continue;
             }
         }
+        let t = dequantized(path, &q, &cfg, name, &hf, device)?;
         drop(q);
-        let t = hf_tensor(path, &content, &mut reader, &cfg, name, &hf, device)?;
         each(hf, GgufWeight::Dense(t))?;
     }
     Ok(())
+}
+
+/// The heads of a Q or K projection whose rows llama.cpp permuted (put back in Hugging Face's order on
+/// reading); None for any other tensor or architecture.
+fn permuted_heads(cfg: &LlamaConfig, hf: &str) -> Option<usize> {
+    if !qk_permuted(cfg) {
+        None
+    } else if hf.ends_with("q_proj.weight") {
+        Some(cfg.num_attention_heads)
+    } else if hf.ends_with("k_proj.weight") {
+        Some(cfg.kv_heads())
+    } else {
+        None
+    }
+}
+
+/// The GGUF tensor `name` as stored (blocks or floats).
+fn read_qtensor<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    content: &Content,
+    reader: &mut R,
+    name: &str,
+    device: &Device,
+) -> Result<candle_core::quantized::QTensor> {
+    content
+        .tensor(reader, name, device)
+        .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))
 }
 
 /// The GGUF tensor `name` (Hugging Face name `hf`) dequantised to f32, Q and K un-permuted where llama.cpp
@@ -735,16 +753,25 @@ fn hf_tensor<R: std::io::Read + std::io::Seek>(
     hf: &str,
     device: &Device,
 ) -> Result<Tensor> {
-    let cut =
-        |e: candle_core::Error| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e)));
-    let t = content
-        .tensor(reader, name, device)
-        .and_then(|q| q.dequantize(device))
-        .map_err(cut)?;
-    if qk_permuted(cfg) && hf.ends_with("q_proj.weight") {
-        unpermute(&t, cfg.num_attention_heads)
-    } else if qk_permuted(cfg) && hf.ends_with("k_proj.weight") {
-        unpermute(&t, cfg.kv_heads())
+    let q = read_qtensor(path, content, reader, name, device)?;
+    dequantized(path, &q, cfg, name, hf, device)
+}
+
+/// A tensor read from the GGUF, in f32 and Hugging Face's layout: Q and K rows un-permuted, norm gains
+/// shifted where the file stores them as 1 + w.
+fn dequantized(
+    path: &Path,
+    q: &candle_core::quantized::QTensor,
+    cfg: &LlamaConfig,
+    name: &str,
+    hf: &str,
+    device: &Device,
+) -> Result<Tensor> {
+    let t = q
+        .dequantize(device)
+        .map_err(|e| bad(path, format!("tensor {name}: {}", crate::candle_msg(&e))))?;
+    if let Some(n) = permuted_heads(cfg, hf) {
+        unpermute(&t, n)
     } else if hf_offset(cfg, hf) != 0.0 {
         (t + f64::from(hf_offset(cfg, hf))).ctx(name)
     } else {
