@@ -48,6 +48,31 @@ print(json.dumps({"rel": float(abs(mine - theirs).max() / abs(theirs).max())}))
 '''
 
 
+def sec(r):
+    """Seconds per step: the median after the first."""
+    return statistics.median(r["times"][1:])
+
+
+def cpu():
+    family = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("cpu family")), "?")
+    return f"cpu family {family}" + {"25": " (Zen 4: 512-bit instructions at half width)",
+                                      "26": " (Zen 5)"}.get(family, "")
+
+
+def table(title, results, ref, a):
+    """One row per run: s/step, peak RSS, and speed, RSS and first losses against run `ref`."""
+    f = results[ref]
+    print(f"{title}, batch {a.batch} x {a.seq}, {a.steps} steps, {a.threads} threads, {cpu()}")
+    width = max(map(len, results)) + 2
+    print(f"{'run':<{width}}{'s/step':>8}{'peak RSS MiB':>14}{'speed vs f32':>14}{'RSS vs f32':>12}"
+          f"{'1st loss diff':>15}  first losses")
+    for name, r in results.items():
+        diff = max(abs(x - y) / abs(y) for x, y in zip(r["losses"][:3], f["losses"][:3]))
+        first = " ".join(f"{x:.4f}" for x in r["losses"][:3])
+        print(f"{name:<{width}}{sec(r):>8.2f}{r['peak_rss_mib']:>14.0f}{sec(f) / sec(r):>14.2f}"
+              f"{r['peak_rss_mib'] / f['peak_rss_mib']:>12.2f}{diff:>14.2%}  {first}")
+
+
 def strata(*args, threads=None):
     cmd = [tb.STRATA, "--workdir", STORE]
     if threads:
@@ -95,19 +120,8 @@ def main():
     open(script, "w").write(PEFT_CHECK)
     peft = json.loads(tb.sh([py, script, STORE, "qlora-q8_0", json.dumps(ids), ours]))["rel"]
 
-    cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("cpu family")), "?")
-    sec = lambda r: statistics.median(r["times"][1:])
     f = results["lora-f32"]
-    print(f"SmolLM2-135M LoRA r {R} on {'/'.join(t[0] for t in TARGETS)}, batch {a.batch} x {a.seq}, "
-          f"{a.steps} steps, {a.threads} threads, cpu family {cpu}")
-    print(f"{'run':<17}{'s/step':>8}{'peak RSS MiB':>14}{'speed vs f32':>14}{'RSS vs f32':>12}{'1st loss diff':>15}"
-          "  first losses")
-    for name, r in results.items():
-        speed = sec(f) / sec(r)
-        rss = r["peak_rss_mib"] / f["peak_rss_mib"]
-        diff = max(abs(x - y) / abs(y) for x, y in zip(r["losses"][:3], f["losses"][:3]))
-        first = " ".join(f"{x:.4f}" for x in r["losses"][:3])
-        print(f"{name:<17}{sec(r):>8.2f}{r['peak_rss_mib']:>14.0f}{speed:>14.2f}{rss:>12.2f}{diff:>14.2%}  {first}")
+    table(f"SmolLM2-135M LoRA r {R} on {'/'.join(t[0] for t in TARGETS)}", results, "lora-f32", a)
     c = results["lora-f32-ckpt"]
     for name in ["qlora-q8_0-ckpt", "qlora-q4_k-ckpt"]:
         r = results[name]
@@ -133,18 +147,7 @@ def gemma3(a):
     for name, quant, ckpt in [("g-lora-f32", None, False), ("g-qlora-gguf", "gguf", False),
                               ("g-lora-f32-ckpt", None, True), ("g-qlora-gguf-ckpt", "gguf", True)]:
         results[name] = run(name, quant, ckpt, a, parent="gemma3", tokens="gtoks")
-    cpu = next((l.split(":")[1].strip() for l in open("/proc/cpuinfo") if l.startswith("cpu family")), "?")
-    sec = lambda r: statistics.median(r["times"][1:])
-    f = results["g-lora-f32"]
-    print(f"Gemma 3 270M (Q4_K_M GGUF) LoRA r {R} on {'/'.join(t[0] for t in TARGETS)}, batch {a.batch} x {a.seq}, "
-          f"{a.steps} steps, {a.threads} threads, cpu family {cpu}")
-    print(f"{'run':<19}{'s/step':>8}{'peak RSS MiB':>14}{'speed vs f32':>14}{'RSS vs f32':>12}{'1st loss diff':>15}"
-          "  first losses")
-    for name, r in results.items():
-        diff = max(abs(x - y) / abs(y) for x, y in zip(r["losses"][:3], f["losses"][:3]))
-        first = " ".join(f"{x:.4f}" for x in r["losses"][:3])
-        print(f"{name:<19}{sec(r):>8.2f}{r['peak_rss_mib']:>14.0f}{sec(f) / sec(r):>14.2f}"
-              f"{r['peak_rss_mib'] / f['peak_rss_mib']:>12.2f}{diff:>14.2%}  {first}")
+    table(f"Gemma 3 270M (Q4_K_M GGUF) LoRA r {R} on {'/'.join(t[0] for t in TARGETS)}", results, "g-lora-f32", a)
 
 
 if __name__ == "__main__":
